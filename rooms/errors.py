@@ -1,0 +1,37 @@
+"""The one error type the domain raises. Every edge (socket.io ack, HTTP
+response, CLI) turns it into `{"error": {"code", "message"}}`."""
+
+from __future__ import annotations
+
+# code -> HTTP status, for the edges that answer over HTTP
+HTTP_STATUS = {
+    "invalid": 400,
+    "token_missing": 401,
+    "token_invalid": 401,
+    "token_expired": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "unsupported_media_type": 415,
+    "full": 429,
+    "rate_limited": 429,
+    "unavailable": 503,
+}
+
+
+class RoomError(Exception):
+    """A refused request, with a stable machine-readable `code` and a
+    message a person can act on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS.get(self.code, 400)
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
