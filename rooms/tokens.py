@@ -1,0 +1,191 @@
+"""Signed tokens and the grants they carry.
+
+A token is a JWT (HS256) naming a role, the forums it opens (or every
+forum), the holder's display name and an expiry. Verification accepts
+HS256 only, checks issuer and audience, and turns every failure into a
+RoomError a person can act on: token_missing, token_expired, token_invalid.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from rooms.errors import RoomError
+from rooms.models import Role
+
+logger = logging.getLogger(__name__)
+
+ISSUER = "forumcast"
+AUDIENCE = "forumcast"
+ALGORITHM = "HS256"
+DEFAULT_TTL_SECONDS = 7 * 24 * 3600
+ALL_FORUMS = "*"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a verified token lets its holder do."""
+
+    role: Role
+    forums: frozenset[str] | None  # None: every forum
+    name: str
+    subject: str  # stable id of the holder (the token's `sub`)
+    expires_at: float  # unix seconds
+    language: str = ""  # preferred UI / caption language, e.g. "zh"
+
+    def allows(self, forum_id: str, at_least: Role) -> bool:
+        return self.role.at_least(at_least) and (self.forums is None or forum_id in self.forums)
+
+    def require(self, forum_id: str, at_least: Role) -> None:
+        """Raise RoomError("forbidden") unless this grant covers the forum
+        with at least the given role."""
+        if self.forums is not None and forum_id not in self.forums:
+            granted = ", ".join(sorted(self.forums)) or "none"
+            raise RoomError(
+                "forbidden",
+                f"your token does not open forum {forum_id!r} (it opens: {granted})",
+            )
+        if not self.role.at_least(at_least):
+            raise RoomError(
+                "forbidden",
+                f"this needs the {at_least.value} role in forum {forum_id!r}; "
+                f"your token grants {self.role.value}",
+            )
+
+
+def _role(value: Role | str) -> Role:
+    try:
+        return Role(value)
+    except ValueError:
+        known = ", ".join(role.value for role in Role)
+        raise RoomError("invalid", f"unknown role {value!r}: use one of {known}") from None
+
+
+class TokenService:
+    """Issues and verifies tokens with one shared secret. `now` is injectable
+    so tests can move time."""
+
+    def __init__(self, secret: str, now: Callable[[], float] = time.time) -> None:
+        if not secret:
+            raise ValueError("TokenService needs a non-empty secret")
+        self._secret = secret
+        self._now = now
+
+    def issue(
+        self,
+        role: Role | str,
+        forums: Iterable[str] | None,
+        name: str,
+        ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        subject: str | None = None,
+        language: str = "",
+    ) -> str:
+        """A signed token. `forums=None` opens every forum."""
+        role = _role(role)
+        if not name or not name.strip():
+            raise RoomError("invalid", "a token needs the holder's name")
+        if ttl_seconds <= 0:
+            raise RoomError("invalid", f"ttl_seconds={ttl_seconds}: must be positive")
+        forum_list: list[str] | str
+        if forums is None:
+            forum_list = ALL_FORUMS
+        else:
+            forum_list = sorted(set(forums))
+            if not forum_list:
+                raise RoomError("invalid", "a token must open at least one forum (or all: None)")
+        now = self._now()
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": subject or uuid.uuid4().hex,
+            "iat": int(now),
+            "exp": int(now + ttl_seconds),
+            "jti": uuid.uuid4().hex,
+            "role": role.value,
+            "forums": forum_list,
+            "name": name.strip(),
+        }
+        if language:
+            claims["lang"] = language
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, token: str | None) -> Grant:
+        """The grant a token carries, or RoomError (token_missing,
+        token_expired, token_invalid)."""
+        if token is None or not token.strip():
+            raise RoomError("token_missing", "this needs a token: open your invite link again")
+        token = token.strip()
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise RoomError("token_invalid", "the token is not a well-formed JWT") from None
+        alg = header.get("alg")
+        if alg != ALGORITHM:
+            raise RoomError(
+                "token_invalid", f"the token is signed with {alg!r}; only {ALGORITHM} is accepted"
+            )
+        try:
+            # expiry is checked below against the injectable clock, not PyJWT's
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                options={"verify_exp": False, "verify_iat": False,
+                         "require": ["exp", "iat", "sub", "aud", "iss"]},
+            )
+        except jwt.InvalidSignatureError:
+            raise RoomError(
+                "token_invalid", "the token's signature does not match: it was altered or signed elsewhere"
+            ) from None
+        except jwt.InvalidAudienceError:
+            raise RoomError("token_invalid", "the token was issued for another service") from None
+        except jwt.InvalidIssuerError:
+            raise RoomError("token_invalid", "the token was issued by someone else") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise RoomError("token_invalid", f"the token lacks the {exc.claim!r} claim") from None
+        except jwt.PyJWTError as exc:
+            raise RoomError("token_invalid", f"the token cannot be read ({exc})") from None
+        return self._grant(claims)
+
+    def _grant(self, claims: dict[str, Any]) -> Grant:
+        exp = claims["exp"]
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+            raise RoomError("token_invalid", "the token's expiry is not a number")
+        if self._now() >= exp:
+            raise RoomError(
+                "token_expired",
+                "the token has expired: ask the organizers for a new invite link",
+            )
+        try:
+            role = Role(claims.get("role"))
+        except ValueError:
+            raise RoomError("token_invalid", f"the token names an unknown role {claims.get('role')!r}") from None
+        raw_forums = claims.get("forums")
+        forums: frozenset[str] | None
+        if raw_forums == ALL_FORUMS:
+            forums = None
+        elif isinstance(raw_forums, list) and raw_forums and all(isinstance(f, str) for f in raw_forums):
+            forums = frozenset(raw_forums)
+        else:
+            raise RoomError("token_invalid", "the token does not say which forums it opens")
+        name = claims.get("name")
+        if not isinstance(name, str) or not name:
+            raise RoomError("token_invalid", "the token carries no holder name")
+        language = claims.get("lang", "")
+        return Grant(
+            role=role,
+            forums=forums,
+            name=name,
+            subject=str(claims["sub"]),
+            expires_at=float(exp),
+            language=language if isinstance(language, str) else "",
+        )
