@@ -1,0 +1,172 @@
+"""The embedded store: one node, state in this process.
+
+Atomicity comes free: no method awaits between reading and writing, so
+on one event loop every call is a transaction. Events fan out to this
+process's subscriptions only (it is the only node).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from rooms.chat import ChatMessage
+from rooms.events import RoomEvent
+from rooms.models import MediaSource, Participant, ProgramState
+from rooms.store import Counts, NodeInfo, Reaped, Store, Swap, counts_against_capacity
+
+logger = logging.getLogger(__name__)
+
+
+class MemoryStore(Store):
+    def __init__(
+        self,
+        node_id: str = "local",
+        queue_size: int = 1000,
+        chat_keep: int = 500,
+        clock: Callable[[], float] = time.monotonic,  # for heartbeat expiry only
+    ) -> None:
+        super().__init__(node_id, queue_size)
+        self.chat_keep = chat_keep
+        self._clock = clock
+        self._participants: dict[str, dict[str, Participant]] = {}
+        self._sources: dict[str, dict[str, MediaSource]] = {}
+        self._programs: dict[str, ProgramState] = {}
+        self._chat: dict[str, OrderedDict[str, ChatMessage]] = {}
+        self._nodes: dict[str, tuple[NodeInfo, float]] = {}  # id -> (info, expires at)
+        self._started = False
+
+    async def start(self) -> None:
+        self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            logger.debug("MemoryStore(%s) stopping", self.node_id)
+        self._started = False
+        self._fanout.close_all()
+
+    # --- participants --------------------------------------------------------
+
+    async def admit(self, participant: Participant, capacity: int) -> bool:
+        forum = self._participants.setdefault(participant.forum_id, {})
+        if counts_against_capacity(participant.role):
+            previous = forum.get(participant.id)
+            has_seat = previous is not None and counts_against_capacity(previous.role)
+            if not has_seat and self._viewers(forum) >= capacity:
+                return False
+        forum[participant.id] = participant
+        return True
+
+    async def remove_participant(self, forum_id: str, participant_id: str) -> Participant | None:
+        return self._participants.get(forum_id, {}).pop(participant_id, None)
+
+    async def participants(self, forum_id: str) -> list[Participant]:
+        found = self._participants.get(forum_id, {}).values()
+        return sorted(found, key=lambda p: (p.joined_at, p.id))
+
+    async def counts(self, forum_id: str) -> Counts:
+        forum = self._participants.get(forum_id, {})
+        return Counts(self._viewers(forum), len(forum))
+
+    @staticmethod
+    def _viewers(forum: dict[str, Participant]) -> int:
+        return sum(1 for p in forum.values() if counts_against_capacity(p.role))
+
+    # --- sources -------------------------------------------------------------
+
+    async def put_source(self, source: MediaSource) -> MediaSource | None:
+        forum = self._sources.setdefault(source.forum_id, {})
+        previous = forum.get(source.id)
+        forum[source.id] = source
+        return previous
+
+    async def remove_source(self, forum_id: str, source_id: str) -> MediaSource | None:
+        return self._sources.get(forum_id, {}).pop(source_id, None)
+
+    async def sources(self, forum_id: str) -> list[MediaSource]:
+        return sorted(self._sources.get(forum_id, {}).values(), key=lambda s: s.id)
+
+    async def get_source(self, forum_id: str, source_id: str) -> MediaSource | None:
+        return self._sources.get(forum_id, {}).get(source_id)
+
+    # --- program state -------------------------------------------------------
+
+    async def _read_program(self, forum_id: str) -> Swap[ProgramState]:
+        state = self._programs.get(forum_id) or ProgramState(forum_id)
+        return Swap(state, self._programs.get(forum_id))
+
+    async def _swap_program(self, forum_id: str, token: Any, new: ProgramState) -> bool:
+        if self._programs.get(forum_id) is not token:
+            return False
+        self._programs[forum_id] = new
+        return True
+
+    # --- chat ----------------------------------------------------------------
+
+    async def append_message(self, message: ChatMessage) -> None:
+        history = self._chat.setdefault(message.forum_id, OrderedDict())
+        history[message.id] = message
+        while len(history) > self.chat_keep:
+            history.popitem(last=False)
+
+    async def messages(self, forum_id: str, limit: int = 50) -> list[ChatMessage]:
+        if limit <= 0:
+            return []
+        return list(self._chat.get(forum_id, {}).values())[-limit:]
+
+    async def _read_message(self, forum_id: str, message_id: str) -> Swap[ChatMessage] | None:
+        message = self._chat.get(forum_id, {}).get(message_id)
+        return None if message is None else Swap(message, message)
+
+    async def _swap_message(self, token: Any, new: ChatMessage) -> bool:
+        history = self._chat.get(new.forum_id, {})
+        if history.get(new.id) is not token:
+            return False
+        history[new.id] = new
+        return True
+
+    # --- pub/sub -------------------------------------------------------------
+
+    async def _publish(self, event: RoomEvent) -> None:
+        self._fanout.deliver(event)
+
+    # --- nodes ---------------------------------------------------------------
+
+    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float) -> None:
+        info = NodeInfo(node_id, dict(load), time.time())
+        self._nodes[node_id] = (info, self._clock() + ttl_s)
+
+    async def nodes(self) -> list[NodeInfo]:
+        now = self._clock()
+        return sorted(
+            (info for info, expires in self._nodes.values() if expires > now),
+            key=lambda n: n.node_id,
+        )
+
+    async def dead_nodes(self) -> list[str]:
+        now = self._clock()
+        return sorted(node for node, (_, expires) in self._nodes.items() if expires <= now)
+
+    async def reap_node(self, node_id: str) -> Reaped:
+        self._nodes.pop(node_id, None)
+        participants: list[Participant] = []
+        for forum in self._participants.values():
+            gone = [p for p in forum.values() if p.node_id == node_id]
+            for p in gone:
+                del forum[p.id]
+            participants.extend(gone)
+        sources: list[MediaSource] = []
+        for forum_sources in self._sources.values():
+            lost = [s for s in forum_sources.values() if s.node_id == node_id]
+            for s in lost:
+                del forum_sources[s.id]
+            sources.extend(lost)
+        if participants or sources:
+            logger.info(
+                "MemoryStore(%s) reaped node %s: %d participants, %d sources",
+                self.node_id, node_id, len(participants), len(sources),
+            )
+        return Reaped(node_id, participants, sources)

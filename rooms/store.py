@@ -1,0 +1,347 @@
+"""The state seam: what every store backend must do.
+
+One node alone uses `MemoryStore` (rooms/memory_store.py); several nodes
+share a `RedisStore` (signaling/redis_store.py). Like python-socketio's
+managers, this base class holds the protocol (validation, the
+compare-and-set loop, the local fan-out of events to subscribers) and the
+backends add only storage and transport.
+
+Capacity rule (`admit`): a forum's capacity counts its *viewers* only.
+Speakers, operators and admins are always admitted to a forum they hold a
+grant for, so a full forum never locks out the people who run it; they
+do not take a viewer's seat either.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from rooms.chat import MODERATION_FIELDS, ChatMessage
+from rooms.errors import RoomError
+from rooms.events import RoomEvent
+from rooms.models import MediaSource, Participant, ProgramState, Role
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# fields update_program accepts, with the types they must have
+PROGRAM_FIELDS: dict[str, tuple[type, ...]] = {
+    "program": (str, type(None)),
+    "preview": (str, type(None)),
+    "slate": (bool,),
+    "manual": (bool,),
+}
+
+# a compare-and-set that keeps losing means something is wrong; give up
+CAS_ATTEMPTS = 500
+
+
+def counts_against_capacity(role: Role) -> bool:
+    """Only viewers take seats (see the module docstring)."""
+    return role is Role.VIEWER
+
+
+class Counts(NamedTuple):
+    viewers: int  # the participants that count against capacity
+    total: int  # everyone connected to the forum
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    load: dict[str, Any]  # whatever the node reports (viewers, cpu, ...)
+    last_seen: float  # unix seconds, the node's own clock
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """What `reap_node` removed."""
+
+    node_id: str
+    participants: list[Participant]
+    sources: list[MediaSource]
+
+
+@dataclass(frozen=True)
+class Swap(Generic[T]):
+    """A value read for a compare-and-set, with the backend's opaque token
+    that proves nothing changed since the read."""
+
+    value: T
+    token: Any
+
+
+class Subscription:
+    """One subscriber's bounded queue of events; async-iterate it.
+
+    The iteration ends when the subscription or its store is closed. A
+    slow subscriber loses its oldest events (with a warning), it never
+    blocks a publisher.
+    """
+
+    _CLOSED = object()
+
+    def __init__(self, fanout: EventFanout, maxsize: int) -> None:
+        self._fanout = fanout
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize)
+        self._closed = False
+        self.dropped = 0
+
+    def _put(self, item: object) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(item)
+                return
+            except asyncio.QueueFull:
+                self._queue.get_nowait()  # drop the oldest
+                if item is not self._CLOSED:
+                    self.dropped += 1
+                    if self.dropped == 1 or self.dropped % 1000 == 0:
+                        logger.warning(
+                            "Subscription(%x) is slow: dropped %d events so far",
+                            id(self), self.dropped,
+                        )
+
+    def close(self) -> None:
+        """Stop receiving; a pending or later `__anext__` ends the loop."""
+        if not self._closed:
+            self._closed = True
+            self._fanout._remove(self)
+            self._put(self._CLOSED)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> RoomEvent:
+        if self._closed and self._queue.empty():
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if item is self._CLOSED:
+            raise StopAsyncIteration
+        return item  # type: ignore[return-value]
+
+    async def get(self, timeout: float) -> RoomEvent:
+        """The next event, or TimeoutError; StopAsyncIteration if closed."""
+        return await asyncio.wait_for(self.__anext__(), timeout)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventFanout:
+    """Hands each event to every local subscription, without awaiting."""
+
+    def __init__(self, queue_size: int = 1000) -> None:
+        self.queue_size = queue_size
+        self._subscriptions: set[Subscription] = set()
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription(self, self.queue_size)
+        self._subscriptions.add(sub)
+        return sub
+
+    def deliver(self, event: RoomEvent) -> None:
+        for sub in list(self._subscriptions):
+            sub._put(event)
+
+    def close_all(self) -> None:
+        for sub in list(self._subscriptions):
+            sub.close()
+
+    def _remove(self, sub: Subscription) -> None:
+        self._subscriptions.discard(sub)
+
+    def __len__(self) -> int:
+        return len(self._subscriptions)
+
+
+class Store(abc.ABC):
+    """Shared runtime state of the forums, and the event bus between nodes.
+
+    All methods are coroutines, safe to call concurrently; the ones marked
+    atomic stay correct when many nodes call them at once.
+    """
+
+    def __init__(self, node_id: str, queue_size: int = 1000) -> None:
+        self.node_id = node_id
+        self._fanout = EventFanout(queue_size)
+
+    # --- lifecycle ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect; after it returns, published events reach this node."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Disconnect and end every subscription. Idempotent."""
+
+    # --- participants --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def admit(self, participant: Participant, capacity: int) -> bool:
+        """Atomic: add the participant unless it would take a seat (a viewer)
+        and the forum already has `capacity` of them. Admitting an id that
+        is already there replaces its record and keeps its seat."""
+
+    @abc.abstractmethod
+    async def remove_participant(self, forum_id: str, participant_id: str) -> Participant | None:
+        """Remove and return the participant, None if it was not there."""
+
+    @abc.abstractmethod
+    async def participants(self, forum_id: str) -> list[Participant]:
+        """Every participant of the forum, on every node, by join time."""
+
+    @abc.abstractmethod
+    async def counts(self, forum_id: str) -> Counts: ...
+
+    # --- sources -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_source(self, source: MediaSource) -> MediaSource | None:
+        """Add or replace a source; return the record it replaced."""
+
+    @abc.abstractmethod
+    async def remove_source(self, forum_id: str, source_id: str) -> MediaSource | None: ...
+
+    @abc.abstractmethod
+    async def sources(self, forum_id: str) -> list[MediaSource]:
+        """The forum's sources, by id."""
+
+    async def get_source(self, forum_id: str, source_id: str) -> MediaSource | None:
+        for source in await self.sources(forum_id):
+            if source.id == source_id:
+                return source
+        return None
+
+    # --- program state -------------------------------------------------------
+
+    async def get_program(self, forum_id: str) -> ProgramState:
+        return (await self._read_program(forum_id)).value
+
+    async def update_program(
+        self, forum_id: str, expected_version: int | None = None, **changes: Any
+    ) -> ProgramState:
+        """Atomic compare-and-set. With `expected_version`, refuse with
+        RoomError("conflict") unless the state is still at that version;
+        with None, apply on top of whatever is current. Each change bumps
+        the version by one; changes that change nothing bump nothing.
+        Setting `program` alone also sets `slate` (on when program is None).
+        """
+        for name, value in changes.items():
+            allowed = PROGRAM_FIELDS.get(name)
+            if allowed is None:
+                raise RoomError("invalid", f"program state has no field {name!r}")
+            if not isinstance(value, allowed):
+                raise RoomError("invalid", f"program field {name!r} cannot be {value!r}")
+        if "program" in changes and "slate" not in changes:
+            changes["slate"] = changes["program"] is None
+        for _ in range(CAS_ATTEMPTS):
+            current = await self._read_program(forum_id)
+            state = current.value
+            if expected_version is not None and state.version != expected_version:
+                raise RoomError(
+                    "conflict",
+                    f"forum {forum_id} changed meanwhile (now at version {state.version}, "
+                    f"not {expected_version}); reload and try again",
+                )
+            new = dataclasses.replace(state, **changes)
+            if new == state:
+                return state
+            new = dataclasses.replace(new, version=state.version + 1)
+            if await self._swap_program(forum_id, current.token, new):
+                return new
+        raise RoomError("conflict", f"forum {forum_id} is changing too fast; try again")
+
+    @abc.abstractmethod
+    async def _read_program(self, forum_id: str) -> Swap[ProgramState]:
+        """The current state (version 0 defaults if none) and a CAS token."""
+
+    @abc.abstractmethod
+    async def _swap_program(self, forum_id: str, token: Any, new: ProgramState) -> bool:
+        """Atomic: store `new` only if the state is still what `token` read."""
+
+    # --- chat ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def append_message(self, message: ChatMessage) -> None:
+        """Append to the forum's history (the oldest beyond the backend's
+        bound are dropped)."""
+
+    @abc.abstractmethod
+    async def messages(self, forum_id: str, limit: int = 50) -> list[ChatMessage]:
+        """The latest `limit` messages, oldest first, hidden ones included."""
+
+    async def update_message(self, forum_id: str, message_id: str, **changes: bool) -> ChatMessage:
+        """Atomic: set moderation flags (hidden, answered, pinned)."""
+        for name, value in changes.items():
+            if name not in MODERATION_FIELDS or not isinstance(value, bool):
+                raise RoomError("invalid", f"cannot set {name!r} on a chat message")
+        for _ in range(CAS_ATTEMPTS):
+            current = await self._read_message(forum_id, message_id)
+            if current is None:
+                raise RoomError("not_found", f"no message {message_id!r} in forum {forum_id}")
+            new = dataclasses.replace(current.value, **changes)
+            if new == current.value or await self._swap_message(current.token, new):
+                return new
+        raise RoomError("conflict", f"message {message_id!r} is changing too fast; try again")
+
+    @abc.abstractmethod
+    async def _read_message(self, forum_id: str, message_id: str) -> Swap[ChatMessage] | None: ...
+
+    @abc.abstractmethod
+    async def _swap_message(self, token: Any, new: ChatMessage) -> bool:
+        """Atomic: store `new` only if the message is still what `token` read
+        (and still kept)."""
+
+    # --- pub/sub -------------------------------------------------------------
+
+    async def publish(self, event: RoomEvent) -> None:
+        """Send to every node's subscribers, this node's included. The event
+        is stamped with this node's id unless it already carries one."""
+        if not event.node_id:
+            event = dataclasses.replace(event, node_id=self.node_id)
+        await self._publish(event)
+
+    @abc.abstractmethod
+    async def _publish(self, event: RoomEvent) -> None:
+        """Transport hook: get `event` to every node's `_fanout.deliver`."""
+
+    def subscribe(self) -> Subscription:
+        """A new subscription; it receives every event published from now on
+        (call `close()` or leave its `async with` to stop)."""
+        return self._fanout.subscribe()
+
+    # --- nodes ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float) -> None:
+        """Register the node as alive for `ttl_s` more seconds."""
+
+    @abc.abstractmethod
+    async def nodes(self) -> list[NodeInfo]:
+        """Nodes whose last heartbeat has not expired, by id."""
+
+    @abc.abstractmethod
+    async def dead_nodes(self) -> list[str]:
+        """Nodes that heart-beat once, expired, and were not reaped yet."""
+
+    @abc.abstractmethod
+    async def reap_node(self, node_id: str) -> Reaped:
+        """Atomic: forget the node and remove the participants and sources
+        it held, whether or not it is still alive (the caller decides).
+        Two nodes reaping at once split nothing: one gets it all."""
