@@ -1,0 +1,29 @@
+"""The typed service registry of the aiohttp application: one AppKey per
+long-lived object, set by build_app or by the cleanup context that owns it.
+Handlers read `request.app[ROOMS]`; nothing is a module-level singleton."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from config.settings import Settings
+from rooms.agenda import AgendaClock
+from rooms.models import Event
+from rooms.tokens import TokenService
+
+if TYPE_CHECKING:  # their modules may import aiohttp pieces; keep this file a leaf
+    import socketio
+
+    from rooms.service import RoomService
+    from rooms.store import Store
+
+SETTINGS = web.AppKey("settings", Settings)
+EVENT = web.AppKey("event", Event)
+TOKENS = web.AppKey("tokens", TokenService)
+AGENDA = web.AppKey("agenda", AgendaClock)
+STORE: web.AppKey["Store"] = web.AppKey("store")
+ROOMS: web.AppKey["RoomService"] = web.AppKey("rooms")
+MEDIA: web.AppKey[Any] = web.AppKey("media")  # the node's media plane (streaming/)
+SIO: web.AppKey["socketio.AsyncServer"] = web.AppKey("sio")
