@@ -1,0 +1,130 @@
+"""The real forumcast server as a child process, for integration and
+browser tests.
+
+`start_server()` runs `python -m signaling.cli serve` on a free loopback
+port with a temp data dir, a known token secret and
+FORUMCAST_ICE_ADDRESSES=127.0.0.1 (so its ICE answers only carry loopback
+candidates), waits for /healthz, and returns a ServerProcess that mints
+tokens with the same secret. `stop()` terminates, waits, kills if needed
+and always reaps; its log is kept in the data dir for failure messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rooms.models import Role
+from rooms.tokens import TokenService
+from tests.processes import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ServerProcess:
+    port: int
+    data_dir: Path
+    secret: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    _tokens: TokenService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._tokens = TokenService(self.secret)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def token(self, role: Role | str, forums: list[str] | None = None, name: str = "Test",
+              ttl_seconds: float = 3600) -> str:
+        """A token the server accepts (same secret). `forums=None` opens all."""
+        return self._tokens.issue(role, forums, name, ttl_seconds=ttl_seconds)
+
+    def expired_token(self, role: Role | str, forums: list[str] | None = None) -> str:
+        """A well-signed token whose expiry is already past."""
+        past = TokenService(self.secret, now=lambda: time.time() - 7200)
+        return past.issue(role, forums, "Expired", ttl_seconds=60)
+
+    def get_json(self, path: str, timeout: float = 5.0) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-8000:]
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Graceful stop (SIGTERM), then kill; always reaped. Returns the exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def start_server(
+    extra_env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+    timeout: float = 30.0,
+) -> ServerProcess:
+    """Start the server and wait until /healthz answers 200."""
+    data_dir = Path(tempfile.mkdtemp(prefix="forumcast-server-"))
+    secret = secrets.token_urlsafe(48)
+    port = free_port()
+    env = dict(os.environ)
+    env.update({
+        "FORUMCAST_TOKEN_SECRET": secret,
+        "FORUMCAST_ICE_ADDRESSES": "127.0.0.1",  # never offer eth0 to a peer
+        "FORUMCAST_HOST": "127.0.0.1",
+        "FORUMCAST_NODE_ID": f"test-{port}",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.pop("FORUMCAST_CONFIG", None)
+    env.pop("FORUMCAST_REDIS_URL", None)
+    env.update(extra_env or {})
+    log_path = data_dir / "server.log"
+    args = [sys.executable, "-m", "signaling.cli", "serve", "--port", str(port),
+            "--data-dir", str(data_dir), *(extra_args or [])]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = ServerProcess(port, data_dir, secret, process, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log_text = server.log()
+            server.cleanup()
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{log_text}")
+        try:
+            with urllib.request.urlopen(server.url + "/healthz", timeout=1.0) as response:
+                if response.status == 200:
+                    return server
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.1)  # still binding; a child process offers nothing to await
+    log_text = server.log()
+    server.cleanup()
+    raise RuntimeError(f"the server did not answer /healthz within {timeout}s:\n{log_text}")
