@@ -1,0 +1,86 @@
+"""The baseline a user would write with aiortc alone: one MediaPlayer(decode=False)
+of the pre-encoded file, a MediaRelay, one RTCPeerConnection and sender per viewer.
+
+POST /watch?forum=F&viewer=V with an SDP offer answers the SDP answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer, MediaRelay
+
+from bench.loopback import LOOPBACK, loopback_configuration, restrict_ice_to_loopback
+
+
+class Baseline:
+    def __init__(self, media: str) -> None:
+        # loop=False: looping restarts the pts and MediaPlayer then bursts (see bench/media.py)
+        self.player = MediaPlayer(media, decode=False)
+        self.relay = MediaRelay()
+        self.peers: dict[str, RTCPeerConnection] = {}
+
+    async def watch(self, request: web.Request) -> web.Response:
+        viewer = request.query.get("viewer", "")
+        offer = await request.text()
+        pc = RTCPeerConnection(loopback_configuration())
+        self.peers[viewer] = pc
+
+        @pc.on("connectionstatechange")
+        async def _state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                self.peers.pop(viewer, None)
+                await pc.close()
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        pc.addTrack(self.relay.subscribe(self.player.video, buffered=False))
+        pc.addTrack(self.relay.subscribe(self.player.audio, buffered=False))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp")
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"peers": len(self.peers)})
+
+    async def close(self) -> None:
+        await asyncio.gather(*(pc.close() for pc in self.peers.values()), return_exceptions=True)
+        self.player.video.stop()
+        self.player.audio.stop()
+
+
+async def serve(media: str, port: int, lifetime: float) -> None:
+    restrict_ice_to_loopback()
+    baseline = Baseline(media)
+    app = web.Application()
+    app.router.add_post("/watch", baseline.watch)
+    app.router.add_get("/stats", baseline.stats)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, LOOPBACK, port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await asyncio.wait_for(stop.wait(), lifetime)  # stops by itself if the harness is gone
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        await asyncio.wait_for(baseline.close(), 20)
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--media", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--lifetime", type=float, default=600.0)
+    args = parser.parse_args()
+    asyncio.run(serve(args.media, args.port, args.lifetime))
+
+
+if __name__ == "__main__":
+    main()

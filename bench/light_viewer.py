@@ -1,0 +1,333 @@
+"""Light WebRTC viewers: many in one process, cheap enough to be the load tester.
+
+Each viewer uses aiortc only to negotiate (recvonly video + audio offer,
+ICE, DTLS). Once ICE has nominated its pair, the viewer takes the socket's
+datagram handler: RTP/RTCP (first byte 128..191) are only counted from
+their clear headers, and 1 in `sample_every` RTP packets is unprotected
+with the viewer's own SRTP keys to prove the server encrypted it for this
+viewer; STUN (consent checks) and DTLS still go to aioice/aiortc. aiortc's
+RTP receivers never see a packet, so they never decode, depacketize or
+send RTCP; the pool sends one small receiver report per viewer per
+`rr_interval` instead (a browser sends about one a second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import statistics
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pylibsrtp
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket
+
+from bench import procstat
+from bench.aiortc_reach import DatagramHandler, WirePath, wire_path
+from bench.loopback import loopback_configuration, restrict_ice_to_loopback
+
+Signal = Callable[[str, str], Awaitable[str]]  # (viewer_id, offer sdp) -> answer sdp
+_RTP_HEAD = struct.Struct("!HII")  # sequence number, timestamp, SSRC at offset 2
+
+
+@dataclass
+class StreamCount:
+    kind: str
+    packets: int = 0
+    bytes: int = 0
+    highest_seq: int = 0
+
+
+@dataclass
+class Counts:
+    """Cumulative counters of one viewer (or a sum of them)."""
+
+    rtp: int = 0
+    rtp_bytes: int = 0
+    rtcp: int = 0
+    video: int = 0
+    audio: int = 0
+    checked: int = 0
+    auth_failures: int = 0
+
+    def __sub__(self, other: Counts) -> Counts:
+        return Counts(*(a - b for a, b in zip(self.astuple(), other.astuple())))
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(*(a + b for a, b in zip(self.astuple(), other.astuple())))
+
+    def astuple(self) -> tuple[int, ...]:
+        return (self.rtp, self.rtp_bytes, self.rtcp, self.video, self.audio, self.checked, self.auth_failures)
+
+
+def payload_kinds(sdp: str) -> dict[int, str]:
+    """Payload type -> 'audio'/'video' from the m= lines of a description."""
+    kinds: dict[int, str] = {}
+    for match in re.finditer(r"^m=(audio|video) \d+ \S+ ([\d ]+)", sdp, re.MULTILINE):
+        for pt in match.group(2).split():
+            kinds[int(pt)] = match.group(1)
+    return kinds
+
+
+class LightViewer:
+    """One viewer. `connect()` negotiates, then counting happens in `_on_datagram`."""
+
+    def __init__(self, viewer_id: str, sample_every: int = 50) -> None:
+        self.viewer_id = viewer_id
+        self.pc = RTCPeerConnection(loopback_configuration())
+        self.streams: dict[int, StreamCount] = {}
+        self.rtcp = 0
+        self.checked = 0
+        self.auth_failures = 0
+        self.rtcp_ssrc = random.getrandbits(32)
+        self._sample_every = max(1, sample_every)
+        self._until_check = self._sample_every
+        self._kinds: dict[int, str] = {}
+        self._wire: WirePath | None = None
+        self._aioice_handler: DatagramHandler | None = None
+        self._rx_srtp: pylibsrtp.Session | None = None
+
+    async def connect(self, signal: Signal, timeout: float = 20.0) -> None:
+        await asyncio.wait_for(self._negotiate(signal), timeout)
+
+    async def _negotiate(self, signal: Signal) -> None:
+        video = self.pc.addTransceiver("video", direction="recvonly")
+        h264 = [c for c in RTCRtpReceiver.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+        video.setCodecPreferences(h264)  # one codec per forum, H.264: see docs/DESIGN.md
+        self.pc.addTransceiver("audio", direction="recvonly")
+        connected = asyncio.get_running_loop().create_future()
+
+        @self.pc.on("iceconnectionstatechange")
+        def _ice_state() -> None:
+            # take the socket as soon as a pair is nominated, before any RTP can arrive
+            if self.pc.iceConnectionState == "completed" and self._wire is None:
+                self._take_over()
+
+        @self.pc.on("connectionstatechange")
+        def _state() -> None:
+            if self.pc.connectionState in ("connected", "failed", "closed") and not connected.done():
+                connected.set_result(self.pc.connectionState)
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        answer = await signal(self.viewer_id, self.pc.localDescription.sdp)
+        self._kinds = payload_kinds(answer)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        state = await connected
+        if state != "connected":
+            raise ConnectionError(f"viewer {self.viewer_id}: peer connection {state}")
+        if self._wire is None:
+            self._take_over()
+
+    def _take_over(self) -> None:
+        self._wire = wire_path(self.pc)
+        self._aioice_handler = self._wire.take_datagrams(self._on_datagram)
+
+    def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        first = data[0]
+        if not 127 < first < 192:
+            self._aioice_handler(data, addr)  # type: ignore[misc]  # STUN or DTLS
+            return
+        if 191 < data[1] < 224:  # RTCP packet types 192..223 (RFC 5761)
+            self.rtcp += 1
+            return
+        seq, _, ssrc = _RTP_HEAD.unpack_from(data, 2)
+        stream = self.streams.get(ssrc)
+        if stream is None:
+            stream = self.streams[ssrc] = StreamCount(self._kinds.get(data[1] & 0x7F, "?"))
+        stream.packets += 1
+        stream.bytes += len(data)
+        stream.highest_seq = seq
+        self._until_check -= 1
+        if self._until_check == 0:
+            self._until_check = self._sample_every
+            self._verify(data)
+
+    def _verify(self, data: bytes) -> None:
+        session = self._rx_srtp
+        if session is None:
+            session = self._rx_srtp = self._wire.rx_srtp() if self._wire else None
+            if session is None:
+                return  # our DTLS is finishing: the server may already send
+        self.checked += 1
+        try:
+            clear = session.unprotect(data)
+        except pylibsrtp.Error:
+            self.auth_failures += 1
+            return
+        if clear[:12] != data[:12]:
+            self.auth_failures += 1  # SRTP keeps the header in clear: anything else is wrong
+
+    def counts(self) -> Counts:
+        video = sum(s.packets for s in self.streams.values() if s.kind == "video")
+        audio = sum(s.packets for s in self.streams.values() if s.kind == "audio")
+        return Counts(
+            rtp=sum(s.packets for s in self.streams.values()),
+            rtp_bytes=sum(s.bytes for s in self.streams.values()),
+            rtcp=self.rtcp, video=video, audio=audio,
+            checked=self.checked, auth_failures=self.auth_failures,
+        )
+
+    def send_receiver_report(self) -> None:
+        if self._wire is None or not self.streams:
+            return
+        session = self._wire.tx_srtp()
+        if session is None:
+            return
+        reports = [
+            RtcpReceiverInfo(ssrc=ssrc, fraction_lost=0, packets_lost=0,
+                             highest_sequence=s.highest_seq, jitter=0, lsr=0, dlsr=0)
+            for ssrc, s in self.streams.items()
+        ]
+        packet = RtcpRrPacket(ssrc=self.rtcp_ssrc, reports=reports)
+        self._wire.send(session.protect_rtcp(bytes(packet)))
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+@dataclass
+class ViewerPool:
+    """N light viewers in this process, one receiver-report loop for all."""
+
+    sample_every: int = 50
+    rr_interval: float = 1.0
+    concurrency: int = 10
+    viewers: list[LightViewer] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _rr_task: asyncio.Task[None] | None = None
+
+    async def connect(self, count: int, signal: Signal, prefix: str = "v", timeout: float = 20.0) -> None:
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(index: int) -> None:
+            viewer = LightViewer(f"{prefix}{index}", self.sample_every)
+            async with gate:
+                try:
+                    await viewer.connect(signal, timeout)
+                except Exception as exc:  # reported, never hidden: the run fails on errors
+                    self.errors.append(f"{viewer.viewer_id}: {type(exc).__name__}: {exc}")
+                    await viewer.close()
+                    return
+            self.viewers.append(viewer)
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        if self.rr_interval > 0 and self._rr_task is None:
+            self._rr_task = asyncio.create_task(self._report_loop())
+
+    async def _report_loop(self) -> None:
+        while True:
+            # spread the viewers' reports over the interval rather than in one burst
+            step = self.rr_interval / max(1, len(self.viewers))
+            for viewer in list(self.viewers):
+                viewer.send_receiver_report()
+                await asyncio.sleep(step)
+
+    async def wait_receiving(self, timeout: float) -> int:
+        """Wait until every viewer has video and audio; return how many have."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = sum(1 for v in self.viewers if (c := v.counts()).video > 0 and c.audio > 0)
+            if ready == len(self.viewers) or time.monotonic() > deadline:
+                return ready
+            await asyncio.sleep(0.2)
+
+    def per_viewer(self) -> list[Counts]:
+        return [v.counts() for v in self.viewers]
+
+    async def close(self) -> None:
+        if self._rr_task is not None:
+            self._rr_task.cancel()
+        await asyncio.wait_for(
+            asyncio.gather(*(v.close() for v in self.viewers), return_exceptions=True), 30
+        )
+
+
+def http_signal(session: aiohttp.ClientSession, url: str, forum: str) -> Signal:
+    """POST the offer to the server under test's /watch, the same for forumcast and baseline."""
+
+    async def signal(viewer_id: str, offer: str) -> str:
+        async with session.post(f"{url}/watch", params={"forum": forum, "viewer": viewer_id},
+                                data=offer, headers={"Content-Type": "application/sdp"}) as resp:
+            body = await resp.text()
+            if resp.status not in (200, 201):
+                raise ConnectionError(f"/watch answered {resp.status}: {body[:200]}")
+            return body
+
+    return signal
+
+
+def _rates(window: float, before: list[Counts], after: list[Counts]) -> dict[str, Any]:
+    deltas = [b - a for a, b in zip(before, after)]
+    per_s = [d.rtp / window for d in deltas] or [0.0]
+    total = Counts()
+    for d in deltas:
+        total = total + d
+    return {
+        "packets": total.rtp, "bytes": total.rtp_bytes, "rtcp_rx": total.rtcp,
+        "video_pps": total.video / window / max(1, len(deltas)),
+        "audio_pps": total.audio / window / max(1, len(deltas)),
+        "pps_min": min(per_s), "pps_median": statistics.median(per_s), "pps_max": max(per_s),
+        "silent_viewers": sum(1 for d in deltas if d.rtp == 0),
+    }
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Connect, wait for media, warm up, then one window of server CPU vs packets."""
+    pool = ViewerPool(sample_every=args.sample_every, rr_interval=args.rr_interval,
+                      concurrency=args.concurrency)
+    report: dict[str, Any] = {"viewers": args.viewers}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        started = time.monotonic()
+        try:
+            await pool.connect(args.viewers, http_signal(http, args.url, args.forum))
+            report["connect_s"] = time.monotonic() - started
+            report["connected"] = len(pool.viewers)
+            report["receiving"] = await pool.wait_receiving(args.receive_timeout)
+            await asyncio.sleep(args.warmup)
+            before, cpu0, own0, t0 = pool.per_viewer(), procstat.tree_cpu_seconds(args.server_pid), \
+                procstat.cpu_seconds(os.getpid()), time.monotonic()
+            await asyncio.sleep(args.seconds)
+            after, cpu1, own1, t1 = pool.per_viewer(), procstat.tree_cpu_seconds(args.server_pid), \
+                procstat.cpu_seconds(os.getpid()), time.monotonic()
+            window = t1 - t0
+            report.update(_rates(window, before, after))
+            report.update(window_s=window, server_cpu_s=cpu1 - cpu0, client_cpu_s=own1 - own0)
+            total = Counts()
+            for c in after:
+                total = total + c
+            report.update(auth_checked=total.checked, auth_failures=total.auth_failures)
+        finally:
+            report["errors"] = pool.errors[:20]
+            report["error_count"] = len(pool.errors)
+            await pool.close()
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Light viewers: connect, count, report JSON on stdout.")
+    parser.add_argument("--url", required=True, help="server under test, e.g. http://127.0.0.1:8990")
+    parser.add_argument("--forum", default="main")
+    parser.add_argument("--viewers", type=int, default=10)
+    parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--receive-timeout", type=float, default=20.0)
+    parser.add_argument("--sample-every", type=int, default=50)
+    parser.add_argument("--rr-interval", type=float, default=1.0)
+    parser.add_argument("--concurrency", type=int, default=10)
+    args = parser.parse_args()
+    restrict_ice_to_loopback()
+    print(json.dumps(asyncio.run(measure(args))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Keep every ICE agent of the benchmark on 127.0.0.1.
+
+aioice gathers host candidates on every interface (and skips 127.0.0.1),
+and aiortc falls back to Google's public STUN server when a configuration
+names none; this machine has a real eth0 that must never be a target.
+Call `restrict_ice_to_loopback()` before the first RTCPeerConnection
+gathers, and build peer connections with `loopback_configuration()`.
+"""
+
+from __future__ import annotations
+
+import aioice.ice
+from aiortc import RTCBundlePolicy, RTCConfiguration
+from aiortc.rtcicetransport import RTCIceGatherer, RTCIceServer
+
+LOOPBACK = "127.0.0.1"
+
+
+def _loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    return [LOOPBACK] if use_ipv4 else []
+
+
+def _no_ice_servers(cls: type) -> list[RTCIceServer]:
+    return []
+
+
+def restrict_ice_to_loopback() -> None:
+    """Idempotent; the one place the benchmark patches aioice/aiortc's gathering."""
+    aioice.ice.get_host_addresses = _loopback_only
+    RTCIceGatherer.getDefaultIceServers = classmethod(_no_ice_servers)  # type: ignore[assignment]
+
+
+def loopback_configuration() -> RTCConfiguration:
+    """No STUN/TURN server, one bundled transport per peer connection."""
+    return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)

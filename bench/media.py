@@ -1,0 +1,69 @@
+"""The benchmark's test media, made once with the imageio-ffmpeg binary.
+
+720p30 H.264 constrained baseline at ~1.5 Mbps CBR (2 s GOP) + Opus, in
+MPEG-TS: the video stays Annex-B with timestamps, which is what aiortc's
+H.264 packetizer needs from MediaPlayer(decode=False). The file is long
+rather than looped: MediaPlayer(loop=True) restarts the pts at 0, so after
+the first loop its pacing is lost and it bursts the whole file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import imageio_ffmpeg
+
+WIDTH, HEIGHT, FPS = 1280, 720, 30
+VIDEO_KBPS = 1500
+DEFAULT_SECONDS = 150  # longer than any one server's life in a fan-out run
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FORUMCAST_BENCH_CACHE") or os.path.join(tempfile.gettempdir(), "forumcast-bench")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def ffmpeg_command(ffmpeg: str, seconds: int, out: Path) -> list[str]:
+    gop = 2 * FPS
+    return [
+        ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", f"testsrc2=size={WIDTH}x{HEIGHT}:rate={FPS}",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+        "-t", str(seconds),
+        "-c:v", "libx264", "-profile:v", "baseline", "-preset", "veryfast",
+        "-tune", "zerolatency", "-pix_fmt", "yuv420p",
+        "-b:v", f"{VIDEO_KBPS}k", "-minrate", f"{VIDEO_KBPS}k", "-maxrate", f"{VIDEO_KBPS}k",
+        "-bufsize", f"{VIDEO_KBPS}k", "-x264-params", f"nal-hrd=cbr:keyint={gop}:min-keyint={gop}:scenecut=0",
+        "-bsf:v", "h264_mp4toannexb",
+        "-c:a", "libopus", "-b:a", "64k", "-ac", "2", "-frame_duration", "20",
+        "-f", "mpegts", str(out),
+    ]
+
+
+def ensure_media(seconds: int = DEFAULT_SECONDS, ffmpeg: str | None = None) -> Path:
+    """The cached file, encoded on first use (about a minute on 2 busy cores)."""
+    out = cache_dir() / f"bench-720p30-{VIDEO_KBPS}k-{seconds}s.ts"
+    if out.exists() and out.stat().st_size > 0:
+        return out
+    tmp = out.with_suffix(".part.ts")
+    binary = ffmpeg or imageio_ffmpeg.get_ffmpeg_exe()
+    subprocess.run(ffmpeg_command(binary, seconds, tmp), check=True, timeout=900)
+    tmp.replace(out)  # atomic: a crashed encode never leaves a half file under the real name
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=DEFAULT_SECONDS)
+    args = parser.parse_args()
+    print(ensure_media(args.seconds))
+
+
+if __name__ == "__main__":
+    main()
