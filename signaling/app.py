@@ -1,0 +1,106 @@
+"""The composition root: the one place that builds a node from Settings.
+
+build_app() is a short list of setup calls. Each long-lived resource owns
+one cleanup context, registered in this order so they unwind in reverse
+(STYLE.md item 10): state store, bus/event listener, room service,
+socket.io server, media plane. run() serves the app until SIGINT/SIGTERM
+and then shuts it down in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from config.settings import Settings, load_or_create_secret
+from rooms.agenda import AgendaClock
+from rooms.event_file import load_event
+from rooms.memory_store import MemoryStore
+from rooms.models import Event
+from rooms.store import Store
+from rooms.tokens import TokenService
+from signaling.app_keys import AGENDA, EVENT, SETTINGS, STORE, TOKENS
+from signaling.http_api import setup_http_api
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 5.0  # in-flight requests get this long after a stop signal
+
+
+def load_app_event(settings: Settings) -> Event:
+    """The event file, with the settings' public override applied.
+    Raises EventFileError listing every problem."""
+    event = load_event(settings.event_file)
+    if settings.public_event is not None:
+        event = dataclasses.replace(event, public=settings.public_event)
+    return event
+
+
+def build_app(settings: Settings) -> web.Application:
+    """A node's application; nothing starts until the runner starts it.
+    Raises EventFileError or SettingsError for a bad configuration."""
+    event = load_app_event(settings)
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[EVENT] = event
+    app[TOKENS] = TokenService(load_or_create_secret(settings))
+    app[AGENDA] = AgendaClock(event)
+
+    setup_http_api(app)  # first: its error middleware wraps every later route
+    app.cleanup_ctx.append(_store_ctx)
+    # Integrators: add, in this order, each registering its own cleanup_ctx:
+    #   bus / event listener, setup_rooms (RoomService), setup_socketio(app),
+    #   setup_media(app); then setup_whip_whep(app), setup_pages(app).
+    return app
+
+
+def make_store(settings: Settings) -> Store:
+    if settings.redis_url:
+        from signaling.redis_store import RedisStore  # only a cluster needs redis
+
+        return RedisStore(settings.redis_url, node_id=settings.node_id)
+    return MemoryStore(node_id=settings.node_id)
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = make_store(app[SETTINGS])
+    await store.start()
+    app[STORE] = store
+    logger.info("store %s started for node %s", type(store).__name__, store.node_id)
+    try:
+        yield
+    finally:
+        await store.stop()
+
+
+async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully. `ready` is
+    set once the socket listens (for embedding and tests)."""
+    app = build_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        logger.info(
+            "forumcast node %s serving %s on http://%s:%d (%d forums)",
+            settings.node_id, app[EVENT].id, settings.host, settings.port, len(app[EVENT].forums),
+        )
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        logger.info("stop signal received: shutting down")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+        logger.info("stopped")

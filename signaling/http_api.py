@@ -1,0 +1,155 @@
+"""The read-only REST API (/healthz, /api/forums) and the middleware that
+turns every error into `{"error": {"code", "message"}}`.
+
+A RoomError anywhere becomes its HTTP status and JSON body. Under /api/,
+aiohttp's own HTTP errors (unknown route, wrong method, body too large)
+and unexpected exceptions are JSON too; an unexpected exception answers
+500 with a generic message and leaves its traceback in the log only.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from rooms.agenda import AgendaClock, session_json
+from rooms.errors import RoomError
+from rooms.models import Event, Forum
+from signaling.app_keys import AGENDA, EVENT, SETTINGS
+
+logger = logging.getLogger(__name__)
+
+JSON_PREFIXES = ("/api/",)
+dumps = functools.partial(json.dumps, ensure_ascii=False)  # Chinese names stay readable  # paths whose every error is answered in JSON
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# aiohttp's HTTP errors -> our stable codes
+_STATUS_CODES = {
+    400: "invalid",
+    401: "token_missing",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=dumps)
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _wants_json(request: web.Request) -> bool:
+    return request.path.startswith(JSON_PREFIXES) or request.path == "/api"
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RoomError as exc:
+        return json_response(exc.to_json(), status=exc.http_status)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not _wants_json(request):
+            raise
+        if exc.status == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+        elif exc.status == 404:
+            message = f"no such API path: {request.path}"
+        else:
+            message = exc.reason
+        response = error_response(exc.status, _STATUS_CODES.get(exc.status, "error"), message)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        # ConnectionResetError and cancellation are not ours to answer
+        if not _wants_json(request):
+            raise
+        logger.exception("unexpected error answering %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal server error; the details are in the server log")
+
+
+def forum_summary(forum: Forum, agenda: AgendaClock) -> dict[str, Any]:
+    status = agenda.status(forum.id)
+    return {
+        "id": forum.id,
+        "name": forum.name.to_json(),
+        "kind": forum.kind.value,
+        "capacity": forum.capacity,
+        "room": forum.room.to_json(),
+        "recorded": forum.recorded,
+        "live": session_json(status.live) if status.live else None,
+        "next": session_json(status.next) if status.next else None,
+    }
+
+
+def forum_detail(forum: Forum, event: Event, agenda: AgendaClock) -> dict[str, Any]:
+    body = forum_summary(forum, agenda)
+    speaker_ids = {sid for session in forum.sessions for sid in session.speaker_ids}
+    body["sessions"] = [session_json(session) for session in forum.sessions]
+    body["speakers"] = [
+        {
+            "id": speaker.id,
+            "name": speaker.name.to_json(),
+            "affiliation": speaker.affiliation.to_json(),
+            "mode": speaker.mode.value,
+        }
+        for sid in sorted(speaker_ids)
+        if (speaker := event.speakers.get(sid)) is not None
+    ]
+    # names only: restream URLs and key variables are for operators
+    body["restreams"] = [{"id": r.id, "name": r.name} for r in forum.restreams]
+    return body
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok", "node_id": request.app[SETTINGS].node_id})
+
+
+async def list_forums(request: web.Request) -> web.Response:
+    event = request.app[EVENT]
+    agenda = request.app[AGENDA]
+    return json_response(
+        {
+            "event": {
+                "id": event.id,
+                "name": event.name.to_json(),
+                "timezone": event.timezone,
+                "days": [day.isoformat() for day in event.days],
+                "public": event.public,
+            },
+            "now": agenda.now().isoformat(),
+            "forums": [forum_summary(forum, agenda) for forum in event.forums],
+        }
+    )
+
+
+async def get_forum(request: web.Request) -> web.Response:
+    event = request.app[EVENT]
+    forum_id = request.match_info["forum_id"]
+    forum = event.forum(forum_id)
+    if forum is None:
+        raise RoomError("not_found", f"there is no forum {forum_id!r} in this event")
+    return json_response(forum_detail(forum, event, request.app[AGENDA]))
+
+
+def setup_http_api(app: web.Application) -> None:
+    """Register the middleware and the read-only routes."""
+    app.middlewares.append(json_errors)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/forums", list_forums)
+    app.router.add_get("/api/forums/{forum_id}", get_forum)
