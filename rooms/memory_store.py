@@ -67,6 +67,9 @@ class MemoryStore(Store):
         found = self._participants.get(forum_id, {}).values()
         return sorted(found, key=lambda p: (p.joined_at, p.id))
 
+    async def get_participant(self, forum_id: str, participant_id: str) -> Participant | None:
+        return self._participants.get(forum_id, {}).get(participant_id)
+
     async def counts(self, forum_id: str) -> Counts:
         forum = self._participants.get(forum_id, {})
         return Counts(self._viewers(forum), len(forum))

@@ -206,6 +206,12 @@ class Store(abc.ABC):
     async def participants(self, forum_id: str) -> list[Participant]:
         """Every participant of the forum, on every node, by join time."""
 
+    async def get_participant(self, forum_id: str, participant_id: str) -> Participant | None:
+        for participant in await self.participants(forum_id):
+            if participant.id == participant_id:
+                return participant
+        return None
+
     @abc.abstractmethod
     async def counts(self, forum_id: str) -> Counts: ...
 
