@@ -288,6 +288,8 @@ assert set(_PARSERS) == {f.name for f in dataclasses.fields(Settings)}, "a setti
 def _show(key: str, value: Any) -> str:
     if key in _SECRET_KEYS:
         return "<hidden>"
+    if isinstance(value, bool):
+        return str(value).lower()  # as TOML writes it
     return repr(str(value)) if isinstance(value, Path) else repr(value)
 
 
