@@ -135,6 +135,17 @@ class Subscription:
         """The next event, or TimeoutError; StopAsyncIteration if closed."""
         return await asyncio.wait_for(self.__anext__(), timeout)
 
+    def drain(self) -> list[RoomEvent]:
+        """The events queued right now, without waiting."""
+        events: list[RoomEvent] = []
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is self._CLOSED:
+                self._put(item)  # keep the end marker for the iterator
+                break
+            events.append(item)  # type: ignore[arg-type]
+        return events
+
     async def __aenter__(self) -> Subscription:
         return self
 
