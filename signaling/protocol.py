@@ -198,3 +198,9 @@ def program_json(program: ProgramState, sources: list[MediaSource] | None = None
     return {"forum_id": program.forum_id, "program": program.program,
             "preview": program.preview, "slate": program.slate,
             "manual": program.manual, "version": program.version, "source": on_air}
+
+
+def counts_json(forum_id: str, counts: tuple[int, int]) -> dict[str, Any]:
+    """`viewers` take seats (capacity); `total` adds speakers and operators."""
+    viewers, total = counts
+    return {"forum_id": forum_id, "viewers": viewers, "total": total}

@@ -1,0 +1,288 @@
+"""The glue between this node's media plane and the room service.
+
+A publisher (browser speaker over socket.io, or a WHIP encoder) becomes a
+MediaSource (kind LIVE) in the rooms before its media starts; the media
+plane's state changes (connecting -> live -> lost/ended) are written back
+to the rooms, so /api and every client see them.
+
+Until the per-forum switcher lands, the program follows the most recent
+live source: when a source goes live it is put on air (MediaPlane.set_program
+and RoomService.set_program_system, so what viewers receive and what the
+rooms say agree); when the source on air ends, the previous live source
+takes over, or the slate when none is left.
+
+The media plane calls back synchronously from its own tasks; the bridge
+only enqueues there, and one task applies the changes in order (an actor),
+so no callback ever awaits the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from rooms.errors import RoomError
+from rooms.models import MediaSource, SourceKind, SourceState
+from rooms.tokens import Grant
+from signaling.app_keys import MEDIA, ROOMS, SETTINGS
+
+if TYPE_CHECKING:
+    from rooms.service import RoomService
+
+logger = logging.getLogger(__name__)
+
+SYSTEM = "system"  # `by` for program changes the bridge makes
+_QUEUE_LIMIT = 4096  # state changes are rare; a full queue means the applier is stuck
+
+
+# media-plane error code -> (room error code, prefix) so edges answer uniformly
+_MEDIA_CODES = {
+    "invalid_sdp": "invalid_sdp",
+    "unsupported_codec": "unsupported_codec",
+    "not_found": "not_found",
+    "unavailable": "unavailable",
+}
+
+
+def room_error_from_media(exc: Exception) -> RoomError:
+    """A MediaError (code, message) as the RoomError every edge knows."""
+    code = getattr(exc, "code", None)
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    if isinstance(code, str) and code in _MEDIA_CODES:
+        return RoomError(_MEDIA_CODES[code], message)
+    logger.error("media plane failed unexpectedly: %r", exc)
+    return RoomError("unavailable", "the media server could not handle this; try again")
+
+
+@dataclass(frozen=True)
+class Published:
+    source_id: str
+    answer_sdp: str
+
+
+@dataclass
+class _LocalSource:
+    forum_id: str
+    participant_id: str | None
+    state: SourceState = SourceState.CONNECTING
+
+
+class MediaBridge:
+    """One per node. Owns the record of which sources this node publishes."""
+
+    def __init__(self, media: Any, rooms: "RoomService", node_id: str) -> None:
+        self._media = media
+        self._rooms = rooms
+        self._node_id = node_id
+        self._sources: dict[str, _LocalSource] = {}
+        self._live_order: dict[str, list[str]] = {}  # forum -> live source ids, oldest first
+        self._on_air: dict[str, str | None] = {}
+        self._changes: asyncio.Queue[Any] = asyncio.Queue(_QUEUE_LIMIT)
+        self._task: asyncio.Task[None] | None = None
+        self._ended_listeners: list[Callable[[str], Awaitable[None]]] = []
+
+    def on_source_ended(self, listener: Callable[[str], Awaitable[None]]) -> None:
+        """Call `listener(source_id)` when a source of this node ends by
+        itself (the encoder went away without saying so), so the edge that
+        opened it (a WHIP resource) can forget it."""
+        self._ended_listeners.append(listener)
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        self._media.on_source_change = self._on_source_change
+        self._task = asyncio.create_task(self._apply_changes(), name="media-bridge")
+
+    async def stop(self) -> None:
+        """Unpublish what this node still holds, then stop the applier."""
+        for source_id in list(self._sources):
+            with contextlib.suppress(Exception):
+                await self.unpublish(source_id)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if getattr(self._media, "on_source_change", None) == self._on_source_change:
+            self._media.on_source_change = None
+
+    # --- publishers ----------------------------------------------------------
+
+    async def publish(self, forum_id: str, grant: Grant, name: str, participant_id: str | None,
+                      offer_sdp: str) -> Published:
+        """Register a live source in the rooms, then hand the offer to the
+        media plane. RoomError on refusal (forbidden, not_found,
+        invalid_sdp, unsupported_codec, unavailable)."""
+        source_id = "src-" + uuid.uuid4().hex[:12]
+        source = MediaSource(id=source_id, forum_id=forum_id, kind=SourceKind.LIVE, name=name,
+                             state=SourceState.CONNECTING, node_id=self._node_id,
+                             participant_id=participant_id)
+        await self._rooms.register_source(forum_id, grant, source)
+        self._sources[source_id] = _LocalSource(forum_id, participant_id)
+        try:
+            answer = await self._media.publish(forum_id, source_id, offer_sdp)
+        except Exception as exc:  # MediaError or worse: the source never existed
+            self._sources.pop(source_id, None)
+            with contextlib.suppress(Exception):
+                await self._rooms.unregister_source(forum_id, source_id)
+            if isinstance(exc, RoomError):
+                raise
+            raise room_error_from_media(exc) from None
+        logger.info("MediaBridge: %s publishes %s in forum %s", name, source_id, forum_id)
+        return Published(source_id, answer)
+
+    def owns(self, source_id: str) -> bool:
+        return source_id in self._sources
+
+    async def unpublish(self, source_id: str) -> None:
+        """End a publish this node holds (idempotent: unknown ids are ignored)."""
+        local = self._sources.pop(source_id, None)
+        if local is None:
+            return
+        try:
+            await self._media.unpublish(source_id)
+        except Exception as exc:
+            logger.warning("MediaBridge: unpublish %s: %r", source_id, exc)
+        with contextlib.suppress(RoomError):
+            await self._rooms.unregister_source(local.forum_id, source_id)
+        await self._source_gone(local.forum_id, source_id)
+        logger.info("MediaBridge: %s unpublished", source_id)
+
+    # --- viewers -------------------------------------------------------------
+
+    async def watch(self, forum_id: str, viewer_id: str, offer_sdp: str,
+                    source_id: str | None = None) -> str:
+        try:
+            return str(await self._media.watch(forum_id, viewer_id, offer_sdp, source_id=source_id))
+        except RoomError:
+            raise
+        except Exception as exc:
+            raise room_error_from_media(exc) from None
+
+    async def stop_watching(self, viewer_id: str) -> None:
+        try:
+            await self._media.leave(viewer_id)
+        except Exception as exc:
+            logger.warning("MediaBridge: leave %s: %r", viewer_id, exc)
+
+    # --- state changes from the media plane ----------------------------------
+
+    def _on_source_change(self, change: Any) -> None:
+        try:
+            self._changes.put_nowait(change)
+        except asyncio.QueueFull:
+            logger.error("MediaBridge: change queue full, dropped %r", change)
+
+    async def _apply_changes(self) -> None:
+        while True:
+            change = await self._changes.get()
+            try:
+                await self._apply(change.forum_id, change.source_id, SourceState(change.state))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("MediaBridge: applying %r failed", change)
+
+    async def _apply(self, forum_id: str, source_id: str, state: SourceState) -> None:
+        local = self._sources.get(source_id)
+        if local is None:
+            return  # not a publisher of ours (a venue feed, or already unpublished)
+        local.state = state
+        with contextlib.suppress(RoomError):
+            await self._rooms.update_source_state(forum_id, source_id, state)
+        if state is SourceState.LIVE:
+            order = self._live_order.setdefault(forum_id, [])
+            if source_id in order:
+                order.remove(source_id)
+            order.append(source_id)
+            await self._put_on_air(forum_id, source_id)
+        elif state is SourceState.ENDED:
+            self._sources.pop(source_id, None)
+            with contextlib.suppress(RoomError):
+                await self._rooms.unregister_source(forum_id, source_id)
+            await self._source_gone(forum_id, source_id)
+            for listener in list(self._ended_listeners):
+                try:
+                    await listener(source_id)
+                except Exception:
+                    logger.exception("MediaBridge: an ended-listener failed for %s", source_id)
+        # LOST: keep it on air; the media plane shows the slate during the grace
+
+    async def _source_gone(self, forum_id: str, source_id: str) -> None:
+        order = self._live_order.get(forum_id, [])
+        if source_id in order:
+            order.remove(source_id)
+        if self._on_air.get(forum_id) == source_id:
+            await self._put_on_air(forum_id, order[-1] if order else None)
+
+    async def _put_on_air(self, forum_id: str, source_id: str | None) -> None:
+        if self._on_air.get(forum_id) == source_id:
+            return
+        self._on_air[forum_id] = source_id
+        try:
+            self._media.set_program(forum_id, source_id)
+        except Exception as exc:
+            logger.warning("MediaBridge: set_program(%s, %s): %r", forum_id, source_id, exc)
+        with contextlib.suppress(RoomError):
+            await self._rooms.set_program_system(forum_id, source_id, SYSTEM)
+        logger.info("MediaBridge: forum %s on air: %s", forum_id, source_id or "slate")
+
+
+BRIDGE = web.AppKey("media_bridge", MediaBridge)
+
+
+async def _bridge_ctx(app: web.Application) -> AsyncIterator[None]:
+    media = app.get(MEDIA)
+    if media is None:
+        # no media plane on this node: publish/watch answer "unavailable"
+        logger.warning("no media plane configured: publishing and watching are unavailable")
+        yield
+        return
+    bridge = MediaBridge(media, app[ROOMS], app[SETTINGS].node_id)
+    await bridge.start()
+    app[BRIDGE] = bridge
+    try:
+        yield
+    finally:
+        await bridge.stop()
+
+
+def setup_media_bridge(app: web.Application) -> None:
+    """Register the bridge's cleanup context once, after the contexts that
+    set MEDIA and ROOMS (setup_whip_whep calls it)."""
+    if _bridge_ctx not in app.cleanup_ctx:
+        app.cleanup_ctx.append(_bridge_ctx)
+
+
+async def _media_plane_ctx(app: web.Application) -> AsyncIterator[None]:
+    from streaming.media_config import MediaConfig  # the media plane is optional at import time
+    from streaming.media_plane import MediaPlane
+    from config.settings import ffmpeg_path
+
+    settings = app[SETTINGS]
+    config = MediaConfig(
+        ice_addresses=settings.ice_addresses,
+        keyframe_request_interval=settings.keyframe_request_interval_ms / 1000,
+        ffmpeg=ffmpeg_path(settings),
+        slate_grace=settings.slate_grace_ms / 1000,
+    )
+    plane = MediaPlane(config)
+    await plane.start()
+    app[MEDIA] = plane
+    try:
+        yield
+    finally:
+        await plane.stop()
+
+
+def setup_media_plane(app: web.Application) -> None:
+    """The node's MediaPlane as a cleanup context (for a composition root
+    that has none of its own)."""
+    app.cleanup_ctx.append(_media_plane_ctx)

@@ -1,0 +1,193 @@
+// The remote speaker's page: camera preview, then publish over socket.io.
+// States shown to the speaker: connecting -> ready -> sending -> on air,
+// and plain messages for every refusal (expired invite, no camera, ...).
+import {
+  backoff, connect, describe, gatherIce, isFatal, onAirText, pageData, preferH264,
+  readToken, request, setPill, showMessage, viewersText,
+} from "./common.js";
+
+const data = pageData();
+const forumId = data.forum.id;
+const $ = (id) => document.getElementById(id);
+const ui = {
+  status: $("status"), message: $("message"), preview: $("preview"), placeholder: $("preview-placeholder"),
+  goLive: $("go-live"), stop: $("stop"), connection: $("connection"), program: $("program"),
+  viewers: $("viewers"), onAir: $("on-air"),
+};
+
+const state = {
+  socket: null,
+  stream: null,
+  pc: null,
+  sourceId: null,
+  wantLive: false, // the speaker pressed Go live and not Stop
+  joined: false,
+  retry: 0,
+  retryTimer: null,
+  fatal: false,
+};
+window.forumcastSpeak = state; // for tests and support: read-only inspection
+
+function fail(error) {
+  state.fatal = true;
+  state.wantLive = false;
+  setPill(ui.status, "bad", "Cannot continue");
+  showMessage(ui.message, "bad", describe(error));
+  ui.goLive.disabled = true;
+  ui.stop.disabled = true;
+}
+
+function showProgram(program) {
+  ui.program.textContent = onAirText(program);
+  const mine = program && state.sourceId && program.program === state.sourceId;
+  ui.onAir.hidden = !mine;
+  ui.onAir.className = mine ? "pill live" : "pill";
+  if (mine) setPill(ui.status, "live", "You are on air");
+  else if (state.sourceId && state.pc && state.pc.connectionState === "connected") setPill(ui.status, "ok", "Sending — waiting to go on air");
+}
+
+async function openCamera() {
+  try {
+    state.stream = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
+      audio: { echoCancellation: true, noiseSuppression: true },
+    });
+  } catch (error) {
+    const name = error && error.name;
+    const text = name === "NotAllowedError"
+      ? "The browser was not allowed to use your camera and microphone. Allow them (the icon in the address bar) and reload the page."
+      : name === "NotFoundError"
+        ? "No camera or microphone was found. Connect one and reload the page."
+        : `Your camera or microphone could not be opened (${name || error}).`;
+    fail({ code: "camera", message: text });
+    return false;
+  }
+  ui.preview.srcObject = state.stream;
+  ui.placeholder.hidden = true;
+  return true;
+}
+
+function closePeer() {
+  if (state.pc) {
+    state.pc.onconnectionstatechange = null;
+    state.pc.close();
+    state.pc = null;
+  }
+}
+
+async function publish() {
+  if (!state.wantLive || !state.joined || state.fatal) return;
+  clearTimeout(state.retryTimer);
+  closePeer();
+  if (state.sourceId) {
+    const old = state.sourceId;
+    state.sourceId = null;
+    request(state.socket, "unpublish", { source_id: old }).catch(() => {}); // it may be gone already
+  }
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  state.pc = pc;
+  for (const track of state.stream.getTracks()) {
+    const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [state.stream] });
+    if (track.kind === "video") preferH264(transceiver, "sender");
+  }
+  pc.onconnectionstatechange = () => onPeerState(pc);
+  setPill(ui.status, "warn", "Connecting your camera…");
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    await gatherIce(pc);
+    const ack = await request(state.socket, "publish", { forum_id: forumId, sdp: pc.localDescription.sdp });
+    if (pc !== state.pc) return; // replaced meanwhile
+    state.sourceId = ack.source_id;
+    await pc.setRemoteDescription({ type: "answer", sdp: ack.sdp });
+    showMessage(ui.message, "", "");
+  } catch (error) {
+    if (pc !== state.pc) return;
+    if (isFatal(error)) return fail(error);
+    scheduleRetry(error);
+  }
+}
+
+function onPeerState(pc) {
+  if (pc !== state.pc) return;
+  ui.connection.textContent = pc.connectionState;
+  if (pc.connectionState === "connected") {
+    state.retry = 0;
+    setPill(ui.status, "ok", "Sending — waiting to go on air");
+  } else if (pc.connectionState === "failed") {
+    scheduleRetry({ code: "ice", message: "the media connection failed" });
+  }
+}
+
+function scheduleRetry(error) {
+  if (!state.wantLive || state.fatal) return;
+  const delay = backoff(state.retry++);
+  setPill(ui.status, "warn", "Reconnecting…");
+  showMessage(ui.message, "warn", `${describe(error)} Retrying in ${Math.round(delay / 1000)} s.`);
+  clearTimeout(state.retryTimer);
+  state.retryTimer = setTimeout(publish, delay);
+}
+
+function stopSending() {
+  state.wantLive = false;
+  clearTimeout(state.retryTimer);
+  closePeer();
+  if (state.sourceId) {
+    request(state.socket, "unpublish", { source_id: state.sourceId }).catch(() => {});
+    state.sourceId = null;
+  }
+  ui.goLive.disabled = !state.joined;
+  ui.stop.disabled = true;
+  ui.connection.textContent = "not sending";
+  ui.onAir.hidden = true;
+  setPill(ui.status, "ok", "Ready — not sending");
+}
+
+async function join() {
+  try {
+    const ack = await request(state.socket, "join", { forum_id: forumId });
+    state.joined = true;
+    ui.viewers.textContent = viewersText(ack.viewers);
+    showProgram(ack.program);
+    ui.goLive.disabled = state.wantLive;
+    if (state.wantLive) publish(); // back after a reconnect: the server ended the old publish
+    else setPill(ui.status, "ok", "Ready — press Go live");
+  } catch (error) {
+    if (isFatal(error)) return fail(error);
+    showMessage(ui.message, "warn", describe(error));
+  }
+}
+
+async function main() {
+  const token = readToken();
+  if (!token) return fail({ code: "token_missing" });
+  if (!(await openCamera())) return;
+  const socket = connect(token);
+  state.socket = socket;
+  socket.on("connect", () => { showMessage(ui.message, "", ""); join(); });
+  socket.on("disconnect", () => {
+    state.joined = false;
+    state.sourceId = null; // the server unpublishes a connection's sources when it goes
+    closePeer();
+    if (!state.fatal) setPill(ui.status, "warn", "Reconnecting to the server…");
+  });
+  socket.on("connect_error", (error) => {
+    if (error.data && error.data.code) return fail(error.data); // refused: the server said why
+    setPill(ui.status, "warn", "Cannot reach the server — retrying…");
+  });
+  socket.on("program", showProgram);
+  socket.on("viewers", (counts) => { ui.viewers.textContent = viewersText(counts); });
+  socket.on("error", (payload) => {
+    const error = payload && payload.error;
+    if (isFatal(error)) fail(error); else showMessage(ui.message, "warn", describe(error));
+  });
+  ui.goLive.addEventListener("click", () => {
+    state.wantLive = true;
+    state.retry = 0;
+    ui.goLive.disabled = true;
+    ui.stop.disabled = false;
+    publish();
+  });
+  ui.stop.addEventListener("click", stopSending);
+}
+
+main();

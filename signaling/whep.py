@@ -1,0 +1,132 @@
+"""WHEP: players pull a forum's program with one HTTP POST (the same shape
+as WHIP, see signaling/whip.py).
+
+    POST   /whep/{forum_id}              recvonly offer in, 201 + answer + Location
+    DELETE /whep/{forum_id}/{session_id} stops watching
+    OPTIONS on both                      CORS preflight
+    PATCH  on the session                405: no trickle ICE
+
+A viewer token for the forum is needed, unless the event is public (then
+no Authorization header is fine; a token, when sent, must still be valid).
+A WHEP viewer is a participant: it takes one of the forum's seats, so a
+full forum answers 429 "full".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from rooms.errors import RoomError
+from rooms.models import Role
+from rooms.tokens import Grant
+from signaling.app_keys import EVENT, ROOMS, TOKENS
+from signaling.media_bridge import BRIDGE, MediaBridge, setup_media_bridge
+from signaling.whip import CORS_HEADERS, bearer_token, edge, known_forum, no_trickle, preflight, read_offer, sdp_created
+
+if TYPE_CHECKING:
+    from rooms.service import RoomService
+
+logger = logging.getLogger(__name__)
+
+GUEST_TTL_S = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class WhepSession:
+    id: str
+    forum_id: str
+    viewer_id: str
+    participant_id: str
+
+
+class WhepEndpoint:
+    """Owns this node's WHEP viewers."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._sessions: dict[str, WhepSession] = {}
+
+    @property
+    def _rooms(self) -> "RoomService":
+        return self._app[ROOMS]
+
+    def _bridge(self) -> MediaBridge:
+        bridge = self._app.get(BRIDGE)
+        if bridge is None:
+            raise RoomError("unavailable", "the media server is not running on this node")
+        return bridge
+
+    def _grant(self, request: web.Request, forum_id: str) -> Grant:
+        token = bearer_token(request)
+        if token is None and self._app[EVENT].public:
+            # a public event: an anonymous guest of this one forum
+            return Grant(role=Role.VIEWER, forums=frozenset({forum_id}), name="Guest",
+                         subject="guest-" + uuid.uuid4().hex[:12], expires_at=time.time() + GUEST_TTL_S)
+        return self._app[TOKENS].verify(token)
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        forum_id = known_forum(request)
+        grant = self._grant(request, forum_id)
+        grant.require(forum_id, Role.VIEWER)
+        offer = await read_offer(request)
+        session_id = uuid.uuid4().hex
+        viewer_id = "whep-" + session_id[:16]
+        participant = await self._rooms.join(forum_id, grant, viewer_id, grant.name)
+        try:
+            answer = await self._bridge().watch(forum_id, viewer_id, offer)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._rooms.leave(forum_id, participant.id)
+            raise
+        self._sessions[session_id] = WhepSession(session_id, forum_id, viewer_id, participant.id)
+        logger.info("WHEP %s: %s watches %s", session_id, grant.name, forum_id)
+        return sdp_created(answer, f"/whep/{forum_id}/{session_id}")
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        forum_id = known_forum(request)
+        session = self._sessions.get(request.match_info["session_id"])
+        if session is None or session.forum_id != forum_id:
+            raise RoomError("not_found", "no such WHEP session (it ended, or never existed)")
+        await self._end(session)
+        return web.json_response({"ok": True}, headers=CORS_HEADERS)
+
+    async def _end(self, session: WhepSession) -> None:
+        if self._sessions.pop(session.id, None) is None:
+            return
+        bridge = self._app.get(BRIDGE)
+        if bridge is not None:
+            await bridge.stop_watching(session.viewer_id)
+        with contextlib.suppress(RoomError):
+            await self._rooms.leave(session.forum_id, session.participant_id)
+        logger.info("WHEP %s ended", session.id)
+
+    async def close(self) -> None:
+        for session in list(self._sessions.values()):
+            with contextlib.suppress(Exception):
+                await self._end(session)
+
+
+WHEP = web.AppKey("whep_endpoint", WhepEndpoint)
+
+
+async def _whep_shutdown(app: web.Application) -> None:
+    await app[WHEP].close()  # before the media plane unwinds
+
+
+def setup_whep(app: web.Application) -> None:
+    endpoint = WhepEndpoint(app)
+    app[WHEP] = endpoint
+    setup_media_bridge(app)
+    app.router.add_route("POST", "/whep/{forum_id}", edge(endpoint.create))
+    app.router.add_route("OPTIONS", "/whep/{forum_id}", preflight)
+    app.router.add_route("DELETE", "/whep/{forum_id}/{session_id}", edge(endpoint.delete))
+    app.router.add_route("OPTIONS", "/whep/{forum_id}/{session_id}", preflight)
+    app.router.add_route("PATCH", "/whep/{forum_id}/{session_id}", no_trickle)
+    app.on_shutdown.append(_whep_shutdown)

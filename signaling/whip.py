@@ -1,0 +1,262 @@
+"""WHIP (RFC 9725): encoders (OBS, ffmpeg's whip muxer, browser tools)
+publish into a forum with one HTTP POST.
+
+    POST   /whip/{forum_id}              offer in, 201 + answer + Location
+    DELETE /whip/{forum_id}/{session_id} ends the publish
+    OPTIONS on both                      CORS preflight
+    PATCH  on the session                405: no trickle ICE, the answer
+                                         carries every candidate
+
+A WHIP session is a participant of the forum (a speaker) that holds one
+live source; the MediaBridge registers the source and follows its state.
+Every refusal is JSON {"error": {"code", "message"}}. The helpers at the
+top are shared with WHEP (signaling/whep.py), which has the same shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from rooms.errors import RoomError
+from rooms.models import Role
+from rooms.tokens import Grant
+from signaling import protocol
+from signaling.app_keys import EVENT, ROOMS, TOKENS
+from signaling.media_bridge import BRIDGE, MediaBridge, setup_media_bridge
+
+if TYPE_CHECKING:
+    from rooms.service import RoomService
+
+logger = logging.getLogger(__name__)
+
+SDP_TYPE = "application/sdp"
+CORS_HEADERS = {
+    # tokens travel as Bearer headers, never cookies: any origin may call
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, DELETE, PATCH, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, Link, ETag, Accept-Patch",
+    "Access-Control-Max-Age": "86400",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# --- shared HTTP edge helpers (WHIP and WHEP) ----------------------------------
+
+
+def json_error(error: RoomError) -> web.Response:
+    response = web.json_response(error.to_json(), status=error.http_status, headers=CORS_HEADERS)
+    if error.http_status == 401:
+        # RFC 6750: say how to authenticate
+        response.headers["WWW-Authenticate"] = 'Bearer realm="forumcast"'
+    return response
+
+
+def edge(handler: Handler) -> Handler:
+    """Turn every refusal into JSON with CORS headers; an unexpected
+    failure is a 500 with a generic message (the traceback goes to the log)."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RoomError as exc:
+            return json_error(exc)
+        except web.HTTPException:
+            raise
+        except Exception:
+            logger.exception("%s %s failed", request.method, request.path)
+            return json_error(RoomError("internal", "internal server error; the details are in the server log"))
+
+    return wrapped
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise RoomError("token_invalid", "the Authorization header must be 'Bearer <token>'")
+    return value.strip()
+
+
+def known_forum(request: web.Request) -> str:
+    forum_id = protocol.check_forum_id(request.match_info["forum_id"])
+    if request.app[EVENT].forum(forum_id) is None:
+        raise RoomError("not_found", f"there is no forum {forum_id!r} in this event")
+    return forum_id
+
+
+async def read_offer(request: web.Request) -> str:
+    """The SDP offer of a WHIP/WHEP POST: application/sdp (415), at most
+    64 KiB (413), SDP-shaped (400)."""
+    if request.content_type != SDP_TYPE:
+        shown = request.content_type or "none"
+        raise RoomError("unsupported_media_type",
+                        f"the body must be {SDP_TYPE} (an SDP offer), not {shown}")
+    if request.content_length is not None and request.content_length > protocol.MAX_SDP_BYTES:
+        raise RoomError("too_large", f"the offer is {request.content_length} bytes; "
+                        f"the limit is {protocol.MAX_SDP_BYTES}")
+    body = await request.content.read(protocol.MAX_SDP_BYTES + 1)  # bounded even when chunked
+    return protocol.check_sdp(body, "the offer")
+
+
+def sdp_created(answer: str, location: str) -> web.Response:
+    headers = dict(CORS_HEADERS)
+    headers["Location"] = location
+    headers["Content-Type"] = SDP_TYPE
+    return web.Response(status=201, text=answer, headers=headers)
+
+
+async def preflight(request: web.Request) -> web.Response:
+    headers = dict(CORS_HEADERS)
+    headers["Accept-Post"] = SDP_TYPE
+    return web.Response(status=204, headers=headers)
+
+
+async def no_trickle(request: web.Request) -> web.Response:
+    # RFC 9725 section 4.3.1: a server without trickle ICE answers PATCH with 405
+    error = RoomError("trickle_unsupported",
+                      "trickle ICE and ICE restarts are not supported: the answer already carries "
+                      "every candidate; to reconnect, DELETE this session and POST a new offer")
+    headers = dict(CORS_HEADERS)
+    headers["Allow"] = "DELETE, OPTIONS"
+    return web.json_response(error.to_json(), status=405, headers=headers)
+
+
+# --- WHIP sessions ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WhipSession:
+    id: str
+    forum_id: str
+    source_id: str
+    participant_id: str
+    subject: str  # who may end it besides operators
+
+
+class WhipEndpoint:
+    """Owns this node's WHIP sessions."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._sessions: dict[str, WhipSession] = {}
+        self._by_source: dict[str, str] = {}
+
+    @property
+    def _rooms(self) -> "RoomService":
+        return self._app[ROOMS]
+
+    def _bridge(self) -> MediaBridge:
+        bridge = self._app.get(BRIDGE)
+        if bridge is None:
+            raise RoomError("unavailable", "the media server is not running on this node")
+        return bridge
+
+    def _grant(self, request: web.Request) -> Grant:
+        return self._app[TOKENS].verify(bearer_token(request))
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        grant = self._grant(request)
+        forum_id = known_forum(request)
+        grant.require(forum_id, Role.SPEAKER)
+        offer = await read_offer(request)
+        session_id = uuid.uuid4().hex
+        participant_id = "whip-" + session_id[:12]
+        name = grant.name
+        participant = await self._rooms.join(forum_id, grant, participant_id, name)
+        try:
+            published = await self._bridge().publish(forum_id, grant, name, participant.id, offer)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._rooms.leave(forum_id, participant.id)
+            raise
+        session = WhipSession(session_id, forum_id, published.source_id, participant.id, grant.subject)
+        self._sessions[session_id] = session
+        self._by_source[published.source_id] = session_id
+        logger.info("WHIP %s: %s publishes %s in %s", session_id, name, published.source_id, forum_id)
+        return sdp_created(published.answer_sdp, f"/whip/{forum_id}/{session_id}")
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        # the Location holds 128 random bits, a capability on its own; a token,
+        # when sent, must be valid and be the publisher's or an operator's
+        token = bearer_token(request)
+        grant = self._app[TOKENS].verify(token) if token is not None else None
+        forum_id = known_forum(request)
+        session = self._sessions.get(request.match_info["session_id"])
+        if session is None or session.forum_id != forum_id:
+            raise RoomError("not_found", "no such WHIP session (it ended, or never existed)")
+        if grant is not None and grant.subject != session.subject:
+            grant.require(forum_id, Role.OPERATOR)  # someone else's publish: operators only
+        await self._end(session)
+        return web.json_response({"ok": True}, headers=CORS_HEADERS)
+
+    async def _end(self, session: WhipSession) -> None:
+        if self._sessions.pop(session.id, None) is None:
+            return
+        self._by_source.pop(session.source_id, None)
+        bridge = self._app.get(BRIDGE)
+        if bridge is not None:
+            await bridge.unpublish(session.source_id)
+        with contextlib.suppress(RoomError):
+            await self._rooms.leave(session.forum_id, session.participant_id)
+        logger.info("WHIP %s ended", session.id)
+
+    async def source_ended(self, source_id: str) -> None:
+        """The encoder went away without a DELETE: forget its session."""
+        session_id = self._by_source.get(source_id)
+        session = self._sessions.get(session_id) if session_id else None
+        if session is not None:
+            await self._end(session)
+
+    async def close(self) -> None:
+        for session in list(self._sessions.values()):
+            with contextlib.suppress(Exception):
+                await self._end(session)
+
+
+WHIP = web.AppKey("whip_endpoint", WhipEndpoint)
+
+
+async def _whip_ctx(app: web.Application) -> AsyncIterator[None]:
+    bridge = app.get(BRIDGE)
+    if bridge is not None:
+        bridge.on_source_ended(app[WHIP].source_ended)
+    yield  # sessions end in on_shutdown, before the media plane unwinds
+
+
+async def _whip_shutdown(app: web.Application) -> None:
+    await app[WHIP].close()
+
+
+def setup_whip(app: web.Application) -> None:
+    endpoint = WhipEndpoint(app)
+    app[WHIP] = endpoint
+    setup_media_bridge(app)
+    app.router.add_route("POST", "/whip/{forum_id}", edge(endpoint.create))
+    app.router.add_route("OPTIONS", "/whip/{forum_id}", preflight)
+    app.router.add_route("DELETE", "/whip/{forum_id}/{session_id}", edge(endpoint.delete))
+    app.router.add_route("OPTIONS", "/whip/{forum_id}/{session_id}", preflight)
+    app.router.add_route("PATCH", "/whip/{forum_id}/{session_id}", no_trickle)
+    app.cleanup_ctx.append(_whip_ctx)
+    app.on_shutdown.append(_whip_shutdown)
+
+
+def setup_whip_whep(app: web.Application) -> None:
+    """WHIP and WHEP routes, the media bridge and their cleanup contexts.
+    Call it after the room service and media plane contexts are registered."""
+    from signaling.whep import setup_whep  # whep imports this module's helpers
+
+    setup_whip(app)
+    setup_whep(app)
