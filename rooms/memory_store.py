@@ -154,7 +154,7 @@ class MemoryStore(Store):
         return sorted(node for node, (_, expires) in self._nodes.items() if expires <= now)
 
     async def reap_node(self, node_id: str) -> Reaped:
-        self._nodes.pop(node_id, None)
+        registered = self._nodes.pop(node_id, None) is not None
         participants: list[Participant] = []
         for forum in self._participants.values():
             gone = [p for p in forum.values() if p.node_id == node_id]
@@ -172,4 +172,4 @@ class MemoryStore(Store):
                 "MemoryStore(%s) reaped node %s: %d participants, %d sources",
                 self.node_id, node_id, len(participants), len(sources),
             )
-        return Reaped(node_id, participants, sources)
+        return Reaped(node_id, participants, sources, registered)

@@ -433,6 +433,8 @@ class RoomService:
                 await self._forget_in_program(source.forum_id, source.id)
             for forum_id in sorted(forums):
                 await self._counts_changed(forum_id)
+            if not result.registered:
+                continue  # another node reaped it first and said so
             await self.store.publish(NodeLost(node_id, len(result.participants), len(result.sources)))
             logger.warning(
                 "RoomService(%s) reaped lost node %s: %d participants, %d sources",

@@ -67,6 +67,7 @@ class Reaped:
     node_id: str
     participants: list[Participant]
     sources: list[MediaSource]
+    registered: bool = True  # False: the node was not in the registry (already reaped)
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -40,6 +42,9 @@ from rooms.models import MediaSource, Participant, ProgramState
 from rooms.store import Counts, NodeInfo, Reaped, Store, Swap, counts_against_capacity
 
 logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _ADMIT = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
@@ -119,9 +124,23 @@ end
 local participants = reap(KEYS[3], 'participants', 'viewers')
 local sources = reap(KEYS[4], 'sources', nil)
 redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
-redis.call('SREM', KEYS[2], node)
-return {participants, sources}
+local registered = redis.call('SREM', KEYS[2], node)
+return {participants, sources, registered}
 """
+
+
+def _redis_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """A Redis outage reaches callers as RoomError("unavailable"), which
+    every edge already answers cleanly (HTTP 503, a socket.io error ack)."""
+
+    @functools.wraps(method)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise RoomError("unavailable", f"the shared state store (Redis) failed: {exc}") from exc
+
+    return guarded
 
 
 def _dumps(value: Any) -> str:
@@ -218,6 +237,7 @@ class RedisStore(Store):
 
     # --- participants --------------------------------------------------------
 
+    @_redis_errors
     async def admit(self, participant: Participant, capacity: int) -> bool:
         fid = participant.forum_id
         keys = [
@@ -233,21 +253,25 @@ class RedisStore(Store):
         admitted = await self._run("admit", keys, args)
         return bool(admitted)
 
+    @_redis_errors
     async def remove_participant(self, forum_id: str, participant_id: str) -> Participant | None:
         keys = [self._key("forum", forum_id, "participants"), self._key("forum", forum_id, "viewers")]
         args = [participant_id, self._member(forum_id, participant_id), self.prefix, "participants"]
         raw = await self._run("remove", keys, args)
         return None if raw is None else record_from_json(Participant, json.loads(raw))
 
+    @_redis_errors
     async def participants(self, forum_id: str) -> list[Participant]:
         raws = await self._redis.hvals(self._key("forum", forum_id, "participants"))
         found = [record_from_json(Participant, json.loads(raw)) for raw in raws]
         return sorted(found, key=lambda p: (p.joined_at, p.id))
 
+    @_redis_errors
     async def get_participant(self, forum_id: str, participant_id: str) -> Participant | None:
         raw = await self._redis.hget(self._key("forum", forum_id, "participants"), participant_id)
         return None if raw is None else record_from_json(Participant, json.loads(raw))
 
+    @_redis_errors
     async def counts(self, forum_id: str) -> Counts:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.scard(self._key("forum", forum_id, "viewers"))
@@ -257,45 +281,53 @@ class RedisStore(Store):
 
     # --- sources -------------------------------------------------------------
 
+    @_redis_errors
     async def put_source(self, source: MediaSource) -> MediaSource | None:
         keys = [self._key("forum", source.forum_id, "sources"), self._key("node", source.node_id, "sources")]
         args = [source.id, _dumps(source), self._member(source.forum_id, source.id), self.prefix]
         raw = await self._run("put_source", keys, args)
         return None if raw is None else record_from_json(MediaSource, json.loads(raw))
 
+    @_redis_errors
     async def remove_source(self, forum_id: str, source_id: str) -> MediaSource | None:
         keys = [self._key("forum", forum_id, "sources")]
         args = [source_id, self._member(forum_id, source_id), self.prefix, "sources"]
         raw = await self._run("remove", keys, args)
         return None if raw is None else record_from_json(MediaSource, json.loads(raw))
 
+    @_redis_errors
     async def sources(self, forum_id: str) -> list[MediaSource]:
         raws = await self._redis.hvals(self._key("forum", forum_id, "sources"))
         return sorted((record_from_json(MediaSource, json.loads(r)) for r in raws), key=lambda s: s.id)
 
+    @_redis_errors
     async def get_source(self, forum_id: str, source_id: str) -> MediaSource | None:
         raw = await self._redis.hget(self._key("forum", forum_id, "sources"), source_id)
         return None if raw is None else record_from_json(MediaSource, json.loads(raw))
 
     # --- program state -------------------------------------------------------
 
+    @_redis_errors
     async def _read_program(self, forum_id: str) -> Swap[ProgramState]:
         raw = await self._redis.hget(self._key("programs"), forum_id)
         if raw is None:
             return Swap(ProgramState(forum_id), "")
         return Swap(record_from_json(ProgramState, json.loads(raw)), raw)
 
+    @_redis_errors
     async def _swap_program(self, forum_id: str, token: Any, new: ProgramState) -> bool:
         done = await self._run("cas", [self._key("programs")], [forum_id, token, _dumps(new)])
         return bool(done)
 
     # --- chat ----------------------------------------------------------------
 
+    @_redis_errors
     async def append_message(self, message: ChatMessage) -> None:
         fid = message.forum_id
         keys = [self._key("forum", fid, "chat"), self._key("forum", fid, "chat", "order")]
         await self._run("append_chat", keys, [message.id, _dumps(message), self.chat_keep])
 
+    @_redis_errors
     async def messages(self, forum_id: str, limit: int = 50) -> list[ChatMessage]:
         if limit <= 0:
             return []
@@ -305,10 +337,12 @@ class RedisStore(Store):
         raws = await self._redis.hmget(self._key("forum", forum_id, "chat"), ids)
         return [record_from_json(ChatMessage, json.loads(r)) for r in raws if r is not None]
 
+    @_redis_errors
     async def _read_message(self, forum_id: str, message_id: str) -> Swap[ChatMessage] | None:
         raw = await self._redis.hget(self._key("forum", forum_id, "chat"), message_id)
         return None if raw is None else Swap(record_from_json(ChatMessage, json.loads(raw)), raw)
 
+    @_redis_errors
     async def _swap_message(self, token: Any, new: ChatMessage) -> bool:
         key = self._key("forum", new.forum_id, "chat")
         done = await self._run("cas", [key], [new.id, token, _dumps(new)])
@@ -381,6 +415,7 @@ class RedisStore(Store):
 
     # --- nodes ---------------------------------------------------------------
 
+    @_redis_errors
     async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float) -> None:
         info = NodeInfo(node_id, dict(load), time.time())
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -388,6 +423,7 @@ class RedisStore(Store):
             pipe.sadd(self._key("nodes"), node_id)
             await pipe.execute()
 
+    @_redis_errors
     async def _known_nodes(self) -> list[tuple[str, str | None]]:
         ids = sorted(await self._redis.smembers(self._key("nodes")))
         if not ids:
@@ -401,16 +437,18 @@ class RedisStore(Store):
     async def dead_nodes(self) -> list[str]:
         return [node for node, raw in await self._known_nodes() if raw is None]
 
+    @_redis_errors
     async def reap_node(self, node_id: str) -> Reaped:
         keys = [
             self._key("node", node_id), self._key("nodes"),
             self._key("node", node_id, "participants"), self._key("node", node_id, "sources"),
         ]
-        raw_participants, raw_sources = await self._run("reap", keys, [self.prefix, node_id])
+        raw_participants, raw_sources, registered = await self._run("reap", keys, [self.prefix, node_id])
         reaped = Reaped(
             node_id,
             [record_from_json(Participant, json.loads(r)) for r in raw_participants],
             [record_from_json(MediaSource, json.loads(r)) for r in raw_sources],
+            bool(registered),
         )
         if reaped.participants or reaped.sources:
             logger.info(

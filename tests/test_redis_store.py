@@ -15,7 +15,7 @@ from rooms.errors import RoomError
 from rooms.events import ViewerCountChanged
 from rooms.models import Participant, Role
 from signaling.redis_store import RedisStore
-from tests.processes import free_port
+from tests.processes import free_port, start_redis
 
 DEADLINE_S = 5.0
 
@@ -92,3 +92,22 @@ async def test_unreachable_redis_and_unstarted_store_are_clear_errors() -> None:
     assert idle.value.code == "unavailable"
     await nowhere.stop()
     await nowhere.stop()
+
+
+async def test_losing_redis_mid_flight_is_unavailable_not_a_crash() -> None:
+    server = start_redis()
+    store = RedisStore(server.url, "node-a", retry_min_s=0.05, retry_max_s=0.1)
+    try:
+        await store.start()
+        assert await store.admit(Participant("v1", "f1", Role.VIEWER, "Guest", "node-a", 1.0), 5)
+        server.stop()
+        for call in (store.counts("f1"), store.update_program("f1", None, program="cam"), store.nodes()):
+            with pytest.raises(RoomError) as err:
+                await call
+            assert err.value.code == "unavailable"
+        with pytest.raises(RoomError) as lost:
+            await store.publish(ViewerCountChanged("f1", 1, 1))
+        assert lost.value.code == "unavailable"
+    finally:
+        await store.stop()
+        server.stop()

@@ -372,3 +372,16 @@ def test_every_event_type_round_trips_through_json() -> None:
         with pytest.raises(RoomError) as err:
             event_from_json(bad)
         assert err.value.code == "invalid"
+
+
+async def test_a_slow_subscriber_loses_its_oldest_events_and_never_blocks(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore("node-a", queue_size=3)
+    slow, fast = store.subscribe(), store.subscribe()
+    for i in range(5):
+        await store.publish(ViewerCountChanged("main", i, i))
+        assert [e.viewers for e in fast.drain()] == [i]  # keeps up, loses nothing
+    assert [e.viewers for e in slow.drain()] == [2, 3, 4]
+    assert slow.dropped == 2 and fast.dropped == 0
+    assert any("dropped 1 events" in r.getMessage() for r in caplog.records)
+    await store.stop()
+    assert [e async for e in slow] == []

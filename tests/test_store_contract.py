@@ -277,8 +277,9 @@ async def test_silent_node_expires_and_reaping_frees_its_seats(nodes: Nodes) -> 
     assert await b.dead_nodes() == ["node-dead"]
     reaped = await b.reap_node("node-dead")
     assert sorted(p.id for p in reaped.participants) == ["v1", "v2", "v4"]
-    assert [s.id for s in reaped.sources] == ["cam"]
-    assert (await a.reap_node("node-dead")).participants == []  # reaped once only
+    assert [s.id for s in reaped.sources] == ["cam"] and reaped.registered
+    again = await a.reap_node("node-dead")  # reaped once only
+    assert (again.participants, again.sources, again.registered) == ([], [], False)
     assert await b.dead_nodes() == []
     assert await a.counts("f1") == Counts(1, 1) and await a.counts("f2") == Counts(0, 0)
     assert [s.id for s in await a.sources("f1")] == ["cam2"]
