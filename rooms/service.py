@@ -193,8 +193,14 @@ class RoomService:
                 f"forum {forum.name.en!r} is full: all {forum.capacity} online seats are taken; "
                 "please try again in a few minutes",
             )
+        try:
+            await self.store.publish(ParticipantJoined(participant))
+        except RoomError:
+            # nobody heard of the seat: give it back rather than leak it
+            with contextlib.suppress(RoomError):
+                await self.store.remove_participant(forum.id, participant.id)
+            raise
         self._local.add((forum.id, participant.id))
-        await self.store.publish(ParticipantJoined(participant))
         await self._counts_changed(forum.id)
         return participant
 

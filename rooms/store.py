@@ -18,7 +18,6 @@ import abc
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
