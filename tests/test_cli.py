@@ -1,0 +1,186 @@
+"""The `forumcast` command, run as a real child process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from config.settings import SAMPLE_EVENT
+from rooms.models import Role
+from rooms.tokens import TokenService
+from tests.processes import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORUMCAST_")}
+    env["FORUMCAST_DATA_DIR"] = str(data_dir)
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+async def forumcast(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signaling.cli", *args, cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_check_event_sample_ok(tmp_path: Path) -> None:
+    code, out, err = await forumcast("check-event", str(SAMPLE_EVENT), env=clean_env(tmp_path))
+    assert code == 0, err
+    assert out.strip() == "ok: 21 forums, 64 sessions"
+
+
+async def test_check_event_broken_lists_problems(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text(
+        '[event]\nid = "x"\nname = "X"\ntimezone = "Nowhere/City"\ndays = [2026-11-08]\n\n'
+        '[[forums]]\nid = "f"\nname = "F"\ncapacity = -1\n'
+    )
+    code, out, err = await forumcast("check-event", str(broken), env=clean_env(tmp_path))
+    assert code == 1
+    lines = out.strip().splitlines()
+    assert "event.timezone: 'Nowhere/City' is not a known IANA time zone (e.g. Asia/Shanghai)" in lines
+    assert "forums[0].capacity: -1: must be greater than 0" in lines
+    assert "2 problems" in err
+    assert "Traceback" not in out + err
+
+
+async def test_check_event_syntax_error_and_missing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[event\n")
+    code, out, _ = await forumcast("check-event", str(bad), env=clean_env(tmp_path))
+    assert code == 1 and out.startswith("line 1: TOML syntax error")
+    code, out, _ = await forumcast("check-event", str(tmp_path / "none.toml"), env=clean_env(tmp_path))
+    assert code == 1 and "no such file" in out
+
+
+async def test_token_prints_token_and_link(tmp_path: Path) -> None:
+    env = clean_env(tmp_path, FORUMCAST_PUBLIC_URL="https://summit.example.org")
+    code, out, err = await forumcast("token", "--role", "speaker", "--forum", "ai", "--name", "Chen Jing",
+                                     "--ttl", "2h", env=env)
+    assert code == 0, err
+    fields = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    secret = (tmp_path / "token_secret").read_text().strip()
+    grant = TokenService(secret).verify(fields["token"])
+    assert (grant.role, grant.forums, grant.name) == (Role.SPEAKER, frozenset({"ai"}), "Chen Jing")
+    assert fields["link"] == f"https://summit.example.org/speak/ai?token={fields['token']}"
+
+
+async def test_token_refusals_exit_2_without_traceback(tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    cases = [
+        (["--role", "pilot", "--forum", "ai"], "unknown role 'pilot'"),
+        (["--role", "viewer", "--forum", "atlantis"], "unknown forum 'atlantis'"),
+        (["--role", "viewer", "--forum", "ai", "--ttl", "soon"], "--ttl='soon': not a duration"),
+    ]
+    for extra, message in cases:
+        code, out, err = await forumcast("token", "--name", "X", *extra, env=env)
+        assert code == 2, (extra, err)
+        assert message in err and "Traceback" not in err
+
+
+async def test_invite_writes_csv(tmp_path: Path) -> None:
+    guests = tmp_path / "guests.csv"
+    guests.write_text("name,email,language,forums,role\nAda,ada@example.com,en,ai,\n")
+    out_csv = tmp_path / "out.csv"
+    code, _, err = await forumcast("invite", str(guests), "-o", str(out_csv), env=clean_env(tmp_path))
+    assert code == 0, err
+    header, row = out_csv.read_text().strip().splitlines()
+    assert header == "name,email,language,forums,role,token,invite_link"
+    assert "/watch/ai?token=" in row
+    guests.write_text("name,email,language,forums,role\nAda,broken,en,ai,\n")
+    code, _, err = await forumcast("invite", str(guests), env=clean_env(tmp_path))
+    assert code == 2 and "line 2: bad email 'broken'" in err
+
+
+async def test_bad_settings_exit_2(tmp_path: Path) -> None:
+    code, _, err = await forumcast("serve", "--port", "abc", env=clean_env(tmp_path))
+    assert code == 2 and "port='abc' (command line): not an integer" in err and "Traceback" not in err
+    config = tmp_path / "forumcast.toml"
+    config.write_text("port = 70000\n")
+    code, _, err = await forumcast("serve", "--config", str(config), env=clean_env(tmp_path))
+    assert code == 2 and "port=70000 in forumcast.toml: must be 1-65535" in err
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[event]\nid = "x"\n')
+    code, _, err = await forumcast("serve", "--event", str(broken), env=clean_env(tmp_path))
+    assert code == 2 and "event.timezone: missing" in err and "Traceback" not in err
+
+
+async def test_serve_port_in_use_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = await forumcast("serve", "--host", "127.0.0.1", "--port", str(port), env=clean_env(tmp_path))
+    assert code == 2 and f"cannot serve on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+async def test_serve_smoke(tmp_path: Path) -> None:
+    """The real server: start, answer, stop cleanly on SIGTERM."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signaling.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--node-id", "smoke-node", cwd=ROOT, env=clean_env(tmp_path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    log: list[str] = []
+    try:
+        assert process.stderr is not None
+
+        async def wait_for_line(needle: str) -> None:
+            while True:
+                line = (await process.stderr.readline()).decode()  # type: ignore[union-attr]
+                if not line:
+                    raise AssertionError("serve exited early:\n" + "".join(log))
+                log.append(line)
+                if needle in line:
+                    return
+
+        await asyncio.wait_for(wait_for_line(f"on http://127.0.0.1:{port}"), 30)
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"http://127.0.0.1:{port}/healthz") as response:
+                assert response.status == 200
+                assert await response.json() == {"status": "ok", "node_id": "smoke-node"}
+            async with client.get(f"http://127.0.0.1:{port}/api/forums") as response:
+                assert response.status == 200
+                body = json.loads(await response.text())
+                assert len(body["forums"]) == 21 and body["event"]["timezone"] == "Asia/Shanghai"
+        process.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(process.stderr.read(), 20)
+        code = await asyncio.wait_for(process.wait(), 10)
+        log.append(rest.decode())
+        assert code == 0, "".join(log)
+        assert "stopped" in rest.decode() and "Traceback" not in "".join(log)
+        assert (tmp_path / "token_secret").is_file()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.parametrize("text", ["90", "90s", "30m", "12h", "7d", "2w"])
+def test_parse_ttl(text: str) -> None:
+    from signaling.cli import parse_ttl
+
+    seconds = {"90": 90, "90s": 90, "30m": 1800, "12h": 43200, "7d": 604800, "2w": 1209600}[text]
+    assert parse_ttl(text) == seconds
