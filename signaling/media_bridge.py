@@ -32,6 +32,7 @@ from rooms.errors import RoomError
 from rooms.models import MediaSource, SourceKind, SourceState
 from rooms.tokens import Grant
 from signaling.app_keys import MEDIA, ROOMS, SETTINGS
+from streaming.media_error import MediaError
 
 if TYPE_CHECKING:
     from rooms.service import RoomService
@@ -42,7 +43,7 @@ SYSTEM = "system"  # `by` for program changes the bridge makes
 _QUEUE_LIMIT = 4096  # state changes are rare; a full queue means the applier is stuck
 
 
-# media-plane error code -> (room error code, prefix) so edges answer uniformly
+# media-plane error code -> room error code, so every edge answers alike
 _MEDIA_CODES = {
     "invalid_sdp": "invalid_sdp",
     "unsupported_codec": "unsupported_codec",
@@ -53,11 +54,9 @@ _MEDIA_CODES = {
 
 def room_error_from_media(exc: Exception) -> RoomError:
     """A MediaError (code, message) as the RoomError every edge knows."""
-    code = getattr(exc, "code", None)
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    if isinstance(code, str) and code in _MEDIA_CODES:
-        return RoomError(_MEDIA_CODES[code], message)
-    logger.error("media plane failed unexpectedly: %r", exc)
+    if isinstance(exc, MediaError) and exc.code in _MEDIA_CODES:
+        return RoomError(_MEDIA_CODES[exc.code], exc.message)
+    logger.error("media plane failed unexpectedly: %r", exc, exc_info=exc)
     return RoomError("unavailable", "the media server could not handle this; try again")
 
 
