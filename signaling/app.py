@@ -22,9 +22,10 @@ from rooms.agenda import AgendaClock
 from rooms.event_file import load_event
 from rooms.memory_store import MemoryStore
 from rooms.models import Event
+from rooms.service import RoomService
 from rooms.store import Store
 from rooms.tokens import TokenService
-from signaling.app_keys import AGENDA, EVENT, SETTINGS, STORE, TOKENS
+from signaling.app_keys import AGENDA, EVENT, ROOMS, SETTINGS, STORE, TOKENS
 from signaling.http_api import setup_http_api
 
 logger = logging.getLogger(__name__)
@@ -52,10 +53,10 @@ def build_app(settings: Settings) -> web.Application:
     app[AGENDA] = AgendaClock(event)
 
     setup_http_api(app)  # first: its error middleware wraps every later route
-    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_store_ctx)  # the store is also the event bus between nodes
+    app.cleanup_ctx.append(_rooms_ctx)
     # Integrators: add, in this order, each registering its own cleanup_ctx:
-    #   bus / event listener, setup_rooms (RoomService), setup_socketio(app),
-    #   setup_media(app); then setup_whip_whep(app), setup_pages(app).
+    #   setup_socketio(app), the media plane; then setup_whip_whep(app), setup_pages(app).
     return app
 
 
@@ -76,6 +77,24 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await store.stop()
+
+
+async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    rooms = RoomService(
+        app[EVENT],
+        app[STORE],
+        settings.node_id,
+        chat_max_length=settings.chat_max_length,
+        chat_rate_per_minute=settings.chat_rate_per_minute,
+        heartbeat_ttl_s=settings.node_ttl_s,
+    )
+    await rooms.start()  # heart-beats once, so the node is known before it serves
+    app[ROOMS] = rooms
+    try:
+        yield
+    finally:
+        await rooms.stop()
 
 
 async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:

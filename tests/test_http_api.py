@@ -14,7 +14,8 @@ from rooms.agenda import AgendaClock
 from rooms.errors import RoomError
 from rooms.memory_store import MemoryStore
 from signaling.app import build_app
-from signaling.app_keys import AGENDA, EVENT, SETTINGS, STORE, TOKENS
+from rooms.service import RoomService
+from signaling.app_keys import AGENDA, EVENT, ROOMS, SETTINGS, STORE, TOKENS
 
 SHANGHAI = zoneinfo.ZoneInfo("Asia/Shanghai")
 AT_14_10 = dt.datetime(2026, 11, 8, 14, 10, tzinfo=SHANGHAI)
@@ -54,6 +55,21 @@ async def test_build_app_registers_the_services(settings: Settings) -> None:
 async def test_store_lives_in_a_cleanup_context(client: TestClient[web.Request, web.Application]) -> None:
     store = client.app[STORE]  # type: ignore[index]
     assert isinstance(store, MemoryStore) and store.node_id == "api-node"
+    rooms = client.app[ROOMS]  # type: ignore[index]
+    assert isinstance(rooms, RoomService) and rooms.store is store
+
+
+@pytest.mark.redis
+async def test_redis_url_selects_the_shared_store(tmp_path: Path, redis_url: str) -> None:
+    from signaling.redis_store import RedisStore
+
+    settings = load_settings(env={}, data_dir=str(tmp_path), node_id="redis-node", redis_url=redis_url)
+    async with TestClient(TestServer(build_app(settings), host="127.0.0.1")) as test_client:
+        store = test_client.app[STORE]  # type: ignore[index]
+        assert isinstance(store, RedisStore) and store.node_id == "redis-node"
+        response = await test_client.get("/healthz")
+        assert (await response.json())["node_id"] == "redis-node"
+        assert "redis-node" in {node.node_id for node in await store.nodes()}
 
 
 async def test_healthz(client: TestClient[web.Request, web.Application]) -> None:
