@@ -318,6 +318,10 @@ class RoomService:
         since the operator looked."""
         forum = self.forum(forum_id)
         self._authorize(forum.id, grant, Role.OPERATOR)
+        if not isinstance(slate, bool):
+            raise RoomError("invalid", "slate must be true or false")
+        if expected_version is not None and (type(expected_version) is not int or expected_version < 0):
+            raise RoomError("invalid", "expected_version must be a version number the server sent")
         if slate:
             return await self._program_update(forum.id, grant.name, expected_version, program=None)
         if source_id is None:

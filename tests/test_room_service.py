@@ -212,6 +212,9 @@ async def test_take_refusals(service: RoomService) -> None:
     await service.update_source_state("main", "cam", SourceState.LIVE)
     await service.take("main", OPERATOR, "cam", expected_version=0)
     await refused("conflict", service.take("main", OPERATOR, slate=True, expected_version=0))
+    await refused("invalid", service.take("main", OPERATOR, slate=True, expected_version="1"))  # type: ignore[arg-type]
+    await refused("invalid", service.take("main", OPERATOR, slate="yes"))  # type: ignore[arg-type]
+    assert (await service.program("main")).program == "cam"
 
 
 async def test_preview_then_take(service: RoomService, events: Subscription) -> None:
