@@ -199,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(exc.message)
     except CommandError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:  # before serve's own signal handling is in place
+        return 130
     return EXIT_USAGE
 
 

@@ -184,3 +184,10 @@ def test_parse_ttl(text: str) -> None:
 
     seconds = {"90": 90, "90s": 90, "30m": 1800, "12h": 43200, "7d": 604800, "2w": 1209600}[text]
     assert parse_ttl(text) == seconds
+
+
+async def test_serve_unreachable_redis_exit_2(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    code, _, err = await forumcast("serve", "--port", str(free_port()), "--redis", url, env=clean_env(tmp_path))
+    assert code == 2, err
+    assert f"cannot reach Redis at {url}" in err and "Traceback" not in err
