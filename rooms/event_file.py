@@ -254,7 +254,7 @@ class _Reader:
 
         speakers = self.speakers(data)
         forums = self.forums(data, speakers, days)
-        if not forums and "forums" in data:
+        if data.get("forums") == []:
             self.problem("forums", "the event has no forums")
         elif "forums" not in data:
             self.problem("forums", "missing: at least one [[forums]] table")
@@ -497,6 +497,12 @@ def _kind(value: Any) -> str:
         return "a table"
     if isinstance(value, list):
         return "an array"
+    if isinstance(value, dt.datetime):
+        return f"a date-time ({value.isoformat()})"
+    if isinstance(value, dt.date):
+        return f"a date ({value.isoformat()})"
+    if isinstance(value, dt.time):
+        return f"a time ({value.isoformat()})"
     return f"{type(value).__name__} {value!r}"
 
 
