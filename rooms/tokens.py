@@ -27,6 +27,7 @@ AUDIENCE = "forumcast"
 ALGORITHM = "HS256"
 DEFAULT_TTL_SECONDS = 7 * 24 * 3600
 ALL_FORUMS = "*"
+MAX_TOKEN_LENGTH = 8192  # ours are ~400 bytes; refuse to parse megabytes of junk
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,8 @@ class TokenService:
         if token is None or not token.strip():
             raise RoomError("token_missing", "this needs a token: open your invite link again")
         token = token.strip()
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise RoomError("token_invalid", f"the token is longer than {MAX_TOKEN_LENGTH} characters")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

@@ -103,6 +103,7 @@ def test_other_algorithm_is_refused(tokens: TokenService) -> None:
 
 
 def test_garbage(tokens: TokenService) -> None:
+    assert "longer than" in refused(tokens, "x" * 100_000).message
     for garbage in ("not-a-token", "a.b.c", "🙂"):
         error = refused(tokens, garbage)
         assert error.code == "token_invalid", garbage
