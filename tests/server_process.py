@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from rooms.tokens import TokenService
 from tests.processes import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+COMMAND_ENV = "FORUMCAST_TEST_SERVER_CMD"  # debugging hook: another entry point than signaling.cli
 
 
 @dataclass
@@ -91,8 +93,10 @@ def start_server(
     extra_env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
     timeout: float = 30.0,
+    command: list[str] | None = None,
 ) -> ServerProcess:
-    """Start the server and wait until /healthz answers 200."""
+    """Start the server and wait until /healthz answers 200. `command`
+    replaces `python -m signaling.cli` (e.g. a wrapper for a debug build)."""
     data_dir = Path(tempfile.mkdtemp(prefix="forumcast-server-"))
     secret = secrets.token_urlsafe(48)
     port = free_port()
@@ -108,7 +112,9 @@ def start_server(
     env.pop("FORUMCAST_REDIS_URL", None)
     env.update(extra_env or {})
     log_path = data_dir / "server.log"
-    args = [sys.executable, "-m", "signaling.cli", "serve", "--port", str(port),
+    if command is None and os.environ.get(COMMAND_ENV):
+        command = shlex.split(os.environ[COMMAND_ENV])
+    args = [*(command or [sys.executable, "-m", "signaling.cli"]), "serve", "--port", str(port),
             "--data-dir", str(data_dir), *(extra_args or [])]
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

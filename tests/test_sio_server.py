@@ -1,0 +1,280 @@
+"""socket.io against the real server process: refusals at connect, join,
+every kind of bad payload answered with the documented error ack while the
+connection (and the forum) carry on, and the media path through publish
+and watch with real aiortc peers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import socketio
+
+from rooms.models import Role
+from tests.server_process import ServerProcess, start_server
+from tests.signaling_peers import PublisherPeer, ViewerPeer, candidate_addresses
+
+pytestmark = pytest.mark.timeout(120)
+
+FORUM = "ai"
+OTHER_FORUM = "main"
+ACK_TIMEOUT = 20.0
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    process = start_server()
+    try:
+        yield process
+    finally:
+        process.cleanup()
+
+
+class Client:
+    """A socketio.AsyncClient that records what the server pushes."""
+
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.pushes: dict[str, asyncio.Queue[Any]] = {}
+        self.connect_errors: asyncio.Queue[Any] = asyncio.Queue()
+        for event in ("program", "sources", "viewers", "error", "preview"):
+            self.pushes[event] = asyncio.Queue()
+            self.sio.on(event, self._recorder(event))
+        self.sio.on("connect_error", self._on_connect_error)
+
+    def _recorder(self, event: str) -> Any:
+        async def record(data: Any) -> None:
+            self.pushes[event].put_nowait(data)
+        return record
+
+    async def _on_connect_error(self, data: Any) -> None:
+        self.connect_errors.put_nowait(data)
+
+    async def connect(self, server: ServerProcess, token: str | None) -> None:
+        auth = {"token": token} if token is not None else {}
+        await self.sio.connect(server.url, auth=auth, transports=["websocket"], wait_timeout=10)
+
+    async def call(self, event: str, *payload: Any) -> Any:
+        return await self.sio.call(event, *payload, timeout=ACK_TIMEOUT)
+
+    async def next_push(self, event: str, predicate: Any = lambda _: True, timeout: float = 20.0) -> Any:
+        """The first `event` push that satisfies `predicate`."""
+        async def find() -> Any:
+            while True:
+                data = await self.pushes[event].get()
+                if predicate(data):
+                    return data
+        return await asyncio.wait_for(find(), timeout)
+
+    async def close(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Client]]:
+    made: list[Client] = []
+    yield made
+    for client in made:
+        await client.close()
+
+
+async def connected(server: ServerProcess, clients: list[Client], role: Role, forums: list[str] | None = None,
+                    name: str = "Tester") -> Client:
+    client = Client()
+    clients.append(client)
+    await client.connect(server, server.token(role, forums, name))
+    return client
+
+
+def error_code(ack: Any) -> str:
+    assert isinstance(ack, dict) and "error" in ack, f"expected an error ack, got {ack!r}"
+    assert set(ack["error"]) == {"code", "message"} and ack["error"]["message"]
+    return str(ack["error"]["code"])
+
+
+# --- connecting -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,expected", [
+    ("none", "token_missing"), ("garbage", "token_invalid"), ("expired", "token_expired"),
+    ("not_a_string", "token_invalid"),
+])
+async def test_connect_is_refused_with_a_reason(server: ServerProcess, kind: str, expected: str) -> None:
+    tokens: dict[str, Any] = {"none": None, "garbage": "not.a.jwt", "expired": server.expired_token(Role.VIEWER),
+                              "not_a_string": 42}
+    client = Client()
+    auth = {} if tokens[kind] is None else {"token": tokens[kind]}
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.sio.connect(server.url, auth=auth, transports=["websocket"], wait_timeout=10)
+    refusal = await asyncio.wait_for(client.connect_errors.get(), 10)
+    assert refusal["data"]["code"] == expected
+    assert refusal["message"] == refusal["data"]["message"]
+    assert not client.sio.connected
+
+
+# --- join -------------------------------------------------------------------------
+
+
+async def test_join_answers_the_forum_snapshot(server: ServerProcess, clients: list[Client]) -> None:
+    client = await connected(server, clients, Role.VIEWER, [FORUM], name="Guest One")
+    ack = await client.call("join", {"forum_id": FORUM})
+    assert ack["forum"]["id"] == FORUM and ack["forum"]["name"]["en"]
+    assert ack["participant"]["role"] == "viewer" and ack["participant"]["name"] == "Guest One"
+    assert ack["program"]["forum_id"] == FORUM and "version" in ack["program"]
+    assert isinstance(ack["sources"], list)
+    assert ack["viewers"]["viewers"] >= 1 and ack["viewers"]["total"] >= ack["viewers"]["viewers"]
+    # joining again is idempotent
+    again = await client.call("join", {"forum_id": FORUM})
+    assert again["participant"]["id"] == ack["participant"]["id"]
+
+
+async def test_viewer_count_is_pushed_to_the_forum(server: ServerProcess, clients: list[Client]) -> None:
+    first = await connected(server, clients, Role.VIEWER, [FORUM])
+    joined = await first.call("join", {"forum_id": FORUM})
+    before = joined["viewers"]["viewers"]
+    second = await connected(server, clients, Role.VIEWER, [FORUM])
+    await second.call("join", {"forum_id": FORUM})
+    push = await first.next_push("viewers", lambda d: d["viewers"] == before + 1)
+    assert push["forum_id"] == FORUM
+    await second.close()
+    gone = await first.next_push("viewers", lambda d: d["viewers"] == before)
+    assert gone["total"] >= gone["viewers"]
+
+
+# --- bad payloads: an error ack, and the connection carries on -----------------------
+
+HUGE_SDP = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n" + "a=x-padding:" + "x" * (70 * 1024) + "\r\n"
+SMALL_BAD_SDP = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"  # no media section
+
+BAD_REQUESTS: list[tuple[str, str, tuple[Any, ...], str]] = [
+    ("join not a dict", "join", ("ai",), "invalid"),
+    ("join a list", "join", ([1, 2],), "invalid"),
+    ("join no payload", "join", (), "invalid"),
+    ("join missing forum_id", "join", ({},), "invalid"),
+    ("join forum_id not a string", "join", ({"forum_id": 7},), "invalid"),
+    ("join forum_id with a slash", "join", ({"forum_id": "../etc"},), "invalid"),
+    ("join unknown forum", "join", ({"forum_id": "no-such-forum"},), "not_found"),
+    ("join another forum", "join", ({"forum_id": OTHER_FORUM},), "conflict"),
+    ("publish missing sdp", "publish", ({"forum_id": FORUM},), "invalid"),
+    ("publish sdp not a string", "publish", ({"forum_id": FORUM, "sdp": {"v": 0}},), "invalid"),
+    ("publish huge sdp", "publish", ({"forum_id": FORUM, "sdp": HUGE_SDP},), "too_large"),
+    ("publish not sdp", "publish", ({"forum_id": FORUM, "sdp": "hello"},), "invalid_sdp"),
+    ("publish no media", "publish", ({"forum_id": FORUM, "sdp": SMALL_BAD_SDP},), "invalid_sdp"),
+    ("publish unknown forum", "publish", ({"forum_id": "nope", "sdp": SMALL_BAD_SDP + "m=video 9 x 96\r\n"},),
+     "not_found"),
+    ("unpublish someone else's", "unpublish", ({"source_id": "src-123"},), "not_found"),
+    ("watch huge sdp", "watch", ({"forum_id": FORUM, "sdp": HUGE_SDP},), "too_large"),
+    ("watch source_id wrong type", "watch", ({"forum_id": FORUM, "sdp": "v=0", "source_id": 5},), "invalid"),
+    ("unwatch unknown", "unwatch", ({"viewer_id": "x.w9"},), "not_found"),
+    ("leave not a dict", "leave", ("now",), "invalid"),
+    ("unknown event", "shout", ({"text": "hi"},), "unknown_event"),
+]
+
+
+async def test_bad_payloads_get_error_acks_and_the_connection_carries_on(
+        server: ServerProcess, clients: list[Client]) -> None:
+    operator = await connected(server, clients, Role.OPERATOR, [FORUM, OTHER_FORUM])
+    bystander = await connected(server, clients, Role.VIEWER, [FORUM])
+    assert "error" not in await operator.call("join", {"forum_id": FORUM})
+    assert "error" not in await bystander.call("join", {"forum_id": FORUM})
+    seen: dict[str, str] = {}
+    for label, event, payload, expected in BAD_REQUESTS:
+        ack = await operator.call(event, *payload)
+        seen[label] = error_code(ack)
+        # the same connection still answers a good request right after
+        still = await operator.call("join", {"forum_id": FORUM})
+        assert still["forum"]["id"] == FORUM, f"after {label}: {still!r}"
+    assert seen == {label: expected for label, _, _, expected in BAD_REQUESTS}
+    assert operator.sio.connected and bystander.sio.connected
+    # and the forum carries on for others
+    assert (await bystander.call("join", {"forum_id": FORUM}))["forum"]["id"] == FORUM
+
+
+async def test_requests_outside_the_grant_are_forbidden(server: ServerProcess, clients: list[Client]) -> None:
+    viewer = await connected(server, clients, Role.VIEWER, [FORUM])
+    assert "error" not in await viewer.call("join", {"forum_id": FORUM})
+    offer = SMALL_BAD_SDP + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+    # a viewer may not publish, nor watch one named source (operators' preview tiles)
+    assert error_code(await viewer.call("publish", {"forum_id": FORUM, "sdp": offer})) == "forbidden"
+    assert error_code(await viewer.call(
+        "watch", {"forum_id": FORUM, "sdp": offer, "source_id": "src-1"})) == "forbidden"
+    # a token for one forum opens no other
+    assert error_code(await viewer.call("join", {"forum_id": OTHER_FORUM})) == "forbidden"
+    speaker = await connected(server, clients, Role.SPEAKER, [FORUM])
+    assert error_code(await speaker.call("publish", {"forum_id": OTHER_FORUM, "sdp": offer})) == "forbidden"
+    # publish and watch need a join first
+    assert error_code(await speaker.call("publish", {"forum_id": FORUM, "sdp": offer})) == "not_joined"
+    assert error_code(await speaker.call("watch", {"forum_id": FORUM, "sdp": offer})) == "not_joined"
+    assert (await speaker.call("join", {"forum_id": FORUM}))["participant"]["role"] == "speaker"
+    assert viewer.sio.connected and speaker.sio.connected
+
+
+async def test_leave_then_join_another_forum(server: ServerProcess, clients: list[Client]) -> None:
+    client = await connected(server, clients, Role.VIEWER, None)
+    assert (await client.call("join", {"forum_id": FORUM}))["forum"]["id"] == FORUM
+    assert await client.call("leave") == {"ok": True}
+    assert await client.call("leave", {}) == {"ok": True}  # twice is fine
+    assert (await client.call("join", {"forum_id": OTHER_FORUM}))["forum"]["id"] == OTHER_FORUM
+
+
+# --- media through socket.io ------------------------------------------------------------
+
+
+async def test_watch_answers_with_loopback_candidates_only(server: ServerProcess, clients: list[Client]) -> None:
+    client = await connected(server, clients, Role.VIEWER, [FORUM])
+    await client.call("join", {"forum_id": FORUM})
+    viewer = ViewerPeer()
+    try:
+        ack = await client.call("watch", {"forum_id": FORUM, "sdp": await viewer.offer()})
+        assert "error" not in ack, ack
+        assert ack["viewer_id"] and ack["sdp"].startswith("v=0")
+        addresses = candidate_addresses(ack["sdp"])
+        assert addresses and set(addresses) == {"127.0.0.1"}
+        await viewer.accept(ack["sdp"])
+        assert await client.call("unwatch", {"viewer_id": ack["viewer_id"]}) == {"ok": True}
+        assert error_code(await client.call("unwatch", {"viewer_id": ack["viewer_id"]})) == "not_found"
+    finally:
+        await viewer.close()
+
+
+async def test_publish_goes_on_air_and_a_watcher_decodes_it(server: ServerProcess, clients: list[Client]) -> None:
+    forum = "open-source"
+    observer = await connected(server, clients, Role.VIEWER, [forum])
+    await observer.call("join", {"forum_id": forum})
+    speaker = await connected(server, clients, Role.SPEAKER, [forum], name="Zhang Min")
+    await speaker.call("join", {"forum_id": forum})
+    publisher, viewer = PublisherPeer(), ViewerPeer()
+    try:
+        ack = await speaker.call("publish", {"forum_id": forum, "sdp": await publisher.offer()})
+        assert "error" not in ack, ack
+        source_id = ack["source_id"]
+        assert set(candidate_addresses(ack["sdp"])) == {"127.0.0.1"}
+        await publisher.accept(ack["sdp"])
+        await asyncio.wait_for(publisher.connected.wait(), 15)
+
+        # the most recent live source goes on air, and the forum hears it
+        program = await observer.next_push("program", lambda p: p["program"] == source_id)
+        assert program["source"]["name"] == "Zhang Min" and program["source"]["state"] == "live"
+        sources = await observer.next_push("sources", lambda s: any(
+            x["id"] == source_id and x["state"] == "live" for x in s["sources"]))
+        assert sources["forum_id"] == forum
+
+        watched = await observer.call("watch", {"forum_id": forum, "sdp": await viewer.offer()})
+        assert "error" not in watched, watched
+        await viewer.accept(watched["sdp"])
+        await viewer.wait_video(10)
+        await viewer.wait_audio(10)
+        assert viewer.frame_size is not None and viewer.frame_size[0] > 0
+
+        # the speaker's connection closes: its source goes and the slate is back
+        await speaker.close()
+        await observer.next_push("sources", lambda s: all(x["id"] != source_id for x in s["sources"]))
+        back = await observer.next_push("program", lambda p: p["program"] != source_id)
+        assert back["program"] is None and back["source"] is None
+        assert observer.sio.connected
+    finally:
+        await viewer.close()
+        await publisher.close()
