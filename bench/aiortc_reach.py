@@ -7,6 +7,7 @@ the load tester silently measure nothing.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, Callable
@@ -42,6 +43,18 @@ class WirePath:
     def send(self, datagram: bytes) -> None:
         self.protocol.transport.sendto(datagram, self.remote_addr)
 
+    def aioice_handler(self) -> DatagramHandler:
+        """aioice's own handler: STUN to its agent, anything else to the DTLS transport."""
+        return self.protocol.datagram_received
+
+    def take_socket(self) -> socket.socket:
+        """Stop the event loop reading this socket and return it; sending through
+        asyncio keeps working, and closing the transport later is unaffected."""
+        transport = self.protocol.transport
+        sock: socket.socket = transport._sock  # type: ignore[attr-defined]
+        transport._loop._remove_reader(sock.fileno())  # type: ignore[attr-defined]
+        return sock
+
     def take_datagrams(self, handler: DatagramHandler) -> DatagramHandler:
         """Route every datagram of this socket to `handler`; return aioice's own handler,
         which the caller must keep calling for STUN (consent) and DTLS."""
@@ -65,6 +78,7 @@ def wire_path(pc: RTCPeerConnection) -> WirePath:
     pair = connection._nominated.get(1)
     if pair is None:
         raise RuntimeError("ICE has no nominated pair yet")
-    if not hasattr(dtls, "_rx_srtp") or not hasattr(pair.protocol, "datagram_received"):
+    transport = getattr(pair.protocol, "transport", None)
+    if not hasattr(dtls, "_rx_srtp") or not hasattr(transport, "_sock") or not hasattr(transport, "_loop"):
         raise RuntimeError("aiortc/aioice private names moved: update bench/aiortc_reach.py")
     return WirePath(dtls=dtls, protocol=pair.protocol, remote_addr=pair.remote_addr)

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import re
+import socket
 import statistics
 import struct
 import time
@@ -34,6 +35,7 @@ from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket
 from bench import procstat
 from bench.aiortc_reach import DatagramHandler, WirePath, wire_path
 from bench.loopback import loopback_configuration, restrict_ice_to_loopback
+from bench.rx_thread import RxThread
 
 Signal = Callable[[str, str], Awaitable[str]]  # (viewer_id, offer sdp) -> answer sdp
 _RTP_HEAD = struct.Struct("!HII")  # sequence number, timestamp, SSRC at offset 2
@@ -81,8 +83,9 @@ def payload_kinds(sdp: str) -> dict[int, str]:
 class LightViewer:
     """One viewer. `connect()` negotiates, then counting happens in `_on_datagram`."""
 
-    def __init__(self, viewer_id: str, sample_every: int = 50) -> None:
+    def __init__(self, viewer_id: str, sample_every: int = 50, rx: RxThread | None = None) -> None:
         self.viewer_id = viewer_id
+        self._rx = rx  # None: count in the event loop's own datagram callback
         self.pc = RTCPeerConnection(loopback_configuration())
         self.streams: dict[int, StreamCount] = {}
         self.rtcp = 0
@@ -95,6 +98,8 @@ class LightViewer:
         self._wire: WirePath | None = None
         self._aioice_handler: DatagramHandler | None = None
         self._rx_srtp: pylibsrtp.Session | None = None
+        self._socket: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def connect(self, signal: Signal, timeout: float = 20.0) -> None:
         await asyncio.wait_for(self._negotiate(signal), timeout)
@@ -129,12 +134,21 @@ class LightViewer:
 
     def _take_over(self) -> None:
         self._wire = wire_path(self.pc)
-        self._aioice_handler = self._wire.take_datagrams(self._on_datagram)
+        self._loop = asyncio.get_running_loop()
+        if self._rx is None:
+            self._aioice_handler = self._wire.take_datagrams(self._on_datagram)
+        else:
+            self._aioice_handler = self._wire.aioice_handler()
+            self._socket = self._wire.take_socket()
+            self._rx.add(self._socket, self._on_datagram, self._wire.remote_addr)
 
     def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
         first = data[0]
-        if not 127 < first < 192:
-            self._aioice_handler(data, addr)  # type: ignore[misc]  # STUN or DTLS
+        if not 127 < first < 192:  # STUN or DTLS: aioice's, on its own loop
+            if self._rx is None:
+                self._aioice_handler(data, addr)  # type: ignore[misc]
+            else:
+                self._loop.call_soon_threadsafe(self._aioice_handler, data, addr)  # type: ignore[union-attr]
             return
         if 191 < data[1] < 224:  # RTCP packet types 192..223 (RFC 5761)
             self.rtcp += 1
@@ -191,6 +205,8 @@ class LightViewer:
         self._wire.send(session.protect_rtcp(bytes(packet)))
 
     async def close(self) -> None:
+        if self._rx is not None and self._socket is not None:
+            self._rx.remove(self._socket)  # before aioice closes the socket
         await self.pc.close()
 
 
@@ -201,15 +217,19 @@ class ViewerPool:
     sample_every: int = 50
     rr_interval: float = 1.0
     concurrency: int = 10
+    rx_thread: bool = True
     viewers: list[LightViewer] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _rr_task: asyncio.Task[None] | None = None
+    _rx: RxThread | None = None
 
     async def connect(self, count: int, signal: Signal, prefix: str = "v", timeout: float = 20.0) -> None:
         gate = asyncio.Semaphore(self.concurrency)
+        if self.rx_thread and self._rx is None:
+            self._rx = RxThread()
 
         async def one(index: int) -> None:
-            viewer = LightViewer(f"{prefix}{index}", self.sample_every)
+            viewer = LightViewer(f"{prefix}{index}", self.sample_every, self._rx)
             async with gate:
                 try:
                     await viewer.connect(signal, timeout)
@@ -246,9 +266,13 @@ class ViewerPool:
     async def close(self) -> None:
         if self._rr_task is not None:
             self._rr_task.cancel()
-        await asyncio.wait_for(
-            asyncio.gather(*(v.close() for v in self.viewers), return_exceptions=True), 30
-        )
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(v.close() for v in self.viewers), return_exceptions=True), 30
+            )
+        finally:
+            if self._rx is not None:
+                self._rx.stop()
 
 
 def http_signal(session: aiohttp.ClientSession, url: str, forum: str) -> Signal:
@@ -283,7 +307,7 @@ def _rates(window: float, before: list[Counts], after: list[Counts]) -> dict[str
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Connect, wait for media, warm up, then one window of server CPU vs packets."""
     pool = ViewerPool(sample_every=args.sample_every, rr_interval=args.rr_interval,
-                      concurrency=args.concurrency)
+                      concurrency=args.concurrency, rx_thread=not args.asyncio_rx)
     report: dict[str, Any] = {"viewers": args.viewers}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         started = time.monotonic()
@@ -293,6 +317,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             report["connected"] = len(pool.viewers)
             report["receiving"] = await pool.wait_receiving(args.receive_timeout)
             await asyncio.sleep(args.warmup)
+            print(json.dumps({"event": "window", "seconds": args.seconds}), flush=True)  # profilers attach now
             before, cpu0, own0, t0 = pool.per_viewer(), procstat.tree_cpu_seconds(args.server_pid), \
                 procstat.cpu_seconds(os.getpid()), time.monotonic()
             await asyncio.sleep(args.seconds)
@@ -324,6 +349,8 @@ def main() -> None:
     parser.add_argument("--sample-every", type=int, default=50)
     parser.add_argument("--rr-interval", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--asyncio-rx", action="store_true",
+                        help="count in asyncio's datagram callback instead of the reader thread")
     args = parser.parse_args()
     restrict_ice_to_loopback()
     print(json.dumps(asyncio.run(measure(args))), flush=True)

@@ -19,7 +19,7 @@ import imageio_ffmpeg
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 VIDEO_KBPS = 1500
-DEFAULT_SECONDS = 150  # longer than any one server's life in a fan-out run
+DEFAULT_SECONDS = 300  # longer than any one server's life in a fan-out run
 
 
 def cache_dir() -> Path:

@@ -1,0 +1,287 @@
+"""Issue 4's fan-out benchmark: forumcast vs the aiortc-only baseline, one run, one machine.
+
+For each viewer count and each server: a fresh server process (and, for
+forumcast, a publisher process sending the pre-encoded 720p30 1.5 Mbps
+file over WebRTC), an idle measurement (publisher on, zero viewers), then
+one light-viewer process connecting N viewers, warming up, and measuring
+the server's CPU (its whole process tree, from /proc) against the RTP
+packets all viewers received in the same window:
+
+    us/pkt/viewer = server CPU in the window / packets received by all viewers
+    viewers/core  = 1e6 / (us/pkt/viewer * packets/s per viewer)
+
+    python -m bench.fanout                      # 10,50,100,300 viewers, both servers
+    python -m bench.fanout --viewers 10,50 --seconds 5 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import procstat
+from bench.children import Child, start_exec, start_module
+from bench.media import ensure_media
+from tests.processes import free_port
+
+SERVERS = ("forumcast", "baseline")
+MEDIA_SECONDS = 300  # each server lives well under this: MediaPlayer must not loop
+
+
+@dataclass
+class Run:
+    kind: str
+    viewers: int
+    report: dict[str, Any] = field(default_factory=dict)
+    idle_cpu: float = 0.0  # cores used with the publisher on and no viewer
+    failure: str = ""
+
+    @property
+    def packets(self) -> int:
+        return int(self.report.get("packets", 0))
+
+    @property
+    def us_per_packet(self) -> float:
+        return 1e6 * self.report.get("server_cpu_s", 0.0) / self.packets if self.packets else float("nan")
+
+    @property
+    def pps(self) -> float:
+        return float(self.report.get("pps_median", 0.0))
+
+    @property
+    def viewers_per_core(self) -> float:
+        cost = self.us_per_packet * self.pps
+        return 1e6 / cost if cost > 0 else float("nan")
+
+    @property
+    def server_cores(self) -> float:
+        window = self.report.get("window_s", 0.0)
+        return self.report.get("server_cpu_s", 0.0) / window if window else 0.0
+
+    @property
+    def client_cores(self) -> float:
+        window = self.report.get("window_s", 0.0)
+        return self.report.get("client_cpu_s", 0.0) / window if window else 0.0
+
+    def problems(self) -> list[str]:
+        found = [self.failure] if self.failure else []
+        r = self.report
+        if self.failure or not r:
+            return found or ["no report"]
+        if r.get("auth_failures", 0):
+            found.append(f"{r['auth_failures']} SRTP auth failures")
+        if not r.get("auth_checked", 0):
+            found.append("no packet had its SRTP auth checked")
+        if r.get("error_count", 0):
+            found.append(f"{r['error_count']} viewers failed to connect: {r['errors'][:2]}")
+        if r.get("receiving", 0) < self.viewers:
+            found.append(f"only {r.get('receiving', 0)}/{self.viewers} viewers received video+audio")
+        if r.get("silent_viewers", 0):
+            found.append(f"{r['silent_viewers']} viewers received nothing in the window")
+        return found
+
+
+async def wait_http(url: str, server: Child, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while time.monotonic() < deadline:
+            if server.process.returncode is not None:
+                raise RuntimeError(f"{server.name} exited: {server.log_tail()}")
+            try:
+                async with http.get(f"{url}/stats") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{server.name} did not answer on {url}: {server.log_tail()}")
+
+
+async def idle_cores(pid: int, seconds: float) -> float:
+    before, t0 = procstat.tree_cpu_seconds(pid), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (procstat.tree_cpu_seconds(pid) - before) / (time.monotonic() - t0)
+
+
+async def run_one(kind: str, viewers: int, args: argparse.Namespace, media: Path, logdir: Path,
+                  profile_out: Path | None = None) -> Run:
+    run = Run(kind, viewers)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    lifetime = str(MEDIA_SECONDS - 20)
+    children: list[Child] = []
+    tag = f"{kind}-{viewers}{'-profile' if profile_out else ''}"
+    try:
+        if kind == "forumcast":
+            server = await start_module(f"{tag}-server", "bench.forumcast_server",
+                                        ["--port", str(port), "--lifetime", lifetime], logdir)
+        else:
+            server = await start_module(f"{tag}-server", "bench.baseline_server",
+                                        ["--port", str(port), "--media", str(media), "--lifetime", lifetime], logdir)
+        children.append(server)
+        await wait_http(url, server)
+        if kind == "forumcast":
+            publisher = await start_module(f"{tag}-publisher", "bench.publisher",
+                                           ["--url", url, "--media", str(media), "--lifetime", lifetime], logdir)
+            children.append(publisher)
+            await publisher.next_json(30)
+            await asyncio.sleep(1.0)  # first keyframe in, source live
+        run.idle_cpu = await idle_cores(server.pid, args.idle_seconds)
+        viewer = await start_module(f"{tag}-viewers", "bench.light_viewer", [
+            "--url", url, "--viewers", str(viewers), "--server-pid", str(server.pid),
+            "--warmup", str(args.warmup), "--seconds", str(args.seconds),
+            "--sample-every", str(args.sample_every), "--rr-interval", str(args.rr_interval),
+        ], logdir)
+        children.append(viewer)
+        budget = 60 + viewers * 0.5 + args.warmup + args.seconds
+        window = await viewer.next_json(budget)
+        if window.get("event") == "window" and profile_out is not None:
+            children.append(await start_exec(f"{tag}-py-spy", [
+                "py-spy", "record", "--pid", str(server.pid), "--duration", str(int(args.seconds)),
+                "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(profile_out),
+            ], logdir))
+        run.report = window if window.get("event") != "window" else await viewer.next_json(budget)
+        if profile_out is not None:
+            await asyncio.wait_for(children[-1].process.wait(), args.seconds + 30)
+    except Exception as exc:
+        run.failure = f"{type(exc).__name__}: {exc}"
+    finally:
+        for child in reversed(children):
+            await child.stop()
+    return run
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"  # NaN -> '-'
+
+
+def table(runs: dict[tuple[str, int], Run], counts: list[int]) -> str:
+    head = ("viewers | forumcast us/pkt/viewer | viewers/core | baseline us/pkt/viewer | viewers/core "
+            "| ratio | rx pkt/s/viewer (fc / bl) | auth failures (fc / bl)")
+    lines = [head, "-" * len(head)]
+    for n in counts:
+        fc, bl = runs.get(("forumcast", n)), runs.get(("baseline", n))
+        ratio = bl.us_per_packet / fc.us_per_packet if fc and bl and fc.packets and bl.packets else float("nan")
+        lines.append(" | ".join([
+            f"{n:7d}",
+            fmt(fc.us_per_packet, 2) if fc else "-", fmt(fc.viewers_per_core, 0) if fc else "-",
+            fmt(bl.us_per_packet, 2) if bl else "-", fmt(bl.viewers_per_core, 0) if bl else "-",
+            fmt(ratio, 2) + "x",
+            f"{fmt(fc.pps) if fc else '-'} / {fmt(bl.pps) if bl else '-'}",
+            f"{fc.report.get('auth_failures', '-') if fc else '-'} / {bl.report.get('auth_failures', '-') if bl else '-'}",
+        ]))
+    return "\n".join(lines)
+
+
+def details(runs: dict[tuple[str, int], Run], reference_pps: float) -> str:
+    head = ("server    viewers | server cores | idle cores | client cores | rx pps min/median | "
+            "video+audio pps | SRTP checked | connect s | notes")
+    lines = [head, "-" * len(head)]
+    for (kind, n), run in runs.items():
+        r = run.report
+        notes = run.problems()
+        if run.server_cores > 0.9:
+            notes.append("server CPU-bound (one core is all a Python event loop gets)")
+        if reference_pps and run.pps < 0.95 * reference_pps:
+            notes.append(f"receiving {100 * run.pps / reference_pps:.0f}% of the stream's packets")
+        lines.append(" | ".join([
+            f"{kind:9s} {n:7d}", fmt(run.server_cores, 2), fmt(run.idle_cpu, 3), fmt(run.client_cores, 2),
+            f"{fmt(r.get('pps_min', float('nan')))}/{fmt(run.pps)}",
+            f"{fmt(r.get('video_pps', float('nan')))}+{fmt(r.get('audio_pps', float('nan')))}",
+            str(r.get("auth_checked", "-")), fmt(r.get("connect_s", float("nan"))),
+            "; ".join(notes) or "ok",
+        ]))
+    return "\n".join(lines)
+
+
+def summarize_profile(raw: Path, top: int = 25) -> str:
+    """py-spy's collapsed stacks -> the functions with the most samples, self and inclusive."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0].split("/")[-1] + ")"
+                  for frame in stack.split(";")]
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    if not total:
+        return f"profile empty: {raw}"
+    out = [f"{total} samples of the server's busy threads (py-spy, 200 Hz)", "", "self time:"]
+    out += [f"  {100 * c / total:5.1f}%  {name}" for name, c in own.most_common(top)]
+    out += ["", "inclusive:"]
+    out += [f"  {100 * c / total:5.1f}%  {name}" for name, c in inclusive.most_common(top)]
+    return "\n".join(out)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    counts = [int(n) for n in args.viewers.split(",") if n.strip()]
+    servers = [s for s in args.servers.split(",") if s]
+    media = ensure_media(MEDIA_SECONDS)
+    logdir = Path(tempfile.mkdtemp(prefix="forumcast-fanout-"))
+    print(f"media {media}; child logs in {logdir}", flush=True)
+    runs: dict[tuple[str, int], Run] = {}
+    for n in counts:
+        for kind in servers:  # interleaved, so both see the same neighbours' noise
+            started = time.monotonic()
+            run = runs[(kind, n)] = await run_one(kind, n, args, media, logdir)
+            print(f"  {kind:9s} {n:4d} viewers: {fmt(run.us_per_packet, 2)} us/pkt/viewer, "
+                  f"server {fmt(run.server_cores, 2)} cores, client {fmt(run.client_cores, 2)} cores, "
+                  f"{fmt(run.pps)} pkt/s/viewer ({time.monotonic() - started:.0f} s) "
+                  f"{'; '.join(run.problems())}", flush=True)
+    pps = [run.pps for run in runs.values() if run.viewers == min(counts) and run.pps]
+    reference = statistics.median(pps) if pps else 0.0
+    print()
+    print(table(runs, counts))
+    print()
+    print(details(runs, reference))
+    if args.profile:
+        raw = logdir / "forumcast-profile.txt"
+        print(f"\nprofiling forumcast's server at {args.profile_viewers} viewers (py-spy) ...", flush=True)
+        prof = await run_one("forumcast", args.profile_viewers, args, media, logdir, profile_out=raw)
+        if prof.problems():
+            print(f"profile run problems: {prof.problems()}")
+        if raw.exists():
+            summary = summarize_profile(raw)
+            (logdir / "forumcast-profile-summary.txt").write_text(summary)
+            print(summary)
+            print(f"\nraw stacks: {raw}")
+    broken = [f"{kind} {n}: {p}" for (kind, n), run in runs.items() for p in run.problems()]
+    if broken:
+        print("\nFAILED:\n  " + "\n  ".join(broken))
+        return 1
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--viewers", default="10,50,100,300", help="comma-separated viewer counts")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="forumcast,baseline or one of them")
+    parser.add_argument("--seconds", type=float, default=12.0, help="measurement window per run")
+    parser.add_argument("--warmup", type=float, default=4.0, help="after all viewers receive")
+    parser.add_argument("--idle-seconds", type=float, default=3.0)
+    parser.add_argument("--sample-every", type=int, default=50, help="verify SRTP auth of 1 in K packets")
+    parser.add_argument("--rr-interval", type=float, default=1.0, help="viewer receiver reports, s (0: none)")
+    parser.add_argument("--profile", action="store_true", help="also profile forumcast's server with py-spy")
+    parser.add_argument("--profile-viewers", type=int, default=100)
+    args = parser.parse_args()
+    sys.exit(asyncio.run(main_async(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""forumcast's media plane as the server under test: a tiny aiohttp app around MediaPlane.
+
+POST /publish?forum=F&source=S  (publisher's SDP offer -> answer)
+POST /watch?forum=F&viewer=V    (viewer's recvonly offer -> answer)
+GET  /stats                     (MediaPlane.stats())
+--cprofile PATH profiles the whole process with cProfile and dumps at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import signal
+
+import imageio_ffmpeg
+from aiohttp import web
+
+from bench.loopback import LOOPBACK, restrict_ice_to_loopback
+from streaming.media_config import MediaConfig
+from streaming.media_plane import MediaPlane
+
+
+class Harness:
+    def __init__(self, plane: MediaPlane) -> None:
+        self.plane = plane
+
+    async def publish(self, request: web.Request) -> web.Response:
+        answer = await self.plane.publish(request.query.get("forum", "main"),
+                                          request.query.get("source", "speaker1"), await request.text())
+        return web.Response(status=201, text=answer, content_type="application/sdp")
+
+    async def watch(self, request: web.Request) -> web.Response:
+        answer = await self.plane.watch(request.query.get("forum", "main"),
+                                        request.query.get("viewer", ""), await request.text())
+        return web.Response(status=201, text=answer, content_type="application/sdp")
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.plane.stats())
+
+
+async def serve(port: int, lifetime: float) -> None:
+    restrict_ice_to_loopback()  # belt and braces: MediaConfig.ice_addresses says the same
+    plane = MediaPlane(MediaConfig(ice_addresses=(LOOPBACK,), ffmpeg=imageio_ffmpeg.get_ffmpeg_exe()))
+    await plane.start()
+    harness = Harness(plane)
+    app = web.Application()
+    app.router.add_post("/publish", harness.publish)
+    app.router.add_post("/watch", harness.watch)
+    app.router.add_get("/stats", harness.stats)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, LOOPBACK, port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await asyncio.wait_for(stop.wait(), lifetime)  # stops by itself if the harness is gone
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        await asyncio.wait_for(plane.stop(), 20)
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--lifetime", type=float, default=600.0)
+    parser.add_argument("--cprofile", default="", help="write cProfile stats here at exit")
+    args = parser.parse_args()
+    if not args.cprofile:
+        asyncio.run(serve(args.port, args.lifetime))
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(serve(args.port, args.lifetime))
+    finally:
+        profiler.disable()
+        profiler.dump_stats(args.cprofile)
+
+
+if __name__ == "__main__":
+    main()

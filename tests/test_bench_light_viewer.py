@@ -1,0 +1,62 @@
+"""The light viewer (bench/light_viewer.py) against a real aiortc server process:
+ICE and DTLS complete, RTP is counted off the socket, and sampled packets pass
+SRTP authentication with the viewer's own keys."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import aiohttp
+import pytest
+
+from bench.children import start_module
+from bench.light_viewer import ViewerPool, http_signal
+from bench.loopback import restrict_ice_to_loopback
+from bench.media import ensure_media
+from tests.processes import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _wait_http(url: str, deadline: float) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(f"{url}/stats") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+    raise AssertionError("baseline server did not come up")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the reader thread uses epoll")
+async def test_light_viewers_count_and_verify_srtp(tmp_path) -> None:
+    media = await asyncio.to_thread(ensure_media, 30)
+    restrict_ice_to_loopback()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = await start_module("baseline", "bench.baseline_server",
+                                ["--media", str(media), "--port", str(port), "--lifetime", "40"], tmp_path)
+    pool = ViewerPool(sample_every=10, rr_interval=0.5)
+    try:
+        await _wait_http(url, time.monotonic() + 10)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            await pool.connect(2, http_signal(http, url, "main"), timeout=10)
+        assert pool.errors == []
+        assert await pool.wait_receiving(timeout=8) == 2
+        await asyncio.sleep(2)
+        for counts in pool.per_viewer():
+            assert counts.video > 50 and counts.audio > 20, counts
+            assert counts.checked > 5, counts
+            assert counts.auth_failures == 0, counts
+        # and the check can fail: a forged packet does not pass the viewer's keys
+        viewer = pool.viewers[0]
+        forged = bytes([0x80, 0x60]) + bytes(10) + bytes(range(100))
+        viewer._verify(forged)
+        assert viewer.counts().auth_failures == 1
+    finally:
+        await pool.close()
+        await server.stop()
