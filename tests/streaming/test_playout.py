@@ -1,0 +1,111 @@
+"""FilePlayout: a normalized file played as RTP, paced in real time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from aiortc.rtp import RtpPacket
+
+from streaming.media_library import MediaLibrary
+from streaming.playout import FilePlayout, demux_units
+from streaming.rtp_udp_ingest import h264_nal_types
+from tests.streaming.test_media_library import make_video
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class TimedSink:
+    """Keeps each packet with its arrival time."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[float, RtpPacket]] = []
+        self.got_one = asyncio.Event()
+
+    def push(self, packet: RtpPacket) -> None:
+        self.arrivals.append((time.monotonic(), packet))
+        self.got_one.set()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("playout")
+    library = MediaLibrary(base / "library")
+    long = asyncio.run(library.add_file("f", make_video(base / "long.mp4", 10.6, fps=30)))
+    short = asyncio.run(library.add_file("f", make_video(base / "short.mp4", 2.0, fps=15)))
+    return {"long": library.path(long), "short": library.path(short)}
+
+
+async def test_plays_in_real_time_with_keyframes_every_two_seconds(files: dict[str, Path]) -> None:
+    video, audio = TimedSink(), TimedSink()
+    playout = FilePlayout(files["long"], "recorded-1", video, audio)
+    cpu_before, wall_before = time.process_time(), time.monotonic()
+    await playout.start()
+    await asyncio.wait_for(playout.ended.wait(), 30)
+    cpu = (time.process_time() - cpu_before) / (time.monotonic() - wall_before)
+    assert playout.state == "ended"
+    await playout.stop()
+
+    (t0, first), (t1, last) = video.arrivals[0], video.arrivals[-1]
+    media = ((last.timestamp - first.timestamp) & 0xFFFFFFFF) / 90000
+    wall = t1 - t0
+    assert media > 9.5
+    rate = media / wall
+    print(f"\nplayout: {media:.3f}s of media in {wall:.3f}s of wall time: rate {rate:.5f}; CPU {cpu:.1%} of a core")
+    assert abs(rate - 1) < 0.01
+    lead = max(((p.timestamp - first.timestamp) & 0xFFFFFFFF) / 90000 - (t - t0) for t, p in video.arrivals)
+    lag = max((t - t0) - ((p.timestamp - first.timestamp) & 0xFFFFFFFF) / 90000 for t, p in video.arrivals)
+    assert lead < 0.005  # never ahead of real time
+    assert lag < 0.1  # and never drifting behind
+    assert cpu < 0.5
+
+    # IDR (with SPS/PPS in front) every 2 s of media
+    key_times = sorted({((p.timestamp - first.timestamp) & 0xFFFFFFFF) / 90000
+                        for _, p in video.arrivals if 7 in h264_nal_types(p.payload)})
+    assert key_times[:6] == pytest.approx([0, 2, 4, 6, 8, 10], abs=0.05)
+    seqs = [p.sequence_number for _, p in video.arrivals]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+    assert len({p.ssrc for _, p in video.arrivals}) == 1
+    steps = {(b.timestamp - a.timestamp) & 0xFFFFFFFF for (_, a), (_, b) in zip(audio.arrivals, audio.arrivals[1:])}
+    assert steps == {960}
+    assert all(len(p.serialize()) <= 1300 for _, p in video.arrivals)
+
+
+async def test_ends_restarts_with_continuous_timestamps_and_stops(files: dict[str, Path]) -> None:
+    video = TimedSink()
+    ended: list[bool] = []
+    states: list[str] = []
+    playout = FilePlayout(files["short"], "recorded-2", video, None,
+                          on_ended=lambda: ended.append(True), on_state=states.append)
+    playout.request_keyframe()  # a no-op: the file has an IDR every 2 s
+    await playout.start()
+    await asyncio.wait_for(playout.ended.wait(), 10)
+    assert ended == [True] and playout.position == pytest.approx(2.0, abs=0.07)
+    first_run = len(video.arrivals)
+    (end_wall, end_packet) = video.arrivals[-1]
+
+    await playout.restart()
+    await asyncio.wait_for(playout.ended.wait(), 10)
+    (start_wall, start_packet) = video.arrivals[first_run]
+    assert (start_packet.sequence_number - end_packet.sequence_number) & 0xFFFF == 1
+    media_gap = ((start_packet.timestamp - end_packet.timestamp) & 0xFFFFFFFF) / 90000
+    assert media_gap == pytest.approx(start_wall - end_wall, abs=0.03)  # a pause, on the media clock
+    assert start_packet.ssrc == end_packet.ssrc
+
+    await playout.restart()
+    await asyncio.wait_for(video.got_one.wait(), 5)
+    await asyncio.gather(playout.stop(), playout.stop())
+    count = len(video.arrivals)
+    await asyncio.sleep(0.2)  # checking that nothing more arrives needs some time to pass
+    assert len(video.arrivals) == count
+    assert states == ["playing", "ended", "playing", "ended", "playing", "stopped"]
+
+
+def test_units_are_annexb_frames_cut_for_rtp(files: dict[str, Path]) -> None:
+    units = list(demux_units(files["short"]))
+    video = [u for u in units if u.kind == "video"]
+    assert len(video) == 30 and video[0].keyframe and video[0].time == pytest.approx(0, abs=0.01)
+    assert h264_nal_types(video[0].payloads[0])[:2] == [7, 8]  # STAP-A: SPS, PPS first
+    assert all(len(p) <= 1300 for u in units for p in u.payloads)
