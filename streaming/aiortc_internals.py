@@ -1,0 +1,321 @@
+"""Every reach into aiortc's, aioice's and pylibsrtp's private names.
+
+forumcast keeps aiortc for ICE, DTLS and SDP and owns the per-packet path.
+That needs a handful of private names (the SRTP session, the nominated ICE
+pair, the receiver's jitter buffer, the sender's RTCP counters). They all
+live here, pinned to the versions this was tested with; `check()` runs at
+MediaPlane.start() and raises RuntimeError naming whatever moved.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aioice
+import aioice.ice
+import aiortc
+import pylibsrtp
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import rtcrtpreceiver as _rtcrtpreceiver
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
+
+logger = logging.getLogger(__name__)
+
+TESTED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
+
+# Seconds between 1900 (NTP epoch) and 1970 (unix epoch).
+_NTP_EPOCH_OFFSET = 2208988800
+
+
+def check() -> None:
+    """Fail loudly if the installed versions or private names moved."""
+    versions = {
+        "aiortc": aiortc.__version__,
+        "aioice": aioice.__version__,
+        "pylibsrtp": pylibsrtp.__version__,
+    }
+    for name, tested in TESTED.items():
+        if versions[name] != tested:
+            raise RuntimeError(
+                f"streaming.aiortc_internals was tested with {name} {tested}, "
+                f"found {versions[name]}: re-check the private names it uses"
+            )
+    needed: list[tuple[object, str]] = [
+        (aioice.ice, "get_host_addresses"),
+        (aioice.ice.Connection, "_nominated"),
+        (_rtcrtpreceiver, "decoder_worker"),
+        (_rtcrtpreceiver, "get_decoder"),
+        (RTCRtpReceiver, "_send_rtcp_pli"),
+        (RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder"),
+        (RTCRtpSender, "_handle_rtcp_packet"),
+        (RTCRtpSender, "_send_keyframe"),
+        (RTCRtpTransceiver, "_codecs"),
+        (RTCRtpSender, "_ssrc"),
+        (_srtp_lib, "srtp_protect"),
+    ]
+    for owner, attr in needed:
+        if not _has(owner, attr):
+            raise RuntimeError(f"aiortc internals moved: {owner!r} has no {attr}")
+    # Instance attributes are only visible on instances: probe fresh objects.
+    session = pylibsrtp.Session()
+    for attr in ("_cdata", "_buffer", "_srtp"):
+        if not hasattr(session, attr):
+            raise RuntimeError(f"pylibsrtp.Session has no {attr}")
+    conn = aioice.ice.Connection(ice_controlling=False)
+    if not hasattr(conn, "_nominated"):
+        raise RuntimeError("aioice.Connection has no _nominated")
+
+
+def _has(owner: object, attr: str) -> bool:
+    if hasattr(owner, attr):
+        return True
+    # dataclass-less attributes assigned in __init__ (e.g. transceiver._codecs)
+    init = getattr(owner, "__init__", None)
+    code = getattr(init, "__code__", None)
+    return code is not None and attr in code.co_names
+
+
+# --- ICE: host addresses ----------------------------------------------------
+
+_ice_addresses: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
+    "forumcast_ice_addresses", default=None
+)
+_original_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    restricted = _ice_addresses.get()
+    if restricted is None:
+        return _original_get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+    return [a for a in restricted if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+
+@contextmanager
+def host_addresses(addresses: tuple[str, ...]) -> Iterator[None]:
+    """Gathering inside this block uses only `addresses` (empty = every
+    interface). A context variable, so concurrent gatherings don't mix."""
+    install()
+    token = _ice_addresses.set(tuple(addresses) if addresses else None)
+    try:
+        yield
+    finally:
+        _ice_addresses.reset(token)
+
+
+# --- decoders: count any the server would create ---------------------------
+
+_decoder_count = 0
+_server_queues: weakref.WeakSet[queue.Queue[Any]] = weakref.WeakSet()
+_thread_state = threading.local()
+_original_decoder_worker = _rtcrtpreceiver.decoder_worker
+_original_get_decoder = _rtcrtpreceiver.get_decoder
+_installed = False
+
+
+def _decoder_worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:
+    _thread_state.server = input_q in _server_queues
+    _original_decoder_worker(loop, input_q, output_q, decode_error)
+
+
+def _get_decoder(codec: RTCRtpCodecParameters) -> Any:
+    global _decoder_count
+    if getattr(_thread_state, "server", False):
+        _decoder_count += 1  # a server-side receiver is about to decode: a bug
+        logger.error("a decoder was created for a forwarded %s track", codec.mimeType)
+    return _original_get_decoder(codec)
+
+
+def decoders_created() -> int:
+    """Decoders created by receivers that tap_receiver() took over."""
+    return _decoder_count
+
+
+def install() -> None:
+    """Put the seams in place (idempotent): host address restriction and
+    decoder counting. Both fall through to aiortc's own behaviour for
+    anything forumcast did not mark."""
+    global _installed
+    if _installed:
+        return
+    aioice.ice.get_host_addresses = _get_host_addresses
+    _rtcrtpreceiver.decoder_worker = _decoder_worker
+    _rtcrtpreceiver.get_decoder = _get_decoder
+    _installed = True
+
+
+# --- receivers: take packets before the jitter buffer ----------------------
+
+
+class _Tap:
+    """Stands in for the receiver's jitter buffer: aiortc has already
+    unwrapped RTX, fed its statistics and generated NACKs; the packet goes
+    to forumcast and never reaches a decoder."""
+
+    __slots__ = ("sink",)
+
+    def __init__(self, sink: Callable[[RtpPacket], None]) -> None:
+        self.sink = sink
+
+    def add(self, packet: RtpPacket) -> tuple[bool, None]:
+        self.sink(packet)
+        return False, None
+
+
+def tap_receiver(receiver: RTCRtpReceiver, sink: Callable[[RtpPacket], None]) -> None:
+    """Route `receiver`'s packets to `sink` (call before receive() runs)."""
+    install()
+    receiver._RTCRtpReceiver__jitter_buffer = _Tap(sink)  # type: ignore[attr-defined]
+    _server_queues.add(receiver._RTCRtpReceiver__decoder_queue)  # type: ignore[attr-defined]
+
+
+def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:
+    return receiver._send_rtcp_pli(media_ssrc)  # type: ignore[no-any-return]
+
+
+def remote_ssrcs(receiver: RTCRtpReceiver) -> list[int]:
+    """SSRCs this receiver has seen packets from."""
+    return list(receiver._RTCRtpReceiver__remote_streams)  # type: ignore[attr-defined]
+
+
+def filter_incoming(dtls: RTCDtlsTransport, keep: Callable[[bytes], bool]) -> None:
+    """Datagrams reaching this transport pass only if keep(data) (fault
+    injection for tests: SRTP headers are in the clear)."""
+    connection = dtls.transport._connection
+    original = connection.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        if keep(data):
+            original(data, component)
+
+    connection.data_received = data_received
+
+
+# --- senders: RTCP in, sender-report counters ------------------------------
+
+
+def intercept_sender_rtcp(
+    sender: RTCRtpSender, handler: Callable[[Any, Callable[[Any], Awaitable[None]]], Awaitable[None]]
+) -> None:
+    """RTCP routed to `sender` goes to handler(packet, original) instead;
+    `original` is aiortc's own handling (RR statistics)."""
+    original = sender._handle_rtcp_packet
+
+    async def handle(packet: Any) -> None:
+        await handler(packet, original)
+
+    sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call `callback` whenever aiortc's sender is asked for a keyframe
+    (used by test peers to count PLIs/FIRs reaching a publisher)."""
+    original = sender._send_keyframe
+
+    def send_keyframe() -> None:
+        callback()
+        original()
+
+    sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
+
+
+def update_sender_report(
+    sender: RTCRtpSender, packets: int, octets: int, rtp_timestamp: int, wall_time: float
+) -> None:
+    """Keep aiortc's RTCP sender reports truthful for packets we sent."""
+    seconds = wall_time + _NTP_EPOCH_OFFSET
+    ntp = (int(seconds) << 32) | int((seconds % 1) * (1 << 32))
+    sender._RTCRtpSender__packet_count = packets  # type: ignore[attr-defined]
+    sender._RTCRtpSender__octet_count = octets  # type: ignore[attr-defined]
+    sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]
+    sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
+
+
+def sender_report_counts(sender: RTCRtpSender) -> tuple[int, int]:
+    return (
+        sender._RTCRtpSender__packet_count,  # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count,  # type: ignore[attr-defined]
+    )
+
+
+def sender_ssrc(sender: RTCRtpSender) -> int:
+    """The SSRC aiortc put in the answer and sends reports for."""
+    return int(sender._ssrc)
+
+
+def transceiver_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    """The negotiated codecs, in preference order (after setRemoteDescription)."""
+    return list(transceiver._codecs)
+
+
+# --- the send path: SRTP session and nominated pair -------------------------
+
+
+@dataclass
+class SendPath:
+    """What a viewer's packets go through: the DTLS transport's outbound
+    SRTP session (protected in place in `buffer`) and the nominated pair's
+    datagram transport. `relayed` pairs must not be written per packet:
+    aioice's TURN transport creates a task per datagram."""
+
+    srtp: Any  # srtp_t
+    cdata: Any  # char[1500] owned by the pylibsrtp Session
+    buffer: memoryview
+    length: Any  # int *
+    protect: Callable[[Any, Any, Any], int]
+    protect_rtcp: Callable[[Any, Any, Any], int]
+    transport: Any  # asyncio.DatagramTransport
+    remote_addr: tuple[str, int]
+    relayed: bool
+    session: pylibsrtp.Session  # keeps cdata/srtp alive
+
+
+def send_path(dtls: RTCDtlsTransport) -> SendPath | None:
+    """The send path of a connected DTLS transport, or None if it is not
+    connected (yet) or has no nominated pair."""
+    session = dtls._tx_srtp
+    if session is None or dtls.state != "connected":
+        return None
+    connection = dtls.transport._connection
+    pair = connection._nominated.get(1)
+    if pair is None:
+        return None
+    transport = getattr(pair.protocol, "transport", None)
+    if transport is None:
+        return None
+    relayed = pair.local_candidate.type == "relay"
+    return SendPath(
+        srtp=session._srtp[0],
+        cdata=session._cdata,
+        buffer=memoryview(session._buffer),
+        length=_srtp_ffi.new("int *"),
+        protect=_srtp_lib.srtp_protect,
+        protect_rtcp=_srtp_lib.srtp_protect_rtcp,
+        transport=transport,
+        remote_addr=pair.remote_addr,
+        relayed=relayed,
+        session=session,
+    )
+
+
+def nominated_pair_key(dtls: RTCDtlsTransport) -> object | None:
+    """Identity of the current nominated pair (to notice a re-nomination)."""
+    pair = dtls.transport._connection._nominated.get(1)
+    return pair
+
+
+def ntp_now() -> int:
+    seconds = time.time() + _NTP_EPOCH_OFFSET
+    return (int(seconds) << 32) | int((seconds % 1) * (1 << 32))

@@ -1,0 +1,198 @@
+"""One viewer's copy of one lane (its video or its audio): the per-packet
+hot path.
+
+Per packet and viewer the server only rewrites the 12-byte header (SSRC,
+sequence number with this viewer's offset, timestamp, payload type),
+SRTP-protects it in place in the session's buffer with this viewer's keys
+and sends it with sendto on the nominated pair's datagram transport. No
+task, no coroutine, no packetizing, no header extensions.
+
+A viewer starts at a keyframe; its sequence offset is chosen then, so its
+stream has no gap. When its socket backs up, its video stops until the next
+keyframe (one is requested) and the offset is re-based so the skipped
+packets are never NACKed; audio keeps going.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import struct
+from typing import TYPE_CHECKING, Any
+
+from streaming.aiortc_internals import SendPath
+from streaming.rtp_source import ForwardPacket
+
+if TYPE_CHECKING:
+    from streaming.program_bus import Lane
+
+logger = logging.getLogger(__name__)
+
+_pack_header = struct.Struct("!BBHII").pack_into
+_MAX_PACKET = 1500 - 148  # pylibsrtp's buffer minus the largest SRTP trailer
+
+
+class DowntrackState(enum.IntEnum):
+    WAITING = 0  # for its first keyframe
+    FORWARDING = 1
+    DROPPING = 2  # socket backed up: video skipped until the next keyframe
+
+
+class Downtrack:
+    """`pt_by_codec` maps a codec family ('h264', 'vp8', 'opus') to the
+    payload type this viewer negotiated for it; a lane carrying a codec the
+    viewer lacks sends it nothing."""
+
+    __slots__ = (
+        "kind", "ssrc", "pt_by_codec", "pt", "state", "seq_off", "next_out",
+        "start_lane_seq", "lane", "write_limit", "packets", "octets",
+        "skipped", "dropped_frames", "retransmitted", "send_errors",
+        "_buf", "_length", "_protect", "_srtp", "_cdata", "_sendto",
+        "_addr", "_buffer_size", "path",
+    )
+
+    def __init__(self, kind: str, ssrc: int, pt_by_codec: dict[str, int], write_limit: int) -> None:
+        self.kind = kind
+        self.ssrc = ssrc
+        self.pt_by_codec = pt_by_codec
+        self.pt: int | None = None
+        self.state = DowntrackState.WAITING
+        self.seq_off = 0
+        # aiortc starts in the lower half so receivers don't see an early
+        # wrap-around (SRTP rollover guess); do the same
+        self.next_out = random.randrange(0, 0x8000)
+        self.start_lane_seq = 0
+        self.lane: Lane | None = None
+        self.write_limit = write_limit
+        self.packets = 0
+        self.octets = 0
+        self.skipped = 0
+        self.dropped_frames = 0
+        self.retransmitted = 0
+        self.send_errors = 0
+        self.path: SendPath | None = None
+        self._buf: memoryview | None = None
+        self._length: Any = None
+        self._protect: Any = None
+        self._srtp: Any = None
+        self._cdata: Any = None
+        self._sendto: Any = None
+        self._addr: tuple[str, int] | None = None
+        self._buffer_size: Any = None
+
+    # --- wiring ------------------------------------------------------------
+
+    def connect(self, path: SendPath) -> None:
+        """Bind the send path (after DTLS connected); hoists every lookup."""
+        self.path = path
+        self._buf = path.buffer
+        self._length = path.length
+        self._protect = path.protect
+        self._srtp = path.srtp
+        self._cdata = path.cdata
+        self._sendto = path.transport.sendto
+        self._addr = path.remote_addr
+        self._buffer_size = path.transport.get_write_buffer_size
+
+    def set_codec(self, key: str | None) -> None:
+        """The lane now carries codec `key` (None: nothing). A viewer that
+        cannot take it waits for a keyframe of one it can, with its
+        sequence kept continuous."""
+        pt = self.pt_by_codec.get(key) if key is not None else None
+        if pt is None and self.state == DowntrackState.FORWARDING:
+            lane = self.lane
+            if lane is not None:
+                self.next_out = (lane.next_seq + self.seq_off) & 0xFFFF
+            self.state = DowntrackState.WAITING
+        self.pt = pt
+
+    # --- the hot path --------------------------------------------------
+
+    def forward(self, fp: ForwardPacket, seq: int, ts: int) -> None:
+        """One packet of the lane, `seq`/`ts` already in lane space."""
+        if self.state != 1 or fp.late:
+            if not self._admit(fp, seq, ts):
+                return
+        pt = self.pt
+        if pt is None:
+            return
+        n = fp.size
+        if self.kind == "video" and self._buffer_size() > self.write_limit:
+            self._start_dropping(seq)
+            return
+        buf = self._buf
+        if buf is None or n > _MAX_PACKET:
+            self.skipped += 1
+            return
+        buf[12:n] = fp.payload
+        out = (seq + self.seq_off) & 0xFFFF
+        _pack_header(buf, 0, 0x80, fp.marker | pt, out, ts, self.ssrc)
+        length = self._length
+        length[0] = n
+        if self._protect(self._srtp, self._cdata, length):
+            self.send_errors += 1
+            return
+        self._sendto(buf[: length[0]], self._addr)
+        self.packets += 1
+        self.octets += n - 12
+
+    def _admit(self, fp: ForwardPacket, seq: int, ts: int) -> bool:
+        """Slow path: not forwarding yet, or a late packet."""
+        if self.state == DowntrackState.FORWARDING:
+            # a retransmission from upstream: only if inside this viewer's stream
+            return ((seq - self.start_lane_seq) & 0xFFFF) < 0x8000
+        if not fp.key or fp.late or self.pt is None or self._buf is None:
+            self.skipped += 1
+            return False
+        # start (or resume) at this keyframe: the frame's first packet gets
+        # next_out, so the viewer sees no gap
+        first_seq = (seq - ((fp.seq - fp.head[0].seq) & 0xFFFF)) & 0xFFFF if fp.head else seq
+        self.seq_off = (self.next_out - first_seq) & 0xFFFF
+        self.start_lane_seq = first_seq
+        self.state = DowntrackState.FORWARDING
+        lane = self.lane
+        if fp.head and lane is not None:
+            for h in fp.head:
+                self.forward(h, (h.seq + lane.seq_off) & 0xFFFF, ts)
+        return True
+
+    def _start_dropping(self, seq: int) -> None:
+        self.state = DowntrackState.DROPPING
+        self.next_out = (seq + self.seq_off) & 0xFFFF
+        self.dropped_frames += 1
+        lane = self.lane
+        if lane is not None:
+            lane.request_keyframe()
+
+    # --- NACK ----------------------------------------------------------
+
+    def retransmit(self, out_seqs: list[int]) -> int:
+        """Answer a NACK from the lane's source history with this viewer's
+        header. Returns how many packets were resent."""
+        lane = self.lane
+        if lane is None or self.state != DowntrackState.FORWARDING or self.pt is None:
+            return 0
+        resent = 0
+        for out in out_seqs:
+            lane_seq = (out - self.seq_off) & 0xFFFF
+            if ((lane_seq - self.start_lane_seq) & 0xFFFF) >= 0x8000:
+                continue  # before this viewer started
+            found = lane.lookup(lane_seq)
+            if found is None:
+                continue
+            fp, ts = found
+            n = fp.size
+            buf = self._buf
+            if buf is None or n > _MAX_PACKET:
+                continue
+            buf[12:n] = fp.payload
+            _pack_header(buf, 0, 0x80, fp.marker | self.pt, out, ts, self.ssrc)
+            self._length[0] = n
+            if self._protect(self._srtp, self._cdata, self._length):
+                self.send_errors += 1
+                continue
+            self._sendto(buf[: self._length[0]], self._addr)
+            resent += 1
+        self.retransmitted += resent
+        return resent

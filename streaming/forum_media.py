@@ -1,0 +1,200 @@
+"""One forum's media on this node: its feeds, their liveness, its program
+bus and the pinned buses of operators' preview tiles.
+
+Program policy until the switcher takes over (set_program): the program is
+the forum's most recently live source. When the program source is lost,
+it is kept for `slate_grace` seconds, then the next live source (or the
+slate feed) is cut in. After set_program(id) the program is that source
+(the slate while it is lost or when id is None).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from rooms.models import SourceKind, SourceState
+from streaming.media_config import MediaConfig
+from streaming.program_bus import ProgramBus
+from streaming.rtp_source import SourceFeed
+
+logger = logging.getLogger(__name__)
+
+
+class ForumMedia:
+    """`notify(source_id, state)` reports every feed state change."""
+
+    def __init__(
+        self, forum_id: str, config: MediaConfig, notify: Callable[[str, SourceState], None]
+    ) -> None:
+        self.forum_id = forum_id
+        self._config = config
+        self._notify = notify
+        self.feeds: dict[str, SourceFeed] = {}
+        self.states: dict[str, SourceState] = {}
+        self._live_since: dict[str, float] = {}
+        self._lost_at: dict[str, float] = {}
+        self.program = ProgramBus(f"{forum_id}/program")
+        self.previews: dict[str, ProgramBus] = {}
+        self.manual = False
+        self.manual_program: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- feeds -------------------------------------------------------------
+
+    def add_feed(self, feed: SourceFeed) -> None:
+        old = self.feeds.get(feed.source_id)
+        self.feeds[feed.source_id] = feed
+        self.states[feed.source_id] = SourceState.CONNECTING
+        for source in feed.sources():
+            source.on_resume = lambda sid=feed.source_id: self.feed_flowing(sid)
+        preview = self.previews.get(feed.source_id)
+        if preview is not None and old is not None:
+            preview.switch_to(feed)
+        self._notify(feed.source_id, SourceState.CONNECTING)
+        if any(not s.idle for s in feed.sources()):
+            self.feed_flowing(feed.source_id)
+        self.evaluate()
+
+    def remove_feed(self, source_id: str) -> SourceFeed | None:
+        feed = self.feeds.pop(source_id, None)
+        if feed is None:
+            return None
+        self.states.pop(source_id, None)
+        self._live_since.pop(source_id, None)
+        self._lost_at.pop(source_id, None)
+        for source in feed.sources():
+            source.on_resume = None
+        preview = self.previews.get(source_id)
+        if preview is not None:
+            preview.switch_to(None)
+        if self.program.feed is feed:
+            self.program.switch_to(None)
+        self._notify(source_id, SourceState.ENDED)
+        self.evaluate()
+        return feed
+
+    def feed_flowing(self, source_id: str) -> None:
+        """Media arrives (again) for this feed."""
+        if source_id not in self.feeds or self.states.get(source_id) == SourceState.LIVE:
+            return
+        self.states[source_id] = SourceState.LIVE
+        self._live_since[source_id] = time.monotonic()
+        self._lost_at.pop(source_id, None)
+        self._notify(source_id, SourceState.LIVE)
+        self.evaluate()
+
+    def feed_lost(self, source_id: str) -> None:
+        """Media stopped or the peer failed."""
+        if source_id not in self.feeds or self.states.get(source_id) == SourceState.LOST:
+            return
+        self.states[source_id] = SourceState.LOST
+        self._lost_at[source_id] = time.monotonic()
+        for source in self.feeds[source_id].sources():
+            source.idle = True  # so the next packet reports it flowing again
+        self._notify(source_id, SourceState.LOST)
+        self.evaluate()
+
+    def check_timeouts(self, now: float) -> None:
+        """Feeds whose every source went quiet for media_timeout are lost."""
+        timeout = self._config.media_timeout
+        for source_id, feed in list(self.feeds.items()):
+            if self.states.get(source_id) != SourceState.LIVE:
+                continue
+            sources = feed.sources()
+            if sources and all(now - s.last_arrival > timeout for s in sources):
+                self.feed_lost(source_id)
+
+    # --- program -------------------------------------------------------
+
+    def set_program(self, source_id: str | None) -> None:
+        self.manual = True
+        self.manual_program = source_id
+        self.evaluate()
+
+    def target(self) -> SourceFeed | None:
+        """What the program should carry now."""
+        now = time.monotonic()
+        current = self.program.feed
+        if (
+            current is not None
+            and current.kind != SourceKind.SLATE
+            and self.states.get(current.source_id) == SourceState.LOST
+            and now - self._lost_at.get(current.source_id, now) < self._config.slate_grace
+            and (not self.manual or self.manual_program == current.source_id)
+        ):
+            return current  # inside its grace: the slate waits
+        if self.manual:
+            sid = self.manual_program
+            if sid is not None and self.states.get(sid) == SourceState.LIVE:
+                return self.feeds[sid]
+        else:
+            live = [
+                (self._live_since.get(sid, 0.0), sid)
+                for sid, feed in self.feeds.items()
+                if feed.kind != SourceKind.SLATE and self.states.get(sid) == SourceState.LIVE
+            ]
+            if live:
+                return self.feeds[max(live)[1]]
+        for feed in self.feeds.values():
+            if feed.kind == SourceKind.SLATE:
+                return feed
+        return None
+
+    def evaluate(self) -> None:
+        target = self.target()
+        if target is not self.program.feed:
+            logger.info(
+                "Forum(%s) program -> %s", self.forum_id, target.source_id if target else None
+            )
+            self.program.switch_to(target)
+        # re-check when a grace period runs out
+        current = self.program.feed
+        if current is not None and self.states.get(current.source_id) == SourceState.LOST:
+            if self._timer is None:
+                delay = self._config.slate_grace + 0.05
+                self._timer = asyncio.get_running_loop().call_later(delay, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._timer = None
+        self.evaluate()
+
+    # --- buses for viewers ---------------------------------------------
+
+    def bus_for(self, source_id: str | None) -> ProgramBus | None:
+        """The program bus, or the pinned bus of one feed (None if unknown)."""
+        if source_id is None:
+            return self.program
+        bus = self.previews.get(source_id)
+        if bus is None:
+            feed = self.feeds.get(source_id)
+            if feed is None:
+                return None
+            bus = ProgramBus(f"{self.forum_id}/{source_id}")
+            bus.switch_to(feed)
+            self.previews[source_id] = bus
+        return bus
+
+    def release_bus(self, source_id: str | None) -> None:
+        """Drop a pinned bus nobody watches any more."""
+        if source_id is None:
+            return
+        bus = self.previews.get(source_id)
+        if bus is not None and bus.viewers == 0:
+            bus.close()
+            del self.previews[source_id]
+
+    @property
+    def empty(self) -> bool:
+        return not self.feeds and self.program.viewers == 0 and not self.previews
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.program.close()
+        for bus in self.previews.values():
+            bus.close()
+        self.previews.clear()

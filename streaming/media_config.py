@@ -1,0 +1,24 @@
+"""Settings of one node's media plane."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    ice_addresses: tuple[str, ...] = ()
+    """Host addresses ICE gathers on and accepts from remotes; () = every
+    local interface. Tests pass ("127.0.0.1",)."""
+    keyframe_request_interval: float = 0.5
+    """Seconds; keyframe requests sent upstream are coalesced per source."""
+    history_packets: int = 1024
+    """Packets kept per source to answer NACKs (libsrtp's replay window is 1024)."""
+    ffmpeg: str = ""
+    """ffmpeg binary path ("" = imageio-ffmpeg's)."""
+    slate_grace: float = 1.0
+    """Seconds before the slate covers a lost program source."""
+    media_timeout: float = 2.0
+    """Seconds without packets before a source counts as lost."""
+    write_buffer_limit: int = 64 * 1024
+    """Bytes queued on a viewer's socket before its video drops to the next keyframe."""

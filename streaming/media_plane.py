@@ -1,0 +1,320 @@
+"""The media plane of one node: every publisher and viewer peer
+connection, and each forum's fan-out.
+
+Publishers' packets are received once (never decoded) and handed, one
+synchronous call per packet, to the forum's program bus and preview buses,
+which rewrite, protect and send them to each viewer. See DESIGN.md "How
+media flows" and streaming/downtrack.py for the per-packet path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from rooms.models import SourceState
+from streaming import aiortc_internals
+from streaming.forum_media import ForumMedia
+from streaming.media_config import MediaConfig
+from streaming.media_error import MediaError
+from streaming.publisher import WebRtcPublisher
+from streaming.rtp_source import SourceFeed
+from streaming.viewer import WebRtcViewer
+
+__all__ = ["MediaError", "MediaPlane", "SourceChange"]
+
+logger = logging.getLogger(__name__)
+
+HOUSEKEEPING_INTERVAL = 0.25  # seconds: sender reports, pair changes, timeouts
+
+
+@dataclass(frozen=True)
+class SourceChange:
+    forum_id: str
+    source_id: str
+    state: SourceState
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class MediaPlane:
+    """One per node. `on_source_change` (sync or async) hears every source
+    state change: live when media flows, lost when the peer fails or media
+    stops, ended on unpublish/remove_feed."""
+
+    def __init__(self, config: MediaConfig) -> None:
+        self.config = config
+        self.on_source_change: Callable[[SourceChange], Awaitable[None] | None] | None = None
+        self._state = _State.NEW
+        self._forums: dict[str, ForumMedia] = {}
+        self._publishers: dict[str, WebRtcPublisher] = {}
+        self._feed_forum: dict[str, str] = {}  # source_id -> forum_id
+        self._viewers: dict[str, WebRtcViewer] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._housekeeping_started = asyncio.Event()
+        self._housekeeping_exited = asyncio.Event()
+        self._stopped: asyncio.Future[None] | None = None
+        # totals of peers already gone
+        self._gone_packets = 0
+        self._gone_retransmitted = 0
+        self._gone_dropped_frames = 0
+
+    # --- lifecycle -----------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state.value
+
+    def _set_state(self, state: _State) -> None:
+        if state != self._state:
+            logger.info("MediaPlane %s -> %s", self._state.value, state.value)
+            self._state = state
+
+    async def start(self) -> None:
+        if self._state != _State.NEW:
+            raise RuntimeError(f"MediaPlane.start() in state {self._state.value}")
+        aiortc_internals.check()
+        aiortc_internals.install()
+        self._housekeeping = asyncio.create_task(self._run_housekeeping())
+        await self._housekeeping_started.wait()
+        self._set_state(_State.RUNNING)
+
+    async def stop(self) -> None:
+        """Close every peer and forget every forum (idempotent)."""
+        if self._stopped is not None:
+            await self._stopped
+            return
+        self._stopped = asyncio.get_running_loop().create_future()
+        self._set_state(_State.STOPPING)
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await self._housekeeping_exited.wait()
+        viewers = list(self._viewers)
+        await asyncio.gather(*(self.leave(v) for v in viewers), return_exceptions=True)
+        publishers = list(self._publishers)
+        await asyncio.gather(*(self.unpublish(p) for p in publishers), return_exceptions=True)
+        for forum in self._forums.values():
+            forum.close()
+        self._forums.clear()
+        self._feed_forum.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        self._set_state(_State.STOPPED)
+        self._stopped.set_result(None)
+
+    def _require_running(self) -> None:
+        if self._state != _State.RUNNING:
+            raise MediaError("unavailable", f"the media plane is {self._state.value}")
+
+    # --- publishers ----------------------------------------------------
+
+    async def publish(self, forum_id: str, source_id: str, offer_sdp: str) -> str:
+        """A WebRTC/WHIP publisher; returns the complete answer SDP."""
+        self._require_running()
+        old = self._publishers.pop(source_id, None)
+        if old is not None:
+            await old.close()  # the speaker reconnected: the new peer replaces the old
+        publisher = WebRtcPublisher(forum_id, source_id, self.config, self._on_publisher_state)
+        try:
+            answer = await publisher.start(offer_sdp)
+        except MediaError:
+            await publisher.close()
+            raise
+        except Exception as exc:
+            await publisher.close()
+            logger.exception("publish(%s) failed", source_id)
+            raise MediaError("unavailable", f"could not set up the publisher: {exc}") from exc
+        if self._state != _State.RUNNING:
+            await publisher.close()
+            raise MediaError("unavailable", "the media plane stopped")
+        self._publishers[source_id] = publisher
+        self.add_feed(forum_id, publisher.feed)
+        return answer
+
+    async def unpublish(self, source_id: str) -> None:
+        publisher = self._publishers.pop(source_id, None)
+        if publisher is None:
+            return
+        forum_id = self._feed_forum.get(source_id)
+        if forum_id is not None:
+            self.remove_feed(forum_id, source_id)
+        await publisher.close()
+
+    def _on_publisher_state(self, publisher: WebRtcPublisher, state: str) -> None:
+        if self._publishers.get(publisher.source_id) is not publisher:
+            return
+        if state in ("failed", "closed"):
+            forum = self._forums.get(publisher.forum_id)
+            if forum is not None:
+                forum.feed_lost(publisher.source_id)
+
+    # --- feeds ---------------------------------------------------------
+
+    def add_feed(self, forum_id: str, feed: SourceFeed) -> None:
+        """A source of any kind (WebRTC publisher, venue, playout, slate)
+        joins a forum."""
+        previous = self._feed_forum.get(feed.source_id)
+        if previous is not None and previous != forum_id:
+            self.remove_feed(previous, feed.source_id)
+        self._feed_forum[feed.source_id] = forum_id
+        self._forum(forum_id).add_feed(feed)
+
+    def remove_feed(self, forum_id: str, source_id: str) -> None:
+        forum = self._forums.get(forum_id)
+        if forum is None:
+            return
+        feed = forum.remove_feed(source_id)
+        if feed is not None and self._feed_forum.get(source_id) == forum_id:
+            del self._feed_forum[source_id]
+        self._maybe_drop_forum(forum_id)
+
+    def set_program(self, forum_id: str, source_id: str | None) -> None:
+        """None = the slate. Viewers switch at the new source's next keyframe."""
+        self._forum(forum_id).set_program(source_id)
+
+    def program(self, forum_id: str) -> str | None:
+        """The source id the forum's program carries now (after the cut)."""
+        forum = self._forums.get(forum_id)
+        return forum.program.on_air if forum is not None else None
+
+    def _forum(self, forum_id: str) -> ForumMedia:
+        forum = self._forums.get(forum_id)
+        if forum is None:
+            forum = ForumMedia(forum_id, self.config, lambda sid, st, f=forum_id: self._notify(f, sid, st))
+            self._forums[forum_id] = forum
+        return forum
+
+    def _maybe_drop_forum(self, forum_id: str) -> None:
+        forum = self._forums.get(forum_id)
+        if forum is not None and forum.empty and not forum.manual:
+            forum.close()
+            del self._forums[forum_id]
+
+    def _notify(self, forum_id: str, source_id: str, state: SourceState) -> None:
+        callback = self.on_source_change
+        if callback is None:
+            return
+        try:
+            result = callback(SourceChange(forum_id, source_id, state))
+        except Exception:
+            logger.exception("on_source_change failed")
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("on_source_change failed: %r", task.exception())
+
+    # --- viewers -------------------------------------------------------
+
+    async def watch(
+        self, forum_id: str, viewer_id: str, offer_sdp: str, source_id: str | None = None
+    ) -> str:
+        """A viewer's recvonly offer; returns the complete answer SDP.
+        source_id=None follows the forum's program, else that one source."""
+        self._require_running()
+        if source_id is not None:
+            forum = self._forums.get(forum_id)
+            if forum is None or source_id not in forum.feeds:
+                raise MediaError("not_found", f"forum {forum_id} has no source {source_id}")
+        if viewer_id in self._viewers:
+            await self.leave(viewer_id)
+        forum = self._forum(forum_id)
+        bus = forum.bus_for(source_id)
+        if bus is None:
+            raise MediaError("not_found", f"forum {forum_id} has no source {source_id}")
+        needs = None
+        if source_id is not None:
+            video = forum.feeds[source_id].video
+            needs = video.codec_key if video is not None else None
+        viewer = WebRtcViewer(forum_id, viewer_id, source_id, self.config, self._on_viewer_gone)
+        self._viewers[viewer_id] = viewer
+        try:
+            return await viewer.start(offer_sdp, bus, needs=needs)
+        except BaseException:
+            await self.leave(viewer_id)
+            raise
+
+    async def leave(self, viewer_id: str) -> None:
+        viewer = self._viewers.pop(viewer_id, None)
+        if viewer is None:
+            return
+        for dt in viewer.downtracks():
+            self._gone_packets += dt.packets
+            self._gone_retransmitted += dt.retransmitted
+            self._gone_dropped_frames += dt.dropped_frames
+        await viewer.close()
+        forum = self._forums.get(viewer.forum_id)
+        if forum is not None:
+            forum.release_bus(viewer.source_id)
+            self._maybe_drop_forum(viewer.forum_id)
+
+    def _on_viewer_gone(self, viewer: WebRtcViewer) -> None:
+        if self._viewers.get(viewer.viewer_id) is not viewer:
+            return
+        task = asyncio.ensure_future(self.leave(viewer.viewer_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- housekeeping --------------------------------------------------
+
+    async def _run_housekeeping(self) -> None:
+        self._housekeeping_started.set()
+        try:
+            while True:
+                await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+                now = time.monotonic()
+                for viewer in list(self._viewers.values()):
+                    viewer.refresh()
+                for forum in list(self._forums.values()):
+                    forum.check_timeouts(now)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("MediaPlane housekeeping failed")
+        finally:
+            self._housekeeping_exited.set()
+
+    # --- numbers -------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        downtracks = [dt for v in self._viewers.values() for dt in v.downtracks()]
+        sources = [s for f in self._forums.values() for feed in f.feeds.values() for s in feed.sources()]
+        return {
+            "forums": len(self._forums),
+            "peers": len(self._viewers) + len(self._publishers),
+            "publishers": len(self._publishers),
+            "viewers": len(self._viewers),
+            "feeds": sum(len(f.feeds) for f in self._forums.values()),
+            "sources": len(sources),
+            "buses": sum(1 + len(f.previews) for f in self._forums.values()),
+            "bus_subscribers": sum(
+                len(b.video.downtracks) + len(b.audio.downtracks)
+                for f in self._forums.values()
+                for b in [f.program, *f.previews.values()]
+            ),
+            "decoders_created": aiortc_internals.decoders_created(),
+            "packets_received": sum(s.packets_received for s in sources),
+            "packets_forwarded": self._gone_packets + sum(dt.packets for dt in downtracks),
+            "retransmitted": self._gone_retransmitted + sum(dt.retransmitted for dt in downtracks),
+            "dropped_frames": self._gone_dropped_frames + sum(dt.dropped_frames for dt in downtracks),
+            "keyframe_requests": sum(s.keyframe_requests_sent for s in sources),
+            "tasks": len(self._tasks),
+        }

@@ -1,0 +1,133 @@
+"""Checking an SDP offer before any peer connection is made, so a bad
+offer is refused with a clear MediaError and costs nothing."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from aiortc import sdp
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+
+from streaming.media_error import MediaError
+from streaming.rtp_codecs import H264, OPUS, VP8, codec_key
+
+logger = logging.getLogger(__name__)
+
+MAX_SDP_BYTES = 64 * 1024
+VIDEO_CODECS = (H264, VP8)  # in the order forumcast prefers them
+AUDIO_CODECS = (OPUS,)
+
+
+@dataclass
+class MediaOffer:
+    kind: str
+    direction: str
+    codecs: list[str] = field(default_factory=list)  # codec families offered, in order
+
+    @property
+    def sends(self) -> bool:
+        return self.direction in ("sendonly", "sendrecv")
+
+    @property
+    def receives(self) -> bool:
+        return self.direction in ("recvonly", "sendrecv")
+
+
+@dataclass
+class OfferSummary:
+    video: MediaOffer | None
+    audio: MediaOffer | None
+
+
+def parse_offer(offer_sdp: str) -> OfferSummary:
+    """Parse and sanity-check; raises MediaError("invalid_sdp")."""
+    if not isinstance(offer_sdp, str) or not offer_sdp.strip():
+        raise MediaError("invalid_sdp", "the offer is empty")
+    if len(offer_sdp) > MAX_SDP_BYTES:
+        raise MediaError("invalid_sdp", f"the offer is larger than {MAX_SDP_BYTES} bytes")
+    if not offer_sdp.lstrip().startswith("v=0"):
+        raise MediaError("invalid_sdp", "the offer does not start with v=0")
+    try:
+        description = sdp.SessionDescription.parse(offer_sdp)
+    except Exception as exc:  # aiortc's parser raises assorted errors on garbage
+        raise MediaError("invalid_sdp", f"the offer could not be parsed: {exc}") from exc
+    video: MediaOffer | None = None
+    audio: MediaOffer | None = None
+    for media in description.media:
+        if media.kind not in ("audio", "video"):
+            continue
+        if not media.ice.usernameFragment or not media.ice.password:
+            raise MediaError("invalid_sdp", f"the {media.kind} section has no ICE credentials")
+        if not media.dtls or not media.dtls.fingerprints:
+            raise MediaError("invalid_sdp", f"the {media.kind} section has no DTLS fingerprint")
+        if not media.rtcp_mux:
+            raise MediaError("invalid_sdp", f"the {media.kind} section does not use rtcp-mux")
+        families: list[str] = []
+        for codec in media.rtp.codecs:
+            key = codec_key(codec)
+            if key == H264 and str(codec.parameters.get("packetization-mode", "0")) != "1":
+                continue  # aiortc only negotiates packetization-mode 1
+            if key not in families:
+                families.append(key)
+        offer = MediaOffer(kind=media.kind, direction=media.direction or "sendrecv", codecs=families)
+        if media.kind == "video" and video is None:
+            video = offer
+        elif media.kind == "audio" and audio is None:
+            audio = offer
+    if video is None and audio is None:
+        raise MediaError("invalid_sdp", "the offer has no audio or video section")
+    return OfferSummary(video=video, audio=audio)
+
+
+def publish_codecs(summary: OfferSummary) -> tuple[str | None, str | None]:
+    """The codec family the server will receive for video and audio.
+    Raises MediaError("unsupported_codec") if nothing usable is sent."""
+    video_key = _pick(summary.video, VIDEO_CODECS, sending=True)
+    audio_key = _pick(summary.audio, AUDIO_CODECS, sending=True)
+    if video_key is None and audio_key is None:
+        raise MediaError(
+            "unsupported_codec",
+            "the offer sends no usable media: video must be H.264 (packetization-mode 1) "
+            "or VP8, audio must be Opus",
+        )
+    return video_key, audio_key
+
+
+def watch_codecs(summary: OfferSummary) -> tuple[list[str], bool]:
+    """Video codec families the viewer can receive (H.264 first) and
+    whether it takes Opus audio. Raises MediaError("unsupported_codec")."""
+    video: list[str] = []
+    if summary.video is not None and summary.video.receives:
+        video = [k for k in VIDEO_CODECS if k in summary.video.codecs]
+    audio = summary.audio is not None and summary.audio.receives and OPUS in summary.audio.codecs
+    if not video and not audio:
+        raise MediaError(
+            "unsupported_codec",
+            "the offer receives no usable media: video must accept H.264 "
+            "(packetization-mode 1) or VP8, audio must accept Opus",
+        )
+    return video, audio
+
+
+def _pick(offer: MediaOffer | None, preferred: tuple[str, ...], sending: bool) -> str | None:
+    if offer is None or (sending and not offer.sends):
+        return None
+    for key in preferred:
+        if key in offer.codecs:
+            return key
+    return None
+
+
+def capabilities_for(kind: str, key: str) -> list[RTCRtpCodecCapability]:
+    """aiortc codec capabilities of one family plus RTX (for
+    setCodecPreferences): H.264 constrained baseline first."""
+    from aiortc import RTCRtpSender
+
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    chosen = [c for c in caps if codec_key(c) == key]
+    if key == H264:
+        # 42e01f (constrained baseline) before 42001f (baseline)
+        chosen.sort(key=lambda c: 0 if str(c.parameters.get("profile-level-id", "")).lower() == "42e01f" else 1)
+    rtx = [c for c in caps if codec_key(c) == "rtx"]
+    return chosen + (rtx if kind == "video" else [])

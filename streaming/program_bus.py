@@ -1,0 +1,224 @@
+"""What a group of viewers watches, as one continuous stream.
+
+A `ProgramBus` has a video lane and an audio lane. Viewers subscribe
+downtracks to the lanes; the bus is subscribed to the current source. A
+forum's program is one bus (the switcher drives it with `switch_to`);
+an operator's preview tile of one source is a bus pinned to that source.
+
+`switch_to(feed)` performs the keyframe-aligned cut once for all
+subscribers: the video lane keeps forwarding the old source and asks the
+new one for a keyframe at once; at the new source's first keyframe it
+re-bases its sequence/timestamp offsets so the lane's numbers continue
+(monotonic sequence, timestamps advanced by the wall-clock gap, never
+backwards) and drops the old source. The audio lane cuts at the same
+moment, at the new source's next audio packet.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from streaming.downtrack import Downtrack
+from streaming.rtp_source import ForwardPacket, RtpSource, SourceFeed
+
+logger = logging.getLogger(__name__)
+
+
+class Lane:
+    """One kind (video or audio) of a bus: the current source, the source
+    it is cutting to, and the downtracks that receive it."""
+
+    def __init__(self, kind: str, name: str = "") -> None:
+        self.kind = kind
+        self.name = name
+        self.source: RtpSource | None = None
+        self.pending: RtpSource | None = None
+        self.armed = True  # audio waits for the video cut before cutting
+        self.downtracks: tuple[Downtrack, ...] = ()
+        self.seq_off = 0
+        self.ts_off = 0
+        self.floor = 0  # first source seq of the current source
+        self.next_seq = random.randrange(0, 0x8000)
+        self.last_ts = random.getrandbits(32)
+        self.last_wall = time.time()
+        self.codec_key: str | None = None
+        self.packets = 0
+        self.cuts = 0
+        self.on_cut: Callable[[Lane], None] | None = None
+
+    # --- sources -------------------------------------------------------
+
+    def prepare(self, source: RtpSource | None, armed: bool = True) -> None:
+        """Cut to `source` at its next keyframe (None: stop now)."""
+        if self.pending is not None:
+            self.pending.remove_sink(self._on_pending)
+            self.pending = None
+        if source is None:
+            self._detach_current()
+            self.codec_key = None
+            for dt in self.downtracks:
+                dt.set_codec(None)
+            return
+        if source is self.source:
+            return
+        self.pending = source
+        self.armed = armed
+        source.add_sink(self._on_pending)
+        source.request_keyframe()
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def _detach_current(self) -> None:
+        if self.source is not None:
+            self.source.remove_sink(self.on_packet)
+            self.source = None
+
+    def _on_pending(self, fp: ForwardPacket) -> None:
+        if not self.armed or not fp.key or fp.late:
+            return
+        source = self.pending
+        if source is None:
+            return
+        source.remove_sink(self._on_pending)
+        self.pending = None
+        self._detach_current()
+        # continue the lane's numbers from the frame's first packet
+        first = fp.head[0] if fp.head else fp
+        gap = fp.arrival - self.last_wall
+        step = max(1, int(gap * source.clock_rate)) if gap > 0 else 1
+        self.seq_off = (self.next_seq - first.seq) & 0xFFFF
+        self.ts_off = ((self.last_ts + step) - fp.timestamp) & 0xFFFFFFFF
+        self.floor = first.seq
+        self.source = source
+        self.codec_key = source.codec_key
+        for dt in self.downtracks:
+            dt.set_codec(self.codec_key)
+        source.add_sink(self.on_packet)
+        self.cuts += 1
+        if self.on_cut is not None:
+            self.on_cut(self)
+        for h in fp.head:
+            self.on_packet(h)
+        self.on_packet(fp)
+
+    # --- the hot path --------------------------------------------------
+
+    def on_packet(self, fp: ForwardPacket) -> None:
+        """Sink on the current source: rewrite once for the lane, then
+        hand the packet to every downtrack."""
+        seq = (fp.seq + self.seq_off) & 0xFFFF
+        ts = (fp.timestamp + self.ts_off) & 0xFFFFFFFF
+        if fp.late:
+            if ((fp.seq - self.floor) & 0xFFFF) >= 0x8000:
+                return  # belongs to before the cut
+        else:
+            self.next_seq = (seq + 1) & 0xFFFF
+            self.last_ts = ts
+            self.last_wall = fp.arrival
+            self.packets += 1
+        for dt in self.downtracks:
+            dt.forward(fp, seq, ts)
+
+    # --- viewers -------------------------------------------------------
+
+    def add(self, dt: Downtrack) -> None:
+        dt.lane = self
+        dt.set_codec(self.codec_key)
+        self.downtracks = self.downtracks + (dt,)
+        self.request_keyframe()
+
+    def remove(self, dt: Downtrack) -> None:
+        # a new tuple: on_packet may be iterating the old one right now
+        self.downtracks = tuple(d for d in self.downtracks if d is not dt)
+        dt.lane = None
+
+    def request_keyframe(self) -> None:
+        if self.pending is not None:
+            self.pending.request_keyframe()
+        if self.source is not None:
+            self.source.request_keyframe()
+
+    def lookup(self, lane_seq: int) -> tuple[ForwardPacket, int] | None:
+        """A past packet of the current source by lane sequence number,
+        with its lane timestamp (for NACKs)."""
+        source = self.source
+        if source is None:
+            return None
+        src_seq = (lane_seq - self.seq_off) & 0xFFFF
+        if ((src_seq - self.floor) & 0xFFFF) >= 0x8000:
+            return None
+        fp = source.lookup(src_seq)
+        if fp is None:
+            return None
+        return fp, (fp.timestamp + self.ts_off) & 0xFFFFFFFF
+
+    def close(self) -> None:
+        self.prepare(None)
+        for dt in self.downtracks:
+            dt.lane = None
+        self.downtracks = ()
+
+
+class ProgramBus:
+    """A forum's program (or one pinned source): two lanes and the feed
+    they carry. The switcher calls `switch_to`; viewers `subscribe`."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self.video = Lane("video", name)
+        self.audio = Lane("audio", name)
+        self.feed: SourceFeed | None = None  # what the bus is cutting to / showing
+        self.video.on_cut = self._on_video_cut
+
+    def switch_to(self, feed: SourceFeed | None) -> None:
+        """Cut to `feed` at its next keyframe (None: nothing on air)."""
+        if feed is self.feed:
+            return
+        self.feed = feed
+        if feed is None:
+            self.video.prepare(None)
+            self.audio.prepare(None)
+            return
+        waits_for_video = feed.video is not None and self.video.source is not None
+        self.video.prepare(feed.video)
+        # audio follows the picture: it cuts when the video does
+        self.audio.prepare(feed.audio, armed=not waits_for_video)
+
+    def _on_video_cut(self, lane: Lane) -> None:
+        self.audio.arm()
+
+    @property
+    def on_air(self) -> str | None:
+        """The source id the video lane currently forwards (or audio)."""
+        feed = self.feed
+        if feed is None:
+            return None
+        current = self.video.source or self.audio.source
+        if current is not None and current in (feed.video, feed.audio):
+            return feed.source_id
+        return None
+
+    def subscribe(self, video: Downtrack | None, audio: Downtrack | None) -> None:
+        if video is not None:
+            self.video.add(video)
+        if audio is not None:
+            self.audio.add(audio)
+
+    def unsubscribe(self, video: Downtrack | None, audio: Downtrack | None) -> None:
+        if video is not None:
+            self.video.remove(video)
+        if audio is not None:
+            self.audio.remove(audio)
+
+    @property
+    def viewers(self) -> int:
+        return max(len(self.video.downtracks), len(self.audio.downtracks))
+
+    def close(self) -> None:
+        self.feed = None
+        self.video.close()
+        self.audio.close()

@@ -1,0 +1,168 @@
+"""A WebRTC/WHIP publisher: one peer connection whose video and audio
+become RtpSources, received once and never decoded.
+
+aiortc does ICE, DTLS, SRTP, RTX unwrap, receive statistics, NACK and REMB
+generation; packets are taken before the jitter buffer (see
+aiortc_internals.tap_receiver). H.264 is preferred on the transceiver, then
+VP8; audio is Opus only, so every forum has one audio codec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.rtcconfiguration import RTCBundlePolicy
+
+from rooms.models import SourceKind
+from streaming import aiortc_internals
+from streaming.ice_policy import filter_remote_candidates, gathering_on
+from streaming.media_config import MediaConfig
+from streaming.media_error import MediaError
+from streaming.offer_check import capabilities_for, parse_offer, publish_codecs
+from streaming.rtp_codecs import codec_key
+from streaming.rtp_source import RtpSource, SourceFeed
+
+logger = logging.getLogger(__name__)
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+def server_configuration() -> RTCConfiguration:
+    # no STUN/TURN: host candidates only (aiortc would otherwise ask Google's STUN)
+    return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+
+
+class WebRtcPublisher:
+    """`on_state(publisher, state)` is called with "connected", "failed"
+    and "closed" (the latter only when the peer went away by itself)."""
+
+    def __init__(
+        self,
+        forum_id: str,
+        source_id: str,
+        config: MediaConfig,
+        on_state: Callable[["WebRtcPublisher", str], None],
+    ) -> None:
+        self.forum_id = forum_id
+        self.source_id = source_id
+        self._config = config
+        self._on_state = on_state
+        self._pc: RTCPeerConnection | None = None
+        self._state = _State.NEW
+        self._closing = False
+        self.feed = SourceFeed(source_id=source_id, video=None, audio=None, kind=SourceKind.LIVE)
+        self._pli_tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def state(self) -> str:
+        return self._state.value
+
+    def _set_state(self, state: _State) -> None:
+        if state != self._state:
+            logger.info("Publisher(%s) %s -> %s", self.source_id, self._state.value, state.value)
+            self._state = state
+
+    async def start(self, offer_sdp: str) -> str:
+        """Apply the offer; returns the complete answer (ICE gathered)."""
+        summary = parse_offer(offer_sdp)
+        video_key, audio_key = publish_codecs(summary)
+        offer, _ = filter_remote_candidates(offer_sdp, self._config.ice_addresses)
+        pc = RTCPeerConnection(server_configuration())
+        self._pc = pc
+        self._set_state(_State.CONNECTING)
+        mine: list[tuple[str, RTCRtpTransceiver]] = []
+        for kind, key in (("video", video_key), ("audio", audio_key)):
+            if key is not None:
+                transceiver = pc.addTransceiver(kind, direction="recvonly")
+                transceiver.setCodecPreferences(capabilities_for(kind, key))
+                mine.append((kind, transceiver))
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        except MediaError:
+            raise
+        except Exception as exc:
+            await self.close()
+            raise MediaError("unsupported_codec" if "parameters" in str(exc) else "invalid_sdp",
+                             f"the offer was refused: {exc}") from exc
+        # m-lines we did not ask for (a second video, PCMU audio) stay inactive,
+        # so no receiver (and no decoder) ever starts for them
+        ours = {id(t) for _, t in mine}
+        for transceiver in pc.getTransceivers():
+            if id(transceiver) not in ours:
+                transceiver.direction = "inactive"
+        for kind, transceiver in mine:
+            codecs = [c for c in aiortc_internals.transceiver_codecs(transceiver) if codec_key(c) != "rtx"]
+            if not codecs:
+                continue
+            source = RtpSource(
+                kind,
+                codecs[0],
+                history_packets=self._config.history_packets,
+                keyframe_request_interval=self._config.keyframe_request_interval,
+                name=f"{self.source_id}/{kind}",
+            )
+            aiortc_internals.tap_receiver(transceiver.receiver, source.push)
+            if kind == "video":
+                receiver = transceiver.receiver
+                source.set_keyframe_requester(lambda r=receiver, s=source: self._send_pli(r, s))
+                self.feed.video = source
+            else:
+                self.feed.audio = source
+        pc.on("connectionstatechange", self._on_connection_state)
+        try:
+            with gathering_on(self._config.ice_addresses):
+                await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            await self.close()
+            raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
+        return pc.localDescription.sdp
+
+    def _send_pli(self, receiver: object, source: RtpSource) -> None:
+        if source.ssrc is None or self._closing:
+            return
+        task = asyncio.ensure_future(aiortc_internals.send_pli(receiver, source.ssrc))  # type: ignore[arg-type]
+        self._pli_tasks.add(task)
+        task.add_done_callback(self._pli_tasks.discard)
+
+    def _on_connection_state(self) -> None:
+        pc = self._pc
+        if pc is None or self._closing:
+            return
+        state = pc.connectionState
+        if state == "connected":
+            self._set_state(_State.CONNECTED)
+            self._on_state(self, "connected")
+        elif state in ("failed", "closed"):
+            self._set_state(_State.FAILED if state == "failed" else _State.CLOSED)
+            self._on_state(self, state)
+
+    async def close(self) -> None:
+        """Close the peer and forget the sources (idempotent)."""
+        if self._closing:
+            return
+        self._closing = True
+        for source in self.feed.sources():
+            source.close()
+        for task in list(self._pli_tasks):
+            task.cancel()
+        pc = self._pc
+        if pc is not None:
+            pc.remove_all_listeners("connectionstatechange")
+            await pc.close()
+        self._pli_tasks.clear()
+        self._set_state(_State.CLOSED)

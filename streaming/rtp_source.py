@@ -1,0 +1,225 @@
+"""One media track entering the server, received once.
+
+Whoever receives media (a WebRTC publisher, the UDP ingest, file playout,
+the slate) calls `RtpSource.push()` with each RTP packet in arrival order.
+The source keeps a short history for NACKs, notices where keyframes
+start, and hands each packet synchronously to its sinks (the forum's
+program bus, preview buses). Keyframe requests from downstream are
+coalesced here, so a thousand viewers joining at once cost one keyframe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiortc import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
+from rooms.models import SourceKind
+from streaming.rtp_codecs import codec_key, keyframe_detector
+
+logger = logging.getLogger(__name__)
+
+Sink = Callable[["ForwardPacket"], None]
+
+
+class ForwardPacket:
+    """A received packet as the fan-out needs it: header fields, the
+    payload (no header extensions, no padding) and where it stands."""
+
+    __slots__ = ("seq", "timestamp", "marker", "payload", "size", "key", "head", "late", "arrival")
+
+    def __init__(
+        self, seq: int, timestamp: int, marker: int, payload: bytes, arrival: float
+    ) -> None:
+        self.seq = seq
+        self.timestamp = timestamp
+        self.marker = marker  # 0x80 or 0: ORed into the second header byte
+        self.payload = payload
+        self.size = 12 + len(payload)  # on the wire, before SRTP
+        self.key = False  # first packet of a keyframe seen in its frame
+        self.head: tuple[ForwardPacket, ...] = ()  # earlier packets of that frame
+        self.late = False  # older than the newest packet (a retransmission)
+        self.arrival = arrival  # time.time() when it arrived
+
+
+class RtpSource:
+    """One video or audio track: `kind` is "video" or "audio", `codec` the
+    negotiated RTCRtpCodecParameters (video/H264, video/VP8, audio/opus)."""
+
+    def __init__(
+        self,
+        kind: str,
+        codec: RTCRtpCodecParameters,
+        *,
+        history_packets: int = 1024,
+        keyframe_request_interval: float = 0.5,
+        name: str = "",
+    ) -> None:
+        if kind not in ("video", "audio"):
+            raise ValueError(f"kind must be video or audio, not {kind!r}")
+        self.kind = kind
+        self.codec = codec
+        self.codec_key = codec_key(codec)
+        self.name = name
+        self.clock_rate = codec.clockRate
+        self._sinks: tuple[Sink, ...] = ()
+        self._history: list[ForwardPacket | None] = [None] * history_packets
+        self._history_size = history_packets
+        self._detect = keyframe_detector(self.codec_key)
+        self._max_seq = -1
+        self._frame_ts = -1
+        self._frame_key = False
+        self._frame_packets: list[ForwardPacket] = []
+        # counters and liveness
+        self.packets_received = 0
+        self.keyframes_seen = 0
+        self.last_arrival = 0.0  # time.monotonic() of the newest packet
+        self.last_packet: ForwardPacket | None = None
+        self.ssrc: int | None = None  # upstream SSRC (for PLIs)
+        self.idle = True
+        self.on_resume: Callable[[], None] | None = None
+        # keyframe requests upstream
+        self._requester: Callable[[], None] | None = None
+        self._request_interval = keyframe_request_interval
+        self._last_request = float("-inf")
+        self._wanted_at = 0.0
+        self._last_keyframe_at = 0.0
+        self._pending_request: asyncio.TimerHandle | None = None
+        self.keyframe_requests_sent = 0
+
+    # --- input ---------------------------------------------------------
+
+    def push(self, packet: RtpPacket) -> None:
+        """Take one packet (in arrival order) and hand it to every sink."""
+        now = time.monotonic()
+        seq = packet.sequence_number
+        fp = ForwardPacket(
+            seq, packet.timestamp, 0x80 if packet.marker else 0, packet.payload, time.time()
+        )
+        history = self._history
+        slot = seq % self._history_size
+        if self._max_seq < 0 or ((seq - self._max_seq) & 0xFFFF) < 0x8000:
+            if seq == self._max_seq:
+                return  # duplicate of the newest
+            self._max_seq = seq
+            if fp.timestamp != self._frame_ts:
+                self._frame_ts = fp.timestamp
+                self._frame_key = False
+                self._frame_packets.clear()
+            if not self._frame_key:
+                if self._detect(fp.payload):
+                    self._frame_key = True
+                    fp.key = True
+                    if self._frame_packets:
+                        fp.head = tuple(self._frame_packets)
+                        self._frame_packets.clear()
+                    self.keyframes_seen += 1
+                    self._last_keyframe_at = now
+                else:
+                    self._frame_packets.append(fp)
+        else:
+            old = history[slot]
+            if old is not None and old.seq == seq:
+                return  # already have it
+            fp.late = True
+        history[slot] = fp
+        self.packets_received += 1
+        self.ssrc = packet.ssrc
+        self.last_arrival = now
+        self.last_packet = fp
+        if self.idle:
+            self.idle = False
+            if self.on_resume is not None:
+                asyncio.get_running_loop().call_soon(self.on_resume)
+        for sink in self._sinks:
+            sink(fp)
+
+    def lookup(self, seq: int) -> ForwardPacket | None:
+        """The packet with this sequence number, if still in the history."""
+        fp = self._history[seq % self._history_size]
+        if fp is not None and fp.seq == seq:
+            return fp
+        return None
+
+    # --- sinks -------------------------------------------------------------
+
+    def add_sink(self, sink: Sink) -> None:
+        if sink not in self._sinks:
+            self._sinks = self._sinks + (sink,)
+
+    def remove_sink(self, sink: Sink) -> None:
+        # a new tuple: push() may be iterating the old one right now
+        self._sinks = tuple(s for s in self._sinks if s != sink)
+
+    @property
+    def sink_count(self) -> int:
+        return len(self._sinks)
+
+    # --- keyframes -----------------------------------------------------
+
+    def set_keyframe_requester(self, request: Callable[[], None]) -> None:
+        """How to ask upstream for a keyframe (a PLI for WebRTC; a no-op
+        for files with a short GOP)."""
+        self._requester = request
+
+    def request_keyframe(self) -> None:
+        """Ask upstream for a keyframe, at most once per interval. A request
+        inside the interval is deferred to its end, and dropped if a
+        keyframe has arrived by then."""
+        if self._requester is None or self.kind != "video":
+            return
+        now = time.monotonic()
+        self._wanted_at = now
+        if self._pending_request is not None:
+            return
+        wait = self._last_request + self._request_interval - now
+        if wait <= 0:
+            self._send_request(now)
+        else:
+            self._pending_request = asyncio.get_running_loop().call_later(
+                wait, self._deferred_request
+            )
+
+    def _deferred_request(self) -> None:
+        self._pending_request = None
+        if self._last_keyframe_at > self._wanted_at:
+            return  # a keyframe came after the latest want: nobody waits
+        self._send_request(time.monotonic())
+
+    def _send_request(self, now: float) -> None:
+        self._last_request = now
+        self.keyframe_requests_sent += 1
+        requester = self._requester
+        if requester is not None:
+            try:
+                requester()
+            except Exception:  # an upstream that went away must not break viewers
+                logger.exception("RtpSource(%s) keyframe request failed", self.name)
+
+    def close(self) -> None:
+        """Forget sinks and cancel a deferred request (idempotent)."""
+        self._sinks = ()
+        self._requester = None
+        if self._pending_request is not None:
+            self._pending_request.cancel()
+            self._pending_request = None
+
+
+@dataclass
+class SourceFeed:
+    """One MediaSource as media: up to one video and one audio track.
+    `kind` (added to the agreed API, default LIVE) tells the program policy
+    which feed is the forum's slate."""
+
+    source_id: str
+    video: RtpSource | None
+    audio: RtpSource | None
+    kind: SourceKind = SourceKind.LIVE
+
+    def sources(self) -> list[RtpSource]:
+        return [s for s in (self.video, self.audio) if s is not None]

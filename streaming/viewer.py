@@ -1,0 +1,237 @@
+"""A WebRTC/WHEP viewer: one peer connection that sends what a bus
+carries, packet by packet, without aiortc's sender pipeline.
+
+aiortc negotiates (H.264 preferred on the transceiver before the offer is
+applied, VP8 too if the viewer offers it, Opus), gathers, runs ICE, DTLS
+and the RTCP sender reports. The sender's track never yields a frame, so
+aiortc's RTP loop idles and no encoder exists; forumcast's Downtrack sends
+the packets, answers NACKs from the source history and turns PLIs into
+coalesced keyframe requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
+
+from streaming import aiortc_internals
+from streaming.downtrack import Downtrack
+from streaming.ice_policy import filter_remote_candidates, gathering_on
+from streaming.media_config import MediaConfig
+from streaming.media_error import MediaError
+from streaming.offer_check import capabilities_for, parse_offer, watch_codecs
+from streaming.program_bus import ProgramBus
+from streaming.publisher import server_configuration
+from streaming.rtp_codecs import codec_key
+
+logger = logging.getLogger(__name__)
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    CONNECTING = "connecting"
+    WATCHING = "watching"
+    CLOSED = "closed"
+
+
+class _IdleTrack(MediaStreamTrack):
+    """A track that never produces a frame: aiortc's sender loop waits on
+    it forever (instead of polling every 20 ms with no track)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def recv(self) -> Any:
+        await self._never
+        raise asyncio.CancelledError
+
+    def stop(self) -> None:
+        if not self._never.done():
+            self._never.cancel()
+        super().stop()
+
+
+class WebRtcViewer:
+    """`on_gone(viewer)` is called when the peer fails or closes by itself."""
+
+    def __init__(
+        self,
+        forum_id: str,
+        viewer_id: str,
+        source_id: str | None,
+        config: MediaConfig,
+        on_gone: Callable[["WebRtcViewer"], None],
+    ) -> None:
+        self.forum_id = forum_id
+        self.viewer_id = viewer_id
+        self.source_id = source_id
+        self._config = config
+        self._on_gone = on_gone
+        self._pc: RTCPeerConnection | None = None
+        self._state = _State.NEW
+        self._bus: ProgramBus | None = None
+        self.video: Downtrack | None = None
+        self.audio: Downtrack | None = None
+        self._senders: dict[str, RTCRtpSender] = {}
+        self._pair: object | None = None
+
+    @property
+    def state(self) -> str:
+        return self._state.value
+
+    def _set_state(self, state: _State) -> None:
+        if state != self._state:
+            logger.debug("Viewer(%s) %s -> %s", self.viewer_id, self._state.value, state.value)
+            self._state = state
+
+    @property
+    def bus(self) -> ProgramBus | None:
+        return self._bus
+
+    def downtracks(self) -> list[Downtrack]:
+        return [d for d in (self.video, self.audio) if d is not None]
+
+    async def start(self, offer_sdp: str, bus: ProgramBus, needs: str | None = None) -> str:
+        """Apply the recvonly offer; returns the complete answer. `needs`
+        is the video codec family the viewer must accept (a pinned source)."""
+        summary = parse_offer(offer_sdp)
+        video_keys, wants_audio = watch_codecs(summary)
+        if needs is not None and video_keys and needs not in video_keys:
+            raise MediaError(
+                "unsupported_codec", f"this source sends {needs.upper()}, which the offer does not accept"
+            )
+        offer, _ = filter_remote_candidates(offer_sdp, self._config.ice_addresses)
+        pc = RTCPeerConnection(server_configuration())
+        self._pc = pc
+        self._bus = bus
+        self._set_state(_State.CONNECTING)
+        transceivers = {}
+        if video_keys:
+            t = pc.addTransceiver(_IdleTrack("video"), direction="sendonly")
+            prefs = []
+            for key in video_keys:
+                prefs += [c for c in capabilities_for("video", key) if c not in prefs]
+            t.setCodecPreferences(prefs)
+            transceivers["video"] = t
+        if wants_audio:
+            t = pc.addTransceiver(_IdleTrack("audio"), direction="sendonly")
+            t.setCodecPreferences(capabilities_for("audio", "opus"))
+            transceivers["audio"] = t
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        except Exception as exc:
+            await self.close()
+            raise MediaError("unsupported_codec" if "parameters" in str(exc) else "invalid_sdp",
+                             f"the offer was refused: {exc}") from exc
+        ours = {id(t) for t in transceivers.values()}
+        for t in pc.getTransceivers():
+            if id(t) not in ours:
+                t.direction = "inactive"
+        for kind, t in transceivers.items():
+            pts: dict[str, int] = {}
+            for codec in aiortc_internals.transceiver_codecs(t):
+                pts.setdefault(codec_key(codec), codec.payloadType)
+            pts.pop("rtx", None)
+            dt = Downtrack(kind, aiortc_internals.sender_ssrc(t.sender), pts, self._config.write_buffer_limit)
+            setattr(self, kind, dt)
+            self._senders[kind] = t.sender
+            aiortc_internals.intercept_sender_rtcp(t.sender, self._rtcp_handler(dt))
+        pc.on("connectionstatechange", self._on_connection_state)
+        try:
+            with gathering_on(self._config.ice_addresses):
+                await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            await self.close()
+            raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
+        return pc.localDescription.sdp
+
+    def _rtcp_handler(self, dt: Downtrack) -> Callable[[Any, Any], Any]:
+        async def handle(packet: Any, original: Any) -> None:
+            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                dt.retransmit(packet.lost)
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                lane = dt.lane
+                if lane is not None:
+                    lane.request_keyframe()
+            else:
+                await original(packet)
+
+        return handle
+
+    def _on_connection_state(self) -> None:
+        pc = self._pc
+        if pc is None or self._state == _State.CLOSED:
+            return
+        state = pc.connectionState
+        if state == "connected" and self._state == _State.CONNECTING:
+            self._attach()
+        elif state in ("failed", "closed"):
+            self._detach()
+            self._on_gone(self)
+
+    def _attach(self) -> None:
+        sender = next(iter(self._senders.values()), None)
+        if sender is None or self._bus is None:
+            return
+        path = aiortc_internals.send_path(sender.transport)
+        if path is None:
+            logger.warning("Viewer(%s) connected without a send path", self.viewer_id)
+            return
+        if path.relayed:
+            # aioice's TURN transport makes a task per datagram: not on the fast path
+            logger.warning("Viewer(%s) is on a relayed pair: not supported", self.viewer_id)
+            return
+        self._pair = aiortc_internals.nominated_pair_key(sender.transport)
+        for dt in self.downtracks():
+            dt.connect(path)
+        self._set_state(_State.WATCHING)
+        self._bus.subscribe(self.video, self.audio)
+
+    def refresh(self) -> None:
+        """Follow a re-nominated ICE pair and keep sender reports current
+        (called a few times a second by the plane, never per packet)."""
+        if self._state != _State.WATCHING:
+            return
+        sender = next(iter(self._senders.values()), None)
+        if sender is None:
+            return
+        pair = aiortc_internals.nominated_pair_key(sender.transport)
+        if pair is not None and pair is not self._pair:
+            path = aiortc_internals.send_path(sender.transport)
+            if path is not None and not path.relayed:
+                self._pair = pair
+                for dt in self.downtracks():
+                    dt.connect(path)
+        for kind, dt in (("video", self.video), ("audio", self.audio)):
+            lane = dt.lane if dt is not None else None
+            if dt is None or lane is None or dt.packets == 0:
+                continue
+            aiortc_internals.update_sender_report(
+                self._senders[kind], dt.packets, dt.octets, lane.last_ts, lane.last_wall
+            )
+
+    def _detach(self) -> None:
+        if self._bus is not None:
+            self._bus.unsubscribe(self.video, self.audio)
+
+    async def close(self) -> None:
+        """Unsubscribe and close the peer (idempotent)."""
+        if self._state == _State.CLOSED:
+            return
+        self._set_state(_State.CLOSED)
+        self._detach()
+        self._bus = None
+        pc = self._pc
+        if pc is not None:
+            pc.remove_all_listeners("connectionstatechange")
+            await pc.close()
+        self._senders.clear()

@@ -1,0 +1,60 @@
+"""Publish once, watch three times: real aiortc peers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from rooms.models import SourceState
+from streaming.media_config import MediaConfig
+from streaming.media_plane import MediaPlane, SourceChange
+from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def plane():
+    plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",)))
+    await plane.start()
+    try:
+        yield plane
+    finally:
+        await plane.stop()
+
+
+async def test_three_viewers_get_decodable_frames_in_order_without_server_decoders(plane: MediaPlane) -> None:
+    changes: list[SourceChange] = []
+    live = asyncio.Event()
+
+    def on_change(change: SourceChange) -> None:
+        changes.append(change)
+        if change.state == SourceState.LIVE:
+            live.set()
+
+    plane.on_source_change = on_change
+    publisher = TestPublisher()
+    viewers = [TestViewer() for _ in range(3)]
+    try:
+        await connect_publisher(plane, "main", "speaker-1", publisher)
+        await asyncio.wait_for(live.wait(), 10)
+        for i, viewer in enumerate(viewers):
+            await connect_viewer(plane, "main", f"guest-{i}", viewer)
+        for viewer in viewers:
+            await viewer.wait_frames(30, timeout=15)
+        for viewer in viewers:
+            numbers = viewer.received.numbers
+            assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), numbers
+            assert viewer.received.unreadable == 0
+            assert viewer.received.audio_frames > 0
+        stats = plane.stats()
+        assert stats["decoders_created"] == 0
+        assert stats["viewers"] == 3 and stats["publishers"] == 1
+        assert stats["packets_forwarded"] > 0
+        assert plane.program("main") == "speaker-1"
+        assert ("main", "speaker-1", SourceState.LIVE) in [(c.forum_id, c.source_id, c.state) for c in changes]
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+        await publisher.close()
