@@ -44,7 +44,7 @@ class _State(enum.Enum):
 
 def server_configuration() -> RTCConfiguration:
     # no STUN/TURN: host candidates only (aiortc would otherwise ask Google's STUN)
-    return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+    return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.BALANCED)  # aiortc 1.16 MAX_BUNDLE gathers nothing when the offer's m-line order differs from ours (ffmpeg WHIP: audio first)
 
 
 class WebRtcPublisher:
