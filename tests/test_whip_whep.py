@@ -1,0 +1,250 @@
+"""WHIP and WHEP against the real server process: ffmpeg's WHIP muxer
+publishes into a forum, a WHEP viewer (an aiortc peer) decodes its video
+and audio, every kind of bad request is refused with the documented
+status and JSON code while the live stream carries on, and DELETE on the
+Location ends the publish."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import imageio_ffmpeg
+import pytest
+import socketio
+
+from rooms.models import Role
+from tests.server_process import ServerProcess, start_server
+from tests.signaling_peers import ViewerPeer, candidate_addresses
+
+pytestmark = pytest.mark.timeout(180)
+
+FORUM = "digital-economy"
+SDP = "application/sdp"
+LOCATION_RE = re.compile(r"location=(\S+?),")  # ffmpeg -loglevel verbose: "ICE STUN ok, ... location=URL, ..."
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    process = start_server()
+    try:
+        yield process
+    finally:
+        process.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+class FfmpegWhip:
+    """ffmpeg's WHIP muxer publishing a test picture and tone; its stderr is
+    drained by one task, which also finds the session Location."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.args = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "verbose",
+            "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
+            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+            "-t", "90",  # a bound, in case the test never stops it
+            "-c:v", "libx264", "-profile:v", "baseline", "-tune", "zerolatency", "-preset", "ultrafast",
+            "-g", "60", "-c:a", "libopus", "-ac", "2",  # the WHIP muxer wants stereo Opus
+            "-f", "whip", "-authorization", token, url,
+        ]
+        self.location: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.tail: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        async for raw in self.process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.tail = (self.tail + [line])[-40:]
+            found = LOCATION_RE.search(line)
+            if found and not self.location.done():
+                self.location.set_result(found.group(1))
+        if not self.location.done():
+            self.location.set_exception(RuntimeError("ffmpeg ended before ICE:\n" + "\n".join(self.tail)))
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._reader, 5)
+        if not self.location.done():
+            self.location.cancel()
+
+
+class Observer:
+    """A socket.io viewer of the forum that collects the server's pushes."""
+
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.queues: dict[str, asyncio.Queue[Any]] = {e: asyncio.Queue() for e in ("program", "sources")}
+        for event, queue in self.queues.items():
+            self.sio.on(event, self._put(queue))
+
+    @staticmethod
+    def _put(queue: asyncio.Queue[Any]) -> Any:
+        async def put(data: Any) -> None:
+            queue.put_nowait(data)
+        return put
+
+    async def join(self, server: ServerProcess, forum: str) -> dict[str, Any]:
+        token = server.token(Role.VIEWER, [forum], "Observer")
+        await self.sio.connect(server.url, auth={"token": token}, transports=["websocket"], wait_timeout=10)
+        ack: dict[str, Any] = await self.sio.call("join", {"forum_id": forum}, timeout=10)
+        return ack
+
+    async def next(self, event: str, predicate: Any, timeout: float = 20.0) -> Any:
+        async def find() -> Any:
+            while True:
+                data = await self.queues[event].get()
+                if predicate(data):
+                    return data
+        return await asyncio.wait_for(find(), timeout)
+
+    async def close(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()
+
+
+async def expect_error(response: aiohttp.ClientResponse, status: int, code: str) -> dict[str, Any]:
+    body = await response.json(content_type=None)
+    assert response.status == status, (response.status, body)
+    assert response.content_type == "application/json"
+    assert body["error"]["code"] == code and body["error"]["message"], body
+    return dict(body)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_ffmpeg_publishes_a_whep_viewer_decodes_and_bad_requests_change_nothing(
+        server: ServerProcess, http: aiohttp.ClientSession) -> None:
+    speaker = server.token(Role.SPEAKER, [FORUM], "OBS in Hall B")
+    viewer_token = server.token(Role.VIEWER, [FORUM], "Guest")
+    observer = Observer()
+    ffmpeg = FfmpegWhip(f"{server.url}/whip/{FORUM}", speaker)
+    viewer = ViewerPeer()
+    try:
+        await observer.join(server, FORUM)
+        await ffmpeg.start()
+        location = await asyncio.wait_for(asyncio.shield(ffmpeg.location), 30)
+        assert re.fullmatch(rf"{re.escape(server.url)}/whip/{FORUM}/[0-9a-f]{{32}}", location), location
+
+        # the encoder's source goes live and (until the switcher) on air
+        program = await observer.next("program", lambda p: p["program"] is not None)
+        source_id = program["program"]
+        assert program["source"]["name"] == "OBS in Hall B" and program["source"]["kind"] == "live"
+
+        # a WHEP viewer gets the program, decodable, with sound
+        response = await http.post(f"{server.url}/whep/{FORUM}", data=await viewer.offer(),
+                                   headers={**bearer(viewer_token), "Content-Type": SDP})
+        answer = await response.text()
+        assert response.status == 201, answer
+        assert response.content_type == SDP
+        whep_location = response.headers["Location"]
+        assert re.fullmatch(rf"/whep/{FORUM}/[0-9a-f]{{32}}", whep_location)
+        assert set(candidate_addresses(answer)) == {"127.0.0.1"}
+        await viewer.accept(answer)
+        await viewer.wait_video(15, timeout=30)
+        await viewer.wait_audio(15, timeout=30)
+        assert viewer.frame_size == (640, 360)
+
+        # bad requests: each refused with its status and code
+        whip = f"{server.url}/whip/{FORUM}"
+        good_headers = {**bearer(speaker), "Content-Type": SDP}
+        offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+        response = await http.post(whip, data=offer, headers={"Content-Type": SDP})
+        await expect_error(response, 401, "token_missing")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        await expect_error(await http.post(whip, data=offer, headers={
+            **bearer(server.expired_token(Role.SPEAKER, [FORUM])), "Content-Type": SDP}), 401, "token_expired")
+        await expect_error(await http.post(whip, data=offer, headers={
+            "Authorization": "Basic dXNlcjpwYXNz", "Content-Type": SDP}), 401, "token_invalid")
+        await expect_error(await http.post(whip, data=offer, headers={
+            **bearer(viewer_token), "Content-Type": SDP}), 403, "forbidden")
+        await expect_error(await http.post(f"{server.url}/whip/no-such-forum", data=offer, headers=good_headers),
+                           404, "not_found")
+        await expect_error(await http.post(whip, data=offer, headers={**bearer(speaker), "Content-Type": "text/plain"}),
+                           415, "unsupported_media_type")
+        await expect_error(await http.post(whip, data=offer + "a=x:" + "y" * 70_000 + "\r\n", headers=good_headers),
+                           413, "too_large")
+        await expect_error(await http.post(whip, data="this is not sdp", headers=good_headers), 400, "invalid_sdp")
+        await expect_error(await http.post(whip, data=offer, headers=good_headers), 400, "invalid_sdp")
+        await expect_error(await http.patch(location, data="a=candidate:1 1 udp 1 127.0.0.1 9 typ host",
+                                            headers={**bearer(speaker), "Content-Type": "application/trickle-ice-sdpfrag"}),
+                           405, "trickle_unsupported")
+        await expect_error(await http.post(f"{server.url}/whep/{FORUM}", data=offer, headers={"Content-Type": SDP}),
+                           401, "token_missing")
+        await expect_error(await http.post(f"{server.url}/whep/{FORUM}", data=offer,
+                                           headers={**bearer(viewer_token), "Content-Type": SDP}), 400, "invalid_sdp")
+        await expect_error(await http.delete(f"{whip}/{'0' * 32}", headers=bearer(speaker)), 404, "not_found")
+        preflight = await http.options(whip, headers={"Origin": "http://example.test",
+                                                      "Access-Control-Request-Method": "POST"})
+        assert preflight.status == 204
+        assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Location" in preflight.headers["Access-Control-Expose-Headers"]
+        assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+
+        # ... and the live stream never stopped
+        before = viewer.video_frames.value
+        await viewer.wait_video(before + 30, timeout=20)
+        assert ffmpeg.process is not None and ffmpeg.process.returncode is None
+
+        # DELETE on the Location ends the publish: the source goes, the slate is back
+        response = await http.delete(location, headers=bearer(speaker))
+        assert response.status == 200, await response.text()
+        await observer.next("sources", lambda s: all(x["id"] != source_id for x in s["sources"]))
+        back = await observer.next("program", lambda p: p["program"] is None)
+        assert back["source"] is None
+        await expect_error(await http.delete(location, headers=bearer(speaker)), 404, "not_found")
+
+        # the WHEP session ends the same way
+        assert (await http.delete(server.url + whep_location)).status == 200
+        await expect_error(await http.delete(server.url + whep_location), 404, "not_found")
+        assert server.alive()
+    finally:
+        await viewer.close()
+        await ffmpeg.stop()
+        await observer.close()
+
+
+async def test_whep_in_a_public_event_needs_no_token(http: aiohttp.ClientSession) -> None:
+    public = start_server(extra_env={"FORUMCAST_PUBLIC_EVENT": "true"})
+    viewer = ViewerPeer()
+    try:
+        offer = await viewer.offer()
+        response = await http.post(f"{public.url}/whep/{FORUM}", data=offer, headers={"Content-Type": SDP})
+        assert response.status == 201, await response.text()
+        assert response.headers["Location"].startswith(f"/whep/{FORUM}/")
+        # a token that is sent must still be valid
+        await expect_error(await http.post(f"{public.url}/whep/{FORUM}", data=offer,
+                                           headers={"Authorization": "Bearer nope", "Content-Type": SDP}),
+                           401, "token_invalid")
+        # publishing still needs a speaker
+        await expect_error(await http.post(f"{public.url}/whip/{FORUM}", data="v=0\r\nm=video 9 x 96\r\n",
+                                           headers={"Content-Type": SDP}), 401, "token_missing")
+    finally:
+        await viewer.close()
+        public.cleanup()
