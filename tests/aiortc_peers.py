@@ -285,10 +285,11 @@ def rtp_header(data: bytes) -> tuple[int, int, int, int] | None:
 
 
 async def connect_viewer(plane: object, forum_id: str, viewer_id: str, viewer: TestViewer,
-                         source_id: str | None = None, timeout: float = 10.0) -> None:
-    answer = await plane.watch(forum_id, viewer_id, await viewer.offer(), source_id=source_id)  # type: ignore[attr-defined]
+                         source_id: str | None = None, timeout: float = 10.0) -> str:
+    answer: str = await plane.watch(forum_id, viewer_id, await viewer.offer(), source_id=source_id)  # type: ignore[attr-defined]
     await viewer.accept(answer)
     await asyncio.wait_for(viewer.connected.wait(), timeout)
+    return answer
 
 
 async def connect_publisher(plane: object, forum_id: str, source_id: str, publisher: TestPublisher,

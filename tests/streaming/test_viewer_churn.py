@@ -1,0 +1,103 @@
+"""200 viewers join and leave (in batches): nothing is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from streaming.media_config import MediaConfig
+from streaming.media_plane import MediaPlane
+from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer
+
+pytestmark = pytest.mark.timeout(240)
+
+TOTAL = 200
+BATCH = 20
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def udp_sockets() -> int:
+    """UDP sockets this process holds (inodes of /proc/self/fd that are in
+    /proc/net/udp)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                if line.split()[9] in inodes:
+                    count += 1
+    return count
+
+
+async def wait_until(condition, timeout: float, what: str) -> None:
+    # the plane's numbers change inside aiortc callbacks: poll them briefly
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_200_viewers_join_and_leave_without_leaks() -> None:
+    plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",)))
+    await plane.start()
+    publisher = TestPublisher(fps=15)
+    try:
+        await connect_publisher(plane, "f1", "cam", publisher)
+        probe = TestViewer(audio=False)
+        await connect_viewer(plane, "f1", "probe", probe)
+        await probe.wait_frames(3)
+        await probe.close()
+        await wait_until(lambda: plane.stats()["viewers"] == 0, 10, "the probe to be cleaned up")
+        # the baseline is taken with a publisher streaming and one viewer
+        # having come and gone (aiortc's lazily created objects exist now)
+        base_tasks = len(asyncio.all_tasks())
+        base_fds = open_fds()
+        base_udp = udp_sockets()
+        forwarded_before = plane.stats()["packets_forwarded"]
+
+        for batch in range(TOTAL // BATCH):
+            viewers = [TestViewer(decode=False) for _ in range(BATCH)]
+            ids = [f"b{batch}-v{i}" for i in range(BATCH)]
+            await asyncio.gather(
+                *(connect_viewer(plane, "f1", vid, v) for vid, v in zip(ids, viewers))
+            )
+            await wait_until(
+                lambda: plane.stats()["bus_subscribers"] == 2 * BATCH, 10, "all viewers subscribed"
+            )
+            # half leave through the plane, half just close their browser
+            await asyncio.gather(*(plane.leave(vid) for vid in ids[: BATCH // 2]))
+            await asyncio.gather(*(v.close() for v in viewers))
+            await wait_until(lambda: plane.stats()["viewers"] == 0, 15, "closed viewers to be cleaned up")
+
+        stats = plane.stats()
+        assert stats["viewers"] == 0
+        assert stats["bus_subscribers"] == 0
+        assert stats["peers"] == 1  # the publisher
+        assert stats["packets_forwarded"] > forwarded_before
+        assert stats["decoders_created"] == 0
+        assert not plane._viewers
+        # tasks: aiortc tasks finish as their peers close; allow the few
+        # short-lived ones in flight at any moment (a PLI being sent, the
+        # plane's own leave tasks finishing)
+        await wait_until(lambda: len(asyncio.all_tasks()) <= base_tasks + 3, 10, "tasks to settle")
+        assert open_fds() <= base_fds + 2
+        assert udp_sockets() <= base_udp
+    finally:
+        await publisher.close()
+        await plane.stop()
+    assert plane.stats()["peers"] == 0
