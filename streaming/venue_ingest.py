@@ -1,0 +1,283 @@
+"""The venue's encoder, over RTMP or SRT, as a source of one forum.
+
+Per forum, one RTMP port and one SRT port (from settings). Each protocol is
+a leg: a supervised ffmpeg that listens for the encoder, copies its H.264
+(no video transcode; h264_mp4toannexb puts SPS/PPS in front of each IDR,
+which FLV keeps only in its header) and transcodes its audio to Opus 48 kHz
+stereo, and sends both through ffmpeg's rtp muxer to two RtpUdpIngests on
+loopback. Whichever leg goes live first has the floor; the other is
+ignored until the first is lost.
+
+Stream key:
+- SRT: it is the passphrase (AES, enforced): libsrt rejects a wrong or
+  missing one in the handshake and ffmpeg keeps listening.
+- RTMP: ffmpeg's listener accepts any stream name, so the public port is
+  an RtmpKeyGate (rtmp_gate.py) that reads the stream name the encoder
+  publishes and only then lets it through to ffmpeg on a private port.
+
+Why a port per forum and not one port with per-key routing: ffmpeg's
+listener takes one publisher, and routing SRT by streamid would need SRT
+in Python. 21 forums x 2 ports is a short list for a firewall.
+
+When the encoder disconnects, ffmpeg exits and the supervisor starts it
+again at once (capped backoff only if it keeps failing fast); the state
+goes live -> lost -> live and RtpContinuity keeps one SSRC, sequence and
+timestamp line across reconnects and across RTMP/SRT. Keyframe requests
+cannot reach an RTMP/SRT encoder: `request_keyframe()` is a no-op (ask the
+venue for a 2 s keyframe interval).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import ffmpeg
+from aiortc.rtp import RtpPacket
+
+from rooms.errors import RoomError
+from rooms.models import SourceState
+from streaming.ffmpeg_process import FfmpegExit, FfmpegProcess, RestartPolicy, Supervisor
+from streaming.rtmp_gate import RtmpKeyGate
+from streaming.rtp_udp_ingest import PacketSink, RtpContinuity, RtpUdpIngest, rtp_output_options
+
+logger = logging.getLogger(__name__)
+
+_KEY = re.compile(r"^[A-Za-z0-9_-]{10,79}$")  # SRT passphrases are 10-79 characters
+RTMP_APP = "live"
+# A run that waited this long for an encoder was fine: restart at once.
+VENUE_POLICY = RestartPolicy(initial=0.5, maximum=30.0, stable_after=2.0)
+
+
+@dataclass(frozen=True)
+class VenueUrls:
+    """What to paste into the venue encoder."""
+
+    rtmp_url: str  # server and key in one URL (ffmpeg, vMix)
+    rtmp_server: str  # OBS: "Server"
+    stream_key: str  # OBS: "Stream Key"
+    srt_url: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"rtmp_url": self.rtmp_url, "rtmp_server": self.rtmp_server,
+                "stream_key": self.stream_key, "srt_url": self.srt_url}
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _Tap:
+    """The sink an RtpUdpIngest of a leg pushes into."""
+
+    def __init__(self, leg: _Leg, kind: str) -> None:
+        self.leg, self.kind = leg, kind
+
+    def push(self, packet: RtpPacket) -> None:
+        self.leg.venue._forward(self.leg, self.kind, packet)
+
+
+class _Leg:
+    """One protocol: its listener ffmpeg and its two loopback ingests."""
+
+    def __init__(self, venue: VenueIngest, protocol: str) -> None:
+        self.venue = venue
+        self.protocol = protocol
+        self.live = False
+        self.internal_port = 0  # RTMP: where ffmpeg listens behind the gate
+        self.video = RtpUdpIngest(_Tap(self, "video"), kind="video", name=f"{venue.forum_id}-{protocol}-v")
+        self.audio = RtpUdpIngest(_Tap(self, "audio"), kind="audio", name=f"{venue.forum_id}-{protocol}-a")
+        self.supervisor = Supervisor(
+            self.args, name=f"venue-{venue.forum_id}-{protocol}", ffmpeg=venue.ffmpeg,
+            policy=venue.policy, stop_grace=0.3, on_exit=self.exited,  # nothing to finalize: RTP out
+        )
+
+    @property
+    def last_arrival(self) -> float:
+        return max(self.video.last_arrival, self.audio.last_arrival)
+
+    def args(self) -> list[str]:
+        key = self.venue.stream_key
+        options: dict[str, object] = {"analyzeduration": 1_000_000}  # live quickly: 1 s of probing
+        video_options: dict[str, object] = {}
+        if self.protocol == "rtmp":
+            self.internal_port = _free_tcp_port()
+            url = f"rtmp://127.0.0.1:{self.internal_port}/{RTMP_APP}/{key}"
+            options["listen"] = 1
+            video_options["bsf:v"] = "h264_mp4toannexb"
+        else:
+            url = f"srt://127.0.0.1:{self.venue.srt_port}?mode=listener&passphrase={key}&pbkeylen=16"
+        source = ffmpeg.input(url, **options)
+        video_url, video_rtp = rtp_output_options("video", self.video.port)
+        audio_url, audio_rtp = rtp_output_options("audio", self.audio.port)
+        return ffmpeg.merge_outputs(
+            source["v:0"].output(video_url, vcodec="copy", **video_options, **video_rtp),
+            source["a:0"].output(audio_url, acodec="libopus", ar=48000, ac=2, **{"b:a": "96k"}, **audio_rtp),
+        ).get_args()
+
+    def exited(self, result: FfmpegExit) -> None:
+        if self.live:
+            logger.info("VenueIngest(%s) %s publisher gone: %s", self.venue.forum_id, self.protocol,
+                        result.describe())
+        self.venue._leg_down(self)
+
+
+class VenueIngest:
+    """The venue feed of one forum: RTMP on 127.0.0.1:`rtmp_port` and SRT on
+    127.0.0.1:`srt_port`, both keyed by `stream_key`, into `video`/`audio`.
+
+    State (a SourceState): connecting -> live <-> lost -> ended, reported
+    through `on_state(state)` on each change.
+    """
+
+    def __init__(
+        self,
+        forum_id: str,
+        rtmp_port: int,
+        srt_port: int,
+        stream_key: str,
+        video: PacketSink,
+        audio: PacketSink,
+        *,
+        on_state: Callable[[SourceState], None] | None = None,
+        source_id: str | None = None,
+        ffmpeg: str = "",
+        policy: RestartPolicy = VENUE_POLICY,
+        media_timeout: float = 2.0,
+        idle_timeout: float = 10.0,
+    ) -> None:
+        if not _KEY.match(stream_key):
+            raise RoomError("invalid", "a venue stream key is 10-79 letters, digits, '-' or '_'")
+        self.forum_id = forum_id
+        self.source_id = source_id or f"venue-{forum_id}"
+        self.rtmp_port = rtmp_port
+        self.srt_port = srt_port
+        self.stream_key = stream_key
+        self.ffmpeg = ffmpeg
+        self.policy = policy
+        self.media_timeout = media_timeout
+        self.sinks: dict[str, PacketSink] = {"video": video, "audio": audio}
+        self.continuity = {"video": RtpContinuity(90000), "audio": RtpContinuity(48000)}
+        self._on_state = on_state
+        self._state = SourceState.CONNECTING
+        self._started = False
+        self._stopped = False
+        self._stop_future: asyncio.Future[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._active: _Leg | None = None
+        self.legs = {"rtmp": _Leg(self, "rtmp"), "srt": _Leg(self, "srt")}
+        self.gate = RtmpKeyGate(rtmp_port, stream_key, lambda: self.legs["rtmp"].internal_port,
+                                name=forum_id, idle_timeout=idle_timeout)
+
+    @property
+    def state(self) -> str:
+        return self._state.value
+
+    @property
+    def protocol(self) -> str | None:
+        """The protocol on air ("rtmp" | "srt"), if live."""
+        return self._active.protocol if self._active is not None else None
+
+    def _set_state(self, state: SourceState) -> None:
+        if state is self._state:
+            return
+        logger.info("VenueIngest(%s) %s -> %s", self.forum_id, self._state.value, state.value)
+        self._state = state
+        if self._on_state is not None:
+            try:
+                self._on_state(state)
+            except Exception:
+                logger.exception("VenueIngest(%s) state callback failed", self.forum_id)
+
+    def urls(self, public_host: str) -> dict[str, str]:
+        """The URLs to paste into the venue's encoder."""
+        server = f"rtmp://{public_host}:{self.rtmp_port}/{RTMP_APP}"
+        return VenueUrls(
+            rtmp_url=f"{server}/{self.stream_key}", rtmp_server=server, stream_key=self.stream_key,
+            srt_url=f"srt://{public_host}:{self.srt_port}?mode=caller&passphrase={self.stream_key}&pbkeylen=16",
+        ).to_json()
+
+    def request_keyframe(self) -> None:
+        """No-op: an RTMP/SRT encoder cannot be asked for a keyframe."""
+
+    async def start(self) -> None:
+        assert not self._started, f"VenueIngest({self.forum_id}) started twice"
+        self._started = True
+        try:
+            for leg in self.legs.values():
+                await leg.video.start()
+                await leg.audio.start()
+            await self.gate.start()
+            for leg in self.legs.values():
+                await leg.supervisor.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self._watchdog = asyncio.create_task(self._watch(), name=f"venue-{self.forum_id}-watchdog")
+        logger.info("VenueIngest(%s) waiting: RTMP 127.0.0.1:%d, SRT 127.0.0.1:%d",
+                    self.forum_id, self.rtmp_port, self.srt_port)
+
+    def _forward(self, leg: _Leg, kind: str, packet: RtpPacket) -> None:
+        if self._stopped:
+            return
+        if not leg.live:
+            leg.live = True
+            logger.info("VenueIngest(%s) %s publisher live", self.forum_id, leg.protocol)
+        if self._active is None:
+            self._active = leg
+            self._set_state(SourceState.LIVE)
+        if self._active is not leg:
+            return  # the other protocol has the floor
+        self.sinks[kind].push(self.continuity[kind].rewrite(packet))
+
+    def _leg_down(self, leg: _Leg) -> None:
+        leg.live = False
+        if self._active is leg:
+            others = [other for other in self.legs.values() if other.live]
+            self._active = others[0] if others else None
+            if self._active is None and not self._stopped:
+                self._set_state(SourceState.LOST)
+
+    async def _watch(self) -> None:
+        """A publisher that stays connected but sends nothing is lost too."""
+        while not self._stopped:
+            await asyncio.sleep(self.media_timeout / 4)  # a periodic check: nothing to await
+            now = time.monotonic()
+            for leg in self.legs.values():
+                if leg.live and now - leg.last_arrival > self.media_timeout:
+                    logger.warning("VenueIngest(%s) %s sent nothing for %.1fs", self.forum_id, leg.protocol,
+                                   now - leg.last_arrival)
+                    self._leg_down(leg)
+
+    async def stop(self) -> None:
+        """Stop listening, stop ffmpeg, close the ports. Idempotent;
+        concurrent callers await one future."""
+        if self._stop_future is None:
+            self._stop_future = asyncio.get_running_loop().create_future()
+            try:
+                self._stopped = True
+                if self._watchdog is not None:
+                    self._watchdog.cancel()
+                await self.gate.stop()
+                await asyncio.gather(*(leg.supervisor.stop() for leg in self.legs.values()))
+                for leg in self.legs.values():
+                    await leg.video.stop()
+                    await leg.audio.stop()
+                self._active = None
+                self._set_state(SourceState.ENDED)
+            finally:
+                self._stop_future.set_result(None)
+        else:
+            await asyncio.shield(self._stop_future)
+
+    def processes(self) -> list[FfmpegProcess]:
+        """The ffmpeg children running now (for status pages and tests)."""
+        current = [leg.supervisor.current for leg in self.legs.values()]
+        return [process for process in current if process is not None and process.pid is not None]

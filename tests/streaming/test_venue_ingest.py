@@ -1,0 +1,175 @@
+"""VenueIngest: a real ffmpeg publishes RTMP and SRT on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import ffmpeg
+import pytest
+from aiortc.rtp import RtpPacket
+
+from rooms.errors import RoomError
+from rooms.models import SourceState
+from streaming.ffmpeg_process import FfmpegProcess
+from streaming.rtmp_gate import RtmpCommandReader, _amf0_values
+from streaming.rtp_udp_ingest import OPUS_PAYLOAD_TYPE, h264_nal_types
+from streaming.venue_ingest import VenueIngest
+from tests.processes import free_port
+
+pytestmark = pytest.mark.timeout(90)
+KEY = "forum7-Key_0123456789"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.packets: list[RtpPacket] = []
+        self.keyframe = asyncio.Event()
+
+    def push(self, packet: RtpPacket) -> None:
+        self.packets.append(packet)
+        if 7 in h264_nal_types(packet.payload):
+            self.keyframe.set()
+
+
+class Venue:
+    def __init__(self) -> None:
+        self.video, self.audio = Sink(), Sink()
+        self.states: list[SourceState] = []
+        self.changed = asyncio.Event()
+        self.ingest = VenueIngest(
+            "forum7", free_port(), free_port(socket.SOCK_DGRAM), KEY, self.video, self.audio,
+            on_state=self.on_state,
+        )
+
+    def on_state(self, state: SourceState) -> None:
+        self.states.append(state)
+        self.changed.set()
+
+    async def reach(self, state: SourceState, timeout: float = 20) -> None:
+        async def wait() -> None:
+            while self.ingest.state != state.value:
+                self.changed.clear()
+                await self.changed.wait()
+        await asyncio.wait_for(wait(), timeout)
+
+
+@pytest.fixture
+async def venue() -> Venue:
+    venue = Venue()
+    await venue.ingest.start()
+    yield venue
+    pids = [p.pid for p in venue.ingest.processes()]
+    await venue.ingest.stop()
+    assert venue.ingest.state == "ended"
+    for pid in pids:  # every ffmpeg child reaped
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def publisher(url: str, container: str) -> FfmpegProcess:
+    """A venue encoder: H.264 baseline 2 s GOP + AAC, in real time."""
+    video = ffmpeg.input("testsrc=s=320x240:r=15", f="lavfi", re=None)
+    audio = ffmpeg.input("sine=r=44100", f="lavfi", re=None)
+    args = ffmpeg.output(
+        video, audio, url, t=60, vcodec="libx264", preset="ultrafast", pix_fmt="yuv420p",
+        g=30, bf=0, acodec="aac", f=container, **{"profile:v": "baseline"},
+    ).get_args()
+    return FfmpegProcess(args, name=f"publisher-{container}", loglevel="error")
+
+
+async def test_rtmp_publish_reconnect_and_state_changes(venue: Venue) -> None:
+    urls = venue.ingest.urls("127.0.0.1")
+    assert urls["rtmp_url"] == f"rtmp://127.0.0.1:{venue.ingest.rtmp_port}/live/{KEY}"
+    assert urls["srt_url"].startswith(f"srt://127.0.0.1:{venue.ingest.srt_port}?") and KEY in urls["srt_url"]
+
+    first = publisher(urls["rtmp_url"], "flv")
+    await first.start()
+    await venue.reach(SourceState.LIVE)
+    await asyncio.wait_for(venue.video.keyframe.wait(), 10)
+    assert venue.ingest.protocol == "rtmp"
+    await first.stop(grace=2.0)  # the encoder goes away
+    await venue.reach(SourceState.LOST)
+    count = len(venue.video.packets)
+
+    venue.video.keyframe.clear()
+    second = publisher(urls["rtmp_url"], "flv")
+    await second.start()
+    try:
+        await venue.reach(SourceState.LIVE)
+        await asyncio.wait_for(venue.video.keyframe.wait(), 10)
+    finally:
+        await second.stop(grace=2.0)
+    assert venue.states[:3] == [SourceState.LIVE, SourceState.LOST, SourceState.LIVE]
+    assert len(venue.video.packets) > count and len(venue.audio.packets) > 20
+
+    # one continuous stream for viewers, across the reconnect
+    video = venue.video.packets
+    assert len({p.ssrc for p in video}) == 1
+    assert all((b.sequence_number - a.sequence_number) & 0xFFFF == 1 for a, b in zip(video, video[1:]))
+    # the copied H.264 carries SPS/PPS before each IDR (FLV keeps them only in its header)
+    types = [t for p in video[count:] for t in h264_nal_types(p.payload)]
+    assert types.index(7) < types.index(5) and 8 in types
+    assert {p.payload_type for p in venue.audio.packets} == {OPUS_PAYLOAD_TYPE}
+    assert venue.ingest.gate.accepted == 2 and venue.ingest.gate.refused == 0
+
+
+async def test_wrong_rtmp_key_is_refused_then_the_right_one_plays(venue: Venue) -> None:
+    port = venue.ingest.rtmp_port
+    intruder = publisher(f"rtmp://127.0.0.1:{port}/live/not-the-key-123", "flv")
+    await intruder.start()
+    code = await asyncio.wait_for(intruder.wait(), 20)
+    assert code != 0  # the intruder was disconnected
+    assert venue.ingest.gate.refused == 1 and venue.ingest.gate.accepted == 0
+    assert venue.video.packets == [] and venue.ingest.state == "connecting"
+
+    good = publisher(venue.ingest.urls("127.0.0.1")["rtmp_url"], "flv")
+    await good.start()
+    try:
+        await venue.reach(SourceState.LIVE)
+    finally:
+        await good.stop(grace=2.0)
+    assert venue.states[0] == SourceState.LIVE
+
+
+async def test_srt_with_the_passphrase_plays_a_wrong_one_is_refused(venue: Venue) -> None:
+    port = venue.ingest.srt_port
+    intruder = publisher(f"srt://127.0.0.1:{port}?passphrase=wrong-passphrase&pbkeylen=16", "mpegts")
+    await intruder.start()
+    assert await asyncio.wait_for(intruder.wait(), 20) != 0
+    assert any("passphrase" in line.lower() or "reject" in line.lower() for line in intruder.stderr_tail)
+    assert venue.video.packets == [] and venue.ingest.state == "connecting"
+
+    good = publisher(venue.ingest.urls("127.0.0.1")["srt_url"], "mpegts")
+    await good.start()
+    try:
+        await venue.reach(SourceState.LIVE)
+        await asyncio.wait_for(venue.video.keyframe.wait(), 10)
+        assert venue.ingest.protocol == "srt"
+    finally:
+        await good.stop(grace=2.0)
+    await venue.reach(SourceState.LOST)
+    assert len(venue.audio.packets) > 10
+
+
+def test_stream_keys_must_make_a_passphrase() -> None:
+    with pytest.raises(RoomError) as refused:
+        VenueIngest("f", 1, 2, "short", Sink(), Sink())
+    assert refused.value.code == "invalid"
+
+
+def test_command_reader_finds_the_stream_name_across_chunks() -> None:
+    def amf_string(text: str) -> bytes:
+        return b"\x02" + len(text).to_bytes(2, "big") + text.encode()
+
+    body = amf_string("publish") + b"\x00" + (5.0).hex().encode()[:0] + bytes(8) + b"\x05" + amf_string("k" * 200) + amf_string("live")
+    # one message over two 128-byte chunks on chunk stream 8: fmt 0 then fmt 3
+    header = bytes([0x08]) + (0).to_bytes(3, "big") + len(body).to_bytes(3, "big") + bytes([20]) + (1).to_bytes(4, "little")
+    stream = bytes([3]) + bytes(1536) + bytes(1536) + header + body[:128] + bytes([0xC8]) + body[128:]
+    reader = RtmpCommandReader()
+    found = []
+    for i in range(0, len(stream), 100):  # arriving in pieces
+        found += reader.feed(stream[i:i + 100])
+    assert found == [("publish", [0.0, None, "k" * 200, "live"])]
+    assert _amf0_values(b"\x03\x00\x03app" + amf_string("live") + b"\x00\x00\x09") == [{"app": "live"}]
