@@ -5,8 +5,8 @@ MediaSource (kind LIVE) in the rooms before its media starts; the media
 plane's state changes (connecting -> live -> lost/ended) are written back
 to the rooms, so /api and every client see them.
 
-Until the per-forum switcher lands, the program follows the most recent
-live source: when a source goes live it is put on air (MediaPlane.set_program
+Until the per-forum switcher is wired (app[BRIDGE_FOLLOWS_PROGRAM] =
+False then), the program follows the most recent live source: when a source goes live it is put on air (MediaPlane.set_program
 and RoomService.set_program_system, so what viewers receive and what the
 rooms say agree); when the source on air ends, the previous live source
 takes over, or the slate when none is left.
@@ -76,8 +76,9 @@ class _LocalSource:
 class MediaBridge:
     """One per node. Owns the record of which sources this node publishes."""
 
-    def __init__(self, media: Any, rooms: "RoomService", node_id: str) -> None:
+    def __init__(self, media: Any, rooms: "RoomService", node_id: str, follow_program: bool = True) -> None:
         self._media = media
+        self._follow_program = follow_program
         self._rooms = rooms
         self._node_id = node_id
         self._sources: dict[str, _LocalSource] = {}
@@ -222,8 +223,8 @@ class MediaBridge:
             await self._put_on_air(forum_id, order[-1] if order else None)
 
     async def _put_on_air(self, forum_id: str, source_id: str | None) -> None:
-        if self._on_air.get(forum_id) == source_id:
-            return
+        if not self._follow_program or self._on_air.get(forum_id) == source_id:
+            return  # a switcher owns the program
         self._on_air[forum_id] = source_id
         try:
             self._media.set_program(forum_id, source_id)
@@ -235,6 +236,8 @@ class MediaBridge:
 
 
 BRIDGE = web.AppKey("media_bridge", MediaBridge)
+# set False where a program switcher is wired: then the bridge only reports states
+BRIDGE_FOLLOWS_PROGRAM = web.AppKey("media_bridge_follows_program", bool)
 
 
 async def _bridge_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -244,7 +247,8 @@ async def _bridge_ctx(app: web.Application) -> AsyncIterator[None]:
         logger.warning("no media plane configured: publishing and watching are unavailable")
         yield
         return
-    bridge = MediaBridge(media, app[ROOMS], app[SETTINGS].node_id)
+    bridge = MediaBridge(media, app[ROOMS], app[SETTINGS].node_id,
+                         follow_program=app.get(BRIDGE_FOLLOWS_PROGRAM, True))
     await bridge.start()
     app[BRIDGE] = bridge
     try:

@@ -26,13 +26,15 @@ const FRIENDLY = {
   timeout: "The server did not answer in time. The page will retry.",
 };
 
+// For these the friendly text says it all; for the others the server's message adds the specifics.
+const SELF_EXPLANATORY = new Set(["token_missing", "token_invalid", "token_expired", "full", "unavailable", "timeout"]);
+
 export function describe(error) {
   if (!error) return "Something went wrong.";
   const friendly = FRIENDLY[error.code];
-  if (friendly && error.message && !friendly.includes(error.message)) {
-    return `${friendly} (${error.message})`;
-  }
-  return friendly || error.message || String(error);
+  if (friendly && (SELF_EXPLANATORY.has(error.code) || !error.message)) return friendly;
+  if (friendly) return `${friendly} (${error.message})`;
+  return error.message || String(error);
 }
 
 export class ServerError extends Error {

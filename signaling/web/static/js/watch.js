@@ -30,6 +30,7 @@ function fail(error) {
   showMessage(ui.message, "bad", describe(error));
   ui.placeholder.textContent = "The stream cannot be shown.";
   ui.placeholder.hidden = false;
+  ui.unmute.hidden = true;
 }
 
 function showProgram(program) {
@@ -134,7 +135,7 @@ function main() {
   ui.unmute.addEventListener("click", () => {
     ui.video.muted = !ui.video.muted;
     ui.video.play().catch(() => {});
-    ui.unmute.textContent = ui.video.muted ? "🔊 Turn sound on" : "🔇 Mute";
+    ui.unmute.textContent = ui.video.muted ? "Turn sound on" : "Mute";
   });
   ui.video.addEventListener("playing", () => { ui.placeholder.hidden = true; });
   const socket = connect(token);
