@@ -97,7 +97,8 @@ def probe(path: Path) -> ProbeResult:
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, ValueError) as error:
-        raise RoomError("unsupported_media_type", f"not a media file ffmpeg can read ({error})") from None
+        reason = getattr(error, "strerror", None) or type(error).__name__  # not the server's path
+        raise RoomError("unsupported_media_type", f"not a media file ffmpeg can read ({reason})") from None
     with container:
         video = container.streams.video[0] if container.streams.video else None
         audio = container.streams.audio[0] if container.streams.audio else None

@@ -25,6 +25,10 @@ from typing import Protocol
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket, is_rtcp
 
+from rooms.models import SourceKind
+from streaming.media_config import MediaConfig
+from streaming.rtp_source import RtpSource, SourceFeed
+
 logger = logging.getLogger(__name__)
 
 # The payload types forumcast uses for its own RTP (ffmpeg's rtp muxer is
@@ -94,6 +98,28 @@ class PacketSink(Protocol):
     """Where received or generated RTP goes (the media plane's RtpSource)."""
 
     def push(self, packet: RtpPacket) -> None: ...
+
+
+def new_source_feed(
+    source_id: str,
+    kind: SourceKind,
+    *,
+    audio: bool = True,
+    config: MediaConfig | None = None,
+    keyframe_requester: Callable[[], None] | None = None,
+) -> SourceFeed:
+    """A SourceFeed whose RtpSources carry what forumcast's own producers
+    send (H.264 packetization-mode=1 and Opus 48000/2): hand `feed.video`
+    and `feed.audio` to a VenueIngest, FilePlayout or Slate as its sinks,
+    then MediaPlane.add_feed(forum_id, feed)."""
+    config = config or MediaConfig()
+    options = {"history_packets": config.history_packets,
+               "keyframe_request_interval": config.keyframe_request_interval}
+    video_source = RtpSource("video", h264_codec(), name=f"{source_id}-video", **options)
+    audio_source = RtpSource("audio", opus_codec(), name=f"{source_id}-audio", **options) if audio else None
+    if keyframe_requester is not None:
+        video_source.set_keyframe_requester(keyframe_requester)
+    return SourceFeed(source_id, video_source, audio_source, kind)
 
 
 class RtpContinuity:

@@ -11,7 +11,8 @@ from aiortc.rtp import RtpPacket
 
 from streaming.media_library import MediaLibrary
 from streaming.playout import FilePlayout, demux_units
-from streaming.rtp_udp_ingest import h264_nal_types
+from rooms.models import SourceKind
+from streaming.rtp_udp_ingest import h264_nal_types, new_source_feed
 from tests.streaming.test_media_library import make_video
 
 pytestmark = pytest.mark.timeout(90)
@@ -109,3 +110,17 @@ def test_units_are_annexb_frames_cut_for_rtp(files: dict[str, Path]) -> None:
     assert len(video) == 30 and video[0].keyframe and video[0].time == pytest.approx(0, abs=0.01)
     assert h264_nal_types(video[0].payloads[0])[:2] == [7, 8]  # STAP-A: SPS, PPS first
     assert all(len(p) <= 1300 for u in units for p in u.payloads)
+
+
+async def test_feeds_the_media_planes_rtp_source(files: dict[str, Path]) -> None:
+    requests: list[bool] = []
+    feed = new_source_feed("recorded-3", SourceKind.RECORDED, keyframe_requester=lambda: requests.append(True))
+    assert feed.video is not None and feed.audio is not None
+    assert feed.video.codec.parameters["packetization-mode"] == "1" and feed.audio.codec.clockRate == 48000
+    playout = FilePlayout(files["short"], feed.source_id, feed.video, feed.audio)
+    await playout.start()
+    await asyncio.wait_for(playout.ended.wait(), 10)
+    await playout.stop()
+    assert feed.video.keyframes_seen == 1  # a 2 s file: one IDR, found by the media plane's own detector
+    assert feed.video.packets_received == playout.tracks["video"].packets
+    assert feed.audio.packets_received == playout.tracks["audio"].packets >= 99
