@@ -27,6 +27,10 @@ from rooms.store import Store
 from rooms.tokens import TokenService
 from signaling.app_keys import AGENDA, EVENT, ROOMS, SETTINGS, STORE, TOKENS
 from signaling.http_api import setup_http_api
+from signaling.media_bridge import setup_media_plane
+from signaling.pages import setup_pages
+from signaling.sio_server import setup_socketio
+from signaling.whip import setup_whip_whep
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,10 @@ def build_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_rooms_ctx)
     # Integrators: add, in this order, each registering its own cleanup_ctx:
     #   setup_socketio(app), the media plane; then setup_whip_whep(app), setup_pages(app).
+    setup_socketio(app)  # socket.io sessions; they end in on_shutdown, before the media plane
+    setup_media_plane(app)  # app[MEDIA]: the node's MediaPlane (MediaConfig from Settings)
+    setup_whip_whep(app)  # WHIP/WHEP and the media bridge (publishers -> rooms, program follows)
+    setup_pages(app)  # /lobby, /speak, /watch, /static
     return app
 
 
