@@ -277,6 +277,7 @@ class SendPath:
     protect: Callable[[Any, Any, Any], int]
     protect_rtcp: Callable[[Any, Any, Any], int]
     transport: Any  # asyncio.DatagramTransport
+    sock_sendto: Callable[[Any, tuple[str, int]], int]  # the socket's own sendto
     remote_addr: tuple[str, int]
     relayed: bool
     session: pylibsrtp.Session  # keeps cdata/srtp alive
@@ -304,10 +305,22 @@ def send_path(dtls: RTCDtlsTransport) -> SendPath | None:
         protect=_srtp_lib.srtp_protect,
         protect_rtcp=_srtp_lib.srtp_protect_rtcp,
         transport=transport,
+        sock_sendto=raw_sendto(transport),
         remote_addr=pair.remote_addr,
         relayed=relayed,
         session=session,
     )
+
+
+def raw_sendto(transport: Any) -> Callable[[Any, tuple[str, int]], int]:
+    """The datagram transport's socket.sendto. Writing to the socket
+    directly skips asyncio's per-call checks; callers go through
+    transport.sendto whenever its buffer is not empty or the socket would
+    block, so ordering and buffering stay asyncio's."""
+    sock = getattr(transport, "_sock", None)
+    if sock is None or not hasattr(sock, "sendto"):
+        raise RuntimeError(f"{type(transport).__name__} has no _sock.sendto")
+    return sock.sendto  # type: ignore[no-any-return]
 
 
 def nominated_pair_key(dtls: RTCDtlsTransport) -> object | None:

@@ -22,7 +22,7 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from streaming.aiortc_internals import SendPath
-from streaming.rtp_source import ForwardPacket
+from streaming.rtp_source import MAX_PACKET_SIZE, ForwardPacket
 
 if TYPE_CHECKING:
     from streaming.program_bus import Lane
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _pack_header = struct.Struct("!BBHII").pack_into
-_MAX_PACKET = 1500 - 148  # pylibsrtp's buffer minus the largest SRTP trailer
+_MAX_PACKET = MAX_PACKET_SIZE  # RtpSource drops larger ones; re-checked off the fast path
 
 
 class DowntrackState(enum.IntEnum):
@@ -49,7 +49,7 @@ class Downtrack:
         "start_lane_seq", "lane", "write_limit", "packets", "octets",
         "skipped", "dropped_frames", "retransmitted", "send_errors",
         "_buf", "_length", "_protect", "_srtp", "_cdata", "_sendto",
-        "_addr", "_buffer_size", "path",
+        "_addr", "_buffer_size", "_sock_sendto", "path",
     )
 
     def __init__(self, kind: str, ssrc: int, pt_by_codec: dict[str, int], write_limit: int) -> None:
@@ -80,6 +80,7 @@ class Downtrack:
         self._sendto: Any = None
         self._addr: tuple[str, int] | None = None
         self._buffer_size: Any = None
+        self._sock_sendto: Any = None
 
     # --- wiring ------------------------------------------------------------
 
@@ -94,6 +95,7 @@ class Downtrack:
         self._sendto = path.transport.sendto
         self._addr = path.remote_addr
         self._buffer_size = path.transport.get_write_buffer_size
+        self._sock_sendto = path.sock_sendto
 
     def set_codec(self, key: str | None) -> None:
         """The lane now carries codec `key` (None: nothing). A viewer that
@@ -117,23 +119,50 @@ class Downtrack:
         pt = self.pt
         if pt is None:
             return
-        n = fp.size
-        if self.kind == "video" and self._buffer_size() > self.write_limit:
-            self._start_dropping(seq)
+        if self._buffer_size():
+            self._forward_queued(fp, seq, ts, pt)
             return
         buf = self._buf
-        if buf is None or n > _MAX_PACKET:
+        n = fp.size
+        try:
+            buf[12:n] = fp.payload
+        except TypeError:  # not connected (no buffer yet)
             self.skipped += 1
             return
-        buf[12:n] = fp.payload
-        out = (seq + self.seq_off) & 0xFFFF
-        _pack_header(buf, 0, 0x80, fp.marker | pt, out, ts, self.ssrc)
+        _pack_header(buf, 0, 0x80, fp.marker | pt, (seq + self.seq_off) & 0xFFFF, ts, self.ssrc)
         length = self._length
         length[0] = n
         if self._protect(self._srtp, self._cdata, length):
             self.send_errors += 1
             return
-        self._sendto(buf[: length[0]], self._addr)
+        try:
+            self._sock_sendto(buf[: length[0]], self._addr)
+        except (BlockingIOError, InterruptedError):
+            self._sendto(buf[: length[0]], self._addr)  # asyncio buffers a copy
+        except OSError:
+            self.send_errors += 1
+            return
+        self.packets += 1
+        self.octets += n - 12
+
+    def _forward_queued(self, fp: ForwardPacket, seq: int, ts: int, pt: int) -> None:
+        """The socket has a backlog: video drops to the next keyframe once
+        it exceeds the limit; otherwise queue behind it, in order."""
+        if self.kind == "video" and self._buffer_size() > self.write_limit:
+            self._start_dropping(seq)
+            return
+        buf = self._buf
+        n = fp.size
+        if buf is None or n > _MAX_PACKET:
+            self.skipped += 1
+            return
+        buf[12:n] = fp.payload
+        _pack_header(buf, 0, 0x80, fp.marker | pt, (seq + self.seq_off) & 0xFFFF, ts, self.ssrc)
+        self._length[0] = n
+        if self._protect(self._srtp, self._cdata, self._length):
+            self.send_errors += 1
+            return
+        self._sendto(buf[: self._length[0]], self._addr)
         self.packets += 1
         self.octets += n - 12
 

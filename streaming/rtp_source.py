@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 Sink = Callable[["ForwardPacket"], None]
 
+# Largest RTP packet (header + payload) the fan-out can protect: pylibsrtp's
+# 1500-byte buffer less the 16-byte SRTP trailer. Larger ones are dropped here.
+MAX_PACKET_SIZE = 1500 - 16
+
 
 class ForwardPacket:
     """A received packet as the fan-out needs it: header fields, the
@@ -78,6 +82,7 @@ class RtpSource:
         # counters and liveness
         self.packets_received = 0
         self.keyframes_seen = 0
+        self.oversize = 0  # packets too large to forward
         self.last_arrival = 0.0  # time.monotonic() of the newest packet
         self.last_packet: ForwardPacket | None = None
         self.ssrc: int | None = None  # upstream SSRC (for PLIs)
@@ -101,6 +106,9 @@ class RtpSource:
         fp = ForwardPacket(
             seq, packet.timestamp, 0x80 if packet.marker else 0, packet.payload, time.time()
         )
+        if fp.size > MAX_PACKET_SIZE:
+            self.oversize += 1
+            return
         history = self._history
         slot = seq % self._history_size
         if self._max_seq < 0 or ((seq - self._max_seq) & 0xFFFF) < 0x8000:
