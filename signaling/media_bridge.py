@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 SYSTEM = "system"  # `by` for program changes the bridge makes
 _QUEUE_LIMIT = 4096  # state changes are rare; a full queue means the applier is stuck
+LOST_TIMEOUT_S = 30.0  # a source lost this long is gone (encoders re-POST, pages re-publish)
 
 
 # media-plane error code -> room error code, so every edge answers alike
@@ -66,6 +67,14 @@ class Published:
     answer_sdp: str
 
 
+@dataclass(frozen=True)
+class _Expire:
+    """Applier message: end `source_id` if it is still lost."""
+
+    forum_id: str
+    source_id: str
+
+
 @dataclass
 class _LocalSource:
     forum_id: str
@@ -76,9 +85,12 @@ class _LocalSource:
 class MediaBridge:
     """One per node. Owns the record of which sources this node publishes."""
 
-    def __init__(self, media: Any, rooms: "RoomService", node_id: str, follow_program: bool = True) -> None:
+    def __init__(self, media: Any, rooms: "RoomService", node_id: str, follow_program: bool = True,
+                 lost_timeout: float = LOST_TIMEOUT_S) -> None:
         self._media = media
         self._follow_program = follow_program
+        self._lost_timeout = lost_timeout
+        self._lost_timers: dict[str, asyncio.TimerHandle] = {}
         self._rooms = rooms
         self._node_id = node_id
         self._sources: dict[str, _LocalSource] = {}
@@ -102,6 +114,9 @@ class MediaBridge:
 
     async def stop(self) -> None:
         """Unpublish what this node still holds, then stop the applier."""
+        for timer in self._lost_timers.values():
+            timer.cancel()
+        self._lost_timers.clear()
         for source_id in list(self._sources):
             with contextlib.suppress(Exception):
                 await self.unpublish(source_id)
@@ -146,6 +161,9 @@ class MediaBridge:
         local = self._sources.pop(source_id, None)
         if local is None:
             return
+        timer = self._lost_timers.pop(source_id, None)
+        if timer is not None:
+            timer.cancel()
         try:
             await self._media.unpublish(source_id)
         except Exception as exc:
@@ -184,7 +202,10 @@ class MediaBridge:
         while True:
             change = await self._changes.get()
             try:
-                await self._apply(change.forum_id, change.source_id, SourceState(change.state))
+                if isinstance(change, _Expire):
+                    await self._expire(change.source_id)
+                else:
+                    await self._apply(change.forum_id, change.source_id, SourceState(change.state))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -195,6 +216,7 @@ class MediaBridge:
         if local is None:
             return  # not a publisher of ours (a venue feed, or already unpublished)
         local.state = state
+        self._watch_lost(forum_id, source_id, state)
         with contextlib.suppress(RoomError):
             await self._rooms.update_source_state(forum_id, source_id, state)
         if state is SourceState.LIVE:
@@ -208,12 +230,33 @@ class MediaBridge:
             with contextlib.suppress(RoomError):
                 await self._rooms.unregister_source(forum_id, source_id)
             await self._source_gone(forum_id, source_id)
-            for listener in list(self._ended_listeners):
-                try:
-                    await listener(source_id)
-                except Exception:
-                    logger.exception("MediaBridge: an ended-listener failed for %s", source_id)
+            await self._tell_ended(source_id)
         # LOST: keep it on air; the media plane shows the slate during the grace
+
+    def _watch_lost(self, forum_id: str, source_id: str, state: SourceState) -> None:
+        timer = self._lost_timers.pop(source_id, None)
+        if timer is not None:
+            timer.cancel()
+        if state is SourceState.LOST:
+            # through the queue, so the expiry is applied in order with the changes
+            self._lost_timers[source_id] = asyncio.get_running_loop().call_later(
+                self._lost_timeout, self._on_source_change, _Expire(forum_id, source_id))
+
+    async def _expire(self, source_id: str) -> None:
+        self._lost_timers.pop(source_id, None)
+        local = self._sources.get(source_id)
+        if local is None or local.state is not SourceState.LOST:
+            return  # it came back, or was unpublished meanwhile
+        logger.info("MediaBridge: %s lost for %.0f s: ending it", source_id, self._lost_timeout)
+        await self.unpublish(source_id)
+        await self._tell_ended(source_id)
+
+    async def _tell_ended(self, source_id: str) -> None:
+        for listener in list(self._ended_listeners):
+            try:
+                await listener(source_id)
+            except Exception:
+                logger.exception("MediaBridge: an ended-listener failed for %s", source_id)
 
     async def _source_gone(self, forum_id: str, source_id: str) -> None:
         order = self._live_order.get(forum_id, [])

@@ -359,6 +359,17 @@ class SocketServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
 
+    def grant_of(self, sid: str) -> Grant | None:
+        """The grant of a connected socket (for handlers registered elsewhere)."""
+        session = self._sessions.get(sid)
+        return session.grant if session is not None else None
+
+    def grant_of(self, sid: str) -> Grant | None:
+        """The grant a live connection's token carries (for other event
+        handlers on this server, e.g. the operators')."""
+        session = self._sessions.get(sid)
+        return session.grant if session is not None else None
+
     # --- connection -----------------------------------------------------------
 
     async def _on_connect(self, sid: str, environ: Any, auth: Any = None) -> None:
@@ -405,8 +416,8 @@ class SocketServer:
         return handle
 
     async def _on_unknown(self, event: str, sid: str, *args: Any) -> Ack:
-        known = ", ".join(CLIENT_EVENTS)
-        return RoomError("unknown_event", f"unknown event {event[:64]!r}; the events are: {known}").to_json()
+        return RoomError("unknown_event", f"unknown event {event[:64]!r}: the events are listed in "
+                         "docs/protocol.md").to_json()
 
     # --- room events -> socket.io rooms ----------------------------------------
 
