@@ -128,9 +128,14 @@ async def test_wrong_rtmp_key_is_refused_then_the_right_one_plays(venue: Venue) 
     await good.start()
     try:
         await venue.reach(SourceState.LIVE)
+        # a second encoder with the right key cannot take over a live feed
+        second = publisher(venue.ingest.urls("127.0.0.1")["rtmp_url"], "flv")
+        await second.start()
+        assert await asyncio.wait_for(second.wait(), 20) != 0
+        assert venue.ingest.gate.refused == 2 and venue.ingest.state == "live"
     finally:
         await good.stop(grace=2.0)
-    assert venue.states[0] == SourceState.LIVE
+    assert venue.states[0] == SourceState.LIVE and venue.ingest.gate.accepted == 1
 
 
 async def test_srt_with_the_passphrase_plays_a_wrong_one_is_refused(venue: Venue) -> None:
