@@ -353,15 +353,15 @@ class Supervisor:
         delay = 0.0
         try:
             while not self._stopping.is_set():
-                process = FfmpegProcess(
-                    self._make_args(), name=self.name, ffmpeg=self._ffmpeg,
-                    loglevel=self._loglevel, on_line=self._on_line,
-                )
-                self.current = process
-                self._set_state(_SupervisorState.RUNNING)
                 try:
+                    process = FfmpegProcess(
+                        self._make_args(), name=self.name, ffmpeg=self._ffmpeg,
+                        loglevel=self._loglevel, on_line=self._on_line,
+                    )
+                    self.current = process
+                    self._set_state(_SupervisorState.RUNNING)
                     await process.start()
-                except OSError as error:
+                except Exception as error:  # no binary, no port: back off like a crash
                     logger.error("Supervisor(%s) cannot run ffmpeg: %s", self.name, error)
                     result = FfmpegExit(self.name, -1, 0.0, (str(error),), False)
                 else:

@@ -142,3 +142,21 @@ async def test_stop_kills_a_running_child_and_leftovers_are_reaped(tmp_path: Pat
     _reap_leftovers()
     await asyncio.wait_for(orphan.exited.wait(), 5)
     assert _gone(orphan.pid)
+
+
+async def test_a_missing_binary_is_reported_and_backed_off() -> None:
+    exits: list[FfmpegExit] = []
+    two = asyncio.Event()
+
+    def on_exit(result: FfmpegExit) -> None:
+        exits.append(result)
+        if len(exits) == 2:
+            two.set()
+
+    supervisor = Supervisor(_failing_args, name="no-binary", ffmpeg="/nonexistent/ffmpeg",
+                            policy=RestartPolicy(initial=0.05), on_exit=on_exit)
+    await supervisor.start()
+    await asyncio.wait_for(two.wait(), 5)
+    await supervisor.stop()
+    assert supervisor.starts == 0 and exits[0].returncode == -1
+    assert "nonexistent" in exits[0].describe() and supervisor.delays[:2] == [0.05, 0.1]
