@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
 import time
@@ -58,9 +57,9 @@ class Run:
     def pps(self) -> float:
         return float(self.report.get("pps_median", 0.0))
 
-    @property
-    def viewers_per_core(self) -> float:
-        cost = self.us_per_packet * self.pps
+    def viewers_per_core(self, stream_pps: float) -> float:
+        """At the stream's full packet rate: a starved server must not look cheaper per viewer."""
+        cost = self.us_per_packet * stream_pps
         return 1e6 / cost if cost > 0 else float("nan")
 
     @property
@@ -147,8 +146,9 @@ async def run_one(kind: str, viewers: int, args: argparse.Namespace, media: Path
         window = await viewer.next_json(budget)
         if window.get("event") == "window" and profile_out is not None:
             children.append(await start_exec(f"{tag}-py-spy", [
+                # --native: time inside libsrtp and the kernel's sendto shows under its C frames
                 "py-spy", "record", "--pid", str(server.pid), "--duration", str(int(args.seconds)),
-                "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(profile_out),
+                "--rate", "200", "--native", "--format", "raw", "--output", str(profile_out),
             ], logdir))
         run.report = window if window.get("event") != "window" else await viewer.next_json(budget)
         if profile_out is not None:
@@ -165,7 +165,7 @@ def fmt(value: float, digits: int = 1) -> str:
     return "-" if value != value else f"{value:.{digits}f}"  # NaN -> '-'
 
 
-def table(runs: dict[tuple[str, int], Run], counts: list[int]) -> str:
+def table(runs: dict[tuple[str, int], Run], counts: list[int], stream_pps: dict[str, float]) -> str:
     head = ("viewers | forumcast us/pkt/viewer | viewers/core | baseline us/pkt/viewer | viewers/core "
             "| ratio | rx pkt/s/viewer (fc / bl) | auth failures (fc / bl)")
     lines = [head, "-" * len(head)]
@@ -174,8 +174,8 @@ def table(runs: dict[tuple[str, int], Run], counts: list[int]) -> str:
         ratio = bl.us_per_packet / fc.us_per_packet if fc and bl and fc.packets and bl.packets else float("nan")
         lines.append(" | ".join([
             f"{n:7d}",
-            fmt(fc.us_per_packet, 2) if fc else "-", fmt(fc.viewers_per_core, 0) if fc else "-",
-            fmt(bl.us_per_packet, 2) if bl else "-", fmt(bl.viewers_per_core, 0) if bl else "-",
+            fmt(fc.us_per_packet, 2) if fc else "-", fmt(fc.viewers_per_core(stream_pps["forumcast"]), 0) if fc else "-",
+            fmt(bl.us_per_packet, 2) if bl else "-", fmt(bl.viewers_per_core(stream_pps["baseline"]), 0) if bl else "-",
             fmt(ratio, 2) + "x",
             f"{fmt(fc.pps) if fc else '-'} / {fmt(bl.pps) if bl else '-'}",
             f"{fc.report.get('auth_failures', '-') if fc else '-'} / {bl.report.get('auth_failures', '-') if bl else '-'}",
@@ -183,49 +183,76 @@ def table(runs: dict[tuple[str, int], Run], counts: list[int]) -> str:
     return "\n".join(lines)
 
 
-def details(runs: dict[tuple[str, int], Run], reference_pps: float) -> str:
-    head = ("server    viewers | server cores | idle cores | client cores | rx pps min/median | "
-            "video+audio pps | SRTP checked | connect s | notes")
+def details(runs: dict[tuple[str, int], Run], stream_pps: dict[str, float]) -> str:
+    head = ("server    viewers | server cores (user+sys) | idle cores | client cores | machine busy | "
+            "rx pps min/median | video+audio pps | source pps | SRTP checked | connect s | notes")
     lines = [head, "-" * len(head)]
     for (kind, n), run in runs.items():
         r = run.report
         notes = run.problems()
         if run.server_cores > 0.9:
             notes.append("server CPU-bound (one core is all a Python event loop gets)")
+        reference_pps = stream_pps.get(kind, 0.0)
         if reference_pps and run.pps < 0.95 * reference_pps:
             notes.append(f"receiving {100 * run.pps / reference_pps:.0f}% of the stream's packets")
+        window = r.get("window_s") or float("nan")
+        source_pps = r.get("server_stats_delta", {}).get("packets_received", float("nan")) / window
         lines.append(" | ".join([
-            f"{kind:9s} {n:7d}", fmt(run.server_cores, 2), fmt(run.idle_cpu, 3), fmt(run.client_cores, 2),
+            f"{kind:9s} {n:7d}",
+            f"{fmt(run.server_cores, 2)} ({fmt(r.get('server_user_s', 0) / window, 2)}+{fmt(r.get('server_sys_s', 0) / window, 2)})",
+            fmt(run.idle_cpu, 3), fmt(run.client_cores, 2),
+            fmt(r.get("machine_busy_cores", float("nan")), 2), 
             f"{fmt(r.get('pps_min', float('nan')))}/{fmt(run.pps)}",
             f"{fmt(r.get('video_pps', float('nan')))}+{fmt(r.get('audio_pps', float('nan')))}",
-            str(r.get("auth_checked", "-")), fmt(r.get("connect_s", float("nan"))),
+            fmt(source_pps), str(r.get("auth_checked", "-")), fmt(r.get("connect_s", float("nan"))),
             "; ".join(notes) or "ok",
         ]))
     return "\n".join(lines)
 
 
-def summarize_profile(raw: Path, top: int = 25) -> str:
-    """py-spy's collapsed stacks -> the functions with the most samples, self and inclusive."""
+# py-spy --native cannot tell a thread waiting in the kernel from one working there:
+# stacks ending in (or passing through) these waits are idle, not cost
+_IDLE_MARKERS = ("epoll_wait", "Condition.wait", "PyThread_acquire_lock_timed", "select.poll")
+
+
+def _frame_name(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    source = where.split(":")[0].rstrip(")").split("/")[-1]
+    return f"{name} ({source})" if not name.startswith("0x") else f"[unresolved] ({source})"
+
+
+def summarize_profile(raw: Path, us_per_packet: float = float("nan"), top: int = 25) -> str:
+    """py-spy's collapsed stacks -> where the busy samples are, self and inclusive,
+    also as microseconds of the run's us/pkt/viewer."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    total = 0
+    busy = idle = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
-        frames = [frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0].split("/")[-1] + ")"
-                  for frame in stack.split(";")]
+        if any(marker in stack for marker in _IDLE_MARKERS):
+            idle += count
+            continue
+        busy += count
+        frames = [_frame_name(frame) for frame in stack.split(";")]
         own[frames[-1]] += count
         for frame in set(frames):
             inclusive[frame] += count
-    if not total:
+    if not busy:
         return f"profile empty: {raw}"
-    out = [f"{total} samples of the server's busy threads (py-spy, 200 Hz)", "", "self time:"]
-    out += [f"  {100 * c / total:5.1f}%  {name}" for name, c in own.most_common(top)]
+
+    def row(name: str, count: int) -> str:
+        share = count / busy
+        return f"  {100 * share:5.1f}%  {fmt(share * us_per_packet, 2):>5s} us  {name}"
+
+    out = [f"{busy} busy samples of forumcast's server (py-spy --native, 200 Hz; {idle} idle-wait samples left out);",
+           f"us = share of the profiled run's {fmt(us_per_packet, 2)} us/pkt/viewer (profiling itself adds some)",
+           "", "self time:"]
+    out += [row(name, c) for name, c in own.most_common(top)]
     out += ["", "inclusive:"]
-    out += [f"  {100 * c / total:5.1f}%  {name}" for name, c in inclusive.most_common(top)]
+    out += [row(name, c) for name, c in inclusive.most_common(top)]
     return "\n".join(out)
 
 
@@ -244,10 +271,13 @@ async def main_async(args: argparse.Namespace) -> int:
                   f"server {fmt(run.server_cores, 2)} cores, client {fmt(run.client_cores, 2)} cores, "
                   f"{fmt(run.pps)} pkt/s/viewer ({time.monotonic() - started:.0f} s) "
                   f"{'; '.join(run.problems())}", flush=True)
-    pps = [run.pps for run in runs.values() if run.viewers == min(counts) and run.pps]
-    reference = statistics.median(pps) if pps else 0.0
-    print()
-    print(table(runs, counts))
+    # each server's full stream rate: what its viewers get when it is not starved (smallest
+    # count); forumcast forwards the publisher's packetization, the baseline packetizes itself
+    reference = {kind: runs[(kind, min(counts))].pps if (kind, min(counts)) in runs else 0.0 for kind in SERVERS}
+    print(f"\nstream (720p30 H.264 ~1.5 Mbps + Opus 20 ms), RTP packets/s per viewer: "
+          f"forumcast {fmt(reference['forumcast'])}, baseline {fmt(reference['baseline'])}; "
+          "viewers/core = 1e6 / (us/pkt/viewer * that rate)")
+    print(table(runs, counts, reference))
     print()
     print(details(runs, reference))
     if args.profile:
@@ -257,7 +287,7 @@ async def main_async(args: argparse.Namespace) -> int:
         if prof.problems():
             print(f"profile run problems: {prof.problems()}")
         if raw.exists():
-            summary = summarize_profile(raw)
+            summary = summarize_profile(raw, prof.us_per_packet)
             (logdir / "forumcast-profile-summary.txt").write_text(summary)
             print(summary)
             print(f"\nraw stacks: {raw}")

@@ -32,7 +32,7 @@ import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket
 
-from bench import procstat
+from bench import machine, procstat
 from bench.aiortc_reach import DatagramHandler, WirePath, wire_path
 from bench.loopback import loopback_configuration, restrict_ice_to_loopback
 from bench.rx_thread import RxThread
@@ -304,6 +304,15 @@ def _rates(window: float, before: list[Counts], after: list[Counts]) -> dict[str
     }
 
 
+async def server_stats(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """The server's own counters (GET /stats), to tell its drops from the network's."""
+    try:
+        async with http.get(f"{url}/stats") as resp:
+            return dict(await resp.json()) if resp.status == 200 else {}
+    except (aiohttp.ClientError, ValueError, asyncio.TimeoutError):
+        return {}
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Connect, wait for media, warm up, then one window of server CPU vs packets."""
     pool = ViewerPool(sample_every=args.sample_every, rr_interval=args.rr_interval,
@@ -318,14 +327,22 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             report["receiving"] = await pool.wait_receiving(args.receive_timeout)
             await asyncio.sleep(args.warmup)
             print(json.dumps({"event": "window", "seconds": args.seconds}), flush=True)  # profilers attach now
-            before, cpu0, own0, t0 = pool.per_viewer(), procstat.tree_cpu_seconds(args.server_pid), \
+            stats0 = await server_stats(http, args.url)
+            machine0 = machine.busy_and_total_ticks()
+            before, cpu0, own0, t0 = pool.per_viewer(), procstat.tree_cpu_split(args.server_pid), \
                 procstat.cpu_seconds(os.getpid()), time.monotonic()
             await asyncio.sleep(args.seconds)
-            after, cpu1, own1, t1 = pool.per_viewer(), procstat.tree_cpu_seconds(args.server_pid), \
+            after, cpu1, own1, t1 = pool.per_viewer(), procstat.tree_cpu_split(args.server_pid), \
                 procstat.cpu_seconds(os.getpid()), time.monotonic()
             window = t1 - t0
+            report["machine_busy_cores"] = machine.busy_cores(machine0, machine.busy_and_total_ticks(),
+                                                              os.cpu_count() or 1)
+            stats1 = await server_stats(http, args.url)
+            report["server_stats_delta"] = {k: v - stats0[k] for k, v in stats1.items()
+                                            if isinstance(v, (int, float)) and isinstance(stats0.get(k), (int, float))}
             report.update(_rates(window, before, after))
-            report.update(window_s=window, server_cpu_s=cpu1 - cpu0, client_cpu_s=own1 - own0)
+            report.update(window_s=window, server_cpu_s=sum(cpu1) - sum(cpu0), client_cpu_s=own1 - own0,
+                          server_user_s=cpu1[0] - cpu0[0], server_sys_s=cpu1[1] - cpu0[1])
             total = Counts()
             for c in after:
                 total = total + c

@@ -17,12 +17,16 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw[raw.rindex(")") + 2 :].split()
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (all its threads), in seconds; 0 if gone."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of one process (all its threads), in seconds; zeros if gone."""
     fields = _stat_fields(pid)
     if fields is None:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK  # fields 14 and 15 of stat(5)
+        return 0.0, 0.0
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK  # fields 14 and 15 of stat(5)
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
 
 
 def descendants(pid: int) -> list[int]:
@@ -41,6 +45,11 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def tree_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU of the process plus its live descendants (e.g. ffmpeg children)."""
+    splits = [cpu_split(p) for p in (pid, *descendants(pid))]
+    return sum(u for u, _ in splits), sum(s for _, s in splits)
+
+
 def tree_cpu_seconds(pid: int) -> float:
-    """CPU of the process plus its live descendants (e.g. ffmpeg children)."""
-    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in descendants(pid))
+    return sum(tree_cpu_split(pid))
