@@ -486,6 +486,14 @@ async def _socketio_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _socketio_shutdown(app: web.Application) -> None:
     # sessions unpublish and stop their viewers while the media plane still runs
     await app[SOCKETS].stop()
+    # then close the transports, or aiohttp waits its shutdown timeout for open websockets
+    sio = app[SIO]
+    try:
+        if sio.eio.sockets:
+            await asyncio.wait_for(sio.eio.disconnect(), CLOSE_TIMEOUT)
+        await sio.shutdown()
+    except Exception:
+        logger.exception("closing the socket.io transports failed")
 
 
 def setup_socketio(app: web.Application) -> socketio.AsyncServer:
