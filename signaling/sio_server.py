@@ -426,7 +426,7 @@ class SocketServer:
         rooms = self._deps.rooms
         node_id = self._app[SETTINGS].node_id
         async for event in events:
-            if False and event.node_id and event.node_id != node_id:
+            if event.node_id and event.node_id != node_id:
                 continue  # its origin node emits it, through the Redis manager to every node
             try:
                 await self._push(rooms, event)
