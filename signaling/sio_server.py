@@ -360,11 +360,6 @@ class SocketServer:
                 await pump
 
     def grant_of(self, sid: str) -> Grant | None:
-        """The grant of a connected socket (for handlers registered elsewhere)."""
-        session = self._sessions.get(sid)
-        return session.grant if session is not None else None
-
-    def grant_of(self, sid: str) -> Grant | None:
         """The grant a live connection's token carries (for other event
         handlers on this server, e.g. the operators')."""
         session = self._sessions.get(sid)
