@@ -94,11 +94,12 @@ def start_server(
     extra_args: list[str] | None = None,
     timeout: float = 30.0,
     command: list[str] | None = None,
+    secret: str | None = None,
 ) -> ServerProcess:
     """Start the server and wait until /healthz answers 200. `command`
     replaces `python -m signaling.cli` (e.g. a wrapper for a debug build)."""
     data_dir = Path(tempfile.mkdtemp(prefix="forumcast-server-"))
-    secret = secrets.token_urlsafe(48)
+    secret = secret or secrets.token_urlsafe(48)  # nodes of one cluster share theirs
     port = free_port()
     env = dict(os.environ)
     env.update({

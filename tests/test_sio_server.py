@@ -278,3 +278,33 @@ async def test_publish_goes_on_air_and_a_watcher_decodes_it(server: ServerProces
     finally:
         await viewer.close()
         await publisher.close()
+
+
+# --- several nodes ---------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_two_nodes_deliver_each_push_exactly_once(redis_url: str, clients: list[Client]) -> None:
+    first = start_server(extra_args=["--redis", redis_url])
+    second = start_server(extra_args=["--redis", redis_url], secret=first.secret)
+    try:
+        forum = "internet-law"
+        on_first = await connected(first, clients, Role.VIEWER, [forum])
+        assert (await on_first.call("join", {"forum_id": forum}))["viewers"]["viewers"] == 1
+        on_second = await connected(second, clients, Role.VIEWER, [forum])
+        joined = await on_second.call("join", {"forum_id": forum})
+        assert joined["viewers"]["viewers"] == 2  # one shared store
+        await on_second.close()
+        # node 2's join and leave reach node 1's client, each exactly once: collect
+        # every push up to the leave's and count the join's
+        seen: list[int] = []
+        while not seen or seen[-1] != 1 or 2 not in seen:
+            push = await asyncio.wait_for(on_first.pushes["viewers"].get(), 20)
+            seen.append(push["viewers"])
+        assert seen.count(2) == 1, seen
+        assert on_first.sio.connected
+    finally:
+        for client in clients:
+            await client.close()  # before the servers stop: they wait for open websockets
+        first.cleanup()
+        second.cleanup()
