@@ -109,6 +109,15 @@ async def test_a_speaker_goes_live_and_a_guest_watches(server: ServerProcess, br
         await speak.screenshot(path=str(shots / "speak.png"))
         await watch.screenshot(path=str(shots / "watch.png"))
 
+        # the guest's connection drops: the page reconnects, re-joins and re-watches by itself
+        await watch.evaluate("window.forumcastWatch.socket.io.engine.close()")
+        await watch.wait_for_function("() => window.forumcastWatch.watches >= 2", timeout=20_000)
+        await watch.wait_for_function(
+            "() => window.forumcastWatch.pc && window.forumcastWatch.pc.connectionState === 'connected'",
+            timeout=20_000)
+        again = await watch.evaluate(f"{VIDEO}.currentTime")
+        await watch.wait_for_function(f"() => {VIDEO}.currentTime > {again} + 1", timeout=20_000)
+
         # the speaker stops: the guest's page says the slate is on air
         await speak.click("#stop")
         await watch.wait_for_function(
