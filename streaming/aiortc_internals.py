@@ -77,6 +77,12 @@ def check() -> None:
     conn = aioice.ice.Connection(ice_controlling=False)
     if not hasattr(conn, "_nominated"):
         raise RuntimeError("aioice.Connection has no _nominated")
+    from asyncio.selector_events import _SelectorDatagramTransport
+
+    if "_sock" not in _SelectorDatagramTransport.__init__.__code__.co_names and not hasattr(
+        _SelectorDatagramTransport, "_sock"
+    ):
+        raise RuntimeError("asyncio's datagram transport has no _sock")
 
 
 def _has(owner: object, attr: str) -> bool:
@@ -176,8 +182,15 @@ class _Tap:
 
 def tap_receiver(receiver: RTCRtpReceiver, sink: Callable[[RtpPacket], None]) -> None:
     """Route `receiver`'s packets to `sink` (call before receive() runs)."""
-    install()
     receiver._RTCRtpReceiver__jitter_buffer = _Tap(sink)  # type: ignore[attr-defined]
+    mark_server_receiver(receiver)
+
+
+def mark_server_receiver(receiver: RTCRtpReceiver) -> None:
+    """Count any decoder this receiver's decoder thread creates in
+    decoders_created() (tap_receiver does this; tests use it alone to
+    show the count works)."""
+    install()
     _server_queues.add(receiver._RTCRtpReceiver__decoder_queue)  # type: ignore[attr-defined]
 
 
@@ -277,7 +290,7 @@ class SendPath:
     protect: Callable[[Any, Any, Any], int]
     protect_rtcp: Callable[[Any, Any, Any], int]
     transport: Any  # asyncio.DatagramTransport
-    sock_sendto: Callable[[Any, tuple[str, int]], int]  # the socket's own sendto
+    sock_sendto: Callable[[Any, tuple[str, int]], int] | None  # the socket's own sendto
     remote_addr: tuple[str, int]
     relayed: bool
     session: pylibsrtp.Session  # keeps cdata/srtp alive
@@ -296,7 +309,17 @@ def send_path(dtls: RTCDtlsTransport) -> SendPath | None:
     transport = getattr(pair.protocol, "transport", None)
     if transport is None:
         return None
-    relayed = pair.local_candidate.type == "relay"
+    return send_path_for(
+        session, transport, pair.remote_addr, relayed=pair.local_candidate.type == "relay"
+    )
+
+
+def send_path_for(
+    session: pylibsrtp.Session, transport: Any, remote_addr: tuple[str, int], relayed: bool = False
+) -> SendPath:
+    """A send path over any outbound SRTP session and datagram transport
+    (used by send_path(), and by tests and benchmarks without a peer)."""
+    sock_sendto = raw_sendto(transport)
     return SendPath(
         srtp=session._srtp[0],
         cdata=session._cdata,
@@ -305,21 +328,21 @@ def send_path(dtls: RTCDtlsTransport) -> SendPath | None:
         protect=_srtp_lib.srtp_protect,
         protect_rtcp=_srtp_lib.srtp_protect_rtcp,
         transport=transport,
-        sock_sendto=raw_sendto(transport),
-        remote_addr=pair.remote_addr,
-        relayed=relayed,
+        sock_sendto=sock_sendto,
+        remote_addr=remote_addr,
+        relayed=relayed or sock_sendto is None,
         session=session,
     )
 
 
-def raw_sendto(transport: Any) -> Callable[[Any, tuple[str, int]], int]:
+def raw_sendto(transport: Any) -> Callable[[Any, tuple[str, int]], int] | None:
     """The datagram transport's socket.sendto. Writing to the socket
     directly skips asyncio's per-call checks; callers go through
     transport.sendto whenever its buffer is not empty or the socket would
     block, so ordering and buffering stay asyncio's."""
     sock = getattr(transport, "_sock", None)
     if sock is None or not hasattr(sock, "sendto"):
-        raise RuntimeError(f"{type(transport).__name__} has no _sock.sendto")
+        return None  # e.g. aioice's TurnTransport: not a plain socket
     return sock.sendto  # type: ignore[no-any-return]
 
 

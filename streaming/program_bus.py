@@ -172,6 +172,7 @@ class ProgramBus:
         self.video = Lane("video", name)
         self.audio = Lane("audio", name)
         self.feed: SourceFeed | None = None  # what the bus is cutting to / showing
+        self._on_air: SourceFeed | None = None  # what viewers see now
         self.video.on_cut = self._on_video_cut
 
     def switch_to(self, feed: SourceFeed | None) -> None:
@@ -182,25 +183,23 @@ class ProgramBus:
         if feed is None:
             self.video.prepare(None)
             self.audio.prepare(None)
+            self._on_air = None
             return
         waits_for_video = feed.video is not None and self.video.source is not None
+        if feed.video is None:
+            self._on_air = feed  # nothing to wait for
         self.video.prepare(feed.video)
         # audio follows the picture: it cuts when the video does
         self.audio.prepare(feed.audio, armed=not waits_for_video)
 
     def _on_video_cut(self, lane: Lane) -> None:
+        self._on_air = self.feed
         self.audio.arm()
 
     @property
     def on_air(self) -> str | None:
-        """The source id the video lane currently forwards (or audio)."""
-        feed = self.feed
-        if feed is None:
-            return None
-        current = self.video.source or self.audio.source
-        if current is not None and current in (feed.video, feed.audio):
-            return feed.source_id
-        return None
+        """The source id viewers see now (changes at the cut, not at switch_to)."""
+        return self._on_air.source_id if self._on_air is not None else None
 
     def subscribe(self, video: Downtrack | None, audio: Downtrack | None) -> None:
         if video is not None:
@@ -220,5 +219,6 @@ class ProgramBus:
 
     def close(self) -> None:
         self.feed = None
+        self._on_air = None
         self.video.close()
         self.audio.close()
