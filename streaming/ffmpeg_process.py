@@ -228,6 +228,20 @@ class FfmpegProcess:
         else:
             await asyncio.shield(self._stop_future)
 
+    async def kill(self) -> None:
+        """SIGKILL now and reap: for a child with nothing to finalize that
+        may be stuck in a blocking read (ffmpeg's SRT input ignores 'q'
+        and SIGTERM there). Counts as stopped."""
+        process = self._process
+        if process is not None and process.returncode is None and self._state is _State.RUNNING:
+            self._set_state(_State.STOPPING)
+            try:
+                process.kill()
+            except ProcessLookupError:
+                pass
+            await self.exited.wait()
+        await self.stop(grace=0.0)
+
     async def _stop(self, grace: float) -> None:
         process = self._process
         if process is None:
@@ -252,8 +266,9 @@ class FfmpegProcess:
                     break
                 except asyncio.TimeoutError:
                     logger.warning("FfmpegProcess(%s) did not end in %.1fs", self.name, timeout)
-            self._set_state(_State.STOPPED)
         await self.exited.wait()
+        if self._state is _State.STOPPING:
+            self._set_state(_State.STOPPED)
         if process.stdin is not None:
             process.stdin.close()
         if self._stderr_task is not None:

@@ -36,6 +36,7 @@ import av
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.rtp import RtpPacket
 
+from rooms.errors import RoomError
 from streaming.rtp_udp_ingest import PacketSink, h264_codec, opus_codec
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class FilePlayout:
     async def start(self) -> None:
         assert self._state is _State.NEW, f"FilePlayout({self.source_id}) started twice"
         if not self.path.is_file():
-            raise FileNotFoundError(self.path)
+            raise RoomError("not_found", f"no such video file: {self.path.name}")
         self._play()
 
     def _play(self) -> None:

@@ -92,6 +92,8 @@ class _Leg:
         self.protocol = protocol
         self.live = False
         self.internal_port = 0  # RTMP: where ffmpeg listens behind the gate
+        self.ssrcs: set[int] = set()  # of the ffmpeg run on air
+        self.stale_ssrcs: set[int] = set()  # of runs given up on: their last packets are dropped
         self.video = RtpUdpIngest(_Tap(self, "video"), kind="video", name=f"{venue.forum_id}-{protocol}-v")
         self.audio = RtpUdpIngest(_Tap(self, "audio"), kind="audio", name=f"{venue.forum_id}-{protocol}-a")
         self.supervisor = Supervisor(
@@ -227,9 +229,12 @@ class VenueIngest:
     def _forward(self, leg: _Leg, kind: str, packet: RtpPacket) -> None:
         if self._stopped:
             return
+        if packet.ssrc in leg.stale_ssrcs:
+            return  # a run that was cut off, flushing: not a publisher coming back
         if not leg.live:
             leg.live = True
             logger.info("VenueIngest(%s) %s publisher live", self.forum_id, leg.protocol)
+        leg.ssrcs.add(packet.ssrc)
         if self._active is None:
             self._active = leg
             self._set_state(SourceState.LIVE)
@@ -239,6 +244,10 @@ class VenueIngest:
 
     def _leg_down(self, leg: _Leg) -> None:
         leg.live = False
+        if len(leg.stale_ssrcs) > 64:
+            leg.stale_ssrcs.clear()
+        leg.stale_ssrcs |= leg.ssrcs
+        leg.ssrcs.clear()
         if self._active is leg:
             others = [other for other in self.legs.values() if other.live]
             self._active = others[0] if others else None
@@ -246,15 +255,20 @@ class VenueIngest:
                 self._set_state(SourceState.LOST)
 
     async def _watch(self) -> None:
-        """A publisher that stays connected but sends nothing is lost too."""
+        """A publisher that stays connected but sends nothing for
+        media_timeout is lost: it is cut off (its ffmpeg restarted at once)
+        so that the encoder reconnects, as a dead SRT caller would otherwise
+        hold the listener for its 5 s peer idle timeout."""
         while not self._stopped:
             await asyncio.sleep(self.media_timeout / 4)  # a periodic check: nothing to await
             now = time.monotonic()
             for leg in self.legs.values():
                 if leg.live and now - leg.last_arrival > self.media_timeout:
-                    logger.warning("VenueIngest(%s) %s sent nothing for %.1fs", self.forum_id, leg.protocol,
-                                   now - leg.last_arrival)
+                    logger.warning("VenueIngest(%s) %s sent nothing for %.1fs: cutting it off", self.forum_id,
+                                   leg.protocol, now - leg.last_arrival)
                     self._leg_down(leg)
+                    if leg.supervisor.current is not None:
+                        await leg.supervisor.current.kill()  # the supervisor starts a fresh one
 
     async def stop(self) -> None:
         """Stop listening, stop ffmpeg, close the ports. Idempotent;

@@ -160,3 +160,12 @@ async def test_a_missing_binary_is_reported_and_backed_off() -> None:
     await supervisor.stop()
     assert supervisor.starts == 0 and exits[0].returncode == -1
     assert "nonexistent" in exits[0].describe() and supervisor.delays[:2] == [0.05, 0.1]
+
+
+async def test_kill_is_immediate_and_counts_as_stopped(tmp_path: Path) -> None:
+    states: list[str] = []
+    process = FfmpegProcess(_endless_args(tmp_path / "k.mkv"), name="killed", on_state=states.append)
+    await process.start()
+    await asyncio.gather(process.kill(), process.stop())
+    assert states == ["running", "stopping", "stopped"] and process.result().stopped
+    assert process.pid is not None and _gone(process.pid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 
 import ffmpeg
@@ -138,7 +139,7 @@ async def test_wrong_rtmp_key_is_refused_then_the_right_one_plays(venue: Venue) 
     assert venue.states[0] == SourceState.LIVE and venue.ingest.gate.accepted == 1
 
 
-async def test_srt_with_the_passphrase_plays_a_wrong_one_is_refused(venue: Venue) -> None:
+async def test_srt_passphrase_and_a_killed_encoder_that_comes_back(venue: Venue) -> None:
     port = venue.ingest.srt_port
     intruder = publisher(f"srt://127.0.0.1:{port}?passphrase=wrong-passphrase&pbkeylen=16", "mpegts")
     await intruder.start()
@@ -146,16 +147,31 @@ async def test_srt_with_the_passphrase_plays_a_wrong_one_is_refused(venue: Venue
     assert any("passphrase" in line.lower() or "reject" in line.lower() for line in intruder.stderr_tail)
     assert venue.video.packets == [] and venue.ingest.state == "connecting"
 
-    good = publisher(venue.ingest.urls("127.0.0.1")["srt_url"], "mpegts")
-    await good.start()
+    url = venue.ingest.urls("127.0.0.1")["srt_url"]
+    crashing = publisher(url, "mpegts")
+    await crashing.start()
+    await venue.reach(SourceState.LIVE)
+    await asyncio.wait_for(venue.video.keyframe.wait(), 10)
+    assert venue.ingest.protocol == "srt"
+    assert crashing.pid is not None
+    os.kill(crashing.pid, signal.SIGKILL)  # no goodbye: SRT only notices the silence
+    await crashing.wait()
+    await venue.reach(SourceState.LOST)
+    count = len(venue.video.packets)
+
+    venue.video.keyframe.clear()
+    back = publisher(url, "mpegts")
+    await back.start()
     try:
         await venue.reach(SourceState.LIVE)
         await asyncio.wait_for(venue.video.keyframe.wait(), 10)
-        assert venue.ingest.protocol == "srt"
     finally:
-        await good.stop(grace=2.0)
+        await back.stop(grace=2.0)
     await venue.reach(SourceState.LOST)
-    assert len(venue.audio.packets) > 10
+    assert venue.states == [SourceState.LIVE, SourceState.LOST, SourceState.LIVE, SourceState.LOST]
+    assert len(venue.video.packets) > count and len(venue.audio.packets) > 10
+    video = venue.video.packets
+    assert all((b.sequence_number - a.sequence_number) & 0xFFFF == 1 for a, b in zip(video, video[1:]))
 
 
 def test_stream_keys_must_make_a_passphrase() -> None:
