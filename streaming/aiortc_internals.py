@@ -123,8 +123,16 @@ def host_addresses(addresses: tuple[str, ...]) -> Iterator[None]:
 
 # --- decoders: count any the server would create ---------------------------
 
-_decoder_count = 0
-_server_queues: weakref.WeakSet[queue.Queue[Any]] = weakref.WeakSet()
+
+class DecoderCount:
+    """How many decoders the receivers marked with it created (one per
+    MediaPlane; must stay 0)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+_server_queues: weakref.WeakKeyDictionary[queue.Queue[Any], DecoderCount] = weakref.WeakKeyDictionary()
 _thread_state = threading.local()
 _original_decoder_worker = _rtcrtpreceiver.decoder_worker
 _original_get_decoder = _rtcrtpreceiver.get_decoder
@@ -132,21 +140,16 @@ _installed = False
 
 
 def _decoder_worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:
-    _thread_state.server = input_q in _server_queues
+    _thread_state.count = _server_queues.get(input_q)
     _original_decoder_worker(loop, input_q, output_q, decode_error)
 
 
 def _get_decoder(codec: RTCRtpCodecParameters) -> Any:
-    global _decoder_count
-    if getattr(_thread_state, "server", False):
-        _decoder_count += 1  # a server-side receiver is about to decode: a bug
+    count = getattr(_thread_state, "count", None)
+    if count is not None:
+        count.value += 1  # a server-side receiver is about to decode: a bug
         logger.error("a decoder was created for a forwarded %s track", codec.mimeType)
     return _original_get_decoder(codec)
-
-
-def decoders_created() -> int:
-    """Decoders created by receivers that tap_receiver() took over."""
-    return _decoder_count
 
 
 def install() -> None:
@@ -180,18 +183,19 @@ class _Tap:
         return False, None
 
 
-def tap_receiver(receiver: RTCRtpReceiver, sink: Callable[[RtpPacket], None]) -> None:
+def tap_receiver(
+    receiver: RTCRtpReceiver, sink: Callable[[RtpPacket], None], count: DecoderCount
+) -> None:
     """Route `receiver`'s packets to `sink` (call before receive() runs)."""
     receiver._RTCRtpReceiver__jitter_buffer = _Tap(sink)  # type: ignore[attr-defined]
-    mark_server_receiver(receiver)
+    mark_server_receiver(receiver, count)
 
 
-def mark_server_receiver(receiver: RTCRtpReceiver) -> None:
-    """Count any decoder this receiver's decoder thread creates in
-    decoders_created() (tap_receiver does this; tests use it alone to
-    show the count works)."""
+def mark_server_receiver(receiver: RTCRtpReceiver, count: DecoderCount) -> None:
+    """Count any decoder this receiver's decoder thread creates in `count`
+    (tap_receiver does this; a test uses it alone to show the count works)."""
     install()
-    _server_queues.add(receiver._RTCRtpReceiver__decoder_queue)  # type: ignore[attr-defined]
+    _server_queues[receiver._RTCRtpReceiver__decoder_queue] = count  # type: ignore[attr-defined]
 
 
 def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:

@@ -66,6 +66,7 @@ class MediaPlane:
         self._housekeeping_exited = asyncio.Event()
         self._stopped: asyncio.Future[None] | None = None
         # totals of peers already gone
+        self._decoders = aiortc_internals.DecoderCount()
         self._gone_packets = 0
         self._gone_retransmitted = 0
         self._gone_dropped_frames = 0
@@ -127,7 +128,9 @@ class MediaPlane:
         old = self._publishers.pop(source_id, None)
         if old is not None:
             await old.close()  # the speaker reconnected: the new peer replaces the old
-        publisher = WebRtcPublisher(forum_id, source_id, self.config, self._on_publisher_state)
+        publisher = WebRtcPublisher(
+            forum_id, source_id, self.config, self._on_publisher_state, self._decoders
+        )
         try:
             answer = await publisher.start(offer_sdp)
         except MediaError:
@@ -310,7 +313,7 @@ class MediaPlane:
                 for f in self._forums.values()
                 for b in [f.program, *f.previews.values()]
             ),
-            "decoders_created": aiortc_internals.decoders_created(),
+            "decoders_created": self._decoders.value,
             "packets_received": sum(s.packets_received for s in sources),
             "packets_forwarded": self._gone_packets + sum(dt.packets for dt in downtracks),
             "retransmitted": self._gone_retransmitted + sum(dt.retransmitted for dt in downtracks),

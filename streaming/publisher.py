@@ -57,11 +57,13 @@ class WebRtcPublisher:
         source_id: str,
         config: MediaConfig,
         on_state: Callable[["WebRtcPublisher", str], None],
+        decoders: aiortc_internals.DecoderCount,
     ) -> None:
         self.forum_id = forum_id
         self.source_id = source_id
         self._config = config
         self._on_state = on_state
+        self._decoders = decoders
         self._pc: RTCPeerConnection | None = None
         self._state = _State.NEW
         self._closing = False
@@ -116,7 +118,7 @@ class WebRtcPublisher:
                 keyframe_request_interval=self._config.keyframe_request_interval,
                 name=f"{self.source_id}/{kind}",
             )
-            aiortc_internals.tap_receiver(transceiver.receiver, source.push)
+            aiortc_internals.tap_receiver(transceiver.receiver, source.push, self._decoders)
             if kind == "video":
                 receiver = transceiver.receiver
                 source.set_keyframe_requester(lambda r=receiver, s=source: self._send_pli(r, s))

@@ -1,0 +1,108 @@
+"""ICE address policy, and the one module that reaches aiortc's privates."""
+
+from __future__ import annotations
+
+import aioice
+import pytest
+from aiortc import RTCPeerConnection, RTCConfiguration
+
+from streaming import aiortc_internals
+from streaming.ice_policy import candidate_address, filter_remote_candidates, gathering_on
+from tests.aiortc_peers import TestPublisher
+
+pytestmark = pytest.mark.timeout(60)
+
+OFFER = (
+    "v=0\r\n"
+    "o=- 1 1 IN IP4 0.0.0.0\r\n"
+    "s=-\r\n"
+    "t=0 0\r\n"
+    "m=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+    "a=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host\r\n"
+    "a=candidate:2 1 udp 2122194687 192.0.2.2 50001 typ host\r\n"
+    "a=candidate:3 1 udp 2122129151 4b1c8e52-3f0e-4f6a.local 50002 typ host\r\n"
+    "a=candidate:4 1 udp 1685987071 203.0.113.9 50003 typ srflx raddr 192.0.2.2 rport 50001\r\n"
+    "a=end-of-candidates\r\n"
+)
+
+
+def test_remote_candidates_outside_the_allowed_addresses_are_dropped() -> None:
+    filtered, kept = filter_remote_candidates(OFFER, ("127.0.0.1",))
+    assert kept == 1
+    addresses = [candidate_address(line) for line in filtered.splitlines()]
+    assert [a for a in addresses if a] == ["127.0.0.1"]
+    assert "192.0.2.2 50001" not in filtered and ".local" not in filtered
+    assert "a=end-of-candidates" in filtered and filtered.startswith("v=0\r\n")
+
+
+def test_no_restriction_keeps_every_candidate() -> None:
+    same, kept = filter_remote_candidates(OFFER, ())
+    assert same == OFFER and kept == 4
+
+
+async def test_gathering_is_restricted_to_the_given_addresses() -> None:
+    connection = aioice.Connection(ice_controlling=True, components=1)
+    try:
+        with gathering_on(("127.0.0.1",)):
+            await connection.gather_candidates()
+        hosts = {c.host for c in connection.local_candidates}
+        assert hosts == {"127.0.0.1"}
+    finally:
+        await connection.close()
+
+
+async def test_an_aiortc_offer_made_on_loopback_has_only_loopback_candidates() -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        with gathering_on(("127.0.0.1",)):
+            await pc.setLocalDescription(await pc.createOffer())
+        addresses = {candidate_address(l) for l in pc.localDescription.sdp.splitlines()} - {None}
+        assert addresses == {"127.0.0.1"}
+    finally:
+        await pc.close()
+
+
+def test_check_passes_on_the_tested_versions() -> None:
+    aiortc_internals.check()
+
+
+def test_check_names_what_moved(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(aiortc_internals.TESTED, "aiortc", "0.0.1")
+    with pytest.raises(RuntimeError, match="aiortc 0.0.1"):
+        aiortc_internals.check()
+
+
+def test_check_names_a_missing_private(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiortc.rtcrtpreceiver
+
+    monkeypatch.delattr(aiortc.rtcrtpreceiver, "decoder_worker")
+    with pytest.raises(RuntimeError, match="decoder_worker"):
+        aiortc_internals.check()
+
+
+async def test_the_decoder_count_sees_a_server_receiver_that_decodes() -> None:
+    """Proof the counter can fail: a receiver marked as the server's but
+    not tapped decodes, and its DecoderCount goes up."""
+    from aiortc import RTCSessionDescription
+
+    from tests.aiortc_peers import LOOPBACK
+
+    publisher = TestPublisher(audio=False)
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    count = aiortc_internals.DecoderCount()
+    try:
+        server.addTransceiver("video", direction="recvonly")
+        await server.setRemoteDescription(RTCSessionDescription(sdp=await publisher.offer(), type="offer"))
+        aiortc_internals.mark_server_receiver(server.getTransceivers()[0].receiver, count)
+        with gathering_on(LOOPBACK):
+            await server.setLocalDescription(await server.createAnswer())
+        await publisher.accept(server.localDescription.sdp)
+        track = server.getTransceivers()[0].receiver.track
+        import asyncio
+
+        await asyncio.wait_for(track.recv(), 10)
+        assert count.value == 1
+    finally:
+        await publisher.close()
+        await server.close()
