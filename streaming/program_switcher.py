@@ -128,14 +128,27 @@ class ProgramSwitcher:
 
     async def take(self, grant: Grant, source_id: str | None = None,
                    expected_version: int | None = None) -> ProgramState:
-        """Put a live source on air (None: what is in preview)."""
+        """Put a live source on air (None: what is in preview, swapping
+        program and preview as take_preview does)."""
+        if source_id is None and expected_version is None:
+            return await self.take_preview(grant)
         async with self._lock:
             state = await self._rooms.take(self.forum_id, grant, source_id, expected_version=expected_version)
             self._adopt(state)
         return state
 
     async def take_preview(self, grant: Grant) -> ProgramState:
-        return await self.take(grant, None)
+        """TAKE as on a vision mixer: the preview goes on air and what was on
+        air moves to preview (unless it was the slate)."""
+        async with self._lock:
+            before = await self._rooms.program(self.forum_id)
+            state = await self._rooms.take(self.forum_id, grant, None)
+            self._adopt(state)
+            if before.program is not None and not before.slate and before.program != state.program:
+                with contextlib.suppress(RoomError):  # the old source may be gone meanwhile
+                    state = await self._rooms.set_preview(self.forum_id, grant, before.program)
+                    self._adopt(state)
+        return state
 
     async def cut_to_slate(self, grant: Grant) -> ProgramState:
         async with self._lock:

@@ -96,7 +96,9 @@ async def test_take_drives_media_and_rooms(rig: tuple) -> None:
     assert switcher.phase is Phase.ON_AIR and media.calls[-1] == "a"
     await switcher.set_preview(OPERATOR, "b")
     await switcher.take_preview(OPERATOR)
-    assert (await rooms.program(FORUM)).program == "b" and media.calls[-1] == "b"
+    program = await rooms.program(FORUM)
+    assert program.program == "b" and media.calls[-1] == "b"
+    assert program.preview == "a", "program and preview swap, as on a vision mixer"
     await switcher.cut_to_slate(OPERATOR)
     assert switcher.phase is Phase.SLATE and media.calls[-1] is None
     assert (await rooms.program(FORUM)).slate

@@ -1,0 +1,328 @@
+// The operator's vision mixer for one forum: a live tile per source, a
+// preview and a program monitor, TAKE and CUT TO SLATE, the agenda, the
+// venue ingest addresses, the media library and its playouts.
+// Every action goes over socket.io (acked; the server pushes the result to
+// every operator of the forum); uploads go over REST with the same token.
+import {
+  backoff, connect, describe, gatherIce, isFatal, pageData, preferH264, readToken, request, setPill, showMessage,
+} from "/static/js/common.js";
+
+const data = pageData();
+const forumId = data.forum.id;
+const token = readToken();
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  socket: null, joined: false, fatal: false, retry: 0,
+  program: { program: null, preview: null, slate: true, manual: false, version: -1 },
+  sources: [],
+  tiles: new Map(), // source id -> { el, video, pc, stream, state }
+  programPc: null,
+  takes: 0,
+};
+window.forumcastControl = state; // for tests and support: read-only inspection
+
+// --- small helpers -------------------------------------------------------------
+
+function flash(kind, text) { showMessage($("message"), kind, text); }
+
+async function act(event, payload) {
+  try {
+    const ack = await request(state.socket, event, { forum_id: forumId, ...payload });
+    flash("", "");
+    if (ack && ack.program) applyProgram(ack.program);
+    return ack;
+  } catch (error) {
+    flash("bad", `${event}: ${describe(error)}`);
+    return null;
+  }
+}
+
+function sourceName(id) {
+  const source = state.sources.find((s) => s.id === id);
+  return source ? source.name : id;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value; else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+// --- WebRTC: a recvonly peer per watched source, one for the program ------------
+
+async function watchInto(sourceId, onStream) {
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  preferH264(pc.addTransceiver("video", { direction: "recvonly" }), "receiver");
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  const stream = new MediaStream();
+  pc.ontrack = (event) => { stream.addTrack(event.track); onStream(stream); };
+  await pc.setLocalDescription(await pc.createOffer());
+  await gatherIce(pc);
+  const payload = { forum_id: forumId, sdp: pc.localDescription.sdp };
+  if (sourceId) payload.source_id = sourceId;
+  try {
+    const ack = await request(state.socket, "watch", payload);
+    await pc.setRemoteDescription({ type: "answer", sdp: ack.sdp });
+    pc.viewerId = ack.viewer_id;
+  } catch (error) {
+    pc.close();
+    throw error;
+  }
+  return pc;
+}
+
+function play(video, stream) {
+  if (video.srcObject !== stream) video.srcObject = stream;
+  video.play().catch(() => {});
+}
+
+async function watchProgram() {
+  if (state.programPc) state.programPc.close();
+  state.programPc = null;
+  try {
+    state.programPc = await watchInto(null, (stream) => play($("program-video"), stream));
+  } catch (error) {
+    flash("warn", `Program monitor: ${describe(error)}`);
+  }
+}
+
+// --- the program state ---------------------------------------------------------
+
+function applyProgram(program) {
+  if (!program || program.version < state.program.version) return; // a stale push
+  state.program = { ...state.program, ...program };
+  $("version").textContent = program.version;
+  $("manual").checked = !!program.manual;
+  $("program-name").textContent = program.program ? sourceName(program.program) : "Slate";
+  $("preview-name").textContent = program.preview ? sourceName(program.preview) : "—";
+  $("take").disabled = !program.preview || program.preview === program.program;
+  const tile = program.preview && state.tiles.get(program.preview);
+  if (tile && tile.stream) play($("preview-video"), tile.stream);
+  else $("preview-video").srcObject = null;
+  renderTileMarks();
+}
+
+function renderTileMarks() {
+  let n = 0;
+  for (const source of state.sources) {
+    const tile = state.tiles.get(source.id);
+    if (!tile) continue;
+    n += 1;
+    const onAir = source.id === state.program.program && !state.program.slate;
+    tile.el.classList.toggle("on-air", onAir);
+    tile.el.classList.toggle("in-preview", source.id === state.program.preview);
+    tile.el.querySelector(".key").textContent = n <= 9 ? String(n) : "";
+    const badge = tile.el.querySelector(".badge");
+    badge.textContent = onAir ? "ON AIR" : source.state;
+    badge.className = `badge ${onAir ? "air" : source.state}`;
+  }
+}
+
+// --- sources and their tiles ------------------------------------------------------
+
+function applySources(sources) {
+  state.sources = sources;
+  const ids = new Set(sources.map((s) => s.id));
+  for (const [id, tile] of state.tiles) {
+    if (!ids.has(id)) {
+      if (tile.pc) tile.pc.close();
+      tile.el.remove();
+      state.tiles.delete(id);
+    }
+  }
+  for (const source of sources) {
+    let tile = state.tiles.get(source.id);
+    if (!tile) tile = addTile(source);
+    tile.el.querySelector(".name").textContent = `${source.name} (${source.kind})`;
+    if (source.state === "live" && !tile.pc && !tile.watching) startTileWatch(source.id, tile);
+  }
+  $("no-sources").hidden = sources.length > 0;
+  applyProgram({ ...state.program, version: state.program.version });
+}
+
+function addTile(source) {
+  const video = el("video", { autoplay: "", playsinline: "" });
+  video.muted = true;
+  const node = el("div", { class: "tile", "data-source": source.id }, video,
+    el("div", { class: "meta" }, el("span", { class: "key" }), el("span", { class: "name" }),
+      el("span", { class: "badge" })));
+  node.addEventListener("click", () => act("preview", { source_id: source.id }));
+  node.addEventListener("dblclick", () => take(source.id));
+  $("tiles").append(node);
+  const tile = { el: node, video, pc: null, stream: null, watching: false };
+  state.tiles.set(source.id, tile);
+  return tile;
+}
+
+async function startTileWatch(sourceId, tile) {
+  tile.watching = true;
+  try {
+    tile.pc = await watchInto(sourceId, (stream) => {
+      tile.stream = stream;
+      play(tile.video, stream);
+      if (state.program.preview === sourceId) play($("preview-video"), stream);
+    });
+  } catch (error) {
+    flash("warn", `Tile ${sourceName(sourceId)}: ${describe(error)}`);
+  } finally {
+    tile.watching = false;
+  }
+}
+
+async function take(sourceId) {
+  state.takes += 1;
+  await act("take", sourceId ? { source_id: sourceId } : {});
+}
+
+// --- media library, playouts, ingest ------------------------------------------------
+
+function applyMedia(payload) {
+  const list = $("media");
+  list.replaceChildren();
+  for (const item of payload.media || []) {
+    const playButton = el("button", {}, "Play");
+    playButton.addEventListener("click", () => act("playout_start", { media: item.id, take: false }));
+    const takeButton = el("button", {}, "Play & take");
+    takeButton.addEventListener("click", () => act("playout_start", { media: item.id, take: true }));
+    list.append(el("li", {}, el("span", { class: "name" },
+      `${item.name} — ${Math.round(item.duration)} s, ${item.width}×${item.height}`), playButton, takeButton));
+  }
+}
+
+function applyPlayouts(payload) {
+  const list = $("playouts");
+  list.replaceChildren();
+  for (const playout of payload.playouts || []) {
+    const stop = el("button", {}, "Stop");
+    stop.addEventListener("click", () => act("playout_stop", { source_id: playout.source_id }));
+    list.append(el("li", {}, el("span", { class: "name" }, `${playout.name} (${playout.state})`), stop));
+  }
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(`/api/forums/${encodeURIComponent(forumId)}${path}`, {
+    ...options, headers: { Authorization: `Bearer ${token}`, ...(options.headers || {}) },
+  });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw (body.error || { code: "error", message: `HTTP ${response.status}` });
+  return body;
+}
+
+async function refreshLists() {
+  try {
+    applyMedia(await api("/media"));
+    applyPlayouts(await api("/playouts"));
+  } catch (error) {
+    flash("warn", describe(error));
+  }
+}
+
+async function upload(event) {
+  event.preventDefault();
+  const file = $("upload-file").files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("file", file, file.name);
+  $("upload-status").textContent = "Uploading and converting…";
+  try {
+    const item = await api("/media", { method: "POST", body: form });
+    $("upload-status").textContent = `Added ${item.name}.`;
+    applyMedia(await api("/media"));
+  } catch (error) {
+    $("upload-status").textContent = "";
+    flash("bad", `Upload: ${describe(error)}`);
+  }
+}
+
+async function showIngest() {
+  try {
+    const ingest = await api("/ingest");
+    $("ingest-rtmp").textContent = ingest.rtmp_url;
+    $("ingest-srt").textContent = ingest.srt_url;
+    $("ingest-state").textContent = ingest.state;
+    $("ingest").hidden = false;
+  } catch (error) {
+    flash("bad", `Ingest: ${describe(error)}`);
+  }
+}
+
+async function refreshAgenda() {
+  try {
+    const response = await fetch(`/api/forums/${encodeURIComponent(forumId)}`);
+    const forum = await response.json();
+    const text = (s) => (s ? `${s.title.en} (${s.start.slice(11, 16)}–${s.end.slice(11, 16)})` : "—");
+    $("agenda-live").textContent = text(forum.live);
+    $("agenda-next").textContent = text(forum.next);
+  } catch (error) { /* the agenda is informative: keep the last one */ }
+}
+
+// --- socket and page -----------------------------------------------------------------
+
+async function join() {
+  try {
+    const ack = await request(state.socket, "join", { forum_id: forumId });
+    const role = ack.participant && ack.participant.role;
+    if (role !== "operator" && role !== "admin") {
+      return fail({ code: "forbidden", message: "the control page needs an operator's invite" });
+    }
+    state.joined = true;
+    state.retry = 0;
+    setPill($("status"), "ok", "Connected");
+    state.program.version = -1; // a fresh snapshot wins
+    applySources(ack.sources);
+    applyProgram(ack.program);
+    watchProgram();
+    refreshLists();
+  } catch (error) {
+    if (isFatal(error)) return fail(error);
+    setTimeout(join, backoff(state.retry++));
+  }
+}
+
+function fail(error) {
+  state.fatal = true;
+  setPill($("status"), "bad", "Cannot continue");
+  flash("bad", describe(error));
+}
+
+function keys(event) {
+  if (event.target.closest("input, textarea, select")) return;
+  if (event.key === "Enter" && !$("take").disabled) { event.preventDefault(); take(null); }
+  const n = Number(event.key);
+  if (n >= 1 && n <= 9 && state.sources[n - 1]) act("preview", { source_id: state.sources[n - 1].id });
+}
+
+function main() {
+  if (!token) return fail({ code: "token_missing" });
+  $("take").addEventListener("click", () => take(null));
+  $("slate").addEventListener("click", () => act("cut_to_slate", {}));
+  $("manual").addEventListener("change", (e) => act("set_manual", { manual: e.target.checked }));
+  $("upload").addEventListener("submit", upload);
+  $("ingest-show").addEventListener("click", showIngest);
+  document.addEventListener("keydown", keys);
+  const socket = connect(token);
+  state.socket = socket;
+  socket.on("connect", join);
+  socket.on("disconnect", () => {
+    state.joined = false;
+    for (const tile of state.tiles.values()) { if (tile.pc) tile.pc.close(); tile.pc = null; }
+    if (!state.fatal) setPill($("status"), "warn", "Reconnecting…");
+  });
+  socket.on("connect_error", (error) => {
+    if (error.data && error.data.code) return fail(error.data);
+    setPill($("status"), "warn", "Cannot reach the server — retrying…");
+  });
+  socket.on("program", applyProgram);
+  socket.on("preview", applyProgram);
+  socket.on("sources", (payload) => applySources(payload.sources));
+  socket.on("playouts", applyPlayouts);
+  socket.on("media", applyMedia);
+  refreshAgenda();
+  setInterval(refreshAgenda, 30000);
+}
+
+main();

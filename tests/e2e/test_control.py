@@ -1,0 +1,109 @@
+"""The control page in a real chromium (Debian's, driven by Playwright):
+two speakers publish (aiortc, different picture sizes), the operator
+sees a live tile per source, clicks B's tile into preview and presses
+TAKE; the rooms put B on air and the program monitor shows B's picture.
+A viewer's token gets a plain refusal. A screenshot goes to
+$FORUMCAST_SCREENSHOTS (or the test's temp dir)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rooms.models import Role
+from signaling.app_keys import ROOMS
+from tests.operator_app import Node, SioClient, SizedPublisher, running_node
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--allow-loopback-in-peer-connection"]
+FORUM = "ai"
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("no /usr/bin/chromium")
+    async with running_node(tmp_path / "node") as running:
+        yield running
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[list[Any]]:
+    made: list[Any] = []
+    yield made
+    for peer in reversed(made):
+        await peer.close()
+
+
+async def _publish(node: Node, peers: list[Any], width: int, height: int, name: str) -> str:
+    publisher = SizedPublisher(width, height)
+    client = SioClient()
+    peers.extend([publisher, client])
+    await client.connect(node, node.token(Role.SPEAKER, [FORUM], name))
+    await client.call("join", {"forum_id": FORUM})
+    answer = await client.call("publish", {"forum_id": FORUM, "sdp": await publisher.offer()})
+    await publisher.accept(answer["sdp"])
+    return str(answer["source_id"])
+
+
+def _tile_playing(source_id: str) -> str:
+    return (f"() => {{ const v = document.querySelector('.tile[data-source=\"{source_id}\"] video');"
+            " return v && v.videoWidth > 0; }")
+
+
+async def test_operator_takes_a_source_from_the_control_page(node: Node, browser: Any, peers: list[Any],
+                                                             tmp_path: Path) -> None:
+    a = await _publish(node, peers, 320, 240, "Speaker A")
+    b = await _publish(node, peers, 240, 160, "Speaker B")
+    console: list[str] = []
+    page = await browser.new_page(viewport={"width": 1400, "height": 900})
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    try:
+        await page.goto(f"{node.url}/control/{FORUM}?token={node.token(Role.OPERATOR, [FORUM], 'Op')}")
+        for source in (a, b):
+            await page.wait_for_function(_tile_playing(source), timeout=30_000)
+        await page.click(f'.tile[data-source="{b}"]')
+        await page.wait_for_function(f"() => window.forumcastControl.program.preview === '{b}'", timeout=10_000)
+        assert await page.is_enabled("#take")
+        await page.click("#take")
+        await page.wait_for_function(f"() => window.forumcastControl.program.program === '{b}'", timeout=10_000)
+        program = await node.app[ROOMS].program(FORUM)
+        assert program.program == b and not program.slate
+        await page.wait_for_function("() => document.getElementById('program-video').videoWidth === 240",
+                                     timeout=15_000)
+        assert await page.get_attribute(f'.tile[data-source="{b}"]', "class") == "tile on-air"
+        # A was on air (the unattended forum followed its first speaker): it moves to preview
+        await page.wait_for_function(f"() => window.forumcastControl.program.preview === '{a}'", timeout=10_000)
+        assert await page.get_attribute(f'.tile[data-source="{a}"]', "class") == "tile in-preview"
+        assert "ON AIR" in (await page.text_content(f'.tile[data-source="{b}"] .badge') or "")
+        folder = Path(os.environ.get("FORUMCAST_SCREENSHOTS") or tmp_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(folder / "control.png"))
+        # a viewer's invite cannot run the mixer
+        viewer_page = await browser.new_page()
+        await viewer_page.goto(f"{node.url}/control/{FORUM}?token={node.token(Role.VIEWER, [FORUM])}")
+        await viewer_page.wait_for_function("() => window.forumcastControl.fatal === true", timeout=15_000)
+        assert "operator" in (await viewer_page.text_content("#message") or "")
+    finally:
+        await page.close()
+    assert not [line for line in console if line.startswith("pageerror")], console
