@@ -41,6 +41,7 @@ class ForumMedia:
         self.manual = False
         self.manual_program: str | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.on_program: Callable[[str | None], None] | None = None  # target changed
 
     # --- feeds -------------------------------------------------------------
 
@@ -150,6 +151,8 @@ class ForumMedia:
                 "Forum(%s) program -> %s", self.forum_id, target.source_id if target else None
             )
             self.program.switch_to(target)
+            if self.on_program is not None:
+                self.on_program(target.source_id if target else None)
         # re-check when a grace period runs out
         current = self.program.feed
         if current is not None and self.states.get(current.source_id) == SourceState.LOST:
