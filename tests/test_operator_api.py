@@ -262,9 +262,7 @@ async def test_take_moves_three_viewers_from_a_to_b(node: Node, clients: list[An
     await op.call("join", {"forum_id": FORUM})
     _, a = await _publish(node, clients, 320, 240, "A")
     _, b = await _publish(node, clients, 240, 160, "B")
-    for source in (a, b):
-        await op.next_push("sources", lambda p, s=source: any(x["id"] == s and x["state"] == "live"
-                                                              for x in p["sources"]))
+    await op.next_push("sources", lambda p: {x["id"] for x in p["sources"] if x["state"] == "live"} >= {a, b})
     assert (await op.call("take", {"forum_id": FORUM, "source_id": a}))["program"]["program"] == a
     with DecodeErrors() as errors:
         viewers = [await _watch(node, clients) for _ in range(3)]
