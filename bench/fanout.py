@@ -215,6 +215,32 @@ def details(runs: dict[tuple[str, int], Run], stream_pps: dict[str, float]) -> s
 _IDLE_MARKERS = ("epoll_wait", "Condition.wait", "PyThread_acquire_lock_timed", "select.poll")
 
 
+# where a busy sample's time goes, first match wins (substrings of the collapsed stack)
+_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("fan-out: kernel sendto (on lo it includes the receiver's UDP stack)", ("Downtrack.forward (", "sock_sendto")),
+    ("fan-out: SRTP protect (pylibsrtp + libsrtp)", ("Downtrack.forward (", "srtp_protect")),
+    ("fan-out: Python per viewer (header rewrite, checks, counters)", ("Downtrack.forward",)),
+    ("fan-out: the bus's loop over viewers (outside forward)", ("Lane.on_packet",)),
+    ("RTCP in (viewers' receiver reports)", ("_handle_rtcp_data",)),
+    ("RTCP in (viewers' receiver reports)", ("unprotect_rtcp",)),
+    ("publisher ingest (DTLS pump, SRTP unprotect, aiortc receiver, bus)", ("RTCDtlsTransport._recv_next",)),
+    ("RTCP out (sender reports)", ("RTCRtpSender._run_rtcp",)),
+    ("RTCP out (sender reports)", ("update_sender_report",)),
+    ("ICE: STUN consent in and out", ("StunProtocol",)),
+    ("ICE: STUN consent in and out", ("query_consent",)),
+    ("MediaPlane housekeeping", ("_run_housekeeping",)),
+    ("peer connection setup/teardown", ("RTCPeerConnection.",)),
+    ("garbage collector", ("gc_collect",)),
+)
+
+
+def _category(stack: str) -> str:
+    for name, needles in _CATEGORIES:
+        if all(needle in stack for needle in needles):
+            return name
+    return "event loop and other"
+
+
 def _frame_name(frame: str) -> str:
     name, _, where = frame.partition(" (")
     source = where.split(":")[0].rstrip(")").split("/")[-1]
@@ -226,6 +252,7 @@ def summarize_profile(raw: Path, us_per_packet: float = float("nan"), top: int =
     also as microseconds of the run's us/pkt/viewer."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    categories: Counter[str] = Counter()
     busy = idle = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -236,6 +263,7 @@ def summarize_profile(raw: Path, us_per_packet: float = float("nan"), top: int =
             idle += count
             continue
         busy += count
+        categories[_category(stack)] += count
         frames = [_frame_name(frame) for frame in stack.split(";")]
         own[frames[-1]] += count
         for frame in set(frames):
@@ -249,7 +277,9 @@ def summarize_profile(raw: Path, us_per_packet: float = float("nan"), top: int =
 
     out = [f"{busy} busy samples of forumcast's server (py-spy --native, 200 Hz; {idle} idle-wait samples left out);",
            f"us = share of the profiled run's {fmt(us_per_packet, 2)} us/pkt/viewer (profiling itself adds some)",
-           "", "self time:"]
+           "", "where the time goes:"]
+    out += [row(name, c) for name, c in categories.most_common()]
+    out += ["", "self time:"]
     out += [row(name, c) for name, c in own.most_common(top)]
     out += ["", "inclusive:"]
     out += [row(name, c) for name, c in inclusive.most_common(top)]
