@@ -83,6 +83,11 @@ class ViewerPeer:
     async def wait_video(self, frames: int, timeout: float = 20.0) -> int:
         return await self.video_frames.wait_until(lambda n: n >= frames, timeout)
 
+    async def wait_frame_size(self, size: tuple[int, int], timeout: float = 20.0) -> None:
+        """Until a decoded video frame has this size (the program may start
+        on the slate and cut to the source at its next keyframe)."""
+        await self.video_frames.wait_until(lambda _: self.frame_size == size, timeout)
+
     async def wait_audio(self, frames: int, timeout: float = 20.0) -> int:
         return await self.audio_frames.wait_until(lambda n: n >= frames, timeout)
 

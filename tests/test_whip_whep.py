@@ -169,7 +169,7 @@ async def test_ffmpeg_publishes_a_whep_viewer_decodes_and_bad_requests_change_no
         await viewer.accept(answer)
         await viewer.wait_video(15, timeout=30)
         await viewer.wait_audio(15, timeout=30)
-        assert viewer.frame_size == (640, 360)
+        await viewer.wait_frame_size((640, 360), timeout=20)  # ffmpeg's picture, not the slate
 
         # bad requests: each refused with its status and code
         whip = f"{server.url}/whip/{FORUM}"
