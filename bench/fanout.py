@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import sys
 import tempfile
 import time
@@ -192,6 +194,9 @@ def details(runs: dict[tuple[str, int], Run], stream_pps: dict[str, float]) -> s
         notes = run.problems()
         if run.server_cores > 0.9:
             notes.append("server CPU-bound (one core is all a Python event loop gets)")
+        busy = r.get("machine_busy_cores", 0.0)
+        if busy > 0.9 * (os.cpu_count() or 1):
+            notes.append(f"machine saturated ({busy:.2f} of {os.cpu_count()} cores busy): the server could get no more CPU")
         reference_pps = stream_pps.get(kind, 0.0)
         if reference_pps and run.pps < 0.95 * reference_pps:
             notes.append(f"receiving {100 * run.pps / reference_pps:.0f}% of the stream's packets")
@@ -207,6 +212,9 @@ def details(runs: dict[tuple[str, int], Run], stream_pps: dict[str, float]) -> s
             fmt(source_pps), str(r.get("auth_checked", "-")), fmt(r.get("connect_s", float("nan"))),
             "; ".join(notes) or "ok",
         ]))
+    lines.append("idle cores: server CPU with the publisher on and no viewer (already inside each window's total); "
+                 "the baseline's is 0 because its MediaPlayer reads the file only once a viewer subscribes")
+    lines.append("machine busy: all processes on the machine in the window, this benchmark's and everyone else's")
     return "\n".join(lines)
 
 
@@ -310,6 +318,9 @@ async def main_async(args: argparse.Namespace) -> int:
     print(table(runs, counts, reference))
     print()
     print(details(runs, reference))
+    (logdir / "runs.json").write_text(json.dumps(
+        [{"server": k, "viewers": n, "idle_cores": r.idle_cpu, "failure": r.failure, **r.report}
+         for (k, n), r in runs.items()], indent=1))
     if args.profile:
         raw = logdir / "forumcast-profile.txt"
         print(f"\nprofiling forumcast's server at {args.profile_viewers} viewers (py-spy) ...", flush=True)

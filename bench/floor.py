@@ -1,0 +1,102 @@
+"""The floor under the fan-out on this machine: what one packet to one viewer costs
+in its two unavoidable steps, measured alone (CPU time of this process).
+
+    python -m bench.floor
+
+sendto: 1,100-byte datagrams from 300 sockets to 300 loopback sockets that a
+child process drains (on lo, the sender's syscall also runs the receiver's
+UDP stack, which a real NIC would not). protect: pylibsrtp AES-GCM and
+AES-CM-SHA1 on the same size.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+
+import pylibsrtp
+
+from bench import procstat
+
+VIEWERS = 300
+ROUNDS = 200
+SIZE = 1100
+
+
+def _drain(sockets: list[socket.socket], seconds: float) -> None:
+    poller = select.epoll()
+    for s in sockets:
+        poller.register(s.fileno(), select.EPOLLIN)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.005)  # batched like bench/rx_thread.py: no reader waits, so no wake-up per packet
+        while ready := poller.poll(0):
+            for fd, _ in ready:
+                try:
+                    os.read(fd, 2048)
+                except OSError:
+                    pass
+
+
+def sendto_us() -> float:
+    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(VIEWERS)]
+    for r in receivers:
+        r.bind(("127.0.0.1", 0))
+        r.setblocking(False)
+    child = os.fork()
+    if child == 0:  # the drain: never returns to the caller's code
+        try:
+            _drain(receivers, 30)
+        finally:
+            os._exit(0)
+    try:
+        senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(VIEWERS)]
+        for s in senders:
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+        pairs = [(s.sendto, r.getsockname()) for s, r in zip(senders, receivers)]
+        payload = bytes(SIZE)
+        start = procstat.cpu_seconds(os.getpid())
+        for _ in range(ROUNDS):
+            for send, addr in pairs:
+                try:
+                    send(payload, addr)
+                except BlockingIOError:
+                    pass
+            time.sleep(0.004)  # a packet every ~4 ms, as a 235 pkt/s stream
+        cost = procstat.cpu_seconds(os.getpid()) - start
+        for s in senders:
+            s.close()
+        return 1e6 * cost / (ROUNDS * VIEWERS)
+    finally:
+        os.kill(child, 15)
+        os.waitpid(child, 0)
+        for r in receivers:
+            r.close()
+
+
+def protect_us(profile: int) -> float:
+    key_len = {pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM: 28,
+               pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80: 30}[profile]
+    policy = pylibsrtp.Policy(key=bytes(range(key_len)), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+                              srtp_profile=profile)
+    session = pylibsrtp.Session(policy)
+    header = bytes([0x80, 0x66]) + bytes(10)
+    count = 60000
+    packets = [header[:2] + (i & 0xFFFF).to_bytes(2, "big") + header[4:] + bytes(SIZE - 12) for i in range(count)]
+    start = time.process_time()
+    for packet in packets:
+        session.protect(packet)
+    return 1e6 * (time.process_time() - start) / count
+
+
+def main() -> None:
+    print(f"sendto {SIZE} B on lo, one socket per viewer: {sendto_us():.2f} us")
+    print(f"SRTP protect AES-128-GCM:     {protect_us(pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM):.2f} us")
+    print(f"SRTP protect AES-CM-SHA1-80:  {protect_us(pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80):.2f} us")
+
+
+if __name__ == "__main__":
+    main()
