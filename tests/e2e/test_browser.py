@@ -79,7 +79,10 @@ async def test_a_speaker_goes_live_and_a_guest_watches(server: ServerProcess, br
         # camera preview first, then Go live once joined
         await speak.wait_for_function("() => document.getElementById('preview').videoWidth > 0", timeout=20_000)
         await speak.wait_for_function("() => !document.getElementById('go-live').disabled", timeout=20_000)
+        assert await speak.eval_on_selector_all("#camera-select option", "els => els.length") >= 1
         await speak.click("#go-live")
+        # the microphone meter hears the fake device's tone (the click let its AudioContext run)
+        await speak.wait_for_function("() => window.forumcastSpeak.level > 0.01", timeout=15_000)
         await speak.wait_for_function(
             "() => window.forumcastSpeak.pc && window.forumcastSpeak.pc.connectionState === 'connected'",
             timeout=30_000)

@@ -53,7 +53,7 @@ export function connect(token) {
   // global `io` comes from /static/vendor/socket.io.min.js (npm's socket.io-client)
   return window.io({
     auth: token ? { token } : {},
-    transports: ["websocket", "polling"],
+    // default transports: long-polling first, then the upgrade; works behind strict venue proxies
     reconnectionDelay: 1000,
     reconnectionDelayMax: 10000,
   });

@@ -12,7 +12,8 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   status: $("status"), message: $("message"), preview: $("preview"), placeholder: $("preview-placeholder"),
   goLive: $("go-live"), stop: $("stop"), connection: $("connection"), program: $("program"),
-  viewers: $("viewers"), onAir: $("on-air"),
+  viewers: $("viewers"), onAir: $("on-air"), cameraSelect: $("camera-select"), micSelect: $("mic-select"),
+  micLevel: $("mic-level"),
 };
 
 const state = {
@@ -25,6 +26,8 @@ const state = {
   retry: 0,
   retryTimer: null,
   fatal: false,
+  level: 0, // microphone level 0..1, shown by the meter
+  meter: null, // {context, stop}
 };
 window.forumcastSpeak = state; // for tests and support: read-only inspection
 
@@ -64,7 +67,92 @@ async function openCamera() {
   }
   ui.preview.srcObject = state.stream;
   ui.placeholder.hidden = true;
+  startMeter();
+  await listDevices();
   return true;
+}
+
+// --- devices: pick a camera and microphone; swap them even while live ---
+
+async function listDevices() {
+  let devices = [];
+  try {
+    devices = await navigator.mediaDevices.enumerateDevices();
+  } catch (error) {
+    return; // the pickers stay empty; the default devices are in use
+  }
+  fillSelect(ui.cameraSelect, devices.filter((d) => d.kind === "videoinput"), currentDevice("video"), "Camera");
+  fillSelect(ui.micSelect, devices.filter((d) => d.kind === "audioinput"), currentDevice("audio"), "Microphone");
+}
+
+function currentDevice(kind) {
+  const track = state.stream && state.stream.getTracks().find((t) => t.kind === kind);
+  return track ? track.getSettings().deviceId : null;
+}
+
+function fillSelect(select, devices, current, fallback) {
+  select.replaceChildren(...devices.map((device, index) => {
+    const option = document.createElement("option");
+    option.value = device.deviceId;
+    option.textContent = device.label || `${fallback} ${index + 1}`;
+    option.selected = device.deviceId === current;
+    return option;
+  }));
+  select.disabled = devices.length < 2;
+}
+
+async function switchDevice(kind, deviceId) {
+  const constraints = kind === "video"
+    ? { video: { deviceId: { exact: deviceId }, width: { ideal: 1280 }, height: { ideal: 720 } } }
+    : { audio: { deviceId: { exact: deviceId }, echoCancellation: true, noiseSuppression: true } };
+  let fresh;
+  try {
+    fresh = (await navigator.mediaDevices.getUserMedia(constraints)).getTracks()[0];
+  } catch (error) {
+    showMessage(ui.message, "warn", `That ${kind === "video" ? "camera" : "microphone"} could not be opened (${error.name}).`);
+    return;
+  }
+  const old = state.stream.getTracks().find((t) => t.kind === kind);
+  if (old) {
+    state.stream.removeTrack(old);
+    old.stop();
+  }
+  state.stream.addTrack(fresh);
+  if (state.pc) {
+    // live: swap the track on the existing connection, no renegotiation
+    const transceiver = state.pc.getTransceivers().find((t) => t.receiver.track && t.receiver.track.kind === kind);
+    if (transceiver) await transceiver.sender.replaceTrack(fresh);
+  }
+  if (kind === "audio") startMeter();
+  showMessage(ui.message, "", "");
+}
+
+// --- microphone meter ---------------------------------------------------
+
+function startMeter() {
+  if (state.meter) state.meter.stop();
+  const track = state.stream.getAudioTracks()[0];
+  if (!track || !window.AudioContext) return;
+  const context = new AudioContext();
+  const analyser = context.createAnalyser();
+  analyser.fftSize = 512;
+  context.createMediaStreamSource(new MediaStream([track])).connect(analyser);
+  const samples = new Float32Array(analyser.fftSize);
+  let running = true;
+  const tick = () => {
+    if (!running) return;
+    analyser.getFloatTimeDomainData(samples);
+    let sum = 0;
+    for (const x of samples) sum += x * x;
+    const rms = Math.sqrt(sum / samples.length);
+    state.level = Math.min(1, rms * 4); // speech peaks near 0.25 rms: fill the bar
+    ui.micLevel.style.width = `${Math.round(state.level * 100)}%`;
+    setTimeout(tick, 100); // not requestAnimationFrame: keeps measuring in a background tab
+  };
+  tick();
+  // browsers start an AudioContext suspended until the first click
+  if (context.state === "suspended") document.addEventListener("click", () => context.resume(), { once: true });
+  state.meter = { context, stop: () => { running = false; context.close(); } };
 }
 
 function closePeer() {
@@ -188,6 +276,8 @@ async function main() {
     publish();
   });
   ui.stop.addEventListener("click", stopSending);
+  ui.cameraSelect.addEventListener("change", () => switchDevice("video", ui.cameraSelect.value));
+  ui.micSelect.addEventListener("change", () => switchDevice("audio", ui.micSelect.value));
 }
 
 main();
