@@ -145,6 +145,16 @@ async def test_an_expired_invite_gets_a_plain_message(server: ServerProcess, bro
         await page.goto(f"{server.url}/speak/{FORUM}")  # no token at all
         await page.wait_for_function("() => !document.getElementById('message').hidden", timeout=15_000)
         assert "invite link" in (await page.text_content("#message") or "")
+
+        # a guest's invite opens the speak page, but going live is refused in plain words
+        page = await context.new_page()
+        await page.goto(f"{server.url}/speak/{FORUM}?token={server.token(Role.VIEWER, [FORUM])}")
+        await page.wait_for_function("() => !document.getElementById('go-live').disabled", timeout=20_000)
+        await page.click("#go-live")
+        await page.wait_for_function("() => !document.getElementById('message').hidden", timeout=15_000)
+        refused = await page.text_content("#message") or ""
+        assert "does not allow" in refused and "speaker role" in refused
+        assert await page.evaluate("window.forumcastSpeak.pc === null && window.forumcastSpeak.fatal")
     finally:
         await context.close()
 

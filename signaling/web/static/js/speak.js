@@ -34,6 +34,8 @@ window.forumcastSpeak = state; // for tests and support: read-only inspection
 function fail(error) {
   state.fatal = true;
   state.wantLive = false;
+  clearTimeout(state.retryTimer);
+  closePeer();
   setPill(ui.status, "bad", "Cannot continue");
   showMessage(ui.message, "bad", describe(error));
   ui.goLive.disabled = true;
