@@ -59,7 +59,7 @@ class WirePath:
         """Route every datagram of this socket to `handler`; return aioice's own handler,
         which the caller must keep calling for STUN (consent) and DTLS."""
         original: DatagramHandler = self.protocol.datagram_received
-        self.protocol.datagram_received = handler  # type: ignore[method-assign]
+        self.protocol.datagram_received = handler  # type: ignore[method-assign,assignment]
         return original
 
 

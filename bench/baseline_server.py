@@ -15,12 +15,14 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer, MediaRelay
 
 from bench.loopback import LOOPBACK, loopback_configuration, restrict_ice_to_loopback
+from bench.media import player_tracks
 
 
 class Baseline:
     def __init__(self, media: str) -> None:
         # loop=False: looping restarts the pts and MediaPlayer then bursts (see bench/media.py)
         self.player = MediaPlayer(media, decode=False)
+        self.video, self.audio = player_tracks(self.player)
         self.relay = MediaRelay()
         self.peers: dict[str, RTCPeerConnection] = {}
 
@@ -37,8 +39,8 @@ class Baseline:
                 await pc.close()
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-        pc.addTrack(self.relay.subscribe(self.player.video, buffered=False))
-        pc.addTrack(self.relay.subscribe(self.player.audio, buffered=False))
+        pc.addTrack(self.relay.subscribe(self.video, buffered=False))
+        pc.addTrack(self.relay.subscribe(self.audio, buffered=False))
         await pc.setLocalDescription(await pc.createAnswer())
         return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp")
 
@@ -47,8 +49,8 @@ class Baseline:
 
     async def close(self) -> None:
         await asyncio.gather(*(pc.close() for pc in self.peers.values()), return_exceptions=True)
-        self.player.video.stop()
-        self.player.audio.stop()
+        self.video.stop()
+        self.audio.stop()
 
 
 async def serve(media: str, port: int, lifetime: float) -> None:

@@ -106,7 +106,9 @@ class LightViewer:
 
     async def _negotiate(self, signal: Signal) -> None:
         video = self.pc.addTransceiver("video", direction="recvonly")
-        h264 = [c for c in RTCRtpReceiver.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+        capabilities = RTCRtpReceiver.getCapabilities("video")
+        assert capabilities is not None
+        h264 = [c for c in capabilities.codecs if c.mimeType == "video/H264"]
         video.setCodecPreferences(h264)  # one codec per forum, H.264: see docs/DESIGN.md
         self.pc.addTransceiver("audio", direction="recvonly")
         connected = asyncio.get_running_loop().create_future()
@@ -148,7 +150,7 @@ class LightViewer:
             if self._rx is None:
                 self._aioice_handler(data, addr)  # type: ignore[misc]
             else:
-                self._loop.call_soon_threadsafe(self._aioice_handler, data, addr)  # type: ignore[union-attr]
+                self._loop.call_soon_threadsafe(self._aioice_handler, data, addr)  # type: ignore[union-attr,arg-type]
             return
         if 191 < data[1] < 224:  # RTCP packet types 192..223 (RFC 5761)
             self.rtcp += 1

@@ -14,8 +14,13 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import imageio_ffmpeg
+
+if TYPE_CHECKING:
+    from aiortc import MediaStreamTrack
+    from aiortc.contrib.media import MediaPlayer
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 VIDEO_KBPS = 1500
@@ -56,6 +61,13 @@ def ensure_media(seconds: int = DEFAULT_SECONDS, ffmpeg: str | None = None) -> P
     subprocess.run(ffmpeg_command(binary, seconds, tmp), check=True, timeout=900)
     tmp.replace(out)  # atomic: a crashed encode never leaves a half file under the real name
     return out
+
+
+def player_tracks(player: "MediaPlayer") -> tuple["MediaStreamTrack", "MediaStreamTrack"]:
+    """(video, audio) of a MediaPlayer of the test file; both must be there."""
+    if player.video is None or player.audio is None:
+        raise RuntimeError("the test media must hold H.264 video and Opus audio")
+    return player.video, player.audio
 
 
 def main() -> None:

@@ -17,17 +17,20 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 
 from bench.loopback import loopback_configuration, restrict_ice_to_loopback
+from bench.media import player_tracks
 
 
 async def publish(url: str, forum: str, source: str, media: str, lifetime: float) -> None:
     restrict_ice_to_loopback()
     player = MediaPlayer(media, decode=False)  # no loop: see bench/media.py
+    video_track, audio_track = player_tracks(player)
     pc = RTCPeerConnection(loopback_configuration())
-    video = pc.addTransceiver(player.video, direction="sendonly")
+    video = pc.addTransceiver(video_track, direction="sendonly")
     # the packets are H.264: offer H.264 only, or they could be sent under VP8's payload type
-    video.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
-                               if c.mimeType == "video/H264"])
-    pc.addTransceiver(player.audio, direction="sendonly")
+    capabilities = RTCRtpSender.getCapabilities("video")
+    assert capabilities is not None
+    video.setCodecPreferences([c for c in capabilities.codecs if c.mimeType == "video/H264"])
+    pc.addTransceiver(audio_track, direction="sendonly")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -56,8 +59,8 @@ async def publish(url: str, forum: str, source: str, media: str, lifetime: float
             pass
     finally:
         await asyncio.wait_for(pc.close(), 10)
-        player.video.stop()
-        player.audio.stop()
+        video_track.stop()
+        audio_track.stop()
 
 
 def main() -> None:
