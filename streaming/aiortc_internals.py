@@ -9,11 +9,11 @@ MediaPlane.start() and raises RuntimeError naming whatever moved.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import queue
 import threading
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -35,9 +35,6 @@ from pylibsrtp._binding import lib as _srtp_lib
 logger = logging.getLogger(__name__)
 
 TESTED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
-
-# Seconds between 1900 (NTP epoch) and 1970 (unix epoch).
-_NTP_EPOCH_OFFSET = 2208988800
 
 
 def check() -> None:
@@ -62,6 +59,9 @@ def check() -> None:
         (RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder"),
         (RTCRtpSender, "_handle_rtcp_packet"),
         (RTCRtpSender, "_send_keyframe"),
+        (RTCRtpSender, "_run_rtcp"),
+        (RTCRtpSender, "_RTCRtpSender__rtcp_started"),
+        (RTCRtpSender, "_RTCRtpSender__rtcp_exited"),
         (RTCRtpTransceiver, "_codecs"),
         (RTCRtpSender, "_ssrc"),
         (_srtp_lib, "srtp_protect"),
@@ -236,6 +236,25 @@ def intercept_sender_rtcp(
     sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
 
 
+def quiet_sender_rtcp(sender: RTCRtpSender) -> None:
+    """Replace aiortc's per-sender RTCP task (object-built reports every
+    0.5-1.5 s through its async send chain) with one that only waits: the
+    media plane sends this sender's reports itself (rtcp_reports.py)."""
+    started: asyncio.Event = sender._RTCRtpSender__rtcp_started  # type: ignore[attr-defined]
+    exited: asyncio.Event = sender._RTCRtpSender__rtcp_exited  # type: ignore[attr-defined]
+
+    async def run_rtcp() -> None:
+        started.set()
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            exited.set()
+
+    sender._run_rtcp = run_rtcp  # type: ignore[method-assign]
+
+
 def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
     """Call `callback` whenever aiortc's sender is asked for a keyframe
     (used by test peers to count PLIs/FIRs reaching a publisher)."""
@@ -246,25 +265,6 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
         original()
 
     sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
-
-
-def update_sender_report(
-    sender: RTCRtpSender, packets: int, octets: int, rtp_timestamp: int, wall_time: float
-) -> None:
-    """Keep aiortc's RTCP sender reports truthful for packets we sent."""
-    seconds = wall_time + _NTP_EPOCH_OFFSET
-    ntp = (int(seconds) << 32) | int((seconds % 1) * (1 << 32))
-    sender._RTCRtpSender__packet_count = packets  # type: ignore[attr-defined]
-    sender._RTCRtpSender__octet_count = octets  # type: ignore[attr-defined]
-    sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]
-    sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
-
-
-def sender_report_counts(sender: RTCRtpSender) -> tuple[int, int]:
-    return (
-        sender._RTCRtpSender__packet_count,  # type: ignore[attr-defined]
-        sender._RTCRtpSender__octet_count,  # type: ignore[attr-defined]
-    )
 
 
 def sender_ssrc(sender: RTCRtpSender) -> int:
@@ -354,8 +354,3 @@ def nominated_pair_key(dtls: RTCDtlsTransport) -> object | None:
     """Identity of the current nominated pair (to notice a re-nomination)."""
     pair = dtls.transport._connection._nominated.get(1)
     return pair
-
-
-def ntp_now() -> int:
-    seconds = time.time() + _NTP_EPOCH_OFFSET
-    return (int(seconds) << 32) | int((seconds % 1) * (1 << 32))

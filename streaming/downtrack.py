@@ -22,6 +22,7 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from streaming.aiortc_internals import SendPath
+from streaming.rtcp_reports import sender_report
 from streaming.rtp_source import MAX_PACKET_SIZE, ForwardPacket
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class Downtrack:
         "start_lane_seq", "lane", "write_limit", "packets", "octets",
         "skipped", "dropped_frames", "retransmitted", "send_errors",
         "_buf", "_length", "_protect", "_srtp", "_cdata", "_sendto",
-        "_addr", "_buffer_size", "_sock_sendto", "path",
+        "_addr", "_buffer_size", "_sock_sendto", "path", "sdes", "reports",
     )
 
     def __init__(self, kind: str, ssrc: int, pt_by_codec: dict[str, int], write_limit: int) -> None:
@@ -72,6 +73,8 @@ class Downtrack:
         self.retransmitted = 0
         self.send_errors = 0
         self.path: SendPath | None = None
+        self.sdes = b""  # this SSRC's SDES CNAME, appended to sender reports
+        self.reports = 0
         self._buf: memoryview | None = None
         self._length: Any = None
         self._protect: Any = None
@@ -193,6 +196,36 @@ class Downtrack:
         lane = self.lane
         if lane is not None:
             lane.request_keyframe()
+
+    # --- RTCP out ------------------------------------------------------
+
+    def send_report(self) -> bool:
+        """An RTCP sender report with this viewer's true counts, timed by
+        the lane's last packet (about once a second, from housekeeping)."""
+        lane = self.lane
+        if lane is None or self.packets == 0:
+            return False
+        data = sender_report(self.ssrc, lane.last_wall, lane.last_ts, self.packets, self.octets)
+        if self.send_rtcp(data + self.sdes):
+            self.reports += 1
+            return True
+        return False
+
+    def send_rtcp(self, data: bytes) -> bool:
+        """SRTCP-protect and send a compound RTCP packet."""
+        path = self.path
+        buf = self._buf
+        n = len(data)
+        if path is None or buf is None or n > _MAX_PACKET - 16:
+            return False
+        buf[:n] = data
+        length = self._length
+        length[0] = n
+        if path.protect_rtcp(self._srtp, self._cdata, length):
+            self.send_errors += 1
+            return False
+        self._sendto(buf[: length[0]], self._addr)  # through asyncio: rare, keeps order
+        return True
 
     # --- NACK ----------------------------------------------------------
 

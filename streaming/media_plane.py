@@ -285,7 +285,7 @@ class MediaPlane:
                 await asyncio.sleep(HOUSEKEEPING_INTERVAL)
                 now = time.monotonic()
                 for viewer in list(self._viewers.values()):
-                    viewer.refresh()
+                    viewer.refresh(now)
                 for forum in list(self._forums.values()):
                     forum.check_timeouts(now)
         except asyncio.CancelledError:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import random
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription, sdp
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
 
@@ -29,6 +30,7 @@ from streaming.media_error import MediaError
 from streaming.offer_check import capabilities_for, parse_offer, watch_codecs
 from streaming.program_bus import ProgramBus
 from streaming.publisher import server_configuration
+from streaming.rtcp_reports import sdes_cname
 from streaming.rtp_codecs import codec_key
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class WebRtcViewer:
         self.audio: Downtrack | None = None
         self._senders: dict[str, RTCRtpSender] = {}
         self._pair: object | None = None
+        self._next_report = 0.0  # time.monotonic() of the next sender reports
 
     @property
     def state(self) -> str:
@@ -145,6 +148,7 @@ class WebRtcViewer:
             setattr(self, kind, dt)
             self._senders[kind] = t.sender
             aiortc_internals.intercept_sender_rtcp(t.sender, self._rtcp_handler(dt))
+            aiortc_internals.quiet_sender_rtcp(t.sender)
         pc.on("connectionstatechange", self._on_connection_state)
         try:
             with gathering_on(self._config.ice_addresses):
@@ -152,7 +156,13 @@ class WebRtcViewer:
         except Exception as exc:
             await self.close()
             raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
-        return pc.localDescription.sdp
+        answer = pc.localDescription.sdp
+        for media in sdp.SessionDescription.parse(answer).media:
+            dt = self.video if media.kind == "video" else self.audio if media.kind == "audio" else None
+            cname = next((s.cname for s in media.ssrc if s.cname), None)
+            if dt is not None and cname:
+                dt.sdes = sdes_cname(dt.ssrc, cname)
+        return answer
 
     def _rtcp_handler(self, dt: Downtrack) -> Callable[[Any, Any], Any]:
         async def handle(packet: Any, original: Any) -> None:
@@ -162,8 +172,8 @@ class WebRtcViewer:
                 lane = dt.lane
                 if lane is not None:
                     lane.request_keyframe()
-            else:
-                await original(packet)
+            # receiver reports and REMB feed aiortc's stats and encoder,
+            # neither of which exists for a forwarded stream: ignored
 
         return handle
 
@@ -183,12 +193,12 @@ class WebRtcViewer:
         if sender is None or self._bus is None:
             return
         path = aiortc_internals.send_path(sender.transport)
-        if path is None:
-            logger.warning("Viewer(%s) connected without a send path", self.viewer_id)
-            return
-        if path.relayed:
-            # aioice's TURN transport makes a task per datagram: not on the fast path
-            logger.warning("Viewer(%s) is on a relayed pair: not supported", self.viewer_id)
+        if path is None or path.relayed:
+            # a relayed pair: aioice's TURN transport makes a task per
+            # datagram, which the fast path must not do; the server gathers
+            # no relay candidates, so this is not expected to happen
+            logger.warning("Viewer(%s) has no direct send path: closing it", self.viewer_id)
+            self._on_gone(self)
             return
         self._pair = aiortc_internals.nominated_pair_key(sender.transport)
         for dt in self.downtracks():
@@ -196,8 +206,8 @@ class WebRtcViewer:
         self._set_state(_State.WATCHING)
         self._bus.subscribe(self.video, self.audio)
 
-    def refresh(self) -> None:
-        """Follow a re-nominated ICE pair and keep sender reports current
+    def refresh(self, now: float) -> None:
+        """Follow a re-nominated ICE pair and send sender reports when due
         (called a few times a second by the plane, never per packet)."""
         if self._state != _State.WATCHING:
             return
@@ -211,13 +221,11 @@ class WebRtcViewer:
                 self._pair = pair
                 for dt in self.downtracks():
                     dt.connect(path)
-        for kind, dt in (("video", self.video), ("audio", self.audio)):
-            lane = dt.lane if dt is not None else None
-            if dt is None or lane is None or dt.packets == 0:
-                continue
-            aiortc_internals.update_sender_report(
-                self._senders[kind], dt.packets, dt.octets, lane.last_ts, lane.last_wall
-            )
+        if now >= self._next_report:
+            # RFC 3550's randomised interval, as aiortc does: 0.5-1.5 s
+            self._next_report = now + 0.5 + random.random()
+            for dt in self.downtracks():
+                dt.send_report()
 
     def _detach(self) -> None:
         if self._bus is not None:

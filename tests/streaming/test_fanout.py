@@ -14,6 +14,22 @@ from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, con
 pytestmark = pytest.mark.timeout(60)
 
 
+async def sender_reports(viewer: TestViewer, timeout: float = 5.0) -> dict[str, tuple[int, int]]:
+    """(packets, octets) from the latest RTCP SR of each kind the viewer got
+    (SRs go out every 0.5-1.5 s: poll the viewer's stats until both came)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        stats = await viewer.pc.getStats()
+        found = {
+            s.kind: (s.packetsSent, s.bytesSent)
+            for s in stats.values()
+            if s.type == "remote-outbound-rtp" and s.packetsSent
+        }
+        if len(found) == 2 or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.1)
+
+
 @pytest.fixture
 async def plane():
     plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",)))
@@ -54,6 +70,11 @@ async def test_three_viewers_get_decodable_frames_in_order_without_server_decode
         assert stats["packets_forwarded"] > 0
         assert plane.program("main") == "speaker-1"
         assert ("main", "speaker-1", SourceState.LIVE) in [(c.forum_id, c.source_id, c.state) for c in changes]
+        # aiortc's RTCP sender reports carry the fast path's counts
+        reports = await sender_reports(viewers[0])
+        assert set(reports) == {"video", "audio"}
+        for kind, (packets, octets) in reports.items():
+            assert packets > 10 and octets > packets, (kind, packets, octets)
     finally:
         for viewer in viewers:
             await viewer.close()
