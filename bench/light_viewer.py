@@ -303,6 +303,8 @@ def _rates(window: float, before: list[Counts], after: list[Counts]) -> dict[str
         "audio_pps": total.audio / window / max(1, len(deltas)),
         "pps_min": min(per_s), "pps_median": statistics.median(per_s), "pps_max": max(per_s),
         "silent_viewers": sum(1 for d in deltas if d.rtp == 0),
+        "per_viewer_pps": [round(x, 1) for x in per_s],
+        "per_viewer_auth_failures": [d.auth_failures for d in deltas],
     }
 
 
