@@ -193,6 +193,23 @@ async def test_bad_payloads_get_error_acks_and_the_connection_carries_on(
     assert (await bystander.call("join", {"forum_id": FORUM}))["forum"]["id"] == FORUM
 
 
+async def test_a_flood_is_rate_limited_and_others_carry_on(server: ServerProcess, clients: list[Client]) -> None:
+    flooder = await connected(server, clients, Role.VIEWER, [FORUM])
+    bystander = await connected(server, clients, Role.VIEWER, [FORUM])
+    await flooder.call("join", {"forum_id": FORUM})
+    viewer = ViewerPeer()
+    try:
+        # each watch builds a peer connection on the server: 48 at once overflow the inbox (32)
+        offer = {"forum_id": FORUM, "sdp": await viewer.offer()}
+        acks = await asyncio.gather(*(flooder.call("watch", offer) for _ in range(48)))
+    finally:
+        await viewer.close()
+    codes = [ack["error"]["code"] if "error" in ack else "ok" for ack in acks]
+    assert "rate_limited" in codes and "ok" in codes and set(codes) == {"ok", "rate_limited"}, codes
+    assert (await bystander.call("join", {"forum_id": FORUM}))["forum"]["id"] == FORUM
+    assert (await flooder.call("join", {"forum_id": FORUM}))["forum"]["id"] == FORUM  # and it recovers
+
+
 async def test_requests_outside_the_grant_are_forbidden(server: ServerProcess, clients: list[Client]) -> None:
     viewer = await connected(server, clients, Role.VIEWER, [FORUM])
     assert "error" not in await viewer.call("join", {"forum_id": FORUM})
