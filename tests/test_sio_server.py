@@ -193,6 +193,20 @@ async def test_bad_payloads_get_error_acks_and_the_connection_carries_on(
     assert (await bystander.call("join", {"forum_id": FORUM}))["forum"]["id"] == FORUM
 
 
+async def test_a_token_expiring_while_connected_is_told_and_disconnected(
+        server: ServerProcess, clients: list[Client]) -> None:
+    client = Client()
+    clients.append(client)
+    disconnected = asyncio.Event()
+    client.sio.on("disconnect", lambda *_: disconnected.set())
+    await client.connect(server, server.token(Role.VIEWER, [FORUM], ttl_seconds=2))
+    joined = await client.call("join", {"forum_id": FORUM})
+    assert joined["expires_at"] > 0
+    pushed = await client.next_push("error", timeout=10)
+    assert pushed["error"]["code"] == "token_expired"
+    await asyncio.wait_for(disconnected.wait(), 10)
+
+
 async def test_a_flood_is_rate_limited_and_others_carry_on(server: ServerProcess, clients: list[Client]) -> None:
     flooder = await connected(server, clients, Role.VIEWER, [FORUM])
     bystander = await connected(server, clients, Role.VIEWER, [FORUM])
