@@ -300,6 +300,22 @@ async def test_publish_goes_on_air_and_a_watcher_decodes_it(server: ServerProces
         await viewer.wait_audio(10)
         assert viewer.frame_size is not None and viewer.frame_size[0] > 0
 
+        # an operator's preview tile: one named source; an unknown one is not_found
+        operator = await connected(server, clients, Role.OPERATOR, [forum], name="Director")
+        await operator.call("join", {"forum_id": forum})
+        tile = ViewerPeer()
+        try:
+            missing = await operator.call("watch", {"forum_id": forum, "sdp": await tile.offer(),
+                                                    "source_id": "src-nope"})
+            assert error_code(missing) == "not_found"
+            preview = await operator.call("watch", {"forum_id": forum, "sdp": tile.pc.localDescription.sdp,
+                                                    "source_id": source_id})
+            assert "error" not in preview, preview
+            await tile.accept(preview["sdp"])
+            await tile.wait_video(5)
+        finally:
+            await tile.close()
+
         # the speaker's connection closes: its source goes and the slate is back
         await speaker.close()
         await observer.next_push("sources", lambda s: all(x["id"] != source_id for x in s["sources"]))
