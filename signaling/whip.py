@@ -107,8 +107,15 @@ async def read_offer(request: web.Request) -> str:
     if request.content_length is not None and request.content_length > protocol.MAX_SDP_BYTES:
         raise RoomError("too_large", f"the offer is {request.content_length} bytes; "
                         f"the limit is {protocol.MAX_SDP_BYTES}")
-    body = await request.content.read(protocol.MAX_SDP_BYTES + 1)  # bounded even when chunked
-    return protocol.check_sdp(body, "the offer")
+    # read to the end, but never more than the limit (a chunked body has no Content-Length)
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(16 * 1024):
+        size += len(chunk)
+        if size > protocol.MAX_SDP_BYTES:
+            raise RoomError("too_large", f"the offer is over {protocol.MAX_SDP_BYTES} bytes")
+        chunks.append(chunk)
+    return protocol.check_sdp(b"".join(chunks), "the offer")
 
 
 def sdp_created(answer: str, location: str) -> web.Response:

@@ -135,6 +135,13 @@ async def expect_error(response: aiohttp.ClientResponse, status: int, code: str)
     return dict(body)
 
 
+async def chunked(head: str, padding: int) -> AsyncIterator[bytes]:
+    """A body sent with Transfer-Encoding: chunked, `padding` bytes past `head`."""
+    yield head.encode()
+    for _ in range(padding // 1000):
+        yield b"a=x-pad:" + b"y" * 990 + b"\r\n"
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -190,6 +197,8 @@ async def test_ffmpeg_publishes_a_whep_viewer_decodes_and_bad_requests_change_no
                            415, "unsupported_media_type")
         await expect_error(await http.post(whip, data=offer + "a=x:" + "y" * 70_000 + "\r\n", headers=good_headers),
                            413, "too_large")
+        await expect_error(await http.post(whip, data=chunked(offer, 70_000), headers=good_headers),
+                           413, "too_large")  # no Content-Length: counted while read
         await expect_error(await http.post(whip, data="this is not sdp", headers=good_headers), 400, "invalid_sdp")
         await expect_error(await http.post(whip, data=offer, headers=good_headers), 400, "invalid_sdp")
         await expect_error(await http.patch(location, data="a=candidate:1 1 udp 1 127.0.0.1 9 typ host",
