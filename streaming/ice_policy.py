@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from streaming import aiortc_internals
+from streaming.media_error import MediaError
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +38,23 @@ def candidate_address(line: str) -> str | None:
     return parts[4]
 
 
+def usable_offer(sdp: str, addresses: tuple[str, ...]) -> str:
+    """The offer with remote candidates outside `addresses` dropped.
+    Raises MediaError("invalid_sdp") if it had candidates and none is
+    usable (ICE would fail later, silently)."""
+    filtered, kept = filter_remote_candidates(sdp, addresses)
+    if kept == 0 and any(candidate_address(line) for line in sdp.splitlines()):
+        raise MediaError(
+            "invalid_sdp",
+            f"the offer has no ICE candidate on {', '.join(addresses)} "
+            "(mDNS .local names and other interfaces are not used)",
+        )
+    return filtered
+
+
 def filter_remote_candidates(sdp: str, addresses: tuple[str, ...]) -> tuple[str, int]:
     """Drop remote candidates outside `addresses`. Returns the new SDP and
-    how many candidate lines remain (peer-reflexive discovery still works
-    with none: the remote's checks reach our sockets)."""
+    how many candidate lines remain."""
     if not addresses:
         kept = sum(1 for line in sdp.splitlines() if candidate_address(line) is not None)
         return sdp, kept

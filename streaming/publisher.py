@@ -24,7 +24,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from rooms.models import SourceKind
 from streaming import aiortc_internals
-from streaming.ice_policy import filter_remote_candidates, gathering_on
+from streaming.ice_policy import gathering_on, usable_offer
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
 from streaming.offer_check import capabilities_for, parse_offer, publish_codecs
@@ -83,7 +83,7 @@ class WebRtcPublisher:
         """Apply the offer; returns the complete answer (ICE gathered)."""
         summary = parse_offer(offer_sdp)
         video_key, audio_key = publish_codecs(summary)
-        offer, _ = filter_remote_candidates(offer_sdp, self._config.ice_addresses)
+        offer = usable_offer(offer_sdp, self._config.ice_addresses)
         pc = RTCPeerConnection(server_configuration())
         self._pc = pc
         self._set_state(_State.CONNECTING)

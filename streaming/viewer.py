@@ -24,7 +24,7 @@ from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPa
 
 from streaming import aiortc_internals
 from streaming.downtrack import Downtrack
-from streaming.ice_policy import filter_remote_candidates, gathering_on
+from streaming.ice_policy import gathering_on, usable_offer
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
 from streaming.offer_check import capabilities_for, parse_offer, watch_codecs
@@ -112,7 +112,7 @@ class WebRtcViewer:
             raise MediaError(
                 "unsupported_codec", f"this source sends {needs.upper()}, which the offer does not accept"
             )
-        offer, _ = filter_remote_candidates(offer_sdp, self._config.ice_addresses)
+        offer = usable_offer(offer_sdp, self._config.ice_addresses)
         pc = RTCPeerConnection(server_configuration())
         self._pc = pc
         self._bus = bus

@@ -35,6 +35,18 @@ def test_remote_candidates_outside_the_allowed_addresses_are_dropped() -> None:
     assert "a=end-of-candidates" in filtered and filtered.startswith("v=0\r\n")
 
 
+def test_an_offer_with_only_unusable_candidates_is_refused() -> None:
+    from streaming.ice_policy import usable_offer
+    from streaming.media_error import MediaError
+
+    only_mdns = "\r\n".join(l for l in OFFER.split("\r\n") if "127.0.0.1" not in l)
+    with pytest.raises(MediaError) as refused:
+        usable_offer(only_mdns, ("127.0.0.1",))
+    assert refused.value.code == "invalid_sdp" and "127.0.0.1" in refused.value.message
+    no_candidates = "\r\n".join(l for l in OFFER.split("\r\n") if "candidate:" not in l)
+    assert usable_offer(no_candidates, ("127.0.0.1",)) == no_candidates.rstrip("\r\n") + "\r\n"
+
+
 def test_no_restriction_keeps_every_candidate() -> None:
     same, kept = filter_remote_candidates(OFFER, ())
     assert same == OFFER and kept == 4
