@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 SYSTEM = "system"  # `by` of the covers and returns this policy makes
 _DOWN = (SourceState.LOST, SourceState.ENDED)
+_FOLLOWED = (SourceKind.LIVE, SourceKind.VENUE)  # a recorded video waits for a take (or the agenda)
 
 
 class Cancellable(Protocol):
@@ -67,9 +68,9 @@ class ProgramSwitcher:
     """One forum's program policy on the node that hosts its media.
 
     `follow_live`: while the slate is on air because nobody chose it (no
-    operator cut to it) and the forum is not manual, a speaker's source
-    that goes live is put on air by itself - an unattended forum still
-    shows its speaker."""
+    operator cut to it) and the forum is not manual, a speaker's or the
+    venue's source that goes live is put on air by itself - an unattended
+    forum still shows its speaker."""
 
     def __init__(
         self,
@@ -210,7 +211,7 @@ class ProgramSwitcher:
         elif (
             state is SourceState.LIVE and previous is not SourceState.LIVE
             and self._phase is Phase.SLATE and self.follow_live and not self.manual
-            and not self.slate_chosen and self._kinds.get(source_id) is SourceKind.LIVE
+            and not self.slate_chosen and self._kinds.get(source_id) in _FOLLOWED
         ):
             self._spawn(self._follow(source_id))
 
