@@ -56,10 +56,12 @@ async def test_plays_in_real_time_with_keyframes_every_two_seconds(files: dict[s
     rate = media / wall
     print(f"\nplayout: {media:.3f}s of media in {wall:.3f}s of wall time: rate {rate:.5f}; CPU {cpu:.1%} of a core")
     assert abs(rate - 1) < 0.01
-    lead = max(((p.timestamp - first.timestamp) & 0xFFFFFFFF) / 90000 - (t - t0) for t, p in video.arrivals)
+    # never ahead of real time (measured from before start(): a late first packet cannot hide a lead)
+    lead = max(((p.timestamp - first.timestamp) & 0xFFFFFFFF) / 90000 - (t - wall_before) for t, p in video.arrivals)
+    assert lead <= 0.001
+    # and never drifting behind (the bound allows a busy shared machine's scheduling hiccups)
     lag = max((t - t0) - ((p.timestamp - first.timestamp) & 0xFFFFFFFF) / 90000 for t, p in video.arrivals)
-    assert lead < 0.005  # never ahead of real time
-    assert lag < 0.1  # and never drifting behind
+    assert lag < 0.25
     assert cpu < 0.5
 
     # IDR (with SPS/PPS in front) every 2 s of media

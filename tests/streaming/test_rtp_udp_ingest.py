@@ -72,11 +72,10 @@ async def test_receives_h264_and_opus_from_ffmpeg_with_keyframes() -> None:
 
 async def test_malformed_datagrams_are_counted_and_dropped() -> None:
     sink = CollectingSink()
-    ingest = RtpUdpIngest(sink, kind="audio", name="junk")
+    arrived = asyncio.Event()
+    ingest = RtpUdpIngest(sink, kind="audio", name="junk", on_packet=lambda packet: arrived.set())
     await ingest.start()
     good = RtpPacket(payload_type=OPUS_PAYLOAD_TYPE, sequence_number=1, timestamp=960, ssrc=7, payload=b"\xf8")
-    arrived = asyncio.Event()
-    ingest._on_packet = lambda packet: arrived.set()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for junk in (b"", b"\x00", b"\x00" * 20, b"\x80\x60"):
             sock.sendto(junk, ("127.0.0.1", ingest.port))

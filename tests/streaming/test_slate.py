@@ -84,7 +84,7 @@ async def test_slate_loops_with_continuous_timestamps_and_an_idr_per_loop() -> N
     assert audio_steps == {AUDIO_CLOCK // 50}
     wall = video.arrivals[-1] - video.arrivals[0]
     media = ((video.packets[-1].timestamp - first) & 0xFFFFFFFF) / VIDEO_CLOCK
-    assert media == pytest.approx(wall, abs=0.05)  # real time, not faster
+    assert media == pytest.approx(wall, abs=0.1)  # real time, not faster
 
 
 async def test_one_encoded_loop_feeds_several_slates() -> None:
