@@ -8,17 +8,20 @@ dropped source and the source comes back)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import ffmpeg
 import pytest
 
 from rooms.models import Role
 from signaling.app_keys import SETTINGS
 from signaling.forum_inputs import INPUTS
+from streaming.ffmpeg_process import FfmpegProcess
 from tests.operator_app import (
     DecodeErrors,
     Node,
@@ -97,7 +100,17 @@ async def test_rest_refusals(node: Node, http: aiohttp.ClientSession) -> None:
     assert status == 200 and body["slate"] is True
 
 
-async def test_ingest_addresses_are_stable_per_forum_keys(node: Node, http: aiohttp.ClientSession) -> None:
+def venue_encoder(url: str) -> FfmpegProcess:
+    """A venue encoder: H.264 baseline, 2 s GOP, AAC, in real time, over RTMP."""
+    video = ffmpeg.input("testsrc=s=320x240:r=15", f="lavfi", re=None)
+    audio = ffmpeg.input("sine=r=44100", f="lavfi", re=None)
+    args = ffmpeg.output(video, audio, url, t=60, vcodec="libx264", preset="ultrafast", pix_fmt="yuv420p",
+                         g=30, bf=0, acodec="aac", f="flv", **{"profile:v": "baseline"}).get_args()
+    return FfmpegProcess(args, name="venue-encoder", loglevel="error")
+
+
+async def test_ingest_addresses_venue_feed_and_its_states(node: Node, http: aiohttp.ClientSession,
+                                                           clients: list[Any]) -> None:
     op = node.token(Role.OPERATOR)
     status, ai = await call(http, "GET", f"{node.url}/api/forums/{FORUM}/ingest", op)
     assert status == 200, ai
@@ -112,6 +125,32 @@ async def test_ingest_addresses_are_stable_per_forum_keys(node: Node, http: aioh
     # another forum gets another key and other ports
     status, main = await call(http, "GET", f"{node.url}/api/forums/main/ingest", op)
     assert main["stream_key"] != ai["stream_key"] and main["rtmp_url"] != ai["rtmp_url"]
+
+    # a venue encoder publishes: the venue source goes live in the rooms, an operator takes it,
+    # the encoder stops: the source is lost and the slate covers it
+    operator = SioClient()
+    clients.append(operator)
+    await operator.connect(node, op)
+    await operator.call("join", {"forum_id": FORUM})
+    await operator.call("cut_to_slate", {"forum_id": FORUM})  # attended: nothing goes on air by itself
+    encoder = venue_encoder(ai["rtmp_url"])
+    await encoder.start()
+    try:
+        await operator.next_push("sources", lambda p: any(s["id"] == ai["source_id"] and s["state"] == "live"
+                                                          for s in p["sources"]), timeout=20)
+        ack = await operator.call("take", {"forum_id": FORUM, "source_id": ai["source_id"]})
+        assert ack["program"]["program"] == ai["source_id"]
+    finally:
+        await encoder.stop(grace=2.0)
+    await operator.next_push("sources", lambda p: any(s["id"] == ai["source_id"] and s["state"] == "lost"
+                                                      for s in p["sources"]), timeout=20)
+    await operator.next_push("program", lambda p: p["slate"] is True, timeout=10)
+    pids = [process.pid for process in venue.processes()]
+    assert pids
+    await node.runner.cleanup()  # the node stops: every ffmpeg it started is reaped
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 async def test_upload_playout_take_and_stop(node: Node, http: aiohttp.ClientSession, tmp_path: Path,
@@ -147,6 +186,11 @@ async def test_upload_playout_take_and_stop(node: Node, http: aiohttp.ClientSess
     status, item = await call(http, "POST", f"{base}/media", op, data=form)
     assert status == 201, item
     assert (item["width"], item["height"]) == (320, 240) and 2.5 < item["duration"] < 3.6
+    form = aiohttp.FormData()
+    form.add_field("file", data, filename="again.mp4", content_type="video/mp4")
+    status, again = await call(http, "POST", f"{base}/media", op, data=form)
+    assert status == 201 and again["id"] == item["id"]
+    assert node.app[INPUTS].library.normalizations == 1, "normalized once"
 
     other = SioClient()
     clients.append(other)
@@ -163,6 +207,10 @@ async def test_upload_playout_take_and_stop(node: Node, http: aiohttp.ClientSess
     status, sources = await call(http, "GET", f"{base}/sources", op)
     assert [(s["id"], s["on_air"]) for s in sources["sources"]] == [(source_id, True)]
 
+    status, body = await call(http, "POST", f"{base}/playouts/{source_id}/restart", op)
+    assert status == 200 and body["playout"]["state"] == "playing"
+    status, body = await call(http, "POST", f"{base}/playouts/{source_id}/restart", node.token(Role.VIEWER))
+    assert status == 403
     status, body = await call(http, "DELETE", f"{base}/playouts/{source_id}", op)
     assert status == 200
     await other.next_push("program", lambda p: p["program"] is None and p["slate"])
