@@ -190,9 +190,9 @@ class FfmpegProcess:
                         logger.exception("FfmpegProcess(%s) line callback failed", self.name)
             await process.wait()
         finally:
-            _LIVE.pop(process.pid, None)
             self._ended_at = time.monotonic()
-            if process.returncode is not None:
+            if process.returncode is not None:  # else (cancelled with the loop) atexit still kills it
+                _LIVE.pop(process.pid, None)
                 if self._state is _State.RUNNING:
                     logger.info("FfmpegProcess(%s) exited with %s", self.name, process.returncode)
                     self._set_state(_State.EXITED)

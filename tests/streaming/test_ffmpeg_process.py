@@ -169,3 +169,26 @@ async def test_kill_is_immediate_and_counts_as_stopped(tmp_path: Path) -> None:
     await asyncio.gather(process.kill(), process.stop())
     assert states == ["running", "stopping", "stopped"] and process.result().stopped
     assert process.pid is not None and _gone(process.pid)
+
+
+def test_a_child_left_running_when_the_loop_ends_dies_with_the_interpreter(tmp_path: Path) -> None:
+    script = tmp_path / "leave_it.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from streaming.ffmpeg_process import FfmpegProcess\n"
+        "async def main():\n"
+        "    process = FfmpegProcess(sys.argv[1:], name='left')\n"
+        "    await process.start()\n"
+        "    print(process.pid, flush=True)\n"  # and return without stop()
+        "asyncio.run(main())\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(script), *_endless_args(tmp_path / "left.mkv")],
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    assert done.returncode == 0, done.stderr
+    assert _gone(int(done.stdout.split()[0]))
