@@ -207,10 +207,12 @@ class WebRtcViewer:
         self._bus.subscribe(self.video, self.audio)
 
     def refresh(self, now: float) -> None:
-        """Follow a re-nominated ICE pair and send sender reports when due
-        (called a few times a second by the plane, never per packet)."""
-        if self._state != _State.WATCHING:
+        """When sender reports are due (every 0.5-1.5 s, RFC 3550's
+        randomised interval as aiortc uses): follow a re-nominated ICE pair
+        and send them. Called by the plane's housekeeping, never per packet."""
+        if self._state != _State.WATCHING or now < self._next_report:
             return
+        self._next_report = now + 0.5 + random.random()
         sender = next(iter(self._senders.values()), None)
         if sender is None:
             return
@@ -221,11 +223,8 @@ class WebRtcViewer:
                 self._pair = pair
                 for dt in self.downtracks():
                     dt.connect(path)
-        if now >= self._next_report:
-            # RFC 3550's randomised interval, as aiortc does: 0.5-1.5 s
-            self._next_report = now + 0.5 + random.random()
-            for dt in self.downtracks():
-                dt.send_report()
+        for dt in self.downtracks():
+            dt.send_report()
 
     def _detach(self) -> None:
         if self._bus is not None:
