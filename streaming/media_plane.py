@@ -5,6 +5,20 @@ Publishers' packets are received once (never decoded) and handed, one
 synchronous call per packet, to the forum's program bus and preview buses,
 which rewrite, protect and send them to each viewer. See DESIGN.md "How
 media flows" and streaming/downtrack.py for the per-packet path.
+
+Codecs: publishers get H.264 preferred (constrained baseline first), VP8
+if that is all they send, Opus for audio. Viewers negotiate every video
+codec they offer among H.264 and VP8 (H.264 first) and each packet goes
+out under that viewer's payload type for its codec, so a VP8 source
+reaches browsers too. A viewer that cannot take the codec on air gets no
+video until a source it can decode is on air (audio continues); watching
+one pinned source whose codec the offer lacks is refused
+("unsupported_codec").
+
+Known limits: no TURN on the server (host candidates only; a relayed
+local pair would make aioice create a task per datagram, so such a viewer
+is closed); no simulcast/SVC layer selection; no congestion control beyond
+dropping a backed-up viewer's video to the next keyframe.
 """
 
 from __future__ import annotations
