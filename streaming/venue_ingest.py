@@ -121,7 +121,8 @@ class _Leg:
         audio_url, audio_rtp = rtp_output_options("audio", self.audio.port)
         return ffmpeg.merge_outputs(
             source["v:0"].output(video_url, vcodec="copy", **video_options, **video_rtp),
-            source["a:0"].output(audio_url, acodec="libopus", ar=48000, ac=2, **{"b:a": "96k"}, **audio_rtp),
+            # "?": an encoder without audio still plays (video only)
+            source["a:0?"].output(audio_url, acodec="libopus", ar=48000, ac=2, **{"b:a": "96k"}, **audio_rtp),
         ).get_args()
 
     def exited(self, result: FfmpegExit) -> None:
