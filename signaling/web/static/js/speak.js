@@ -26,6 +26,7 @@ const state = {
   retry: 0,
   retryTimer: null,
   fatal: false,
+  program: null, // the last program push (what is on air, what is in preview)
   level: 0, // microphone level 0..1, shown by the meter
   meter: null, // {context, stop}
 };
@@ -43,12 +44,16 @@ function fail(error) {
 }
 
 function showProgram(program) {
+  state.program = program;
   ui.program.textContent = onAirText(program);
   const mine = program && state.sourceId && program.program === state.sourceId;
   ui.onAir.hidden = !mine;
   ui.onAir.className = mine ? "pill live" : "pill";
+  const previewed = program && state.sourceId && program.preview === state.sourceId;
   if (mine) setPill(ui.status, "live", "You are on air");
-  else if (state.sourceId && state.pc && state.pc.connectionState === "connected") setPill(ui.status, "ok", "Sending — waiting to go on air");
+  else if (state.sourceId && state.pc && state.pc.connectionState === "connected") {
+    setPill(ui.status, "ok", previewed ? "In preview — you go on air next" : "Sending — waiting to go on air");
+  }
 }
 
 async function openCamera() {
@@ -265,6 +270,8 @@ async function main() {
     setPill(ui.status, "warn", "Cannot reach the server — retrying…");
   });
   socket.on("program", showProgram);
+  // a preview push carries no on-air source record: keep the last program's, take the new preview
+  socket.on("preview", (payload) => { showProgram({ ...state.program, preview: payload && payload.preview }); });
   socket.on("viewers", (counts) => { ui.viewers.textContent = viewersText(counts); });
   socket.on("error", (payload) => {
     const error = payload && payload.error;
