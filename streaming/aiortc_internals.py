@@ -77,7 +77,7 @@ def check() -> None:
     conn = aioice.ice.Connection(ice_controlling=False)
     if not hasattr(conn, "_nominated"):
         raise RuntimeError("aioice.Connection has no _nominated")
-    from asyncio.selector_events import _SelectorDatagramTransport
+    from asyncio.selector_events import _SelectorDatagramTransport  # type: ignore[attr-defined]
 
     if "_sock" not in _SelectorDatagramTransport.__init__.__code__.co_names and not hasattr(
         _SelectorDatagramTransport, "_sock"
@@ -217,7 +217,7 @@ def filter_incoming(dtls: RTCDtlsTransport, keep: Callable[[bytes], bool]) -> No
         if keep(data):
             original(data, component)
 
-    connection.data_received = data_received
+    connection.data_received = data_received  # type: ignore[method-assign]
 
 
 # --- senders: RTCP in, sender-report counters ------------------------------

@@ -75,7 +75,7 @@ class Downtrack:
         self.path: SendPath | None = None
         self.sdes = b""  # this SSRC's SDES CNAME, appended to sender reports
         self.reports = 0
-        self._buf: memoryview | None = None
+        self._buf: Any = None  # memoryview over the SRTP session buffer
         self._length: Any = None
         self._protect: Any = None
         self._srtp: Any = None

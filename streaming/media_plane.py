@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import inspect
 import logging
 import time
@@ -210,7 +211,7 @@ class MediaPlane:
     def _forum(self, forum_id: str) -> ForumMedia:
         forum = self._forums.get(forum_id)
         if forum is None:
-            forum = ForumMedia(forum_id, self.config, lambda sid, st, f=forum_id: self._notify(f, sid, st))
+            forum = ForumMedia(forum_id, self.config, functools.partial(self._notify, forum_id))
             self._forums[forum_id] = forum
         return forum
 

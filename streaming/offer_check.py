@@ -57,7 +57,7 @@ def parse_offer(offer_sdp: str) -> OfferSummary:
     for media in description.media:
         if media.kind not in ("audio", "video"):
             continue
-        if not media.ice.usernameFragment or not media.ice.password:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise MediaError("invalid_sdp", f"the {media.kind} section has no ICE credentials")
         if not media.dtls or not media.dtls.fingerprints:
             raise MediaError("invalid_sdp", f"the {media.kind} section has no DTLS fingerprint")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 from collections.abc import Callable
 
@@ -121,7 +122,7 @@ class WebRtcPublisher:
             aiortc_internals.tap_receiver(transceiver.receiver, source.push, self._decoders)
             if kind == "video":
                 receiver = transceiver.receiver
-                source.set_keyframe_requester(lambda r=receiver, s=source: self._send_pli(r, s))
+                source.set_keyframe_requester(functools.partial(self._send_pli, receiver, source))
                 self.feed.video = source
             else:
                 self.feed.audio = source

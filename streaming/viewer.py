@@ -142,7 +142,8 @@ class WebRtcViewer:
         for kind, t in transceivers.items():
             pts: dict[str, int] = {}
             for codec in aiortc_internals.transceiver_codecs(t):
-                pts.setdefault(codec_key(codec), codec.payloadType)
+                if codec.payloadType is not None:
+                    pts.setdefault(codec_key(codec), codec.payloadType)
             pts.pop("rtx", None)
             dt = Downtrack(kind, aiortc_internals.sender_ssrc(t.sender), pts, self._config.write_buffer_limit)
             setattr(self, kind, dt)
@@ -158,10 +159,10 @@ class WebRtcViewer:
             raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
         answer = pc.localDescription.sdp
         for media in sdp.SessionDescription.parse(answer).media:
-            dt = self.video if media.kind == "video" else self.audio if media.kind == "audio" else None
+            track = self.video if media.kind == "video" else self.audio if media.kind == "audio" else None
             cname = next((s.cname for s in media.ssrc if s.cname), None)
-            if dt is not None and cname:
-                dt.sdes = sdes_cname(dt.ssrc, cname)
+            if track is not None and cname:
+                track.sdes = sdes_cname(track.ssrc, cname)
         return answer
 
     def _rtcp_handler(self, dt: Downtrack) -> Callable[[Any, Any], Any]:
