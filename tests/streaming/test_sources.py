@@ -118,3 +118,36 @@ async def test_sources_report_live_lost_and_ended(plane: MediaPlane) -> None:
     finally:
         await quiet.close()
         await gone.close()
+
+
+async def test_the_program_moves_from_h264_to_vp8_for_viewers_that_take_both(plane: MediaPlane) -> None:
+    h264, vp8 = TestPublisher(codec="h264"), TestPublisher(codec="vp8", offset=SECOND)
+    both, h264_only = TestViewer(), TestViewer(codecs=("h264",))
+    try:
+        await connect_publisher(plane, "f1", "h264cam", h264)
+        await connect_viewer(plane, "f1", "both", both)
+        await connect_viewer(plane, "f1", "h264only", h264_only)
+        await both.wait_frames(10)
+        await h264_only.wait_frames(10)
+        await connect_publisher(plane, "f1", "vp8cam", vp8)
+
+        async def moved() -> None:
+            while not any(n >= SECOND for n in both.received.numbers):
+                await both.wait_frames(len(both.received.numbers) + 1)
+
+        await asyncio.wait_for(moved(), 15)
+        await both.wait_frames(len(both.received.numbers) + 15)
+        numbers = both.received.numbers
+        cut = next(i for i, n in enumerate(numbers) if n >= SECOND)
+        assert all(n < SECOND for n in numbers[:cut]) and all(n >= SECOND for n in numbers[cut:])
+        assert numbers[:cut] == sorted(numbers[:cut]) and numbers[cut:] == sorted(numbers[cut:])
+        assert both.received.unreadable == 0
+        # the H.264-only viewer keeps its sound but gets no VP8 picture
+        heard = h264_only.received.audio_frames
+        await both.wait_frames(len(both.received.numbers) + 10)
+        assert h264_only.received.audio_frames > heard
+        assert all(n < SECOND for n in h264_only.received.numbers)
+        assert plane.stats()["decoders_created"] == 0
+    finally:
+        for peer in (both, h264_only, h264, vp8):
+            await peer.close()
