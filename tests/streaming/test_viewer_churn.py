@@ -101,3 +101,30 @@ async def test_200_viewers_join_and_leave_without_leaks() -> None:
         await publisher.close()
         await plane.stop()
     assert plane.stats()["peers"] == 0
+
+
+async def test_a_viewer_whose_dtls_fails_is_cleaned_up_by_itself() -> None:
+    import re
+
+    plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",)))
+    await plane.start()
+    publisher = TestPublisher(fps=15, audio=False)
+    viewer = TestViewer(decode=False)
+    try:
+        await connect_publisher(plane, "f1", "cam", publisher)
+        base_tasks = len(asyncio.all_tasks())
+        offer = await viewer.offer()
+        # a fingerprint that will not match the viewer's certificate
+        forged = re.sub(r"(a=fingerprint:sha-256 )([0-9A-F:]+)", lambda m: m.group(1) + ":".join(["AB"] * 32), offer)
+        assert forged != offer
+        answer = await plane.watch("f1", "forged", forged)
+        await viewer.accept(answer)
+        assert plane.stats()["viewers"] == 1
+        await wait_until(lambda: plane.stats()["viewers"] == 0, 15, "the failed viewer to be dropped")
+        assert plane.stats()["bus_subscribers"] == 0
+        await viewer.close()
+        await wait_until(lambda: len(asyncio.all_tasks()) <= base_tasks + 3, 10, "tasks to settle")
+    finally:
+        await viewer.close()
+        await publisher.close()
+        await plane.stop()
