@@ -175,6 +175,7 @@ class VenueIngest:
         self._stop_future: asyncio.Future[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._active: _Leg | None = None
+        self.profile_level_id: str | None = None  # the encoder's, from its SPS (e.g. "42c01e")
         self.legs = {"rtmp": _Leg(self, "rtmp"), "srt": _Leg(self, "srt")}
         self.gate = RtmpKeyGate(rtmp_port, stream_key, lambda: self.legs["rtmp"].internal_port,
                                 name=forum_id, idle_timeout=idle_timeout)
@@ -235,13 +236,38 @@ class VenueIngest:
         if not leg.live:
             leg.live = True
             logger.info("VenueIngest(%s) %s publisher live", self.forum_id, leg.protocol)
-        leg.ssrcs.add(packet.ssrc)
+        if packet.ssrc not in leg.ssrcs:
+            leg.ssrcs.add(packet.ssrc)
+            if kind == "video":
+                self.profile_level_id = None  # a new run: read the encoder's SPS again
+        if kind == "video" and self.profile_level_id is None:
+            self._read_profile(packet.payload)
         if self._active is None:
             self._active = leg
             self._set_state(SourceState.LIVE)
         if self._active is not leg:
             return  # the other protocol has the floor
         self.sinks[kind].push(self.continuity[kind].rewrite(packet))
+
+    def _read_profile(self, payload: bytes) -> None:
+        """Note the encoder's H.264 profile (from its SPS): the video is
+        copied, so a profile viewers may not decode is worth a warning."""
+        sps = None
+        if payload and payload[0] & 0x1F == 7:
+            sps = payload[1:4]
+        elif payload and payload[0] & 0x1F == 24:  # STAP-A: 2-byte size + NAL, repeated
+            at = 1
+            while at + 3 < len(payload) and sps is None:
+                size = int.from_bytes(payload[at:at + 2], "big")
+                if payload[at + 2] & 0x1F == 7:
+                    sps = payload[at + 3:at + 6]
+                at += 2 + size
+        if sps is None or len(sps) < 3:
+            return
+        self.profile_level_id = sps.hex()
+        if sps[0] not in (66, 77):  # baseline, main: what every browser decodes
+            logger.warning("VenueIngest(%s) the encoder sends H.264 profile_idc %d (profile-level-id %s): "
+                           "ask the venue for baseline or main", self.forum_id, sps[0], self.profile_level_id)
 
     def _leg_down(self, leg: _Leg) -> None:
         leg.live = False

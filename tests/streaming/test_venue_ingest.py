@@ -115,6 +115,7 @@ async def test_rtmp_publish_reconnect_and_state_changes(venue: Venue) -> None:
     assert types.index(7) < types.index(5) and 8 in types
     assert {p.payload_type for p in venue.audio.packets} == {OPUS_PAYLOAD_TYPE}
     assert venue.ingest.gate.accepted == 2 and venue.ingest.gate.refused == 0
+    assert venue.ingest.profile_level_id is not None and venue.ingest.profile_level_id.startswith("42")
 
 
 async def test_wrong_rtmp_key_is_refused_then_the_right_one_plays(venue: Venue) -> None:
