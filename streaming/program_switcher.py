@@ -17,6 +17,9 @@ The policy is one explicit state machine with one `_set_phase`:
              when it is live again, unless an operator takes something else
 
 Timers come from an injected `call_later`, so tests move time by hand.
+With several nodes every node runs a switcher per forum (each drives its
+own media plane), but only the node that holds a source writes the
+policy's covers, returns and follows for it, so each happens once.
 Every write to the rooms goes through one lock per forum, and a cover
 re-checks the phase after getting it: a take that lands meanwhile wins.
 """
@@ -81,8 +84,10 @@ class ProgramSwitcher:
         slate_grace: float = 1.0,
         call_later: CallLater | None = None,
         follow_live: bool = True,
+        node_id: str | None = None,
     ) -> None:
         self.forum_id = forum_id
+        self.node_id = node_id  # None: every source counts as this node's
         self._rooms = rooms
         self._media = media
         self.slate_grace = slate_grace
@@ -95,6 +100,7 @@ class ProgramSwitcher:
         self._version = -1  # the newest ProgramState version applied
         self._states: dict[str, SourceState] = {}
         self._kinds: dict[str, SourceKind] = {}
+        self._nodes: dict[str, str] = {}  # source -> the node whose media plane holds it
         self._timer: Cancellable | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -194,6 +200,7 @@ class ProgramSwitcher:
     def on_source(self, source: MediaSource) -> None:
         """SourceAdded/SourceUpdated."""
         self._kinds[source.id] = source.kind
+        self._nodes[source.id] = source.node_id
         self.on_source_state(source.id, source.state)
 
     def on_source_state(self, source_id: str, state: SourceState) -> None:
@@ -202,22 +209,24 @@ class ProgramSwitcher:
         if source_id == self.held:
             if self._phase is Phase.ON_AIR and state in _DOWN:
                 self._set_phase(Phase.GRACE, source_id)
-                self._start_timer()
+                if self._local(source_id):  # the node holding the source covers it, once
+                    self._start_timer()
             elif self._phase is Phase.GRACE and state is SourceState.LIVE:
                 self._cancel_timer()
                 self._set_phase(Phase.ON_AIR, source_id)
-            elif self._phase is Phase.COVERED and state is SourceState.LIVE:
+            elif self._phase is Phase.COVERED and state is SourceState.LIVE and self._local(source_id):
                 self._spawn(self._return(source_id))
         elif (
             state is SourceState.LIVE and previous is not SourceState.LIVE
             and self._phase is Phase.SLATE and self.follow_live and not self.manual
-            and not self.slate_chosen and self._kinds.get(source_id) in _FOLLOWED
+            and not self.slate_chosen and self._kinds.get(source_id) in _FOLLOWED and self._local(source_id)
         ):
             self._spawn(self._follow(source_id))
 
     def on_source_removed(self, source_id: str) -> None:
         self._states.pop(source_id, None)
         self._kinds.pop(source_id, None)
+        self._nodes.pop(source_id, None)
         if source_id == self.held and self._phase in (Phase.GRACE, Phase.COVERED, Phase.ON_AIR):
             # the rooms clear it from the program themselves; nothing to return to
             self._cancel_timer()
@@ -229,6 +238,12 @@ class ProgramSwitcher:
     def _remember(self, source: MediaSource) -> None:
         self._states[source.id] = source.state
         self._kinds[source.id] = source.kind
+        self._nodes[source.id] = source.node_id
+
+    def _local(self, source_id: str) -> bool:
+        """Is the source held by this node (so its policy writes are ours)?"""
+        node = self._nodes.get(source_id, "")
+        return self.node_id is None or not node or node == self.node_id
 
     def _adopt(self, state: ProgramState, chosen: bool = False) -> None:
         """Make the machine follow a ProgramState the rooms hold."""
@@ -253,7 +268,8 @@ class ProgramSwitcher:
         self._cancel_timer()
         if self._states.get(target) in _DOWN:
             self._set_phase(Phase.GRACE, target)
-            self._start_timer()
+            if self._local(target):
+                self._start_timer()
         else:
             self._set_phase(Phase.ON_AIR, target)
         self._apply_media(target)
@@ -390,7 +406,7 @@ class Switchboard:
         future: asyncio.Future[ProgramSwitcher] = asyncio.get_running_loop().create_future()
         self._starting[forum_id] = future
         switcher = ProgramSwitcher(forum_id, self._rooms, self._media, slate_grace=self._slate_grace,
-                                   call_later=self._call_later)
+                                   call_later=self._call_later, node_id=self._rooms.node_id)
         try:
             await switcher.start()
         except BaseException as exc:

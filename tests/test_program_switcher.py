@@ -236,3 +236,19 @@ async def test_switchboard_follows_room_events_from_other_writers() -> None:
     finally:
         await board.stop()
         await store.stop()
+
+
+async def test_only_the_node_holding_the_source_covers_it(rig: tuple) -> None:
+    rooms, _, _, _ = rig
+    timers = FakeTimers()
+    other = ProgramSwitcher(FORUM, rooms, FakeMedia(), slate_grace=1.0, call_later=timers.call_later,
+                            node_id="n2")
+    await other.start()
+    source = MediaSource("a", FORUM, SourceKind.VENUE, "A", state=SourceState.LIVE, node_id="n1")
+    await rooms.register_source(FORUM, OPERATOR, source)
+    other.on_source(source)
+    state = await rooms.take(FORUM, OPERATOR, "a")
+    other.on_program_changed(state, "Op")
+    other.on_source_state("a", SourceState.LOST)
+    assert other.phase is Phase.GRACE and timers.pending == []  # n1 covers it, not n2
+    await other.stop()

@@ -22,7 +22,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--allow-loopback-in-peer-connection"]
+                 "--disable-component-update", "--disable-sync", "--allow-loopback-in-peer-connection",
+                 # with a granted media permission chromium offers raw host candidates (127.0.0.1
+                 # among them), not mDNS names, which a loopback-only server refuses
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 FORUM = "ai"
 
 
@@ -75,13 +78,19 @@ async def test_operator_takes_a_source_from_the_control_page(node: Node, browser
     a = await _publish(node, peers, 320, 240, "Speaker A")
     b = await _publish(node, peers, 240, 160, "Speaker B")
     console: list[str] = []
-    page = await browser.new_page(viewport={"width": 1400, "height": 900})
+    context = await browser.new_context(viewport={"width": 1400, "height": 900},
+                                        permissions=["camera", "microphone"])
+    page = await context.new_page()
     page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
     page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
     try:
         await page.goto(f"{node.url}/control/{FORUM}?token={node.token(Role.OPERATOR, [FORUM], 'Op')}")
         for source in (a, b):
-            await page.wait_for_function(_tile_playing(source), timeout=30_000)
+            try:
+                await page.wait_for_function(_tile_playing(source), timeout=30_000)
+            except Exception:
+                raise AssertionError(f"tile {source} not playing: {await page.text_content('#message')!r} "
+                                     f"{await page.inner_html('#tiles')} {console}") from None
         await page.click(f'.tile[data-source="{b}"]')
         await page.wait_for_function(f"() => window.forumcastControl.program.preview === '{b}'", timeout=10_000)
         assert await page.is_enabled("#take")
@@ -100,10 +109,10 @@ async def test_operator_takes_a_source_from_the_control_page(node: Node, browser
         folder.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(folder / "control.png"))
         # a viewer's invite cannot run the mixer
-        viewer_page = await browser.new_page()
+        viewer_page = await context.new_page()
         await viewer_page.goto(f"{node.url}/control/{FORUM}?token={node.token(Role.VIEWER, [FORUM])}")
         await viewer_page.wait_for_function("() => window.forumcastControl.fatal === true", timeout=15_000)
         assert "operator" in (await viewer_page.text_content("#message") or "")
     finally:
-        await page.close()
+        await context.close()
     assert not [line for line in console if line.startswith("pageerror")], console
