@@ -71,6 +71,16 @@ def dtls_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:
     return transceivers[0].receiver.transport
 
 
+def stop_decoder_threads(pc: RTCPeerConnection) -> None:
+    """aiortc starts a decoder thread per receiver; a viewer that never hands it a
+    packet does not need it (300 viewers would keep 600 idle threads)."""
+    for transceiver in pc.getTransceivers():
+        stop = getattr(transceiver.receiver, "_RTCRtpReceiver__stop_decoder", None)
+        if stop is None:
+            raise RuntimeError("aiortc private names moved: update bench/aiortc_reach.py")
+        stop()
+
+
 def wire_path(pc: RTCPeerConnection) -> WirePath:
     """Valid once ICE has nominated a pair (iceConnectionState 'completed' or later)."""
     dtls = dtls_transport(pc)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
 import re
 import socket
 import statistics
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,12 +33,11 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket
 
 from bench import machine, procstat
-from bench.aiortc_reach import DatagramHandler, WirePath, wire_path
+from bench.aiortc_reach import DatagramHandler, WirePath, stop_decoder_threads, wire_path
 from bench.loopback import loopback_configuration, restrict_ice_to_loopback
 from bench.rx_thread import RxThread
 
 Signal = Callable[[str, str], Awaitable[str]]  # (viewer_id, offer sdp) -> answer sdp
-_RTP_HEAD = struct.Struct("!HII")  # sequence number, timestamp, SSRC at offset 2
 
 
 @dataclass
@@ -133,6 +132,7 @@ class LightViewer:
             raise ConnectionError(f"viewer {self.viewer_id}: peer connection {state}")
         if self._wire is None:
             self._take_over()
+        stop_decoder_threads(self.pc)
 
     def _take_over(self) -> None:
         self._wire = wire_path(self.pc)
@@ -155,13 +155,14 @@ class LightViewer:
         if 191 < data[1] < 224:  # RTCP packet types 192..223 (RFC 5761)
             self.rtcp += 1
             return
-        seq, _, ssrc = _RTP_HEAD.unpack_from(data, 2)
+        # no tuple per packet (unpack_from would make one): fewer GC-tracked allocations
+        ssrc = int.from_bytes(data[8:12], "big")
         stream = self.streams.get(ssrc)
         if stream is None:
             stream = self.streams[ssrc] = StreamCount(self._kinds.get(data[1] & 0x7F, "?"))
         stream.packets += 1
         stream.bytes += len(data)
-        stream.highest_seq = seq
+        stream.highest_seq = data[2] << 8 | data[3]
         self._until_check -= 1
         if self._until_check == 0:
             self._until_check = self._sample_every
@@ -327,6 +328,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         try:
             await pool.connect(args.viewers, http_signal(http, args.url, args.forum))
             report["connect_s"] = time.monotonic() - started
+            # the connected peers are long-lived: keep the cyclic GC from rescanning them while
+            # it holds the GIL and the reader thread's sockets overflow
+            gc.collect()
+            gc.freeze()
             report["connected"] = len(pool.viewers)
             report["receiving"] = await pool.wait_receiving(args.receive_timeout)
             await asyncio.sleep(args.warmup)
