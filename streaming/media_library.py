@@ -27,7 +27,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from pathlib import Path
 
@@ -88,7 +88,8 @@ class MediaItem:
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> MediaItem:
-        return cls(**data)  # type: ignore[arg-type]
+        known = {f.name for f in fields(cls)}  # a newer index's extra keys are not an error
+        return cls(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
 
 
 def probe(path: Path) -> ProbeResult:
