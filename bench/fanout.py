@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
+import pstats
+import shutil
 import sys
 import tempfile
 import time
@@ -122,10 +125,13 @@ async def run_one(kind: str, viewers: int, args: argparse.Namespace, media: Path
     lifetime = str(MEDIA_SECONDS - 20)
     children: list[Child] = []
     tag = f"{kind}-{viewers}{'-profile' if profile_out else ''}"
+    spy = profile_out is not None and shutil.which("py-spy") is not None
+    # without py-spy, cProfile inside the server (slower, Python frames only)
+    cprofile = ["--cprofile", str(logdir / "forumcast.pstats")] if profile_out is not None and not spy else []
     try:
         if kind == "forumcast":
             server = await start_module(f"{tag}-server", "bench.forumcast_server",
-                                        ["--port", str(port), "--lifetime", lifetime], logdir)
+                                        ["--port", str(port), "--lifetime", lifetime, *cprofile], logdir)
         else:
             server = await start_module(f"{tag}-server", "bench.baseline_server",
                                         ["--port", str(port), "--media", str(media), "--lifetime", lifetime], logdir)
@@ -146,14 +152,14 @@ async def run_one(kind: str, viewers: int, args: argparse.Namespace, media: Path
         children.append(viewer)
         budget = 60 + viewers * 0.5 + args.warmup + args.seconds
         window = await viewer.next_json(budget)
-        if window.get("event") == "window" and profile_out is not None:
+        if window.get("event") == "window" and spy and profile_out is not None:
             children.append(await start_exec(f"{tag}-py-spy", [
                 # --native: time inside libsrtp and the kernel's sendto shows under its C frames
                 "py-spy", "record", "--pid", str(server.pid), "--duration", str(int(args.seconds)),
                 "--rate", "200", "--native", "--format", "raw", "--output", str(profile_out),
             ], logdir))
         run.report = window if window.get("event") != "window" else await viewer.next_json(budget)
-        if profile_out is not None:
+        if spy:
             await asyncio.wait_for(children[-1].process.wait(), args.seconds + 30)
     except Exception as exc:
         run.failure = f"{type(exc).__name__}: {exc}"
@@ -332,6 +338,12 @@ async def main_async(args: argparse.Namespace) -> int:
             (logdir / "forumcast-profile-summary.txt").write_text(summary)
             print(summary)
             print(f"\nraw stacks: {raw}")
+        elif (logdir / "forumcast.pstats").exists():
+            out = io.StringIO()
+            pstats.Stats(str(logdir / "forumcast.pstats"), stream=out).sort_stats("tottime").print_stats(25)
+            (logdir / "forumcast-profile-summary.txt").write_text(out.getvalue())
+            print("py-spy not found (pip install py-spy): cProfile of the whole server process, by own time\n"
+                  + out.getvalue())
     broken = [f"{kind} {n}: {p}" for (kind, n), run in runs.items() for p in run.problems()]
     if broken:
         print("\nFAILED:\n  " + "\n  ".join(broken))
