@@ -13,8 +13,9 @@ ingest addresses.
 - Venue ingest: stream keys are HMAC(token secret, forum id), stable
   across restarts and never in the event file; forum i listens on
   rtmp_port + 1 + i and srt_port + 1 + i (the bare ports stay free for
-  a front proxy). A forum's listeners start when an operator first asks
-  for its ingest addresses.
+  a front proxy). A forum's listeners (two idle ffmpegs, ~50 MB, ~0.5 %
+  of a core) start when an operator first asks for its ingest addresses
+  or when its first session is near (agenda_runner.py).
 
 The media plane has one `on_source_change` slot, held by the media
 bridge; this module chains itself in front of it at start and restores it
@@ -200,14 +201,25 @@ class ForumInputs:
         boot would hold ~1 GB for forums nobody feeds yet)."""
         forum = self._rooms.forum(forum_id)
         grant.require(forum.id, Role.OPERATOR)
+        venue = await self.ensure_venue(forum.id)
+        host = urlsplit(self._settings.public_url).hostname or self._settings.host
+        return {"forum_id": forum.id, "source_id": venue.source_id, "state": venue.state,
+                "protocol": venue.protocol, **venue.urls(host)}
+
+    async def ensure_venue(self, forum_id: str) -> VenueIngest:
+        """The forum's venue listeners, started if they are not running
+        (RoomError unavailable when the ports cannot be bound)."""
+        forum = self._rooms.forum(forum_id)
         venue = self._venues.get(forum.id)
         if venue is None:
             lock = self._venue_locks.setdefault(forum.id, asyncio.Lock())
             async with lock:
                 venue = self._venues.get(forum.id) or await self._start_venue(forum.id)
-        host = urlsplit(self._settings.public_url).hostname or self._settings.host
-        return {"forum_id": forum.id, "source_id": venue.source_id, "state": venue.state,
-                "protocol": venue.protocol, **venue.urls(host)}
+        return venue
+
+    def venues(self) -> list[str]:
+        """The forums whose venue listeners run."""
+        return sorted(self._venues)
 
     def venue_ports(self, forum_id: str) -> tuple[int, int]:
         index = [f.id for f in self._rooms.event.forums].index(forum_id)
