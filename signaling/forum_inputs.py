@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 SYSTEM_GRANT_TTL_S = 10 * 365 * 24 * 3600.0
 SLATE_SIZE = (960, 540)
 SLATE_LOOP_S = 0.2  # 3 frames at 15 fps (~200 kbit/s of IDRs): a cut to the slate waits at most this for its IDR
+SLATE_RETRY_S = 30
 MAX_PLAYOUTS_PER_FORUM = 8  # each costs a paced task; more is a mistake, not a need
 
 
@@ -180,10 +181,13 @@ class ForumInputs:
             slate = Slate(title, video, audio, source_id=slate_id(forum_id), loop=loop)
             await slate.start()
         except Exception:
-            logger.exception("ForumInputs: the slate of %s failed to start", forum_id)
+            logger.exception("ForumInputs: the slate of %s failed to start; retrying in %d s", forum_id,
+                             SLATE_RETRY_S)
+            await asyncio.sleep(SLATE_RETRY_S)  # a backoff, so a broken encoder is not re-run per event
             self._slate_tasks.pop(forum_id, None)  # the next event tries again
             return
         self._slates[forum_id] = slate
+        assert self._media is not None  # ensure_slate checked it
         self._media.add_feed(forum_id, SourceFeed(slate_id(forum_id), video, audio, kind=SourceKind.SLATE))
         logger.info("ForumInputs: slate of %s on in %.2f s", forum_id, time.monotonic() - started)
 
@@ -333,7 +337,11 @@ class ForumInputs:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.append(task)
-        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+        task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     # --- media plane state -> rooms -------------------------------------------
 

@@ -176,7 +176,7 @@ class GatedAudioTrack(AudioStreamTrack):
         super().__init__()
         self.flowing = flowing
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> Any:
         await self.flowing.wait()
         return await super().recv()
 
@@ -216,7 +216,7 @@ class RecordingViewer(ViewerPeer):
     async def _read(self, track: MediaStreamTrack, counter: Any) -> None:  # type: ignore[override]
         with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
             while True:
-                frame = await track.recv()
+                frame: Any = await track.recv()
                 if track.kind == "video":
                     self.frames.append(Frame(time.monotonic(), frame.width, frame.height, int(frame.pts or 0)))
                     self.frame_size = (frame.width, frame.height)

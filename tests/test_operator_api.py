@@ -145,7 +145,7 @@ async def test_ingest_addresses_venue_feed_and_its_states(node: Node, http: aioh
     await operator.next_push("sources", lambda p: any(s["id"] == ai["source_id"] and s["state"] == "lost"
                                                       for s in p["sources"]), timeout=20)
     await operator.next_push("program", lambda p: p["slate"] is True, timeout=10)
-    pids = [process.pid for process in venue.processes()]
+    pids = [process.pid for process in venue.processes() if process.pid is not None]
     assert pids
     await node.runner.cleanup()  # the node stops: every ffmpeg it started is reaped
     for pid in pids:
@@ -322,7 +322,12 @@ async def test_take_moves_three_viewers_from_a_to_b(node: Node, clients: list[An
         for viewer in viewers:
             frame = await viewer.wait_size((240, 160), timeout=10, after=took)
             latencies.append(frame.at - took)
-            await viewer.video_frames.wait_until(lambda n, v=viewer: len(v.frames) >= v.frames.index(frame) + 10, 10)
+            enough = viewer.frames.index(frame) + 10
+
+            def has_enough(_: int, v: RecordingViewer = viewer, k: int = enough) -> bool:
+                return len(v.frames) >= k
+
+            await viewer.video_frames.wait_until(has_enough, 10)
     for viewer in viewers:
         sizes = [(f.width, f.height) for f in viewer.frames]
         first_b = sizes.index((240, 160))
