@@ -193,6 +193,11 @@ class RtpSource:
                 wait, self._deferred_request
             )
 
+    @property
+    def keyframe_request_pending(self) -> bool:
+        """A request waits for the end of the interval."""
+        return self._pending_request is not None
+
     def _deferred_request(self) -> None:
         self._pending_request = None
         if self._last_keyframe_at > self._wanted_at:

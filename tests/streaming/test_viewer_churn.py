@@ -90,7 +90,6 @@ async def test_200_viewers_join_and_leave_without_leaks() -> None:
         assert stats["peers"] == 1  # the publisher
         assert stats["packets_forwarded"] > forwarded_before
         assert stats["decoders_created"] == 0
-        assert not plane._viewers
         # tasks: aiortc tasks finish as their peers close; allow the few
         # short-lived ones in flight at any moment (a PLI being sent, the
         # plane's own leave tasks finishing)
