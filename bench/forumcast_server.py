@@ -18,6 +18,7 @@ from aiohttp import web
 
 from bench.loopback import LOOPBACK, restrict_ice_to_loopback
 from streaming.media_config import MediaConfig
+from streaming.media_error import MediaError
 from streaming.media_plane import MediaPlane
 
 
@@ -26,13 +27,19 @@ class Harness:
         self.plane = plane
 
     async def publish(self, request: web.Request) -> web.Response:
-        answer = await self.plane.publish(request.query.get("forum", "main"),
-                                          request.query.get("source", "speaker1"), await request.text())
+        try:
+            answer = await self.plane.publish(request.query.get("forum", "main"),
+                                              request.query.get("source", "speaker1"), await request.text())
+        except MediaError as exc:  # the harness must say why, not answer 500
+            return web.json_response(exc.to_json(), status=400)
         return web.Response(status=201, text=answer, content_type="application/sdp")
 
     async def watch(self, request: web.Request) -> web.Response:
-        answer = await self.plane.watch(request.query.get("forum", "main"),
-                                        request.query.get("viewer", ""), await request.text())
+        try:
+            answer = await self.plane.watch(request.query.get("forum", "main"),
+                                            request.query.get("viewer", ""), await request.text())
+        except MediaError as exc:
+            return web.json_response(exc.to_json(), status=400)
         return web.Response(status=201, text=answer, content_type="application/sdp")
 
     async def stats(self, request: web.Request) -> web.Response:
