@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pylibsrtp
 
-from bench import procstat
+from bench import floor, procstat
 from bench.children import Child, start_exec, start_module
 from bench.media import ensure_media
 from tests.processes import free_port
@@ -327,6 +328,11 @@ async def main_async(args: argparse.Namespace) -> int:
     (logdir / "runs.json").write_text(json.dumps(
         [{"server": k, "viewers": n, "idle_cores": r.idle_cpu, "failure": r.failure, **r.report}
          for (k, n), r in runs.items()], indent=1))
+    # the floor in the same run: what sendto and SRTP protect cost alone on this machine now
+    send_us = floor.sendto_us()  # blocks the loop ~1 s, with no child running: nothing to serve
+    protect_us = floor.protect_us(pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
+    print(f"\nfloor now (python -m bench.floor): sendto on lo {send_us:.2f} us + SRTP AES-GCM protect "
+          f"{protect_us:.2f} us = {send_us + protect_us:.2f} us per packet per viewer before any other work")
     if args.profile:
         raw = logdir / "forumcast-profile.txt"
         print(f"\nprofiling forumcast's server at {args.profile_viewers} viewers (py-spy) ...", flush=True)
