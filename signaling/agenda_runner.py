@@ -67,8 +67,6 @@ class AgendaRunner:
         self._prepared: dict[tuple[str, str], asyncio.Task[MediaItem]] = {}
         self._running: dict[str, Running] = {}  # source id -> what plays
         self._poke = asyncio.Event()
-        self._venues_opened: set[str] = set()
-        self._background: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self.stats = RunnerStats()
         self.started = asyncio.Queue[Running]()  # each start, for status pages and tests
@@ -83,19 +81,12 @@ class AgendaRunner:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for background in list(self._background):
-            background.cancel()
         for prepared in self._prepared.values():
             prepared.cancel()
         for prepared in self._prepared.values():
             with contextlib.suppress(BaseException):
                 await prepared
         self._prepared.clear()
-
-    async def settled(self) -> None:
-        """Wait for the background work started so far (venues opening)."""
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
 
     def poke(self) -> None:
         """Look at the clock now (after a test moved it, or a settings change)."""
@@ -115,12 +106,10 @@ class AgendaRunner:
 
     async def step(self) -> None:
         """One look at the clock: prepare what comes, start what is due,
-        stop what ran past its slot, open the venue listeners of forums
-        whose sessions are near."""
+        stop what ran past its slot."""
         now = self._agenda.now()
         for upcoming in self._agenda.recorded_starts(now, now + LEAD):
             self._prepare(upcoming)
-        self._open_venues(now)
         # (since, now]: each start is seen exactly once, however the clock moves
         due = [p for p in self._agenda.recorded_starts(self._since, now + dt.timedelta(microseconds=1))
                if p.at > self._since]
@@ -138,24 +127,6 @@ class AgendaRunner:
                 del self._running[source_id]
                 with contextlib.suppress(RoomError):
                     await self._inputs.stop_playout(running.playout.forum_id, self._grant, source_id)
-
-    def _open_venues(self, now: dt.datetime) -> None:
-        """Start a forum's venue listeners when its sessions are near, so the
-        venue's encoder finds them without an operator opening the page."""
-        for forum in self._event.forums:
-            if forum.id in self._venues_opened:
-                continue
-            if any(s.start - LEAD <= now < s.end for s in forum.sessions):
-                self._venues_opened.add(forum.id)
-                task = asyncio.create_task(self._open_venue(forum.id), name=f"agenda-venue-{forum.id}")
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-
-    async def _open_venue(self, forum_id: str) -> None:
-        try:
-            await self._inputs.ensure_venue(forum_id)
-        except RoomError as exc:
-            logger.warning("AgendaRunner: venue of %s not listening: %s", forum_id, exc.message)
 
     def _prepare(self, playout: ScheduledPlayout) -> asyncio.Task[MediaItem]:
         key = (playout.forum_id, str(playout.video))

@@ -14,8 +14,8 @@ ingest addresses.
   across restarts and never in the event file; forum i listens on
   rtmp_port + 1 + i and srt_port + 1 + i (the bare ports stay free for
   a front proxy). A forum's listeners (two idle ffmpegs, ~50 MB, ~0.5 %
-  of a core) start when an operator first asks for its ingest addresses
-  or when its first session is near (agenda_runner.py).
+  of a core: never all 21 at boot) start when an operator first asks for
+  its ingest addresses; the control page asks as it opens.
 
 The media plane has one `on_source_change` slot, held by the media
 bridge; this module chains itself in front of it at start and restores it

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import secrets
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -71,12 +73,30 @@ def _wire_missing(app: web.Application) -> None:
         operator_api.setup_operator(app)
 
 
+def free_port_block(count: int) -> int:
+    """A base port whose next `count` ports are free on 127.0.0.1 for TCP and
+    UDP right now (venue listeners take base + 1 + forum index), picked
+    below the ephemeral range so the OS does not hand them out meanwhile."""
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - count)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count + 1):
+                    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
+                        sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no block of {count} free ports found")
+
+
 @contextlib.asynccontextmanager
 async def running_node(tmp: Path, *, event: Event | None = None, agenda_now: Callable[..., Any] | None = None,
                        slate_grace_ms: int = 1000) -> AsyncIterator[Node]:
     secret = secrets.token_urlsafe(48)
     settings = Settings(host="127.0.0.1", port=free_port(), data_dir=tmp, token_secret=secret,
-                        ice_addresses=("127.0.0.1",), rtmp_port=free_port(), srt_port=free_port(),
+                        ice_addresses=("127.0.0.1",), rtmp_port=free_port_block(32), srt_port=free_port_block(32),
                         node_id=f"op-test-{secrets.token_hex(3)}", slate_grace_ms=slate_grace_ms)
     app = build_app(settings)
     if event is not None:

@@ -277,6 +277,7 @@ async function join() {
     applyProgram(ack.program);
     watchProgram();
     refreshLists();
+    showIngest(); // opening the control page opens the forum's venue listeners too
   } catch (error) {
     if (isFatal(error)) return fail(error);
     setTimeout(join, backoff(state.retry++));

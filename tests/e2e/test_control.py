@@ -91,6 +91,9 @@ async def test_operator_takes_a_source_from_the_control_page(node: Node, browser
             except Exception:
                 raise AssertionError(f"tile {source} not playing: {await page.text_content('#message')!r} "
                                      f"{await page.inner_html('#tiles')} {console}") from None
+        # opening the page opens the venue listeners and shows where the venue sends its feed
+        await page.wait_for_function("() => !document.getElementById('ingest').hidden", timeout=15_000)
+        assert (await page.text_content("#ingest-rtmp") or "").startswith("rtmp://127.0.0.1:")
         await page.click(f'.tile[data-source="{b}"]')
         await page.wait_for_function(f"() => window.forumcastControl.program.preview === '{b}'", timeout=10_000)
         assert await page.is_enabled("#take")
