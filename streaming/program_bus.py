@@ -121,7 +121,11 @@ class Lane:
             self.last_wall = fp.arrival
             self.packets += 1
         for dt in self.downtracks:
-            dt.forward(fp, seq, ts)
+            try:
+                dt.forward(fp, seq, ts)
+            except Exception:  # one broken viewer must not stop the others
+                logger.exception("Lane(%s) downtrack %#x failed: removed", self.name, dt.ssrc)
+                self.remove(dt)
 
     # --- viewers -------------------------------------------------------
 

@@ -145,7 +145,11 @@ class RtpSource:
             if self.on_resume is not None:
                 asyncio.get_running_loop().call_soon(self.on_resume)
         for sink in self._sinks:
-            sink(fp)
+            try:
+                sink(fp)
+            except Exception:  # a broken sink must not take the publisher down
+                logger.exception("RtpSource(%s) sink %r failed: removed", self.name, sink)
+                self.remove_sink(sink)
 
     def lookup(self, seq: int) -> ForwardPacket | None:
         """The packet with this sequence number, if still in the history."""

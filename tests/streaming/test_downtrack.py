@@ -272,3 +272,27 @@ async def test_a_program_switch_cuts_at_the_new_keyframe_and_stays_continuous(sc
     assert [p.payload for p in heard] == [b"one", b"one", b"two"]
     for s in (first, second, first_audio, second_audio):
         s.close()
+
+
+async def test_a_failing_viewer_is_removed_and_the_others_keep_going(screens: Any) -> None:
+    source = RtpSource("video", H264)
+    bus = ProgramBus()
+    bus.switch_to(SourceFeed("cam", source, None))
+    camera = Camera(source)
+    broken, fine = await screens(), await screens()
+    bus.subscribe(broken.downtrack, None)
+    bus.subscribe(fine.downtrack, None)
+    camera.frame(key=True)
+    await fine.receive(3)
+    await broken.receive(3)
+
+    def explode(*args: Any) -> None:
+        raise RuntimeError("socket went away in a strange way")
+
+    broken.downtrack._sock_sendto = explode
+    camera.frame()
+    camera.frame()
+    assert len(await fine.receive(6)) == 6
+    assert broken.downtrack not in bus.video.downtracks
+    assert fine.downtrack in bus.video.downtracks
+    source.close()
