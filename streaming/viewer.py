@@ -214,6 +214,11 @@ class WebRtcViewer:
         if self._state != _State.WATCHING or now < self._next_report:
             return
         self._next_report = now + 0.5 + random.random()
+        if any(dt.lane is None for dt in self.downtracks()):
+            # a lane dropped a downtrack that failed: close rather than linger
+            self._detach()
+            self._on_gone(self)
+            return
         sender = next(iter(self._senders.values()), None)
         if sender is None:
             return
