@@ -28,7 +28,7 @@ from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import rtcrtpreceiver as _rtcrtpreceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RtcpSrPacket, RtpPacket
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
@@ -56,6 +56,7 @@ def check() -> None:
         (_rtcrtpreceiver, "decoder_worker"),
         (_rtcrtpreceiver, "get_decoder"),
         (RTCRtpReceiver, "_send_rtcp_pli"),
+        (RTCRtpReceiver, "_handle_rtcp_packet"),
         (RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder"),
         (RTCRtpSender, "_handle_rtcp_packet"),
         (RTCRtpSender, "_send_keyframe"),
@@ -196,6 +197,20 @@ def mark_server_receiver(receiver: RTCRtpReceiver, count: DecoderCount) -> None:
     (tap_receiver does this; a test uses it alone to show the count works)."""
     install()
     _server_queues[receiver._RTCRtpReceiver__decoder_queue] = count  # type: ignore[attr-defined]
+
+
+def on_sender_report(receiver: RTCRtpReceiver, callback: Callable[[int, int], None]) -> None:
+    """callback(ntp_timestamp, rtp_timestamp) for each RTCP sender report
+    the receiver gets (the publisher's capture clock), before aiortc's own
+    handling."""
+    original = receiver._handle_rtcp_packet
+
+    async def handle(packet: Any) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            callback(packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp)
+        await original(packet)
+
+    receiver._handle_rtcp_packet = handle  # type: ignore[method-assign]
 
 
 def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:

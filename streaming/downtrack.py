@@ -205,7 +205,8 @@ class Downtrack:
         lane = self.lane
         if lane is None or self.packets == 0:
             return False
-        data = sender_report(self.ssrc, lane.last_wall, lane.last_ts, self.packets, self.octets)
+        wall, rtp_timestamp = lane.report_clock()
+        data = sender_report(self.ssrc, wall, rtp_timestamp, self.packets, self.octets)
         if self.send_rtcp(data + self.sdes):
             self.reports += 1
             return True

@@ -334,5 +334,6 @@ class MediaPlane:
             "retransmitted": self._gone_retransmitted + sum(dt.retransmitted for dt in downtracks),
             "dropped_frames": self._gone_dropped_frames + sum(dt.dropped_frames for dt in downtracks),
             "keyframe_requests": sum(s.keyframe_requests_sent for s in sources),
+            "sources_with_clock": sum(1 for s in sources if s.clock_reference is not None),
             "tasks": len(self._tasks),
         }

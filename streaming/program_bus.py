@@ -48,6 +48,7 @@ class Lane:
         self.packets = 0
         self.cuts = 0
         self.on_cut: Callable[[Lane], None] | None = None
+        self.peer: Lane | None = None  # the bus's other lane (for a shared clock)
 
     # --- sources -------------------------------------------------------
 
@@ -146,6 +147,23 @@ class Lane:
         if self.source is not None:
             self.source.request_keyframe()
 
+    def report_clock(self) -> tuple[float, int]:
+        """(wall seconds, lane timestamp) for a sender report. From the
+        source's own clock when this lane and its peer both know theirs (so
+        audio and video share one time base), else from the arrival time of
+        the lane's last packet."""
+        source = self.source
+        peer = self.peer
+        if (
+            source is not None
+            and source.clock_reference is not None
+            and (peer is None or peer.source is None or peer.source.clock_reference is not None)
+        ):
+            wall = source.wall_time((self.last_ts - self.ts_off) & 0xFFFFFFFF)
+            if wall is not None:
+                return wall, self.last_ts
+        return self.last_wall, self.last_ts
+
     def lookup(self, lane_seq: int) -> tuple[ForwardPacket, int] | None:
         """A past packet of the current source by lane sequence number,
         with its lane timestamp (for NACKs)."""
@@ -178,6 +196,8 @@ class ProgramBus:
         self.feed: SourceFeed | None = None  # what the bus is cutting to / showing
         self._on_air: SourceFeed | None = None  # what viewers see now
         self.video.on_cut = self._on_video_cut
+        self.video.peer = self.audio
+        self.audio.peer = self.video
 
     def switch_to(self, feed: SourceFeed | None) -> None:
         """Cut to `feed` at its next keyframe (None: nothing on air)."""

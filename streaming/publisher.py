@@ -29,6 +29,7 @@ from streaming.ice_policy import gathering_on, usable_offer
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
 from streaming.offer_check import capabilities_for, parse_offer, publish_codecs
+from streaming.rtcp_reports import ntp_to_unix
 from streaming.rtp_codecs import codec_key
 from streaming.rtp_source import RtpSource, SourceFeed
 
@@ -41,6 +42,10 @@ class _State(enum.Enum):
     CONNECTED = "connected"
     FAILED = "failed"
     CLOSED = "closed"
+
+
+def _clock_from_report(source: RtpSource, ntp_timestamp: int, rtp_timestamp: int) -> None:
+    source.set_clock_reference(ntp_to_unix(ntp_timestamp), rtp_timestamp)
 
 
 def server_configuration() -> RTCConfiguration:
@@ -120,6 +125,9 @@ class WebRtcPublisher:
                 name=f"{self.source_id}/{kind}",
             )
             aiortc_internals.tap_receiver(transceiver.receiver, source.push, self._decoders)
+            aiortc_internals.on_sender_report(
+                transceiver.receiver, functools.partial(_clock_from_report, source)
+            )
             if kind == "video":
                 receiver = transceiver.receiver
                 source.set_keyframe_requester(functools.partial(self._send_pli, receiver, source))

@@ -19,6 +19,11 @@ def ntp_time(unix_seconds: float) -> int:
     return (whole << 32) | int((seconds - whole) * (1 << 32))
 
 
+def ntp_to_unix(ntp: int) -> float:
+    """A 64-bit NTP timestamp as unix seconds."""
+    return (ntp >> 32) - _NTP_EPOCH_OFFSET + (ntp & 0xFFFFFFFF) / (1 << 32)
+
+
 def sdes_cname(ssrc: int, cname: str) -> bytes:
     """An SDES packet with one CNAME chunk (RFC 3550 6.5)."""
     value = cname.encode("utf8")[:255]

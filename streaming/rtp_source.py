@@ -88,6 +88,8 @@ class RtpSource:
         self.ssrc: int | None = None  # upstream SSRC (for PLIs)
         self.idle = True
         self.on_resume: Callable[[], None] | None = None
+        # the upstream's clock: (wall seconds, rtp timestamp) from its reports
+        self.clock_reference: tuple[float, int] | None = None
         # keyframe requests upstream
         self._requester: Callable[[], None] | None = None
         self._request_interval = keyframe_request_interval
@@ -150,6 +152,23 @@ class RtpSource:
             except Exception:  # a broken sink must not take the publisher down
                 logger.exception("RtpSource(%s) sink %r failed: removed", self.name, sink)
                 self.remove_sink(sink)
+
+    def set_clock_reference(self, wall: float, rtp_timestamp: int) -> None:
+        """The upstream sampled `rtp_timestamp` at `wall` (unix seconds, its
+        clock), e.g. from an RTCP sender report. Viewers' sender reports
+        are then derived from it, so their audio and video line up as the
+        publisher captured them rather than as packets happened to arrive."""
+        self.clock_reference = (wall, rtp_timestamp & 0xFFFFFFFF)
+
+    def wall_time(self, rtp_timestamp: int) -> float | None:
+        """When (upstream clock) this timestamp was sampled, if known."""
+        ref = self.clock_reference
+        if ref is None:
+            return None
+        delta = (rtp_timestamp - ref[1]) & 0xFFFFFFFF
+        if delta >= 0x80000000:
+            delta -= 0x100000000
+        return ref[0] + delta / self.clock_rate
 
     def lookup(self, seq: int) -> ForwardPacket | None:
         """The packet with this sequence number, if still in the history."""

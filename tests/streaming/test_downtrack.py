@@ -296,3 +296,39 @@ async def test_a_failing_viewer_is_removed_and_the_others_keep_going(screens: An
     assert broken.downtrack not in bus.video.downtracks
     assert fine.downtrack in bus.video.downtracks
     source.close()
+
+
+async def test_sender_reports_use_the_publishers_clock_when_both_lanes_know_it(screens: Any) -> None:
+    video, audio = RtpSource("video", H264), RtpSource("audio", OPUS)
+    bus = ProgramBus()
+    bus.switch_to(SourceFeed("cam", video, audio))
+    camera = Camera(video, ts=90000)
+    screen = await screens()
+    bus.subscribe(screen.downtrack, None)
+    camera.frame(key=True)
+    audio.push(RtpPacket(payload_type=111, sequence_number=1, timestamp=48000, ssrc=2, payload=b"a"))
+    await screen.receive(3)
+    lane = bus.video
+    arrival, lane_ts = lane.report_clock()
+    assert arrival == lane.last_wall  # no reference yet: arrival time
+    video.set_clock_reference(1000.0, 90000)  # the publisher: ts 90000 at t=1000 s
+    assert lane.report_clock() == (arrival, lane_ts)  # audio's clock still unknown
+    audio.set_clock_reference(1000.0, 48000)
+    wall, ts = lane.report_clock()
+    assert ts == lane_ts and wall == pytest.approx(1000.0)
+    assert bus.audio.report_clock()[0] == pytest.approx(1000.0)
+    # the report on the wire carries that NTP time and the viewer's counts
+    assert screen.downtrack.send_report()
+    report = (await screen.receive_raw(1))[0]
+    from aiortc.rtp import RtcpPacket, RtcpSdesPacket, RtcpSrPacket
+
+    packets = RtcpPacket.parse(screen.rx.unprotect_rtcp(report))
+    sr = packets[0]
+    assert isinstance(sr, RtcpSrPacket) and sr.ssrc == screen.downtrack.ssrc
+    assert sr.sender_info.rtp_timestamp == lane_ts
+    assert sr.sender_info.packet_count == 3 and sr.sender_info.octet_count == screen.downtrack.octets
+    from streaming.rtcp_reports import ntp_to_unix
+
+    assert ntp_to_unix(sr.sender_info.ntp_timestamp) == pytest.approx(1000.0, abs=1e-6)
+    video.close()
+    audio.close()

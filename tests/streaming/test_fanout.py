@@ -70,7 +70,12 @@ async def test_three_viewers_get_decodable_frames_in_order_without_server_decode
         assert stats["packets_forwarded"] > 0
         assert plane.program("main") == "speaker-1"
         assert ("main", "speaker-1", SourceState.LIVE) in [(c.forum_id, c.source_id, c.state) for c in changes]
-        # aiortc's RTCP sender reports carry the fast path's counts
+        # the publisher's own sender reports give both sources its clock
+        deadline = asyncio.get_running_loop().time() + 5
+        while plane.stats()["sources_with_clock"] < 2:  # SRs come every 0.5-1.5 s
+            assert asyncio.get_running_loop().time() < deadline, plane.stats()
+            await asyncio.sleep(0.1)
+        # the viewers' RTCP sender reports carry the fast path's counts
         reports = await sender_reports(viewers[0])
         assert set(reports) == {"video", "audio"}
         for kind, (packets, octets) in reports.items():

@@ -140,3 +140,16 @@ async def test_audio_sources_never_ask_for_keyframes() -> None:
     source.set_keyframe_requester(lambda: calls.append(1))
     source.request_keyframe()
     assert calls == []
+
+
+def test_the_upstream_clock_maps_timestamps_to_wall_time_across_a_wrap() -> None:
+    from streaming.rtcp_reports import ntp_time, ntp_to_unix
+
+    source = RtpSource("video", H264)
+    assert source.wall_time(1234) is None
+    source.set_clock_reference(1_700_000_000.0, 0xFFFFFF00)
+    assert source.wall_time(0xFFFFFF00) == pytest.approx(1_700_000_000.0)
+    # 90000 ticks later, past the 32-bit wrap: one second later
+    assert source.wall_time((0xFFFFFF00 + 90000) & 0xFFFFFFFF) == pytest.approx(1_700_000_001.0)
+    assert source.wall_time(0xFFFFFF00 - 45000) == pytest.approx(1_699_999_999.5)
+    assert ntp_to_unix(ntp_time(1_700_000_000.25)) == pytest.approx(1_700_000_000.25, abs=1e-6)
