@@ -18,12 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from aiortc import (
-    RTCConfiguration,
-    RTCPeerConnection,
-    RTCRtpSender,
-    RTCSessionDescription,
-)
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
@@ -129,15 +124,6 @@ class ToneTrack(MediaStreamTrack):
 
 def _config() -> RTCConfiguration:
     return RTCConfiguration(iceServers=[])
-
-
-async def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll a condition that has no event of its own (counters inside aiortc)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class TestPublisher:
@@ -301,5 +287,5 @@ async def connect_publisher(plane: object, forum_id: str, source_id: str, publis
 
 __all__ = [
     "TestPublisher", "TestViewer", "connect_publisher", "connect_viewer",
-    "draw_number", "read_number", "rtp_header", "LOOPBACK", "RTCRtpSender",
+    "draw_number", "read_number", "rtp_header", "LOOPBACK",
 ]

@@ -320,7 +320,7 @@ async def test_sender_reports_use_the_publishers_clock_when_both_lanes_know_it(s
     # the report on the wire carries that NTP time and the viewer's counts
     assert screen.downtrack.send_report()
     report = (await screen.receive_raw(1))[0]
-    from aiortc.rtp import RtcpPacket, RtcpSdesPacket, RtcpSrPacket
+    from aiortc.rtp import RtcpPacket, RtcpSrPacket
 
     packets = RtcpPacket.parse(screen.rx.unprotect_rtcp(report))
     sr = packets[0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
