@@ -142,21 +142,21 @@ class MediaPlane:
         self._require_running()
         old = self._publishers.pop(source_id, None)
         if old is not None:
-            await old.close()  # the speaker reconnected: the new peer replaces the old
+            await old.stop()  # the speaker reconnected: the new peer replaces the old
         publisher = WebRtcPublisher(
             forum_id, source_id, self.config, self._on_publisher_state, self._decoders
         )
         try:
             answer = await publisher.start(offer_sdp)
         except MediaError:
-            await publisher.close()
+            await publisher.stop()
             raise
         except Exception as exc:
-            await publisher.close()
+            await publisher.stop()
             logger.exception("publish(%s) failed", source_id)
             raise MediaError("unavailable", f"could not set up the publisher: {exc}") from exc
         if self._state != _State.RUNNING:
-            await publisher.close()
+            await publisher.stop()
             raise MediaError("unavailable", "the media plane stopped")
         self._publishers[source_id] = publisher
         self.add_feed(forum_id, publisher.feed)
@@ -169,7 +169,7 @@ class MediaPlane:
         forum_id = self._feed_forum.get(source_id)
         if forum_id is not None:
             self.remove_feed(forum_id, source_id)
-        await publisher.close()
+        await publisher.stop()
 
     def _on_publisher_state(self, publisher: WebRtcPublisher, state: str) -> None:
         if self._publishers.get(publisher.source_id) is not publisher:
@@ -278,7 +278,7 @@ class MediaPlane:
             self._gone_packets += dt.packets
             self._gone_retransmitted += dt.retransmitted
             self._gone_dropped_frames += dt.dropped_frames
-        await viewer.close()
+        await viewer.stop()
         forum = self._forums.get(viewer.forum_id)
         if forum is not None:
             forum.release_bus(viewer.source_id)

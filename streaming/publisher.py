@@ -104,7 +104,7 @@ class WebRtcPublisher:
         except MediaError:
             raise
         except Exception as exc:
-            await self.close()
+            await self.stop()
             raise MediaError("unsupported_codec" if "parameters" in str(exc) else "invalid_sdp",
                              f"the offer was refused: {exc}") from exc
         # m-lines we did not ask for (a second video, PCMU audio) stay inactive,
@@ -139,7 +139,7 @@ class WebRtcPublisher:
             with gathering_on(self._config.ice_addresses):
                 await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
-            await self.close()
+            await self.stop()
             raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
         return pc.localDescription.sdp
 
@@ -162,9 +162,12 @@ class WebRtcPublisher:
             self._set_state(_State.FAILED if state == "failed" else _State.CLOSED)
             self._on_state(self, state)
 
-    async def close(self) -> None:
-        """Close the peer and forget the sources (idempotent)."""
+    async def stop(self) -> None:
+        """Close the peer and forget the sources (idempotent; irreversible;
+        concurrent callers all wait for aiortc's one close)."""
         if self._closing:
+            if self._pc is not None:
+                await self._pc.close()
             return
         self._closing = True
         for source in self.feed.sources():

@@ -132,7 +132,7 @@ class WebRtcViewer:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         except Exception as exc:
-            await self.close()
+            await self.stop()
             raise MediaError("unsupported_codec" if "parameters" in str(exc) else "invalid_sdp",
                              f"the offer was refused: {exc}") from exc
         ours = {id(t) for t in transceivers.values()}
@@ -155,7 +155,7 @@ class WebRtcViewer:
             with gathering_on(self._config.ice_addresses):
                 await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
-            await self.close()
+            await self.stop()
             raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
         answer = pc.localDescription.sdp
         for media in sdp.SessionDescription.parse(answer).media:
@@ -236,9 +236,12 @@ class WebRtcViewer:
         if self._bus is not None:
             self._bus.unsubscribe(self.video, self.audio)
 
-    async def close(self) -> None:
-        """Unsubscribe and close the peer (idempotent)."""
+    async def stop(self) -> None:
+        """Unsubscribe and close the peer (idempotent; concurrent callers all
+        wait for aiortc's one close)."""
         if self._state == _State.CLOSED:
+            if self._pc is not None:
+                await self._pc.close()
             return
         self._set_state(_State.CLOSED)
         self._detach()
