@@ -31,7 +31,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -116,6 +116,8 @@ class ForumInputs:
         self._events: Any = None
         self._grant = system_grant("inputs")
         self._live: dict[str, asyncio.Event] = {}  # playout source -> set once the rooms say live
+        # told (forum id) after a playout starts or ends, so clients can be pushed the list
+        self.on_playouts: Callable[[str], Awaitable[None]] | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -296,6 +298,7 @@ class ForumInputs:
             logger.exception("ForumInputs: playout %s of %s failed to start", source_id, item.id)
             raise RoomError("unavailable", f"could not play {item.name!r}") from None
         logger.info("ForumInputs: %s plays %s (%s) in %s as %s", grant.name, item.id, item.name, forum.id, source_id)
+        await self._playouts_changed(forum.id)
         return playout
 
     async def wait_live(self, source_id: str, timeout: float = 5.0) -> bool:
@@ -333,6 +336,15 @@ class ForumInputs:
             with contextlib.suppress(RoomError):
                 await self._rooms.unregister_source(playout.forum_id, source_id)
         logger.info("ForumInputs: playout %s in %s ended", source_id, playout.forum_id)
+        await self._playouts_changed(playout.forum_id)
+
+    async def _playouts_changed(self, forum_id: str) -> None:
+        if self.on_playouts is None:
+            return
+        try:
+            await self.on_playouts(forum_id)
+        except Exception:
+            logger.exception("ForumInputs: telling about %s's playouts failed", forum_id)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -379,6 +391,12 @@ async def _inputs_ctx(app: web.Application) -> AsyncIterator[None]:
     library = MediaLibrary(settings.data_dir / "media", ffmpeg=ffmpeg_path(settings),
                            max_upload_bytes=settings.max_upload_bytes)
     inputs = ForumInputs(settings, app[ROOMS], app.get(MEDIA), library, load_or_create_secret(settings))
+    from signaling.operator_api import push_playouts  # it imports this module
+
+    async def tell(forum_id: str) -> None:
+        await push_playouts(app, forum_id)
+
+    inputs.on_playouts = tell
     await inputs.start()
     app[INPUTS] = inputs
     try:

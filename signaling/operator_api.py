@@ -108,15 +108,13 @@ async def start_playout(app: web.Application, forum_id: str, grant: Grant, media
         switcher = await switcher_of(app, forum_id)
         state = await switcher.take(grant, playout.source_id)
         body["program"] = protocol.program_json(state)
-    await push_playouts(app, forum_id)
     return body
 
 
 async def stop_playout(app: web.Application, forum_id: str, grant: Grant, source_id: object) -> None:
     if not isinstance(source_id, str):
         raise RoomError("invalid", "source_id must be the id of a playout")
-    await inputs_of(app).stop_playout(forum_id, grant, source_id)
-    await push_playouts(app, forum_id)
+    await inputs_of(app).stop_playout(forum_id, grant, source_id)  # pushes the new list
 
 
 def playouts_json(app: web.Application, forum_id: str) -> dict[str, Any]:

@@ -148,6 +148,11 @@ class SioClient:
                     return data
         return await asyncio.wait_for(find(), timeout)
 
+    def drain(self, name: str) -> None:
+        """Forget the pushes received so far (wait for a newer one next)."""
+        while not self.pushes[name].empty():
+            self.pushes[name].get_nowait()
+
     async def close(self) -> None:
         if self.sio.connected:
             await self.sio.disconnect()

@@ -217,6 +217,17 @@ async def test_upload_playout_take_and_stop(node: Node, http: aiohttp.ClientSess
     status, body = await call(http, "DELETE", f"{base}/playouts/{source_id}", op)
     assert status == 404
 
+    # played to its end (3 s), a playout goes away by itself and the slate takes its place
+    other.drain("playouts")
+    other.drain("program")
+    ack = await other.call("playout_start", {"forum_id": FORUM, "media": item["id"], "take": True})
+    assert ack["program"]["program"] == ack["playout"]["source_id"], ack
+    await other.next_push("playouts", lambda p: len(p["playouts"]) == 1)
+    await other.next_push("playouts", lambda p: p["playouts"] == [], timeout=15)
+    await other.next_push("program", lambda p: p["program"] is None and p["slate"], timeout=5)
+    status, sources = await call(http, "GET", f"{base}/sources", op)
+    assert sources["sources"] == []
+
 
 async def test_operators_see_each_others_actions_and_bad_events_are_acked(node: Node,
                                                                           clients: list[Any]) -> None:
