@@ -298,17 +298,21 @@ class MediaPlane:
         try:
             while True:
                 await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-                now = time.monotonic()
-                for viewer in list(self._viewers.values()):
-                    viewer.refresh(now)
-                for forum in list(self._forums.values()):
-                    forum.check_timeouts(now)
+                self._housekeep(time.monotonic())
         except asyncio.CancelledError:
             pass
         except Exception:
             logger.exception("MediaPlane housekeeping failed")
         finally:
             self._housekeeping_exited.set()
+
+    def _housekeep(self, now: float) -> None:
+        # a function of its own: loop variables must not outlive the tick
+        # (a coroutine's locals would keep the last viewer alive)
+        for viewer in list(self._viewers.values()):
+            viewer.refresh(now)
+        for forum in list(self._forums.values()):
+            forum.check_timeouts(now)
 
     # --- numbers -------------------------------------------------------
 

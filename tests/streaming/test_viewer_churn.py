@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 
 import pytest
 
+from aiortc import RTCPeerConnection
+
+from streaming.downtrack import Downtrack
 from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaPlane
+from streaming.viewer import WebRtcViewer
 from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer
 
 pytestmark = pytest.mark.timeout(240)
 
 TOTAL = 200
 BATCH = 20
+
+
+def live_objects(kind: type) -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, kind))
 
 
 def open_fds() -> int:
@@ -68,6 +77,8 @@ async def test_200_viewers_join_and_leave_without_leaks() -> None:
         base_tasks = len(asyncio.all_tasks())
         base_fds = open_fds()
         base_udp = udp_sockets()
+        gc.collect()
+        base_pcs = live_objects(RTCPeerConnection)  # the publisher's two ends
         forwarded_before = plane.stats()["packets_forwarded"]
 
         for batch in range(TOTAL // BATCH):
@@ -83,6 +94,7 @@ async def test_200_viewers_join_and_leave_without_leaks() -> None:
             await asyncio.gather(*(plane.leave(vid) for vid in ids[: BATCH // 2]))
             await asyncio.gather(*(v.close() for v in viewers))
             await wait_until(lambda: plane.stats()["viewers"] == 0, 15, "closed viewers to be cleaned up")
+            del viewers  # the test's own (closed) client peers
 
         stats = plane.stats()
         assert stats["viewers"] == 0
@@ -96,6 +108,11 @@ async def test_200_viewers_join_and_leave_without_leaks() -> None:
         await wait_until(lambda: len(asyncio.all_tasks()) <= base_tasks + 3, 10, "tasks to settle")
         assert open_fds() <= base_fds + 2
         assert udp_sockets() <= base_udp
+        # and no memory: every viewer session, downtrack and peer is garbage
+        gc.collect()
+        assert live_objects(WebRtcViewer) == 0
+        assert live_objects(Downtrack) == 0
+        assert live_objects(RTCPeerConnection) <= base_pcs
     finally:
         await publisher.close()
         await plane.stop()
