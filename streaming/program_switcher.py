@@ -27,11 +27,12 @@ re-checks the phase after getting it: a take that lands meanwhile wins.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import logging
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from rooms import events as room_events
 from rooms.errors import RoomError
@@ -104,7 +105,8 @@ class ProgramSwitcher:
         self._timer: Cancellable | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.transitions: list[tuple[str, str]] = []  # (phase, held) after each change, for tests/stats
+        # the latest (phase, held) changes, for status pages and tests
+        self.transitions: collections.deque[tuple[str, str]] = collections.deque(maxlen=64)
 
     # --- lifecycle -------------------------------------------------------
 
@@ -340,14 +342,14 @@ class ProgramSwitcher:
             state = await self._rooms.set_program_system(self.forum_id, source_id, SYSTEM)
             self._adopt(state)
 
-    def _spawn(self, coro: "asyncio.Future[None] | object") -> None:
-        task = asyncio.ensure_future(self._guard(coro))  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(self._guard(coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _guard(self, coro: object) -> None:
+    async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
         try:
-            await coro  # type: ignore[misc]
+            await coro
         except asyncio.CancelledError:
             raise
         except RoomError as exc:
