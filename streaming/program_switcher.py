@@ -7,7 +7,7 @@ every client and /api see it. Operators act through `take`,
 in manual mode). Source states and other nodes' program changes arrive as
 room events (`on_source_state`, `on_source_removed`, `on_program_changed`).
 
-The policy is one explicit state machine with one `_set_phase`:
+The policy is one explicit state machine with one `_set_state`:
 
     SLATE    the slate is on air (cut to it, or nothing taken yet)
     ON_AIR   `held` is on air and live (or still connecting)
@@ -210,12 +210,12 @@ class ProgramSwitcher:
         self._states[source_id] = state
         if source_id == self.held:
             if self._phase is Phase.ON_AIR and state in _DOWN:
-                self._set_phase(Phase.GRACE, source_id)
+                self._set_state(Phase.GRACE, source_id)
                 if self._local(source_id):  # the node holding the source covers it, once
                     self._start_timer()
             elif self._phase is Phase.GRACE and state is SourceState.LIVE:
                 self._cancel_timer()
-                self._set_phase(Phase.ON_AIR, source_id)
+                self._set_state(Phase.ON_AIR, source_id)
             elif self._phase is Phase.COVERED and state is SourceState.LIVE and self._local(source_id):
                 self._spawn(self._return(source_id))
         elif (
@@ -232,7 +232,7 @@ class ProgramSwitcher:
         if source_id == self.held and self._phase in (Phase.GRACE, Phase.COVERED, Phase.ON_AIR):
             # the rooms clear it from the program themselves; nothing to return to
             self._cancel_timer()
-            self._set_phase(Phase.SLATE, None)
+            self._set_state(Phase.SLATE, None)
             self._apply_media(None)
 
     # --- the machine ------------------------------------------------------
@@ -261,7 +261,7 @@ class ProgramSwitcher:
             if chosen:
                 self.slate_chosen = True
             if self._phase is not Phase.SLATE or self.held is not None:
-                self._set_phase(Phase.SLATE, None)
+                self._set_state(Phase.SLATE, None)
                 self._apply_media(None)
             return
         self.slate_chosen = False
@@ -269,14 +269,14 @@ class ProgramSwitcher:
             return
         self._cancel_timer()
         if self._states.get(target) in _DOWN:
-            self._set_phase(Phase.GRACE, target)
+            self._set_state(Phase.GRACE, target)
             if self._local(target):
                 self._start_timer()
         else:
-            self._set_phase(Phase.ON_AIR, target)
+            self._set_state(Phase.ON_AIR, target)
         self._apply_media(target)
 
-    def _set_phase(self, phase: Phase, held: str | None) -> None:
+    def _set_state(self, phase: Phase, held: str | None) -> None:
         if (phase, held) == (self._phase, self.held):
             return
         logger.info("ProgramSwitcher(%s) %s(%s) -> %s(%s)", self.forum_id, self._phase.value, self.held,
@@ -309,7 +309,7 @@ class ProgramSwitcher:
     def _grace_over(self, held: str | None) -> None:
         self._timer = None
         if self._phase is Phase.GRACE and self.held == held:
-            self._set_phase(Phase.COVERED, held)
+            self._set_state(Phase.COVERED, held)
             self._spawn(self._cover(held))
 
     async def _cover(self, held: str | None) -> None:
@@ -330,7 +330,7 @@ class ProgramSwitcher:
                 return
             state = await self._rooms.set_program_system(self.forum_id, held, SYSTEM)
             self._version = max(self._version, state.version)
-            self._set_phase(Phase.ON_AIR, held)
+            self._set_state(Phase.ON_AIR, held)
             self._apply_media(held)
 
     async def _follow(self, source_id: str) -> None:
