@@ -200,8 +200,8 @@ class Downtrack:
     # --- RTCP out ------------------------------------------------------
 
     def send_report(self) -> bool:
-        """An RTCP sender report with this viewer's true counts, timed by
-        the lane's last packet (about once a second, from housekeeping)."""
+        """An RTCP sender report with this viewer's true counts and the
+        lane's clock (about once a second, from housekeeping)."""
         lane = self.lane
         if lane is None or self.packets == 0:
             return False

@@ -2,11 +2,12 @@
 carries, packet by packet, without aiortc's sender pipeline.
 
 aiortc negotiates (H.264 preferred on the transceiver before the offer is
-applied, VP8 too if the viewer offers it, Opus), gathers, runs ICE, DTLS
-and the RTCP sender reports. The sender's track never yields a frame, so
-aiortc's RTP loop idles and no encoder exists; forumcast's Downtrack sends
-the packets, answers NACKs from the source history and turns PLIs into
-coalesced keyframe requests.
+applied, VP8 too if the viewer offers it, Opus), gathers, and runs ICE and
+DTLS. The sender's track never yields a frame, so aiortc's RTP loop idles
+and no encoder exists, and its RTCP loop is replaced: forumcast's
+Downtrack sends the packets and the sender reports (true counts, from the
+plane's housekeeping), answers NACKs from the source history and turns
+PLIs/FIRs into coalesced keyframe requests.
 """
 
 from __future__ import annotations
