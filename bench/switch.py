@@ -8,7 +8,11 @@ viewer of the program. The operator alternates takes between them; each
 take is timed to its ack and to the first frame of the new size the
 viewer decodes. Goal: p95 under 300 ms.
 
-    python -m bench.switch [--takes 50]
+    python -m bench.switch [--takes 50] [--recorded]
+
+With --recorded the two sources are recorded playouts instead: they
+cannot make a keyframe on request, so a take waits for the next IDR of
+the file (normalized to one every 2 s).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from rooms.models import Role
-from tests.operator_app import RecordingViewer, SioClient, SizedPublisher, running_node
+from signaling.forum_inputs import INPUTS
+from tests.operator_app import Node, RecordingViewer, SioClient, SizedPublisher, make_video, running_node
 
 FORUM = "ai"
 SIZES = {"A": (320, 240), "B": (240, 160)}
@@ -36,7 +41,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-async def run(takes: int) -> dict[str, list[float]]:
+async def _speakers(node: Node, closers: list[Any]) -> dict[str, str]:
+    ids: dict[str, str] = {}
+    for name, (width, height) in SIZES.items():
+        publisher = SizedPublisher(width, height)
+        client = SioClient()
+        closers.extend([publisher, client])
+        await client.connect(node, node.token(Role.SPEAKER, [FORUM], name))
+        await client.call("join", {"forum_id": FORUM})
+        answer = await client.call("publish", {"forum_id": FORUM, "sdp": await publisher.offer()})
+        await publisher.accept(answer["sdp"])
+        ids[name] = answer["source_id"]
+    return ids
+
+
+async def _playouts(node: Node, op: SioClient, tmp: Path) -> dict[str, str]:
+    """Two recorded videos (normalized: an IDR every 2 s) playing as sources."""
+    library = node.app[INPUTS].library
+    ids: dict[str, str] = {}
+    for name, (width, height) in SIZES.items():
+        video = await asyncio.to_thread(make_video, tmp / f"{name}.mp4", 300, f"{width}x{height}")
+        item = await library.add_file(FORUM, video)
+        ack = await op.call("playout_start", {"forum_id": FORUM, "media": item.id, "take": False})
+        ids[name] = ack["playout"]["source_id"]
+    return ids
+
+
+async def run(takes: int, recorded: bool = False) -> dict[str, list[float]]:
     closers: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="forumcast-bench-switch-") as tmp:
         async with running_node(Path(tmp)) as node:
@@ -45,16 +76,7 @@ async def run(takes: int) -> dict[str, list[float]]:
                 closers.append(op)
                 await op.connect(node, node.token(Role.OPERATOR, [FORUM], "Bench"))
                 await op.call("join", {"forum_id": FORUM})
-                ids: dict[str, str] = {}
-                for name, (width, height) in SIZES.items():
-                    publisher = SizedPublisher(width, height)
-                    client = SioClient()
-                    closers.extend([publisher, client])
-                    await client.connect(node, node.token(Role.SPEAKER, [FORUM], name))
-                    await client.call("join", {"forum_id": FORUM})
-                    answer = await client.call("publish", {"forum_id": FORUM, "sdp": await publisher.offer()})
-                    await publisher.accept(answer["sdp"])
-                    ids[name] = answer["source_id"]
+                ids = await (_playouts(node, op, Path(tmp)) if recorded else _speakers(node, closers))
                 await op.next_push("sources", lambda p: {x["id"] for x in p["sources"] if x["state"] == "live"}
                                    >= set(ids.values()))
                 ack = await op.call("take", {"forum_id": FORUM, "source_id": ids["A"]})
@@ -91,10 +113,13 @@ async def run(takes: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--takes", type=int, default=50)
+    parser.add_argument("--recorded", action="store_true",
+                        help="take between two recorded playouts (no keyframe on request: IDR every 2 s)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    results = asyncio.run(run(args.takes))
-    print(f"\n{args.takes} takes on loopback, aiortc speakers at 30 fps, one aiortc viewer\n")
+    results = asyncio.run(run(args.takes, args.recorded))
+    sources = "recorded playouts (IDR every 2 s)" if args.recorded else "aiortc speakers at 30 fps"
+    print(f"\n{args.takes} takes on loopback, {sources}, one aiortc viewer\n")
     print(f"{'from take to':34} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'mean ms':>8}")
     for name, values in results.items():
         ms = [v * 1000 for v in values]
