@@ -17,9 +17,9 @@ ingest addresses.
   of a core: never all 21 at boot) start when an operator first asks for
   its ingest addresses; the control page asks as it opens.
 
-The media plane has one `on_source_change` slot, held by the media
-bridge; this module chains itself in front of it at start and restores it
-at stop. State changes are applied by one task, in order.
+This module listens to the media plane's source changes for the sources
+it owns (playouts, venue feeds), beside the media bridge's listener.
+State changes are applied by one task, in order.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class ForumInputs:
         self._slate_tasks: dict[str, asyncio.Task[None]] = {}
         self._playouts: dict[str, Playout] = {}
         self._changes: asyncio.Queue[tuple[str, str, SourceState]] = asyncio.Queue(4096)
-        self._previous_callback: Callable[[Any], Any] | None = None
+        self._remove_listener: Callable[[], None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._events: Any = None
         self._grant = system_grant("inputs")
@@ -123,14 +123,13 @@ class ForumInputs:
 
     async def start(self) -> None:
         if self._media is not None:
-            self._previous_callback = self._media.on_source_change
-            self._media.on_source_change = self._on_source_change
+            self._remove_listener = self._media.add_source_listener(self._on_source_change)
         self._events = self._rooms.events()
         self._tasks = [asyncio.create_task(self._apply_changes(), name="forum-inputs-changes"),
                        asyncio.create_task(self._watch_rooms(self._events), name="forum-inputs-rooms")]
 
     async def stop(self) -> None:
-        """Stop every playout and slate (their tasks), restore the callback."""
+        """Stop every playout and slate (their tasks), stop listening."""
         if self._events is not None:
             self._events.close()
         for task in list(self._slate_tasks.values()) + self._tasks:
@@ -154,8 +153,9 @@ class ForumInputs:
                 with contextlib.suppress(Exception):
                     self._media.remove_feed(forum_id, slate_id(forum_id))
         self._slates.clear()
-        if self._media is not None and self._media.on_source_change == self._on_source_change:
-            self._media.on_source_change = self._previous_callback
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
 
     # --- slates --------------------------------------------------------------
 
@@ -360,13 +360,10 @@ class ForumInputs:
     def _venue_sources(self) -> set[str]:
         return {venue.source_id for venue in self._venues.values()}
 
-    def _on_source_change(self, change: Any) -> Any:
+    def _on_source_change(self, change: Any) -> None:
         if change.source_id in self._playouts or change.source_id in self._venue_sources():
             with contextlib.suppress(asyncio.QueueFull):
                 self._changes.put_nowait((change.forum_id, change.source_id, SourceState(change.state)))
-        if self._previous_callback is not None:
-            return self._previous_callback(change)
-        return None
 
     async def _apply_changes(self) -> None:
         while True:

@@ -98,6 +98,7 @@ class MediaBridge:
         self._on_air: dict[str, str | None] = {}
         self._changes: asyncio.Queue[Any] = asyncio.Queue(_QUEUE_LIMIT)
         self._task: asyncio.Task[None] | None = None
+        self._remove_listener: Callable[[], None] | None = None
         self._ended_listeners: list[Callable[[str], Awaitable[None]]] = []
 
     def on_source_ended(self, listener: Callable[[str], Awaitable[None]]) -> None:
@@ -106,10 +107,16 @@ class MediaBridge:
         opened it (a WHIP resource) can forget it."""
         self._ended_listeners.append(listener)
 
+    def on_viewer_closed(self, listener: Callable[[str], Awaitable[None] | None]) -> Callable[[], None]:
+        """Call `listener(viewer_id)` when a viewer's peer closes by itself
+        (the player vanished without a DELETE), so the edge that admitted
+        it can give its seat back. Returns the remover."""
+        return self._media.add_viewer_closed_listener(listener)
+
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        self._media.on_source_change = self._on_source_change
+        self._remove_listener = self._media.add_source_listener(self._on_source_change)
         self._task = asyncio.create_task(self._apply_changes(), name="media-bridge")
 
     async def stop(self) -> None:
@@ -125,8 +132,9 @@ class MediaBridge:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if getattr(self._media, "on_source_change", None) == self._on_source_change:
-            self._media.on_source_change = None
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
 
     # --- publishers ----------------------------------------------------------
 

@@ -9,7 +9,9 @@ as WHIP, see signaling/whip.py).
 A viewer token for the forum is needed, unless the event is public (then
 no Authorization header is fine; a token, when sent, must still be valid).
 A WHEP viewer is a participant: it takes one of the forum's seats, so a
-full forum answers 429 "full".
+full forum answers 429 "full". A player that vanishes without a DELETE
+(its ICE consent or DTLS fails) gives its seat back when the media plane
+closes its peer.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,6 +55,7 @@ class WhepEndpoint:
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._sessions: dict[str, WhepSession] = {}
+        self._by_viewer: dict[str, WhepSession] = {}
 
     @property
     def _rooms(self) -> "RoomService":
@@ -85,7 +89,9 @@ class WhepEndpoint:
             with contextlib.suppress(Exception):
                 await self._rooms.leave(forum_id, participant.id)
             raise
-        self._sessions[session_id] = WhepSession(session_id, forum_id, viewer_id, participant.id)
+        session = WhepSession(session_id, forum_id, viewer_id, participant.id)
+        self._sessions[session_id] = session
+        self._by_viewer[viewer_id] = session
         logger.info("WHEP %s: %s watches %s", session_id, grant.name, forum_id)
         return sdp_created(answer, f"/whep/{forum_id}/{session_id}")
 
@@ -97,9 +103,17 @@ class WhepEndpoint:
         await self._end(session)
         return web.json_response({"ok": True}, headers=CORS_HEADERS)
 
+    async def viewer_closed(self, viewer_id: str) -> None:
+        """The media plane closed this viewer's peer by itself."""
+        session = self._by_viewer.get(viewer_id)
+        if session is not None:
+            logger.info("WHEP %s: the player went away without a DELETE", session.id)
+            await self._end(session)
+
     async def _end(self, session: WhepSession) -> None:
         if self._sessions.pop(session.id, None) is None:
             return
+        self._by_viewer.pop(session.viewer_id, None)
         bridge = self._app.get(BRIDGE)
         if bridge is not None:
             await bridge.stop_watching(session.viewer_id)
@@ -116,6 +130,16 @@ class WhepEndpoint:
 WHEP = web.AppKey("whep_endpoint", WhepEndpoint)
 
 
+async def _whep_ctx(app: web.Application) -> AsyncIterator[None]:
+    bridge = app.get(BRIDGE)
+    remove = bridge.on_viewer_closed(app[WHEP].viewer_closed) if bridge is not None else None
+    try:
+        yield  # sessions end in on_shutdown, before the media plane unwinds
+    finally:
+        if remove is not None:
+            remove()
+
+
 async def _whep_shutdown(app: web.Application) -> None:
     await app[WHEP].close()  # before the media plane unwinds
 
@@ -124,6 +148,7 @@ def setup_whep(app: web.Application) -> None:
     endpoint = WhepEndpoint(app)
     app[WHEP] = endpoint
     setup_media_bridge(app)
+    app.cleanup_ctx.append(_whep_ctx)
     app.router.add_route("POST", "/whep/{forum_id}", edge(endpoint.create))
     app.router.add_route("OPTIONS", "/whep/{forum_id}", preflight)
     app.router.add_route("DELETE", "/whep/{forum_id}/{session_id}", edge(endpoint.delete))

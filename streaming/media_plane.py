@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rooms.models import SourceState
 from streaming import aiortc_internals
@@ -62,14 +63,21 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
+SourceListener = Callable[[SourceChange], Awaitable[None] | None]
+ViewerListener = Callable[[str], Awaitable[None] | None]
+
+
 class MediaPlane:
-    """One per node. `on_source_change` (sync or async) hears every source
+    """One per node. Source listeners (sync or async) hear every source
     state change: live when media flows, lost when the peer fails or media
-    stops, ended on unpublish/remove_feed."""
+    stops, ended on unpublish/remove_feed. Viewer-closed listeners hear the
+    id of a viewer that went away by itself (ICE/DTLS failed, peer closed),
+    so the edge that admitted it can give its seat back."""
 
     def __init__(self, config: MediaConfig) -> None:
         self.config = config
-        self.on_source_change: Callable[[SourceChange], Awaitable[None] | None] | None = None
+        self._source_listeners: list[SourceListener] = []
+        self._viewer_listeners: list[ViewerListener] = []
         self._state = _State.NEW
         self._forums: dict[str, ForumMedia] = {}
         self._publishers: dict[str, WebRtcPublisher] = {}
@@ -221,14 +229,30 @@ class MediaPlane:
             forum.close()
             del self._forums[forum_id]
 
+    # --- listeners -----------------------------------------------------
+
+    def add_source_listener(self, listener: SourceListener) -> Callable[[], None]:
+        """Hear every SourceChange; returns the function that removes it."""
+        self._source_listeners.append(listener)
+        return lambda: _discard(self._source_listeners, listener)
+
+    def add_viewer_closed_listener(self, listener: ViewerListener) -> Callable[[], None]:
+        """Hear the id of each viewer that closed by itself (not through
+        leave()); returns the function that removes it."""
+        self._viewer_listeners.append(listener)
+        return lambda: _discard(self._viewer_listeners, listener)
+
     def _notify(self, forum_id: str, source_id: str, state: SourceState) -> None:
-        callback = self.on_source_change
-        if callback is None:
-            return
+        change = SourceChange(forum_id, source_id, state)
+        for listener in list(self._source_listeners):
+            self._call(listener, change)
+
+    def _call(self, listener: Callable[[Any], Awaitable[None] | None], arg: Any) -> None:
+        """A failing listener is logged; the others and the media carry on."""
         try:
-            result = callback(SourceChange(forum_id, source_id, state))
+            result = listener(arg)
         except Exception:
-            logger.exception("on_source_change failed")
+            logger.exception("MediaPlane listener %r failed", listener)
             return
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(result)
@@ -238,7 +262,7 @@ class MediaPlane:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.error("on_source_change failed: %r", task.exception())
+            logger.error("MediaPlane listener failed: %r", task.exception())
 
     # --- viewers -------------------------------------------------------
 
@@ -287,9 +311,14 @@ class MediaPlane:
     def _on_viewer_gone(self, viewer: WebRtcViewer) -> None:
         if self._viewers.get(viewer.viewer_id) is not viewer:
             return
-        task = asyncio.ensure_future(self.leave(viewer.viewer_id))
+        task = asyncio.ensure_future(self._viewer_closed(viewer.viewer_id))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    async def _viewer_closed(self, viewer_id: str) -> None:
+        await self.leave(viewer_id)
+        for listener in list(self._viewer_listeners):
+            self._call(listener, viewer_id)
 
     # --- housekeeping --------------------------------------------------
 
@@ -341,3 +370,8 @@ class MediaPlane:
             "sources_with_clock": sum(1 for s in sources if s.clock_reference is not None),
             "tasks": len(self._tasks),
         }
+
+
+def _discard(listeners: list[Any], listener: Any) -> None:
+    if listener in listeners:
+        listeners.remove(listener)

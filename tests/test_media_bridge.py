@@ -34,7 +34,7 @@ class FakePlane:
     """Records calls; `fail_with` makes the next publish refuse."""
 
     def __init__(self) -> None:
-        self.on_source_change: Any = None
+        self.listeners: list[Any] = []
         self.programs: list[tuple[str, str | None]] = []
         self.unpublished: list[str] = []
         self.fail_with: MediaError | None = None
@@ -56,8 +56,13 @@ class FakePlane:
     def set_program(self, forum_id: str, source_id: str | None) -> None:
         self.programs.append((forum_id, source_id))
 
+    def add_source_listener(self, listener: Any) -> Any:
+        self.listeners.append(listener)
+        return lambda: self.listeners.remove(listener)
+
     def change(self, source_id: str, state: SourceState) -> None:
-        self.on_source_change(SourceChange(FORUM, source_id, state))
+        for listener in list(self.listeners):
+            listener(SourceChange(FORUM, source_id, state))
 
 
 @pytest.fixture
@@ -158,9 +163,11 @@ async def test_a_source_lost_too_long_is_ended_and_its_edge_told(setup: Any) -> 
 
 
 async def test_with_a_switcher_the_bridge_only_reports_states(setup: Any) -> None:
-    plane, rooms, _, events = setup
+    plane, rooms, fixture_bridge, events = setup
+    await fixture_bridge.stop()  # only the switcher-mode bridge listens now
+    assert plane.listeners == []
     bridge = MediaBridge(plane, rooms, "n1", follow_program=False)
-    await bridge.start()  # takes over on_source_change from the fixture's bridge
+    await bridge.start()
     try:
         published = await bridge.publish(FORUM, grant(), "Zhang Min", "p1", "v=0")
         plane.change(published.source_id, SourceState.LIVE)

@@ -98,7 +98,8 @@ class Observer:
 
     def __init__(self) -> None:
         self.sio = socketio.AsyncClient(reconnection=False)
-        self.queues: dict[str, asyncio.Queue[Any]] = {e: asyncio.Queue() for e in ("program", "sources")}
+        self.queues: dict[str, asyncio.Queue[Any]] = {
+            e: asyncio.Queue() for e in ("program", "sources", "viewers")}
         for event, queue in self.queues.items():
             self.sio.on(event, self._put(queue))
 
@@ -108,8 +109,8 @@ class Observer:
             queue.put_nowait(data)
         return put
 
-    async def join(self, server: ServerProcess, forum: str) -> dict[str, Any]:
-        token = server.token(Role.VIEWER, [forum], "Observer")
+    async def join(self, server: ServerProcess, forum: str, role: Role = Role.VIEWER) -> dict[str, Any]:
+        token = server.token(role, [forum], "Observer")
         await self.sio.connect(server.url, auth={"token": token}, transports=["websocket"], wait_timeout=10)
         ack: dict[str, Any] = await self.sio.call("join", {"forum_id": forum}, timeout=10)
         return ack
@@ -236,6 +237,32 @@ async def test_ffmpeg_publishes_a_whep_viewer_decodes_and_bad_requests_change_no
     finally:
         await viewer.close()
         await ffmpeg.stop()
+        await observer.close()
+
+
+async def test_a_whep_player_that_vanishes_gives_its_seat_back(
+        server: ServerProcess, http: aiohttp.ClientSession) -> None:
+    """No DELETE: the player's peer closes (DTLS close_notify, as a tab
+    closing or a crashed player's consent failure ends in), and the seat
+    it held is free again."""
+    forum = "open-source"
+    observer = Observer()
+    viewer = ViewerPeer()
+    try:
+        joined = await observer.join(server, forum, Role.OPERATOR)  # operators take no seat
+        assert joined["viewers"]["viewers"] == 0
+        token = server.token(Role.VIEWER, [forum], "Vanishing player")
+        response = await http.post(f"{server.url}/whep/{forum}", data=await viewer.offer(),
+                                   headers={**bearer(token), "Content-Type": SDP})
+        assert response.status == 201, await response.text()
+        await viewer.accept(await response.text())
+        await observer.next("viewers", lambda v: v["viewers"] == 1)
+        await viewer.wait_video(1)  # it plays (the forum's slate) ...
+        await viewer.close()  # ... and goes away without a DELETE
+        await observer.next("viewers", lambda v: v["viewers"] == 0, timeout=15)
+        await expect_error(await http.delete(server.url + response.headers["Location"]), 404, "not_found")
+    finally:
+        await viewer.close()
         await observer.close()
 
 

@@ -49,7 +49,7 @@ async def test_three_viewers_get_decodable_frames_in_order_without_server_decode
         if change.state == SourceState.LIVE:
             live.set()
 
-    plane.on_source_change = on_change
+    plane.add_source_listener(on_change)
     publisher = TestPublisher()
     viewers = [TestViewer() for _ in range(3)]
     try:

@@ -21,7 +21,7 @@ class Changes:
     def __init__(self, plane: MediaPlane) -> None:
         self.seen: list[tuple[str, SourceState]] = []
         self._event = asyncio.Event()
-        plane.on_source_change = self.on_change
+        plane.add_source_listener(self.on_change)
 
     async def on_change(self, change: SourceChange) -> None:  # async on purpose
         self.seen.append((change.source_id, change.state))
