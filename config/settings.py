@@ -61,6 +61,9 @@ class Settings:
     slate_grace_ms: int = 1000
     rtmp_port: int = 1935
     srt_port: int = 9000
+    # where venue encoders connect (RTMP gate, SRT listener); loopback by
+    # default so a fresh install exposes nothing: set 0.0.0.0 at the venue
+    ingest_host: str = "127.0.0.1"
     max_upload_bytes: int = 2 * 1024**3
     chat_max_length: int = 500
     chat_rate_per_minute: int = 10
@@ -272,6 +275,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "slate_grace_ms": _non_negative_int,
     "rtmp_port": _port,
     "srt_port": _port,
+    "ingest_host": _host,
     "max_upload_bytes": _positive_int,
     "chat_max_length": _positive_int,
     "chat_rate_per_minute": _positive_int,

@@ -239,7 +239,8 @@ class ForumInputs:
         video = RtpSource("video", h264_codec(), name=source_id)
         audio = RtpSource("audio", opus_codec(), name=source_id)
         venue = VenueIngest(forum_id, rtmp_port, srt_port, venue_key(self._secret, forum_id), video, audio,
-                            source_id=source_id, ffmpeg=ffmpeg_path(self._settings))
+                            source_id=source_id, ffmpeg=ffmpeg_path(self._settings),
+                            listen_host=self._settings.ingest_host)
         source = MediaSource(source_id, forum_id, SourceKind.VENUE, "Venue", state=SourceState.CONNECTING)
         await self._rooms.register_source(forum_id, self._grant, source)
         try:

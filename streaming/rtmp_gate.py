@@ -187,8 +187,8 @@ class _State(enum.Enum):
 
 
 class RtmpKeyGate:
-    """Listens on 127.0.0.1:`port`; proxies a publisher whose stream name is
-    `stream_key` to 127.0.0.1:`upstream_port()`. `on_refused(reason)` is
+    """Listens on `host`:`port`; proxies a publisher whose stream name is
+    `stream_key` to ffmpeg on 127.0.0.1:`upstream_port()`. `on_refused(reason)` is
     called for each refused connection."""
 
     def __init__(
@@ -201,7 +201,9 @@ class RtmpKeyGate:
         idle_timeout: float = 10.0,
         connect_timeout: float = 5.0,
         on_refused: Callable[[str], None] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
+        self.host = host
         self.port = port
         self.name = name
         self._key = stream_key
@@ -226,7 +228,7 @@ class RtmpKeyGate:
 
     async def start(self) -> None:
         assert self._state is _State.NEW
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._accept, self.host, self.port)
         self._set_state(_State.LISTENING)
 
     async def stop(self) -> None:

@@ -115,7 +115,8 @@ class _Leg:
             options["listen"] = 1
             video_options["bsf:v"] = "h264_mp4toannexb"
         else:
-            url = f"srt://127.0.0.1:{self.venue.srt_port}?mode=listener&passphrase={key}&pbkeylen=16"
+            url = (f"srt://{self.venue.listen_host}:{self.venue.srt_port}"
+                   f"?mode=listener&passphrase={key}&pbkeylen=16")
         source = ffmpeg.input(url, **options)
         video_url, video_rtp = rtp_output_options("video", self.video.port)
         audio_url, audio_rtp = rtp_output_options("audio", self.audio.port)
@@ -133,8 +134,10 @@ class _Leg:
 
 
 class VenueIngest:
-    """The venue feed of one forum: RTMP on 127.0.0.1:`rtmp_port` and SRT on
-    127.0.0.1:`srt_port`, both keyed by `stream_key`, into `video`/`audio`.
+    """The venue feed of one forum: RTMP on `listen_host`:`rtmp_port` and SRT
+    on `listen_host`:`srt_port`, both keyed by `stream_key`, into
+    `video`/`audio`. ffmpeg's own RTMP listener stays on loopback behind the
+    key gate.
 
     State (a SourceState): connecting -> live <-> lost -> ended, reported
     through `on_state(state)` on each change.
@@ -155,6 +158,7 @@ class VenueIngest:
         policy: RestartPolicy = VENUE_POLICY,
         media_timeout: float = 2.0,
         idle_timeout: float = 10.0,
+        listen_host: str = "127.0.0.1",
     ) -> None:
         if not _KEY.match(stream_key):
             raise RoomError("invalid", "a venue stream key is 10-79 letters, digits, '-' or '_'")
@@ -162,6 +166,7 @@ class VenueIngest:
         self.source_id = source_id or f"venue-{forum_id}"
         self.rtmp_port = rtmp_port
         self.srt_port = srt_port
+        self.listen_host = listen_host
         self.stream_key = stream_key
         self.ffmpeg = ffmpeg
         self.policy = policy
@@ -178,7 +183,7 @@ class VenueIngest:
         self.profile_level_id: str | None = None  # the encoder's, from its SPS (e.g. "42c01e")
         self.legs = {"rtmp": _Leg(self, "rtmp"), "srt": _Leg(self, "srt")}
         self.gate = RtmpKeyGate(rtmp_port, stream_key, lambda: self.legs["rtmp"].internal_port,
-                                name=forum_id, idle_timeout=idle_timeout)
+                                name=forum_id, idle_timeout=idle_timeout, host=listen_host)
 
     @property
     def state(self) -> str:
@@ -225,8 +230,8 @@ class VenueIngest:
             await self.stop()
             raise
         self._watchdog = asyncio.create_task(self._watch(), name=f"venue-{self.forum_id}-watchdog")
-        logger.info("VenueIngest(%s) waiting: RTMP 127.0.0.1:%d, SRT 127.0.0.1:%d",
-                    self.forum_id, self.rtmp_port, self.srt_port)
+        logger.info("VenueIngest(%s) waiting: RTMP %s:%d, SRT %s:%d", self.forum_id,
+                    self.listen_host, self.rtmp_port, self.listen_host, self.srt_port)
 
     def _forward(self, leg: _Leg, kind: str, packet: RtpPacket) -> None:
         if self._stopped:

@@ -30,6 +30,7 @@ def test_defaults_run_one_node_without_services() -> None:
     assert settings.event_file == SAMPLE_EVENT and SAMPLE_EVENT.is_file()
     assert settings.public_url == "http://127.0.0.1:8080"
     assert settings.ice_addresses == ()
+    assert settings.ingest_host == "127.0.0.1"  # venue listeners expose nothing until asked
     assert settings.node_id
     assert settings.public_event is None
 
@@ -61,8 +62,10 @@ def test_env_lists_bools_and_paths(tmp_path: Path) -> None:
             "FORUMCAST_DATA_DIR": str(tmp_path),
             "FORUMCAST_HEARTBEAT_INTERVAL_S": "0.5",
             "FORUMCAST_REDIS_URL": "redis://127.0.0.1:6399/0",
+            "FORUMCAST_INGEST_HOST": "0.0.0.0",
         }
     )
+    assert settings.ingest_host == "0.0.0.0"
     assert settings.ice_addresses == ("127.0.0.1", "::1")
     assert settings.public_event is True
     assert settings.data_dir == tmp_path

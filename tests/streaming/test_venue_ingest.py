@@ -14,7 +14,7 @@ from aiortc.rtp import RtpPacket
 from rooms.errors import RoomError
 from rooms.models import SourceState
 from streaming.ffmpeg_process import FfmpegProcess
-from streaming.rtmp_gate import RtmpCommandReader, _amf0_values
+from streaming.rtmp_gate import RtmpCommandReader, RtmpKeyGate, _amf0_values
 from streaming.rtp_udp_ingest import OPUS_PAYLOAD_TYPE, h264_nal_types
 from streaming.venue_ingest import VenueIngest
 from tests.processes import free_port
@@ -176,6 +176,21 @@ async def test_srt_passphrase_and_a_killed_encoder_that_comes_back(venue: Venue)
     assert len(venue.video.packets) > count and len(venue.audio.packets) > 10
     video = venue.video.packets
     assert all((b.sequence_number - a.sequence_number) & 0xFFFF == 1 for a, b in zip(video, video[1:]))
+
+
+async def test_the_key_gate_listens_on_the_configured_host() -> None:
+    """ingest_host decides where venue encoders may connect (127.0.0.2 is
+    still loopback, so the test stays on this machine)."""
+    port = free_port()
+    gate = RtmpKeyGate(port, "k" * 16, lambda: free_port(), host="127.0.0.2")
+    await gate.start()
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.2", port), 5)
+        writer.close()
+        with pytest.raises(OSError):
+            await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    finally:
+        await gate.stop()
 
 
 def test_stream_keys_must_make_a_passphrase() -> None:
