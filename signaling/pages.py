@@ -115,7 +115,14 @@ async def socket_io_client(request: web.Request) -> web.StreamResponse:
                                                        "Content-Type": "application/javascript"})
 
 
+async def home(request: web.Request) -> web.StreamResponse:
+    """The address `serve` prints: the lobby, keeping an invite's token."""
+    query = f"?{request.query_string}" if request.query_string else ""
+    raise web.HTTPFound("/lobby" + query)
+
+
 def setup_pages(app: web.Application) -> None:
+    app.router.add_get("/", home)
     app.router.add_get("/lobby", lobby)
     app.router.add_get("/speak/{forum_id}", _forum_page("speak.html"))
     app.router.add_get("/watch/{forum_id}", _forum_page("watch.html"))

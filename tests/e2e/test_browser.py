@@ -163,7 +163,8 @@ async def test_lobby_lists_forums_and_carries_the_token(server: ServerProcess, b
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     try:
         page = await context.new_page()
-        await page.goto(f"{server.url}/lobby?token=abc")
+        await page.goto(f"{server.url}/?token=abc")  # the address `serve` prints leads here
+        assert page.url == f"{server.url}/lobby?token=abc"
         links = await page.eval_on_selector_all("a.watch-link", "els => els.map(e => e.href)")
         assert len(links) == len(server.get_json("/api/forums")["forums"])
         assert any(link.endswith(f"/watch/{FORUM}?token=abc") for link in links)
