@@ -66,6 +66,9 @@ def check() -> None:
         (RTCRtpTransceiver, "_codecs"),
         (RTCRtpSender, "_ssrc"),
         (_srtp_lib, "srtp_protect"),
+        (aioice.ice.StunProtocol, "datagram_received"),
+        (RTCDtlsTransport, "_rx_srtp"),
+        (RTCDtlsTransport, "_tx_srtp"),
     ]
     for owner, attr in needed:
         if not _has(owner, attr):
@@ -369,3 +372,56 @@ def nominated_pair_key(dtls: RTCDtlsTransport) -> object | None:
     """Identity of the current nominated pair (to notice a re-nomination)."""
     pair = dtls.transport._connection._nominated.get(1)
     return pair
+
+
+# --- the receive path: viewers' SRTP/SRTCP without aioice's STUN parse ------
+
+
+def route_srtp(dtls: RTCDtlsTransport, handler: Callable[[bytes], None]) -> Callable[[], None] | None:
+    """After DTLS connected: datagrams on the nominated pair whose first
+    byte is 128-191 (RFC 7983: RTP/RTCP) go to handler(data) directly;
+    STUN (consent) and DTLS go to aioice and aiortc as before. Returns the
+    undo, or None if there is no connected pair yet.
+
+    Why: aioice parses every datagram as STUN first, then queues it for
+    aiortc's DTLS task, which unprotects and builds RTCP objects."""
+    if dtls._rx_srtp is None or dtls.state != "connected":
+        return None
+    pair = dtls.transport._connection._nominated.get(1)
+    if pair is None or pair.protocol is None:
+        return None
+    protocol = pair.protocol
+    # the class's own method: a second call replaces our hook, never wraps it
+    original = type(protocol).datagram_received.__get__(protocol)
+
+    def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+        if data and 127 < data[0] < 192:
+            handler(data)
+        else:
+            original(data, addr)
+
+    protocol.datagram_received = datagram_received
+
+    def undo() -> None:
+        if protocol.__dict__.get("datagram_received") is datagram_received:
+            del protocol.datagram_received
+
+    return undo
+
+
+def rtcp_unprotector(dtls: RTCDtlsTransport) -> Callable[[bytes], bytes | None] | None:
+    """unprotect(srtcp) -> the clear compound RTCP packet, or None if its
+    authentication (or replay check) failed. None before DTLS connected."""
+    session = dtls._rx_srtp
+    if session is None:
+        return None
+    unprotect = session.unprotect_rtcp
+    error = pylibsrtp.Error
+
+    def unprotect_rtcp(data: bytes) -> bytes | None:
+        try:
+            return unprotect(data)  # type: ignore[no-any-return]
+        except error:
+            return None
+
+    return unprotect_rtcp

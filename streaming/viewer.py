@@ -33,6 +33,7 @@ from streaming.program_bus import ProgramBus
 from streaming.publisher import server_configuration
 from streaming.rtcp_reports import sdes_cname
 from streaming.rtp_codecs import codec_key
+from streaming.viewer_rtcp import ViewerRtcp
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class WebRtcViewer:
         self.audio: Downtrack | None = None
         self._senders: dict[str, RTCRtpSender] = {}
         self._pair: object | None = None
+        self.feedback: ViewerRtcp | None = None  # its RTCP, once connected
+        self._unroute: Callable[[], None] | None = None
         self._next_report = 0.0  # time.monotonic() of the next sender reports
 
     @property
@@ -205,6 +208,7 @@ class WebRtcViewer:
         self._pair = aiortc_internals.nominated_pair_key(sender.transport)
         for dt in self.downtracks():
             dt.connect(path)
+        self._route_feedback(sender)
         self._set_state(_State.WATCHING)
         self._bus.subscribe(self.video, self.audio)
 
@@ -230,10 +234,28 @@ class WebRtcViewer:
                 self._pair = pair
                 for dt in self.downtracks():
                     dt.connect(path)
+                self._route_feedback(sender)
         for dt in self.downtracks():
             dt.send_report()
 
+    def _route_feedback(self, sender: RTCRtpSender) -> None:
+        """The viewer's SRTCP straight from its socket to ViewerRtcp (not
+        through aioice's STUN parse and aiortc's RTCP objects); if that is
+        not possible, aiortc's path and _rtcp_handler keep working."""
+        if self._unroute is not None:
+            self._unroute()
+            self._unroute = None
+        unprotect = aiortc_internals.rtcp_unprotector(sender.transport)
+        if unprotect is None:
+            return
+        if self.feedback is None:
+            self.feedback = ViewerRtcp(unprotect, self.downtracks())
+        self._unroute = aiortc_internals.route_srtp(sender.transport, self.feedback.datagram)
+
     def _detach(self) -> None:
+        if self._unroute is not None:
+            self._unroute()
+            self._unroute = None
         if self._bus is not None:
             self._bus.unsubscribe(self.video, self.audio)
 
