@@ -76,6 +76,7 @@ class RoomService:
         chat_rate_per_minute: int = 10,
         heartbeat_ttl_s: float = 10.0,
         load: Callable[[], dict[str, Any]] | None = None,
+        heartbeat_interval_s: float | None = None,
     ) -> None:
         self.event = event
         self.store = store
@@ -84,6 +85,10 @@ class RoomService:
         self.chat_max_length = chat_max_length
         self._chat_limiter = RateLimiter(chat_rate_per_minute, 60.0, clock=now)
         self.heartbeat_ttl_s = heartbeat_ttl_s
+        # default: a third of the TTL, so two beats may be lost before expiry
+        self.heartbeat_interval_s = heartbeat_interval_s or heartbeat_ttl_s / 3
+        if self.heartbeat_interval_s >= heartbeat_ttl_s:
+            raise ValueError("the heartbeat interval must be shorter than its TTL")
         self._load = load
         self._local: set[tuple[str, str]] = set()  # (forum, participant) joined here
         self._upkeep: asyncio.Task[None] | None = None
@@ -112,7 +117,7 @@ class RoomService:
             await task
 
     async def _run_upkeep(self) -> None:
-        interval = self.heartbeat_ttl_s / 3  # two beats may be lost before expiry
+        interval = self.heartbeat_interval_s
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)

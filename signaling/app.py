@@ -98,6 +98,7 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
         chat_max_length=settings.chat_max_length,
         chat_rate_per_minute=settings.chat_rate_per_minute,
         heartbeat_ttl_s=settings.node_ttl_s,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
     )
     await rooms.start()  # heart-beats once, so the node is known before it serves
     app[ROOMS] = rooms

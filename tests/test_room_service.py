@@ -5,8 +5,10 @@ are published, so `drain()` after a call sees all of them."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -388,3 +390,33 @@ async def test_a_slow_subscriber_loses_its_oldest_events_and_never_blocks(caplog
     assert any("dropped 1 events" in r.getMessage() for r in caplog.records)
     await store.stop()
     assert [e async for e in slow] == []
+
+
+class CountingStore(MemoryStore):
+    """A real MemoryStore that also counts heartbeats and says when the
+    n-th arrives (so the test awaits an event, not a sleep)."""
+
+    def __init__(self, beats_wanted: int) -> None:
+        super().__init__("node-a")
+        self.beats = 0
+        self._wanted = beats_wanted
+        self.enough = asyncio.Event()
+
+    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float) -> None:
+        await super().heartbeat(node_id, load, ttl_s)
+        self.beats += 1
+        if self.beats >= self._wanted:
+            self.enough.set()
+
+
+async def test_the_heartbeat_follows_its_configured_interval() -> None:
+    store = CountingStore(beats_wanted=4)
+    rooms = RoomService(EVENT, store, "node-a", heartbeat_ttl_s=30.0, heartbeat_interval_s=0.05)
+    await rooms.start()
+    try:
+        # at the default (ttl/3 = 10 s) the fourth beat would take 30 s
+        await asyncio.wait_for(store.enough.wait(), 5.0)
+    finally:
+        await rooms.stop()
+    with pytest.raises(ValueError, match="shorter than its TTL"):
+        RoomService(EVENT, store, "node-a", heartbeat_ttl_s=1.0, heartbeat_interval_s=1.0)
