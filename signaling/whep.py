@@ -22,19 +22,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from rooms.errors import RoomError
 from rooms.models import Role
 from rooms.tokens import Grant
-from signaling.app_keys import EVENT, ROOMS, TOKENS
-from signaling.media_bridge import BRIDGE, MediaBridge, setup_media_bridge
-from signaling.whip import CORS_HEADERS, bearer_token, edge, known_forum, no_trickle, preflight, read_offer, sdp_created
-
-if TYPE_CHECKING:
-    from rooms.service import RoomService
+from signaling.app_keys import EVENT, TOKENS
+from signaling.media_bridge import BRIDGE, setup_media_bridge
+from signaling.whip import CORS_HEADERS, HttpMediaEndpoint, bearer_token, edge, known_forum, no_trickle, preflight, read_offer, sdp_created
 
 logger = logging.getLogger(__name__)
 
@@ -49,23 +45,13 @@ class WhepSession:
     participant_id: str
 
 
-class WhepEndpoint:
+class WhepEndpoint(HttpMediaEndpoint):
     """Owns this node's WHEP viewers."""
 
     def __init__(self, app: web.Application) -> None:
-        self._app = app
+        super().__init__(app)
         self._sessions: dict[str, WhepSession] = {}
         self._by_viewer: dict[str, WhepSession] = {}
-
-    @property
-    def _rooms(self) -> "RoomService":
-        return self._app[ROOMS]
-
-    def _bridge(self) -> MediaBridge:
-        bridge = self._app.get(BRIDGE)
-        if bridge is None:
-            raise RoomError("unavailable", "the media server is not running on this node")
-        return bridge
 
     def _grant(self, request: web.Request, forum_id: str) -> Grant:
         token = bearer_token(request)

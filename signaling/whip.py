@@ -153,13 +153,12 @@ class WhipSession:
     subject: str  # who may end it besides operators
 
 
-class WhipEndpoint:
-    """Owns this node's WHIP sessions."""
+class HttpMediaEndpoint:
+    """What the WHIP and WHEP endpoints share: the node's rooms and its
+    media bridge (absent when the node runs no media plane)."""
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
-        self._sessions: dict[str, WhipSession] = {}
-        self._by_source: dict[str, str] = {}
 
     @property
     def _rooms(self) -> "RoomService":
@@ -170,6 +169,15 @@ class WhipEndpoint:
         if bridge is None:
             raise RoomError("unavailable", "the media server is not running on this node")
         return bridge
+
+
+class WhipEndpoint(HttpMediaEndpoint):
+    """Owns this node's WHIP sessions."""
+
+    def __init__(self, app: web.Application) -> None:
+        super().__init__(app)
+        self._sessions: dict[str, WhipSession] = {}
+        self._by_source: dict[str, str] = {}
 
     def _grant(self, request: web.Request) -> Grant:
         return self._app[TOKENS].verify(bearer_token(request))
