@@ -14,7 +14,6 @@ import logging
 import math
 import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np

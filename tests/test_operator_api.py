@@ -7,7 +7,6 @@ dropped source and the source comes back)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
