@@ -121,11 +121,12 @@ class MemoryStore(Store):
         return list(self._chat.get(forum_id, {}).values())[-limit:]
 
     async def _read_message(self, forum_id: str, message_id: str) -> Swap[ChatMessage] | None:
-        message = self._chat.get(forum_id, {}).get(message_id)
+        history = self._chat.get(forum_id)
+        message = None if history is None else history.get(message_id)
         return None if message is None else Swap(message, message)
 
     async def _swap_message(self, token: Any, new: ChatMessage) -> bool:
-        history = self._chat.get(new.forum_id, {})
+        history: dict[str, ChatMessage] = self._chat.get(new.forum_id, {})
         if history.get(new.id) is not token:
             return False
         history[new.id] = new

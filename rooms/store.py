@@ -308,11 +308,14 @@ class Store(abc.ABC):
         for name, value in changes.items():
             if name not in MODERATION_FIELDS or not isinstance(value, bool):
                 raise RoomError("invalid", f"cannot set {name!r} on a chat message")
+        # moderation flags only, each a bool (checked just above); as Any, since
+        # mypy's dataclass plugin would match **dict[str, bool] against every field
+        flags: dict[str, Any] = changes
         for _ in range(CAS_ATTEMPTS):
             current = await self._read_message(forum_id, message_id)
             if current is None:
                 raise RoomError("not_found", f"no message {message_id!r} in forum {forum_id}")
-            new = dataclasses.replace(current.value, **changes)
+            new = dataclasses.replace(current.value, **flags)
             if new == current.value or await self._swap_message(current.token, new):
                 return new
         raise RoomError("conflict", f"message {message_id!r} is changing too fast; try again")

@@ -168,10 +168,13 @@ class TokenService:
                 "token_expired",
                 "the token has expired: ask the organizers for a new invite link",
             )
+        raw_role = claims.get("role")
         try:
-            role = Role(claims.get("role"))
+            if not isinstance(raw_role, str):  # absent, or not a string: no role's value
+                raise ValueError(raw_role)
+            role = Role(raw_role)
         except ValueError:
-            raise RoomError("token_invalid", f"the token names an unknown role {claims.get('role')!r}") from None
+            raise RoomError("token_invalid", f"the token names an unknown role {raw_role!r}") from None
         raw_forums = claims.get("forums")
         forums: frozenset[str] | None
         if raw_forums == ALL_FORUMS:
