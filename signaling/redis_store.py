@@ -29,8 +29,8 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -129,7 +129,7 @@ return {participants, sources, registered}
 """
 
 
-def _redis_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _redis_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """A Redis outage reaches callers as RoomError("unavailable"), which
     every edge already answers cleanly (HTTP 503, a socket.io error ack)."""
 
@@ -425,10 +425,12 @@ class RedisStore(Store):
 
     @_redis_errors
     async def _known_nodes(self) -> list[tuple[str, str | None]]:
-        ids = sorted(await self._redis.smembers(self._key("nodes")))
+        # str, not bytes: the client decodes (decode_responses=True), which
+        # redis-py's annotations cannot express
+        ids = sorted(cast(set[str], await self._redis.smembers(self._key("nodes"))))
         if not ids:
             return []
-        raws = await self._redis.mget([self._key("node", n) for n in ids])
+        raws = cast(list[str | None], await self._redis.mget([self._key("node", n) for n in ids]))
         return list(zip(ids, raws))
 
     async def nodes(self) -> list[NodeInfo]:
