@@ -112,6 +112,9 @@ class RtpTrack:
         self.sink = sink
         self.codec = h264_codec() if kind == "video" else opus_codec()
         self.clock_rate = self.codec.clockRate
+        payload_type = self.codec.payloadType
+        assert payload_type is not None, "h264_codec() and opus_codec() set a payload type"
+        self.payload_type: int = payload_type
         self.ssrc = random.getrandbits(32)
         self.sequence_number = random.getrandbits(16)
         self.base = random.getrandbits(32)
@@ -124,7 +127,7 @@ class RtpTrack:
         for i, payload in enumerate(unit.payloads):
             self.sequence_number = (self.sequence_number + 1) & 0xFFFF
             packet = RtpPacket(
-                payload_type=self.codec.payloadType,
+                payload_type=self.payload_type,
                 marker=1 if self.kind == "video" and i == last else 0,
                 sequence_number=self.sequence_number,
                 timestamp=timestamp,

@@ -113,10 +113,11 @@ def new_source_feed(
     and `feed.audio` to a VenueIngest, FilePlayout or Slate as its sinks,
     then MediaPlane.add_feed(forum_id, feed)."""
     config = config or MediaConfig()
-    options = {"history_packets": config.history_packets,
-               "keyframe_request_interval": config.keyframe_request_interval}
-    video_source = RtpSource("video", h264_codec(), name=f"{source_id}-video", **options)
-    audio_source = RtpSource("audio", opus_codec(), name=f"{source_id}-audio", **options) if audio else None
+    history, interval = config.history_packets, config.keyframe_request_interval
+    video_source = RtpSource("video", h264_codec(), name=f"{source_id}-video",
+                             history_packets=history, keyframe_request_interval=interval)
+    audio_source = RtpSource("audio", opus_codec(), name=f"{source_id}-audio",
+                             history_packets=history, keyframe_request_interval=interval) if audio else None
     if keyframe_requester is not None:
         video_source.set_keyframe_requester(keyframe_requester)
     return SourceFeed(source_id, video_source, audio_source, kind)
