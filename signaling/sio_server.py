@@ -55,6 +55,13 @@ def forum_room(forum_id: str) -> str:
     return f"forum:{forum_id}"
 
 
+
+def new_viewer_id(seq: int) -> str:
+    """An id a client can hand back (`unwatch`) that passes the protocol's
+    id check: socket.io sids may start with '-' or hold '_', so not built
+    from them. Unique on the node (the media plane keys viewers by it)."""
+    return f"w{seq}-{uuid.uuid4().hex[:16]}"
+
 class _Close:
     """Inbox marker: clean up and stop."""
 
@@ -225,7 +232,7 @@ class Session:
         if previous is not None:  # a re-watch (ICE failed, page retried) replaces the old one
             await bridge.stop_watching(previous)
         self._viewer_seq += 1
-        viewer_id = f"{self.sid}.w{self._viewer_seq}"
+        viewer_id = new_viewer_id(self._viewer_seq)
         answer = await bridge.watch(request.forum_id, viewer_id, request.sdp, request.source_id)
         self._viewers[request.source_id] = viewer_id
         return {"viewer_id": viewer_id, "sdp": answer}

@@ -71,3 +71,14 @@ def test_program_json_names_the_source_on_air() -> None:
     body = protocol.program_json(ProgramState("ai", program="src-1", slate=False, version=3), [source])
     assert body["program"] == "src-1" and body["source"]["name"] == "Zhang Min" and body["version"] == 3
     assert protocol.program_json(ProgramState("ai"), [source])["source"] is None
+
+
+def test_the_servers_own_viewer_ids_pass_the_unwatch_check() -> None:
+    """Ids were once built from the socket.io sid, which may start with '-'
+    or hold '_' (about 1 connection in 16): unwatch then refused them."""
+    from signaling.sio_server import new_viewer_id
+
+    ids = {new_viewer_id(n) for n in range(1, 201)}
+    assert len(ids) == 200
+    for viewer_id in ids:
+        assert protocol.parse_unwatch({"viewer_id": viewer_id}).viewer_id == viewer_id
