@@ -232,7 +232,7 @@ _IDLE_MARKERS = ("epoll_wait", "Condition.wait", "PyThread_acquire_lock_timed", 
 
 # where a busy sample's time goes, first match wins (substrings of the collapsed stack)
 _CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("fan-out: kernel sendto (on lo it includes the receiver's UDP stack)", ("Downtrack.forward (", "sock_sendto")),
+    ("fan-out: kernel sendto (on lo it includes the receiver's UDP stack)", ("Downtrack.forward (", "sock_send")),
     ("fan-out: SRTP protect (pylibsrtp + libsrtp)", ("Downtrack.forward (", "srtp_protect")),
     ("fan-out: Python per viewer (header rewrite, checks, counters)", ("Downtrack.forward (",)),
     ("fan-out: the bus's loop over viewers (outside forward)", ("Lane.on_packet",)),
@@ -330,10 +330,12 @@ async def main_async(args: argparse.Namespace) -> int:
         [{"server": k, "viewers": n, "idle_cores": r.idle_cpu, "failure": r.failure, **r.report}
          for (k, n), r in runs.items()], indent=1))
     # the floor in the same run: what sendto and SRTP protect cost alone on this machine now
-    send_us = floor.sendto_us()  # blocks the loop ~1 s, with no child running: nothing to serve
+    sendto_us = floor.sendto_us()  # blocks the loop ~1 s, with no child running: nothing to serve
+    send_us = floor.sendto_us(connected=True)  # what the fan-out does: connected sockets
     protect_us = floor.protect_us(pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
-    print(f"\nfloor now (python -m bench.floor): sendto on lo {send_us:.2f} us + SRTP AES-GCM protect "
-          f"{protect_us:.2f} us = {send_us + protect_us:.2f} us per packet per viewer before any other work")
+    print(f"\nfloor now (python -m bench.floor): send on a connected socket on lo {send_us:.2f} us "
+          f"(sendto {sendto_us:.2f}) + SRTP AES-GCM protect {protect_us:.2f} us = "
+          f"{send_us + protect_us:.2f} us per packet per viewer before any other work")
     if args.profile:
         raw = logdir / "forumcast-profile.txt"
         print(f"\nprofiling forumcast's server at {args.profile_viewers} viewers (py-spy) ...", flush=True)

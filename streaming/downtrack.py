@@ -4,7 +4,8 @@ hot path.
 Per packet and viewer the server only rewrites the 12-byte header (SSRC,
 sequence number with this viewer's offset, timestamp, payload type),
 SRTP-protects it in place in the session's buffer with this viewer's keys
-and sends it with sendto on the nominated pair's datagram transport. No
+and sends it with send() on the nominated pair's socket, connected to the
+viewer (no address per packet; see aiortc_internals.connected_send). No
 task, no coroutine, no packetizing, no header extensions.
 
 A viewer starts at a keyframe; its sequence offset is chosen then, so its
@@ -50,7 +51,7 @@ class Downtrack:
         "start_lane_seq", "lane", "write_limit", "packets", "octets",
         "skipped", "dropped_frames", "retransmitted", "send_errors",
         "_buf", "_length", "_protect", "_srtp", "_cdata", "_sendto",
-        "_addr", "_buffer_size", "_sock_sendto", "path", "sdes", "reports",
+        "_addr", "_buffer_size", "_sock_send", "path", "sdes", "reports",
     )
 
     def __init__(self, kind: str, ssrc: int, pt_by_codec: dict[str, int], write_limit: int) -> None:
@@ -83,7 +84,7 @@ class Downtrack:
         self._sendto: Any = None
         self._addr: tuple[str, int] | None = None
         self._buffer_size: Any = None
-        self._sock_sendto: Any = None
+        self._sock_send: Any = None
 
     # --- wiring ------------------------------------------------------------
 
@@ -98,7 +99,7 @@ class Downtrack:
         self._sendto = path.transport.sendto
         self._addr = path.remote_addr
         self._buffer_size = path.transport.get_write_buffer_size
-        self._sock_sendto = path.sock_sendto
+        self._sock_send = path.sock_send
 
     def set_codec(self, key: str | None) -> None:
         """The lane now carries codec `key` (None: nothing). A viewer that
@@ -139,7 +140,7 @@ class Downtrack:
             self.send_errors += 1
             return
         try:
-            self._sock_sendto(buf[: length[0]], self._addr)
+            self._sock_send(buf[: length[0]])  # connected: no address per packet
         except (BlockingIOError, InterruptedError):
             self._sendto(buf[: length[0]], self._addr)  # asyncio buffers a copy
         except OSError:

@@ -289,7 +289,7 @@ async def test_a_failing_viewer_is_removed_and_the_others_keep_going(screens: An
     def explode(*args: Any) -> None:
         raise RuntimeError("socket went away in a strange way")
 
-    broken.downtrack._sock_sendto = explode
+    broken.downtrack._sock_send = explode
     camera.frame()
     camera.frame()
     assert len(await fine.receive(6)) == 6
@@ -332,3 +332,11 @@ async def test_sender_reports_use_the_publishers_clock_when_both_lanes_know_it(s
     assert ntp_to_unix(sr.sender_info.ntp_timestamp) == pytest.approx(1000.0, abs=1e-6)
     video.close()
     audio.close()
+
+
+async def test_the_send_socket_is_connected_to_its_viewer(screens: Any) -> None:
+    """send() without an address per packet: the transport's socket is
+    connected to the viewer (the kernel then also drops anyone else's)."""
+    screen = await screens()
+    assert screen.transport._sock.getpeername() == screen.sock.getsockname()
+    assert screen.downtrack.path is not None and not screen.downtrack.path.relayed
