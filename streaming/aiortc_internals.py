@@ -411,7 +411,7 @@ def route_srtp(dtls: RTCDtlsTransport, handler: Callable[[bytes], None]) -> Call
         else:
             original(data, addr)
 
-    protocol.datagram_received = datagram_received
+    protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]
 
     def undo() -> None:
         if protocol.__dict__.get("datagram_received") is datagram_received:
