@@ -35,6 +35,7 @@ pytestmark = pytest.mark.timeout(180)
 
 FORUM = "ai"
 SLATE_SIZE = (960, 540)
+VENUE_SIZE = (320, 240)  # venue_encoder's picture
 
 
 @pytest.fixture
@@ -125,13 +126,14 @@ async def test_ingest_addresses_venue_feed_and_its_states(node: Node, http: aioh
     status, main = await call(http, "GET", f"{node.url}/api/forums/main/ingest", op)
     assert main["stream_key"] != ai["stream_key"] and main["rtmp_url"] != ai["rtmp_url"]
 
-    # a venue encoder publishes: the venue source goes live in the rooms, an operator takes it,
-    # the encoder stops: the source is lost and the slate covers it
+    # a venue encoder publishes: the venue source goes live in the rooms, an operator takes it
+    # and a viewer gets the venue's picture
     operator = SioClient()
     clients.append(operator)
     await operator.connect(node, op)
     await operator.call("join", {"forum_id": FORUM})
     await operator.call("cut_to_slate", {"forum_id": FORUM})  # attended: nothing goes on air by itself
+    viewer = await _watch(node, clients)
     encoder = venue_encoder(ai["rtmp_url"])
     await encoder.start()
     try:
@@ -139,11 +141,24 @@ async def test_ingest_addresses_venue_feed_and_its_states(node: Node, http: aioh
                                                           for s in p["sources"]), timeout=20)
         ack = await operator.call("take", {"forum_id": FORUM, "source_id": ai["source_id"]})
         assert ack["program"]["program"] == ai["source_id"]
+        await viewer.wait_size(VENUE_SIZE, timeout=20)
     finally:
-        await encoder.stop(grace=2.0)
+        await encoder.kill()  # the venue encoder dies without a word
+    # the source is lost, the slate covers it on the same viewer connection ...
     await operator.next_push("sources", lambda p: any(s["id"] == ai["source_id"] and s["state"] == "lost"
                                                       for s in p["sources"]), timeout=20)
+    lost_at = time.monotonic()
     await operator.next_push("program", lambda p: p["slate"] is True, timeout=10)
+    await viewer.wait_size(SLATE_SIZE, timeout=10, after=lost_at)
+    # ... and when the encoder comes back, so does its picture, by itself
+    again = venue_encoder(ai["rtmp_url"])
+    await again.start()
+    try:
+        back_at = time.monotonic()
+        await operator.next_push("program", lambda p: p["program"] == ai["source_id"], timeout=30)
+        await viewer.wait_size(VENUE_SIZE, timeout=20, after=back_at)
+    finally:
+        await again.stop(grace=2.0)
     pids = [process.pid for process in venue.processes() if process.pid is not None]
     assert pids
     await node.runner.cleanup()  # the node stops: every ffmpeg it started is reaped
