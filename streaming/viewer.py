@@ -7,7 +7,9 @@ DTLS. The sender's track never yields a frame, so aiortc's RTP loop idles
 and no encoder exists, and its RTCP loop is replaced: forumcast's
 Downtrack sends the packets and the sender reports (true counts, from the
 plane's housekeeping), answers NACKs from the source history and turns
-PLIs/FIRs into coalesced keyframe requests.
+PLIs/FIRs into coalesced keyframe requests. Once connected, the viewer's
+SRTCP goes from its socket straight to viewer_rtcp.ViewerRtcp; aioice and
+aiortc only see its STUN and DTLS.
 """
 
 from __future__ import annotations
