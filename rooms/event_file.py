@@ -45,13 +45,14 @@ A problem's `path` locates it, e.g. "forums[3].sessions[2].end"
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 import re
 import tomllib
 import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from rooms.models import (
@@ -68,6 +69,7 @@ from rooms.models import (
 logger = logging.getLogger(__name__)
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_E = TypeVar("_E", bound=enum.Enum)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOML_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
 
@@ -171,6 +173,27 @@ class _Reader:
             self.problem(_join(path, "id"), f"{value!r}: use 1-64 lowercase letters, digits, '-' or '_'")
             return None
         return value
+
+    def unique_ident(self, table: dict[str, Any], path: str, seen: set[str], what: str,
+                     scope: str = "") -> str | None:
+        """The table's id, reported when `seen` already holds it (the id is
+        still returned: the rest of the table is checked as usual)."""
+        value = self.ident(table, path)
+        if value is not None:
+            if value in seen:
+                self.problem(_join(path, "id"), f"duplicate {what} id {value!r}{scope}")
+            seen.add(value)
+        return value
+
+    def choice(self, table: dict[str, Any], key: str, path: str, kind: type[_E], default: _E) -> _E:
+        """An enum value by name; a wrong one is reported and `default` used."""
+        text = self.string(table, key, path, required=False) or default.value
+        try:
+            return kind(text)
+        except ValueError:
+            names = " or ".join(member.value for member in kind)
+            self.problem(_join(path, key), f"{text!r}: must be {names}")
+            return default
 
     def text(self, table: dict[str, Any], key: str, path: str, required: bool = True) -> Text:
         value = table.get(key)
@@ -307,12 +330,7 @@ class _Reader:
             speaker_id = self.ident(table, path)
             name = self.text(table, "name", path)
             affiliation = self.text(table, "affiliation", path, required=False)
-            mode_text = self.string(table, "mode", path, required=False) or SpeakerMode.LIVE.value
-            try:
-                mode = SpeakerMode(mode_text)
-            except ValueError:
-                self.problem(_join(path, "mode"), f"{mode_text!r}: must be live or recorded")
-                mode = SpeakerMode.LIVE
+            mode = self.choice(table, "mode", path, SpeakerMode, SpeakerMode.LIVE)
             video = self.video(table, path, mode)
             if speaker_id is None:
                 continue
@@ -344,19 +362,10 @@ class _Reader:
             if table is None:
                 continue
             self.unknown_keys(table, _FORUM_KEYS, path)
-            forum_id = self.ident(table, path)
-            if forum_id is not None:
-                if forum_id in forum_ids:
-                    self.problem(_join(path, "id"), f"duplicate forum id {forum_id!r}")
-                forum_ids.add(forum_id)
+            forum_id = self.unique_ident(table, path, forum_ids, "forum")
             name = self.text(table, "name", path)
             room = self.text(table, "room", path, required=False)
-            kind_text = self.string(table, "kind", path, required=False) or ForumKind.SUB.value
-            try:
-                kind = ForumKind(kind_text)
-            except ValueError:
-                self.problem(_join(path, "kind"), f"{kind_text!r}: must be main or sub")
-                kind = ForumKind.SUB
+            kind = self.choice(table, "kind", path, ForumKind, ForumKind.SUB)
             capacity = table.get("capacity")
             if capacity is None:
                 self.problem(_join(path, "capacity"), "missing: how many online viewers at once")
@@ -388,11 +397,7 @@ class _Reader:
             if table is None:
                 continue
             self.unknown_keys(table, _SESSION_KEYS, path)
-            session_id = self.ident(table, path)
-            if session_id is not None:
-                if session_id in seen:
-                    self.problem(_join(path, "id"), f"duplicate session id {session_id!r}")
-                seen.add(session_id)
+            session_id = self.unique_ident(table, path, seen, "session")
             title = self.text(table, "title", path)
             start = self.local_time(table, "start", path)
             end = self.local_time(table, "end", path)
@@ -453,11 +458,7 @@ class _Reader:
             if table is None:
                 continue
             self.unknown_keys(table, _RESTREAM_KEYS, path)
-            restream_id = self.ident(table, path)
-            if restream_id is not None:
-                if restream_id in ids:
-                    self.problem(_join(path, "id"), f"duplicate restream id {restream_id!r} in this forum")
-                ids.add(restream_id)
+            restream_id = self.unique_ident(table, path, ids, "restream", " in this forum")
             name = self.string(table, "name", path) or ""
             url = self.string(table, "url", path)
             if url is not None:
