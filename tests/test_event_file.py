@@ -284,3 +284,10 @@ def test_sample_with_media_copied_elsewhere_still_resolves(tmp_path: Path) -> No
     problems = check_event(tmp_path / "events" / SAMPLE_EVENT.name)
     assert problems and all("chen-jing.mp4" in p.message for p in problems)
     assert isinstance(problems[0], Problem) and problems[0].path.endswith(".video")
+
+
+def test_unknown_forum_kind_and_speaker_mode(tmp_path: Path) -> None:
+    text = GOOD.replace('kind = "main"', 'kind = "plenary"').replace('mode = "live"', 'mode = "remote"')
+    problems = problems_of(tmp_path, text)
+    assert problems["forums[0].kind"] == "'plenary': must be main or sub"
+    assert problems["speakers[0].mode"] == "'remote': must be live or recorded"
