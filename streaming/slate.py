@@ -32,8 +32,9 @@ from streaming.rtp_udp_ingest import PacketSink
 
 logger = logging.getLogger(__name__)
 
+_CJK_FONT = "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc"  # Debian's fonts-noto-cjk
 _FONTS = (
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",  # titles in Chinese, when installed
+    _CJK_FONT,  # titles in Chinese, when installed
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
 )
 
@@ -62,6 +63,21 @@ class SlateLoop:
 
 def _font() -> str | None:
     return next((font for font in _FONTS if Path(font).is_file()), None)
+
+
+def _has_cjk(line: str) -> bool:
+    return any("\u2e80" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" or "\uff00" <= ch <= "\uffef"
+               for ch in line)
+
+
+def drawable_title(title: str, font: str | None) -> str:
+    """The title's lines the font can draw: without a CJK font, Chinese
+    lines would go on air as empty boxes, so they are left out (install
+    fonts-noto-cjk to show them)."""
+    if font == _CJK_FONT:
+        return title
+    lines = [line for line in title.splitlines() if not _has_cjk(line)]
+    return "\n".join(lines) or title
 
 
 def slate_args(title_file: Path, target: Path, *, width: int, height: int, fps: int, seconds: float,
@@ -97,7 +113,8 @@ async def encode_slate(title: str, *, ffmpeg_path: str = "", width: int = 1280, 
     ffmpeg fails."""
     with tempfile.TemporaryDirectory(prefix="forumcast-slate-") as workdir:
         title_file = Path(workdir) / "title.txt"
-        title_file.write_text(title, "utf-8")  # textfile: no escaping of the title needed
+        # textfile: no escaping of the title needed
+        title_file.write_text(drawable_title(title, _font()), "utf-8")
         target = Path(workdir) / "slate.ts"
         process = FfmpegProcess(
             slate_args(title_file, target, width=width, height=height, fps=fps, seconds=seconds,

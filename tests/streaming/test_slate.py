@@ -11,7 +11,7 @@ from aiortc.rtp import RtpPacket
 
 from streaming.playout import AUDIO_CLOCK, VIDEO_CLOCK
 from streaming.rtp_udp_ingest import h264_nal_types
-from streaming.slate import Slate, SlateLoop, encode_slate
+from streaming.slate import _CJK_FONT, Slate, SlateLoop, drawable_title, encode_slate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,3 +98,11 @@ async def test_one_encoded_loop_feeds_several_slates() -> None:
         await slate.stop()
     assert all(len(sink.packets) >= 3 for sink in sinks)
     assert sinks[0].packets[0].ssrc != sinks[1].packets[0].ssrc  # separate streams from shared payloads
+
+
+def test_lines_the_font_cannot_draw_stay_off_air() -> None:
+    """Without a CJK font a Chinese line would go on air as empty boxes."""
+    title = "Open Source Ecology Forum\n开源生态论坛"
+    assert drawable_title(title, "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf") == "Open Source Ecology Forum"
+    assert drawable_title(title, _CJK_FONT) == title
+    assert drawable_title("开源生态论坛", None) == "开源生态论坛"  # nothing else to show: keep it
