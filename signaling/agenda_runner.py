@@ -8,8 +8,12 @@ slot), plays it with FilePlayout as a RECORDED source (ForumInputs), and
 puts it on air through the forum's ProgramSwitcher, unless the forum is
 in manual mode (then the operator sees it as a live tile to take). The
 playout stops at the end of its file or of its slot, whichever is first.
-A slot already over, or a video that cannot be prepared, is skipped with
-a log line; nothing here stops the other forums.
+A node that starts (or restarts) while a recorded slot is under way
+joins it where it should be: the video plays from its first keyframe at
+or after the time elapsed in the slot (a start only a few seconds late
+plays from the top instead: the talk's opening matters more). A slot
+already over, or a video that cannot be prepared, is skipped with a log
+line; nothing here stops the other forums.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ BY = "agenda"
 TICK_S = 0.5  # how often the clock is asked; a start is at most this late
 LEAD = dt.timedelta(minutes=15)  # normalize videos this long before their slot
 LIVE_WAIT_S = 5.0
+JOIN_AFTER = dt.timedelta(seconds=5)  # later than this into its slot: join mid-file
+LONGEST_SLOT = dt.timedelta(hours=12)  # how far back to look for a slot still under way
 
 
 @dataclass
@@ -67,12 +73,18 @@ class AgendaRunner:
         self._prepared: dict[tuple[str, str], asyncio.Task[MediaItem]] = {}
         self._running: dict[str, Running] = {}  # source id -> what plays
         self._poke = asyncio.Event()
+        self._joining: list[ScheduledPlayout] = []  # slots under way when this node started
         self._task: asyncio.Task[None] | None = None
         self.stats = RunnerStats()
         self.started = asyncio.Queue[Running]()  # each start, for status pages and tests
 
     async def start(self) -> None:
-        self._since = self._agenda.now()
+        now = self._agenda.now()
+        self._since = now
+        for under_way in self._agenda.recorded_starts(now - LONGEST_SLOT, now + dt.timedelta(microseconds=1)):
+            if under_way.until is not None and under_way.until > now:
+                self._prepare(under_way)
+                self._joining.append(under_way)
         self._task = asyncio.create_task(self._run(), name="agenda-runner")
 
     async def stop(self) -> None:
@@ -113,6 +125,7 @@ class AgendaRunner:
         # (since, now]: each start is seen exactly once, however the clock moves
         due = [p for p in self._agenda.recorded_starts(self._since, now + dt.timedelta(microseconds=1))
                if p.at > self._since]
+        due, self._joining = self._joining + due, []
         self._since = now
         for playout in due:
             await self._start(playout, now)
@@ -142,9 +155,15 @@ class AgendaRunner:
         if playout.until is not None and now >= playout.until:
             self._skip(playout, "its slot is already over")
             return
+        late = now - playout.at
+        start_at = late.total_seconds() if late > JOIN_AFTER else 0.0
         try:
             item = await asyncio.shield(self._prepare(playout))
-            running_playout = await self._inputs.start_playout(playout.forum_id, self._grant, item)
+            if start_at and item.duration and start_at >= item.duration:
+                self._skip(playout, f"its video ({item.duration:.0f} s) already played out in the slot")
+                return
+            running_playout = await self._inputs.start_playout(playout.forum_id, self._grant, item,
+                                                               start_at=start_at)
         except RoomError as exc:
             self._skip(playout, exc.message)
             return
@@ -159,8 +178,9 @@ class AgendaRunner:
                 logger.warning("AgendaRunner: could not take %s: %s", running.source_id, exc.message)
                 state = None
             running.on_air = state is not None
-        logger.info("AgendaRunner: %s plays in %s as %s (%s)", playout.speaker_id, playout.forum_id,
-                    running.source_id, "on air" if running.on_air else "manual: not taken")
+        logger.info("AgendaRunner: %s plays in %s as %s from %.0f s (%s)", playout.speaker_id,
+                    playout.forum_id, running.source_id, start_at,
+                    "on air" if running.on_air else "manual: not taken")
         self.started.put_nowait(running)
 
     def _skip(self, playout: ScheduledPlayout, why: str) -> None:

@@ -267,8 +267,10 @@ class ForumInputs:
             raise RoomError("not_found", f"forum {forum_id} has no playout {source_id!r}")
         return found
 
-    async def start_playout(self, forum_id: str, grant: Grant, item: MediaItem, name: str | None = None) -> Playout:
-        """Play a library item as a new RECORDED source of the forum.
+    async def start_playout(self, forum_id: str, grant: Grant, item: MediaItem, name: str | None = None,
+                            start_at: float = 0.0) -> Playout:
+        """Play a library item as a new RECORDED source of the forum, from
+        the start or from `start_at` seconds in (its next keyframe).
         RoomError: forbidden (rooms decide), not_found, unavailable."""
         forum = self._rooms.forum(forum_id)
         if item.forum_id != forum.id:
@@ -293,7 +295,7 @@ class ForumInputs:
         self.ensure_slate(forum.id)
         try:
             self._media.add_feed(forum.id, SourceFeed(source_id, video, audio, kind=SourceKind.RECORDED))
-            await player.start()
+            await player.start(start_at)
         except Exception:
             await self._end_playout(source_id, unregister=True)
             logger.exception("ForumInputs: playout %s of %s failed to start", source_id, item.id)

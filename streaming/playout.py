@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import heapq
+import itertools
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -63,16 +64,21 @@ def h264_payloads(annexb: bytes) -> tuple[bytes, ...]:
     return tuple(H264Encoder._packetize(nals))
 
 
-def demux_units(path: Path, *, per_stream_zero: bool = False) -> Iterator[MediaUnit]:
+def demux_units(path: Path, *, per_stream_zero: bool = False, seek: float = 0.0) -> Iterator[MediaUnit]:
     """The frames of a normalized file in demux order (no decode).
 
     Times count from the file's first timestamp (kept A/V sync), or with
     `per_stream_zero` from each stream's own first one (a loop whose two
-    tracks must both start at 0)."""
+    tracks must both start at 0). `seek` > 0 starts near that many seconds
+    in (at a keyframe before it; the demuxer seeks, nothing is read up to
+    it), with times still counted from the file's start."""
     with av.open(str(path)) as container:
         streams = [s for s in (container.streams.video[:1] + container.streams.audio[:1])]
         zero: dict[int, float] = {}
         start = container.start_time / 1_000_000 if container.start_time is not None else None
+        if seek > 0 and streams:
+            # in AV_TIME_BASE units, relative to the file's own first timestamp
+            container.seek(int((seek + (start or 0.0)) * 1_000_000), backward=True, any_frame=False)
         for packet in container.demux(streams):
             if packet.size == 0 or packet.pts is None:
                 continue
@@ -88,6 +94,17 @@ def demux_units(path: Path, *, per_stream_zero: bool = False) -> Iterator[MediaU
                                 h264_payloads(bytes(packet)), bool(packet.is_keyframe))
             elif kind == "audio":
                 yield MediaUnit(seconds, "audio", round(seconds * AUDIO_CLOCK), (bytes(packet),))
+
+
+def from_keyframe_at(units: Iterable[MediaUnit], at: float) -> Iterator[MediaUnit]:
+    """Drop everything before the first video keyframe at or after `at`
+    seconds (a viewer can only start decoding there; audio follows it)."""
+    iterator = iter(units)
+    for unit in iterator:
+        if unit.kind == "video" and unit.keyframe and unit.time >= at:
+            yield unit
+            break
+    yield from iterator
 
 
 def time_ordered(units: Iterable[MediaUnit], horizon: float = 1.0) -> Iterator[MediaUnit]:
@@ -222,13 +239,15 @@ class FilePlayout:
     def request_keyframe(self) -> None:
         """No-op: the file has an IDR every 2 s (normalized that way)."""
 
-    async def start(self) -> None:
+    async def start(self, start_at: float = 0.0) -> None:
+        """Play from the start, or from the first keyframe at or after
+        `start_at` seconds (joining a slot already under way)."""
         assert self._state is _State.NEW, f"FilePlayout({self.source_id}) started twice"
         if not self.path.is_file():
             raise RoomError("not_found", f"no such video file: {self.path.name}")
-        self._play()
+        self._play(start_at)
 
-    def _play(self) -> None:
+    def _play(self, start_at: float = 0.0) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self.runs == 0:
@@ -242,14 +261,26 @@ class FilePlayout:
         self.position = 0.0
         self.ended.clear()
         self._set_state(_State.PLAYING)
-        self._task = asyncio.create_task(self._run(now, offsets), name=f"playout-{self.source_id}")
+        self._task = asyncio.create_task(self._run(now, offsets, start_at), name=f"playout-{self.source_id}")
 
-    async def _run(self, start: float, offsets: dict[str, int]) -> None:
+    async def _run(self, start: float, offsets: dict[str, int], start_at: float = 0.0) -> None:
         def advance(unit: MediaUnit) -> None:
             self.position = max(self.position, unit.time)
 
         try:
-            units = time_ordered(demux_units(self.path))
+            units = time_ordered(demux_units(self.path, seek=start_at))
+            if start_at > 0:
+                units = from_keyframe_at(units, start_at)
+                first = next(units, None)
+                if first is None:
+                    logger.info("FilePlayout(%s) is shorter than %.1f s: nothing to play", self.source_id, start_at)
+                else:
+                    # the schedule and the RTP clocks start at that frame, so its
+                    # timestamps follow the wall clock as a start from 0 would
+                    start -= first.time
+                    offsets = {kind: tick - round(first.time * self.tracks[kind].clock_rate)
+                               for kind, tick in offsets.items()}
+                    units = itertools.chain([first], units)
             await pace(units, self.tracks, start, offsets, advance)
         except asyncio.CancelledError:
             raise

@@ -134,3 +134,27 @@ async def test_manual_forum_plays_the_video_but_does_not_take_it(tmp_path: Path,
         ack = await op.call("take", {"forum_id": "manual", "source_id": source_id})
         assert ack["program"]["program"] == source_id
 
+
+
+async def test_a_node_started_mid_slot_joins_the_talk_where_it_is(tmp_path: Path, video: Path,
+                                                                  clients: list[Any]) -> None:
+    """A (re)start 12 s into a recorded slot: the talk is not skipped, it
+    goes on air from its keyframe at 12 s, not from its opening."""
+    slot_start = T0 + dt.timedelta(minutes=1)
+    clock = MovedClock(slot_start + dt.timedelta(seconds=12))
+    event = simulive_event(video)
+    async with running_node(tmp_path / "node", event=event, agenda_now=clock) as node:
+        client, viewer = await _viewer(node, "sim", clients)
+        runner = node.app[RUNNER]
+        runner.poke()
+        started = {}
+        for _ in range(2):
+            running = await asyncio.wait_for(runner.started.get(), 60)  # includes normalizing once
+            started[running.playout.forum_id] = running
+        assert started["sim"].on_air is True
+        playout = next(p for p in node.app[INPUTS].playouts("sim") if p.source_id == started["sim"].source_id)
+        await client.next_push("program", lambda p: p["program"] == started["sim"].source_id)
+        await viewer.wait_size((320, 240), timeout=15)
+        assert playout.player.position >= 12.0  # the file's 24 s, joined at its keyframe at 12 s
+        assert playout.player.position < 16.0
+        assert runner.stats.skipped == []

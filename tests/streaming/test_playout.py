@@ -106,6 +106,41 @@ async def test_ends_restarts_with_continuous_timestamps_and_stops(files: dict[st
     assert states == ["playing", "ended", "playing", "ended", "playing", "stopped"]
 
 
+async def test_joins_a_slot_under_way_at_the_next_keyframe(files: dict[str, Path]) -> None:
+    """A node that starts mid-slot plays the talk from where it should be:
+    the first keyframe at or after the offset (SPS/PPS first), in real
+    time, ending when the file does; a later restart still keeps the RTP
+    timestamps on the wall clock."""
+    video, audio = TimedSink(), TimedSink()
+    playout = FilePlayout(files["long"], "recorded-3", video, audio)
+    began = time.monotonic()
+    await playout.start(start_at=5.5)  # keyframes every 2 s: it starts at 6.0
+    await asyncio.wait_for(playout.ended.wait(), 15)
+    played = time.monotonic() - began
+    (t0, first), (t1, last) = video.arrivals[0], video.arrivals[-1]
+    assert 7 in h264_nal_types(first.payload)  # starts decodable: SPS first
+    assert playout.position == pytest.approx(10.5, abs=0.15)  # the file's end, as media time
+    media = ((last.timestamp - first.timestamp) & 0xFFFFFFFF) / 90000
+    assert media == pytest.approx(4.5, abs=0.15)  # 6.0 s .. end: nothing before the keyframe
+    assert abs(media / (t1 - t0) - 1) < 0.02  # real time, not a burst of what was skipped
+    assert played < 6.0
+    assert audio.arrivals and audio.arrivals[0][0] >= t0 - 0.05  # audio follows the picture
+
+    end_wall, end_packet = video.arrivals[-1]
+    await playout.restart()
+    await asyncio.wait_for(video.got_one.wait(), 5)
+    await asyncio.wait_for(playout.ended.wait(), 15)
+    start_wall, start_packet = next((t, p) for t, p in video.arrivals if t > end_wall)
+    gap = ((start_packet.timestamp - end_packet.timestamp) & 0xFFFFFFFF) / 90000
+    assert gap == pytest.approx(start_wall - end_wall, abs=0.05)  # forward, as a pause would be
+    await playout.stop()
+
+    beyond = FilePlayout(files["short"], "recorded-4", TimedSink(), None)
+    await beyond.start(start_at=30.0)  # the talk already played out in its slot
+    await asyncio.wait_for(beyond.ended.wait(), 5)
+    assert beyond.position == 0.0
+
+
 def test_units_are_annexb_frames_cut_for_rtp(files: dict[str, Path]) -> None:
     units = list(demux_units(files["short"]))
     video = [u for u in units if u.kind == "video"]
