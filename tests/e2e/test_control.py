@@ -57,7 +57,7 @@ async def peers() -> AsyncIterator[list[Any]]:
         await peer.close()
 
 
-async def _publish(node: Node, peers: list[Any], width: int, height: int, name: str) -> str:
+async def _publish(node: Node, peers: list[Any], width: int, height: int, name: str) -> tuple[str, SioClient]:
     publisher = SizedPublisher(width, height)
     client = SioClient()
     peers.extend([publisher, client])
@@ -65,7 +65,7 @@ async def _publish(node: Node, peers: list[Any], width: int, height: int, name: 
     await client.call("join", {"forum_id": FORUM})
     answer = await client.call("publish", {"forum_id": FORUM, "sdp": await publisher.offer()})
     await publisher.accept(answer["sdp"])
-    return str(answer["source_id"])
+    return str(answer["source_id"]), client
 
 
 def _tile_playing(source_id: str) -> str:
@@ -75,8 +75,11 @@ def _tile_playing(source_id: str) -> str:
 
 async def test_operator_takes_a_source_from_the_control_page(node: Node, browser: Any, peers: list[Any],
                                                              tmp_path: Path) -> None:
-    a = await _publish(node, peers, 320, 240, "Speaker A")
-    b = await _publish(node, peers, 240, 160, "Speaker B")
+    a, speaker_a = await _publish(node, peers, 320, 240, "Speaker A")
+    # the unattended forum follows its first live speaker: let that be A, whose
+    # media could otherwise start after B's
+    await speaker_a.next_push("program", lambda p: p["program"] == a, timeout=20)
+    b, _ = await _publish(node, peers, 240, 160, "Speaker B")
     console: list[str] = []
     context = await browser.new_context(viewport={"width": 1400, "height": 900},
                                         permissions=["camera", "microphone"])
