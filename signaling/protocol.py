@@ -70,11 +70,17 @@ def _require_dict(event: str, payload: Any) -> dict[str, Any]:
     return payload
 
 
-def _identifier(event: str, payload: dict[str, Any], key: str, required: bool = True) -> str | None:
+def _identifier(event: str, payload: dict[str, Any], key: str) -> str:
+    """A required id field."""
+    value = _optional_identifier(event, payload, key)
+    if value is None:
+        raise RoomError("invalid", f"{event}: missing field {key!r}")
+    return value
+
+
+def _optional_identifier(event: str, payload: dict[str, Any], key: str) -> str | None:
     value = payload.get(key)
     if value is None:
-        if required:
-            raise RoomError("invalid", f"{event}: missing field {key!r}")
         return None
     if not isinstance(value, str):
         raise RoomError("invalid", f"{event}: {key!r} must be a string, got {type(value).__name__}")
@@ -119,36 +125,31 @@ def check_sdp(sdp: Any, what: str = "sdp") -> str:
 def parse_join(payload: Any) -> JoinRequest:
     data = _require_dict("join", payload)
     forum_id = _identifier("join", data, "forum_id")
-    assert forum_id is not None
     return JoinRequest(forum_id)
 
 
 def parse_publish(payload: Any) -> PublishRequest:
     data = _require_dict("publish", payload)
     forum_id = _identifier("publish", data, "forum_id")
-    assert forum_id is not None
     return PublishRequest(forum_id, check_sdp(data.get("sdp")))
 
 
 def parse_unpublish(payload: Any) -> UnpublishRequest:
     data = _require_dict("unpublish", payload)
     source_id = _identifier("unpublish", data, "source_id")
-    assert source_id is not None
     return UnpublishRequest(source_id)
 
 
 def parse_watch(payload: Any) -> WatchRequest:
     data = _require_dict("watch", payload)
     forum_id = _identifier("watch", data, "forum_id")
-    assert forum_id is not None
-    source_id = _identifier("watch", data, "source_id", required=False)
+    source_id = _optional_identifier("watch", data, "source_id")
     return WatchRequest(forum_id, check_sdp(data.get("sdp")), source_id)
 
 
 def parse_unwatch(payload: Any) -> UnwatchRequest:
     data = _require_dict("unwatch", payload)
     viewer_id = _identifier("unwatch", data, "viewer_id")
-    assert viewer_id is not None
     return UnwatchRequest(viewer_id)
 
 
