@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer, MediaRelay
 
-from bench.loopback import LOOPBACK, loopback_configuration, restrict_ice_to_loopback
+from bench.loopback import loopback_configuration, restrict_ice_to_loopback, serve_until_stopped
 from bench.media import player_tracks
 
 
@@ -59,20 +58,7 @@ async def serve(media: str, port: int, lifetime: float) -> None:
     app = web.Application()
     app.router.add_post("/watch", baseline.watch)
     app.router.add_get("/stats", baseline.stats)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, LOOPBACK, port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await asyncio.wait_for(stop.wait(), lifetime)  # stops by itself if the harness is gone
-    except asyncio.TimeoutError:
-        pass
-    finally:
-        await asyncio.wait_for(baseline.close(), 20)
-        await runner.cleanup()
+    await serve_until_stopped(app, port, lifetime, baseline.close)
 
 
 def main() -> None:

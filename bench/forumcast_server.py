@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import signal
 
 import imageio_ffmpeg
 from aiohttp import web
 
-from bench.loopback import LOOPBACK, restrict_ice_to_loopback
+from bench.loopback import LOOPBACK, restrict_ice_to_loopback, serve_until_stopped
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
 from streaming.media_plane import MediaPlane
@@ -55,20 +54,7 @@ async def serve(port: int, lifetime: float) -> None:
     app.router.add_post("/publish", harness.publish)
     app.router.add_post("/watch", harness.watch)
     app.router.add_get("/stats", harness.stats)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, LOOPBACK, port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await asyncio.wait_for(stop.wait(), lifetime)  # stops by itself if the harness is gone
-    except asyncio.TimeoutError:
-        pass
-    finally:
-        await asyncio.wait_for(plane.stop(), 20)
-        await runner.cleanup()
+    await serve_until_stopped(app, port, lifetime, plane.stop)
 
 
 def main() -> None:
