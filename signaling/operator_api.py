@@ -328,10 +328,6 @@ def setup_operator(app: web.Application) -> None:
     socket.io server, the media plane and WHIP/WHEP (the media bridge)."""
     from signaling.agenda_runner import setup_agenda_runner
     from signaling.sio_operator import register_operator_events
-
-    from signaling.media_bridge import BRIDGE_FOLLOWS_PROGRAM
-
-    app[BRIDGE_FOLLOWS_PROGRAM] = False  # the switchboard decides what goes on air
     setup_forum_inputs(app)
     app.cleanup_ctx.append(_switchboard_ctx)
     setup_agenda_runner(app)
