@@ -147,7 +147,7 @@ class ProgramSwitcher:
             return await self.take_preview(grant)
         async with self._lock:
             state = await self._rooms.take(self.forum_id, grant, source_id, expected_version=expected_version)
-            self._adopt(state, grant.name)
+            self._adopt(state, grant.name, took=True)
         return state
 
     async def take_preview(self, grant: Grant) -> ProgramState:
@@ -156,7 +156,7 @@ class ProgramSwitcher:
         async with self._lock:
             before = await self._rooms.program(self.forum_id)
             state = await self._rooms.take(self.forum_id, grant, None)
-            self._adopt(state, grant.name)
+            self._adopt(state, grant.name, took=True)
             if before.program is not None and not before.slate and before.program != state.program:
                 with contextlib.suppress(RoomError):  # the old source may be gone meanwhile
                     state = await self._rooms.set_preview(self.forum_id, grant, before.program)
@@ -166,7 +166,7 @@ class ProgramSwitcher:
     async def cut_to_slate(self, grant: Grant) -> ProgramState:
         async with self._lock:
             state = await self._rooms.take(self.forum_id, grant, slate=True)
-            self._adopt(state, grant.name)
+            self._adopt(state, grant.name, took=True)
         return state
 
     async def set_preview(self, grant: Grant, source_id: str | None) -> ProgramState:
@@ -194,7 +194,7 @@ class ProgramSwitcher:
                 logger.info("ProgramSwitcher(%s) manual: %s does not take %s", self.forum_id, by, source_id)
                 return None
             state = await self._rooms.set_program_system(self.forum_id, source_id, by)
-            self._adopt(state, by)
+            self._adopt(state, by, took=True)
         return state
 
     # --- what happens elsewhere (room events) -----------------------------
@@ -232,16 +232,21 @@ class ProgramSwitcher:
         elif known is None or known.state is not state:
             self._step(policy.SourceLost(source_id, state, facts.kind, facts.local))
 
-    def _adopt(self, state: ProgramState, by: str) -> None:
+    def _adopt(self, state: ProgramState, by: str, took: bool = False) -> None:
         """Make the policy follow a ProgramState the rooms hold (newer than
-        the last applied): manual first, then the program if it moved."""
-        if state.forum_id != self.forum_id or state.version <= self._version:
+        the last applied): manual first, then the program if it moved.
+        `took`: the state answers a take or a cut by `by` that the rooms
+        accepted; it counts even when it changed nothing (a take of what is
+        on air makes it that operator's choice)."""
+        if state.forum_id != self.forum_id or state.version < self._version:
+            return
+        if state.version == self._version and not took:
             return
         self._version = state.version
         if state.manual != self._program.manual:
             self._step(policy.Manual(state.manual))
         held = self._program.held if self._program.phase in (Phase.ON_AIR, Phase.GRACE) else None
-        if state.program == held:
+        if state.program == held and not took:
             return  # a preview or manual change, or our own write seen again
         claim = policy.claim_of(by)
         if state.program is None:
