@@ -27,10 +27,11 @@ class Harness:
 
     async def publish(self, request: web.Request) -> web.Response:
         try:
-            answer = await self.plane.publish(request.query.get("forum", "main"),
-                                              request.query.get("source", "speaker1"), await request.text())
+            forum, source = request.query.get("forum", "main"), request.query.get("source", "speaker1")
+            answer = await self.plane.publish(forum, source, await request.text())
         except MediaError as exc:  # the harness must say why, not answer 500
             return web.json_response(exc.to_json(), status=400)
+        self.plane.set_program(forum, source)  # no switcher here: the newest publisher is the program
         return web.Response(status=201, text=answer, content_type="application/sdp")
 
     async def watch(self, request: web.Request) -> web.Response:

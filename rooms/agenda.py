@@ -59,6 +59,10 @@ def session_json(session: Session) -> dict[str, object]:
     }
 
 
+LABEL_LENGTH = 64  # rooms.service.MAX_NAME_LENGTH: a source's name
+LABEL_SEPARATOR = " — "
+
+
 class AgendaClock:
     def __init__(self, event: Event, now: Callable[[], dt.datetime] = utc_now) -> None:
         self.event = event
@@ -103,6 +107,33 @@ class AgendaClock:
         _require_aware(since, "since")
         now = self._now()
         return [p for p in self._playouts if since < p.at <= now]
+
+    def playout_label(self, playout: ScheduledPlayout) -> str:
+        """How a recorded talk is named wherever sources are listed: the
+        session's title and the speaker's name (English), at most
+        `LABEL_LENGTH` characters (the title is shortened, never the name)."""
+        forum = self.event.forum(playout.forum_id)
+        session = next((s for s in forum.sessions if s.id == playout.session_id), None) if forum else None
+        speaker = self.event.speakers.get(playout.speaker_id)
+        name = speaker.name.en if speaker is not None else playout.speaker_id
+        title = session.title.en if session is not None else ""
+        if not title:
+            return name[:LABEL_LENGTH]
+        room = LABEL_LENGTH - len(name) - len(LABEL_SEPARATOR)
+        if room < 8:
+            return name[:LABEL_LENGTH]
+        if len(title) > room:
+            title = title[:room - 1].rstrip() + "…"
+        return f"{title}{LABEL_SEPARATOR}{name}"
+
+    def label_for_video(self, forum_id: str, file_name: str) -> str | None:
+        """The label of the forum's scheduled talk whose video file is named
+        `file_name` (a library item added from the event file keeps that
+        name), or None when the agenda has no such talk."""
+        for playout in self._playouts:
+            if playout.forum_id == forum_id and playout.video.name == file_name:
+                return self.playout_label(playout)
+        return None
 
     def _all_playouts(self) -> list[ScheduledPlayout]:
         playouts: list[ScheduledPlayout] = []

@@ -163,6 +163,7 @@ class AgendaRunner:
                 self._skip(playout, f"its video ({item.duration:.0f} s) already played out in the slot")
                 return
             running_playout = await self._inputs.start_playout(playout.forum_id, self._grant, item,
+                                                               name=self._agenda.playout_label(playout),
                                                                start_at=start_at)
         except RoomError as exc:
             self._skip(playout, exc.message)

@@ -88,11 +88,15 @@ class Playout:
     item: MediaItem
     player: FilePlayout
     by: str
+    label: str  # the source's name: the agenda's "session — speaker" when known, else the file's
 
     def to_json(self) -> dict[str, Any]:
-        return {"source_id": self.source_id, "media": self.item.id, "name": self.item.name,
+        return {"source_id": self.source_id, "media": self.item.id, "name": self.label, "file": self.item.name,
                 "duration": self.item.duration, "state": self.player.state,
                 "position": round(self.player.position, 2), "by": self.by}
+
+
+SECRET_INGEST_FIELDS = ("stream_key", "rtmp_url", "srt_url")  # the key, or URLs that hold it
 
 
 class ForumInputs:
@@ -201,16 +205,21 @@ class ForumInputs:
 
     # --- venue ---------------------------------------------------------------
 
-    async def ingest(self, forum_id: str, grant: Grant) -> dict[str, Any]:
+    async def ingest(self, forum_id: str, grant: Grant, reveal: bool = False) -> dict[str, Any]:
         """Where the venue's encoder sends this forum's feed; starts the
         forum's listeners on first ask (two idle ffmpegs per forum: 42 at
-        boot would hold ~1 GB for forums nobody feeds yet)."""
+        boot would hold ~1 GB for forums nobody feeds yet). The stream key
+        (and the URLs that hold it) only with `reveal`: else they are null
+        and `keys_hidden` is true, so a page shows them only when asked."""
         forum = self._rooms.forum(forum_id)
         grant.require(forum.id, Role.OPERATOR)
         venue = await self.ensure_venue(forum.id)
         host = urlsplit(self._settings.public_url).hostname or self._settings.host
+        urls: dict[str, str | None] = dict(venue.urls(host))
+        if not reveal:
+            urls.update({key: None for key in SECRET_INGEST_FIELDS})
         return {"forum_id": forum.id, "source_id": venue.source_id, "state": venue.state,
-                "protocol": venue.protocol, **venue.urls(host)}
+                "protocol": venue.protocol, "keys_hidden": not reveal, **urls}
 
     async def ensure_venue(self, forum_id: str) -> VenueIngest:
         """The forum's venue listeners, started if they are not running
@@ -283,14 +292,14 @@ class ForumInputs:
         if not path.is_file():
             raise RoomError("not_found", f"the file of media item {item.id!r} is missing")
         source_id = "rec-" + uuid.uuid4().hex[:12]
-        source = MediaSource(source_id, forum.id, SourceKind.RECORDED, (name or item.name)[:64],
-                             state=SourceState.CONNECTING)
+        label = (name or item.name)[:64]
+        source = MediaSource(source_id, forum.id, SourceKind.RECORDED, label, state=SourceState.CONNECTING)
         await self._rooms.register_source(forum.id, grant, source)
         video = RtpSource("video", h264_codec(), name=source_id)
         audio = RtpSource("audio", opus_codec(), name=source_id)
         player = FilePlayout(path, source_id, video, audio,
                              on_ended=lambda: self._spawn(self._played_out(source_id)))
-        playout = Playout(forum.id, source_id, item, player, grant.name)
+        playout = Playout(forum.id, source_id, item, player, grant.name, label)
         self._playouts[source_id] = playout
         self.ensure_slate(forum.id)
         try:

@@ -5,11 +5,10 @@ MediaSource (kind LIVE) in the rooms before its media starts; the media
 plane's state changes (connecting -> live -> lost/ended) are written back
 to the rooms, so /api and every client see them.
 
-Until the per-forum switcher is wired (app[BRIDGE_FOLLOWS_PROGRAM] =
-False then), the program follows the most recent live source: when a source goes live it is put on air (MediaPlane.set_program
-and RoomService.set_program_system, so what viewers receive and what the
-rooms say agree); when the source on air ends, the previous live source
-takes over, or the slate when none is left.
+The bridge only translates: it never decides what goes on air. The
+program policy (follow the newest live source, grace, cover) is
+rooms/program_policy.py, applied by each forum's ProgramSwitcher, which
+hears these source states as room events.
 
 The media plane calls back synchronously from its own tasks; the bridge
 only enqueues there, and one task applies the changes in order (an actor),
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SYSTEM = "system"  # `by` for program changes the bridge makes
 _QUEUE_LIMIT = 4096  # state changes are rare; a full queue means the applier is stuck
 LOST_TIMEOUT_S = 30.0  # a source lost this long is gone (encoders re-POST, pages re-publish)
 
@@ -85,17 +83,14 @@ class _LocalSource:
 class MediaBridge:
     """One per node. Owns the record of which sources this node publishes."""
 
-    def __init__(self, media: Any, rooms: "RoomService", node_id: str, follow_program: bool = True,
+    def __init__(self, media: Any, rooms: "RoomService", node_id: str,
                  lost_timeout: float = LOST_TIMEOUT_S) -> None:
         self._media = media
-        self._follow_program = follow_program
         self._lost_timeout = lost_timeout
         self._lost_timers: dict[str, asyncio.TimerHandle] = {}
         self._rooms = rooms
         self._node_id = node_id
         self._sources: dict[str, _LocalSource] = {}
-        self._live_order: dict[str, list[str]] = {}  # forum -> live source ids, oldest first
-        self._on_air: dict[str, str | None] = {}
         self._changes: asyncio.Queue[Any] = asyncio.Queue(_QUEUE_LIMIT)
         self._task: asyncio.Task[None] | None = None
         self._remove_listener: Callable[[], None] | None = None
@@ -178,7 +173,6 @@ class MediaBridge:
             logger.warning("MediaBridge: unpublish %s: %r", source_id, exc)
         with contextlib.suppress(RoomError):
             await self._rooms.unregister_source(local.forum_id, source_id)
-        await self._source_gone(local.forum_id, source_id)
         logger.info("MediaBridge: %s unpublished", source_id)
 
     # --- viewers -------------------------------------------------------------
@@ -227,19 +221,11 @@ class MediaBridge:
         self._watch_lost(forum_id, source_id, state)
         with contextlib.suppress(RoomError):
             await self._rooms.update_source_state(forum_id, source_id, state)
-        if state is SourceState.LIVE:
-            order = self._live_order.setdefault(forum_id, [])
-            if source_id in order:
-                order.remove(source_id)
-            order.append(source_id)
-            await self._put_on_air(forum_id, source_id)
-        elif state is SourceState.ENDED:
+        if state is SourceState.ENDED:
             self._sources.pop(source_id, None)
             with contextlib.suppress(RoomError):
                 await self._rooms.unregister_source(forum_id, source_id)
-            await self._source_gone(forum_id, source_id)
             await self._tell_ended(source_id)
-        # LOST: keep it on air; the media plane shows the slate during the grace
 
     def _watch_lost(self, forum_id: str, source_id: str, state: SourceState) -> None:
         timer = self._lost_timers.pop(source_id, None)
@@ -266,29 +252,8 @@ class MediaBridge:
             except Exception:
                 logger.exception("MediaBridge: an ended-listener failed for %s", source_id)
 
-    async def _source_gone(self, forum_id: str, source_id: str) -> None:
-        order = self._live_order.get(forum_id, [])
-        if source_id in order:
-            order.remove(source_id)
-        if self._on_air.get(forum_id) == source_id:
-            await self._put_on_air(forum_id, order[-1] if order else None)
-
-    async def _put_on_air(self, forum_id: str, source_id: str | None) -> None:
-        if not self._follow_program or self._on_air.get(forum_id) == source_id:
-            return  # a switcher owns the program
-        self._on_air[forum_id] = source_id
-        try:
-            self._media.set_program(forum_id, source_id)
-        except Exception as exc:
-            logger.warning("MediaBridge: set_program(%s, %s): %r", forum_id, source_id, exc)
-        with contextlib.suppress(RoomError):
-            await self._rooms.set_program_system(forum_id, source_id, SYSTEM)
-        logger.info("MediaBridge: forum %s on air: %s", forum_id, source_id or "slate")
-
 
 BRIDGE = web.AppKey("media_bridge", MediaBridge)
-# set False where a program switcher is wired: then the bridge only reports states
-BRIDGE_FOLLOWS_PROGRAM = web.AppKey("media_bridge_follows_program", bool)
 
 
 async def _bridge_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -298,8 +263,7 @@ async def _bridge_ctx(app: web.Application) -> AsyncIterator[None]:
         logger.warning("no media plane configured: publishing and watching are unavailable")
         yield
         return
-    bridge = MediaBridge(media, app[ROOMS], app[SETTINGS].node_id,
-                         follow_program=app.get(BRIDGE_FOLLOWS_PROGRAM, True))
+    bridge = MediaBridge(media, app[ROOMS], app[SETTINGS].node_id)
     await bridge.start()
     app[BRIDGE] = bridge
     try:

@@ -4,7 +4,7 @@
     POST   /api/forums/{forum_id}/program              {"source": id} | {"slate": true}
     POST   /api/forums/{forum_id}/preview              {"source": id | null}
     POST   /api/forums/{forum_id}/manual               {"manual": bool}
-    GET    /api/forums/{forum_id}/ingest               venue RTMP/SRT addresses
+    GET    /api/forums/{forum_id}/ingest[?reveal=true] venue RTMP/SRT addresses (the key only with reveal)
     GET    /api/forums/{forum_id}/media                the forum's media library
     POST   /api/forums/{forum_id}/media                multipart upload (field "file")
     GET    /api/forums/{forum_id}/playouts             recorded videos playing as sources
@@ -35,7 +35,7 @@ from rooms.errors import RoomError
 from rooms.models import MediaSource, ProgramState, Role
 from rooms.tokens import Grant
 from signaling import protocol
-from signaling.app_keys import EVENT, MEDIA, ROOMS, SETTINGS, SIO, TOKENS
+from signaling.app_keys import AGENDA, EVENT, MEDIA, ROOMS, SETTINGS, SIO, TOKENS
 from signaling.forum_inputs import INPUTS, ForumInputs, setup_forum_inputs
 from signaling.http_api import json_response
 from streaming.program_switcher import ProgramSwitcher, Switchboard
@@ -56,6 +56,13 @@ def sources_json(sources: list[MediaSource], program: ProgramState) -> list[dict
          "in_preview": s.id == program.preview}
         for s in sources
     ]
+
+
+async def program_answer(app: web.Application, state: ProgramState) -> dict[str, Any]:
+    """The program as it is after a change, for every answer that changes
+    it (REST and socket.io acks alike): `source` repeats the on-air
+    source's record, as the pushes and the join ack do."""
+    return protocol.program_json(state, await app[ROOMS].sources(state.forum_id))
 
 
 def forum_of(app: web.Application, forum_id: object) -> str:
@@ -100,14 +107,15 @@ async def start_playout(app: web.Application, forum_id: str, grant: Grant, media
     require_operator(grant, forum_id)
     inputs = inputs_of(app)
     item = inputs.library.get(media_id)
-    playout = await inputs.start_playout(forum_id, grant, item)
+    label = app[AGENDA].label_for_video(forum_id, item.name) if AGENDA in app else None
+    playout = await inputs.start_playout(forum_id, grant, item, name=label)
     body: dict[str, Any] = {"playout": playout.to_json(), "program": None}
     if take:
         if not await inputs.wait_live(playout.source_id, LIVE_WAIT_S):
             raise RoomError("unavailable", f"{item.name!r} started but sends nothing; it was not taken")
         switcher = await switcher_of(app, forum_id)
         state = await switcher.take(grant, playout.source_id)
-        body["program"] = protocol.program_json(state)
+        body["program"] = await program_answer(app, state)
     return body
 
 
@@ -199,7 +207,7 @@ async def post_program(request: web.Request) -> web.Response:
             raise RoomError("invalid", 'send {"source": id} or {"slate": true}')
         source = optional_source(body["source"])
         state = await switcher.take(grant, source, expected)
-    return json_response(protocol.program_json(state))
+    return json_response(await program_answer(request.app, state))
 
 
 async def post_preview(request: web.Request) -> web.Response:
@@ -209,7 +217,7 @@ async def post_preview(request: web.Request) -> web.Response:
         raise RoomError("invalid", 'send {"source": id} (or null to clear the preview)')
     switcher = await switcher_of(request.app, forum_id)
     state = await switcher.set_preview(grant, optional_source(body["source"]))
-    return json_response(protocol.program_json(state))
+    return json_response(await program_answer(request.app, state))
 
 
 async def post_manual(request: web.Request) -> web.Response:
@@ -217,12 +225,17 @@ async def post_manual(request: web.Request) -> web.Response:
     body = await _body(request)
     switcher = await switcher_of(request.app, forum_id)
     state = await switcher.set_manual(grant, body.get("manual"))  # type: ignore[arg-type]
-    return json_response(protocol.program_json(state))
+    return json_response(await program_answer(request.app, state))
 
 
 async def get_ingest(request: web.Request) -> web.Response:
+    """The venue addresses; `?reveal=true` adds the stream key and the URLs
+    holding it (hidden otherwise)."""
     forum_id, grant = _forum(request)
-    return json_response(await inputs_of(request.app).ingest(forum_id, grant))
+    reveal = request.query.get("reveal", "false").lower()
+    if reveal not in ("true", "false", "1", "0"):
+        raise RoomError("invalid", "reveal must be true or false")
+    return json_response(await inputs_of(request.app).ingest(forum_id, grant, reveal=reveal in ("true", "1")))
 
 
 async def get_media(request: web.Request) -> web.Response:
@@ -328,10 +341,6 @@ def setup_operator(app: web.Application) -> None:
     socket.io server, the media plane and WHIP/WHEP (the media bridge)."""
     from signaling.agenda_runner import setup_agenda_runner
     from signaling.sio_operator import register_operator_events
-
-    from signaling.media_bridge import BRIDGE_FOLLOWS_PROGRAM
-
-    app[BRIDGE_FOLLOWS_PROGRAM] = False  # the switchboard decides what goes on air
     setup_forum_inputs(app)
     app.cleanup_ctx.append(_switchboard_ctx)
     setup_agenda_runner(app)

@@ -28,10 +28,10 @@ from aiohttp import web
 
 from rooms.errors import RoomError
 from rooms.tokens import Grant
-from signaling import protocol
 from signaling.operator_api import (
     forum_of,
     optional_source,
+    program_answer,
     require_operator,
     start_playout,
     stop_playout,
@@ -49,7 +49,7 @@ async def _take(app: web.Application, forum_id: str, grant: Grant, payload: dict
     source = optional_source(payload.get("source_id"), "source_id")
     expected = payload.get("expected_version")
     state = await (await switcher_of(app, forum_id)).take(grant, source, expected)
-    return {"program": protocol.program_json(state)}
+    return {"program": await program_answer(app, state)}
 
 
 async def _preview(app: web.Application, forum_id: str, grant: Grant, payload: dict[str, Any]) -> Ack:
@@ -57,12 +57,12 @@ async def _preview(app: web.Application, forum_id: str, grant: Grant, payload: d
         raise RoomError("invalid", "preview: source_id is required (null clears the preview)")
     source = optional_source(payload["source_id"], "source_id")
     state = await (await switcher_of(app, forum_id)).set_preview(grant, source)
-    return {"program": protocol.program_json(state)}
+    return {"program": await program_answer(app, state)}
 
 
 async def _cut_to_slate(app: web.Application, forum_id: str, grant: Grant, payload: dict[str, Any]) -> Ack:
     state = await (await switcher_of(app, forum_id)).cut_to_slate(grant)
-    return {"program": protocol.program_json(state)}
+    return {"program": await program_answer(app, state)}
 
 
 async def _set_manual(app: web.Application, forum_id: str, grant: Grant, payload: dict[str, Any]) -> Ack:
@@ -70,7 +70,7 @@ async def _set_manual(app: web.Application, forum_id: str, grant: Grant, payload
     if not isinstance(manual, bool):
         raise RoomError("invalid", "set_manual: manual must be true or false")
     state = await (await switcher_of(app, forum_id)).set_manual(grant, manual)
-    return {"program": protocol.program_json(state)}
+    return {"program": await program_answer(app, state)}
 
 
 async def _playout_start(app: web.Application, forum_id: str, grant: Grant, payload: dict[str, Any]) -> Ack:

@@ -447,7 +447,8 @@ class SocketServer:
                 sources = await rooms.sources(forum_id)
                 await self._sio.emit("program", protocol.program_json(event.state, sources), room=room)
             case room_events.PreviewChanged():
-                await self._sio.emit("preview", protocol.program_json(event.state), room=room)
+                sources = await rooms.sources(forum_id)
+                await self._sio.emit("preview", protocol.program_json(event.state, sources), room=room)
             case room_events.ViewerCountChanged():
                 await self._sio.emit("viewers", protocol.counts_json(forum_id, (event.viewers, event.total)),
                                      room=room)

@@ -1,11 +1,13 @@
 """One forum's media on this node: its feeds, their liveness, its program
 bus and the pinned buses of operators' preview tiles.
 
-Program policy until the switcher takes over (set_program): the program is
-the forum's most recently live source. When the program source is lost,
-it is kept for `slate_grace` seconds, then the next live source (or the
-slate feed) is cut in. After set_program(id) the program is that source
-(the slate while it is lost or when id is None).
+No program policy here: the program carries what `set_program` last said
+(the ProgramSwitcher applies rooms/program_policy.py; None, or nothing
+said yet, is the slate). Only the packet-level mechanics stay: a chosen
+source that is lost keeps its last frame for `slate_grace` seconds, then
+the slate feed is cut in at its next keyframe, and the source is cut back
+in at its own first keyframe once live again, without waiting for the
+rooms.
 """
 
 from __future__ import annotations
@@ -34,12 +36,11 @@ class ForumMedia:
         self._notify = notify
         self.feeds: dict[str, SourceFeed] = {}
         self.states: dict[str, SourceState] = {}
-        self._live_since: dict[str, float] = {}
         self._lost_at: dict[str, float] = {}
         self.program = ProgramBus(f"{forum_id}/program")
         self.previews: dict[str, ProgramBus] = {}
-        self.manual = False
-        self.manual_program: str | None = None
+        self.driven = False  # set_program was called: the forum keeps its choice while empty
+        self.chosen: str | None = None  # what set_program said (None: the slate)
         self._timer: asyncio.TimerHandle | None = None
         self.on_program: Callable[[str | None], None] | None = None  # target changed
 
@@ -64,7 +65,6 @@ class ForumMedia:
         if feed is None:
             return None
         self.states.pop(source_id, None)
-        self._live_since.pop(source_id, None)
         self._lost_at.pop(source_id, None)
         for source in feed.sources():
             source.on_resume = None
@@ -82,7 +82,6 @@ class ForumMedia:
         if source_id not in self.feeds or self.states.get(source_id) == SourceState.LIVE:
             return
         self.states[source_id] = SourceState.LIVE
-        self._live_since[source_id] = time.monotonic()
         self._lost_at.pop(source_id, None)
         self._notify(source_id, SourceState.LIVE)
         self.evaluate()
@@ -111,34 +110,26 @@ class ForumMedia:
     # --- program -------------------------------------------------------
 
     def set_program(self, source_id: str | None) -> None:
-        self.manual = True
-        self.manual_program = source_id
+        """Carry `source_id` (None: the slate) from its next keyframe."""
+        self.driven = True
+        self.chosen = source_id
         self.evaluate()
 
     def target(self) -> SourceFeed | None:
-        """What the program should carry now."""
+        """What the program should carry now: the chosen source while it is
+        live (or lost for less than the grace), else the slate feed."""
         now = time.monotonic()
         current = self.program.feed
         if (
             current is not None
-            and current.kind != SourceKind.SLATE
+            and current.source_id == self.chosen
             and self.states.get(current.source_id) == SourceState.LOST
             and now - self._lost_at.get(current.source_id, now) < self._config.slate_grace
-            and (not self.manual or self.manual_program == current.source_id)
         ):
             return current  # inside its grace: the slate waits
-        if self.manual:
-            sid = self.manual_program
-            if sid is not None and self.states.get(sid) == SourceState.LIVE:
-                return self.feeds[sid]
-        else:
-            live = [
-                (self._live_since.get(sid, 0.0), sid)
-                for sid, feed in self.feeds.items()
-                if feed.kind != SourceKind.SLATE and self.states.get(sid) == SourceState.LIVE
-            ]
-            if live:
-                return self.feeds[max(live)[1]]
+        sid = self.chosen
+        if sid is not None and self.states.get(sid) == SourceState.LIVE:
+            return self.feeds[sid]
         for feed in self.feeds.values():
             if feed.kind == SourceKind.SLATE:
                 return feed

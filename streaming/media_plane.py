@@ -225,7 +225,7 @@ class MediaPlane:
 
     def _maybe_drop_forum(self, forum_id: str) -> None:
         forum = self._forums.get(forum_id)
-        if forum is not None and forum.empty and not forum.manual:
+        if forum is not None and forum.empty and not forum.driven:
             forum.close()
             del self._forums[forum_id]
 

@@ -278,8 +278,13 @@ async def connect_viewer(plane: object, forum_id: str, viewer_id: str, viewer: T
 
 
 async def connect_publisher(plane: object, forum_id: str, source_id: str, publisher: TestPublisher,
-                            timeout: float = 10.0) -> None:
+                            timeout: float = 10.0, on_air: bool = True) -> None:
+    """Publish; with `on_air` the program carries it (from its first
+    keyframe), as the forum's switcher would decide: the media plane has no
+    program policy of its own."""
     answer = await plane.publish(forum_id, source_id, await publisher.offer())  # type: ignore[attr-defined]
+    if on_air:
+        plane.set_program(forum_id, source_id)  # type: ignore[attr-defined]
     await publisher.accept(answer)
     await asyncio.wait_for(publisher.connected.wait(), timeout)
 

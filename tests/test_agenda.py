@@ -122,3 +122,33 @@ def test_due_playouts_sees_each_once(agenda: AgendaClock, clock: MovableClock) -
 def test_naive_times_are_refused(agenda: AgendaClock) -> None:
     with pytest.raises(ValueError, match="has no time zone"):
         agenda.due_playouts(dt.datetime(2026, 11, 8, 9, 0))
+
+
+def test_a_recorded_talk_is_labelled_by_its_session_and_speaker(agenda: AgendaClock, event: Event) -> None:
+    playouts = agenda.recorded_starts(dt.datetime.min.replace(tzinfo=dt.timezone.utc),
+                                      dt.datetime.max.replace(tzinfo=dt.timezone.utc))
+    assert playouts, "the sample event has recorded talks"
+    for playout in playouts:
+        label = agenda.playout_label(playout)
+        forum = event.forum(playout.forum_id)
+        assert forum is not None
+        session = next(s for s in forum.sessions if s.id == playout.session_id)
+        speaker = event.speakers[playout.speaker_id].name.en
+        assert label.endswith(" — " + speaker) and len(label) <= 64, label
+        assert label.startswith(session.title.en[:20]), (label, session.title.en)
+        assert playout.video.name not in label
+        assert agenda.label_for_video(playout.forum_id, playout.video.name) == label
+    assert agenda.label_for_video(playouts[0].forum_id, "someone-elses-upload.mp4") is None
+
+
+def test_a_long_title_is_shortened_never_the_speaker() -> None:
+    from pathlib import Path
+
+    from rooms.models import Forum, ForumKind, Session, Speaker, SpeakerMode, Text
+
+    start = dt.datetime(2026, 11, 27, 9, tzinfo=dt.timezone.utc)
+    session = Session("s", Text("A very long session title " * 4), start, start + dt.timedelta(hours=1), ("sp",))
+    event = Event("e", Text("E"), "UTC", (start.date(),), (Forum("f", Text("F"), ForumKind.SUB, 10, (session,)),),
+                  {"sp": Speaker("sp", Text("Zhang Min"), SpeakerMode.RECORDED, video=Path("talk.mp4"))})
+    label = AgendaClock(event).playout_label(ScheduledPlayout("f", "s", "sp", Path("talk.mp4"), start))
+    assert len(label) <= 64 and label.endswith("… — Zhang Min") and label.startswith("A very long"), label

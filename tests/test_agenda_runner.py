@@ -133,6 +133,18 @@ async def test_manual_forum_plays_the_video_but_does_not_take_it(tmp_path: Path,
         # the operator takes it when ready
         ack = await op.call("take", {"forum_id": "manual", "source_id": source_id})
         assert ack["program"]["program"] == source_id
+        # labelled from the agenda (session title and speaker), not by its file name, wherever
+        # sources are listed: the sources push, the program (ack, join), the playouts list
+        label = "Talk — Rec Orded"
+        assert next(s["name"] for s in sources["sources"] if s["id"] == source_id) == label
+        assert ack["program"]["source"]["name"] == label
+        assert (await op.call("join", {"forum_id": "manual"}))["program"]["source"]["name"] == label
+        [playout] = node.app[INPUTS].playouts("manual")
+        assert playout.to_json()["name"] == label and playout.to_json()["file"] == "talk.mp4"
+        # the operator plays the same talk from the library: labelled the same
+        again = await op.call("playout_start", {"forum_id": "manual", "media": playout.item.id})
+        assert again["playout"]["name"] == label, again
+        assert (await node.app[ROOMS].sources("manual"))[-1].name == label
 
 
 

@@ -1,7 +1,7 @@
 """MediaBridge in-process: a fake media plane (the seam is its public
 API), the real RoomService on a MemoryStore. Publishers become sources,
-their states reach the rooms, the program follows the most recent live
-source, media refusals become RoomErrors, and a source lost for too long
+their states reach the rooms (the bridge never decides the program),
+media refusals become RoomErrors, and a source lost for too long
 is ended."""
 
 from __future__ import annotations
@@ -95,7 +95,9 @@ async def next_event(events: Subscription, kind: type, predicate: Any = lambda e
     return await asyncio.wait_for(find(), 5)
 
 
-async def test_the_program_follows_the_most_recent_live_source(setup: Any) -> None:
+async def test_states_reach_the_rooms_and_the_bridge_never_decides_the_program(setup: Any) -> None:
+    """The program policy is the switcher's alone (rooms/program_policy.py):
+    the bridge only translates media states into the rooms."""
     plane, rooms, bridge, events = setup
     first = await bridge.publish(FORUM, grant(), "Zhang Min", "p1", "v=0")
     [source] = await rooms.sources(FORUM)
@@ -103,20 +105,16 @@ async def test_the_program_follows_the_most_recent_live_source(setup: Any) -> No
         first.source_id, SourceKind.LIVE, SourceState.CONNECTING, "n1")
 
     plane.change(first.source_id, SourceState.LIVE)
-    changed = await next_event(events, room_events.ProgramChanged, lambda e: e.state.program == first.source_id)
-    assert changed.by == "system"
+    await next_event(events, room_events.SourceUpdated, lambda e: e.source.state is SourceState.LIVE)
     assert (await rooms.sources(FORUM))[0].state is SourceState.LIVE
-
     second = await bridge.publish(FORUM, grant(), "Li Wei", "p2", "v=0")
     plane.change(second.source_id, SourceState.LIVE)
-    await next_event(events, room_events.ProgramChanged, lambda e: e.state.program == second.source_id)
-
-    await bridge.unpublish(second.source_id)  # back to the previous live source
-    assert (await rooms.program(FORUM)).program == first.source_id
-    await bridge.unpublish(first.source_id)  # nothing left: the slate
-    assert (await rooms.program(FORUM)).program is None
-    assert plane.programs == [(FORUM, first.source_id), (FORUM, second.source_id),
-                              (FORUM, first.source_id), (FORUM, None)]
+    await next_event(events, room_events.SourceUpdated,
+                     lambda e: e.source.id == second.source_id and e.source.state is SourceState.LIVE)
+    await bridge.unpublish(second.source_id)
+    await bridge.unpublish(first.source_id)
+    assert plane.programs == []
+    assert (await rooms.program(FORUM)).version == 0, "the bridge wrote no program"
     assert plane.unpublished == [second.source_id, first.source_id]
     assert await rooms.sources(FORUM) == []
 
@@ -160,19 +158,3 @@ async def test_a_source_lost_too_long_is_ended_and_its_edge_told(setup: Any) -> 
     assert plane.unpublished == [gone.source_id]
     assert [s.id for s in await rooms.sources(FORUM)] == [back.source_id]
     assert ended.empty()
-
-
-async def test_with_a_switcher_the_bridge_only_reports_states(setup: Any) -> None:
-    plane, rooms, fixture_bridge, events = setup
-    await fixture_bridge.stop()  # only the switcher-mode bridge listens now
-    assert plane.listeners == []
-    bridge = MediaBridge(plane, rooms, "n1", follow_program=False)
-    await bridge.start()
-    try:
-        published = await bridge.publish(FORUM, grant(), "Zhang Min", "p1", "v=0")
-        plane.change(published.source_id, SourceState.LIVE)
-        await next_event(events, room_events.SourceUpdated, lambda e: e.source.state is SourceState.LIVE)
-        assert plane.programs == []
-        assert (await rooms.program(FORUM)).program is None
-    finally:
-        await bridge.stop()

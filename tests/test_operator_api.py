@@ -112,18 +112,18 @@ def venue_encoder(url: str) -> FfmpegProcess:
 async def test_ingest_addresses_venue_feed_and_its_states(node: Node, http: aiohttp.ClientSession,
                                                            clients: list[Any]) -> None:
     op = node.token(Role.OPERATOR)
-    status, ai = await call(http, "GET", f"{node.url}/api/forums/{FORUM}/ingest", op)
+    status, ai = await call(http, "GET", f"{node.url}/api/forums/{FORUM}/ingest?reveal=true", op)
     assert status == 200, ai
     assert ai["rtmp_url"].startswith("rtmp://127.0.0.1:") and ai["rtmp_url"].endswith(ai["stream_key"])
     assert ai["srt_url"].startswith("srt://127.0.0.1:") and ai["stream_key"] in ai["srt_url"]
-    status, again = await call(http, "GET", f"{node.url}/api/forums/{FORUM}/ingest", op)
+    status, again = await call(http, "GET", f"{node.url}/api/forums/{FORUM}/ingest?reveal=1", op)
     assert again["rtmp_url"] == ai["rtmp_url"]
     status, sources = await call(http, "GET", f"{node.url}/api/forums/{FORUM}/sources", op)
     assert [s["kind"] for s in sources["sources"]] == ["venue"]
     venue = node.app[INPUTS]._venues[FORUM]
     assert venue.processes(), "the venue listeners run"
     # another forum gets another key and other ports
-    status, main = await call(http, "GET", f"{node.url}/api/forums/main/ingest", op)
+    status, main = await call(http, "GET", f"{node.url}/api/forums/main/ingest?reveal=true", op)
     assert main["stream_key"] != ai["stream_key"] and main["rtmp_url"] != ai["rtmp_url"]
 
     # a venue encoder publishes: the venue source goes live in the rooms, an operator takes it
@@ -390,3 +390,88 @@ async def test_dropped_program_source_is_covered_by_the_slate_and_returns(node: 
     back_at = time.monotonic()
     await op.next_push("program", lambda p: p["program"] == a, timeout=10)
     await viewer.wait_size((320, 240), timeout=10, after=back_at)
+
+
+# --- issue 14 item 12: operator details -------------------------------------------------
+
+
+async def test_ingest_keys_are_hidden_until_asked_for(node: Node, http: aiohttp.ClientSession) -> None:
+    """The stream key is a secret: the answer holds it (and the URLs that
+    hold it) only with ?reveal=true."""
+    op = node.token(Role.OPERATOR)
+    base = f"{node.url}/api/forums/{FORUM}/ingest"
+    status, hidden = await call(http, "GET", base, op)
+    assert status == 200, hidden
+    assert hidden["keys_hidden"] is True
+    assert (hidden["stream_key"], hidden["rtmp_url"], hidden["srt_url"]) == (None, None, None)
+    assert hidden["rtmp_server"].startswith("rtmp://127.0.0.1:") and hidden["source_id"]
+    status, shown = await call(http, "GET", f"{base}?reveal=true", op)
+    assert status == 200 and shown["keys_hidden"] is False and shown["stream_key"]
+    assert shown["stream_key"] not in str(hidden)
+    assert shown["rtmp_url"].endswith(shown["stream_key"]) and shown["stream_key"] in shown["srt_url"]
+    status, body = await call(http, "GET", f"{base}?reveal=maybe", op)
+    assert status == 400 and body["error"]["code"] == "invalid"
+
+
+async def test_every_program_change_answers_the_program_after_it(node: Node, http: aiohttp.ClientSession,
+                                                                 clients: list[Any]) -> None:
+    """REST answers and socket.io acks carry the program as it is after the
+    change, with `source` repeating the on-air source (docs/protocol.md)."""
+    op_token = node.token(Role.OPERATOR, [FORUM], "Ann")
+    op = SioClient()
+    clients.append(op)
+    await op.connect(node, op_token)
+    await op.call("join", {"forum_id": FORUM})
+    await op.call("cut_to_slate", {"forum_id": FORUM})  # attended: nothing goes on air by itself
+    _, a = await _publish(node, clients, 160, 120, "Speaker A")
+    await op.next_push("sources", lambda p: any(x["id"] == a and x["state"] == "live" for x in p["sources"]))
+    base = f"{node.url}/api/forums/{FORUM}"
+
+    status, body = await call(http, "POST", f"{base}/program", op_token, json={"source": a})
+    assert status == 200 and body["program"] == a
+    assert body["source"] is not None and (body["source"]["id"], body["source"]["name"]) == (a, "Speaker A")
+    for method, path, payload in (("POST", "/preview", {"source": a}), ("POST", "/manual", {"manual": True}),
+                                  ("POST", "/manual", {"manual": False})):
+        status, body = await call(http, method, base + path, op_token, json=payload)
+        assert status == 200 and body["program"] == a and body["source"]["name"] == "Speaker A", (path, body)
+    for event, payload in (("take", {"source_id": a}), ("preview", {"source_id": None}),
+                           ("set_manual", {"manual": False})):
+        ack = await op.call(event, {"forum_id": FORUM, **payload})
+        assert ack["program"]["program"] == a and ack["program"]["source"]["name"] == "Speaker A", (event, ack)
+    ack = await op.call("cut_to_slate", {"forum_id": FORUM})
+    assert ack["program"]["slate"] is True and ack["program"]["source"] is None
+
+
+async def test_a_source_that_is_not_live_cannot_be_taken(node: Node, http: aiohttp.ClientSession,
+                                                         clients: list[Any]) -> None:
+    """A venue source still connecting (its listeners run, no encoder yet):
+    it may be previewed, but every way of taking it is a 409 that says why,
+    and the program does not move."""
+    op_token = node.token(Role.OPERATOR)
+    base = f"{node.url}/api/forums/{FORUM}"
+    status, ingest = await call(http, "GET", f"{base}/ingest", op_token)
+    assert status == 200, ingest
+    venue = ingest["source_id"]
+    status, sources = await call(http, "GET", f"{base}/sources", op_token)
+    assert [(s["id"], s["state"]) for s in sources["sources"]] == [(venue, "connecting")]
+    status, body = await call(http, "POST", f"{base}/preview", op_token, json={"source": venue})
+    assert status == 200 and body["preview"] == venue
+    version = body["version"]
+    for payload in ({"source": venue}, {"source": None}, {"source": None, "expected_version": version}):
+        status, body = await call(http, "POST", f"{base}/program", op_token, json=payload)
+        assert status == 409, (payload, status, body)
+        assert body["error"]["code"] == "conflict" and "connecting" in body["error"]["message"], body
+        assert "live" in body["error"]["message"], body
+    op = SioClient()
+    clients.append(op)
+    await op.connect(node, op_token)
+    for payload in ({"source_id": venue}, {}):
+        ack = await op.call("take", {"forum_id": FORUM, **payload})
+        assert ack["error"]["code"] == "conflict" and "connecting" in ack["error"]["message"], ack
+    status, after = await call(http, "GET", f"{base}/sources", op_token)
+    assert after["program"]["slate"] is True and after["program"]["version"] == version
+    # the other actions on a source in the wrong state: clear errors, never a 500
+    status, body = await call(http, "DELETE", f"{base}/playouts/{venue}", op_token)
+    assert status == 404 and body["error"]["code"] == "not_found", body
+    status, body = await call(http, "POST", f"{base}/playouts/{venue}/restart", op_token)
+    assert status == 404 and body["error"]["code"] == "not_found", body

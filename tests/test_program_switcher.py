@@ -106,7 +106,7 @@ async def test_take_drives_media_and_rooms(rig: tuple) -> None:
 
 async def test_viewer_and_speaker_cannot_take_and_unknown_source_is_not_found(rig: tuple) -> None:
     rooms, switcher, media, _ = rig
-    await add_source(rooms, switcher, "a")
+    await add_source(rooms, switcher, "a", kind=SourceKind.RECORDED)  # not followed: waits for a take
     for grant in (VIEWER, SPEAKER):
         with pytest.raises(RoomError) as refused:
             await switcher.take(grant, "a")
@@ -252,3 +252,34 @@ async def test_only_the_node_holding_the_source_covers_it(rig: tuple) -> None:
     other.on_source_state("a", SourceState.LOST)
     assert other.phase is Phase.GRACE and timers.pending == []  # n1 covers it, not n2
     await other.stop()
+
+
+async def test_a_take_of_what_is_on_air_makes_it_the_operators_choice(rig: tuple) -> None:
+    """The unattended forum follows its newest live speaker; an operator's take
+    of that same source changes no version but is a choice that stands."""
+    rooms, switcher, media, _ = rig
+    await add_source(rooms, switcher, "a", state=SourceState.CONNECTING, kind=SourceKind.LIVE)
+    await set_state(rooms, switcher, "a", SourceState.LIVE)
+    assert (await rooms.program(FORUM)).program == "a" and switcher.claim.value == "nobody"
+    await switcher.take(OPERATOR, "a")
+    assert switcher.claim.value == "operator"
+    await add_source(rooms, switcher, "b", state=SourceState.CONNECTING, kind=SourceKind.LIVE)
+    await set_state(rooms, switcher, "b", SourceState.LIVE)
+    assert (await rooms.program(FORUM)).program == "a" and media.calls[-1] == "a"
+
+
+async def test_from_every_phase_the_newest_live_source_goes_on_air(rig: tuple) -> None:
+    """Issue 14 item 2 through the applier: covered (A killed), then B live."""
+    rooms, switcher, media, timers = rig
+    await add_source(rooms, switcher, "a", state=SourceState.CONNECTING, kind=SourceKind.LIVE)
+    await set_state(rooms, switcher, "a", SourceState.LIVE)
+    await set_state(rooms, switcher, "a", SourceState.LOST)
+    timers.advance(1.5)
+    await switcher.idle()
+    assert switcher.phase is Phase.COVERED and (await rooms.program(FORUM)).slate
+    await add_source(rooms, switcher, "b", state=SourceState.CONNECTING, kind=SourceKind.LIVE)
+    await set_state(rooms, switcher, "b", SourceState.LIVE)
+    assert (await rooms.program(FORUM)).program == "b" and media.calls[-1] == "b"
+    await rooms.unregister_source(FORUM, "a")
+    switcher.on_source_removed("a")
+    assert switcher.held == "b" and media.calls[-1] == "b"

@@ -99,7 +99,13 @@ function applyProgram(program) {
   $("manual").checked = !!program.manual;
   $("program-name").textContent = program.program ? sourceName(program.program) : "Slate";
   $("preview-name").textContent = program.preview ? sourceName(program.preview) : "—";
-  $("take").disabled = !program.preview || program.preview === program.program;
+  const previewed = state.sources.find((s) => s.id === program.preview);
+  const live = !!previewed && previewed.state === "live";
+  // only a live source can go on air: the server refuses the rest (409 conflict)
+  $("take").disabled = !program.preview || program.preview === program.program || !live;
+  $("take").title = program.preview && previewed && !live
+    ? `${previewed.name} is ${previewed.state}: only a live source can go on air`
+    : "Put the preview on air (Enter)";
   const tile = program.preview && state.tiles.get(program.preview);
   if (tile && tile.stream) play($("preview-video"), tile.stream);
   else $("preview-video").srcObject = null;
@@ -238,13 +244,32 @@ async function upload(event) {
   }
 }
 
-async function showIngest() {
+// The stream key is a secret: the addresses that hold it are fetched and
+// shown only when the operator asks (the server hides them otherwise).
+async function openIngest() {
   try {
-    const ingest = await api("/ingest");
+    const ingest = await api("/ingest"); // opens the forum's venue listeners; no key in the answer
+    $("ingest-state").textContent = ingest.state;
+  } catch (error) {
+    flash("bad", `Ingest: ${describe(error)}`);
+  }
+}
+
+async function toggleIngest() {
+  if (!$("ingest").hidden) {
+    $("ingest").hidden = true;
+    $("ingest-rtmp").textContent = "";
+    $("ingest-srt").textContent = "";
+    $("ingest-show").textContent = "Show ingest addresses";
+    return;
+  }
+  try {
+    const ingest = await api("/ingest?reveal=true");
     $("ingest-rtmp").textContent = ingest.rtmp_url;
     $("ingest-srt").textContent = ingest.srt_url;
     $("ingest-state").textContent = ingest.state;
     $("ingest").hidden = false;
+    $("ingest-show").textContent = "Hide ingest addresses";
   } catch (error) {
     flash("bad", `Ingest: ${describe(error)}`);
   }
@@ -277,7 +302,7 @@ async function join() {
     applyProgram(ack.program);
     watchProgram();
     refreshLists();
-    showIngest(); // opening the control page opens the forum's venue listeners too
+    openIngest(); // opening the control page opens the forum's venue listeners too
   } catch (error) {
     if (isFatal(error)) return fail(error);
     setTimeout(join, backoff(state.retry++));
@@ -303,7 +328,7 @@ function main() {
   $("slate").addEventListener("click", () => act("cut_to_slate", {}));
   $("manual").addEventListener("change", (e) => act("set_manual", { manual: e.target.checked }));
   $("upload").addEventListener("submit", upload);
-  $("ingest-show").addEventListener("click", showIngest);
+  $("ingest-show").addEventListener("click", toggleIngest);
   document.addEventListener("keydown", keys);
   const socket = connect(token);
   state.socket = socket;

@@ -2,12 +2,16 @@
 two speakers publish (aiortc, different picture sizes), the operator
 sees a live tile per source, clicks B's tile into preview and presses
 TAKE; the rooms put B on air and the program monitor shows B's picture.
+The venue's stream key is hidden until asked for; a venue source that is
+still connecting can be previewed but TAKE stays disabled (and a
+double-click take is refused with the reason).
 A viewer's token gets a plain refusal. A screenshot goes to
 $FORUMCAST_SCREENSHOTS (or the test's temp dir)."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,9 @@ from typing import Any
 import pytest
 
 from rooms.models import Role
+from rooms.tokens import Grant
 from signaling.app_keys import ROOMS
+from signaling.forum_inputs import INPUTS
 from tests.operator_app import Node, SioClient, SizedPublisher, running_node
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -68,6 +74,18 @@ async def _publish(node: Node, peers: list[Any], width: int, height: int, name: 
     return str(answer["source_id"]), client
 
 
+OPERATOR_GRANT = Grant(role=Role.OPERATOR, forums=None, name="Test", subject="t", expires_at=time.time() + 3600)
+
+
+async def _venue_tile(page: Any) -> str:
+    """The venue source's tile (it appears once the page opened the listeners)."""
+    handle = await page.wait_for_function(
+        "() => { const s = window.forumcastControl.sources.find((x) => x.kind === 'venue');"
+        " return s && document.querySelector(`.tile[data-source=\"${s.id}\"]`) ? s.id : null; }",
+        timeout=15_000)
+    return str(await handle.json_value())
+
+
 def _tile_playing(source_id: str) -> str:
     return (f"() => {{ const v = document.querySelector('.tile[data-source=\"{source_id}\"] video');"
             " return v && v.videoWidth > 0; }")
@@ -76,9 +94,13 @@ def _tile_playing(source_id: str) -> str:
 async def test_operator_takes_a_source_from_the_control_page(node: Node, browser: Any, peers: list[Any],
                                                              tmp_path: Path) -> None:
     a, speaker_a = await _publish(node, peers, 320, 240, "Speaker A")
-    # the unattended forum follows its first live speaker: let that be A, whose
-    # media could otherwise start after B's
+    # the unattended forum follows its newest live speaker; an operator's take of A
+    # is a choice that stands, so B (live later) waits for the control page's TAKE
     await speaker_a.next_push("program", lambda p: p["program"] == a, timeout=20)
+    operator = SioClient()
+    peers.append(operator)
+    await operator.connect(node, node.token(Role.OPERATOR, [FORUM], "Desk"))
+    assert (await operator.call("take", {"forum_id": FORUM, "source_id": a}))["program"]["program"] == a
     b, _ = await _publish(node, peers, 240, 160, "Speaker B")
     console: list[str] = []
     context = await browser.new_context(viewport={"width": 1400, "height": 900},
@@ -94,9 +116,29 @@ async def test_operator_takes_a_source_from_the_control_page(node: Node, browser
             except Exception:
                 raise AssertionError(f"tile {source} not playing: {await page.text_content('#message')!r} "
                                      f"{await page.inner_html('#tiles')} {console}") from None
-        # opening the page opens the venue listeners and shows where the venue sends its feed
+        # opening the page opens the venue listeners (the venue source appears, connecting)
+        # but the stream key stays hidden until the operator asks for it
+        venue = await _venue_tile(page)
+        key = (await node.app[INPUTS].ingest(FORUM, OPERATOR_GRANT, reveal=True))["stream_key"]
+        assert await page.is_hidden("#ingest")
+        assert key not in (await page.content())
+        await page.click("#ingest-show")
         await page.wait_for_function("() => !document.getElementById('ingest').hidden", timeout=15_000)
         assert (await page.text_content("#ingest-rtmp") or "").startswith("rtmp://127.0.0.1:")
+        assert key in (await page.text_content("#ingest-rtmp") or "")
+        await page.click("#ingest-show")
+        assert await page.is_hidden("#ingest") and key not in (await page.content())
+        # a source that is not live cannot go on air: in preview, TAKE stays disabled and says why
+        await page.click(f'.tile[data-source="{venue}"]')
+        await page.wait_for_function(f"() => window.forumcastControl.program.preview === '{venue}'",
+                                     timeout=10_000)
+        assert not await page.is_enabled("#take")
+        assert "only a live source" in (await page.get_attribute("#take", "title") or "")
+        await page.keyboard.press("Enter")  # the shortcut is refused the same way: nothing taken
+        await page.dblclick(f'.tile[data-source="{venue}"]')  # a double-click asks; the server says why not
+        await page.wait_for_function("() => /live source/.test(document.getElementById('message').textContent)",
+                                     timeout=10_000)
+        assert (await node.app[ROOMS].program(FORUM)).program == a
         await page.click(f'.tile[data-source="{b}"]')
         await page.wait_for_function(f"() => window.forumcastControl.program.preview === '{b}'", timeout=10_000)
         assert await page.is_enabled("#take")

@@ -1,5 +1,6 @@
-"""A forum's program policy: most recent live source, grace, slate,
-set_program; feed states reported on every change."""
+"""A forum's packet-level program mechanics: what set_program says, the
+grace, the slate; no policy of its own (the switcher's is the one);
+feed states reported on every change."""
 
 from __future__ import annotations
 
@@ -61,40 +62,36 @@ async def flush() -> None:
     await asyncio.sleep(0)
 
 
-async def test_the_most_recent_live_source_is_on_air_and_the_slate_covers_a_loss() -> None:
+async def test_the_program_is_what_set_program_says_and_the_slate_covers_a_loss() -> None:
     forum, rec = make_forum()
     slate, one, two = feed("slate", SourceKind.SLATE), feed("one"), feed("two")
     forum.add_feed(slate)
     keyframe(slate, 1)
     await flush()
-    assert forum.program.feed is slate  # nothing live: the slate
+    assert forum.program.feed is slate  # nothing chosen: the slate
     forum.add_feed(one)
-    assert forum.program.feed is slate  # connecting is not live
     keyframe(one, 1)
     await flush()
     assert ("one", SourceState.LIVE) in rec.states
-    assert forum.program.feed is one
-    keyframe(one, 2)
-    assert forum.program.on_air == "one"
+    assert forum.program.feed is slate, "a live source is not followed here: the switcher decides"
+    forum.set_program("two")
+    assert forum.program.feed is slate  # two is not live yet
     forum.add_feed(two)
     keyframe(two, 1)
     await flush()
-    assert forum.program.feed is two  # the newest live source
+    assert forum.program.feed is two  # the chosen source, at its first packets
 
-    # two goes quiet: lost, kept on air through the grace, then one returns
+    # two goes quiet: lost, kept on air through the grace, then the slate
     forum.feed_lost("two")
     assert ("two", SourceState.LOST) in rec.states
     assert forum.program.feed is two
-    assert await rec.next_program() == "one"
-    # one is lost too: after the grace the slate covers it
-    forum.feed_lost("one")
     assert await rec.next_program() == "slate"
-    # one comes back: on air again at once
-    keyframe(one, 3)
+    # two comes back: on air again at once, without waiting for anyone
+    keyframe(two, 2)
     await flush()
-    assert forum.program.feed is one
-    forum.remove_feed("one")
-    assert ("one", SourceState.ENDED) == rec.states[-1]
+    assert forum.program.feed is two
+    forum.remove_feed("two")
+    assert ("two", SourceState.ENDED) == rec.states[-1]
     assert forum.program.feed is slate
     forum.close()
 
@@ -107,7 +104,7 @@ async def test_set_program_pins_the_choice_and_none_means_the_slate() -> None:
     keyframe(one, 1)
     keyframe(two, 1)
     await flush()
-    assert forum.program.feed is two
+    assert forum.program.feed is slate
     forum.set_program("one")
     assert forum.program.feed is one
     keyframe(two, 2)  # two being newer does not matter any more
