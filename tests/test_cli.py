@@ -70,8 +70,26 @@ async def test_check_event_syntax_error_and_missing(tmp_path: Path) -> None:
     bad.write_text("[event\n")
     code, out, _ = await forumcast("check-event", str(bad), env=clean_env(tmp_path))
     assert code == 1 and out.startswith("line 1: TOML syntax error")
-    code, out, _ = await forumcast("check-event", str(tmp_path / "none.toml"), env=clean_env(tmp_path))
-    assert code == 1 and "no such file" in out
+    missing = tmp_path / "none.toml"
+    code, out, err = await forumcast("check-event", str(missing), env=clean_env(tmp_path))
+    assert code == 1 and out == f"{missing}: no such file\n"  # its path once
+    assert err.count("none.toml") == 1, err  # the summary line
+    code, _, err = await forumcast("serve", "--event", str(missing), env=clean_env(tmp_path))
+    assert code == 2 and err.count("none.toml") == 1, err
+
+
+async def test_check_event_misspelled_time_zone_reports_session_times(tmp_path: Path) -> None:
+    text = SAMPLE_EVENT.read_text(encoding="utf-8").replace('"Asia/Shanghai"', '"Asia/Shangai"')
+    text = text.replace('start = "2026-11-08T09:00"', 'start = "2026-11-07T09:00"', 1)  # before the event
+    (tmp_path / "media").symlink_to(SAMPLE_EVENT.parent / "media")
+    event = tmp_path / "summit.toml"
+    event.write_text(text, encoding="utf-8")
+    code, out, err = await forumcast("check-event", str(event), env=clean_env(tmp_path))
+    assert code == 1
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("event.timezone: 'Asia/Shangai' is not a known IANA time zone")
+    assert any("2026-11-07 09:00 is not on an event day" in line and "read in UTC" in line for line in lines), out
+    assert "2 problems" in err
 
 
 async def test_token_prints_token_and_link(tmp_path: Path) -> None:
