@@ -125,6 +125,8 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
             "forumcast node %s serving %s on http://%s:%d (%d forums)",
             settings.node_id, app[EVENT].id, settings.host, settings.port, len(app[EVENT].forums),
         )
+        # every command (token, invite) finds the same secret here, whatever its cwd
+        logger.info("data directory %s (token secret, media library)", settings.data_dir)
         if ready is not None:
             ready.set()
         await stop.wait()

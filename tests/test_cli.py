@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -29,9 +32,61 @@ def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-async def forumcast(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
+def home_env(home: Path, **extra: str) -> dict[str, str]:
+    """No FORUMCAST_* setting, HOME and XDG_DATA_HOME in a temp home (never
+    the real one): the data directory is the per-user default."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FORUMCAST_", "XDG_"))}
+    env.update(HOME=str(home), XDG_DATA_HOME=str(home / ".local" / "share"), PYTHONPATH=str(ROOT))
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Serving:
+    url: str
+    log: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def serving(*args: str, env: dict[str, str], cwd: Path = ROOT,
+                  python: str = sys.executable) -> AsyncIterator[Serving]:
+    """`forumcast serve` on a free loopback port, from `cwd`, until the block
+    ends; then SIGTERM, and kill if it lingers (always reaped)."""
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "signaling.cli", *args, cwd=ROOT, env=env,
+        python, "-m", "signaling.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args,
+        cwd=cwd, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    server = Serving(f"http://127.0.0.1:{port}")
+    assert process.stderr is not None
+    stderr = process.stderr
+
+    async def started() -> None:
+        while True:
+            line = (await stderr.readline()).decode()
+            if not line:
+                raise AssertionError("serve exited early:\n" + "".join(server.log))
+            server.log.append(line)
+            if "data directory" in line:  # the last line of the start
+                return
+
+    try:
+        await asyncio.wait_for(started(), 60)
+        yield server
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 20)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def forumcast(*args: str, env: dict[str, str], timeout: float = 60,
+                    cwd: Path = ROOT) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signaling.cli", *args, cwd=cwd, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
@@ -209,3 +264,33 @@ async def test_serve_unreachable_redis_exit_2(tmp_path: Path) -> None:
     code, _, err = await forumcast("serve", "--port", str(free_port()), "--redis", url, env=clean_env(tmp_path))
     assert code == 2, err
     assert f"cannot reach Redis at {url}" in err and "Traceback" not in err
+
+
+async def test_token_minted_in_one_directory_opens_a_server_started_in_another(tmp_path: Path) -> None:
+    """The data directory is per user, not per working directory: a link
+    minted in ~ opens the server started in the checkout."""
+    home, here, there = tmp_path / "home", tmp_path / "a", tmp_path / "b"
+    for folder in (home, here, there):
+        folder.mkdir()
+    env = home_env(home)
+    data_dir = home / ".local" / "share" / "forumcast"
+    code, out, err = await forumcast("token", "--role", "speaker", "--forum", "ai", "--name", "Dr. Li Wei",
+                                     env=env, cwd=here)
+    assert code == 0, err
+    token = out.split("token: ", 1)[1].split()[0]
+    async with serving(env=env, cwd=there) as server:
+        assert any(f"data directory {data_dir} " in line for line in server.log), server.log
+        async with aiohttp.ClientSession() as client:
+            # the token check comes before the body's: 415 means the token was accepted
+            async with client.post(f"{server.url}/whip/ai", data="not sdp",
+                                   headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}) as answer:
+                assert answer.status == 415, await answer.text()
+    assert (data_dir / "token_secret").is_file()
+    assert [*here.iterdir(), *there.iterdir()] == [], "state was written to a working directory"
+
+
+async def test_relative_data_dir_is_resolved_where_the_command_starts(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    env = home_env(tmp_path / "home", FORUMCAST_DATA_DIR="state")
+    async with serving(env=env, cwd=tmp_path / "a") as server:
+        assert any(f"data directory {tmp_path / 'a' / 'state'} " in line for line in server.log), server.log
