@@ -91,6 +91,7 @@ class Settings:
     heartbeat_interval_s: float = 2.0
     node_ttl_s: float = 6.0
     public_event: bool | None = None  # None: what the event file says
+    demo: bool = False  # True: the event is moved to run now (rooms/demo.py), labelled "Demo"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
@@ -150,6 +151,14 @@ def _as_float(value: Any) -> float:
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError("not a boolean (true or false)")
 
 
 def _as_optional_bool(value: Any) -> bool | None:
@@ -318,6 +327,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "heartbeat_interval_s": _positive_float,
     "node_ttl_s": _positive_float,
     "public_event": _as_optional_bool,
+    "demo": _as_bool,
 }
 _PATH_KEYS = {"event_file", "data_dir"}
 _SECRET_KEYS = {"token_secret"}  # never echo these values in errors

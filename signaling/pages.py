@@ -48,10 +48,23 @@ def _template(name: str) -> str:
     return (TEMPLATES / name).read_text(encoding="utf-8")
 
 
-def _render(name: str, values: dict[str, str], status: int = 200) -> web.Response:
+DEMO_BADGE = ('<div class="demo-badge" role="note"><strong>Demo</strong> '
+              'the sample agenda, moved to run now</div>')
+
+
+def with_demo_badge(page: str, event: Event) -> str:
+    """The page with a visible Demo label first in its body when the event
+    runs in demo mode (rooms/demo.py); unchanged otherwise."""
+    if not event.demo:
+        return page
+    return page.replace("<body>", "<body>\n" + DEMO_BADGE, 1)
+
+
+def _render(name: str, values: dict[str, str], event: Event, status: int = 200) -> web.Response:
     text = _template(name)
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
+    text = with_demo_badge(text, event)
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8",
                         headers=PAGE_HEADERS)
 
@@ -73,7 +86,7 @@ def _not_found(event: Event, forum_id: str) -> web.Response:
     return _render("not_found.html", {
         "EVENT_NAME": html.escape(event.name.en),
         "FORUM_ID": html.escape(forum_id[:64]),
-    }, status=404)
+    }, event, status=404)
 
 
 def _forum_page(template: str) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -83,7 +96,7 @@ def _forum_page(template: str) -> Callable[[web.Request], Awaitable[web.Response
         forum = event.forum(forum_id)
         if forum is None:
             return _not_found(event, forum_id)
-        return _render(template, _forum_values(event, forum))
+        return _render(template, _forum_values(event, forum), event)
 
     return handler
 
@@ -103,7 +116,7 @@ async def lobby(request: web.Request) -> web.Response:
         "EVENT_NAME": html.escape(event.name.en),
         "EVENT_NAME_ZH": html.escape(event.name.zh),
         "FORUM_ITEMS": "\n".join(items),
-    })
+    }, event)
 
 
 async def socket_io_client(request: web.Request) -> web.StreamResponse:

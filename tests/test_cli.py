@@ -11,6 +11,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -294,3 +295,37 @@ async def test_relative_data_dir_is_resolved_where_the_command_starts(tmp_path: 
     env = home_env(tmp_path / "home", FORUMCAST_DATA_DIR="state")
     async with serving(env=env, cwd=tmp_path / "a") as server:
         assert any(f"data directory {tmp_path / 'a' / 'state'} " in line for line in server.log), server.log
+
+
+async def test_serve_demo_runs_the_sample_event_now(tmp_path: Path) -> None:
+    """A first `serve --demo`: a session live now, a recorded talk due within
+    two minutes, a Demo label in /api and on every page; the file unchanged."""
+    original = SAMPLE_EVENT.read_bytes()
+    async with serving("--demo", env=clean_env(tmp_path)) as server:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{server.url}/api/forums") as response:
+                body = await response.json()
+            assert body["event"]["demo"] is True
+            now = datetime.fromisoformat(body["now"])
+            live = [forum["id"] for forum in body["forums"] if forum["live"]]
+            assert live, "no session is live"
+            due = []
+            for forum in body["forums"]:
+                upcoming = forum["next"]
+                if upcoming and 0 < (datetime.fromisoformat(upcoming["start"]) - now).total_seconds() <= 120:
+                    async with client.get(f"{server.url}/api/forums/{forum['id']}") as response:
+                        detail = await response.json()
+                    modes = {speaker["id"]: speaker["mode"] for speaker in detail["speakers"]}
+                    if any(modes.get(sid) == "recorded" for sid in upcoming["speakers"]):
+                        due.append(forum["id"])
+            assert due, "no recorded talk is due within 120 s"
+            for page in ("/lobby", "/watch/main", "/speak/main", "/control/main", "/watch/nowhere"):
+                async with client.get(server.url + page) as response:
+                    assert 'class="demo-badge"' in await response.text(), page
+    assert SAMPLE_EVENT.read_bytes() == original
+    async with serving(env=clean_env(tmp_path)) as server:  # without --demo: no label
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{server.url}/api/forums") as response:
+                assert (await response.json())["event"]["demo"] is False
+            async with client.get(f"{server.url}/lobby") as response:
+                assert "demo-badge" not in await response.text()
