@@ -1,7 +1,8 @@
 """The browser pages: /lobby, /speak/{forum_id}, /watch/{forum_id}, and
-their static files under /static/ (signaling/web/static), with the
-socket.io client served from npm's copy at /static/vendor/socket.io.min.js
-(never a CDN: venue networks and firewalls are unpredictable).
+their static files under /static/ (signaling/web/static), with third-party
+files such as the socket.io client committed in the package under
+/static/vendor/ (signaling/vendor.py; never a CDN: venue networks and
+firewalls are unpredictable; never npm at run time).
 
 Pages are HTML templates with a few {{placeholders}} filled in here (the
 event and forum names, escaped); everything live comes over socket.io.
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from rooms.models import Event, Forum
 from signaling import protocol
+from signaling import vendor
 from signaling.app_keys import EVENT
 
 logger = logging.getLogger(__name__)
@@ -29,7 +31,6 @@ logger = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent / "web"
 STATIC_DIR = WEB_DIR / "static"
 TEMPLATES = WEB_DIR / "templates"
-SOCKET_IO_CLIENT = WEB_DIR / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
 
 PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",  # the token is in the URL
@@ -119,15 +120,6 @@ async def lobby(request: web.Request) -> web.Response:
     }, event)
 
 
-async def socket_io_client(request: web.Request) -> web.StreamResponse:
-    if not SOCKET_IO_CLIENT.is_file():
-        logger.error("%s is missing: run `npm ci` in signaling/web", SOCKET_IO_CLIENT)
-        return web.Response(status=503, content_type="application/javascript",
-                            text="/* socket.io client missing on the server: run `npm ci` in signaling/web */")
-    return web.FileResponse(SOCKET_IO_CLIENT, headers={"Cache-Control": "public, max-age=3600",
-                                                       "Content-Type": "application/javascript"})
-
-
 async def home(request: web.Request) -> web.StreamResponse:
     """The address `serve` prints: the lobby, keeping an invite's token."""
     query = f"?{request.query_string}" if request.query_string else ""
@@ -139,5 +131,7 @@ def setup_pages(app: web.Application) -> None:
     app.router.add_get("/lobby", lobby)
     app.router.add_get("/speak/{forum_id}", _forum_page("speak.html"))
     app.router.add_get("/watch/{forum_id}", _forum_page("watch.html"))
-    app.router.add_get("/static/vendor/socket.io.min.js", socket_io_client)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+    for problem in vendor.problems(vendor.load_manifest()):
+        # a broken checkout or package: say so once at start, not per request
+        logger.error("vendored browser file: %s (pages will not connect)", problem)

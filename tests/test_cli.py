@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,12 +50,13 @@ class Serving:
 
 @contextlib.asynccontextmanager
 async def serving(*args: str, env: dict[str, str], cwd: Path = ROOT,
-                  python: str = sys.executable) -> AsyncIterator[Serving]:
-    """`forumcast serve` on a free loopback port, from `cwd`, until the block
-    ends; then SIGTERM, and kill if it lingers (always reaped)."""
+                  command: Sequence[str] = (sys.executable, "-m", "signaling.cli")) -> AsyncIterator[Serving]:
+    """`forumcast serve` (`command` serve ...) on a free loopback port, from
+    `cwd`, until the block ends; then SIGTERM, and kill if it lingers
+    (always reaped)."""
     port = free_port()
     process = await asyncio.create_subprocess_exec(
-        python, "-m", "signaling.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args,
+        *command, "serve", "--host", "127.0.0.1", "--port", str(port), *args,
         cwd=cwd, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     server = Serving(f"http://127.0.0.1:{port}")
