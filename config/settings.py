@@ -230,7 +230,7 @@ def _data_dir(value: Any) -> Path:
 
 
 def _event_file(value: Any) -> Path:
-    path = _path(value)
+    path = _path(value).absolute()  # resolved once, where the command starts
     if not path.is_file():
         raise ValueError("no such file")
     return path
