@@ -6,6 +6,13 @@ process with a message naming the key, the value, where it came from and
 why. The defaults run one node with no external service (in-memory state,
 the packaged sample event, the ffmpeg from the imageio-ffmpeg wheel).
 
+Nothing depends on the working directory: state lives in one data
+directory per user and platform (platformdirs: ~/.local/share/forumcast
+on Linux, $XDG_DATA_HOME respected), so `forumcast token` run anywhere
+signs with the secret the server started elsewhere checks. A relative
+data_dir given on the command line or in the environment is resolved
+once, against the directory the command was started in.
+
 This module imports nothing from rooms/, signaling/, streaming/ or recorder/.
 """
 
@@ -26,17 +33,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import platformdirs
+
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "FORUMCAST_"
 CONFIG_ENV = "FORUMCAST_CONFIG"  # names the TOML file when no path is given
 SAMPLE_EVENT = Path(__file__).resolve().parent / "events" / "summit.toml"
 SECRET_FILE = "token_secret"
+MEDIA_DIR = "media"
+APP_NAME = "forumcast"
 MIN_SECRET_LENGTH = 32  # HS256 wants a 256-bit key; shorter ones are guessable
 
 
 class SettingsError(ValueError):
     """A setting that cannot be used; the message names key, value and why."""
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory (absolute): platformdirs' user data dir,
+    e.g. ~/.local/share/forumcast or $XDG_DATA_HOME/forumcast on Linux,
+    ~/Library/Application Support/forumcast on macOS. Not created here."""
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)).resolve()
 
 
 def _default_node_id() -> str:
@@ -52,7 +70,10 @@ class Settings:
     event_file: Path = SAMPLE_EVENT
     redis_url: str | None = None  # None: in-memory store, single node
     node_id: str = dataclasses.field(default_factory=_default_node_id)
-    data_dir: Path = Path("var")  # token secret, media library, recordings
+    # everything a node keeps between runs (absolute): token_secret, media/
+    # (the library, uploads in progress under media/tmp/); see secret_path,
+    # media_dir. FORUMCAST_DATA_DIR / --data-dir / data_dir in the TOML file.
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
     token_secret: str | None = None  # None: generated once, kept in data_dir
     public_url: str = ""  # base of invite links; "" -> http://{host}:{port}
     ffmpeg: str | None = None  # None: imageio-ffmpeg's binary
@@ -70,8 +91,10 @@ class Settings:
     heartbeat_interval_s: float = 2.0
     node_ttl_s: float = 6.0
     public_event: bool | None = None  # None: what the event file says
+    demo: bool = False  # True: the event is moved to run now (rooms/demo.py), labelled "Demo"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
         if not self.public_url:
             host = self.host
             if host in ("0.0.0.0", "::", ""):
@@ -82,7 +105,13 @@ class Settings:
 
     @property
     def secret_path(self) -> Path:
+        """data_dir/token_secret: the HS256 key, mode 0600."""
         return self.data_dir / SECRET_FILE
+
+    @property
+    def media_dir(self) -> Path:
+        """data_dir/media: the normalized media library and its uploads."""
+        return self.data_dir / MEDIA_DIR
 
 
 # --- value parsers: each returns the typed value or raises ValueError(why) ---
@@ -122,6 +151,14 @@ def _as_float(value: Any) -> float:
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError("not a boolean (true or false)")
 
 
 def _as_optional_bool(value: Any) -> bool | None:
@@ -184,8 +221,16 @@ def _path(value: Any) -> Path:
     return Path(text).expanduser()
 
 
+def _data_dir(value: Any) -> Path:
+    # absolute from here on: the node never resolves it against a later cwd
+    path = _path(value).absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError("exists and is not a directory")
+    return path
+
+
 def _event_file(value: Any) -> Path:
-    path = _path(value)
+    path = _path(value).absolute()  # resolved once, where the command starts
     if not path.is_file():
         raise ValueError("no such file")
     return path
@@ -266,7 +311,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "event_file": _event_file,
     "redis_url": _redis_url,
     "node_id": _node_id,
-    "data_dir": _path,
+    "data_dir": _data_dir,
     "token_secret": _token_secret,
     "public_url": _public_url,
     "ffmpeg": _ffmpeg,
@@ -282,6 +327,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "heartbeat_interval_s": _positive_float,
     "node_ttl_s": _positive_float,
     "public_event": _as_optional_bool,
+    "demo": _as_bool,
 }
 _PATH_KEYS = {"event_file", "data_dir"}
 _SECRET_KEYS = {"token_secret"}  # never echo these values in errors
@@ -354,8 +400,6 @@ def load_settings(
         if raw is not None:
             values[key] = _parse(key, raw, key, " (command line)", None)
 
-    if "data_dir" in values:
-        values["data_dir"] = Path(values["data_dir"])
     settings = Settings(**values)
     if settings.node_ttl_s <= settings.heartbeat_interval_s:
         raise SettingsError(

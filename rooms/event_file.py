@@ -39,7 +39,13 @@ Layout (see config/events/summit.toml for a full example)::
     key_env = "FORUMCAST_KEY_MAIN"      # the stream key itself is never here
 
 A problem's `path` locates it, e.g. "forums[3].sessions[2].end"
-(indices count from 0 in file order).
+(indices count from 0 in file order). Messages never repeat the file's own
+path: whoever prints them names the file once.
+
+Every problem is reported, not the first of a kind: a value that cannot be
+read is replaced by a stand-in so the checks that depend on it still run
+(an unknown time zone reads session times in UTC and marks each problem
+found that way; a session with a bad id is still checked for overlaps).
 """
 
 from __future__ import annotations
@@ -78,6 +84,10 @@ _SPEAKER_KEYS = {"id", "name", "affiliation", "mode", "video"}
 _FORUM_KEYS = {"id", "kind", "name", "room", "capacity", "recorded", "sessions", "restreams"}
 _SESSION_KEYS = {"id", "start", "end", "title", "speakers"}
 _RESTREAM_KEYS = {"id", "name", "url", "key_env"}
+# session times are still checked when the event's zone is unknown; the
+# problems found that way say so, since the real zone may move them
+FALLBACK_TZ = dt.timezone.utc
+_FALLBACK_NOTE = " (read in UTC: event.timezone is not usable)"
 
 
 @dataclass(frozen=True)
@@ -117,9 +127,13 @@ def _read(path: Path) -> tuple[Event | None, list[Problem]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return None, [Problem("", f"{path}: no such file")]
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [Problem("", f"{path}: cannot read ({exc})")]
+        return None, [Problem("", "no such file")]
+    except IsADirectoryError:
+        return None, [Problem("", "is a directory, not an event file")]
+    except OSError as exc:
+        return None, [Problem("", f"cannot read ({exc.strerror or exc})")]
+    except UnicodeDecodeError as exc:
+        return None, [Problem("", f"not UTF-8 text (byte {exc.start})")]
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -138,7 +152,8 @@ class _Reader:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.problems: list[Problem] = []
-        self.tz: zoneinfo.ZoneInfo | None = None
+        self.tz: dt.tzinfo = FALLBACK_TZ
+        self.tz_note = ""  # set when session times are read in the fallback zone
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
@@ -249,8 +264,6 @@ class _Reader:
         if not isinstance(value, dt.datetime):
             self.problem(where, f"must be a date-time like 2026-11-08T14:00, not {_kind(value)}")
             return None
-        if self.tz is None:
-            return None  # the time zone problem is already reported
         if value.tzinfo is None:
             return value.replace(tzinfo=self.tz)
         return value.astimezone(self.tz)
@@ -267,9 +280,11 @@ class _Reader:
         event_id = self.ident(head, "event")
         name = self.text(head, "name", "event")
         timezone = self.string(head, "timezone", "event")
+        self.tz_note = _FALLBACK_NOTE
         if timezone is not None:
             try:
                 self.tz = zoneinfo.ZoneInfo(timezone)
+                self.tz_note = ""
             except (zoneinfo.ZoneInfoNotFoundError, ValueError):
                 self.problem("event.timezone", f"{timezone!r} is not a known IANA time zone (e.g. Asia/Shanghai)")
         days = self.days(head)
@@ -390,7 +405,8 @@ class _Reader:
         days: list[dt.date],
         seen: set[str],
     ) -> list[Session]:
-        placed: list[tuple[str, Session]] = []
+        placed: list[tuple[str, str, dt.datetime, dt.datetime]] = []  # path, label, start, end
+        built: list[Session] = []
         for index, raw in enumerate(self.array(forum, "sessions", forum_path)):
             path = f"{forum_path}.sessions[{index}]"
             table = self.table(raw, path)
@@ -402,22 +418,35 @@ class _Reader:
             start = self.local_time(table, "start", path)
             end = self.local_time(table, "end", path)
             speaker_ids = self.session_speakers(table, path, speakers)
-            if start is not None and end is not None:
-                if end <= start:
-                    self.problem(_join(path, "end"), f"ends at {_hm(end)}, not after its start {_hm(start)}")
-                self.within_days(start, _join(path, "start"), days, is_end=False)
-                self.within_days(end, _join(path, "end"), days, is_end=True)
-            if session_id is not None and start is not None and end is not None:
-                placed.append((path, Session(session_id, title, start, end, tuple(speaker_ids))))
-        ordered = sorted(placed, key=lambda item: item[1].start)
-        for (_, earlier), (path, later) in zip(ordered, ordered[1:]):
-            if later.start < earlier.end and earlier.end > earlier.start:
-                self.problem(
+            if start is None or end is None:
+                continue
+            if end <= start:
+                self.time_problem(_join(path, "end"), f"ends at {_hm(end)}, not after its start {_hm(start)}")
+            self.within_days(start, _join(path, "start"), days, is_end=False)
+            self.within_days(end, _join(path, "end"), days, is_end=True)
+            # a session without a usable id still takes its time slot
+            placed.append((path, repr(session_id) if session_id else path, start, end))
+            if session_id is not None:
+                built.append(Session(session_id, title, start, end, tuple(speaker_ids)))
+        ordered = sorted(placed, key=lambda item: item[2])
+        # each session against the one ending last among those before it, so
+        # an inverted or short session in between hides no overlap
+        latest: tuple[str, dt.datetime] | None = None  # label, end
+        for path, label, start, end in ordered:
+            if latest is not None and start < latest[1]:
+                self.time_problem(
                     _join(path, "start"),
-                    f"session {later.id!r} starts at {_hm(later.start)}, before session "
-                    f"{earlier.id!r} ends at {_hm(earlier.end)} in the same forum",
+                    f"session {label} starts at {_hm(start)}, before session "
+                    f"{latest[0]} ends at {_hm(latest[1])} in the same forum",
                 )
-        return [session for _, session in ordered]
+            if end > start and (latest is None or end > latest[1]):  # an inverted session takes no slot
+                latest = (label, end)
+        return sorted(built, key=lambda session: session.start)
+
+    def time_problem(self, path: str, message: str) -> None:
+        """A problem found by comparing session times: marked when they were
+        read in the fallback zone."""
+        self.problem(path, message + self.tz_note)
 
     def session_speakers(self, table: dict[str, Any], path: str, speakers: dict[str, Speaker]) -> list[str]:
         ids: list[str] = []
@@ -447,7 +476,7 @@ class _Reader:
             return
         if day not in days:
             listed = ", ".join(d.isoformat() for d in days)
-            self.problem(path, f"{when.strftime('%Y-%m-%d %H:%M')} is not on an event day ({listed})")
+            self.time_problem(path, f"{when.strftime('%Y-%m-%d %H:%M')} is not on an event day ({listed})")
 
     def restreams(self, forum: dict[str, Any], forum_path: str) -> list[RestreamDestination]:
         restreams: list[RestreamDestination] = []

@@ -121,6 +121,7 @@ class Event:
     forums: tuple[Forum, ...]
     speakers: dict[str, Speaker] = field(default_factory=dict)
     public: bool = False  # True: watching needs no token
+    demo: bool = False  # True: moved in time to run now (rooms/demo.py); labelled on pages and /api
 
     def forum(self, forum_id: str) -> Forum | None:
         for forum in self.forums:

@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from config.settings import Settings, load_or_create_secret
-from rooms.agenda import AgendaClock
+from rooms.agenda import AgendaClock, utc_now
+from rooms.demo import demo_event
 from rooms.event_file import load_event
 from rooms.memory_store import MemoryStore
 from rooms.models import Event
@@ -39,11 +40,13 @@ SHUTDOWN_TIMEOUT_S = 5.0  # in-flight requests get this long after a stop signal
 
 
 def load_app_event(settings: Settings) -> Event:
-    """The event file, with the settings' public override applied.
-    Raises EventFileError listing every problem."""
+    """The event file, with the settings' public override applied, and moved
+    to run now in demo mode. Raises EventFileError listing every problem."""
     event = load_event(settings.event_file)
     if settings.public_event is not None:
         event = dataclasses.replace(event, public=settings.public_event)
+    if settings.demo:
+        event = demo_event(event, utc_now())
     return event
 
 
@@ -125,6 +128,10 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
             "forumcast node %s serving %s on http://%s:%d (%d forums)",
             settings.node_id, app[EVENT].id, settings.host, settings.port, len(app[EVENT].forums),
         )
+        if app[EVENT].demo:
+            logger.info("demo: %s moved to run now (the event file is unchanged)", settings.event_file)
+        # every command (token, invite) finds the same secret here, whatever its cwd
+        logger.info("data directory %s (token secret, media library)", settings.data_dir)
         if ready is not None:
             ready.set()
         await stop.wait()

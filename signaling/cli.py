@@ -71,7 +71,7 @@ def _event(settings: Settings) -> Event:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(
         args, host=args.host, port=args.port, redis_url=args.redis, node_id=args.node_id,
-        public_url=args.public_url,
+        public_url=args.public_url, demo=True if args.demo else None,
     )
     from signaling.app import run
 
@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", metavar="P")
     serve.add_argument("--redis", metavar="URL", help="share state with other nodes through Redis")
     serve.add_argument("--node-id", metavar="ID")
+    serve.add_argument("--demo", action="store_true",
+                       help="move the event so it runs now (a live session, a recorded talk in 1-2 min); "
+                            "labelled Demo; the file is unchanged")
     serve.set_defaults(handler=cmd_serve)
 
     token = commands.add_parser("token", parents=[common], help="issue one token and its invite link")

@@ -397,7 +397,7 @@ INPUTS = web.AppKey("forum_inputs", ForumInputs)
 
 async def _inputs_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    library = MediaLibrary(settings.data_dir / "media", ffmpeg=ffmpeg_path(settings),
+    library = MediaLibrary(settings.media_dir, ffmpeg=ffmpeg_path(settings),
                            max_upload_bytes=settings.max_upload_bytes)
     inputs = ForumInputs(settings, app[ROOMS], app.get(MEDIA), library, load_or_create_secret(settings))
     from signaling.operator_api import push_playouts  # it imports this module

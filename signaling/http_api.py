@@ -131,6 +131,7 @@ async def list_forums(request: web.Request) -> web.Response:
                 "timezone": event.timezone,
                 "days": [day.isoformat() for day in event.days],
                 "public": event.public,
+                "demo": event.demo,  # true: the agenda was moved to run now (serve --demo)
             },
             "now": agenda.now().isoformat(),
             "forums": [forum_summary(forum, agenda) for forum in event.forums],

@@ -297,7 +297,7 @@ async def restart_playout(request: web.Request) -> web.Response:
 # --- the control page ---------------------------------------------------------------
 
 async def control_page(request: web.Request) -> web.Response:
-    from signaling.pages import PAGE_HEADERS, WEB_DIR  # the pages module owns headers and the web dir
+    from signaling.pages import PAGE_HEADERS, WEB_DIR, with_demo_badge  # the pages module owns these
 
     event = request.app[EVENT]
     forum_id = request.match_info["forum_id"]
@@ -310,6 +310,7 @@ async def control_page(request: web.Request) -> web.Response:
     text = (text.replace("{{FORUM_NAME}}", html.escape(forum.name.en))
                 .replace("{{EVENT_NAME}}", html.escape(event.name.en))
                 .replace("{{FORUM_JSON}}", island))
+    text = with_demo_badge(text, event)
     return web.Response(text=text, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS)
 
 

@@ -1,7 +1,8 @@
 """The browser pages: /lobby, /speak/{forum_id}, /watch/{forum_id}, and
-their static files under /static/ (signaling/web/static), with the
-socket.io client served from npm's copy at /static/vendor/socket.io.min.js
-(never a CDN: venue networks and firewalls are unpredictable).
+their static files under /static/ (signaling/web/static), with third-party
+files such as the socket.io client committed in the package under
+/static/vendor/ (signaling/vendor.py; never a CDN: venue networks and
+firewalls are unpredictable; never npm at run time).
 
 Pages are HTML templates with a few {{placeholders}} filled in here (the
 event and forum names, escaped); everything live comes over socket.io.
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from rooms.models import Event, Forum
 from signaling import protocol
+from signaling import vendor
 from signaling.app_keys import EVENT
 
 logger = logging.getLogger(__name__)
@@ -29,7 +31,6 @@ logger = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent / "web"
 STATIC_DIR = WEB_DIR / "static"
 TEMPLATES = WEB_DIR / "templates"
-SOCKET_IO_CLIENT = WEB_DIR / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
 
 PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",  # the token is in the URL
@@ -48,10 +49,23 @@ def _template(name: str) -> str:
     return (TEMPLATES / name).read_text(encoding="utf-8")
 
 
-def _render(name: str, values: dict[str, str], status: int = 200) -> web.Response:
+DEMO_BADGE = ('<div class="demo-badge" role="note"><strong>Demo</strong> '
+              'the sample agenda, moved to run now</div>')
+
+
+def with_demo_badge(page: str, event: Event) -> str:
+    """The page with a visible Demo label first in its body when the event
+    runs in demo mode (rooms/demo.py); unchanged otherwise."""
+    if not event.demo:
+        return page
+    return page.replace("<body>", "<body>\n" + DEMO_BADGE, 1)
+
+
+def _render(name: str, values: dict[str, str], event: Event, status: int = 200) -> web.Response:
     text = _template(name)
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
+    text = with_demo_badge(text, event)
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8",
                         headers=PAGE_HEADERS)
 
@@ -73,7 +87,7 @@ def _not_found(event: Event, forum_id: str) -> web.Response:
     return _render("not_found.html", {
         "EVENT_NAME": html.escape(event.name.en),
         "FORUM_ID": html.escape(forum_id[:64]),
-    }, status=404)
+    }, event, status=404)
 
 
 def _forum_page(template: str) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -83,7 +97,7 @@ def _forum_page(template: str) -> Callable[[web.Request], Awaitable[web.Response
         forum = event.forum(forum_id)
         if forum is None:
             return _not_found(event, forum_id)
-        return _render(template, _forum_values(event, forum))
+        return _render(template, _forum_values(event, forum), event)
 
     return handler
 
@@ -103,16 +117,7 @@ async def lobby(request: web.Request) -> web.Response:
         "EVENT_NAME": html.escape(event.name.en),
         "EVENT_NAME_ZH": html.escape(event.name.zh),
         "FORUM_ITEMS": "\n".join(items),
-    })
-
-
-async def socket_io_client(request: web.Request) -> web.StreamResponse:
-    if not SOCKET_IO_CLIENT.is_file():
-        logger.error("%s is missing: run `npm ci` in signaling/web", SOCKET_IO_CLIENT)
-        return web.Response(status=503, content_type="application/javascript",
-                            text="/* socket.io client missing on the server: run `npm ci` in signaling/web */")
-    return web.FileResponse(SOCKET_IO_CLIENT, headers={"Cache-Control": "public, max-age=3600",
-                                                       "Content-Type": "application/javascript"})
+    }, event)
 
 
 async def home(request: web.Request) -> web.StreamResponse:
@@ -126,5 +131,7 @@ def setup_pages(app: web.Application) -> None:
     app.router.add_get("/lobby", lobby)
     app.router.add_get("/speak/{forum_id}", _forum_page("speak.html"))
     app.router.add_get("/watch/{forum_id}", _forum_page("watch.html"))
-    app.router.add_get("/static/vendor/socket.io.min.js", socket_io_client)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+    for problem in vendor.problems(vendor.load_manifest()):
+        # a broken checkout or package: say so once at start, not per request
+        logger.error("vendored browser file: %s (pages will not connect)", problem)

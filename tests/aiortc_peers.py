@@ -24,6 +24,7 @@ from av import AudioFrame, VideoFrame
 from streaming import aiortc_internals
 from streaming.ice_policy import gathering_on
 from streaming.offer_check import capabilities_for
+from tests.eventually import eventually
 
 logger = logging.getLogger(__name__)
 
@@ -227,19 +228,9 @@ class TestViewer:
     async def accept(self, answer: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
-    async def wait_frames(self, count: int, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.received.numbers) < count:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(
-                    f"got {len(self.received.numbers)} of {count} frames in {timeout}s"
-                )
-            self._frame_event.clear()
-            try:
-                await asyncio.wait_for(self._frame_event.wait(), left)
-            except asyncio.TimeoutError:
-                pass
+    async def wait_frames(self, count: int, timeout: float = 20.0) -> None:
+        await eventually(lambda: len(self.received.numbers) >= count, timeout=timeout,
+                         what=f"{count} frames (got {len(self.received.numbers)})")
 
     def send_pli(self) -> None:
         """Ask the server for a keyframe (as a browser does on loss)."""

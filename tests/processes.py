@@ -7,8 +7,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
+
+from tests.eventually import eventually_blocking
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -34,7 +35,7 @@ class RedisServer:
                 self.process.wait()
 
 
-def start_redis(timeout: float = 10.0) -> RedisServer:
+def start_redis(timeout: float = 30.0) -> RedisServer:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError(
@@ -48,17 +49,21 @@ def start_redis(timeout: float = 10.0) -> RedisServer:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def pong() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"redis-server exited with {process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return RedisServer(f"redis://127.0.0.1:{port}/0", port, process)
+                return sock.recv(16).startswith(b"+PONG")
         except OSError:
-            time.sleep(0.05)  # the server is still binding; nothing to await here
-    process.kill()
-    process.wait()
-    raise RuntimeError("redis-server did not answer PING in time")
+            return False  # the server is still binding; nothing to await here
+
+    try:
+        eventually_blocking(pong, timeout=timeout, what="redis-server to answer PING")
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return RedisServer(f"redis://127.0.0.1:{port}/0", port, process)

@@ -28,6 +28,7 @@ from typing import Any
 
 from rooms.models import Role
 from rooms.tokens import TokenService
+from tests.eventually import NotYet, eventually_blocking
 from tests.processes import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,18 +121,23 @@ def start_server(
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = ServerProcess(port, data_dir, secret, process, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def healthy() -> bool:
         if process.poll() is not None:
-            log_text = server.log()
-            server.cleanup()
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{log_text}")
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{server.log()}")
         try:
             with urllib.request.urlopen(server.url + "/healthz", timeout=1.0) as response:
-                if response.status == 200:
-                    return server
+                return response.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.1)  # still binding; a child process offers nothing to await
-    log_text = server.log()
-    server.cleanup()
-    raise RuntimeError(f"the server did not answer /healthz within {timeout}s:\n{log_text}")
+            return False  # still binding; a child process offers nothing to await
+
+    try:
+        eventually_blocking(healthy, timeout=timeout, interval=0.1, what=f"/healthz on {server.url}")
+    except NotYet as exc:
+        log_text = server.log()
+        server.cleanup()
+        raise RuntimeError(f"{exc}:\n{log_text}") from None
+    except BaseException:
+        server.cleanup()
+        raise
+    return server

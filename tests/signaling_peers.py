@@ -19,6 +19,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack, VideoStreamTrack
 
 from streaming.ice_policy import candidate_address, gathering_on
+from tests.eventually import eventually
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,9 @@ class _Counter:
             self._changed.notify_all()
 
     async def wait_until(self, predicate: Callable[[int], bool], timeout: float) -> int:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.value)), timeout)
-            return self.value
+        """The count once `predicate(count)` holds (tests/eventually.py's deadline and message)."""
+        await eventually(lambda: predicate(self.value), timeout=timeout, what=f"frame count (now {self.value})")
+        return self.value
 
 
 class ViewerPeer:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from rooms.models import Event, Forum, ForumKind, Role, Session, Speaker, Speake
 from signaling.agenda_runner import RUNNER
 from signaling.app_keys import ROOMS
 from signaling.forum_inputs import INPUTS
+from tests.machine_time import RunQueueWait
 from tests.operator_app import Node, RecordingViewer, SioClient, make_video, running_node
 
 pytestmark = pytest.mark.timeout(150)
@@ -89,16 +91,16 @@ async def test_recorded_session_starts_at_its_slot_on_air_in_real_time(tmp_path:
         assert by_forum["sim"].on_air is True
         program = await client.next_push("program", lambda p: p["program"] == by_forum["sim"].source_id)
         assert program["source"]["kind"] == "recorded"
-        first = await viewer.wait_size((320, 240), timeout=15)
+        first = await viewer.wait_size((320, 240), timeout=30)
+        waited = RunQueueWait()
 
-        # 20 s of playout: RTP time against wall time, within 1 %
-        await viewer.video_frames.wait_until(lambda _: viewer.frames[-1].at - first.at >= 20.0, 30)
+        # 20 s of playout in real time: the media clock keeps to the wall clock at the viewer, off by
+        # no more than a tolerance plus what the machine withheld (the rate: python -m bench.playout)
+        await viewer.video_frames.wait_until(lambda _: viewer.frames[-1].at - first.at >= 20.0, 60)
         frames = [f for f in viewer.frames if f.at >= first.at and (f.width, f.height) == (320, 240)]
         media_s = ((frames[-1].pts - frames[0].pts) & 0xFFFFFFFF) / 90000
         wall_s = frames[-1].at - frames[0].at
-        rate = media_s / wall_s
-        print(f"simulive rate over {wall_s:.1f} s: {rate:.4f} of real time")
-        assert abs(rate - 1.0) < 0.01, rate
+        assert abs(media_s - wall_s) <= 0.3 + waited.seconds(), (media_s, wall_s, waited.seconds())
 
         # the slot ends (before the 24 s file does): stopped, the slate on air
         clock.now = T0 + dt.timedelta(minutes=1) + SLOT
@@ -158,6 +160,7 @@ async def test_a_node_started_mid_slot_joins_the_talk_where_it_is(tmp_path: Path
     async with running_node(tmp_path / "node", event=event, agenda_now=clock) as node:
         client, viewer = await _viewer(node, "sim", clients)
         runner = node.app[RUNNER]
+        poked = time.monotonic()
         runner.poke()
         started = {}
         for _ in range(2):
@@ -166,7 +169,8 @@ async def test_a_node_started_mid_slot_joins_the_talk_where_it_is(tmp_path: Path
         assert started["sim"].on_air is True
         playout = next(p for p in node.app[INPUTS].playouts("sim") if p.source_id == started["sim"].source_id)
         await client.next_push("program", lambda p: p["program"] == started["sim"].source_id)
-        await viewer.wait_size((320, 240), timeout=15)
+        await viewer.wait_size((320, 240), timeout=30)
         assert playout.player.position >= 12.0  # the file's 24 s, joined at its keyframe at 12 s
-        assert playout.player.position < 16.0
+        # ... and played on from there in real time (not from the opening, not in a burst)
+        assert playout.player.position <= 12.0 + (time.monotonic() - poked) + 0.5
         assert runner.stats.skipped == []

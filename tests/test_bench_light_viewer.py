@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 
 import aiohttp
 import pytest
@@ -15,21 +14,22 @@ from bench.children import start_module
 from bench.light_viewer import ViewerPool, http_signal
 from bench.loopback import restrict_ice_to_loopback
 from bench.media import ensure_media
+from tests.eventually import eventually
 from tests.processes import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def _wait_http(url: str, deadline: float) -> None:
+async def _wait_http(url: str, timeout: float) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http:
-        while time.monotonic() < deadline:
+        async def up() -> bool:
             try:
                 async with http.get(f"{url}/stats") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-    raise AssertionError("baseline server did not come up")
+                    return resp.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                return False  # still binding
+
+        await eventually(up, timeout=timeout, interval=0.1, what="the baseline server to come up")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the reader thread uses epoll")
@@ -42,16 +42,20 @@ async def test_light_viewers_count_and_verify_srtp(tmp_path) -> None:
                                 ["--media", str(media), "--port", str(port), "--lifetime", "40"], tmp_path)
     pool = ViewerPool(sample_every=10, rr_interval=0.5)
     try:
-        await _wait_http(url, time.monotonic() + 10)
+        await _wait_http(url, 30)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             await pool.connect(2, http_signal(http, url, "main"), timeout=10)
         assert pool.errors == []
-        assert await pool.wait_receiving(timeout=8) == 2
-        await asyncio.sleep(2)
-        for counts in pool.per_viewer():
-            assert counts.video > 50 and counts.audio > 20, counts
-            assert counts.checked > 5, counts
-            assert counts.auth_failures == 0, counts
+        assert await pool.wait_receiving(timeout=30) == 2
+
+        def counted() -> bool:
+            for counts in pool.per_viewer():
+                assert counts.video > 50 and counts.audio > 20, counts
+                assert counts.checked > 5, counts
+            return True
+
+        await eventually(counted, timeout=30, what="each viewer counting video, audio and checked packets")
+        assert all(counts.auth_failures == 0 for counts in pool.per_viewer())
         # and the check can fail: a forged packet does not pass the viewer's keys
         viewer = pool.viewers[0]
         forged = bytes([0x80, 0x60]) + bytes(10) + bytes(range(100))

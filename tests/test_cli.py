@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -29,9 +33,62 @@ def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-async def forumcast(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
+def home_env(home: Path, **extra: str) -> dict[str, str]:
+    """No FORUMCAST_* setting, HOME and XDG_DATA_HOME in a temp home (never
+    the real one): the data directory is the per-user default."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FORUMCAST_", "XDG_"))}
+    env.update(HOME=str(home), XDG_DATA_HOME=str(home / ".local" / "share"), PYTHONPATH=str(ROOT))
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Serving:
+    url: str
+    log: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def serving(*args: str, env: dict[str, str], cwd: Path = ROOT,
+                  command: Sequence[str] = (sys.executable, "-m", "signaling.cli")) -> AsyncIterator[Serving]:
+    """`forumcast serve` (`command` serve ...) on a free loopback port, from
+    `cwd`, until the block ends; then SIGTERM, and kill if it lingers
+    (always reaped)."""
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "signaling.cli", *args, cwd=ROOT, env=env,
+        *command, "serve", "--host", "127.0.0.1", "--port", str(port), *args,
+        cwd=cwd, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    server = Serving(f"http://127.0.0.1:{port}")
+    assert process.stderr is not None
+    stderr = process.stderr
+
+    async def started() -> None:
+        while True:
+            line = (await stderr.readline()).decode()
+            if not line:
+                raise AssertionError("serve exited early:\n" + "".join(server.log))
+            server.log.append(line)
+            if "data directory" in line:  # the last line of the start
+                return
+
+    try:
+        await asyncio.wait_for(started(), 60)
+        yield server
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 20)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def forumcast(*args: str, env: dict[str, str], timeout: float = 60,
+                    cwd: Path = ROOT) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "signaling.cli", *args, cwd=cwd, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
@@ -70,8 +127,26 @@ async def test_check_event_syntax_error_and_missing(tmp_path: Path) -> None:
     bad.write_text("[event\n")
     code, out, _ = await forumcast("check-event", str(bad), env=clean_env(tmp_path))
     assert code == 1 and out.startswith("line 1: TOML syntax error")
-    code, out, _ = await forumcast("check-event", str(tmp_path / "none.toml"), env=clean_env(tmp_path))
-    assert code == 1 and "no such file" in out
+    missing = tmp_path / "none.toml"
+    code, out, err = await forumcast("check-event", str(missing), env=clean_env(tmp_path))
+    assert code == 1 and out == f"{missing}: no such file\n"  # its path once
+    assert err.count("none.toml") == 1, err  # the summary line
+    code, _, err = await forumcast("serve", "--event", str(missing), env=clean_env(tmp_path))
+    assert code == 2 and err.count("none.toml") == 1, err
+
+
+async def test_check_event_misspelled_time_zone_reports_session_times(tmp_path: Path) -> None:
+    text = SAMPLE_EVENT.read_text(encoding="utf-8").replace('"Asia/Shanghai"', '"Asia/Shangai"')
+    text = text.replace('start = "2026-11-08T09:00"', 'start = "2026-11-07T09:00"', 1)  # before the event
+    (tmp_path / "media").symlink_to(SAMPLE_EVENT.parent / "media")
+    event = tmp_path / "summit.toml"
+    event.write_text(text, encoding="utf-8")
+    code, out, err = await forumcast("check-event", str(event), env=clean_env(tmp_path))
+    assert code == 1
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("event.timezone: 'Asia/Shangai' is not a known IANA time zone")
+    assert any("2026-11-07 09:00 is not on an event day" in line and "read in UTC" in line for line in lines), out
+    assert "2 problems" in err
 
 
 async def test_token_prints_token_and_link(tmp_path: Path) -> None:
@@ -191,3 +266,67 @@ async def test_serve_unreachable_redis_exit_2(tmp_path: Path) -> None:
     code, _, err = await forumcast("serve", "--port", str(free_port()), "--redis", url, env=clean_env(tmp_path))
     assert code == 2, err
     assert f"cannot reach Redis at {url}" in err and "Traceback" not in err
+
+
+async def test_token_minted_in_one_directory_opens_a_server_started_in_another(tmp_path: Path) -> None:
+    """The data directory is per user, not per working directory: a link
+    minted in ~ opens the server started in the checkout."""
+    home, here, there = tmp_path / "home", tmp_path / "a", tmp_path / "b"
+    for folder in (home, here, there):
+        folder.mkdir()
+    env = home_env(home)
+    data_dir = home / ".local" / "share" / "forumcast"
+    code, out, err = await forumcast("token", "--role", "speaker", "--forum", "ai", "--name", "Dr. Li Wei",
+                                     env=env, cwd=here)
+    assert code == 0, err
+    token = out.split("token: ", 1)[1].split()[0]
+    async with serving(env=env, cwd=there) as server:
+        assert any(f"data directory {data_dir} " in line for line in server.log), server.log
+        async with aiohttp.ClientSession() as client:
+            # the token check comes before the body's: 415 means the token was accepted
+            async with client.post(f"{server.url}/whip/ai", data="not sdp",
+                                   headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}) as answer:
+                assert answer.status == 415, await answer.text()
+    assert (data_dir / "token_secret").is_file()
+    assert [*here.iterdir(), *there.iterdir()] == [], "state was written to a working directory"
+
+
+async def test_relative_data_dir_is_resolved_where_the_command_starts(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    env = home_env(tmp_path / "home", FORUMCAST_DATA_DIR="state")
+    async with serving(env=env, cwd=tmp_path / "a") as server:
+        assert any(f"data directory {tmp_path / 'a' / 'state'} " in line for line in server.log), server.log
+
+
+async def test_serve_demo_runs_the_sample_event_now(tmp_path: Path) -> None:
+    """A first `serve --demo`: a session live now, a recorded talk due within
+    two minutes, a Demo label in /api and on every page; the file unchanged."""
+    original = SAMPLE_EVENT.read_bytes()
+    async with serving("--demo", env=clean_env(tmp_path)) as server:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{server.url}/api/forums") as response:
+                body = await response.json()
+            assert body["event"]["demo"] is True
+            now = datetime.fromisoformat(body["now"])
+            live = [forum["id"] for forum in body["forums"] if forum["live"]]
+            assert live, "no session is live"
+            due = []
+            for forum in body["forums"]:
+                upcoming = forum["next"]
+                if upcoming and 0 < (datetime.fromisoformat(upcoming["start"]) - now).total_seconds() <= 120:
+                    async with client.get(f"{server.url}/api/forums/{forum['id']}") as response:
+                        detail = await response.json()
+                    modes = {speaker["id"]: speaker["mode"] for speaker in detail["speakers"]}
+                    if any(modes.get(sid) == "recorded" for sid in upcoming["speakers"]):
+                        due.append(forum["id"])
+            assert due, "no recorded talk is due within 120 s"
+            for page in ("/lobby", "/watch/main", "/speak/main", "/control/main", "/watch/nowhere"):
+                async with client.get(server.url + page) as response:
+                    assert 'class="demo-badge"' in await response.text(), page
+    assert SAMPLE_EVENT.read_bytes() == original
+    async with serving(env=clean_env(tmp_path)) as server:  # without --demo: no label
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{server.url}/api/forums") as response:
+                assert (await response.json())["event"]["demo"] is False
+            async with client.get(f"{server.url}/lobby") as response:
+                assert "demo-badge" not in await response.text()

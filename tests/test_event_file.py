@@ -114,6 +114,71 @@ def test_syntax_error_reports_the_line(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     problems = check_event(tmp_path / "nope.toml")
     assert len(problems) == 1 and "no such file" in problems[0].message
+    # whoever prints the problem names the file; the message does not repeat it
+    assert "nope.toml" not in problems[0].message
+    with pytest.raises(EventFileError) as caught:
+        load_event(tmp_path / "nope.toml")
+    assert str(caught.value).count("nope.toml") == 1
+
+
+def test_unreadable_files_name_their_path_once(tmp_path: Path) -> None:
+    (tmp_path / "dir.toml").mkdir()
+    (tmp_path / "latin1.toml").write_bytes(b'[event]\nname = "caf\xe9"\n')
+    for name, why in (("dir.toml", "is a directory"), ("latin1.toml", "not UTF-8")):
+        with pytest.raises(EventFileError) as caught:
+            load_event(tmp_path / name)
+        assert why in str(caught.value)
+        assert str(caught.value).count(name) == 1, str(caught.value)
+
+
+def test_misspelled_time_zone_still_checks_session_times(tmp_path: Path) -> None:
+    # every session-time problem is still found, read in a fallback zone and marked
+    text = GOOD.replace('"Asia/Shanghai"', '"Asia/Shangai"') + """
+[[forums]]
+id = "sub"
+name = "Sub"
+capacity = 10
+
+[[forums.sessions]]
+id = "s1"
+start = "2026-11-08T14:00"
+end = "2026-11-08T15:00"
+title = "One"
+
+[[forums.sessions]]
+id = "s2"
+start = "2026-11-08T14:30"
+end = "2026-11-08T14:00"
+title = "Overlaps one, ends before it starts"
+
+[[forums.sessions]]
+id = "Bad Id"
+start = "2026-11-08T14:45"
+end = "2026-11-08T15:15"
+title = "Overlaps one, bad id"
+
+[[forums.sessions]]
+id = "s4"
+start = "2026-11-10T09:00"
+end = "2026-11-10T10:00"
+title = "After the event"
+"""
+    problems = problems_of(tmp_path, text)
+    assert "'Asia/Shangai' is not a known IANA time zone" in problems["event.timezone"]
+    marker = "(read in UTC: event.timezone is not usable)"
+    assert "not after its start" in problems["forums[1].sessions[1].end"]
+    assert "not on an event day" in problems["forums[1].sessions[3].start"]
+    assert "not on an event day" in problems["forums[1].sessions[3].end"]
+    assert "session forums[1].sessions[2] starts at 2026-11-08 14:45, before session 's1' ends" in problems[
+        "forums[1].sessions[2].start"]
+    timed = [key for key in problems if key.startswith("forums[1].sessions[") and key.endswith((".start", ".end"))]
+    assert "before session 's1' ends" in problems["forums[1].sessions[1].start"]
+    assert len(timed) == 5 and all(problems[key].endswith(marker) for key in timed)
+    assert "use 1-64 lowercase" in problems["forums[1].sessions[2].id"]
+    # with the zone right, the same problems are reported without the marker
+    fixed = problems_of(tmp_path, text.replace('"Asia/Shangai"', '"Asia/Shanghai"'))
+    assert set(fixed) == set(problems) - {"event.timezone"}
+    assert not any(marker in message for message in fixed.values())
 
 
 def test_every_problem_at_once(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from rooms.models import Event, Forum, ForumKind, MediaSource, Role, SourceKind,
 from rooms.service import RoomService
 from rooms.tokens import Grant
 from streaming.program_switcher import Phase, ProgramSwitcher, Switchboard
+from tests.eventually import eventually
 
 FORUM = "ai"
 EVENT = Event(id="summit", name=Text("Summit"), timezone="UTC", days=(),
@@ -223,13 +224,14 @@ async def test_switchboard_follows_room_events_from_other_writers() -> None:
         await rooms.register_source(FORUM, OPERATOR, MediaSource("a", FORUM, SourceKind.VENUE, "A",
                                                                   state=SourceState.LIVE))
         await rooms.take(FORUM, OPERATOR, "a")  # another node's operator: only the event tells us
-        async with asyncio.timeout(5):
-            while media.calls[-1:] != ["a"]:
-                await asyncio.sleep(0.01)  # polling the fake; the event pump has no hook
+        # polling: the event pump has no hook
+        await eventually(lambda: media.calls[-1:] == ["a"], timeout=20, interval=0.01, what="the cut to a")
         await rooms.update_source_state(FORUM, "a", SourceState.LOST)
-        async with asyncio.timeout(5):
-            while not (await rooms.program(FORUM)).slate:
-                await asyncio.sleep(0.02)
+
+        async def slate_on_air() -> bool:
+            return (await rooms.program(FORUM)).slate
+
+        await eventually(slate_on_air, timeout=20, interval=0.02, what="the slate covering a")
         assert switcher.phase is Phase.COVERED
         with pytest.raises(RoomError):
             await board.switcher("nope")

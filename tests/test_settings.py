@@ -160,3 +160,22 @@ def test_ffmpeg_path_defaults_to_imageio_binary() -> None:
     path = ffmpeg_path(Settings())
     assert os.access(path, os.X_OK)
     assert ffmpeg_path(Settings(ffmpeg="/bin/true")) == "/bin/true"
+
+
+def test_data_dir_is_per_user_not_per_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "share"))
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(env={})
+    assert settings.data_dir == home / "share" / "forumcast"
+    assert settings.secret_path == home / "share" / "forumcast" / "token_secret"
+    assert settings.media_dir == home / "share" / "forumcast" / "media"
+    # an explicit relative directory is resolved once, where the command starts
+    assert load_settings(env={"FORUMCAST_DATA_DIR": "state"}).data_dir == tmp_path / "state"
+    assert load_settings(env={}, data_dir="state").data_dir == tmp_path / "state"
+    assert Settings(data_dir=Path("state")).data_dir == tmp_path / "state"
+    monkeypatch.chdir(home.parent)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SettingsError, match="FORUMCAST_DATA_DIR='.*file': exists and is not a directory"):
+        load_settings(env={"FORUMCAST_DATA_DIR": str(tmp_path / "file")})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -10,26 +11,31 @@ from rooms.models import SourceState
 from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaPlane, SourceChange
 from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer
+from tests.eventually import NotYet, eventually
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def sender_reports(viewer: TestViewer, at_least: int, timeout: float = 5.0) -> dict[str, tuple[int, int]]:
+async def sender_reports(viewer: TestViewer, at_least: int, timeout: float = 20.0) -> dict[str, tuple[int, int]]:
     """(packets, octets) from the latest RTCP SR of each kind the viewer got,
     once both report more than `at_least` packets (SRs go out every 0.5-1.5 s
-    and the first may predate most of the stream: poll the viewer's stats)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+    and the first may predate most of the stream: poll the viewer's stats).
+    After `timeout`, what was last seen (the caller's asserts say what is missing)."""
+    found: dict[str, tuple[int, int]] = {}
+
+    async def both_past() -> bool:
+        nonlocal found
         stats = await viewer.pc.getStats()
         found = {
             s.kind: (s.packetsSent, s.bytesSent)
             for s in stats.values()
             if s.type == "remote-outbound-rtp" and s.packetsSent
         }
-        enough = len(found) == 2 and all(packets > at_least for packets, _ in found.values())
-        if enough or asyncio.get_running_loop().time() > deadline:
-            return found
-        await asyncio.sleep(0.1)
+        return len(found) == 2 and all(packets > at_least for packets, _ in found.values())
+
+    with contextlib.suppress(NotYet):
+        await eventually(both_past, timeout=timeout, interval=0.1, what="sender reports of both kinds")
+    return found
 
 
 @pytest.fixture
@@ -73,10 +79,8 @@ async def test_three_viewers_get_decodable_frames_in_order_without_server_decode
         assert plane.program("main") == "speaker-1"
         assert ("main", "speaker-1", SourceState.LIVE) in [(c.forum_id, c.source_id, c.state) for c in changes]
         # the publisher's own sender reports give both sources its clock
-        deadline = asyncio.get_running_loop().time() + 5
-        while plane.stats()["sources_with_clock"] < 2:  # SRs come every 0.5-1.5 s
-            assert asyncio.get_running_loop().time() < deadline, plane.stats()
-            await asyncio.sleep(0.1)
+        await eventually(lambda: plane.stats()["sources_with_clock"] >= 2, timeout=20,  # SRs every 0.5-1.5 s
+                         what="both sources' clocks from the publisher's SRs")
         # the viewers' RTCP sender reports carry the fast path's counts
         reports = await sender_reports(viewers[0], at_least=10)
         assert set(reports) == {"video", "audio"}

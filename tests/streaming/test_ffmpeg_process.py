@@ -140,7 +140,7 @@ async def test_stop_kills_a_running_child_and_leftovers_are_reaped(tmp_path: Pat
     await orphan.start()
     assert orphan.pid is not None and not _gone(orphan.pid)
     _reap_leftovers()
-    await asyncio.wait_for(orphan.exited.wait(), 5)
+    await asyncio.wait_for(orphan.exited.wait(), 20)
     assert _gone(orphan.pid)
 
 
@@ -156,7 +156,7 @@ async def test_a_missing_binary_is_reported_and_backed_off() -> None:
     supervisor = Supervisor(_failing_args, name="no-binary", ffmpeg="/nonexistent/ffmpeg",
                             policy=RestartPolicy(initial=0.05), on_exit=on_exit)
     await supervisor.start()
-    await asyncio.wait_for(two.wait(), 5)
+    await asyncio.wait_for(two.wait(), 20)
     await supervisor.stop()
     assert supervisor.starts == 0 and exits[0].returncode == -1
     assert "nonexistent" in exits[0].describe() and supervisor.delays[:2] == [0.05, 0.1]

@@ -13,9 +13,11 @@ from streaming.media_library import MediaLibrary
 from streaming.playout import FilePlayout, demux_units
 from rooms.models import SourceKind
 from streaming.rtp_udp_ingest import h264_nal_types, new_source_feed
+from tests.machine_time import RunQueueWait
 from tests.streaming.test_media_library import make_video
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(120)
+LAG_TOLERANCE_S = 0.25  # timer and scheduling slack on an idle machine; waits come on top
 
 
 class TimedSink:
@@ -40,29 +42,27 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 async def test_plays_in_real_time_with_keyframes_every_two_seconds(files: dict[str, Path]) -> None:
+    """Paced on the wall clock: never ahead of it, and behind it by no more
+    than the machine kept this process waiting (rate and CPU figures:
+    `python -m bench.playout`)."""
     video, audio = TimedSink(), TimedSink()
     playout = FilePlayout(files["long"], "recorded-1", video, audio)
-    cpu_before, wall_before = time.process_time(), time.monotonic()
+    waited = RunQueueWait()
+    wall_before = time.monotonic()
     await playout.start()
-    await asyncio.wait_for(playout.ended.wait(), 30)
-    cpu = (time.process_time() - cpu_before) / (time.monotonic() - wall_before)
+    await asyncio.wait_for(playout.ended.wait(), 60)
     assert playout.state == "ended"
     await playout.stop()
 
-    (t0, first), (t1, last) = video.arrivals[0], video.arrivals[-1]
-    media = ((last.timestamp - first.timestamp) & 0xFFFFFFFF) / 90000
-    wall = t1 - t0
+    (t0, first) = video.arrivals[0]
+    media = ((video.arrivals[-1][1].timestamp - first.timestamp) & 0xFFFFFFFF) / 90000
     assert media > 9.5
-    rate = media / wall
-    print(f"\nplayout: {media:.3f}s of media in {wall:.3f}s of wall time: rate {rate:.5f}; CPU {cpu:.1%} of a core")
-    assert abs(rate - 1) < 0.01
     # never ahead of real time (measured from before start(): a late first packet cannot hide a lead)
     lead = max(((p.timestamp - first.timestamp) & 0xFFFFFFFF) / 90000 - (t - wall_before) for t, p in video.arrivals)
     assert lead <= 0.001
-    # and never drifting behind (the bound allows a busy shared machine's scheduling hiccups)
+    # never drifting behind: a lag only as large as the time the machine withheld
     lag = max((t - t0) - ((p.timestamp - first.timestamp) & 0xFFFFFFFF) / 90000 for t, p in video.arrivals)
-    assert lag < 0.25
-    assert cpu < 0.5
+    assert lag <= LAG_TOLERANCE_S + waited.seconds(), (lag, waited.seconds())
 
     # IDR (with SPS/PPS in front) every 2 s of media
     key_times = sorted({((p.timestamp - first.timestamp) & 0xFFFFFFFF) / 90000
@@ -83,22 +83,24 @@ async def test_ends_restarts_with_continuous_timestamps_and_stops(files: dict[st
     playout = FilePlayout(files["short"], "recorded-2", video, None,
                           on_ended=lambda: ended.append(True), on_state=states.append)
     playout.request_keyframe()  # a no-op: the file has an IDR every 2 s
+    waited = RunQueueWait()
     await playout.start()
-    await asyncio.wait_for(playout.ended.wait(), 10)
+    await asyncio.wait_for(playout.ended.wait(), 30)
     assert ended == [True] and playout.position == pytest.approx(2.0, abs=0.07)
     first_run = len(video.arrivals)
     (end_wall, end_packet) = video.arrivals[-1]
 
     await playout.restart()
-    await asyncio.wait_for(playout.ended.wait(), 10)
+    await asyncio.wait_for(playout.ended.wait(), 30)
     (start_wall, start_packet) = video.arrivals[first_run]
     assert (start_packet.sequence_number - end_packet.sequence_number) & 0xFFFF == 1
     media_gap = ((start_packet.timestamp - end_packet.timestamp) & 0xFFFFFFFF) / 90000
-    assert media_gap == pytest.approx(start_wall - end_wall, abs=0.03)  # a pause, on the media clock
+    # a pause, on the media clock: the timestamps jump by the wall time that passed
+    assert abs(media_gap - (start_wall - end_wall)) <= 0.03 + waited.seconds()
     assert start_packet.ssrc == end_packet.ssrc
 
     await playout.restart()
-    await asyncio.wait_for(video.got_one.wait(), 5)
+    await asyncio.wait_for(video.got_one.wait(), 20)
     await asyncio.gather(playout.stop(), playout.stop())
     count = len(video.arrivals)
     await asyncio.sleep(0.2)  # checking that nothing more arrives needs some time to pass
@@ -113,31 +115,34 @@ async def test_joins_a_slot_under_way_at_the_next_keyframe(files: dict[str, Path
     timestamps on the wall clock."""
     video, audio = TimedSink(), TimedSink()
     playout = FilePlayout(files["long"], "recorded-3", video, audio)
-    began = time.monotonic()
+    waited = RunQueueWait()
+    before = time.monotonic()
     await playout.start(start_at=5.5)  # keyframes every 2 s: it starts at 6.0
-    await asyncio.wait_for(playout.ended.wait(), 15)
-    played = time.monotonic() - began
+    await asyncio.wait_for(playout.ended.wait(), 60)
     (t0, first), (t1, last) = video.arrivals[0], video.arrivals[-1]
     assert 7 in h264_nal_types(first.payload)  # starts decodable: SPS first
     assert playout.position == pytest.approx(10.5, abs=0.15)  # the file's end, as media time
     media = ((last.timestamp - first.timestamp) & 0xFFFFFFFF) / 90000
     assert media == pytest.approx(4.5, abs=0.15)  # 6.0 s .. end: nothing before the keyframe
-    assert abs(media / (t1 - t0) - 1) < 0.02  # real time, not a burst of what was skipped
-    assert played < 6.0
-    assert audio.arrivals and audio.arrivals[0][0] >= t0 - 0.05  # audio follows the picture
+    # real time, not a burst of what was skipped, nor a replay of it in real time
+    lead = max(((p.timestamp - first.timestamp) & 0xFFFFFFFF) / 90000 - (t - before) for t, p in video.arrivals)
+    assert lead <= 0.001
+    assert t1 - t0 <= media + LAG_TOLERANCE_S + waited.seconds()
+    # audio follows the picture: none from before the keyframe
+    assert audio.arrivals and audio.arrivals[0][0] >= t0 - 0.05 - waited.seconds()
 
     end_wall, end_packet = video.arrivals[-1]
     await playout.restart()
-    await asyncio.wait_for(video.got_one.wait(), 5)
-    await asyncio.wait_for(playout.ended.wait(), 15)
+    await asyncio.wait_for(playout.ended.wait(), 60)
     start_wall, start_packet = next((t, p) for t, p in video.arrivals if t > end_wall)
     gap = ((start_packet.timestamp - end_packet.timestamp) & 0xFFFFFFFF) / 90000
-    assert gap == pytest.approx(start_wall - end_wall, abs=0.05)  # forward, as a pause would be
+    # forward, as a pause would be: by the wall time that passed
+    assert abs(gap - (start_wall - end_wall)) <= 0.05 + waited.seconds()
     await playout.stop()
 
     beyond = FilePlayout(files["short"], "recorded-4", TimedSink(), None)
     await beyond.start(start_at=30.0)  # the talk already played out in its slot
-    await asyncio.wait_for(beyond.ended.wait(), 5)
+    await asyncio.wait_for(beyond.ended.wait(), 20)
     assert beyond.position == 0.0
 
 

@@ -11,6 +11,7 @@ from rooms.models import SourceState
 from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaError, MediaPlane, SourceChange
 from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,13 +28,9 @@ class Changes:
         self.seen.append((change.source_id, change.state))
         self._event.set()
 
-    async def wait(self, source_id: str, state: SourceState, timeout: float = 10.0) -> None:
-        async def until() -> None:
-            while (source_id, state) not in self.seen:
-                self._event.clear()
-                await self._event.wait()
-
-        await asyncio.wait_for(until(), timeout)
+    async def wait(self, source_id: str, state: SourceState, timeout: float = 20.0) -> None:
+        await eventually(lambda: (source_id, state) in self.seen, timeout=timeout,
+                         what=f"{source_id} {state.value} (seen: {self.seen})")
 
 
 @pytest.fixture
@@ -76,11 +73,8 @@ async def test_a_pinned_viewer_keeps_its_source_when_the_program_moves(plane: Me
         await tile.wait_frames(5)
         await connect_publisher(plane, "f1", "second", second)
 
-        async def program_moved() -> None:
-            while not any(n >= SECOND for n in program.received.numbers):
-                await program.wait_frames(len(program.received.numbers) + 1)
-
-        await asyncio.wait_for(program_moved(), 15)
+        await eventually(lambda: any(n >= SECOND for n in program.received.numbers), timeout=30,
+                         what="the program viewer on the second source")
         count = len(tile.received.numbers)
         await tile.wait_frames(count + 15)
         assert all(n < SECOND for n in tile.received.numbers)
@@ -131,11 +125,8 @@ async def test_the_program_moves_from_h264_to_vp8_for_viewers_that_take_both(pla
         await h264_only.wait_frames(10)
         await connect_publisher(plane, "f1", "vp8cam", vp8)
 
-        async def moved() -> None:
-            while not any(n >= SECOND for n in both.received.numbers):
-                await both.wait_frames(len(both.received.numbers) + 1)
-
-        await asyncio.wait_for(moved(), 15)
+        await eventually(lambda: any(n >= SECOND for n in both.received.numbers), timeout=30,
+                         what="the viewer on the second source")
         await both.wait_frames(len(both.received.numbers) + 15)
         numbers = both.received.numbers
         cut = next(i for i, n in enumerate(numbers) if n >= SECOND)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import time
 
 import pytest
 
@@ -16,6 +15,7 @@ from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaPlane
 from streaming.viewer import WebRtcViewer
 from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -52,15 +52,6 @@ def udp_sockets() -> int:
     return count
 
 
-async def wait_until(condition, timeout: float, what: str) -> None:
-    # the plane's numbers change inside aiortc callbacks: poll them briefly
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def test_200_viewers_join_and_leave_without_leaks() -> None:
     plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",)))
     await plane.start()
@@ -71,7 +62,7 @@ async def test_200_viewers_join_and_leave_without_leaks() -> None:
         await connect_viewer(plane, "f1", "probe", probe)
         await probe.wait_frames(3)
         await probe.close()
-        await wait_until(lambda: plane.stats()["viewers"] == 0, 10, "the probe to be cleaned up")
+        await eventually(lambda: plane.stats()["viewers"] == 0, timeout=20, what="the probe to be cleaned up")
         # the baseline is taken with a publisher streaming and one viewer
         # having come and gone (aiortc's lazily created objects exist now)
         base_tasks = len(asyncio.all_tasks())
@@ -87,13 +78,12 @@ async def test_200_viewers_join_and_leave_without_leaks() -> None:
             await asyncio.gather(
                 *(connect_viewer(plane, "f1", vid, v) for vid, v in zip(ids, viewers))
             )
-            await wait_until(
-                lambda: plane.stats()["bus_subscribers"] == 2 * BATCH, 10, "all viewers subscribed"
-            )
+            await eventually(lambda: plane.stats()["bus_subscribers"] == 2 * BATCH, timeout=20,
+                             what="all viewers subscribed")
             # half leave through the plane, half just close their browser
             await asyncio.gather(*(plane.leave(vid) for vid in ids[: BATCH // 2]))
             await asyncio.gather(*(v.close() for v in viewers))
-            await wait_until(lambda: plane.stats()["viewers"] == 0, 15, "closed viewers to be cleaned up")
+            await eventually(lambda: plane.stats()["viewers"] == 0, timeout=20, what="closed viewers to be cleaned up")
             del viewers  # the test's own (closed) client peers
 
         stats = plane.stats()
@@ -105,7 +95,7 @@ async def test_200_viewers_join_and_leave_without_leaks() -> None:
         # tasks: aiortc tasks finish as their peers close; allow the few
         # short-lived ones in flight at any moment (a PLI being sent, the
         # plane's own leave tasks finishing)
-        await wait_until(lambda: len(asyncio.all_tasks()) <= base_tasks + 3, 10, "tasks to settle")
+        await eventually(lambda: len(asyncio.all_tasks()) <= base_tasks + 3, timeout=20, what="tasks to settle")
         assert open_fds() <= base_fds + 2
         assert udp_sockets() <= base_udp
         # and no memory: every viewer session, downtrack and peer is garbage
@@ -136,10 +126,10 @@ async def test_a_viewer_whose_dtls_fails_is_cleaned_up_by_itself() -> None:
         answer = await plane.watch("f1", "forged", forged)
         await viewer.accept(answer)
         assert plane.stats()["viewers"] == 1
-        await wait_until(lambda: plane.stats()["viewers"] == 0, 15, "the failed viewer to be dropped")
+        await eventually(lambda: plane.stats()["viewers"] == 0, timeout=20, what="the failed viewer to be dropped")
         assert plane.stats()["bus_subscribers"] == 0
         await viewer.close()
-        await wait_until(lambda: len(asyncio.all_tasks()) <= base_tasks + 3, 10, "tasks to settle")
+        await eventually(lambda: len(asyncio.all_tasks()) <= base_tasks + 3, timeout=20, what="tasks to settle")
     finally:
         await viewer.close()
         await publisher.close()
