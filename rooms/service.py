@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rooms.chat import ChatKind, ChatMessage, ModerationAction, RateLimiter
+from rooms import validation
 from rooms.errors import RoomError
 from rooms.events import (
     ChatPosted,
@@ -40,26 +41,11 @@ from rooms.tokens import Grant
 
 logger = logging.getLogger(__name__)
 
-MAX_ID_LENGTH = 128
-MAX_NAME_LENGTH = 64
 MAX_HISTORY = 200
 
-
-def _check_id(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
-        raise RoomError("invalid", f"{what} must be a non-empty string of at most {MAX_ID_LENGTH} characters")
-    if not value.isprintable():
-        raise RoomError("invalid", f"{what} must not contain control characters")
-    return value
-
-
-def _check_name(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise RoomError("invalid", "a name must be a non-empty string")
-    name = value.strip()
-    if len(name) > MAX_NAME_LENGTH or not name.isprintable():
-        raise RoomError("invalid", f"a name must be printable and at most {MAX_NAME_LENGTH} characters")
-    return name
+# one set of rules for ids and names on every path (rooms/validation.py)
+_check_id = validation.check_id
+_check_name = validation.check_name
 
 
 class RoomService:
