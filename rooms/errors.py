@@ -17,6 +17,7 @@ HTTP_STATUS = {
     "full": 429,
     "rate_limited": 429,
     "unavailable": 503,
+    "internal": 500,  # a bug of ours, never the input's fault (the fuzz test keeps inputs from it)
 }
 
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from rooms.agenda import AgendaClock, session_json
 from rooms.errors import RoomError
@@ -56,12 +57,23 @@ def _wants_json(request: web.Request) -> bool:
     return request.path.startswith(JSON_PREFIXES) or request.path == "/api"
 
 
+def malformed_request(exc: HttpProcessingError) -> RoomError:
+    """aiohttp's parser refusing what a handler read (a malformed multipart
+    part header, a NUL in a file name, a line over its limit) is the
+    client's fault: 400 invalid, never a 500 (issue 8, item 5)."""
+    reason = (exc.message or "").strip().splitlines()
+    return RoomError("invalid", "a malformed request: " + (reason[0][:200] if reason else "unreadable"))
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except RoomError as exc:
         return json_response(exc.to_json(), status=exc.http_status)
+    except HttpProcessingError as exc:
+        error = malformed_request(exc)
+        return json_response(error.to_json(), status=error.http_status)
     except web.HTTPException as exc:
         if exc.status < 400 or not _wants_json(request):
             raise

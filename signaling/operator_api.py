@@ -165,6 +165,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise RoomError("invalid", "the body is not valid JSON") from None
+    except RecursionError:  # json nests deeper than the interpreter's stack
+        raise RoomError("invalid", "the body's JSON nests too deeply") from None
     if not isinstance(body, dict):
         raise RoomError("invalid", "the body must be a JSON object")
     return body

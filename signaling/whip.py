@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from rooms.errors import RoomError
 from rooms.models import Role
 from rooms.tokens import Grant
 from signaling import protocol
 from signaling.app_keys import EVENT, ROOMS, TOKENS
+from signaling.http_api import malformed_request
 from signaling.media_bridge import BRIDGE, MediaBridge, setup_media_bridge
 
 if TYPE_CHECKING:
@@ -71,6 +73,8 @@ def edge(handler: Handler) -> Handler:
             return await handler(request)
         except RoomError as exc:
             return json_error(exc)
+        except HttpProcessingError as exc:
+            return json_error(malformed_request(exc))
         except web.HTTPException:
             raise
         except Exception:
