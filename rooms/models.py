@@ -144,6 +144,7 @@ class Participant:
     name: str
     node_id: str
     joined_at: float  # unix seconds
+    holder: str = ""  # the token's holder (its `sub`): seats and sources are bounded per holder
 
 
 @dataclass(frozen=True)

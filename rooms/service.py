@@ -4,7 +4,7 @@
 and publishes one event per change through it, so every node (this one
 included) hears about it from `events()`. Refusals are RoomErrors with
 stable codes: invalid, forbidden, token_expired, not_found, conflict,
-full, too_large, rate_limited.
+full, too_many_seats, too_many_sources, too_large, rate_limited.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from rooms.events import (
     ViewerCountChanged,
 )
 from rooms.models import Event, Forum, MediaSource, Participant, ProgramState, Role, SourceKind, SourceState
-from rooms.store import Counts, Reaped, Store, Subscription
+from rooms.store import Admission, Counts, Reaped, Store, Subscription
 from rooms.tokens import Grant
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ class RoomService:
         heartbeat_ttl_s: float = 10.0,
         load: Callable[[], dict[str, Any]] | None = None,
         heartbeat_interval_s: float | None = None,
+        seats_per_token: int = 2,
+        sources_per_token: int = 4,
+        sources_per_forum: int = 32,
     ) -> None:
         self.event = event
         self.store = store
@@ -76,6 +79,10 @@ class RoomService:
         if self.heartbeat_interval_s >= heartbeat_ttl_s:
             raise ValueError("the heartbeat interval must be shorter than its TTL")
         self._load = load
+        # bounds (docs/DESIGN.md "What we promise"); 0 lifts one
+        self.seats_per_token = seats_per_token
+        self.sources_per_token = sources_per_token
+        self.sources_per_forum = sources_per_forum
         self._local: set[tuple[str, str]] = set()  # (forum, participant) joined here
         self._upkeep: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -166,8 +173,11 @@ class RoomService:
     # --- participants --------------------------------------------------------
 
     async def join(self, forum_id: str, grant: Grant, participant_id: str, name: str | None = None) -> Participant:
-        """Admit the grant's holder. Viewers take a seat (RoomError "full"
-        when none is left); speakers, operators and admins always get in."""
+        """Admit the grant's holder. Viewers take a seat: RoomError "full"
+        when none is left, "too_many_seats" when the token's holder already
+        holds `seats_per_token` of the forum's seats (a phone and a laptop;
+        more connections are refused, not swapped for the oldest: see
+        docs/DESIGN.md "Bounds"). Speakers, operators and admins always get in."""
         forum = self.forum(forum_id)
         self._authorize(forum.id, grant, Role.VIEWER)
         participant = Participant(
@@ -177,8 +187,16 @@ class RoomService:
             name=_check_name(grant.name if name is None else name),
             node_id=self.node_id,
             joined_at=self._now(),
+            holder=grant.subject,
         )
-        if not await self.store.admit(participant, forum.capacity):
+        admission = await self.store.admit(participant, forum.capacity, self.seats_per_token)
+        if admission is Admission.HOLDER_FULL:
+            raise RoomError(
+                "too_many_seats",
+                f"this invite already watches forum {forum.name.en!r} on {self.seats_per_token} "
+                "devices; close one of them (or wait a few seconds after closing it) and try again",
+            )
+        if not admission:
             raise RoomError(
                 "full",
                 f"forum {forum.name.en!r} is full: all {forum.capacity} online seats are taken; "

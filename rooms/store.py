@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import dataclasses
+import enum
 import logging
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -45,6 +46,17 @@ CAS_ATTEMPTS = 500
 def counts_against_capacity(role: Role) -> bool:
     """Only viewers take seats (see the module docstring)."""
     return role is Role.VIEWER
+
+
+class Admission(enum.Enum):
+    """What `admit` decided. Truthy only when admitted."""
+
+    ADMITTED = "admitted"
+    FULL = "full"  # the forum has `capacity` viewers
+    HOLDER_FULL = "holder_full"  # the holder already has `seats_per_holder` seats
+
+    def __bool__(self) -> bool:
+        return self is Admission.ADMITTED
 
 
 class Counts(NamedTuple):
@@ -204,10 +216,12 @@ class Store(abc.ABC):
     # --- participants --------------------------------------------------------
 
     @abc.abstractmethod
-    async def admit(self, participant: Participant, capacity: int) -> bool:
+    async def admit(self, participant: Participant, capacity: int, seats_per_holder: int = 0) -> Admission:
         """Atomic: add the participant unless it would take a seat (a viewer)
-        and the forum already has `capacity` of them. Admitting an id that
-        is already there replaces its record and keeps its seat."""
+        and the forum already has `capacity` of them (FULL), or its holder
+        (`participant.holder`, when not "") already holds `seats_per_holder`
+        seats in the forum (HOLDER_FULL; 0: no such bound). Admitting an id
+        that is already there replaces its record and keeps its seat."""
 
     @abc.abstractmethod
     async def remove_participant(self, forum_id: str, participant_id: str) -> Participant | None:

@@ -5,6 +5,8 @@ are published, so `drain()` after a call sees all of them."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
@@ -79,6 +81,7 @@ def grant(role: Role, forums: set[str] | None = None, name: str = "", ttl: float
 
 
 VIEWER, SPEAKER, OPERATOR = grant(Role.VIEWER), grant(Role.SPEAKER), grant(Role.OPERATOR, name="Ops")
+OTHER_VIEWER = dataclasses.replace(VIEWER, subject="sub-viewer-2")  # a second invite
 
 
 @pytest.fixture
@@ -120,7 +123,7 @@ async def refused(code: str, call: object) -> RoomError:
 
 async def test_join_admits_and_announces(service: RoomService, events: Subscription, clock: Clock) -> None:
     p = await service.join("main", VIEWER, "sid-1", name="  Ann ")
-    assert p == Participant("sid-1", "main", Role.VIEWER, "Ann", "node-a", clock.t)
+    assert p == Participant("sid-1", "main", Role.VIEWER, "Ann", "node-a", clock.t, holder="sub-viewer")
     assert events.drain() == [
         ParticipantJoined(p, node_id="node-a"),
         ViewerCountChanged("main", 1, 1, node_id="node-a"),
@@ -144,7 +147,7 @@ async def test_join_refusals(service: RoomService, clock: Clock) -> None:
 async def test_full_forum_refuses_viewers_but_not_staff(service: RoomService, events: Subscription) -> None:
     await service.join("main", VIEWER, "v1")
     await service.join("main", VIEWER, "v2")
-    err = await refused("full", service.join("main", VIEWER, "v3"))
+    err = await refused("full", service.join("main", OTHER_VIEWER, "v3"))
     assert "2" in err.message and "Main hall" in err.message
     await service.join("main", OPERATOR, "op")
     assert await service.viewer_count("main") == Counts(viewers=2, total=3)
@@ -326,7 +329,7 @@ async def test_a_lost_nodes_guests_and_sources_are_reaped(clock: Clock) -> None:
     await b.join("main", VIEWER, "v2")
     cam = await b.register_source("main", SPEAKER, source("cam"))
     await a.take("main", OPERATOR, "cam")
-    await refused("full", a.join("main", VIEWER, "v3"))
+    await refused("full", a.join("main", OTHER_VIEWER, "v3"))
     sub = a.events()
     assert await a.reap_dead_nodes() == []  # node-b is still within its TTL
     mono.t = 1.5

@@ -8,6 +8,7 @@ node, so "two nodes" are two callers of it).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,7 +20,7 @@ from rooms.errors import RoomError
 from rooms.events import ProgramChanged, ViewerCountChanged
 from rooms.memory_store import MemoryStore
 from rooms.models import MediaSource, Participant, ProgramState, Role, SourceKind, SourceState
-from rooms.store import Counts, Store
+from rooms.store import Admission, Counts, Store
 
 Nodes = Callable[..., Awaitable[list[Store]]]
 DEADLINE_S = 5.0
@@ -71,7 +72,7 @@ async def wait_until(check: Callable[[], Awaitable[bool]], what: str) -> None:
 async def test_200_concurrent_joins_admit_exactly_capacity(nodes: Nodes) -> None:
     (store,) = await nodes(1)
     results = await asyncio.gather(*(store.admit(viewer(f"v{i}"), 150) for i in range(200)))
-    assert sum(results) == 150
+    assert sum(map(bool, results)) == 150
     assert await store.counts("f1") == Counts(viewers=150, total=150)
     assert len(await store.participants("f1")) == 150
 
@@ -84,7 +85,7 @@ async def test_200_joins_split_over_two_nodes_admit_exactly_capacity(nodes: Node
             for i in range(200)
         )
     )
-    assert sum(results) == 150
+    assert sum(map(bool, results)) == 150
     assert await a.counts("f1") == await b.counts("f1") == Counts(150, 150)
     admitted = {f"v{i}" for i, ok in enumerate(results) if ok}
     assert {p.id for p in await b.participants("f1")} == admitted
@@ -116,9 +117,59 @@ async def test_leave_frees_a_seat(nodes: Nodes) -> None:
     assert [p.id for p in await store.participants("f1")] == ["v2"]
 
 
+# --- seats per holder (issue 8, item 3) ----------------------------------------------
+
+
+def held(pid: str, holder: str, node: str = "node-0", role: Role = Role.VIEWER) -> Participant:
+    return dataclasses.replace(viewer(pid, node=node, role=role), holder=holder)
+
+
+async def test_35_concurrent_joins_of_one_token_take_at_most_its_seats(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    # 35 connections of one invite, split over two nodes, against 30 seats
+    results = await asyncio.gather(*(
+        (a if i % 2 else b).admit(held(f"t{i}", "tok-1", node=(a if i % 2 else b).node_id), 30, 2)
+        for i in range(35)))
+    assert sum(map(bool, results)) == 2
+    assert set(results) == {Admission.ADMITTED, Admission.HOLDER_FULL}
+    assert await a.counts("f1") == Counts(2, 2)
+    # a second guest still gets in, and the forum still fills to exactly its capacity
+    more = await asyncio.gather(*(a.admit(held(f"g{i}", f"guest-{i}"), 30, 2) for i in range(40)))
+    assert sum(map(bool, more)) == 28 and Admission.FULL in more
+    assert await b.counts("f1") == Counts(30, 30)
+
+
+async def test_a_holders_seat_comes_back_when_it_leaves_or_its_node_is_reaped(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    assert await a.admit(held("x1", "tok"), 10, 2)
+    assert await b.admit(held("x2", "tok", node="node-1"), 10, 2)
+    assert await a.admit(held("x3", "tok"), 10, 2) is Admission.HOLDER_FULL
+    # joining again with a seated id keeps that seat (no second one taken)
+    assert await a.admit(held("x1", "tok"), 10, 2) is Admission.ADMITTED
+    assert await a.remove_participant("f1", "x1") is not None
+    assert await a.admit(held("x3", "tok"), 10, 2) is Admission.ADMITTED
+    await a.reap_node("node-1")  # x2 was held there
+    assert await a.admit(held("x4", "tok"), 10, 2) is Admission.ADMITTED
+    assert await a.admit(held("x5", "tok"), 10, 2) is Admission.HOLDER_FULL
+    # the bound is per forum, and 0 lifts it
+    assert await a.admit(dataclasses.replace(held("y1", "tok"), forum_id="f2"), 10, 2)
+    assert await a.admit(held("x5", "tok"), 10, 0) is Admission.ADMITTED
+
+
+async def test_staff_and_holderless_participants_are_not_bounded_per_holder(nodes: Nodes) -> None:
+    (store,) = await nodes(1)
+    for i in range(5):
+        assert await store.admit(held(f"op{i}", "ops", role=Role.OPERATOR), 10, 1)
+        assert await store.admit(held(f"anon{i}", ""), 10, 1)
+    # a seat handed to staff (same id, new role) no longer counts for its holder
+    assert await store.admit(held("v", "tok"), 10, 1)
+    assert await store.admit(held("v", "tok", role=Role.SPEAKER), 10, 1)
+    assert await store.admit(held("w", "tok"), 10, 1) is Admission.ADMITTED
+
+
 async def test_participant_round_trips_exactly(nodes: Nodes) -> None:
     (store,) = await nodes(1)
-    p = Participant("p-ü", "f1", Role.SPEAKER, "李 雷", "node-0", 1764255799.123456)
+    p = Participant("p-ü", "f1", Role.SPEAKER, "李 雷", "node-0", 1764255799.123456, holder="sub-ü:1")
     assert await store.admit(p, 10)
     assert await store.get_participant("f1", "p-ü") == p
     assert await store.participants("f1") == [p]
