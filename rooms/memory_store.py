@@ -16,7 +16,16 @@ from typing import Any
 from rooms.chat import ChatMessage
 from rooms.events import RoomEvent
 from rooms.models import MediaSource, Participant, ProgramState
-from rooms.store import Admission, Counts, NodeInfo, Reaped, Store, Swap, counts_against_capacity
+from rooms.store import (
+    Admission,
+    Counts,
+    NodeInfo,
+    Reaped,
+    Store,
+    Swap,
+    counts_against_capacity,
+    counts_against_source_bounds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +114,17 @@ class MemoryStore(Store):
         previous = forum.get(source.id)
         forum[source.id] = source
         return previous
+
+    async def add_source(self, source: MediaSource, per_forum: int = 0, per_holder: int = 0) -> Admission:
+        forum = self._sources.setdefault(source.forum_id, {})
+        if source.id not in forum and counts_against_source_bounds(source):
+            counted = [s for s in forum.values() if counts_against_source_bounds(s)]
+            if per_holder > 0 and sum(1 for s in counted if s.holder == source.holder) >= per_holder:
+                return Admission.HOLDER_FULL
+            if per_forum > 0 and len(counted) >= per_forum:
+                return Admission.FULL
+        forum[source.id] = source
+        return Admission.ADMITTED
 
     async def remove_source(self, forum_id: str, source_id: str) -> MediaSource | None:
         return self._sources.get(forum_id, {}).pop(source_id, None)

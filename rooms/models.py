@@ -158,6 +158,7 @@ class MediaSource:
     state: SourceState = SourceState.CONNECTING
     node_id: str = ""  # the node whose media plane holds it
     participant_id: str | None = None  # the speaker who publishes it, if any
+    holder: str = ""  # the token's holder (its `sub`) that created it
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,10 @@ class RoomService:
         """Speakers may publish a live source; venue, recorded and slate
         sources need an operator. Re-registering the same source (a
         reconnect) updates it; a different source under a taken id is a
-        conflict."""
+        conflict. A new source is refused with "too_many_sources" (429)
+        when the grant's holder already has `sources_per_token` sources in
+        the forum, or the forum `sources_per_forum` (slate and venue feeds
+        are not counted: the node makes one of each per forum)."""
         forum = self.forum(forum_id)
         if not isinstance(source, MediaSource):
             raise RoomError("invalid", "a source must be a MediaSource")
@@ -245,13 +248,24 @@ class RoomService:
         _check_id(source.id, "source id")
         needed = Role.SPEAKER if source.kind is SourceKind.LIVE else Role.OPERATOR
         self._authorize(forum.id, grant, needed)
-        if not source.node_id:
-            source = dataclasses.replace(source, node_id=self.node_id)
+        source = dataclasses.replace(source, node_id=source.node_id or self.node_id, holder=grant.subject)
         existing = await self.store.get_source(forum.id, source.id)
         if existing is not None and (existing.kind, existing.participant_id) != (source.kind, source.participant_id):
             raise RoomError("conflict", f"forum {forum.id} already has another source {source.id!r}")
-        previous = await self.store.put_source(source)
-        await self.store.publish(SourceAdded(source) if previous is None else SourceUpdated(source))
+        admission = await self.store.add_source(source, self.sources_per_forum, self.sources_per_token)
+        if admission is Admission.HOLDER_FULL:
+            raise RoomError(
+                "too_many_sources",
+                f"this token already publishes {self.sources_per_token} sources in forum {forum.name.en!r}; "
+                "stop one before starting another",
+            )
+        if not admission:
+            raise RoomError(
+                "too_many_sources",
+                f"forum {forum.name.en!r} already has {self.sources_per_forum} sources; "
+                "an operator must remove one before another can be added",
+            )
+        await self.store.publish(SourceAdded(source) if existing is None else SourceUpdated(source))
         return source
 
     async def update_source_state(self, forum_id: str, source_id: str, state: SourceState | str) -> MediaSource:

@@ -25,7 +25,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from rooms.chat import MODERATION_FIELDS, ChatMessage
 from rooms.errors import RoomError
 from rooms.events import RoomEvent
-from rooms.models import MediaSource, Participant, ProgramState, Role
+from rooms.models import MediaSource, Participant, ProgramState, Role, SourceKind
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,15 @@ CAS_ATTEMPTS = 500
 def counts_against_capacity(role: Role) -> bool:
     """Only viewers take seats (see the module docstring)."""
     return role is Role.VIEWER
+
+
+# the forum's own inputs (one slate, one venue feed) are not bounded: they
+# are made by the node, one per forum, never by a request
+UNBOUNDED_SOURCE_KINDS = frozenset({SourceKind.SLATE, SourceKind.VENUE})
+
+
+def counts_against_source_bounds(source: MediaSource) -> bool:
+    return source.kind not in UNBOUNDED_SOURCE_KINDS
 
 
 class Admission(enum.Enum):
@@ -245,6 +254,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def put_source(self, source: MediaSource) -> MediaSource | None:
         """Add or replace a source; return the record it replaced."""
+
+    @abc.abstractmethod
+    async def add_source(self, source: MediaSource, per_forum: int = 0, per_holder: int = 0) -> Admission:
+        """Atomic: put the source unless it is new, counts against the
+        bounds (`counts_against_source_bounds`) and the forum already has
+        `per_forum` such sources (FULL) or its holder `per_holder` of them
+        (HOLDER_FULL). 0 lifts a bound; replacing an existing id always
+        succeeds."""
 
     @abc.abstractmethod
     async def remove_source(self, forum_id: str, source_id: str) -> MediaSource | None: ...

@@ -40,7 +40,17 @@ from rooms.chat import ChatMessage
 from rooms.errors import RoomError
 from rooms.events import RoomEvent, event_from_json, event_to_json, record_from_json, record_to_json
 from rooms.models import MediaSource, Participant, ProgramState
-from rooms.store import Admission, Counts, NodeInfo, Reaped, Store, Swap, counts_against_capacity
+from rooms.store import (
+    UNBOUNDED_SOURCE_KINDS,
+    Admission,
+    Counts,
+    NodeInfo,
+    Reaped,
+    Store,
+    Swap,
+    counts_against_capacity,
+    counts_against_source_bounds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +116,33 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 return old or false
+"""
+
+# KEYS: sources hash, node index; ARGV: id, JSON, member, holder, per holder, per forum,
+#       counted ('1' or '0'), unbounded kinds (JSON list), prefix
+# returns 1 added (or replaced), 0 the forum is full, 2 the holder is
+_ADD_SOURCE = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[7] == '1' and not old then
+  local exempt = {}
+  for _, kind in ipairs(cjson.decode(ARGV[8])) do exempt[kind] = true end
+  local forum, mine = 0, 0
+  for _, raw in ipairs(redis.call('HVALS', KEYS[1])) do
+    local s = cjson.decode(raw)
+    if not exempt[s['kind']] then
+      forum = forum + 1
+      if (s['holder'] or '') == ARGV[4] then mine = mine + 1 end
+    end
+  end
+  if tonumber(ARGV[5]) > 0 and mine >= tonumber(ARGV[5]) then return 2 end
+  if tonumber(ARGV[6]) > 0 and forum >= tonumber(ARGV[6]) then return 0 end
+end
+if old then
+  redis.call('SREM', ARGV[9] .. ':node:' .. cjson.decode(old)['node_id'] .. ':sources', ARGV[3])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return 1
 """
 
 # compare-and-set one hash field on its exact stored text ('' = absent)
@@ -224,7 +261,7 @@ class RedisStore(Store):
         self._client = client
         for name, text in (
             ("admit", _ADMIT), ("remove", _REMOVE), ("put_source", _PUT_SOURCE),
-            ("cas", _CAS_FIELD), ("append_chat", _APPEND_CHAT), ("reap", _REAP),
+            ("cas", _CAS_FIELD), ("add_source", _ADD_SOURCE), ("append_chat", _APPEND_CHAT), ("reap", _REAP),
         ):
             self._scripts[name] = client.register_script(text)
         self._listener = asyncio.create_task(self._listen_with_retries(), name=f"RedisStore({self.node_id}) listener")
@@ -322,6 +359,16 @@ class RedisStore(Store):
         args = [source.id, _dumps(source), self._member(source.forum_id, source.id), self.prefix]
         raw = await self._run("put_source", keys, args)
         return None if raw is None else record_from_json(MediaSource, json.loads(raw))
+
+    @_redis_errors
+    async def add_source(self, source: MediaSource, per_forum: int = 0, per_holder: int = 0) -> Admission:
+        keys = [self._key("forum", source.forum_id, "sources"), self._key("node", source.node_id, "sources")]
+        exempt = json.dumps(sorted(kind.value for kind in UNBOUNDED_SOURCE_KINDS))
+        counted = "1" if counts_against_source_bounds(source) else "0"
+        args = [source.id, _dumps(source), self._member(source.forum_id, source.id), source.holder,
+                per_holder, per_forum, counted, exempt, self.prefix]
+        result = int(await self._run("add_source", keys, args))
+        return {1: Admission.ADMITTED, 0: Admission.FULL}.get(result, Admission.HOLDER_FULL)
 
     @_redis_errors
     async def remove_source(self, forum_id: str, source_id: str) -> MediaSource | None:

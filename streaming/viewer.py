@@ -18,6 +18,7 @@ import asyncio
 import enum
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +93,7 @@ class WebRtcViewer:
         self.feedback: ViewerRtcp | None = None  # its RTCP, once connected
         self._unroute: Callable[[], None] | None = None
         self._next_report = 0.0  # time.monotonic() of the next sender reports
+        self._connect_deadline = float("inf")  # time.monotonic() by which ICE+DTLS must be up
 
     @property
     def state(self) -> str:
@@ -123,6 +125,7 @@ class WebRtcViewer:
         self._pc = pc
         self._bus = bus
         self._set_state(_State.CONNECTING)
+        self._connect_deadline = time.monotonic() + self._config.connect_timeout
         transceivers = {}
         if video_keys:
             t = pc.addTransceiver(_IdleTrack("video"), direction="sendonly")

@@ -423,3 +423,37 @@ async def test_the_heartbeat_follows_its_configured_interval() -> None:
         await rooms.stop()
     with pytest.raises(ValueError, match="shorter than its TTL"):
         RoomService(EVENT, store, "node-a", heartbeat_ttl_s=1.0, heartbeat_interval_s=1.0)
+
+
+# --- bounds (issue 8, items 3 and 4) ----------------------------------------------
+
+
+async def test_one_token_holds_at_most_its_seats(store: MemoryStore, clock: Clock) -> None:
+    service = RoomService(EVENT, store, "node-a", now=clock, seats_per_token=2)
+    await service.join("f2", VIEWER, "phone")
+    await service.join("f2", VIEWER, "laptop")
+    err = await refused("too_many_seats", service.join("f2", VIEWER, "tablet"))
+    assert err.http_status == 429 and "2 devices" in err.message
+    await service.join("f2", OTHER_VIEWER, "someone-else")  # another invite is not affected
+    await service.join("f2", OPERATOR, "op-1")
+    await service.join("f2", OPERATOR, "op-2")
+    await service.join("f2", OPERATOR, "op-3")  # staff take no seat, so no bound
+    await service.leave("f2", "phone")
+    await service.join("f2", VIEWER, "tablet")
+
+
+async def test_sources_are_bounded_per_token_and_per_forum(store: MemoryStore, clock: Clock) -> None:
+    service = RoomService(EVENT, store, "node-a", now=clock, sources_per_token=2, sources_per_forum=3)
+    await service.register_source("main", SPEAKER, source("a"))
+    await service.register_source("main", SPEAKER, source("b"))
+    err = await refused("too_many_sources", service.register_source("main", SPEAKER, source("c")))
+    assert err.http_status == 429 and "this token" in err.message
+    other = dataclasses.replace(SPEAKER, subject="sub-speaker-2")
+    await service.register_source("main", other, source("c"))
+    err = await refused("too_many_sources", service.register_source("main", OPERATOR, source("d", SourceKind.RECORDED)))
+    assert "already has 3 sources" in err.message
+    await service.register_source("main", OPERATOR, source("slate-main", SourceKind.SLATE))  # not counted
+    await service.register_source("main", SPEAKER, source("a"))  # a reconnect is no new source
+    await service.unregister_source("main", "a")
+    await service.register_source("main", OPERATOR, source("d", SourceKind.RECORDED))
+    assert {s.holder for s in await service.sources("main")} == {"sub-speaker", "sub-speaker-2", "sub-operator"}

@@ -167,6 +167,46 @@ async def test_staff_and_holderless_participants_are_not_bounded_per_holder(node
     assert await store.admit(held("w", "tok"), 10, 1) is Admission.ADMITTED
 
 
+# --- sources per holder and per forum (issue 8, item 4) -------------------------------
+
+
+def owned(sid: str, holder: str, kind: SourceKind = SourceKind.LIVE, node: str = "node-0") -> MediaSource:
+    return dataclasses.replace(source(sid, node=node), kind=kind, holder=holder)
+
+
+async def test_100_concurrent_sources_of_one_token_stop_at_its_bound(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    results = await asyncio.gather(*(
+        (a if i % 2 else b).add_source(owned(f"s{i}", "spk", node=(a if i % 2 else b).node_id), 32, 4)
+        for i in range(100)))
+    assert sum(map(bool, results)) == 4 and set(results) == {Admission.ADMITTED, Admission.HOLDER_FULL}
+    # others fill the forum to exactly its bound, across nodes
+    more = await asyncio.gather(*(
+        (a if i % 2 else b).add_source(owned(f"o{i}", f"spk-{i % 20}", node=(a if i % 2 else b).node_id), 32, 4)
+        for i in range(60)))
+    assert sum(map(bool, more)) == 28 and Admission.FULL in more
+    assert len(await a.sources("f1")) == 32
+
+
+async def test_source_bounds_spare_the_forums_own_inputs_and_replacements(nodes: Nodes) -> None:
+    (store,) = await nodes(1)
+    assert await store.add_source(owned("s1", "spk"), 1, 1)
+    assert await store.add_source(owned("s2", "other"), 1, 1) is Admission.FULL
+    assert await store.add_source(owned("s3", "spk"), 1, 1) is Admission.HOLDER_FULL
+    # the slate and the venue feed always get in, and count for nothing
+    assert await store.add_source(owned("slate-f1", "system", SourceKind.SLATE), 1, 1)
+    assert await store.add_source(owned("venue-f1", "system", SourceKind.VENUE), 1, 1)
+    # re-registering a source (a reconnect, a state change) is not a new one
+    moved = dataclasses.replace(owned("s1", "spk", node="node-9"), state=SourceState.LOST)
+    assert await store.add_source(moved, 1, 1)
+    assert await store.get_source("f1", "s1") == moved
+    # a recorded playout is bounded like a live source; removal frees the place
+    assert await store.add_source(owned("rec", "op", SourceKind.RECORDED), 1, 0) is Admission.FULL
+    await store.remove_source("f1", "s1")
+    assert await store.add_source(owned("rec", "op", SourceKind.RECORDED), 1, 0)
+    assert {s.id for s in await store.sources("f1")} == {"rec", "slate-f1", "venue-f1"}
+
+
 async def test_participant_round_trips_exactly(nodes: Nodes) -> None:
     (store,) = await nodes(1)
     p = Participant("p-ü", "f1", Role.SPEAKER, "李 雷", "node-0", 1764255799.123456, holder="sub-ü:1")
