@@ -220,7 +220,17 @@ class WebRtcViewer:
     def refresh(self, now: float) -> None:
         """When sender reports are due (every 0.5-1.5 s, RFC 3550's
         randomised interval as aiortc uses): follow a re-nominated ICE pair
-        and send them. Called by the plane's housekeeping, never per packet."""
+        and send them. Called by the plane's housekeeping, never per packet.
+        A viewer still connecting past `connect_timeout` is closed (aioice
+        takes 30 s or more to fail a check list; a seat must not wait that
+        long)."""
+        if self._state == _State.CONNECTING and now >= self._connect_deadline:
+            logger.info("Viewer(%s) did not connect within %.1f s: closing it",
+                        self.viewer_id, self._config.connect_timeout)
+            self._connect_deadline = float("inf")  # said once
+            self._detach()
+            self._on_gone(self)
+            return
         if self._state != _State.WATCHING or now < self._next_report:
             return
         self._next_report = now + 0.5 + random.random()
