@@ -37,7 +37,7 @@ from rooms.tokens import Grant
 from signaling import protocol
 from signaling.app_keys import EVENT, MEDIA, ROOMS, SETTINGS, SIO, TOKENS
 from signaling.forum_inputs import INPUTS, ForumInputs, setup_forum_inputs
-from signaling.http_api import json_response
+from signaling.http_api import bearer_token, json_response
 from streaming.program_switcher import ProgramSwitcher, Switchboard
 
 logger = logging.getLogger(__name__)
@@ -148,9 +148,7 @@ def media_json(app: web.Application, forum_id: str) -> dict[str, Any]:
 
 
 def _grant(request: web.Request, forum_id: str) -> Grant:
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header[:7].lower() == "bearer " else None
-    grant = request.app[TOKENS].verify(token)
+    grant = request.app[TOKENS].verify(bearer_token(request))
     require_operator(grant, forum_id)
     return grant
 

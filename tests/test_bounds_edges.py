@@ -154,3 +154,97 @@ async def test_whep_and_whip_refuse_a_bad_session_alike(client: TestClient[web.R
             url = client.make_url(f"/{kind}/{FORUM}/nope")
             async with http.delete(url, headers={"Authorization": f"Bearer {viewer}"}) as response:
                 assert response.status == 404 and (await response.json())["error"]["code"] == "not_found"
+
+
+# --- every path authorizes alike (issue 8, item 8) ----------------------------------
+
+
+async def test_whip_and_whep_sessions_end_when_their_token_expires(
+        client: TestClient[web.Request, web.Application]) -> None:
+    # as socket.io disconnects a connection whose token expires
+    assert client.app is not None
+    rooms, tokens = client.app[ROOMS], client.app[TOKENS]
+    viewer = tokens.issue(Role.VIEWER, [FORUM], "Short guest", ttl_seconds=4)
+    speaker = tokens.issue(Role.SPEAKER, [FORUM], "Short speaker", ttl_seconds=4)
+    watcher, publisher = ViewerPeer(), PublisherPeer()
+    try:
+        status, answer = await _post(client, f"/whep/{FORUM}", viewer, await watcher.offer())
+        assert status == 201, answer
+        await watcher.accept(answer)  # a real, connected player
+        status, answer = await _post(client, f"/whip/{FORUM}", speaker, await publisher.offer())
+        assert status == 201, answer
+        await publisher.accept(answer)
+        assert (await rooms.viewer_count(FORUM)).viewers == 1
+
+        async def all_ended() -> bool:
+            live = [s for s in await rooms.sources(FORUM) if s.kind.value == "live"]
+            return (await rooms.viewer_count(FORUM)).total == 0 and not live
+
+        await eventually(all_ended, timeout=60, what="the expired token's WHEP and WHIP sessions to end")
+    finally:
+        await watcher.close()
+        await publisher.close()
+
+
+async def _location(client: TestClient[web.Request, web.Application], path: str, token: str,
+                    offer: str) -> str:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": SDP}
+    async with client.post(path, data=offer, headers=headers) as response:
+        assert response.status == 201, await response.text()
+        return response.headers["Location"]
+
+
+async def test_who_may_end_a_session_is_the_same_on_whep_whip_and_socketio(
+        client: TestClient[web.Request, web.Application]) -> None:
+    guest, other = _token(client, Role.VIEWER, "Guest"), _token(client, Role.VIEWER, "Other guest")
+    speaker, other_speaker = _token(client, Role.SPEAKER, "Speaker"), _token(client, Role.SPEAKER, "Other")
+    operator = _token(client, Role.OPERATOR, "Operator")
+    viewer_peer, publishers = ViewerPeer(), [PublisherPeer() for _ in range(3)]
+
+    async def delete(location: str, token: str | None) -> tuple[int, str]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with client.delete(location, headers=headers) as response:
+            body = await response.json()
+            return response.status, body["error"]["code"] if "error" in body else "ok"
+
+    try:
+        offer = await viewer_peer.offer()
+        # WHEP: another guest may not end my session; I may, an operator may, the URL alone may
+        mine = await _location(client, f"/whep/{FORUM}", guest, offer)
+        assert await delete(mine, other) == (403, "forbidden")
+        assert await delete(mine, guest) == (200, "ok")
+        for ender in (operator, None):
+            location = await _location(client, f"/whep/{FORUM}", guest, offer)
+            assert await delete(location, ender) == (200, "ok")
+        # WHIP: the same rule
+        whip = await _location(client, f"/whip/{FORUM}", speaker, await publishers[0].offer())
+        assert await delete(whip, other_speaker) == (403, "forbidden")
+        assert await delete(whip, operator) == (200, "ok")
+        # socket.io unpublish of someone else's source: forbidden for a speaker, done for an operator
+        whip = await _location(client, f"/whip/{FORUM}", speaker, await publishers[1].offer())
+        assert client.app is not None
+        source_id = next(s.id for s in await client.app[ROOMS].sources(FORUM) if s.kind.value == "live")
+        for token, expected in ((other_speaker, "forbidden"), (operator, None)):
+            sio = await _sio(client, token)
+            try:
+                await sio.call("join", {"forum_id": FORUM}, timeout=20)
+                ack = await sio.call("unpublish", {"source_id": source_id}, timeout=20)
+                assert (ack.get("error", {}).get("code") if "error" in ack else None) == expected, ack
+            finally:
+                await sio.disconnect()
+        assert await delete(whip, speaker) == (404, "not_found")  # the operator ended the WHIP session too
+    finally:
+        await viewer_peer.close()
+        for peer in publishers:
+            await peer.close()
+
+
+async def test_a_bad_authorization_header_gets_the_same_answer_on_rest_whip_and_whep(
+        client: TestClient[web.Request, web.Application]) -> None:
+    for method, path in (("GET", f"/api/forums/{FORUM}/sources"), ("POST", f"/whip/{FORUM}"),
+                         ("POST", f"/whep/{FORUM}")):
+        async with client.request(method, path, headers={"Authorization": "Basic dXNlcjpwYXNz",
+                                                         "Content-Type": SDP}, data="v=0") as response:
+            body = await response.json()
+            assert (response.status, body["error"]["code"]) == (401, "token_invalid"), (path, body)
+            assert response.headers["WWW-Authenticate"] == 'Bearer realm="forumcast"'
