@@ -122,8 +122,17 @@ def _fill(template: str, value: str) -> str:
 
 
 def _tokens(app: web.Application) -> dict[str, str | None]:
+    import time
+
+    from config.settings import load_or_create_secret
+    from rooms.tokens import TokenService
+    from signaling.app_keys import SETTINGS
+
     tokens = app[TOKENS]
+    # signed with the node's secret, but issued a day ago for an hour
+    yesterday = TokenService(load_or_create_secret(app[SETTINGS]), now=lambda: time.time() - 86_400)
     return {
+        "expired": "Bearer " + yesterday.issue(Role.ADMIN, None, "Fuzz Expired", ttl_seconds=3600),
         "none": None,
         "garbage": "Bearer not.a.jwt",
         "basic": "Basic dXNlcjpwYXNz",
