@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from rooms.chat import ChatKind, ChatMessage, ModerationAction, RateLimiter
 from rooms import validation
+from rooms.chat import ChatKind, ChatMessage, ModerationAction, RateLimiter
 from rooms.errors import RoomError
 from rooms.events import (
     ChatPosted,
