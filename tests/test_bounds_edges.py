@@ -248,3 +248,27 @@ async def test_a_bad_authorization_header_gets_the_same_answer_on_rest_whip_and_
             body = await response.json()
             assert (response.status, body["error"]["code"]) == (401, "token_invalid"), (path, body)
             assert response.headers["WWW-Authenticate"] == 'Bearer realm="forumcast"'
+
+
+async def test_operator_playouts_are_bounded_per_token_like_publishes(
+        client: TestClient[web.Request, web.Application], tmp_path: Path) -> None:
+    from tests.operator_app import make_video
+
+    operator = _token(client, Role.OPERATOR, "Operator")
+    headers = {"Authorization": f"Bearer {operator}"}
+    form = aiohttp.FormData()
+    form.add_field("file", make_video(tmp_path / "talk.mp4", 2).read_bytes(), filename="talk.mp4",
+                   content_type="video/mp4")
+    async with client.post(f"/api/forums/{FORUM}/media", data=form, headers=headers) as response:
+        item = await response.json()
+        assert response.status == 201, item
+    answers = []
+    for _ in range(3):
+        async with client.post(f"/api/forums/{FORUM}/playouts", json={"media": item["id"]},
+                               headers=headers) as response:
+            answers.append((response.status, await response.json()))
+    assert [status for status, _ in answers] == [201, 201, 429], answers
+    assert answers[2][1]["error"]["code"] == "too_many_sources"
+    other = {"Authorization": f"Bearer {_token(client, Role.OPERATOR, 'Other operator')}"}
+    async with client.post(f"/api/forums/{FORUM}/playouts", json={"media": item["id"]}, headers=other) as response:
+        assert response.status == 201, await response.text()
