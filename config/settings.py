@@ -92,6 +92,11 @@ class Settings:
     node_ttl_s: float = 6.0
     public_event: bool | None = None  # None: what the event file says
     demo: bool = False  # True: the event is moved to run now (rooms/demo.py), labelled "Demo"
+    # bounds per token holder and per forum (docs/DESIGN.md "Bounds"); 0 lifts one
+    seats_per_token: int = 2  # viewer seats one invite holds at once in a forum (a phone and a laptop)
+    sources_per_token: int = 4  # live sources one token publishes at once in a forum
+    sources_per_forum: int = 32  # sources of every kind in a forum (slate and venue feeds excepted)
+    viewer_connect_timeout_s: float = 10.0  # a viewer whose ICE/DTLS is not up by then is closed, its seat freed
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
@@ -328,6 +333,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "node_ttl_s": _positive_float,
     "public_event": _as_optional_bool,
     "demo": _as_bool,
+    "seats_per_token": _non_negative_int,
+    "sources_per_token": _non_negative_int,
+    "sources_per_forum": _non_negative_int,
+    "viewer_connect_timeout_s": _positive_float,
 }
 _PATH_KEYS = {"event_file", "data_dir"}
 _SECRET_KEYS = {"token_secret"}  # never echo these values in errors

@@ -15,8 +15,11 @@ HTTP_STATUS = {
     "too_large": 413,
     "unsupported_media_type": 415,
     "full": 429,
+    "too_many_seats": 429,  # the token's holder has its seats already
+    "too_many_sources": 429,  # the token's holder, or the forum, has its sources already
     "rate_limited": 429,
     "unavailable": 503,
+    "internal": 500,  # a bug of ours, never the input's fault (the fuzz test keeps inputs from it)
 }
 
 

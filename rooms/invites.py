@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import quote
 
+from rooms import validation
 from rooms.errors import RoomError
 from rooms.models import Event, Role
 from rooms.tokens import DEFAULT_TTL_SECONDS, TokenService
@@ -34,7 +35,6 @@ REQUIRED_COLUMNS = ("name", "forums")
 
 _EMAIL = re.compile(r"[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+")
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")
-_FORUM_SEPARATORS = re.compile(r"[;|]")
 
 
 @dataclass(frozen=True)
@@ -93,26 +93,13 @@ def default_ttl_seconds(event: Event, now: float | None = None) -> float:
 
 def parse_forums(value: str, event: Event) -> frozenset[str] | None:
     """'*' -> None (every forum); 'a;b' or 'a|b' -> {'a', 'b'}. Raises
-    RoomError naming unknown forums."""
-    text = value.strip()
-    if text == "*":
-        return None
-    ids = [part.strip() for part in _FORUM_SEPARATORS.split(text) if part.strip()]
-    if not ids:
-        raise RoomError("invalid", "no forums given (list forum ids separated by ';', or '*' for all)")
-    unknown = [forum_id for forum_id in ids if event.forum(forum_id) is None]
-    if unknown:
-        raise RoomError("invalid", f"unknown forum {', '.join(repr(u) for u in unknown)}")
-    return frozenset(ids)
+    RoomError naming unknown forums (rooms/validation.py's rule)."""
+    return validation.parse_forums(value, event)
 
 
 def parse_role(value: str) -> Role:
-    text = value.strip().lower() or Role.VIEWER.value
-    try:
-        return Role(text)
-    except ValueError:
-        known = ", ".join(role.value for role in Role)
-        raise RoomError("invalid", f"unknown role {value.strip()!r} (use one of {known})") from None
+    """A role (empty: viewer); RoomError for an unknown one."""
+    return validation.check_role(value.strip() or Role.VIEWER.value)
 
 
 def read_guests(source: Path | str, event: Event) -> list[Guest]:
@@ -151,6 +138,11 @@ def read_guests(source: Path | str, event: Event) -> list[Guest]:
         row_problems: list[str] = []
         if not values["name"]:
             row_problems.append("missing name")
+        else:
+            try:  # the rule the server applies, so no invite is minted it would refuse
+                validation.check_name(values["name"])
+            except RoomError as exc:
+                row_problems.append(exc.message)
         if values["email"] and not _EMAIL.fullmatch(values["email"]):
             row_problems.append(f"bad email {values['email']!r}")
         if values["language"] and not _LANGUAGE.fullmatch(values["language"]):
@@ -193,10 +185,13 @@ def make_invites(guests: list[Guest], tokens: TokenService, public_url: str, ttl
 
 
 def write_invites(invites: list[Invite], out: TextIO) -> None:
-    """The input columns plus token and invite_link."""
-    writer = csv.writer(out, lineterminator="\n")
+    """The input columns plus token and invite_link. A cell a spreadsheet
+    would evaluate as a formula (starting with =, +, -, @, tab or CR) is
+    written with a leading apostrophe (OWASP CSV Injection)."""
+    writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180; a CR in a cell is then quoted
     writer.writerow(OUTPUT_COLUMNS)
     for invite in invites:
         guest = invite.guest
         forums = "*" if guest.forums is None else ";".join(sorted(guest.forums))
-        writer.writerow([guest.name, guest.email, guest.language, forums, guest.role.value, invite.token, invite.link])
+        row = [guest.name, guest.email, guest.language, forums, guest.role.value, invite.token, invite.link]
+        writer.writerow([validation.csv_cell(cell) for cell in row])

@@ -16,7 +16,16 @@ from typing import Any
 from rooms.chat import ChatMessage
 from rooms.events import RoomEvent
 from rooms.models import MediaSource, Participant, ProgramState
-from rooms.store import Counts, NodeInfo, Reaped, Store, Swap, counts_against_capacity
+from rooms.store import (
+    Admission,
+    Counts,
+    NodeInfo,
+    Reaped,
+    Store,
+    Swap,
+    counts_against_capacity,
+    counts_against_source_bounds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +42,7 @@ class MemoryStore(Store):
         self.chat_keep = chat_keep
         self._clock = clock
         self._participants: dict[str, dict[str, Participant]] = {}
+        self._seats: dict[tuple[str, str], set[str]] = {}  # (forum, holder) -> seated participant ids
         self._sources: dict[str, dict[str, MediaSource]] = {}
         self._programs: dict[str, ProgramState] = {}
         self._chat: dict[str, OrderedDict[str, ChatMessage]] = {}
@@ -50,18 +60,37 @@ class MemoryStore(Store):
 
     # --- participants --------------------------------------------------------
 
-    async def admit(self, participant: Participant, capacity: int) -> bool:
+    async def admit(self, participant: Participant, capacity: int, seats_per_holder: int = 0) -> Admission:
         forum = self._participants.setdefault(participant.forum_id, {})
+        previous = forum.get(participant.id)
         if counts_against_capacity(participant.role):
-            previous = forum.get(participant.id)
             has_seat = previous is not None and counts_against_capacity(previous.role)
-            if not has_seat and self._viewers(forum) >= capacity:
-                return False
+            if not has_seat:
+                held = self._seats.get((participant.forum_id, participant.holder), set())
+                if participant.holder and seats_per_holder > 0 and len(held) >= seats_per_holder:
+                    return Admission.HOLDER_FULL
+                if self._viewers(forum) >= capacity:
+                    return Admission.FULL
+        if previous is not None:
+            self._unseat(previous)
         forum[participant.id] = participant
-        return True
+        if counts_against_capacity(participant.role) and participant.holder:
+            self._seats.setdefault((participant.forum_id, participant.holder), set()).add(participant.id)
+        return Admission.ADMITTED
+
+    def _unseat(self, participant: Participant) -> None:
+        key = (participant.forum_id, participant.holder)
+        held = self._seats.get(key)
+        if held is not None:
+            held.discard(participant.id)
+            if not held:
+                del self._seats[key]
 
     async def remove_participant(self, forum_id: str, participant_id: str) -> Participant | None:
-        return self._participants.get(forum_id, {}).pop(participant_id, None)
+        participant = self._participants.get(forum_id, {}).pop(participant_id, None)
+        if participant is not None:
+            self._unseat(participant)
+        return participant
 
     async def participants(self, forum_id: str) -> list[Participant]:
         found = self._participants.get(forum_id, {}).values()
@@ -85,6 +114,17 @@ class MemoryStore(Store):
         previous = forum.get(source.id)
         forum[source.id] = source
         return previous
+
+    async def add_source(self, source: MediaSource, per_forum: int = 0, per_holder: int = 0) -> Admission:
+        forum = self._sources.setdefault(source.forum_id, {})
+        if source.id not in forum and counts_against_source_bounds(source):
+            counted = [s for s in forum.values() if counts_against_source_bounds(s)]
+            if per_holder > 0 and sum(1 for s in counted if s.holder == source.holder) >= per_holder:
+                return Admission.HOLDER_FULL
+            if per_forum > 0 and len(counted) >= per_forum:
+                return Admission.FULL
+        forum[source.id] = source
+        return Admission.ADMITTED
 
     async def remove_source(self, forum_id: str, source_id: str) -> MediaSource | None:
         return self._sources.get(forum_id, {}).pop(source_id, None)
@@ -161,6 +201,7 @@ class MemoryStore(Store):
             gone = [p for p in forum.values() if p.node_id == node_id]
             for p in gone:
                 del forum[p.id]
+                self._unseat(p)
             participants.extend(gone)
         sources: list[MediaSource] = []
         for forum_sources in self._sources.values():

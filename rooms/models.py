@@ -145,6 +145,7 @@ class Participant:
     name: str
     node_id: str
     joined_at: float  # unix seconds
+    holder: str = ""  # the token's holder (its `sub`): seats and sources are bounded per holder
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ class MediaSource:
     state: SourceState = SourceState.CONNECTING
     node_id: str = ""  # the node whose media plane holds it
     participant_id: str | None = None  # the speaker who publishes it, if any
+    holder: str = ""  # the token's holder (its `sub`) that created it
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 and publishes one event per change through it, so every node (this one
 included) hears about it from `events()`. Refusals are RoomErrors with
 stable codes: invalid, forbidden, token_expired, not_found, conflict,
-full, too_large, rate_limited.
+full, too_many_seats, too_many_sources, too_large, rate_limited.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from rooms import validation
 from rooms.chat import ChatKind, ChatMessage, ModerationAction, RateLimiter
 from rooms.errors import RoomError
 from rooms.events import (
@@ -35,31 +36,16 @@ from rooms.events import (
     ViewerCountChanged,
 )
 from rooms.models import Event, Forum, MediaSource, Participant, ProgramState, Role, SourceKind, SourceState
-from rooms.store import Counts, Reaped, Store, Subscription
+from rooms.store import Admission, Counts, Reaped, Store, Subscription
 from rooms.tokens import Grant
 
 logger = logging.getLogger(__name__)
 
-MAX_ID_LENGTH = 128
-MAX_NAME_LENGTH = 64
 MAX_HISTORY = 200
 
-
-def _check_id(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
-        raise RoomError("invalid", f"{what} must be a non-empty string of at most {MAX_ID_LENGTH} characters")
-    if not value.isprintable():
-        raise RoomError("invalid", f"{what} must not contain control characters")
-    return value
-
-
-def _check_name(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise RoomError("invalid", "a name must be a non-empty string")
-    name = value.strip()
-    if len(name) > MAX_NAME_LENGTH or not name.isprintable():
-        raise RoomError("invalid", f"a name must be printable and at most {MAX_NAME_LENGTH} characters")
-    return name
+# one set of rules for ids and names on every path (rooms/validation.py)
+_check_id = validation.check_id
+_check_name = validation.check_name
 
 
 class RoomService:
@@ -77,6 +63,9 @@ class RoomService:
         heartbeat_ttl_s: float = 10.0,
         load: Callable[[], dict[str, Any]] | None = None,
         heartbeat_interval_s: float | None = None,
+        seats_per_token: int = 2,
+        sources_per_token: int = 4,
+        sources_per_forum: int = 32,
     ) -> None:
         self.event = event
         self.store = store
@@ -90,6 +79,10 @@ class RoomService:
         if self.heartbeat_interval_s >= heartbeat_ttl_s:
             raise ValueError("the heartbeat interval must be shorter than its TTL")
         self._load = load
+        # bounds (docs/DESIGN.md "What we promise"); 0 lifts one
+        self.seats_per_token = seats_per_token
+        self.sources_per_token = sources_per_token
+        self.sources_per_forum = sources_per_forum
         self._local: set[tuple[str, str]] = set()  # (forum, participant) joined here
         self._upkeep: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -180,8 +173,11 @@ class RoomService:
     # --- participants --------------------------------------------------------
 
     async def join(self, forum_id: str, grant: Grant, participant_id: str, name: str | None = None) -> Participant:
-        """Admit the grant's holder. Viewers take a seat (RoomError "full"
-        when none is left); speakers, operators and admins always get in."""
+        """Admit the grant's holder. Viewers take a seat: RoomError "full"
+        when none is left, "too_many_seats" when the token's holder already
+        holds `seats_per_token` of the forum's seats (a phone and a laptop;
+        more connections are refused, not swapped for the oldest: see
+        docs/DESIGN.md "Bounds"). Speakers, operators and admins always get in."""
         forum = self.forum(forum_id)
         self._authorize(forum.id, grant, Role.VIEWER)
         participant = Participant(
@@ -191,8 +187,16 @@ class RoomService:
             name=_check_name(grant.name if name is None else name),
             node_id=self.node_id,
             joined_at=self._now(),
+            holder=grant.subject,
         )
-        if not await self.store.admit(participant, forum.capacity):
+        admission = await self.store.admit(participant, forum.capacity, self.seats_per_token)
+        if admission is Admission.HOLDER_FULL:
+            raise RoomError(
+                "too_many_seats",
+                f"this invite already watches forum {forum.name.en!r} on {self.seats_per_token} "
+                "devices; close one of them (or wait a few seconds after closing it) and try again",
+            )
+        if not admission:
             raise RoomError(
                 "full",
                 f"forum {forum.name.en!r} is full: all {forum.capacity} online seats are taken; "
@@ -232,7 +236,10 @@ class RoomService:
         """Speakers may publish a live source; venue, recorded and slate
         sources need an operator. Re-registering the same source (a
         reconnect) updates it; a different source under a taken id is a
-        conflict."""
+        conflict. A new source is refused with "too_many_sources" (429)
+        when the grant's holder already has `sources_per_token` sources in
+        the forum, or the forum `sources_per_forum` (slate and venue feeds
+        are not counted: the node makes one of each per forum)."""
         forum = self.forum(forum_id)
         if not isinstance(source, MediaSource):
             raise RoomError("invalid", "a source must be a MediaSource")
@@ -241,13 +248,24 @@ class RoomService:
         _check_id(source.id, "source id")
         needed = Role.SPEAKER if source.kind is SourceKind.LIVE else Role.OPERATOR
         self._authorize(forum.id, grant, needed)
-        if not source.node_id:
-            source = dataclasses.replace(source, node_id=self.node_id)
+        source = dataclasses.replace(source, node_id=source.node_id or self.node_id, holder=grant.subject)
         existing = await self.store.get_source(forum.id, source.id)
         if existing is not None and (existing.kind, existing.participant_id) != (source.kind, source.participant_id):
             raise RoomError("conflict", f"forum {forum.id} already has another source {source.id!r}")
-        previous = await self.store.put_source(source)
-        await self.store.publish(SourceAdded(source) if previous is None else SourceUpdated(source))
+        admission = await self.store.add_source(source, self.sources_per_forum, self.sources_per_token)
+        if admission is Admission.HOLDER_FULL:
+            raise RoomError(
+                "too_many_sources",
+                f"this token already publishes {self.sources_per_token} sources in forum {forum.name.en!r}; "
+                "stop one before starting another",
+            )
+        if not admission:
+            raise RoomError(
+                "too_many_sources",
+                f"forum {forum.name.en!r} already has {self.sources_per_forum} sources; "
+                "an operator must remove one before another can be added",
+            )
+        await self.store.publish(SourceAdded(source) if existing is None else SourceUpdated(source))
         return source
 
     async def update_source_state(self, forum_id: str, source_id: str, state: SourceState | str) -> MediaSource:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import dataclasses
+import enum
 import logging
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -24,7 +25,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from rooms.chat import MODERATION_FIELDS, ChatMessage
 from rooms.errors import RoomError
 from rooms.events import RoomEvent
-from rooms.models import MediaSource, Participant, ProgramState, Role
+from rooms.models import MediaSource, Participant, ProgramState, Role, SourceKind
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,26 @@ CAS_ATTEMPTS = 500
 def counts_against_capacity(role: Role) -> bool:
     """Only viewers take seats (see the module docstring)."""
     return role is Role.VIEWER
+
+
+# the forum's own inputs (one slate, one venue feed) are not bounded: they
+# are made by the node, one per forum, never by a request
+UNBOUNDED_SOURCE_KINDS = frozenset({SourceKind.SLATE, SourceKind.VENUE})
+
+
+def counts_against_source_bounds(source: MediaSource) -> bool:
+    return source.kind not in UNBOUNDED_SOURCE_KINDS
+
+
+class Admission(enum.Enum):
+    """What `admit` decided. Truthy only when admitted."""
+
+    ADMITTED = "admitted"
+    FULL = "full"  # the forum has `capacity` viewers
+    HOLDER_FULL = "holder_full"  # the holder already has `seats_per_holder` seats
+
+    def __bool__(self) -> bool:
+        return self is Admission.ADMITTED
 
 
 class Counts(NamedTuple):
@@ -204,10 +225,12 @@ class Store(abc.ABC):
     # --- participants --------------------------------------------------------
 
     @abc.abstractmethod
-    async def admit(self, participant: Participant, capacity: int) -> bool:
+    async def admit(self, participant: Participant, capacity: int, seats_per_holder: int = 0) -> Admission:
         """Atomic: add the participant unless it would take a seat (a viewer)
-        and the forum already has `capacity` of them. Admitting an id that
-        is already there replaces its record and keeps its seat."""
+        and the forum already has `capacity` of them (FULL), or its holder
+        (`participant.holder`, when not "") already holds `seats_per_holder`
+        seats in the forum (HOLDER_FULL; 0: no such bound). Admitting an id
+        that is already there replaces its record and keeps its seat."""
 
     @abc.abstractmethod
     async def remove_participant(self, forum_id: str, participant_id: str) -> Participant | None:
@@ -231,6 +254,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def put_source(self, source: MediaSource) -> MediaSource | None:
         """Add or replace a source; return the record it replaced."""
+
+    @abc.abstractmethod
+    async def add_source(self, source: MediaSource, per_forum: int = 0, per_holder: int = 0) -> Admission:
+        """Atomic: put the source unless it is new, counts against the
+        bounds (`counts_against_source_bounds`) and the forum already has
+        `per_forum` such sources (FULL) or its holder `per_holder` of them
+        (HOLDER_FULL). 0 lifts a bound; replacing an existing id always
+        succeeds."""
 
     @abc.abstractmethod
     async def remove_source(self, forum_id: str, source_id: str) -> MediaSource | None: ...

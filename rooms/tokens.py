@@ -17,6 +17,7 @@ from typing import Any
 
 import jwt
 
+from rooms import validation
 from rooms.errors import RoomError
 from rooms.models import Role
 
@@ -61,14 +62,6 @@ class Grant:
             )
 
 
-def _role(value: Role | str) -> Role:
-    try:
-        return Role(value)
-    except ValueError:
-        known = ", ".join(role.value for role in Role)
-        raise RoomError("invalid", f"unknown role {value!r}: use one of {known}") from None
-
-
 class TokenService:
     """Issues and verifies tokens with one shared secret. `now` is injectable
     so tests can move time."""
@@ -88,19 +81,16 @@ class TokenService:
         subject: str | None = None,
         language: str = "",
     ) -> str:
-        """A signed token. `forums=None` opens every forum."""
-        role = _role(role)
-        if not name or not name.strip():
-            raise RoomError("invalid", "a token needs the holder's name")
-        if ttl_seconds <= 0:
+        """A signed token. `forums=None` opens every forum. RoomError
+        ("invalid") for a role, name or forum list rooms/validation.py
+        refuses."""
+        # the rules every edge applies, so no token is minted for a holder the server refuses
+        role = validation.check_role(role)
+        name = validation.check_name(name)
+        if not ttl_seconds > 0:
             raise RoomError("invalid", f"ttl_seconds={ttl_seconds}: must be positive")
-        forum_list: list[str] | str
-        if forums is None:
-            forum_list = ALL_FORUMS
-        else:
-            forum_list = sorted(set(forums))
-            if not forum_list:
-                raise RoomError("invalid", "a token must open at least one forum (or all: None)")
+        checked = validation.check_forums(forums)
+        forum_list: list[str] | str = ALL_FORUMS if checked is None else sorted(checked)
         now = self._now()
         claims: dict[str, Any] = {
             "iss": ISSUER,
@@ -111,7 +101,7 @@ class TokenService:
             "jti": uuid.uuid4().hex,
             "role": role.value,
             "forums": forum_list,
-            "name": name.strip(),
+            "name": name,
         }
         if language:
             claims["lang"] = language

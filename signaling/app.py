@@ -102,6 +102,9 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
         chat_rate_per_minute=settings.chat_rate_per_minute,
         heartbeat_ttl_s=settings.node_ttl_s,
         heartbeat_interval_s=settings.heartbeat_interval_s,
+        seats_per_token=settings.seats_per_token,
+        sources_per_token=settings.sources_per_token,
+        sources_per_forum=settings.sources_per_forum,
     )
     await rooms.start()  # heart-beats once, so the node is known before it serves
     app[ROOMS] = rooms

@@ -287,7 +287,7 @@ class ForumInputs:
         if self._media is None:
             raise RoomError("unavailable", "the media server is not running on this node")
         if len(self.playouts(forum.id)) >= MAX_PLAYOUTS_PER_FORUM:
-            raise RoomError("conflict", f"at most {MAX_PLAYOUTS_PER_FORUM} playouts per forum: stop one first")
+            raise RoomError("too_many_sources", f"at most {MAX_PLAYOUTS_PER_FORUM} playouts per forum: stop one first")
         path = self.library.path(item)
         if not path.is_file():
             raise RoomError("not_found", f"the file of media item {item.id!r} is missing")

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from rooms.agenda import AgendaClock, session_json
 from rooms.errors import RoomError
@@ -56,12 +57,44 @@ def _wants_json(request: web.Request) -> bool:
     return request.path.startswith(JSON_PREFIXES) or request.path == "/api"
 
 
+def malformed_request(exc: HttpProcessingError) -> RoomError:
+    """aiohttp's parser refusing what a handler read (a malformed multipart
+    part header, a NUL in a file name, a line over its limit) is the
+    client's fault: 400 invalid, never a 500 (issue 8, item 5)."""
+    reason = (exc.message or "").strip().splitlines()
+    return RoomError("invalid", "a malformed request: " + (reason[0][:200] if reason else "unreadable"))
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of `Authorization: Bearer <token>` (RFC 6750 section 2.1),
+    None without the header; RoomError("token_invalid") for another scheme.
+    Every HTTP path (REST, WHIP, WHEP) reads tokens through this one."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise RoomError("token_invalid", "the Authorization header must be 'Bearer <token>'")
+    return value.strip()
+
+
+def error_json_response(error: RoomError, headers: dict[str, str] | None = None) -> web.Response:
+    """A refusal as JSON with its status; a 401 says how to authenticate
+    (RFC 6750 section 3: WWW-Authenticate), on every HTTP path alike."""
+    response = web.json_response(error.to_json(), status=error.http_status, headers=headers, dumps=dumps)
+    if error.http_status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="forumcast"'
+    return response
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except RoomError as exc:
-        return json_response(exc.to_json(), status=exc.http_status)
+        return error_json_response(exc)
+    except HttpProcessingError as exc:
+        return error_json_response(malformed_request(exc))
     except web.HTTPException as exc:
         if exc.status < 400 or not _wants_json(request):
             raise

@@ -175,6 +175,15 @@ class MediaBridge:
             await self._rooms.unregister_source(local.forum_id, source_id)
         logger.info("MediaBridge: %s unpublished", source_id)
 
+    async def end_source(self, source_id: str) -> None:
+        """End a publish on behalf of someone other than the edge that
+        opened it (an operator): unpublish, then tell the edges, so a WHIP
+        session forgets it as if its encoder had left."""
+        if source_id not in self._sources:
+            return
+        await self.unpublish(source_id)
+        await self._tell_ended(source_id)
+
     # --- viewers -------------------------------------------------------------
 
     async def watch(self, forum_id: str, viewer_id: str, offer_sdp: str,
@@ -290,6 +299,7 @@ async def _media_plane_ctx(app: web.Application) -> AsyncIterator[None]:
         keyframe_request_interval=settings.keyframe_request_interval_ms / 1000,
         ffmpeg=ffmpeg_path(settings),
         slate_grace=settings.slate_grace_ms / 1000,
+        connect_timeout=settings.viewer_connect_timeout_s,
     )
     plane = MediaPlane(config)
     await plane.start()

@@ -37,7 +37,7 @@ from rooms.tokens import Grant
 from signaling import protocol
 from signaling.app_keys import AGENDA, EVENT, MEDIA, ROOMS, SETTINGS, SIO, TOKENS
 from signaling.forum_inputs import INPUTS, ForumInputs, setup_forum_inputs
-from signaling.http_api import json_response
+from signaling.http_api import bearer_token, json_response
 from streaming.program_switcher import ProgramSwitcher, Switchboard
 
 logger = logging.getLogger(__name__)
@@ -156,9 +156,7 @@ def media_json(app: web.Application, forum_id: str) -> dict[str, Any]:
 
 
 def _grant(request: web.Request, forum_id: str) -> Grant:
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header[:7].lower() == "bearer " else None
-    grant = request.app[TOKENS].verify(token)
+    grant = request.app[TOKENS].verify(bearer_token(request))
     require_operator(grant, forum_id)
     return grant
 
@@ -173,6 +171,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise RoomError("invalid", "the body is not valid JSON") from None
+    except RecursionError:  # json nests deeper than the interpreter's stack
+        raise RoomError("invalid", "the body's JSON nests too deeply") from None
     if not isinstance(body, dict):
         raise RoomError("invalid", "the body must be a JSON object")
     return body

@@ -6,6 +6,7 @@ under a configurable prefix P:
 
     P:forum:F:participants   hash  participant id -> JSON
     P:forum:F:viewers        set   ids of the participants taking a seat
+    P:forum:F:seats:H        set   ids of those seats that holder H (a token's sub) holds
     P:forum:F:sources        hash  source id -> JSON
     P:forum:F:chat           hash  message id -> JSON
     P:forum:F:chat:order     list  message ids, oldest first (bounded)
@@ -39,23 +40,50 @@ from rooms.chat import ChatMessage
 from rooms.errors import RoomError
 from rooms.events import RoomEvent, event_from_json, event_to_json, record_from_json, record_to_json
 from rooms.models import MediaSource, Participant, ProgramState
-from rooms.store import Counts, NodeInfo, Reaped, Store, Swap, counts_against_capacity
+from rooms.store import (
+    UNBOUNDED_SOURCE_KINDS,
+    Admission,
+    Counts,
+    NodeInfo,
+    Reaped,
+    Store,
+    Swap,
+    counts_against_capacity,
+    counts_against_source_bounds,
+)
 
 logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# KEYS: participants hash, viewers set, node index, the holder's seats set ('' holder: unused)
+# ARGV: id, JSON, takes a seat, capacity, member, prefix, seats per holder (0: no bound),
+#       the holder, the forum's seats key base (P:forum:F:seats:)
+# returns 1 admitted, 0 forum full, 2 the holder holds its seats already
 _ADMIT = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
+local old_holder = ''
+if old then old_holder = cjson.decode(old)['holder'] or '' end
 if ARGV[3] == '1' then
-  if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0
-     and redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then
-    return 0
+  if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
+    if ARGV[8] ~= '' and tonumber(ARGV[7]) > 0
+       and redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[7]) then
+      return 2
+    end
+    if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then
+      return 0
+    end
   end
   redis.call('SADD', KEYS[2], ARGV[1])
 else
   redis.call('SREM', KEYS[2], ARGV[1])
+end
+if old_holder ~= '' then
+  redis.call('SREM', ARGV[9] .. old_holder, ARGV[1])
+end
+if ARGV[3] == '1' and ARGV[8] ~= '' then
+  redis.call('SADD', KEYS[4], ARGV[1])
 end
 if old then
   redis.call('SREM', ARGV[6] .. ':node:' .. cjson.decode(old)['node_id'] .. ':participants', ARGV[5])
@@ -65,12 +93,16 @@ redis.call('SADD', KEYS[3], ARGV[5])
 return 1
 """
 
-# KEYS: record hash, [viewers set]; ARGV: id, member, prefix, index name
+# KEYS: record hash, [viewers set]; ARGV: id, member, prefix, index name, [seats key base]
 _REMOVE = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
 if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[1]) end
+if ARGV[5] then
+  local holder = cjson.decode(old)['holder']
+  if holder and holder ~= '' then redis.call('SREM', ARGV[5] .. holder, ARGV[1]) end
+end
 redis.call('SREM', ARGV[3] .. ':node:' .. cjson.decode(old)['node_id'] .. ':' .. ARGV[4], ARGV[2])
 return old
 """
@@ -84,6 +116,33 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 return old or false
+"""
+
+# KEYS: sources hash, node index; ARGV: id, JSON, member, holder, per holder, per forum,
+#       counted ('1' or '0'), unbounded kinds (JSON list), prefix
+# returns 1 added (or replaced), 0 the forum is full, 2 the holder is
+_ADD_SOURCE = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[7] == '1' and not old then
+  local exempt = {}
+  for _, kind in ipairs(cjson.decode(ARGV[8])) do exempt[kind] = true end
+  local forum, mine = 0, 0
+  for _, raw in ipairs(redis.call('HVALS', KEYS[1])) do
+    local s = cjson.decode(raw)
+    if not exempt[s['kind']] then
+      forum = forum + 1
+      if (s['holder'] or '') == ARGV[4] then mine = mine + 1 end
+    end
+  end
+  if tonumber(ARGV[5]) > 0 and mine >= tonumber(ARGV[5]) then return 2 end
+  if tonumber(ARGV[6]) > 0 and forum >= tonumber(ARGV[6]) then return 0 end
+end
+if old then
+  redis.call('SREM', ARGV[9] .. ':node:' .. cjson.decode(old)['node_id'] .. ':sources', ARGV[3])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return 1
 """
 
 # compare-and-set one hash field on its exact stored text ('' = absent)
@@ -115,7 +174,13 @@ local function reap(index, kind, also)
     local raw = redis.call('HGET', hash, ref[2])
     if raw and cjson.decode(raw)['node_id'] == node then
       redis.call('HDEL', hash, ref[2])
-      if also then redis.call('SREM', prefix .. ':forum:' .. ref[1] .. ':' .. also, ref[2]) end
+      if also then
+        redis.call('SREM', prefix .. ':forum:' .. ref[1] .. ':' .. also, ref[2])
+        local holder = cjson.decode(raw)['holder']
+        if holder and holder ~= '' then
+          redis.call('SREM', prefix .. ':forum:' .. ref[1] .. ':seats:' .. holder, ref[2])
+        end
+      end
       table.insert(gone, raw)
     end
   end
@@ -196,7 +261,7 @@ class RedisStore(Store):
         self._client = client
         for name, text in (
             ("admit", _ADMIT), ("remove", _REMOVE), ("put_source", _PUT_SOURCE),
-            ("cas", _CAS_FIELD), ("append_chat", _APPEND_CHAT), ("reap", _REAP),
+            ("cas", _CAS_FIELD), ("add_source", _ADD_SOURCE), ("append_chat", _APPEND_CHAT), ("reap", _REAP),
         ):
             self._scripts[name] = client.register_script(text)
         self._listener = asyncio.create_task(self._listen_with_retries(), name=f"RedisStore({self.node_id}) listener")
@@ -238,25 +303,32 @@ class RedisStore(Store):
     # --- participants --------------------------------------------------------
 
     @_redis_errors
-    async def admit(self, participant: Participant, capacity: int) -> bool:
+    async def admit(self, participant: Participant, capacity: int, seats_per_holder: int = 0) -> Admission:
         fid = participant.forum_id
+        seats = self._seats_base(fid)
         keys = [
             self._key("forum", fid, "participants"),
             self._key("forum", fid, "viewers"),
             self._key("node", participant.node_id, "participants"),
+            seats + participant.holder,
         ]
         takes_seat = "1" if counts_against_capacity(participant.role) else "0"
         args = [
             participant.id, _dumps(participant), takes_seat,
             capacity, self._member(fid, participant.id), self.prefix,
+            seats_per_holder, participant.holder, seats,
         ]
-        admitted = await self._run("admit", keys, args)
-        return bool(admitted)
+        result = int(await self._run("admit", keys, args))
+        return {1: Admission.ADMITTED, 0: Admission.FULL}.get(result, Admission.HOLDER_FULL)
+
+    def _seats_base(self, forum_id: str) -> str:
+        return self._key("forum", forum_id, "seats", "")
 
     @_redis_errors
     async def remove_participant(self, forum_id: str, participant_id: str) -> Participant | None:
         keys = [self._key("forum", forum_id, "participants"), self._key("forum", forum_id, "viewers")]
-        args = [participant_id, self._member(forum_id, participant_id), self.prefix, "participants"]
+        args = [participant_id, self._member(forum_id, participant_id), self.prefix, "participants",
+                self._seats_base(forum_id)]
         raw = await self._run("remove", keys, args)
         return None if raw is None else record_from_json(Participant, json.loads(raw))
 
@@ -287,6 +359,16 @@ class RedisStore(Store):
         args = [source.id, _dumps(source), self._member(source.forum_id, source.id), self.prefix]
         raw = await self._run("put_source", keys, args)
         return None if raw is None else record_from_json(MediaSource, json.loads(raw))
+
+    @_redis_errors
+    async def add_source(self, source: MediaSource, per_forum: int = 0, per_holder: int = 0) -> Admission:
+        keys = [self._key("forum", source.forum_id, "sources"), self._key("node", source.node_id, "sources")]
+        exempt = json.dumps(sorted(kind.value for kind in UNBOUNDED_SOURCE_KINDS))
+        counted = "1" if counts_against_source_bounds(source) else "0"
+        args = [source.id, _dumps(source), self._member(source.forum_id, source.id), source.holder,
+                per_holder, per_forum, counted, exempt, self.prefix]
+        result = int(await self._run("add_source", keys, args))
+        return {1: Admission.ADMITTED, 0: Admission.FULL}.get(result, Admission.HOLDER_FULL)
 
     @_redis_errors
     async def remove_source(self, forum_id: str, source_id: str) -> MediaSource | None:

@@ -30,7 +30,7 @@ from aiohttp import web
 
 from rooms import events as room_events
 from rooms.errors import RoomError
-from rooms.models import Event, Participant, Role
+from rooms.models import Event, Participant, Role, SourceKind
 from rooms.tokens import Grant, TokenService
 from signaling import protocol
 from signaling.app_keys import EVENT, ROOMS, SETTINGS, SIO, TOKENS
@@ -215,10 +215,25 @@ class Session:
         return {"source_id": published.source_id, "sdp": published.answer_sdp}
 
     async def _unpublish(self, request: protocol.UnpublishRequest) -> Ack:
-        if request.source_id not in self._sources:
-            raise RoomError("not_found", f"this connection does not publish {request.source_id!r}")
-        self._sources.discard(request.source_id)
-        await self._deps.bridge().unpublish(request.source_id)
+        """End a publish: this connection's own, or (operators of the forum)
+        another speaker's live source held by this node, the rule WHIP's
+        DELETE applies too."""
+        if request.source_id in self._sources:
+            self._sources.discard(request.source_id)
+            await self._deps.bridge().unpublish(request.source_id)
+            return {"ok": True}
+        forum_id = self.forum_id
+        found = None
+        if forum_id is not None:
+            found = next((s for s in await self._deps.rooms.sources(forum_id) if s.id == request.source_id), None)
+        if forum_id is None or found is None or found.kind is not SourceKind.LIVE:
+            raise RoomError("not_found", f"this forum has no live source {request.source_id!r}")
+        self.grant.require(forum_id, Role.OPERATOR)  # someone else's publish: operators only
+        bridge = self._deps.bridge()
+        if not bridge.owns(found.id):
+            raise RoomError("unavailable", "that source is published through another node; "
+                            "end it from a connection to that node")
+        await bridge.end_source(found.id)
         return {"ok": True}
 
     async def _watch(self, request: protocol.WatchRequest) -> Ack:

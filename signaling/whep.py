@@ -30,7 +30,8 @@ from rooms.models import Role
 from rooms.tokens import Grant
 from signaling.app_keys import EVENT, TOKENS
 from signaling.media_bridge import BRIDGE, setup_media_bridge
-from signaling.whip import CORS_HEADERS, HttpMediaEndpoint, bearer_token, edge, known_forum, no_trickle, preflight, read_offer, sdp_created
+from signaling.http_api import bearer_token
+from signaling.whip import CORS_HEADERS, HttpMediaEndpoint, edge, known_forum, no_trickle, preflight, read_offer, sdp_created
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class WhepSession:
     forum_id: str
     viewer_id: str
     participant_id: str
+    subject: str  # who may end it besides operators
 
 
 class WhepEndpoint(HttpMediaEndpoint):
@@ -75,17 +77,20 @@ class WhepEndpoint(HttpMediaEndpoint):
             with contextlib.suppress(Exception):
                 await self._rooms.leave(forum_id, participant.id)
             raise
-        session = WhepSession(session_id, forum_id, viewer_id, participant.id)
+        session = WhepSession(session_id, forum_id, viewer_id, participant.id, grant.subject)
         self._sessions[session_id] = session
         self._by_viewer[viewer_id] = session
+        self._end_at_expiry(session_id, grant.expires_at, lambda: self._end(session))
         logger.info("WHEP %s: %s watches %s", session_id, grant.name, forum_id)
         return sdp_created(answer, f"/whep/{forum_id}/{session_id}")
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
+        grant = self._optional_grant(request)
         forum_id = known_forum(request)
         session = self._sessions.get(request.match_info["session_id"])
         if session is None or session.forum_id != forum_id:
             raise RoomError("not_found", "no such WHEP session (it ended, or never existed)")
+        self._require_may_end(grant, forum_id, session.subject)
         await self._end(session)
         return web.json_response({"ok": True}, headers=CORS_HEADERS)
 
@@ -99,6 +104,7 @@ class WhepEndpoint(HttpMediaEndpoint):
     async def _end(self, session: WhepSession) -> None:
         if self._sessions.pop(session.id, None) is None:
             return
+        self._forget_expiry(session.id)
         self._by_viewer.pop(session.viewer_id, None)
         bridge = self._app.get(BRIDGE)
         if bridge is not None:

@@ -15,21 +15,25 @@ top are shared with WHEP (signaling/whep.py), which has the same shape.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from rooms.errors import RoomError
 from rooms.models import Role
 from rooms.tokens import Grant
 from signaling import protocol
 from signaling.app_keys import EVENT, ROOMS, TOKENS
+from signaling.http_api import bearer_token, error_json_response, malformed_request
 from signaling.media_bridge import BRIDGE, MediaBridge, setup_media_bridge
 
 if TYPE_CHECKING:
@@ -54,11 +58,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_error(error: RoomError) -> web.Response:
-    response = web.json_response(error.to_json(), status=error.http_status, headers=CORS_HEADERS)
-    if error.http_status == 401:
-        # RFC 6750: say how to authenticate
-        response.headers["WWW-Authenticate"] = 'Bearer realm="forumcast"'
-    return response
+    return error_json_response(error, dict(CORS_HEADERS))
 
 
 def edge(handler: Handler) -> Handler:
@@ -71,6 +71,8 @@ def edge(handler: Handler) -> Handler:
             return await handler(request)
         except RoomError as exc:
             return json_error(exc)
+        except HttpProcessingError as exc:
+            return json_error(malformed_request(exc))
         except web.HTTPException:
             raise
         except Exception:
@@ -78,16 +80,6 @@ def edge(handler: Handler) -> Handler:
             return json_error(RoomError("internal", "internal server error; the details are in the server log"))
 
     return wrapped
-
-
-def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization")
-    if header is None:
-        return None
-    scheme, _, value = header.strip().partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise RoomError("token_invalid", "the Authorization header must be 'Bearer <token>'")
-    return value.strip()
 
 
 def known_forum(request: web.Request) -> str:
@@ -159,10 +151,43 @@ class HttpMediaEndpoint:
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
+        self._expiries: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def _rooms(self) -> "RoomService":
         return self._app[ROOMS]
+
+    def _optional_grant(self, request: web.Request) -> Grant | None:
+        """The grant of a DELETE's token; None without one (the session URL
+        holds 128 random bits, a capability on its own)."""
+        token = bearer_token(request)
+        return self._app[TOKENS].verify(token) if token is not None else None
+
+    @staticmethod
+    def _require_may_end(grant: Grant | None, forum_id: str, subject: str) -> None:
+        """Who may end a session: its holder, or an operator of the forum
+        (the same rule as socket.io's unpublish); RoomError("forbidden")."""
+        if grant is not None and grant.subject != subject:
+            grant.require(forum_id, Role.OPERATOR)
+
+    def _end_at_expiry(self, session_id: str, expires_at: float, end: Callable[[], Awaitable[None]]) -> None:
+        """End the session when its token expires, as socket.io disconnects
+        a connection whose token expires."""
+        def fire() -> None:
+            self._expiries.pop(session_id, None)
+            logger.info("%s session %s: the token expired; ending it", type(self).__name__, session_id)
+            task = asyncio.ensure_future(end())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        delay = max(0.0, expires_at - time.time())
+        self._expiries[session_id] = asyncio.get_running_loop().call_later(delay, fire)
+
+    def _forget_expiry(self, session_id: str) -> None:
+        handle = self._expiries.pop(session_id, None)
+        if handle is not None:
+            handle.cancel()
 
     def _bridge(self) -> MediaBridge:
         bridge = self._app.get(BRIDGE)
@@ -200,26 +225,24 @@ class WhipEndpoint(HttpMediaEndpoint):
         session = WhipSession(session_id, forum_id, published.source_id, participant.id, grant.subject)
         self._sessions[session_id] = session
         self._by_source[published.source_id] = session_id
+        self._end_at_expiry(session_id, grant.expires_at, lambda: self._end(session))
         logger.info("WHIP %s: %s publishes %s in %s", session_id, name, published.source_id, forum_id)
         return sdp_created(published.answer_sdp, f"/whip/{forum_id}/{session_id}")
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        # the Location holds 128 random bits, a capability on its own; a token,
-        # when sent, must be valid and be the publisher's or an operator's
-        token = bearer_token(request)
-        grant = self._app[TOKENS].verify(token) if token is not None else None
+        grant = self._optional_grant(request)
         forum_id = known_forum(request)
         session = self._sessions.get(request.match_info["session_id"])
         if session is None or session.forum_id != forum_id:
             raise RoomError("not_found", "no such WHIP session (it ended, or never existed)")
-        if grant is not None and grant.subject != session.subject:
-            grant.require(forum_id, Role.OPERATOR)  # someone else's publish: operators only
+        self._require_may_end(grant, forum_id, session.subject)
         await self._end(session)
         return web.json_response({"ok": True}, headers=CORS_HEADERS)
 
     async def _end(self, session: WhipSession) -> None:
         if self._sessions.pop(session.id, None) is None:
             return
+        self._forget_expiry(session.id)
         self._by_source.pop(session.source_id, None)
         bridge = self._app.get(BRIDGE)
         if bridge is not None:

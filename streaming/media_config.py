@@ -22,3 +22,7 @@ class MediaConfig:
     """Seconds without packets before a source counts as lost."""
     write_buffer_limit: int = 64 * 1024
     """Bytes queued on a viewer's socket before its video drops to the next keyframe."""
+    connect_timeout: float = 10.0
+    """Seconds a viewer's ICE and DTLS may take to connect; one still not
+    connected then is closed (its seat is given back), so a player that
+    posts an offer and never completes holds nothing for long."""

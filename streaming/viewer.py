@@ -18,6 +18,7 @@ import asyncio
 import enum
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +93,7 @@ class WebRtcViewer:
         self.feedback: ViewerRtcp | None = None  # its RTCP, once connected
         self._unroute: Callable[[], None] | None = None
         self._next_report = 0.0  # time.monotonic() of the next sender reports
+        self._connect_deadline = float("inf")  # time.monotonic() by which ICE+DTLS must be up
 
     @property
     def state(self) -> str:
@@ -123,6 +125,7 @@ class WebRtcViewer:
         self._pc = pc
         self._bus = bus
         self._set_state(_State.CONNECTING)
+        self._connect_deadline = time.monotonic() + self._config.connect_timeout
         transceivers = {}
         if video_keys:
             t = pc.addTransceiver(_IdleTrack("video"), direction="sendonly")
@@ -217,7 +220,17 @@ class WebRtcViewer:
     def refresh(self, now: float) -> None:
         """When sender reports are due (every 0.5-1.5 s, RFC 3550's
         randomised interval as aiortc uses): follow a re-nominated ICE pair
-        and send them. Called by the plane's housekeeping, never per packet."""
+        and send them. Called by the plane's housekeeping, never per packet.
+        A viewer still connecting past `connect_timeout` is closed (aioice
+        takes 30 s or more to fail a check list; a seat must not wait that
+        long)."""
+        if self._state == _State.CONNECTING and now >= self._connect_deadline:
+            logger.info("Viewer(%s) did not connect within %.1f s: closing it",
+                        self.viewer_id, self._config.connect_timeout)
+            self._connect_deadline = float("inf")  # said once
+            self._detach()
+            self._on_gone(self)
+            return
         if self._state != _State.WATCHING or now < self._next_report:
             return
         self._next_report = now + 0.5 + random.random()

@@ -172,6 +172,21 @@ async def test_token_refusals_exit_2_without_traceback(tmp_path: Path) -> None:
         code, out, err = await forumcast("token", "--name", "X", *extra, env=env)
         assert code == 2, (extra, err)
         assert message in err and "Traceback" not in err
+    # names the server would refuse are refused here too (rooms/validation.py)
+    for name, message in (("N" * 110, "at most 64"), ("Two\nLines", "printable")):
+        code, out, err = await forumcast("token", "--name", name, "--role", "viewer", "--forum", "ai", env=env)
+        assert code == 2 and message in err and "token:" not in out, (name, err)
+
+
+async def test_invite_refuses_names_by_line_and_escapes_formulas(tmp_path: Path) -> None:
+    guests = tmp_path / "guests.csv"
+    guests.write_text('name,forums\nAda,ai\n"Bad\nName",ai\n' + "N" * 110 + ",ai\n")
+    code, out, err = await forumcast("invite", str(guests), env=clean_env(tmp_path))
+    assert code == 2 and "line 4:" in err and "line 5:" in err and not out, err
+    guests.write_text('name,forums\n"=HYPERLINK(""http://evil"",""x"")",ai\n')
+    code, out, err = await forumcast("invite", str(guests), env=clean_env(tmp_path))
+    assert code == 0, err
+    assert out.splitlines()[1].startswith('"\'=HYPERLINK(')
 
 
 async def test_invite_writes_csv(tmp_path: Path) -> None:

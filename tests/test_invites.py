@@ -119,3 +119,64 @@ def test_default_ttl_lasts_through_the_event(event: Event) -> None:
     end_of_last_day = dt.datetime(2026, 11, 9, 16, 0, tzinfo=dt.timezone.utc).timestamp()  # midnight Shanghai
     assert before + ttl > end_of_last_day
     assert default_ttl_seconds(event, now=end_of_last_day + 86400 * 30) == 7 * 24 * 3600
+
+
+# --- one validation of names for every path (issue 8) -------------------------
+
+
+def test_names_the_server_refuses_are_refused_by_line(event: Event) -> None:
+    long_name = "N" * 110
+    text = (
+        "name,email,language,forums,role\n"
+        "Fine Guest,,en,ai,\n"
+        '"Two\nLines",,en,ai,\n'  # a quoted newline: the record spans lines 3-4
+        f"{long_name},,en,ai,\n"
+        "Tab\there,,en,ai,\n"
+    )
+    with pytest.raises(InviteError) as caught:
+        read_guests(text, event)
+    problems = caught.value.problems
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("line 4:") and "printable" in problems[0]
+    assert problems[1].startswith("line 5:") and "at most 64" in problems[1]
+    assert problems[2].startswith("line 6:") and "printable" in problems[2]
+
+
+def test_what_the_cli_accepts_the_server_admits(event: Event) -> None:
+    # the same rule at both ends: a name read_guests keeps passes RoomService's check
+    from rooms import validation
+
+    guests = read_guests("name,forums\n" + "Ωmega 名字 " + "x" * 50 + ",ai\n", event)
+    assert validation.check_name(guests[0].name) == guests[0].name
+
+
+def test_token_issue_refuses_what_the_server_refuses() -> None:
+    from rooms.errors import RoomError
+
+    tokens = TokenService(SECRET)
+    for bad in ("Two\nLines", "N" * 110, "nul\x00", "\t"):
+        with pytest.raises(RoomError) as caught:
+            tokens.issue(Role.VIEWER, ["ai"], bad)
+        assert caught.value.code == "invalid"
+    with pytest.raises(RoomError):
+        tokens.issue(Role.VIEWER, ["a\nb"], "Fine")
+
+
+@pytest.mark.parametrize("cell", ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)",
+                                  "\tTab", "\rCR"])
+def test_formula_cells_are_escaped(event: Event, cell: str) -> None:
+    from rooms.invites import Guest, Invite
+
+    guest = Guest(2, cell, "", "", frozenset({"ai"}), Role.VIEWER)
+    out = io.StringIO()
+    write_invites([Invite(guest, "tok", "https://x/watch/ai?token=tok")], out)
+    row = next(csv.DictReader(io.StringIO(out.getvalue(), newline="")))
+    assert row["name"] == "'" + cell  # shown as text, never evaluated
+
+
+def test_formula_name_from_a_guests_file_is_escaped_in_the_output(event: Event) -> None:
+    guests = read_guests('name,forums\n"=HYPERLINK(""http://evil"",""x"")",ai\n', event)
+    out = io.StringIO()
+    write_invites(make_invites(guests, TokenService(SECRET), BASE, ttl_seconds=60), out)
+    row = next(csv.DictReader(io.StringIO(out.getvalue())))
+    assert row["name"].startswith("'=HYPERLINK(")

@@ -5,6 +5,8 @@ are published, so `drain()` after a call sees all of them."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
@@ -79,6 +81,7 @@ def grant(role: Role, forums: set[str] | None = None, name: str = "", ttl: float
 
 
 VIEWER, SPEAKER, OPERATOR = grant(Role.VIEWER), grant(Role.SPEAKER), grant(Role.OPERATOR, name="Ops")
+OTHER_VIEWER = dataclasses.replace(VIEWER, subject="sub-viewer-2")  # a second invite
 
 
 @pytest.fixture
@@ -120,7 +123,7 @@ async def refused(code: str, call: object) -> RoomError:
 
 async def test_join_admits_and_announces(service: RoomService, events: Subscription, clock: Clock) -> None:
     p = await service.join("main", VIEWER, "sid-1", name="  Ann ")
-    assert p == Participant("sid-1", "main", Role.VIEWER, "Ann", "node-a", clock.t)
+    assert p == Participant("sid-1", "main", Role.VIEWER, "Ann", "node-a", clock.t, holder="sub-viewer")
     assert events.drain() == [
         ParticipantJoined(p, node_id="node-a"),
         ViewerCountChanged("main", 1, 1, node_id="node-a"),
@@ -144,7 +147,7 @@ async def test_join_refusals(service: RoomService, clock: Clock) -> None:
 async def test_full_forum_refuses_viewers_but_not_staff(service: RoomService, events: Subscription) -> None:
     await service.join("main", VIEWER, "v1")
     await service.join("main", VIEWER, "v2")
-    err = await refused("full", service.join("main", VIEWER, "v3"))
+    err = await refused("full", service.join("main", OTHER_VIEWER, "v3"))
     assert "2" in err.message and "Main hall" in err.message
     await service.join("main", OPERATOR, "op")
     assert await service.viewer_count("main") == Counts(viewers=2, total=3)
@@ -326,7 +329,7 @@ async def test_a_lost_nodes_guests_and_sources_are_reaped(clock: Clock) -> None:
     await b.join("main", VIEWER, "v2")
     cam = await b.register_source("main", SPEAKER, source("cam"))
     await a.take("main", OPERATOR, "cam")
-    await refused("full", a.join("main", VIEWER, "v3"))
+    await refused("full", a.join("main", OTHER_VIEWER, "v3"))
     sub = a.events()
     assert await a.reap_dead_nodes() == []  # node-b is still within its TTL
     mono.t = 1.5
@@ -420,3 +423,37 @@ async def test_the_heartbeat_follows_its_configured_interval() -> None:
         await rooms.stop()
     with pytest.raises(ValueError, match="shorter than its TTL"):
         RoomService(EVENT, store, "node-a", heartbeat_ttl_s=1.0, heartbeat_interval_s=1.0)
+
+
+# --- bounds (issue 8, items 3 and 4) ----------------------------------------------
+
+
+async def test_one_token_holds_at_most_its_seats(store: MemoryStore, clock: Clock) -> None:
+    service = RoomService(EVENT, store, "node-a", now=clock, seats_per_token=2)
+    await service.join("f2", VIEWER, "phone")
+    await service.join("f2", VIEWER, "laptop")
+    err = await refused("too_many_seats", service.join("f2", VIEWER, "tablet"))
+    assert err.http_status == 429 and "2 devices" in err.message
+    await service.join("f2", OTHER_VIEWER, "someone-else")  # another invite is not affected
+    await service.join("f2", OPERATOR, "op-1")
+    await service.join("f2", OPERATOR, "op-2")
+    await service.join("f2", OPERATOR, "op-3")  # staff take no seat, so no bound
+    await service.leave("f2", "phone")
+    await service.join("f2", VIEWER, "tablet")
+
+
+async def test_sources_are_bounded_per_token_and_per_forum(store: MemoryStore, clock: Clock) -> None:
+    service = RoomService(EVENT, store, "node-a", now=clock, sources_per_token=2, sources_per_forum=3)
+    await service.register_source("main", SPEAKER, source("a"))
+    await service.register_source("main", SPEAKER, source("b"))
+    err = await refused("too_many_sources", service.register_source("main", SPEAKER, source("c")))
+    assert err.http_status == 429 and "this token" in err.message
+    other = dataclasses.replace(SPEAKER, subject="sub-speaker-2")
+    await service.register_source("main", other, source("c"))
+    err = await refused("too_many_sources", service.register_source("main", OPERATOR, source("d", SourceKind.RECORDED)))
+    assert "already has 3 sources" in err.message
+    await service.register_source("main", OPERATOR, source("slate-main", SourceKind.SLATE))  # not counted
+    await service.register_source("main", SPEAKER, source("a"))  # a reconnect is no new source
+    await service.unregister_source("main", "a")
+    await service.register_source("main", OPERATOR, source("d", SourceKind.RECORDED))
+    assert {s.holder for s in await service.sources("main")} == {"sub-speaker", "sub-speaker-2", "sub-operator"}

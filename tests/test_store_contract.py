@@ -8,6 +8,7 @@ node, so "two nodes" are two callers of it).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,7 +20,7 @@ from rooms.errors import RoomError
 from rooms.events import ProgramChanged, ViewerCountChanged
 from rooms.memory_store import MemoryStore
 from rooms.models import MediaSource, Participant, ProgramState, Role, SourceKind, SourceState
-from rooms.store import Counts, Store
+from rooms.store import Admission, Counts, Store
 from tests.eventually import eventually
 
 Nodes = Callable[..., Awaitable[list[Store]]]
@@ -64,7 +65,7 @@ def source(sid: str, node: str = "node-0", forum: str = "f1") -> MediaSource:
 async def test_200_concurrent_joins_admit_exactly_capacity(nodes: Nodes) -> None:
     (store,) = await nodes(1)
     results = await asyncio.gather(*(store.admit(viewer(f"v{i}"), 150) for i in range(200)))
-    assert sum(results) == 150
+    assert sum(map(bool, results)) == 150
     assert await store.counts("f1") == Counts(viewers=150, total=150)
     assert len(await store.participants("f1")) == 150
 
@@ -77,7 +78,7 @@ async def test_200_joins_split_over_two_nodes_admit_exactly_capacity(nodes: Node
             for i in range(200)
         )
     )
-    assert sum(results) == 150
+    assert sum(map(bool, results)) == 150
     assert await a.counts("f1") == await b.counts("f1") == Counts(150, 150)
     admitted = {f"v{i}" for i, ok in enumerate(results) if ok}
     assert {p.id for p in await b.participants("f1")} == admitted
@@ -109,9 +110,99 @@ async def test_leave_frees_a_seat(nodes: Nodes) -> None:
     assert [p.id for p in await store.participants("f1")] == ["v2"]
 
 
+# --- seats per holder (issue 8, item 3) ----------------------------------------------
+
+
+def held(pid: str, holder: str, node: str = "node-0", role: Role = Role.VIEWER) -> Participant:
+    return dataclasses.replace(viewer(pid, node=node, role=role), holder=holder)
+
+
+async def test_35_concurrent_joins_of_one_token_take_at_most_its_seats(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    # 35 connections of one invite, split over two nodes, against 30 seats
+    results = await asyncio.gather(*(
+        (a if i % 2 else b).admit(held(f"t{i}", "tok-1", node=(a if i % 2 else b).node_id), 30, 2)
+        for i in range(35)))
+    assert sum(map(bool, results)) == 2
+    assert set(results) == {Admission.ADMITTED, Admission.HOLDER_FULL}
+    assert await a.counts("f1") == Counts(2, 2)
+    # a second guest still gets in, and the forum still fills to exactly its capacity
+    more = await asyncio.gather(*(a.admit(held(f"g{i}", f"guest-{i}"), 30, 2) for i in range(40)))
+    assert sum(map(bool, more)) == 28 and Admission.FULL in more
+    assert await b.counts("f1") == Counts(30, 30)
+
+
+async def test_a_holders_seat_comes_back_when_it_leaves_or_its_node_is_reaped(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    assert await a.admit(held("x1", "tok"), 10, 2)
+    assert await b.admit(held("x2", "tok", node="node-1"), 10, 2)
+    assert await a.admit(held("x3", "tok"), 10, 2) is Admission.HOLDER_FULL
+    # joining again with a seated id keeps that seat (no second one taken)
+    assert await a.admit(held("x1", "tok"), 10, 2) is Admission.ADMITTED
+    assert await a.remove_participant("f1", "x1") is not None
+    assert await a.admit(held("x3", "tok"), 10, 2) is Admission.ADMITTED
+    await a.reap_node("node-1")  # x2 was held there
+    assert await a.admit(held("x4", "tok"), 10, 2) is Admission.ADMITTED
+    assert await a.admit(held("x5", "tok"), 10, 2) is Admission.HOLDER_FULL
+    # the bound is per forum, and 0 lifts it
+    assert await a.admit(dataclasses.replace(held("y1", "tok"), forum_id="f2"), 10, 2)
+    assert await a.admit(held("x5", "tok"), 10, 0) is Admission.ADMITTED
+
+
+async def test_staff_and_holderless_participants_are_not_bounded_per_holder(nodes: Nodes) -> None:
+    (store,) = await nodes(1)
+    for i in range(5):
+        assert await store.admit(held(f"op{i}", "ops", role=Role.OPERATOR), 10, 1)
+        assert await store.admit(held(f"anon{i}", ""), 10, 1)
+    # a seat handed to staff (same id, new role) no longer counts for its holder
+    assert await store.admit(held("v", "tok"), 10, 1)
+    assert await store.admit(held("v", "tok", role=Role.SPEAKER), 10, 1)
+    assert await store.admit(held("w", "tok"), 10, 1) is Admission.ADMITTED
+
+
+# --- sources per holder and per forum (issue 8, item 4) -------------------------------
+
+
+def owned(sid: str, holder: str, kind: SourceKind = SourceKind.LIVE, node: str = "node-0") -> MediaSource:
+    return dataclasses.replace(source(sid, node=node), kind=kind, holder=holder)
+
+
+async def test_100_concurrent_sources_of_one_token_stop_at_its_bound(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    results = await asyncio.gather(*(
+        (a if i % 2 else b).add_source(owned(f"s{i}", "spk", node=(a if i % 2 else b).node_id), 32, 4)
+        for i in range(100)))
+    assert sum(map(bool, results)) == 4 and set(results) == {Admission.ADMITTED, Admission.HOLDER_FULL}
+    # others fill the forum to exactly its bound, across nodes
+    more = await asyncio.gather(*(
+        (a if i % 2 else b).add_source(owned(f"o{i}", f"spk-{i % 20}", node=(a if i % 2 else b).node_id), 32, 4)
+        for i in range(60)))
+    assert sum(map(bool, more)) == 28 and Admission.FULL in more
+    assert len(await a.sources("f1")) == 32
+
+
+async def test_source_bounds_spare_the_forums_own_inputs_and_replacements(nodes: Nodes) -> None:
+    (store,) = await nodes(1)
+    assert await store.add_source(owned("s1", "spk"), 1, 1)
+    assert await store.add_source(owned("s2", "other"), 1, 1) is Admission.FULL
+    assert await store.add_source(owned("s3", "spk"), 1, 1) is Admission.HOLDER_FULL
+    # the slate and the venue feed always get in, and count for nothing
+    assert await store.add_source(owned("slate-f1", "system", SourceKind.SLATE), 1, 1)
+    assert await store.add_source(owned("venue-f1", "system", SourceKind.VENUE), 1, 1)
+    # re-registering a source (a reconnect, a state change) is not a new one
+    moved = dataclasses.replace(owned("s1", "spk", node="node-9"), state=SourceState.LOST)
+    assert await store.add_source(moved, 1, 1)
+    assert await store.get_source("f1", "s1") == moved
+    # a recorded playout is bounded like a live source; removal frees the place
+    assert await store.add_source(owned("rec", "op", SourceKind.RECORDED), 1, 0) is Admission.FULL
+    await store.remove_source("f1", "s1")
+    assert await store.add_source(owned("rec", "op", SourceKind.RECORDED), 1, 0)
+    assert {s.id for s in await store.sources("f1")} == {"rec", "slate-f1", "venue-f1"}
+
+
 async def test_participant_round_trips_exactly(nodes: Nodes) -> None:
     (store,) = await nodes(1)
-    p = Participant("p-ü", "f1", Role.SPEAKER, "李 雷", "node-0", 1764255799.123456)
+    p = Participant("p-ü", "f1", Role.SPEAKER, "李 雷", "node-0", 1764255799.123456, holder="sub-ü:1")
     assert await store.admit(p, 10)
     assert await store.get_participant("f1", "p-ü") == p
     assert await store.participants("f1") == [p]

@@ -22,6 +22,8 @@ const FRIENDLY = {
   forbidden: "Your invite does not allow this here.",
   not_found: "This forum or stream does not exist.",
   full: "This forum is full right now. Please try again in a few minutes.",
+  too_many_seats: "This invite is already watching on other devices. Close one; the page will retry.",
+  too_many_sources: "You already publish as many streams as allowed. Stop one first.",
   unavailable: "The server is busy or restarting. The page will retry.",
   timeout: "The server did not answer in time. The page will retry.",
 };
