@@ -32,6 +32,8 @@ from signaling.operator_api import setup_operator
 from signaling.pages import setup_pages
 from signaling.sio_server import setup_socketio
 from signaling.whip import setup_whip_whep
+from streaming.child_processes import ChildRegistry
+from streaming.child_processes import install as install_children
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ def build_app(settings: Settings) -> web.Application:
     app[AGENDA] = AgendaClock(event)
 
     setup_http_api(app)  # first: its error middleware wraps every later route
+    app.cleanup_ctx.append(_children_ctx)  # before anything binds a port or spawns a child
     app.cleanup_ctx.append(_store_ctx)  # the store is also the event bus between nodes
     app.cleanup_ctx.append(_rooms_ctx)
     # Integrators: add, in this order, each registering its own cleanup_ctx:
@@ -68,6 +71,20 @@ def build_app(settings: Settings) -> web.Application:
     setup_pages(app)  # /lobby, /speak, /watch, /static
     setup_operator(app)  # switchboard, slates/venue/library/playouts, agenda runner, operator REST + events, /control
     return app
+
+
+async def _children_ctx(app: web.Application) -> AsyncIterator[None]:
+    """End the children a crashed predecessor left (their ports must be
+    free before the venue listeners bind), then record this run's."""
+    registry = ChildRegistry(app[SETTINGS].data_dir / "run" / "children")
+    ended = await asyncio.to_thread(registry.reap_strays)
+    if ended:
+        logger.warning("ended %d child processes left by a previous run: %s", len(ended), ended)
+    install_children(registry)
+    try:
+        yield
+    finally:
+        install_children(None)
 
 
 def make_store(settings: Settings) -> Store:
