@@ -97,10 +97,14 @@ class RoomService:
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Heart-beat now (so this node is known before it serves anyone),
-        then keep heart-beating and reaping in the background."""
+        """Reap what earlier runs under this node's name held (a crashed
+        run's viewers and sources, at once rather than after its TTL),
+        heart-beat now (so this node is known before it serves anyone),
+        then keep heart-beating and reaping in the background.
+        `node_id` is this run's instance id (rooms.store.new_instance_id)."""
         if self._upkeep is not None:
             return
+        await self._reap(await self.store.previous_instances(self.node_id))
         await self._beat()
         self._stopping.clear()
         self._upkeep = asyncio.create_task(self._run_upkeep(), name=f"RoomService({self.node_id}) upkeep")
@@ -433,10 +437,12 @@ class RoomService:
 
     async def reap_dead_nodes(self) -> list[Reaped]:
         """Free what nodes that stopped heart-beating held, and say so."""
+        dead = [node_id for node_id in await self.store.dead_nodes() if node_id != self.node_id]
+        return await self._reap(dead)  # (not ourselves: we are alive, our next beat re-registers us)
+
+    async def _reap(self, node_ids: list[str]) -> list[Reaped]:
         reaped: list[Reaped] = []
-        for node_id in await self.store.dead_nodes():
-            if node_id == self.node_id:
-                continue  # we are alive; our next beat re-registers us
+        for node_id in node_ids:
             result = await self.store.reap_node(node_id)
             reaped.append(result)
             forums: set[str] = set()

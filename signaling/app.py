@@ -23,7 +23,7 @@ from rooms.event_file import load_event
 from rooms.memory_store import MemoryStore
 from rooms.models import Event
 from rooms.service import RoomService
-from rooms.store import Store
+from rooms.store import Store, new_instance_id
 from rooms.tokens import TokenService
 from signaling.app_keys import AGENDA, EVENT, ROOMS, SETTINGS, STORE, TOKENS
 from signaling.http_api import setup_http_api
@@ -87,16 +87,19 @@ async def _children_ctx(app: web.Application) -> AsyncIterator[None]:
         install_children(None)
 
 
-def make_store(settings: Settings) -> Store:
+def make_store(settings: Settings, instance_id: str | None = None) -> Store:
+    """The node's store; `instance_id` (default: a new one) is the id this
+    run's liveness and ownership are keyed by (rooms.store.new_instance_id)."""
+    node_id = instance_id or new_instance_id(settings.node_id)
     if settings.redis_url:
         from signaling.redis_store import RedisStore  # only a cluster needs redis
 
-        return RedisStore(settings.redis_url, node_id=settings.node_id)
-    return MemoryStore(node_id=settings.node_id)
+        return RedisStore(settings.redis_url, node_id=node_id)
+    return MemoryStore(node_id=node_id)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = make_store(app[SETTINGS])
+    store = make_store(app[SETTINGS])  # a new instance id per process run
     await store.start()
     app[STORE] = store
     logger.info("store %s started for node %s", type(store).__name__, store.node_id)
@@ -111,7 +114,7 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
     rooms = RoomService(
         app[EVENT],
         app[STORE],
-        settings.node_id,
+        app[STORE].node_id,  # the instance id: a restart under the same name reaps the crashed run
         chat_max_length=settings.chat_max_length,
         chat_rate_per_minute=settings.chat_rate_per_minute,
         heartbeat_ttl_s=settings.node_ttl_s,

@@ -298,7 +298,7 @@ async def _bridge_ctx(app: web.Application) -> AsyncIterator[None]:
         logger.warning("no media plane configured: publishing and watching are unavailable")
         yield
         return
-    bridge = MediaBridge(media, app[ROOMS], app[SETTINGS].node_id,
+    bridge = MediaBridge(media, app[ROOMS], app[ROOMS].node_id,
                          follow_program=app.get(BRIDGE_FOLLOWS_PROGRAM, True))
     await bridge.start()
     app[BRIDGE] = bridge
