@@ -241,8 +241,8 @@ async function upload(event) {
 async function showIngest() {
   try {
     const ingest = await api("/ingest");
-    $("ingest-rtmp").textContent = ingest.rtmp_url;
-    $("ingest-srt").textContent = ingest.srt_url;
+    $("ingest-rtmp").textContent = ingest.rtmp_url ?? "(not listening: ask again)";
+    $("ingest-srt").textContent = ingest.srt_url ?? "(not listening: ask again)";
     $("ingest-state").textContent = ingest.state;
     $("ingest").hidden = false;
   } catch (error) {
