@@ -53,7 +53,8 @@ class Settings:
     redis_url: str | None = None  # None: in-memory store, single node
     node_id: str = dataclasses.field(default_factory=_default_node_id)
     data_dir: Path = Path("var")  # token secret, media library, recordings
-    token_secret: str | None = None  # None: generated once, kept in data_dir
+    # repr=False: a logged Settings never shows it; None: generated once, kept in data_dir
+    token_secret: str | None = dataclasses.field(default=None, repr=False)
     public_url: str = ""  # base of invite links; "" -> http://{host}:{port}
     ffmpeg: str | None = None  # None: imageio-ffmpeg's binary
     ice_addresses: tuple[str, ...] = ()  # empty: every local interface

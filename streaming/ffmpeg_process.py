@@ -31,12 +31,12 @@ import collections
 import enum
 import logging
 import os
-import re
 import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from config.redaction import mask_secrets
 from streaming.child_processes import die_with_parent, installed
 
 logger = logging.getLogger(__name__)
@@ -61,15 +61,6 @@ def _reap_leftovers() -> None:
         if registry is not None:
             registry.forget(pid)
     _LIVE.clear()
-
-
-_SECRET_PARTS = re.compile(r"(passphrase=|/live/|key=)[^&\s'\"]+", re.IGNORECASE)
-
-
-def mask_secrets(text: str) -> str:
-    """`text` with SRT passphrases, RTMP stream keys and key= parameters
-    replaced by '***' (for logs of URLs and command lines)."""
-    return _SECRET_PARTS.sub(lambda match: match.group(1) + "***", text)
 
 
 def ffmpeg_binary(configured: str = "") -> str:
@@ -212,7 +203,7 @@ class FfmpegProcess:
                     raw = await process.stderr.read(65536)
                 if not raw:
                     break
-                line = raw.decode("utf-8", "replace").rstrip()
+                line = mask_secrets(raw.decode("utf-8", "replace").rstrip())  # the ring is shown in logs and status
                 if not line:
                     continue
                 self._tail.append(line)
