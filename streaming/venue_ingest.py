@@ -1,12 +1,14 @@
 """The venue's encoder, over RTMP or SRT, as a source of one forum.
 
 Per forum, one RTMP port and one SRT port (from settings). Each protocol is
-a leg: a supervised ffmpeg that listens for the encoder, copies its H.264
-(no video transcode; h264_mp4toannexb puts SPS/PPS in front of each IDR,
-which FLV keeps only in its header) and transcodes its audio to Opus 48 kHz
+a leg: an ffmpeg that takes the encoder's stream (SRT: listening itself,
+supervised; RTMP: FLV on stdin from the key gate), copies its H.264 (no
+video transcode; h264_mp4toannexb puts SPS/PPS in front of each IDR, which
+FLV keeps only in its header) and transcodes its audio to Opus 48 kHz
 stereo, and sends both through ffmpeg's rtp muxer to two RtpUdpIngests on
-loopback. Whichever leg goes live first has the floor; the other is
-ignored until the first is lost.
+Unix datagram sockets in the ingest's private (0700) directory: a loopback
+UDP port would take forged RTP from any local user. Whichever leg goes live
+first has the floor; the other is ignored until the first is lost.
 
 Stream key (never on a command line, where any local user reads it,
 and never logged):
@@ -60,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{10,79}$")  # SRT passphrases are 10-79 characters
 RTMP_APP = "live"
+_MAX_SOCKET_DIR = 60  # + "/venue-<forum id, 24>-<8>/rtmp-video.sock" stays under 108 bytes
 # A run that waited this long for an encoder was fine: restart at once.
 VENUE_POLICY = RestartPolicy(initial=0.5, maximum=30.0, stable_after=2.0)
 
@@ -124,7 +127,7 @@ class _Tap:
 
 
 class _Leg:
-    """One protocol: its listener ffmpeg and its two loopback ingests."""
+    """One protocol: its ffmpeg and its two RTP ingests (video, audio)."""
 
     def __init__(self, venue: VenueIngest, protocol: str) -> None:
         self.venue = venue
@@ -150,8 +153,8 @@ class _Leg:
         raise NotImplementedError
 
     def outputs(self, source: ffmpeg.nodes.FilterableStream, video_options: dict[str, object]) -> list[str]:
-        video_url, video_rtp = rtp_output_options("video", self.video.port)
-        audio_url, audio_rtp = rtp_output_options("audio", self.audio.port)
+        video_url, video_rtp = rtp_output_options("video", self.video.port, self.video.path)
+        audio_url, audio_rtp = rtp_output_options("audio", self.audio.port, self.audio.path)
         return ffmpeg.merge_outputs(
             source["v:0"].output(video_url, vcodec="copy", **video_options, **video_rtp),
             # "?": an encoder without audio still plays (video only)
@@ -159,6 +162,11 @@ class _Leg:
         ).get_args()
 
     async def start(self) -> None:
+        # Unix datagram sockets in the private directory, not loopback UDP
+        # ports: any local user could send RTP to those and be on air
+        private = self.venue.private_dir()
+        self.video.path = str(private / f"{self.protocol}-video.sock")
+        self.audio.path = str(private / f"{self.protocol}-audio.sock")
         await self.video.start()
         await self.audio.start()
 
@@ -285,8 +293,8 @@ class _RtmpLeg(_Leg):
 class VenueIngest:
     """The venue feed of one forum: RTMP on `listen_host`:`rtmp_port` and SRT
     on `listen_host`:`srt_port`, both keyed by `stream_key`, into
-    `video`/`audio`. ffmpeg's own RTMP listener stays on loopback behind the
-    key gate.
+    `video`/`audio`. Nothing else listens: the RTMP port is the key gate's,
+    and the ffmpegs reach the server over private Unix sockets and stdin.
 
     State (a SourceState): connecting -> live <-> lost -> ended, reported
     through `on_state(state)` on each change.
@@ -362,10 +370,13 @@ class VenueIngest:
     def private_dir(self) -> Path:
         """This ingest's directory for files holding the key (0700; removed on stop)."""
         if self._private is None:
-            if self._secrets_dir is not None:
-                self._secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-                os.chmod(self._secrets_dir, 0o700)
-            self._private = Path(tempfile.mkdtemp(prefix=f"venue-{self.forum_id}-", dir=self._secrets_dir))
+            parent = self._secrets_dir
+            if parent is not None and len(str(parent)) > _MAX_SOCKET_DIR:
+                parent = None  # a Unix socket path holds at most 107 bytes: the system temp dir then
+            if parent is not None:
+                parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.chmod(parent, 0o700)
+            self._private = Path(tempfile.mkdtemp(prefix=f"venue-{self.forum_id[:24]}-", dir=parent))
         return self._private
 
     def listening(self) -> dict[str, bool]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import socket
 import stat
@@ -20,7 +21,7 @@ from streaming.rtmp_codec import RtmpCommandReader, amf0_values
 from streaming.rtmp_gate import FlvSink, RtmpKeyGate
 from streaming.rtp_udp_ingest import OPUS_PAYLOAD_TYPE, h264_nal_types
 from streaming.venue_ingest import VenueIngest
-from tests.eventually import eventually
+from tests.eventually import NotYet, eventually
 from tests.processes import free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -309,3 +310,48 @@ async def test_the_stream_key_is_in_no_command_line_log_or_stderr(venue: Venue,
     assert KEY not in caplog.text
     await venue.ingest.stop()
     assert not private.exists()
+
+
+_FORGER = """
+import socket, struct, sys
+kind, target = sys.argv[1], sys.argv[2]
+try:
+    if kind == "udp":
+        sock, address = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), ("127.0.0.1", int(target))
+    else:
+        sock, address = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM), target
+    for seq in range(50):  # an H.264 SPS then IDR slices, as an encoder's first packets
+        nal = bytes([0x67, 0x42, 0xC0, 0x1E]) if seq == 0 else bytes([0x65, 0x88]) + bytes(100)
+        sock.sendto(struct.pack(">BBHII", 0x80, 96, seq, seq * 3000, 0x1234) + nal, address)
+except PermissionError:
+    sys.exit(13)
+"""
+
+
+_SYSTEM_PYTHON = "/usr/bin/python3"  # nobody may not enter /root, where pyenv's lives
+
+
+def _as_nobody() -> None:
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+async def test_forged_rtp_from_another_local_user_cannot_go_on_air(venue: Venue) -> None:
+    """ffmpeg hands the venue's media to the server as RTP; on loopback UDP
+    (ports in `ps`) any local user could send forged RTP there and be on
+    air without a key. Another user (nobody) sends to every such endpoint
+    named in the children's argv: nothing arrives."""
+    if os.getuid() != 0 or not os.path.exists(_SYSTEM_PYTHON):
+        pytest.skip("needs root and a system python to act as another local user")
+    argv = " ".join(open(f"/proc/{p.pid}/cmdline").read().replace("\0", " ")
+                    for p in venue.ingest.processes() if p.pid)
+    endpoints = [("udp", port) for port in re.findall(r"rtp://127\.0\.0\.1:(\d+)", argv)]
+    endpoints += [("unix", path) for path in re.findall(r"unix:(\S+)", argv)]
+    assert endpoints, argv  # the SRT leg's ffmpeg runs from the start
+    for kind, target in endpoints:
+        forger = await asyncio.create_subprocess_exec(_SYSTEM_PYTHON, "-c", _FORGER, kind, target,
+                                                      preexec_fn=_as_nobody)
+        assert await forger.wait() in (0, 13)
+    with pytest.raises(NotYet):  # nothing to await for a packet that must never come
+        await eventually(lambda: venue.video.packets or venue.ingest.state != "connecting", timeout=2,
+                         what="forged RTP to arrive")
