@@ -32,7 +32,7 @@ from signaling.operator_api import setup_operator
 from signaling.pages import setup_pages
 from signaling.sio_server import setup_socketio
 from signaling.whip import setup_whip_whep
-from streaming.child_processes import ChildRegistry
+from streaming.child_processes import ChildRegistry, remove_dead_runs
 from streaming.child_processes import install as install_children
 
 logger = logging.getLogger(__name__)
@@ -76,10 +76,13 @@ def build_app(settings: Settings) -> web.Application:
 async def _children_ctx(app: web.Application) -> AsyncIterator[None]:
     """End the children a crashed predecessor left (their ports must be
     free before the venue listeners bind), then record this run's."""
-    registry = ChildRegistry(app[SETTINGS].data_dir / "run" / "children")
+    run = app[SETTINGS].data_dir / "run"
+    registry = ChildRegistry(run / "children")
     ended = await asyncio.to_thread(registry.reap_strays)
     if ended:
         logger.warning("ended %d child processes left by a previous run: %s", len(ended), ended)
+    for stale in await asyncio.to_thread(remove_dead_runs, run / "secrets"):
+        logger.info("removed %s, left by a previous run", stale)
     install_children(registry)
     try:
         yield

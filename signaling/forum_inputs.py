@@ -48,6 +48,7 @@ from streaming.playout import FilePlayout
 from streaming.rtp_source import RtpSource, SourceFeed
 from streaming.rtp_udp_ingest import h264_codec, opus_codec
 from streaming.slate import Slate, encode_slate
+from streaming.child_processes import run_id
 from streaming.venue_ingest import VenueIngest
 
 if TYPE_CHECKING:
@@ -243,7 +244,8 @@ class ForumInputs:
         venue = VenueIngest(forum_id, rtmp_port, srt_port, venue_key(self._secret, forum_id), video, audio,
                             source_id=source_id, ffmpeg=ffmpeg_path(self._settings),
                             listen_host=self._settings.ingest_host,
-                            secrets_dir=self._settings.data_dir / "run" / "secrets")
+                            # per run, so a start can remove what a SIGKILLed run left there
+                            secrets_dir=self._settings.data_dir / "run" / "secrets" / run_id())
         source = MediaSource(source_id, forum_id, SourceKind.VENUE, "Venue", state=SourceState.CONNECTING)
         await self._rooms.register_source(forum_id, self._grant, source)
         try:

@@ -32,6 +32,7 @@ import ctypes.util
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -166,6 +167,29 @@ def _zombie(pid: int) -> bool:
         return True
     fields = stat.rsplit(")", 1)[-1].split()
     return bool(fields) and fields[0] in ("Z", "X")
+
+
+def run_id() -> str:
+    """This server run's name for per-run directories: "<pid>-<start ticks>"."""
+    return f"{os.getpid()}-{start_ticks(os.getpid())}"
+
+
+def remove_dead_runs(parent: Path) -> list[Path]:
+    """Remove the per-run directories (named by `run_id()`) under `parent`
+    whose server no longer runs: a SIGKILLed run cannot clean up the files
+    it kept there (secrets among them). Returns the directories removed."""
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    for entry in parent.iterdir():
+        pid, _, ticks = entry.name.partition("-")
+        if not (entry.is_dir() and pid.isdigit() and ticks.isdigit()):
+            continue
+        if start_ticks(int(pid)) == int(ticks):
+            continue  # that server still runs
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 _installed: ChildRegistry | None = None

@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{10,79}$")  # SRT passphrases are 10-79 characters
 RTMP_APP = "live"
-_MAX_SOCKET_DIR = 60  # + "/venue-<forum id, 24>-<8>/rtmp-video.sock" stays under 108 bytes
+_MAX_SOCKET_DIR = 62  # + "/v-<forum id, 16>-<8>/rtmp-video.sock" (44) stays under 108 bytes
 # A run that waited this long for an encoder was fine: restart at once.
 VENUE_POLICY = RestartPolicy(initial=0.5, maximum=30.0, stable_after=2.0)
 
@@ -376,7 +376,7 @@ class VenueIngest:
             if parent is not None:
                 parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 os.chmod(parent, 0o700)
-            self._private = Path(tempfile.mkdtemp(prefix=f"venue-{self.forum_id[:24]}-", dir=parent))
+            self._private = Path(tempfile.mkdtemp(prefix=f"v-{self.forum_id[:16]}-", dir=parent))
         return self._private
 
     def listening(self) -> dict[str, bool]:

@@ -214,4 +214,7 @@ async def test_sigkill_mid_publish_leaves_nothing_behind(mode: str, session: Any
     # the crashed run's seats are free the moment the new run serves
     assert (await again.join(Role.OPERATOR, clients))["viewers"]["viewers"] == 0
     await _publish_both(again, http, encoders)  # both ports listen again and take a publisher
+    # the dead run's private files (the SRT passphrase among them) are gone; the new run's are there
+    runs = [entry.name for entry in (first.data_dir / "run" / "secrets").iterdir()]
+    assert len(runs) == 1 and runs[0].startswith(f"{again.server.process.pid}-"), runs
     assert (await again.join(Role.VIEWER, clients))["viewers"]["viewers"] == 1

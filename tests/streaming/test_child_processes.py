@@ -136,3 +136,17 @@ async def test_ffmpeg_children_are_recorded_while_they_run(tmp_path: Path) -> No
         assert list((tmp_path / "children").glob("*.json")) == []
     finally:
         install(None)
+
+
+def test_a_start_removes_the_private_files_of_dead_runs_only(tmp_path: Path) -> None:
+    from streaming.child_processes import remove_dead_runs, run_id
+
+    server_pid, server_ticks = _dead_server()
+    dead = tmp_path / f"{server_pid}-{server_ticks}"
+    live = tmp_path / run_id()
+    other = tmp_path / "not-a-run"
+    for directory in (dead, live, other):
+        directory.mkdir()
+        (directory / "srt.ffconcat").write_text("option passphrase x")
+    assert remove_dead_runs(tmp_path) == [dead]
+    assert not dead.exists() and live.is_dir() and other.is_dir()
