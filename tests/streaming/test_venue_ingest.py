@@ -355,3 +355,26 @@ async def test_forged_rtp_from_another_local_user_cannot_go_on_air(venue: Venue)
     with pytest.raises(NotYet):  # nothing to await for a packet that must never come
         await eventually(lambda: venue.video.packets or venue.ingest.state != "connecting", timeout=2,
                          what="forged RTP to arrive")
+
+
+async def test_no_srt_address_while_its_port_is_held_by_another_process() -> None:
+    """A stray (a crashed run's ffmpeg) holds the SRT port: the leg's ffmpeg
+    cannot bind and its supervisor backs off, and the ingest used to hand
+    out the SRT address all the same. It answers None until the port is
+    free and its own ffmpeg listens there."""
+    srt_port = free_port(socket.SOCK_DGRAM)
+    stray = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stray.bind(("127.0.0.1", srt_port))
+    venue = VenueIngest("forum8", free_port(), srt_port, KEY, Sink(), Sink())
+    await venue.start()
+    try:
+        assert not await venue.wait_listening(timeout=3)
+        assert venue.listening() == {"rtmp": True, "srt": False}
+        urls = venue.urls("127.0.0.1")
+        assert urls["srt_url"] is None and urls["rtmp_url"] is not None
+        stray.close()  # the stray is gone: the supervisor's next start binds
+        assert await venue.wait_listening(timeout=60)
+        assert (venue.urls("127.0.0.1")["srt_url"] or "").startswith(f"srt://127.0.0.1:{srt_port}?")
+    finally:
+        stray.close()
+        await venue.stop()
