@@ -104,7 +104,14 @@ class RoomService:
         `node_id` is this run's instance id (rooms.store.new_instance_id)."""
         if self._upkeep is not None:
             return
-        await self._reap(await self.store.previous_instances(self.node_id))
+        previous = await self.store.previous_instances(self.node_id)
+        beating = {node.node_id for node in await self.store.nodes()}
+        for node_id in previous:
+            if node_id in beating:  # a crash within the TTL, or a second process under our name
+                logger.warning("RoomService(%s) reaps %s, an earlier run of its name that has not expired yet; "
+                               "if another process runs under this name, give each node its own node_id",
+                               self.node_id, node_id)
+        await self._reap(previous)
         await self._beat()
         self._stopping.clear()
         self._upkeep = asyncio.create_task(self._run_upkeep(), name=f"RoomService({self.node_id}) upkeep")
