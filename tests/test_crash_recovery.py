@@ -218,3 +218,44 @@ async def test_sigkill_mid_publish_leaves_nothing_behind(mode: str, session: Any
     runs = [entry.name for entry in (first.data_dir / "run" / "secrets").iterdir()]
     assert len(runs) == 1 and runs[0].startswith(f"{again.server.process.pid}-"), runs
     assert (await again.join(Role.VIEWER, clients))["viewers"]["viewers"] == 1
+
+
+async def test_a_start_ends_the_stray_a_dead_run_left_on_the_srt_port(session: Any, tmp_path: Path) -> None:
+    """Where the parent-death signal did not act (another kernel, a child
+    that escaped), a crashed run's ffmpeg keeps the SRT port: the restarted
+    server's SRT leg looped on "Address already in use" while /ingest handed
+    out its address. The stray's pid file (written by the dead run) lets the
+    starting server end it; the port then listens again."""
+    import json
+    import subprocess
+    import sys
+
+    from streaming.child_processes import start_ticks
+
+    http, _, encoders, nodes = session
+    rtmp, srt = free_port(), free_port(socket.SOCK_DGRAM)
+    data_dir = tmp_path / "data"
+    stray = subprocess.Popen(  # stands in for an orphaned ffmpeg holding the SRT port
+        [sys.executable, "-c", "import socket, time\n"
+         f"s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', {srt}))\n"
+         "print('bound', flush=True); time.sleep(300)"], stdout=subprocess.PIPE, process_group=0)
+    try:
+        assert stray.stdout is not None and stray.stdout.readline().strip() == b"bound"
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])  # the crashed server
+        dead_ticks = start_ticks(dead.pid)
+        dead.wait()
+        children = data_dir / "run" / "children"
+        children.mkdir(parents=True)
+        (children / f"{stray.pid}.json").write_text(json.dumps(
+            {"pid": stray.pid, "ticks": start_ticks(stray.pid), "name": "venue-main-srt",
+             "server_pid": dead.pid, "server_ticks": dead_ticks}))
+        node = Node(rtmp, srt, "stray-node", data_dir=data_dir)
+        nodes.append(node)
+        assert stray.wait(timeout=20) == -signal.SIGKILL
+        assert (await node.ingest(http))["listening"] == {"rtmp": True, "srt": True}
+        assert list(children.glob("*.json")) and all(  # only the new run's children are recorded now
+            json.loads(path.read_text())["server_pid"] == node.server.process.pid for path in children.glob("*.json"))
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()
