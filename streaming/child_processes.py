@@ -32,6 +32,7 @@ import ctypes.util
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -68,6 +69,17 @@ def die_with_parent() -> Callable[[], None]:
             os._exit(1)
 
     return preexec
+
+
+_SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSW|PASSPHRASE|CREDENTIAL|^FORUMCAST_", re.IGNORECASE)
+
+
+def child_environment() -> dict[str, str]:
+    """The server's environment without what a child has no use for and
+    must not hold: FORUMCAST_* settings (the token secret, the Redis URL)
+    and any variable named like a key, secret, token or password (the
+    restreams' key_env variables)."""
+    return {name: value for name, value in os.environ.items() if not _SECRET_NAME.search(name)}
 
 
 def start_ticks(pid: int) -> int | None:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from config.redaction import mask_secrets
-from streaming.child_processes import die_with_parent, installed
+from streaming.child_processes import child_environment, die_with_parent, installed
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +178,7 @@ class FfmpegProcess:
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=die_with_parent(),
             process_group=0,
+            env=child_environment(),  # no token secret, Redis URL or restream keys in a child
         )
         _LIVE[self._process.pid] = self._process
         registry = installed()

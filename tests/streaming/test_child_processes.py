@@ -150,3 +150,27 @@ def test_a_start_removes_the_private_files_of_dead_runs_only(tmp_path: Path) -> 
         (directory / "srt.ffconcat").write_text("option passphrase x")
     assert remove_dead_runs(tmp_path) == [dead]
     assert not dead.exists() and live.is_dir() and other.is_dir()
+
+
+async def test_children_get_no_secret_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's environment holds the token secret (FORUMCAST_TOKEN_SECRET),
+    the Redis URL and restream keys (key_env): an ffmpeg child inherited
+    them all."""
+    import ffmpeg
+
+    from streaming.ffmpeg_process import FfmpegProcess
+
+    monkeypatch.setenv("FORUMCAST_TOKEN_SECRET", "t" * 40)
+    monkeypatch.setenv("FORUMCAST_REDIS_URL", "redis://:pw-in-url@127.0.0.1/0")
+    monkeypatch.setenv("YOUTUBE_STREAM_KEY", "yt-key-123")
+    args = ffmpeg.input("testsrc=s=64x48:r=5", f="lavfi", re=None).output("-", f="null").get_args()
+    process = FfmpegProcess(args, name="env")
+    await process.start()
+    try:
+        assert process.pid is not None
+        environ = Path(f"/proc/{process.pid}/environ").read_bytes()
+    finally:
+        await process.stop()
+    for secret in (b"t" * 40, b"pw-in-url", b"yt-key-123"):
+        assert secret not in environ
+    assert b"PATH=" in environ
