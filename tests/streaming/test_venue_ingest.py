@@ -378,3 +378,25 @@ async def test_no_srt_address_while_its_port_is_held_by_another_process() -> Non
     finally:
         stray.close()
         await venue.stop()
+
+
+async def test_the_gate_refuses_what_is_not_rtmp_and_starts_no_ffmpeg() -> None:
+    opened: list[int] = []
+
+    async def sink() -> FlvSink:
+        opened.append(1)
+        raise RuntimeError("never reached")
+
+    port = free_port()
+    gate = RtmpKeyGate(port, "k" * 16, sink)
+    await gate.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(2000))
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed without an answer
+        writer.close()
+        await eventually(lambda: gate.refused == 1, what="the refusal to be counted")
+        assert opened == [] and gate.accepted == 0
+    finally:
+        await gate.stop()
