@@ -74,7 +74,8 @@ class Settings:
     # (the library, uploads in progress under media/tmp/); see secret_path,
     # media_dir. FORUMCAST_DATA_DIR / --data-dir / data_dir in the TOML file.
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
-    token_secret: str | None = None  # None: generated once, kept in data_dir
+    # repr=False: a logged Settings never shows it; None: generated once, kept in data_dir
+    token_secret: str | None = dataclasses.field(default=None, repr=False)
     public_url: str = ""  # base of invite links; "" -> http://{host}:{port}
     ffmpeg: str | None = None  # None: imageio-ffmpeg's binary
     ice_addresses: tuple[str, ...] = ()  # empty: every local interface

@@ -90,10 +90,21 @@ class RoomService:
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Heart-beat now (so this node is known before it serves anyone),
-        then keep heart-beating and reaping in the background."""
+        """Reap what earlier runs under this node's name held (a crashed
+        run's viewers and sources, at once rather than after its TTL),
+        heart-beat now (so this node is known before it serves anyone),
+        then keep heart-beating and reaping in the background.
+        `node_id` is this run's instance id (rooms.store.new_instance_id)."""
         if self._upkeep is not None:
             return
+        previous = await self.store.previous_instances(self.node_id)
+        beating = {node.node_id for node in await self.store.nodes()}
+        for node_id in previous:
+            if node_id in beating:  # a crash within the TTL, or a second process under our name
+                logger.warning("RoomService(%s) reaps %s, an earlier run of its name that has not expired yet; "
+                               "if another process runs under this name, give each node its own node_id",
+                               self.node_id, node_id)
+        await self._reap(previous)
         await self._beat()
         self._stopping.clear()
         self._upkeep = asyncio.create_task(self._run_upkeep(), name=f"RoomService({self.node_id}) upkeep")
@@ -451,10 +462,12 @@ class RoomService:
 
     async def reap_dead_nodes(self) -> list[Reaped]:
         """Free what nodes that stopped heart-beating held, and say so."""
+        dead = [node_id for node_id in await self.store.dead_nodes() if node_id != self.node_id]
+        return await self._reap(dead)  # (not ourselves: we are alive, our next beat re-registers us)
+
+    async def _reap(self, node_ids: list[str]) -> list[Reaped]:
         reaped: list[Reaped] = []
-        for node_id in await self.store.dead_nodes():
-            if node_id == self.node_id:
-                continue  # we are alive; our next beat re-registers us
+        for node_id in node_ids:
             result = await self.store.reap_node(node_id)
             reaped.append(result)
             forums: set[str] = set()

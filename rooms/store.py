@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import enum
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -66,6 +67,22 @@ class Admission(enum.Enum):
 
     def __bool__(self) -> bool:
         return self is Admission.ADMITTED
+
+
+INSTANCE_SEPARATOR = "@"
+
+
+def new_instance_id(name: str) -> str:
+    """This process run's id under the node name `name` ("hall-1" ->
+    "hall-1@3f9a0c2e"). Liveness and ownership are keyed by it, not by the
+    name: a node restarted after a crash under the same name is a new
+    instance, and what the crashed one held can be told apart and reaped."""
+    return f"{name}{INSTANCE_SEPARATOR}{secrets.token_hex(4)}"
+
+
+def instance_name(node_id: str) -> str:
+    """The node name of an instance id (an id without an instance part is its own name)."""
+    return node_id.rsplit(INSTANCE_SEPARATOR, 1)[0]
 
 
 class Counts(NamedTuple):
@@ -390,6 +407,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def dead_nodes(self) -> list[str]:
         """Nodes that heart-beat once, expired, and were not reaped yet."""
+
+    async def previous_instances(self, node_id: str) -> list[str]:
+        """Every other registered instance of `node_id`'s name, live or
+        expired: a process starting under a name is that name's only
+        instance, so these are crashed runs (sorted)."""
+        name = instance_name(node_id)
+        known = {info.node_id for info in await self.nodes()} | set(await self.dead_nodes())
+        return sorted(other for other in known if other != node_id and instance_name(other) == name)
 
     @abc.abstractmethod
     async def reap_node(self, node_id: str) -> Reaped:

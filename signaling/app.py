@@ -24,7 +24,7 @@ from rooms.event_file import load_event
 from rooms.memory_store import MemoryStore
 from rooms.models import Event
 from rooms.service import RoomService
-from rooms.store import Store
+from rooms.store import Store, new_instance_id
 from rooms.tokens import TokenService
 from signaling.app_keys import AGENDA, EVENT, ROOMS, SETTINGS, STORE, TOKENS
 from signaling.http_api import setup_http_api
@@ -33,6 +33,8 @@ from signaling.operator_api import setup_operator
 from signaling.pages import setup_pages
 from signaling.sio_server import setup_socketio
 from signaling.whip import setup_whip_whep
+from streaming.child_processes import ChildRegistry, remove_dead_runs
+from streaming.child_processes import install as install_children
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ def build_app(settings: Settings) -> web.Application:
     app[AGENDA] = AgendaClock(event)
 
     setup_http_api(app)  # first: its error middleware wraps every later route
+    app.cleanup_ctx.append(_children_ctx)  # before anything binds a port or spawns a child
     app.cleanup_ctx.append(_store_ctx)  # the store is also the event bus between nodes
     app.cleanup_ctx.append(_rooms_ctx)
     # Integrators: add, in this order, each registering its own cleanup_ctx:
@@ -73,16 +76,36 @@ def build_app(settings: Settings) -> web.Application:
     return app
 
 
-def make_store(settings: Settings) -> Store:
+async def _children_ctx(app: web.Application) -> AsyncIterator[None]:
+    """End the children a crashed predecessor left (their ports must be
+    free before the venue listeners bind), then record this run's."""
+    run = app[SETTINGS].data_dir / "run"
+    registry = ChildRegistry(run / "children")
+    ended = await asyncio.to_thread(registry.reap_strays)
+    if ended:
+        logger.warning("ended %d child processes left by a previous run: %s", len(ended), ended)
+    for stale in await asyncio.to_thread(remove_dead_runs, run / "secrets"):
+        logger.info("removed %s, left by a previous run", stale)
+    install_children(registry)
+    try:
+        yield
+    finally:
+        install_children(None)
+
+
+def make_store(settings: Settings, instance_id: str | None = None) -> Store:
+    """The node's store; `instance_id` (default: a new one) is the id this
+    run's liveness and ownership are keyed by (rooms.store.new_instance_id)."""
+    node_id = instance_id or new_instance_id(settings.node_id)
     if settings.redis_url:
         from signaling.redis_store import RedisStore  # only a cluster needs redis
 
-        return RedisStore(settings.redis_url, node_id=settings.node_id)
-    return MemoryStore(node_id=settings.node_id)
+        return RedisStore(settings.redis_url, node_id=node_id)
+    return MemoryStore(node_id=node_id)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = make_store(app[SETTINGS])
+    store = make_store(app[SETTINGS])  # a new instance id per process run
     await store.start()
     app[STORE] = store
     logger.info("store %s started for node %s", type(store).__name__, store.node_id)
@@ -97,7 +120,7 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
     rooms = RoomService(
         app[EVENT],
         app[STORE],
-        settings.node_id,
+        app[STORE].node_id,  # the instance id: a restart under the same name reaps the crashed run
         chat_max_length=settings.chat_max_length,
         chat_rate_per_minute=settings.chat_rate_per_minute,
         heartbeat_ttl_s=settings.node_ttl_s,

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from config.redaction import redact_url
 from config.settings import Settings, SettingsError, load_or_create_secret, load_settings
 from rooms.errors import RoomError
 from rooms.event_file import EventFileError, check_event
@@ -81,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     except Exception as exc:
         if _is_redis_error(exc):
-            raise CommandError(f"cannot use Redis at {settings.redis_url}: {exc}") from None
+            raise CommandError(f"cannot use Redis at {redact_url(settings.redis_url or '')}: {exc}") from None
         raise
     return EXIT_OK
 

@@ -48,6 +48,7 @@ from streaming.playout import FilePlayout
 from streaming.rtp_source import RtpSource, SourceFeed
 from streaming.rtp_udp_ingest import h264_codec, opus_codec
 from streaming.slate import Slate, encode_slate
+from streaming.child_processes import run_id
 from streaming.venue_ingest import VenueIngest
 
 if TYPE_CHECKING:
@@ -215,11 +216,13 @@ class ForumInputs:
         grant.require(forum.id, Role.OPERATOR)
         venue = await self.ensure_venue(forum.id)
         host = urlsplit(self._settings.public_url).hostname or self._settings.host
+        # only addresses whose listener is up now: a URL of a port nobody
+        # answers (or a stray holds) would send the venue to a dead end
         urls: dict[str, str | None] = dict(venue.urls(host))
         if not reveal:
             urls.update({key: None for key in SECRET_INGEST_FIELDS})
         return {"forum_id": forum.id, "source_id": venue.source_id, "state": venue.state,
-                "protocol": venue.protocol, "keys_hidden": not reveal, **urls}
+                "protocol": venue.protocol, "keys_hidden": not reveal, "listening": venue.listening(), **urls}
 
     async def ensure_venue(self, forum_id: str) -> VenueIngest:
         """The forum's venue listeners, started if they are not running
@@ -249,7 +252,9 @@ class ForumInputs:
         audio = RtpSource("audio", opus_codec(), name=source_id)
         venue = VenueIngest(forum_id, rtmp_port, srt_port, venue_key(self._secret, forum_id), video, audio,
                             source_id=source_id, ffmpeg=ffmpeg_path(self._settings),
-                            listen_host=self._settings.ingest_host)
+                            listen_host=self._settings.ingest_host,
+                            # per run, so a start can remove what a SIGKILLed run left there
+                            secrets_dir=self._settings.data_dir / "run" / "secrets" / run_id())
         source = MediaSource(source_id, forum_id, SourceKind.VENUE, "Venue", state=SourceState.CONNECTING)
         await self._rooms.register_source(forum_id, self._grant, source)
         try:
@@ -260,6 +265,8 @@ class ForumInputs:
             logger.exception("ForumInputs: the venue ingest of %s failed to start", forum_id)
             raise RoomError("unavailable", f"cannot listen for the venue feed on ports {rtmp_port}/{srt_port}: "
                             f"{exc}") from None
+        if not await venue.wait_listening(timeout=10.0):
+            logger.warning("ForumInputs: the venue listeners of %s are not all up: %s", forum_id, venue.listening())
         self._venues[forum_id] = venue
         self._media.add_feed(forum_id, SourceFeed(source_id, video, audio, kind=SourceKind.VENUE))
         self.ensure_slate(forum_id)

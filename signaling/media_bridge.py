@@ -272,7 +272,7 @@ async def _bridge_ctx(app: web.Application) -> AsyncIterator[None]:
         logger.warning("no media plane configured: publishing and watching are unavailable")
         yield
         return
-    bridge = MediaBridge(media, app[ROOMS], app[SETTINGS].node_id)
+    bridge = MediaBridge(media, app[ROOMS], app[ROOMS].node_id)
     await bridge.start()
     app[BRIDGE] = bridge
     try:

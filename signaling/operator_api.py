@@ -4,7 +4,7 @@
     POST   /api/forums/{forum_id}/program              {"source": id} | {"slate": true}
     POST   /api/forums/{forum_id}/preview              {"source": id | null}
     POST   /api/forums/{forum_id}/manual               {"manual": bool}
-    GET    /api/forums/{forum_id}/ingest[?reveal=true] venue RTMP/SRT addresses (the key only with reveal)
+    GET    /api/forums/{forum_id}/ingest[?reveal=true] venue RTMP/SRT addresses (the key only with reveal; null while down)
     GET    /api/forums/{forum_id}/media                the forum's media library
     POST   /api/forums/{forum_id}/media                multipart upload (field "file")
     GET    /api/forums/{forum_id}/playouts             recorded videos playing as sources

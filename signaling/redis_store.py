@@ -36,6 +36,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from config.redaction import redact_url
 from rooms.chat import ChatMessage
 from rooms.errors import RoomError
 from rooms.events import RoomEvent, event_from_json, event_to_json, record_from_json, record_to_json
@@ -257,7 +258,7 @@ class RedisStore(Store):
             self._pubsub = await self._subscribe(client)
         except (RedisError, OSError) as exc:
             await client.aclose()
-            raise RoomError("unavailable", f"cannot reach Redis at {self.url}: {exc}") from exc
+            raise RoomError("unavailable", f"cannot reach Redis at {redact_url(self.url)}: {exc}") from exc
         self._client = client
         for name, text in (
             ("admit", _ADMIT), ("remove", _REMOVE), ("put_source", _PUT_SOURCE),
@@ -265,7 +266,7 @@ class RedisStore(Store):
         ):
             self._scripts[name] = client.register_script(text)
         self._listener = asyncio.create_task(self._listen_with_retries(), name=f"RedisStore({self.node_id}) listener")
-        logger.info("RedisStore(%s) started on %s, prefix %r", self.node_id, self.url, self.prefix)
+        logger.info("RedisStore(%s) started on %s, prefix %r", self.node_id, redact_url(self.url), self.prefix)
 
     async def stop(self) -> None:
         if self._stopped:

@@ -441,7 +441,7 @@ class SocketServer:
     async def _pump_room_events(self, events: "Subscription") -> None:
         assert self._deps is not None
         rooms = self._deps.rooms
-        node_id = self._app[SETTINGS].node_id
+        node_id = rooms.node_id  # this run's instance id, which the store stamps events with
         async for event in events:
             if event.node_id and event.node_id != node_id:
                 continue  # its origin node emits it, through the Redis manager to every node

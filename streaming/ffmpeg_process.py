@@ -14,6 +14,13 @@ Venue ingest uses it now, restreams later ("restreams that never give up").
 
 Command lines are built by the callers with ffmpeg-python's graph API
 (`.get_args()`); this module only adds the binary and the house flags.
+Every ffmpeg the server runs goes through `FfmpegProcess` (venue ingest,
+slate encode, media normalization): each child gets the parent-death
+signal and its own process group and is recorded in the installed
+ChildRegistry (child_processes.py), so none outlives a crashed server.
+Secrets never go on a command line (any local user can read argv): a
+caller passes them in a file or on stdin; the command is still logged
+through `mask_secrets`.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from config.redaction import mask_secrets
+from streaming.child_processes import child_environment, die_with_parent, installed
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +57,9 @@ def _reap_leftovers() -> None:
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass  # already gone or reaped by asyncio's child watcher
+        registry = installed()
+        if registry is not None:
+            registry.forget(pid)
     _LIVE.clear()
 
 
@@ -92,7 +105,9 @@ class FfmpegProcess:
     `args` are ffmpeg's arguments without the binary (ffmpeg-python's
     `get_args()`). States: new -> running -> exited | stopping -> stopped.
     `on_state(state)` is called on each change; `on_line(line)` for each
-    stderr line (it must not block).
+    stderr line (it must not block). With `feed_stdin`, ffmpeg reads its
+    input from stdin (`-i pipe:0`): the caller writes with `feed()`, and
+    stop() closes stdin (end of input) instead of sending 'q'.
     """
 
     def __init__(
@@ -105,8 +120,10 @@ class FfmpegProcess:
         stderr_lines: int = 64,
         on_state: Callable[[str], None] | None = None,
         on_line: Callable[[str], None] | None = None,
+        feed_stdin: bool = False,
     ) -> None:
         self.name = name
+        self.feed_stdin = feed_stdin
         self.command: list[str] = [
             ffmpeg_binary(ffmpeg), "-hide_banner", "-nostats", "-loglevel", loglevel, *args,
         ]
@@ -151,14 +168,22 @@ class FfmpegProcess:
     async def start(self) -> None:
         """Start the child. Raises OSError if the binary cannot run."""
         assert self._process is None, f"FfmpegProcess({self.name}) started twice"
-        logger.info("FfmpegProcess(%s) starting: %s", self.name, " ".join(self.command))
+        logger.info("FfmpegProcess(%s) starting: %s", self.name, mask_secrets(" ".join(self.command)))
+        # forked from the loop's thread (asyncio does): the parent-death signal
+        # fires when the forking thread ends, and this one lives as long as the server
         self._process = await asyncio.create_subprocess_exec(
             *self.command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=die_with_parent(),
+            process_group=0,
+            env=child_environment(),  # no token secret, Redis URL or restream keys in a child
         )
         _LIVE[self._process.pid] = self._process
+        registry = installed()
+        if registry is not None:
+            registry.record(self._process.pid, self.name)
         self._started_at = time.monotonic()
         self._stderr_task = asyncio.create_task(self._drain_stderr(), name=f"{self.name}-stderr")
         if self._stop_future is not None:
@@ -179,7 +204,7 @@ class FfmpegProcess:
                     raw = await process.stderr.read(65536)
                 if not raw:
                     break
-                line = raw.decode("utf-8", "replace").rstrip()
+                line = mask_secrets(raw.decode("utf-8", "replace").rstrip())  # the ring is shown in logs and status
                 if not line:
                     continue
                 self._tail.append(line)
@@ -193,10 +218,23 @@ class FfmpegProcess:
             self._ended_at = time.monotonic()
             if process.returncode is not None:  # else (cancelled with the loop) atexit still kills it
                 _LIVE.pop(process.pid, None)
+                registry = installed()
+                if registry is not None:
+                    registry.forget(process.pid)
                 if self._state is _State.RUNNING:
                     logger.info("FfmpegProcess(%s) exited with %s", self.name, process.returncode)
                     self._set_state(_State.EXITED)
                 self.exited.set()
+
+    async def feed(self, data: bytes) -> None:
+        """Write input to a `feed_stdin` child, waiting while its pipe is
+        full (back-pressure reaches the sender). Raises ConnectionError
+        once the child is gone or stopping."""
+        process = self._process
+        if process is None or process.stdin is None or self._state is not _State.RUNNING:
+            raise ConnectionResetError(f"FfmpegProcess({self.name}) is not running")
+        process.stdin.write(data)
+        await process.stdin.drain()
 
     async def wait(self) -> int:
         """Wait until the child has ended and been reaped; its exit code."""
@@ -251,8 +289,11 @@ class FfmpegProcess:
             self._set_state(_State.STOPPING)
             try:
                 assert process.stdin is not None
-                process.stdin.write(b"q")
-                await process.stdin.drain()
+                if self.feed_stdin:
+                    process.stdin.close()  # end of input: ffmpeg flushes and exits
+                else:
+                    process.stdin.write(b"q")
+                    await process.stdin.drain()
             except (BrokenPipeError, ConnectionResetError, AssertionError):
                 pass  # it is already going away
             for sig, timeout in ((None, grace), (signal.SIGTERM, 2.0), (signal.SIGKILL, None)):

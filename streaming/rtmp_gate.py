@@ -1,19 +1,27 @@
-"""A stream-key check in front of ffmpeg's RTMP listener.
+"""The venue's RTMP port: an RTMP server for one publisher, which checks
+the stream key and hands the media to ffmpeg's stdin as FLV.
 
-ffmpeg's RTMP server (`-listen 1`) accepts ANY app and stream name: a wrong
-one only logs "Unexpected stream X, expecting Y" and the media is taken
-(checked with the imageio ffmpeg 9 binary). So the venue's public RTMP
-port is this gate, not ffmpeg: it accepts the encoder's TCP connection,
-opens one to ffmpeg (listening on a private loopback port) and copies
-bytes both ways, while reading the encoder's side just far enough to find
-the stream name it names in releaseStream / FCPublish / publish. A wrong
-name closes both connections before ffmpeg sees that command; the right
-one turns the gate into a plain copy. Only one publisher at a time: while
-one is connected, further connections are closed at once.
+Why not ffmpeg's own RTMP listener behind a proxy (what this was): its
+listener accepts ANY app and stream name (a wrong one only logs
+"Unexpected stream X", checked with the imageio ffmpeg 9 binary), and its
+loopback port is visible in `ps`, so anyone on the machine could publish
+to it directly, skipping the key check. A random internal key would not
+help (the listener ignores the name), and a listener bound before the gate
+connects leaves a window. So there is no internal listener at all: this
+gate is the RTMP server (Adobe RTMP specification 1.0: handshake 5.2,
+chunk stream 5.3, protocol control 5.4, NetConnection connect and
+createStream 7.2.1, NetStream publish 7.2.2), and once the publisher named
+the right key it writes the publisher's audio, video and metadata
+messages as FLV tags into a sink (`FlvSink`: the venue's ffmpeg started
+with `-f flv -i pipe:0`). Only the server holds the write end of that
+pipe. What a wrong key sends never reaches ffmpeg: ffmpeg does not even
+run until a publish is accepted.
 
-Parsing is the RTMP chunk stream (handshake, basic/message headers,
-extended timestamps, Set Chunk Size) and enough AMF0 to read a command's
-name and string arguments; nothing is rewritten.
+Refused: bytes that are not RTMP, a wrong key in releaseStream, FCPublish
+or publish, a second publisher while one is connected. Closed: a
+publisher silent for `idle_timeout`, or whose sink went away (ffmpeg
+ended: the encoder sees the close and reconnects). The key is never
+logged.
 """
 
 from __future__ import annotations
@@ -21,163 +29,53 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from streaming.rtmp_codec import (
+    ACKNOWLEDGEMENT,
+    AUDIO,
+    COMMAND_AMF0,
+    DATA_AMF0,
+    DATA_AMF3,
+    FLV_HEADER,
+    HANDSHAKE_SIZE,
+    RTMP_VERSION,
+    SET_CHUNK_SIZE,
+    SET_PEER_BANDWIDTH,
+    VIDEO,
+    WINDOW_ACK_SIZE,
+    RtmpChunkReader,
+    RtmpMessage,
+    RtmpProtocolError,
+    amf0_encode,
+    chunk_message,
+    command_of,
+    flv_script_body,
+    flv_tag,
+    stream_name,
+)
 
 logger = logging.getLogger(__name__)
 
-_HANDSHAKE_BYTES = 1 + 1536 + 1536  # C0, C1, C2
 _NAMING_COMMANDS = ("releaseStream", "FCPublish", "publish")
-_MAX_MESSAGE = 1 << 20  # a command this large is not an encoder's
+_END_COMMANDS = ("FCUnpublish", "deleteStream", "closeStream")
+_OUT_CHUNK_SIZE = 4096
+_WINDOW = 2_500_000  # bytes: our Window Acknowledgement Size and Set Peer Bandwidth
+_PUBLISH_STREAM_ID = 1
 
 
-class RtmpProtocolError(ValueError):
-    pass
+class FlvSink(Protocol):
+    """Where an accepted publisher's FLV goes (header first, then tags)."""
 
+    async def write(self, data: bytes) -> None:
+        """Raises ConnectionError once the consumer is gone."""
 
-@dataclass
-class _ChunkStream:
-    length: int = 0
-    type_id: int = 0
-    extended: bool = False
-    body: bytearray = field(default_factory=bytearray)
-
-
-def _amf0_values(data: bytes, limit: int = 8) -> list[object]:
-    """The first `limit` AMF0 values of a command (objects as dicts of
-    their simple values)."""
-    values: list[object] = []
-    offset = 0
-
-    def read(at: int) -> tuple[object, int]:
-        marker = data[at]
-        at += 1
-        if marker == 0x00:
-            return struct.unpack_from(">d", data, at)[0], at + 8
-        if marker == 0x01:
-            return bool(data[at]), at + 1
-        if marker == 0x02:
-            (size,) = struct.unpack_from(">H", data, at)
-            return data[at + 2:at + 2 + size].decode("utf-8", "replace"), at + 2 + size
-        if marker == 0x0C:
-            (size,) = struct.unpack_from(">I", data, at)
-            return data[at + 4:at + 4 + size].decode("utf-8", "replace"), at + 4 + size
-        if marker in (0x05, 0x06):
-            return None, at
-        if marker in (0x03, 0x08):
-            if marker == 0x08:
-                at += 4  # ECMA array: a count, then like an object
-            result: dict[str, object] = {}
-            while True:
-                (size,) = struct.unpack_from(">H", data, at)
-                key = data[at + 2:at + 2 + size].decode("utf-8", "replace")
-                at += 2 + size
-                if data[at] == 0x09:
-                    return result, at + 1
-                result[key], at = read(at)
-        if marker == 0x0A:
-            (count,) = struct.unpack_from(">I", data, at)
-            at += 4
-            items = []
-            for _ in range(count):
-                item, at = read(at)
-                items.append(item)
-            return items, at
-        if marker == 0x0B:
-            return struct.unpack_from(">d", data, at)[0], at + 10
-        raise RtmpProtocolError(f"AMF0 marker {marker:#x} not understood")
-
-    try:
-        while offset < len(data) and len(values) < limit:
-            value, offset = read(offset)
-            values.append(value)
-    except (struct.error, IndexError) as error:
-        raise RtmpProtocolError(f"truncated AMF0: {error}") from None
-    return values
-
-
-class RtmpCommandReader:
-    """Reads the client's side of an RTMP connection and reports each AMF
-    command as (name, values). Feed it bytes in order."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._handshake_left = _HANDSHAKE_BYTES
-        self._chunk_size = 128
-        self._streams: dict[int, _ChunkStream] = {}
-
-    def feed(self, data: bytes) -> list[tuple[str, list[object]]]:
-        self._buffer += data
-        if self._handshake_left:
-            skipped = min(self._handshake_left, len(self._buffer))
-            if self._handshake_left == _HANDSHAKE_BYTES and skipped and self._buffer[0] != 3:
-                raise RtmpProtocolError(f"not RTMP (version byte {self._buffer[0]})")
-            del self._buffer[:skipped]
-            self._handshake_left -= skipped
-            if self._handshake_left:
-                return []
-        commands: list[tuple[str, list[object]]] = []
-        while (parsed := self._chunk()) is not None:
-            if parsed:
-                commands.append(parsed)
-        return commands
-
-    def _chunk(self) -> tuple[str, list[object]] | tuple[()] | None:
-        """One chunk off the buffer: a finished command, () for any other
-        chunk, None when the buffer holds no whole chunk yet."""
-        buf = self._buffer
-        if not buf:
-            return None
-        fmt, csid, at = buf[0] >> 6, buf[0] & 0x3F, 1
-        if csid == 0:
-            if len(buf) < 2:
-                return None
-            csid, at = 64 + buf[1], 2
-        elif csid == 1:
-            if len(buf) < 3:
-                return None
-            csid, at = 64 + buf[1] + 256 * buf[2], 3
-        header = (11, 7, 3, 0)[fmt]
-        if len(buf) < at + header:
-            return None
-        stream = self._streams.setdefault(csid, _ChunkStream())
-        timestamp = int.from_bytes(buf[at:at + 3], "big") if fmt < 3 else 0
-        if fmt <= 1:
-            length = int.from_bytes(buf[at + 3:at + 6], "big")
-            type_id = buf[at + 6]
-        else:
-            length, type_id = stream.length, stream.type_id
-        extended = timestamp == 0xFFFFFF if fmt < 3 else stream.extended
-        at += header + (4 if extended else 0)
-        if fmt < 3 and stream.body:
-            stream.body.clear()  # a new message header mid-message: start over
-        if length > _MAX_MESSAGE:
-            raise RtmpProtocolError(f"message of {length} bytes")
-        take = min(self._chunk_size, length - len(stream.body))
-        if len(buf) < at + take:
-            return None
-        stream.length, stream.type_id, stream.extended = length, type_id, extended
-        stream.body += buf[at:at + take]
-        del buf[:at + take]
-        if len(stream.body) < length:
-            return ()
-        body = bytes(stream.body)
-        stream.body.clear()
-        if type_id == 1 and len(body) >= 4:  # Set Chunk Size
-            self._chunk_size = max(1, int.from_bytes(body[:4], "big") & 0x7FFFFFFF)
-        elif type_id in (20, 17):  # AMF0 command, or AMF3 command (a 0 byte then AMF0)
-            values = _amf0_values(body[1:] if type_id == 17 else body)
-            if values and isinstance(values[0], str):
-                return values[0], values[1:]
-        return ()
-
-
-def stream_name(values: list[object]) -> str | None:
-    """The stream name argument of releaseStream/FCPublish/publish
-    (values after the command name: transaction id, null, name, ...)."""
-    name = values[2] if len(values) > 2 and isinstance(values[2], str) else None
-    return name.split("?", 1)[0] if name is not None else None
+    async def close(self) -> None:
+        """End of the stream (the publisher left). Idempotent."""
 
 
 class _State(enum.Enum):
@@ -186,20 +84,25 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
+class _Refused(Exception):
+    pass
+
+
 class RtmpKeyGate:
-    """Listens on `host`:`port`; proxies a publisher whose stream name is
-    `stream_key` to ffmpeg on 127.0.0.1:`upstream_port()`. `on_refused(reason)` is
-    called for each refused connection."""
+    """Listens on `host`:`port` for one RTMP publisher at a time. A
+    publisher whose stream name is `stream_key` gets `on_publish()`'s sink
+    (awaited once the key is checked) and its media goes there as FLV.
+    `on_refused(reason)` is called for each refused connection.
+    States: new -> listening -> stopped."""
 
     def __init__(
         self,
         port: int,
         stream_key: str,
-        upstream_port: Callable[[], int],
+        on_publish: Callable[[], Awaitable[FlvSink]],
         *,
         name: str = "rtmp",
         idle_timeout: float = 10.0,
-        connect_timeout: float = 5.0,
         on_refused: Callable[[str], None] | None = None,
         host: str = "127.0.0.1",
     ) -> None:
@@ -207,9 +110,8 @@ class RtmpKeyGate:
         self.port = port
         self.name = name
         self._key = stream_key
-        self._upstream_port = upstream_port
+        self._on_publish = on_publish
         self._idle_timeout = idle_timeout
-        self._connect_timeout = connect_timeout
         self._on_refused = on_refused
         self._server: asyncio.Server | None = None
         self._session: asyncio.Task[None] | None = None
@@ -221,12 +123,17 @@ class RtmpKeyGate:
     def state(self) -> str:
         return self._state.value
 
+    @property
+    def listening(self) -> bool:
+        return self._state is _State.LISTENING
+
     def _set_state(self, state: _State) -> None:
         if state is not self._state:
             logger.info("RtmpKeyGate(%s) %s -> %s", self.name, self._state.value, state.value)
             self._state = state
 
     async def start(self) -> None:
+        """Bind the port. Raises OSError (e.g. the address is in use)."""
         assert self._state is _State.NEW
         self._server = await asyncio.start_server(self._accept, self.host, self.port)
         self._set_state(_State.LISTENING)
@@ -262,74 +169,126 @@ class RtmpKeyGate:
             writer.close()
             return
         self._session = asyncio.current_task()
+        session = _Session(self, reader, writer)
         try:
-            await self._proxy(reader, writer)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            writer.close()
-
-    async def _connect_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._connect_timeout
-        while loop.time() < deadline:  # ffmpeg may be restarting right now
-            try:
-                return await asyncio.open_connection("127.0.0.1", self._upstream_port())
-            except OSError:
-                await asyncio.sleep(0.1)  # retry the listener; nothing to await on a process's bind
-        return None
-
-    async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream = await self._connect_upstream()
-        if upstream is None:
-            logger.error("RtmpKeyGate(%s) ffmpeg is not listening: dropping the publisher", self.name)
-            return
-        up_reader, up_writer = upstream
-        back = asyncio.create_task(self._copy(up_reader, writer))
-        commands = RtmpCommandReader()
-        checking = True
-        try:
-            while True:
-                data = await asyncio.wait_for(reader.read(65536), self._idle_timeout)
-                if not data:
-                    break
-                if checking:
-                    try:
-                        found = commands.feed(data)
-                    except RtmpProtocolError as error:
-                        self._refuse(f"bad RTMP: {error}")
-                        return
-                    for command, values in found:
-                        if command in _NAMING_COMMANDS:
-                            name = stream_name(values)
-                            if name != self._key:
-                                self._refuse(f"wrong stream key in {command}")
-                                return  # this data, with the wrong name, never reaches ffmpeg
-                            if command == "publish":
-                                checking = False
-                                self.accepted += 1
-                                logger.info("RtmpKeyGate(%s) publisher accepted", self.name)
-                up_writer.write(data)
-                await up_writer.drain()
+            await session.run()
+        except _Refused as refused:
+            self._refuse(str(refused))
+        except RtmpProtocolError as error:
+            self._refuse(f"bad RTMP: {error}")
         except asyncio.TimeoutError:
             logger.warning("RtmpKeyGate(%s) publisher silent for %.0fs: closing", self.name, self._idle_timeout)
-        except ConnectionError:
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass
         finally:
-            back.cancel()
-            up_writer.close()
-            try:
-                await back
-            except asyncio.CancelledError:
-                pass
+            await session.close()
 
-    @staticmethod
-    async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()  # ffmpeg went away: the publisher must see it and reconnect
+
+class _Session:
+    """One publisher's connection, from the handshake to the end."""
+
+    def __init__(self, gate: RtmpKeyGate, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.gate = gate
+        self.reader = reader
+        self.writer = writer
+        self.sink: FlvSink | None = None
+        self.received = 0
+        self.acked = 0
+        self.peer_window = 0  # the publisher's Window Acknowledgement Size: ack every this many bytes
+
+    async def _read(self, size: int | None = None) -> bytes:
+        timeout = self.gate._idle_timeout
+        if size is None:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+        else:
+            data = await asyncio.wait_for(self.reader.readexactly(size), timeout)
+        self.received += len(data)
+        return data
+
+    async def _send(self, csid: int, type_id: int, body: bytes, stream_id: int = 0) -> None:
+        self.writer.write(chunk_message(csid, type_id, body, stream_id=stream_id, chunk_size=_OUT_CHUNK_SIZE))
+        await self.writer.drain()
+
+    async def run(self) -> None:
+        c0c1 = await self._read(1 + HANDSHAKE_SIZE)
+        if c0c1[0] != RTMP_VERSION:
+            raise RtmpProtocolError(f"not RTMP (version byte {c0c1[0]})")
+        # S0, S1 (our time, zero, random), S2 (C1 echoed): the simple handshake of section 5.2
+        s1 = struct.pack(">II", int(time.monotonic() * 1000) & 0xFFFFFFFF, 0) + os.urandom(HANDSHAKE_SIZE - 8)
+        self.writer.write(bytes([RTMP_VERSION]) + s1 + c0c1[1:])
+        await self.writer.drain()
+        await self._read(HANDSHAKE_SIZE)  # C2
+        chunks = RtmpChunkReader()
+        while True:
+            data = await self._read()
+            if not data:
+                return
+            for message in chunks.feed(data):
+                if not await self._handle(message):
+                    return
+            if self.peer_window and self.received - self.acked >= self.peer_window:
+                self.acked = self.received
+                await self._send(2, ACKNOWLEDGEMENT, (self.received & 0xFFFFFFFF).to_bytes(4, "big"))
+
+    async def _handle(self, message: RtmpMessage) -> bool:
+        """Act on one message; False ends the session."""
+        if message.type_id in (AUDIO, VIDEO):
+            if self.sink is not None:
+                await self.sink.write(flv_tag(message.type_id, message.timestamp, message.body))
+            return True
+        if message.type_id in (DATA_AMF0, DATA_AMF3):
+            body = flv_script_body(message)
+            if self.sink is not None and body is not None:
+                await self.sink.write(flv_tag(DATA_AMF0, message.timestamp, body))
+            return True
+        if message.type_id == WINDOW_ACK_SIZE and len(message.body) >= 4:
+            self.peer_window = int.from_bytes(message.body[:4], "big")
+            return True
+        command = command_of(message)
+        if command is None:
+            return True  # user control, acknowledgements, AMF3 objects: nothing to do
+        name, values = command
+        transaction = values[0] if values and isinstance(values[0], float) else 0.0
+        if name in _NAMING_COMMANDS and stream_name(values) != self.gate._key:
+            raise _Refused(f"wrong stream key in {name}")  # never logged: it may be a near miss
+        if name == "connect":
+            await self._send(2, WINDOW_ACK_SIZE, _WINDOW.to_bytes(4, "big"))
+            await self._send(2, SET_PEER_BANDWIDTH, _WINDOW.to_bytes(4, "big") + b"\x02")
+            await self._send(2, SET_CHUNK_SIZE, _OUT_CHUNK_SIZE.to_bytes(4, "big"))
+            await self._send(3, COMMAND_AMF0, amf0_encode(
+                "_result", transaction, {"fmsVer": "FMS/3,0,1,123", "capabilities": 31},
+                {"level": "status", "code": "NetConnection.Connect.Success",
+                 "description": "Connection succeeded.", "objectEncoding": 0}))
+        elif name == "createStream":
+            await self._send(3, COMMAND_AMF0, amf0_encode("_result", transaction, None, _PUBLISH_STREAM_ID))
+        elif name in ("releaseStream", "FCPublish"):
+            await self._send(3, COMMAND_AMF0, amf0_encode("_result", transaction, None))
+        elif name == "publish":
+            if self.sink is not None:
+                raise _Refused("a second publish on one connection")
+            try:
+                self.sink = await self.gate._on_publish()
+            except Exception as error:
+                logger.error("RtmpKeyGate(%s) cannot take the publisher: %s", self.gate.name, error)
+                await self._status("error", "NetStream.Publish.BadName", "the server cannot take the stream now")
+                return False
+            await self.sink.write(FLV_HEADER)
+            self.gate.accepted += 1
+            logger.info("RtmpKeyGate(%s) publisher accepted", self.gate.name)
+            await self._status("status", "NetStream.Publish.Start", "publishing")
+        elif name in _END_COMMANDS:
+            return self.sink is None  # the publisher is done: end the stream (before it, harmless)
+        return True
+
+    async def _status(self, level: str, code: str, description: str) -> None:
+        await self._send(5, COMMAND_AMF0, amf0_encode(
+            "onStatus", 0.0, None, {"level": level, "code": code, "description": description}),
+            stream_id=_PUBLISH_STREAM_ID)
+
+    async def close(self) -> None:
+        if self.sink is not None:
+            try:
+                await self.sink.close()
+            except Exception:
+                logger.exception("RtmpKeyGate(%s) closing the sink failed", self.gate.name)
+        self.writer.close()

@@ -1,7 +1,13 @@
-"""RTP from a local ffmpeg, received on a loopback UDP port.
+"""RTP from a local ffmpeg, received on a loopback UDP port or a Unix
+datagram socket.
 
 ffmpeg's rtp muxer sends one stream per port, so there is one
-`RtpUdpIngest` per track. Each datagram is parsed with aiortc's RtpPacket
+`RtpUdpIngest` per track. Any local user can send to a loopback UDP port
+(and read its number in ffmpeg's argv), so an ingest whose packets may
+go on air behind a key check (venue feeds) listens on a Unix datagram
+socket in a 0700 directory instead: only this user can reach it, and
+ffmpeg's rtp muxer writes one packet per datagram there too
+(`unix:<path>` with `-type datagram`). Each datagram is parsed with aiortc's RtpPacket
 and pushed, in arrival order, into a sink (an RtpSource of the media plane,
 or anything with `push(packet)`). Malformed datagrams are counted and
 dropped.
@@ -15,9 +21,12 @@ decoder and jitter buffer see a pause, not a new stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -60,13 +69,16 @@ def opus_codec() -> RTCRtpCodecParameters:
     )
 
 
-def rtp_output_options(kind: str, port: int) -> tuple[str, dict[str, object]]:
+def rtp_output_options(kind: str, port: int, path: str | None = None) -> tuple[str, dict[str, object]]:
     """The ffmpeg-python output (url, kwargs) that sends one track of
-    `kind` as RTP to 127.0.0.1:port, as RtpUdpIngest expects it."""
+    `kind` as RTP to 127.0.0.1:port, or to the Unix datagram socket
+    `path` when given, as RtpUdpIngest expects it."""
     payload_type = H264_PAYLOAD_TYPE if kind == "video" else OPUS_PAYLOAD_TYPE
-    url = f"rtp://127.0.0.1:{port}?pkt_size={RTP_PACKET_SIZE}"
     # skip_rtcp: nothing reads RTCP here, and port+1 may be another ingest
-    return url, {"f": "rtp", "payload_type": payload_type, "rtpflags": "skip_rtcp"}
+    options: dict[str, object] = {"f": "rtp", "payload_type": payload_type, "rtpflags": "skip_rtcp"}
+    if path is not None:
+        return f"unix:{path}", {**options, "type": "datagram", "pkt_size": RTP_PACKET_SIZE}
+    return f"rtp://127.0.0.1:{port}?pkt_size={RTP_PACKET_SIZE}", options
 
 
 def h264_nal_types(payload: bytes) -> list[int]:
@@ -163,7 +175,9 @@ class _State(enum.Enum):
 
 class RtpUdpIngest(asyncio.DatagramProtocol):
     """Receives one RTP stream on 127.0.0.1:`port` (0: a free one, see
-    `port` after start()) and pushes each packet into `sink`.
+    `port` after start()), or on the Unix datagram socket `path` (its
+    directory must be private; the socket is removed on stop), and pushes
+    each packet into `sink`.
 
     `on_packet` (optional) is called after each push; keep it cheap.
     States: new -> receiving -> stopped.
@@ -178,8 +192,10 @@ class RtpUdpIngest(asyncio.DatagramProtocol):
         port: int = 0,
         continuity: RtpContinuity | None = None,
         on_packet: Callable[[RtpPacket], None] | None = None,
+        path: str | None = None,
     ) -> None:
         assert kind in ("video", "audio")
+        self.path = path
         self.kind = kind
         self.name = name
         self.codec = h264_codec() if kind == "video" else opus_codec()
@@ -208,6 +224,15 @@ class RtpUdpIngest(asyncio.DatagramProtocol):
     async def start(self) -> None:
         assert self._state is _State.NEW, f"RtpUdpIngest({self.name}) started twice"
         loop = asyncio.get_running_loop()
+        if self.path is not None:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: self, local_addr=self.path, family=socket.AF_UNIX  # type: ignore[arg-type]
+            )
+            self._transport = transport
+            os.chmod(self.path, 0o600)  # the directory already keeps others out; this says so too
+            self._set_state(_State.RECEIVING)
+            logger.info("RtpUdpIngest(%s) %s on %s", self.name, self.kind, self.path)
+            return
         transport, _ = await loop.create_datagram_endpoint(
             lambda: self, local_addr=("127.0.0.1", self._requested_port)
         )
@@ -216,7 +241,7 @@ class RtpUdpIngest(asyncio.DatagramProtocol):
         self._set_state(_State.RECEIVING)
         logger.info("RtpUdpIngest(%s) %s on 127.0.0.1:%d", self.name, self.kind, self.port)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+    def datagram_received(self, data: bytes, addr: object) -> None:
         if self._state is not _State.RECEIVING:
             return
         if is_rtcp(data):
@@ -248,6 +273,9 @@ class RtpUdpIngest(asyncio.DatagramProtocol):
             self._stop_future = asyncio.get_running_loop().create_future()
             if self._transport is not None:
                 self._transport.close()
+            if self.path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
             self._set_state(_State.STOPPED)
             self._stop_future.set_result(None)
         await self._stop_future

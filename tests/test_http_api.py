@@ -15,6 +15,7 @@ from rooms.errors import RoomError
 from rooms.memory_store import MemoryStore
 from signaling.app import build_app
 from rooms.service import RoomService
+from rooms.store import instance_name
 from signaling.app_keys import AGENDA, EVENT, ROOMS, SETTINGS, STORE, TOKENS
 
 SHANGHAI = zoneinfo.ZoneInfo("Asia/Shanghai")
@@ -54,9 +55,9 @@ async def test_build_app_registers_the_services(settings: Settings) -> None:
 
 async def test_store_lives_in_a_cleanup_context(client: TestClient[web.Request, web.Application]) -> None:
     store = client.app[STORE]  # type: ignore[index]
-    assert isinstance(store, MemoryStore) and store.node_id == "api-node"
+    assert isinstance(store, MemoryStore) and instance_name(store.node_id) == "api-node"
     rooms = client.app[ROOMS]  # type: ignore[index]
-    assert isinstance(rooms, RoomService) and rooms.store is store
+    assert isinstance(rooms, RoomService) and rooms.store is store and rooms.node_id == store.node_id
 
 
 @pytest.mark.redis
@@ -66,10 +67,11 @@ async def test_redis_url_selects_the_shared_store(tmp_path: Path, redis_url: str
     settings = load_settings(env={}, data_dir=str(tmp_path), node_id="redis-node", redis_url=redis_url)
     async with TestClient(TestServer(build_app(settings), host="127.0.0.1")) as test_client:
         store = test_client.app[STORE]  # type: ignore[index]
-        assert isinstance(store, RedisStore) and store.node_id == "redis-node"
+        # liveness is keyed by this run's instance of the name (redis-node@...)
+        assert isinstance(store, RedisStore) and instance_name(store.node_id) == "redis-node"
         response = await test_client.get("/healthz")
         assert (await response.json())["node_id"] == "redis-node"
-        assert "redis-node" in {node.node_id for node in await store.nodes()}
+        assert store.node_id in {node.node_id for node in await store.nodes()}
 
 
 async def test_healthz(client: TestClient[web.Request, web.Application]) -> None:

@@ -1,6 +1,6 @@
 """docs/DESIGN.md "What we promise" stays true: the bounds it names are
-settings with the defaults it states, its refusal codes are 429s, and the
-tests it cites exist."""
+settings with the defaults it states, its refusal codes are 429s, and every
+test it names exists (so the section cannot drift from the suite)."""
 
 from __future__ import annotations
 
@@ -42,3 +42,19 @@ def test_the_tests_cited_exist() -> None:
     assert cited
     for path in cited:
         assert (ROOT / path).is_file(), path
+
+
+def test_every_test_the_promises_name_exists() -> None:
+    design = (ROOT / "docs" / "DESIGN.md").read_text()
+    assert "## What we promise" in design
+    section = design.split("## What we promise", 1)[1].split("\n## ", 1)[0]
+    for heading in ("### What survives a crash", "### Secrets"):
+        assert heading in section
+    text = re.sub(r"\s*\n\s*", "", section)  # names may wrap across lines
+    named = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", text)
+    assert len(named) >= 5
+    for path, name in named:
+        source = ROOT / path
+        assert source.is_file(), f"DESIGN.md names {path}, which does not exist"
+        if name:
+            assert re.search(rf"def {name}\b", source.read_text()), f"DESIGN.md names {path}::{name}: not found"

@@ -345,6 +345,38 @@ async def test_a_lost_nodes_guests_and_sources_are_reaped(clock: Clock) -> None:
     await store.stop()
 
 
+async def test_a_run_restarted_under_the_same_name_reaps_the_crashed_run_at_start(clock: Clock) -> None:
+    """2 viewers and a live source held by run 1 of "hall", which crashed
+    (no goodbye) a moment ago, well within its TTL: run 2 of "hall" frees
+    them as it starts, not after a TTL and not never (reaping used to skip
+    the node's own id, and a restart kept the id)."""
+    store = MemoryStore("hall@run1", clock=Clock(0.0))
+    crashed = RoomService(EVENT, store, "hall@run1", now=clock, heartbeat_ttl_s=30.0)
+    await crashed.start()
+    for pid in ("v1", "v2"):  # the hall is full (capacity 2)
+        await crashed.join("main", VIEWER, pid)
+    cam = await crashed.register_source("main", SPEAKER, source("cam"))
+    await crashed.take("main", OPERATOR, "cam")
+    await crashed.stop()  # the crash: nothing left, nothing expired
+    assert await store.counts("main") == Counts(2, 2)
+    restarted = RoomService(EVENT, store, "hall@run2", now=clock, heartbeat_ttl_s=30.0)
+    sub = restarted.events()
+    await restarted.start()
+    try:
+        assert await store.counts("main") == Counts(0, 0)
+        assert await store.sources("main") == []
+        assert (await restarted.program("main")).program is None
+        got = sub.drain()
+        assert [e.source for e in got if isinstance(e, SourceRemoved)] == [cam]
+        assert [(e.lost_node_id, e.participants, e.sources) for e in got if isinstance(e, NodeLost)] == [
+            ("hall@run1", 2, 1)]
+        await restarted.join("main", VIEWER, "v3")  # the seats are free again
+        assert [n.node_id for n in await store.nodes()] == ["hall@run2"]
+    finally:
+        await restarted.stop()
+        await store.stop()
+
+
 async def test_start_registers_the_node_and_stop_is_idempotent(service: RoomService, store: MemoryStore) -> None:
     await service.start()
     await service.start()

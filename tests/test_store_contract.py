@@ -380,3 +380,30 @@ async def test_reap_keeps_what_moved_to_another_node(nodes: Nodes) -> None:
     assert reaped.participants == []
     assert [p.node_id for p in await store.participants("f1")] == ["node-new"]
     assert [p.id for p in (await store.reap_node("node-new")).participants] == ["v1"]
+
+
+async def test_a_name_restarted_after_a_crash_finds_its_previous_instances(nodes: Nodes) -> None:
+    """Liveness is keyed by the instance id (name@run), not the name: the
+    crashed run of "hall" is still within its TTL (its key has not expired),
+    yet a new run of "hall" finds it, live or expired, and reaps it."""
+    crashed, fresh = await nodes(2)
+    await crashed.heartbeat("hall@00000001", {}, ttl_s=30)  # crashed a moment ago: still "live"
+    await crashed.heartbeat("hall@00000000", {}, ttl_s=0.05)  # an older crash, expired
+    await crashed.heartbeat("hall-2@00000001", {}, ttl_s=30)  # another node whose name starts alike
+    await crashed.heartbeat("hall@00000002", {}, ttl_s=30)  # the new run itself
+    for pid in ("v1", "v2", "v3"):
+        assert await crashed.admit(viewer(pid, node="hall@00000001"), 10)
+    assert await crashed.admit(viewer("v4", node="hall-2@00000001"), 10)
+    await crashed.put_source(source("venue", node="hall@00000001"))
+
+    async def older_expired() -> bool:
+        return "hall@00000000" in await fresh.dead_nodes()
+
+    await wait_until(older_expired, "the older run to expire")
+    previous = await fresh.previous_instances("hall@00000002")
+    assert previous == ["hall@00000000", "hall@00000001"]
+    for node_id in previous:
+        await fresh.reap_node(node_id)
+    assert await fresh.counts("f1") == Counts(viewers=1, total=1)
+    assert await fresh.sources("f1") == []
+    assert {n.node_id for n in await fresh.nodes()} == {"hall-2@00000001", "hall@00000002"}

@@ -265,8 +265,8 @@ async function toggleIngest() {
   }
   try {
     const ingest = await api("/ingest?reveal=true");
-    $("ingest-rtmp").textContent = ingest.rtmp_url;
-    $("ingest-srt").textContent = ingest.srt_url;
+    $("ingest-rtmp").textContent = ingest.rtmp_url ?? "(not listening: ask again)";
+    $("ingest-srt").textContent = ingest.srt_url ?? "(not listening: ask again)";
     $("ingest-state").textContent = ingest.state;
     $("ingest").hidden = false;
     $("ingest-show").textContent = "Hide ingest addresses";

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import signal
 import socket
+import stat
 
 import ffmpeg
 import pytest
@@ -14,9 +17,11 @@ from aiortc.rtp import RtpPacket
 from rooms.errors import RoomError
 from rooms.models import SourceState
 from streaming.ffmpeg_process import FfmpegProcess
-from streaming.rtmp_gate import RtmpCommandReader, RtmpKeyGate, _amf0_values
+from streaming.rtmp_codec import RtmpCommandReader, amf0_values
+from streaming.rtmp_gate import FlvSink, RtmpKeyGate
 from streaming.rtp_udp_ingest import OPUS_PAYLOAD_TYPE, h264_nal_types
 from streaming.venue_ingest import VenueIngest
+from tests.eventually import NotYet, eventually
 from tests.processes import free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -60,6 +65,7 @@ class Venue:
 async def venue() -> Venue:
     venue = Venue()
     await venue.ingest.start()
+    assert await venue.ingest.wait_listening(timeout=20)
     yield venue
     pids = [p.pid for p in venue.ingest.processes()]
     await venue.ingest.stop()
@@ -182,7 +188,10 @@ async def test_the_key_gate_listens_on_the_configured_host() -> None:
     """ingest_host decides where venue encoders may connect (127.0.0.2 is
     still loopback, so the test stays on this machine)."""
     port = free_port()
-    gate = RtmpKeyGate(port, "k" * 16, lambda: free_port(), host="127.0.0.2")
+    async def no_sink() -> FlvSink:
+        raise RuntimeError("no publisher in this test")
+
+    gate = RtmpKeyGate(port, "k" * 16, no_sink, host="127.0.0.2")
     await gate.start()
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.2", port), 5)
@@ -212,4 +221,182 @@ def test_command_reader_finds_the_stream_name_across_chunks() -> None:
     for i in range(0, len(stream), 100):  # arriving in pieces
         found += reader.feed(stream[i:i + 100])
     assert found == [("publish", [0.0, None, "k" * 200, "live"])]
-    assert _amf0_values(b"\x03\x00\x03app" + amf_string("live") + b"\x00\x00\x09") == [{"app": "live"}]
+    assert amf0_values(b"\x03\x00\x03app" + amf_string("live") + b"\x00\x00\x09") == [{"app": "live"}]
+
+
+def _sockets_of(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    return inodes
+
+
+def _tcp_listen_ports(pid: int) -> set[int]:
+    """TCP ports process `pid` listens on (proc(5): /proc/net/tcp state 0A)."""
+    inodes = _sockets_of(pid)
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+async def test_a_wrong_key_straight_at_any_internal_endpoint_cannot_go_on_air(venue: Venue) -> None:
+    """ffmpeg's own RTMP listener takes any key: a publisher that skipped the
+    gate and went straight to it (its port was in `ps`) went on air. Every
+    TCP port any venue child listens on is tried with a wrong key; the
+    right key through the gate still plays."""
+    internal = {port for p in venue.ingest.processes() if p.pid for port in _tcp_listen_ports(p.pid)}
+    internal.discard(venue.ingest.rtmp_port)  # the gate (the server's own port) refuses wrong keys, tested above
+    for port in sorted(internal):
+        intruder = publisher(f"rtmp://127.0.0.1:{port}/live/not-the-key-123", "flv")
+        await intruder.start()
+        try:
+            await eventually(lambda: venue.ingest.state == "live" or intruder.state != "running", timeout=20,
+                             what=f"the intruder on internal port {port} to be refused or go live")
+        finally:
+            await intruder.stop(grace=1.0)
+        assert venue.ingest.state == "connecting" and venue.video.packets == [], f"internal port {port} took a wrong key"
+    assert internal == set(), "no internal listener at all: ffmpeg reads the gate's FLV on stdin"
+
+    good = publisher(venue.ingest.urls("127.0.0.1")["rtmp_url"] or "", "flv")
+    await good.start()
+    try:
+        await venue.reach(SourceState.LIVE)
+        await asyncio.wait_for(venue.video.keyframe.wait(), 10)
+    finally:
+        await good.stop(grace=2.0)
+
+
+async def test_the_stream_key_is_in_no_command_line_log_or_stderr(venue: Venue,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Any local user reads /proc/<pid>/cmdline: the key used to be in the
+    RTMP URL and the SRT passphrase of ffmpeg's command line, and in the
+    INFO line that logs it. Both protocols publish with the right key; no
+    child's argv, no log record and no stderr ring holds the key; the
+    passphrase file is 0600 in a 0700 directory, gone after stop."""
+    caplog.set_level(logging.DEBUG)
+    urls = venue.ingest.urls("127.0.0.1")
+    seen: list[str] = []
+    for url, container in ((urls["srt_url"], "mpegts"), (urls["rtmp_url"], "flv")):
+        assert url is not None
+        encoder = publisher(url, container)
+        venue.video.keyframe.clear()
+        await encoder.start()
+        try:
+            await venue.reach(SourceState.LIVE)
+            await asyncio.wait_for(venue.video.keyframe.wait(), 10)
+            for process in venue.ingest.processes():
+                assert process.pid is not None
+                argv = open(f"/proc/{process.pid}/cmdline", "rb").read().decode()
+                seen.append(argv)
+                assert KEY not in argv, f"{process.name}'s argv holds the key"
+                assert all(KEY not in line for line in process.stderr_tail)
+        finally:
+            await encoder.stop(grace=2.0)
+        await venue.reach(SourceState.LOST)
+    assert any("flv" in argv for argv in seen) and any("concat" in argv for argv in seen)  # both legs were read
+    private = venue.ingest.private_dir()
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    files = list(private.iterdir())
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    assert KEY not in caplog.text
+    await venue.ingest.stop()
+    assert not private.exists()
+
+
+_FORGER = """
+import socket, struct, sys
+kind, target = sys.argv[1], sys.argv[2]
+try:
+    if kind == "udp":
+        sock, address = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), ("127.0.0.1", int(target))
+    else:
+        sock, address = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM), target
+    for seq in range(50):  # an H.264 SPS then IDR slices, as an encoder's first packets
+        nal = bytes([0x67, 0x42, 0xC0, 0x1E]) if seq == 0 else bytes([0x65, 0x88]) + bytes(100)
+        sock.sendto(struct.pack(">BBHII", 0x80, 96, seq, seq * 3000, 0x1234) + nal, address)
+except PermissionError:
+    sys.exit(13)
+"""
+
+
+_SYSTEM_PYTHON = "/usr/bin/python3"  # nobody may not enter /root, where pyenv's lives
+
+
+def _as_nobody() -> None:
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+async def test_forged_rtp_from_another_local_user_cannot_go_on_air(venue: Venue) -> None:
+    """ffmpeg hands the venue's media to the server as RTP; on loopback UDP
+    (ports in `ps`) any local user could send forged RTP there and be on
+    air without a key. Another user (nobody) sends to every such endpoint
+    named in the children's argv: nothing arrives."""
+    if os.getuid() != 0 or not os.path.exists(_SYSTEM_PYTHON):
+        pytest.skip("needs root and a system python to act as another local user")
+    argv = " ".join(open(f"/proc/{p.pid}/cmdline").read().replace("\0", " ")
+                    for p in venue.ingest.processes() if p.pid)
+    endpoints = [("udp", port) for port in re.findall(r"rtp://127\.0\.0\.1:(\d+)", argv)]
+    endpoints += [("unix", path) for path in re.findall(r"unix:(\S+)", argv)]
+    assert endpoints, argv  # the SRT leg's ffmpeg runs from the start
+    for kind, target in endpoints:
+        forger = await asyncio.create_subprocess_exec(_SYSTEM_PYTHON, "-c", _FORGER, kind, target,
+                                                      preexec_fn=_as_nobody)
+        assert await forger.wait() in (0, 13)
+    with pytest.raises(NotYet):  # nothing to await for a packet that must never come
+        await eventually(lambda: venue.video.packets or venue.ingest.state != "connecting", timeout=2,
+                         what="forged RTP to arrive")
+
+
+async def test_no_srt_address_while_its_port_is_held_by_another_process() -> None:
+    """A stray (a crashed run's ffmpeg) holds the SRT port: the leg's ffmpeg
+    cannot bind and its supervisor backs off, and the ingest used to hand
+    out the SRT address all the same. It answers None until the port is
+    free and its own ffmpeg listens there."""
+    srt_port = free_port(socket.SOCK_DGRAM)
+    stray = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stray.bind(("127.0.0.1", srt_port))
+    venue = VenueIngest("forum8", free_port(), srt_port, KEY, Sink(), Sink())
+    await venue.start()
+    try:
+        assert not await venue.wait_listening(timeout=3)
+        assert venue.listening() == {"rtmp": True, "srt": False}
+        urls = venue.urls("127.0.0.1")
+        assert urls["srt_url"] is None and urls["rtmp_url"] is not None
+        stray.close()  # the stray is gone: the supervisor's next start binds
+        assert await venue.wait_listening(timeout=60)
+        assert (venue.urls("127.0.0.1")["srt_url"] or "").startswith(f"srt://127.0.0.1:{srt_port}?")
+    finally:
+        stray.close()
+        await venue.stop()
+
+
+async def test_the_gate_refuses_what_is_not_rtmp_and_starts_no_ffmpeg() -> None:
+    opened: list[int] = []
+
+    async def sink() -> FlvSink:
+        opened.append(1)
+        raise RuntimeError("never reached")
+
+    port = free_port()
+    gate = RtmpKeyGate(port, "k" * 16, sink)
+    await gate.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(2000))
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed without an answer
+        writer.close()
+        await eventually(lambda: gate.refused == 1, what="the refusal to be counted")
+        assert opened == [] and gate.accepted == 0
+    finally:
+        await gate.stop()
