@@ -98,7 +98,7 @@ class Node:
 
     async def ingest(self, http: aiohttp.ClientSession) -> dict[str, Any]:
         token = self.server.token(Role.OPERATOR, [FORUM])
-        async with http.get(f"{self.server.url}/api/forums/{FORUM}/ingest",
+        async with http.get(f"{self.server.url}/api/forums/{FORUM}/ingest?reveal=true",
                             headers={"Authorization": f"Bearer {token}"}) as response:
             body = await response.json()
             assert response.status == 200, body

@@ -399,7 +399,7 @@ async def test_a_name_restarted_after_a_crash_finds_its_previous_instances(nodes
     async def older_expired() -> bool:
         return "hall@00000000" in await fresh.dead_nodes()
 
-    await wait_until(older_expired, "the older run to expire")
+    await eventually(older_expired, timeout=DEADLINE_S, what="the older run to expire")
     previous = await fresh.previous_instances("hall@00000002")
     assert previous == ["hall@00000000", "hall@00000001"]
     for node_id in previous:
