@@ -91,6 +91,7 @@ class Playout:
 
     def to_json(self) -> dict[str, Any]:
         return {"source_id": self.source_id, "media": self.item.id, "name": self.item.name,
+                "audio_track": self.player.audio_track,
                 "duration": self.item.duration, "state": self.player.state,
                 "position": round(self.player.position, 2), "by": self.by}
 
@@ -268,9 +269,11 @@ class ForumInputs:
         return found
 
     async def start_playout(self, forum_id: str, grant: Grant, item: MediaItem, name: str | None = None,
-                            start_at: float = 0.0) -> Playout:
+                            start_at: float = 0.0, audio_track: int | None = None) -> Playout:
         """Play a library item as a new RECORDED source of the forum, from
-        the start or from `start_at` seconds in (its next keyframe).
+        the start or from `start_at` seconds in (its next keyframe), with
+        its chosen audio track or `audio_track` (an index of
+        item.audio_tracks; an interpretation played as its own source).
         RoomError: forbidden (rooms decide), not_found, unavailable."""
         forum = self._rooms.forum(forum_id)
         if item.forum_id != forum.id:
@@ -282,13 +285,17 @@ class ForumInputs:
         path = self.library.path(item)
         if not path.is_file():
             raise RoomError("not_found", f"the file of media item {item.id!r} is missing")
+        track = item.audio_track if audio_track is None else audio_track
+        if not 0 <= track < max(1, len(item.audio_tracks)):
+            raise RoomError("invalid", f"audio_track must be an index of the item's {len(item.audio_tracks)} "
+                                       "audio tracks")
         source_id = "rec-" + uuid.uuid4().hex[:12]
         source = MediaSource(source_id, forum.id, SourceKind.RECORDED, (name or item.name)[:64],
                              state=SourceState.CONNECTING)
         await self._rooms.register_source(forum.id, grant, source)
         video = RtpSource("video", h264_codec(), name=source_id)
         audio = RtpSource("audio", opus_codec(), name=source_id)
-        player = FilePlayout(path, source_id, video, audio,
+        player = FilePlayout(path, source_id, video, audio, audio_track=track,
                              on_ended=lambda: self._spawn(self._played_out(source_id)))
         playout = Playout(forum.id, source_id, item, player, grant.name)
         self._playouts[source_id] = playout
