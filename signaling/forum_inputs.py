@@ -44,6 +44,7 @@ from rooms.models import MediaSource, Role, SourceKind, SourceState
 from rooms.tokens import Grant
 from signaling.app_keys import EVENT, MEDIA, ROOMS, SETTINGS
 from streaming.media_library import MediaItem, MediaLibrary
+from streaming.normalize_plan import NormalizeRules
 from streaming.playout import FilePlayout
 from streaming.rtp_source import RtpSource, SourceFeed
 from streaming.rtp_udp_ingest import h264_codec, opus_codec
@@ -396,19 +397,26 @@ INPUTS = web.AppKey("forum_inputs", ForumInputs)
 async def _inputs_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     library = MediaLibrary(settings.data_dir / "media", ffmpeg=ffmpeg_path(settings),
-                           max_upload_bytes=settings.max_upload_bytes)
+                           max_upload_bytes=settings.max_upload_bytes,
+                           rules=NormalizeRules(max_fps=settings.normalize_max_fps),
+                           max_jobs_per_owner=settings.max_conversions_per_token,
+                           max_jobs_per_forum=settings.max_conversions_per_forum)
     inputs = ForumInputs(settings, app[ROOMS], app.get(MEDIA), library, load_or_create_secret(settings))
-    from signaling.operator_api import push_playouts  # it imports this module
+    from signaling.operator_api import push_job, push_playouts  # it imports this module
+    from signaling.tus_uploads import TUS, TusStore
 
     async def tell(forum_id: str) -> None:
         await push_playouts(app, forum_id)
 
     inputs.on_playouts = tell
+    library.on_job = lambda job: inputs._spawn(push_job(app, job))
     await inputs.start()
     app[INPUTS] = inputs
+    app[TUS] = TusStore(settings.data_dir / "media" / "uploads", library)
     try:
         yield
     finally:
+        await library.stop()
         await inputs.stop()
 
 

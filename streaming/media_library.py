@@ -76,6 +76,13 @@ class MediaItem:
     audio_track: int = 0
     notes: list[str] = field(default_factory=list)
     processing: dict[str, object] = field(default_factory=dict)
+    uploaded_by: str = ""  # the uploader's name ("" for the event file's videos)
+
+    def summary(self) -> dict[str, object]:
+        """What the API and operators' lists show (no server paths)."""
+        body = self.to_json()
+        del body["file"], body["content_hash"]
+        return body
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -235,14 +242,28 @@ class MediaLibrary:
         return await self.wait(job)
 
     async def start_upload(self, forum_id: str, filename: str, chunks: AsyncIterator[bytes],
-                           owner: str = "") -> NormalizeJob:
-        """Store an upload and start its normalization as a background job."""
+                           owner: str = "", uploader: str = "") -> NormalizeJob:
+        """Store an upload, probe it (a file that cannot play is refused
+        here, at once) and start its normalization as a background job.
+        RoomError: rate_limited, too_large, invalid, unsupported_media_type."""
         self.check_upload(forum_id, owner, None)
         temp, content_hash = await self.store_upload(chunks)
-        return self.start_job(forum_id, _display_name(filename), temp, content_hash, owner, owns_source=True)
+        return await self.start_stored(forum_id, filename, temp, content_hash, owner, uploader)
+
+    async def start_stored(self, forum_id: str, filename: str, temp: Path, content_hash: str,
+                           owner: str = "", uploader: str = "") -> NormalizeJob:
+        """Probe a stored upload (this call owns `temp`: it is removed when
+        refused or once normalized) and start its job."""
+        try:
+            info = await asyncio.to_thread(probe, temp)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return self.start_job(forum_id, _display_name(filename), temp, content_hash, owner, owns_source=True,
+                              info=info, uploader=uploader)
 
     def start_job(self, forum_id: str, name: str, source: Path, content_hash: str, owner: str = "",
-                  *, owns_source: bool) -> NormalizeJob:
+                  *, owns_source: bool, info: ProbeResult | None = None, uploader: str = "") -> NormalizeJob:
         """Normalize `source` in the background (deleted after when
         `owns_source`). RoomError: rate_limited."""
         try:
@@ -254,7 +275,8 @@ class MediaLibrary:
         job = NormalizeJob(uuid.uuid4().hex[:16], forum_id, name, owner, on_change=self._job_changed)
         self._jobs[job.id] = job
         self._forget_old_jobs()
-        task = asyncio.create_task(self._run_job(job, source, content_hash, owns_source), name=f"normalize-{job.id}")
+        task = asyncio.create_task(self._run_job(job, source, content_hash, owns_source, info, uploader),
+                                   name=f"normalize-{job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._job_changed(job)
@@ -296,9 +318,10 @@ class MediaLibrary:
         for job in finished[: max(0, len(self._jobs) - MAX_JOBS_KEPT)]:
             del self._jobs[job.id]
 
-    async def _run_job(self, job: NormalizeJob, source: Path, content_hash: str, owns_source: bool) -> None:
+    async def _run_job(self, job: NormalizeJob, source: Path, content_hash: str, owns_source: bool,
+                       info: ProbeResult | None, uploader: str) -> None:
         try:
-            item = await self._add(job, source, content_hash)
+            item = await self._add(job, source, content_hash, info, uploader)
             job.done(item.id)
         except RoomError as error:
             job.failure_code = error.code
@@ -313,7 +336,8 @@ class MediaLibrary:
             if owns_source:
                 source.unlink(missing_ok=True)
 
-    async def _add(self, job: NormalizeJob, source: Path, content_hash: str) -> MediaItem:
+    async def _add(self, job: NormalizeJob, source: Path, content_hash: str, info: ProbeResult | None,
+                   uploader: str) -> MediaItem:
         forum_id, name = job.forum_id, job.name
         item_id = _item_id(forum_id, content_hash)
         lock = self._locks.setdefault(content_hash, asyncio.Lock())
@@ -323,7 +347,8 @@ class MediaLibrary:
             relative = f"media/{content_hash}.ts"
             target = self.root / relative
             job.probing()
-            info = await asyncio.to_thread(probe, source)
+            if info is None:
+                info = await asyncio.to_thread(probe, source)
             chosen = plan(info, self.rules)
             if chosen.video == "copy" and info.video is not None:
                 if len(await asyncio.to_thread(keyframe_sizes, source)) > 1:  # copied, it would change size on air
@@ -338,7 +363,7 @@ class MediaLibrary:
                 id=item_id, forum_id=forum_id, name=name, duration=round(result.duration, 3),
                 width=result.width, height=result.height, created_at=time.time(),
                 content_hash=content_hash, file=relative, audio_tracks=_tracks_json(chosen),
-                notes=_notes(chosen), processing=chosen.to_json(),
+                notes=_notes(chosen), processing=chosen.to_json(), uploaded_by=uploader,
             )
             self._items[item_id] = item
             await asyncio.to_thread(self._save)
