@@ -6,7 +6,6 @@ machine is shared) the way the device would write it."""
 from __future__ import annotations
 
 import math
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,99 +14,17 @@ import numpy as np
 import pytest
 
 from rooms.errors import RoomError
-from streaming.ffmpeg_process import ffmpeg_binary
 from streaming.media_library import MediaItem, MediaLibrary
 from streaming.playout import demux_units
+from tests.streaming.recorded_inputs import RecordedInputs
 from tests.streaming.test_media_library import snapshot
 
 pytestmark = pytest.mark.timeout(180)
 
-LAVFI_VIDEO = "testsrc2=s=320x180:r=30"
-
-
-def ff(*args: str, stdout: Path | None = None) -> None:
-    """Run the bundled ffmpeg (test input generation only)."""
-    command = [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", *args]
-    if stdout is None:
-        subprocess.run(command, check=True, timeout=120)
-    else:
-        with stdout.open("wb") as handle:
-            subprocess.run(command, check=True, timeout=120, stdout=handle)
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """Each input made on first use (a test that fails early costs nothing)."""
-    base = tmp_path_factory.mktemp("inputs")
-    made: dict[str, Path] = {}
-    sine = ["-f", "lavfi", "-i", "sine=f=440:r=48000:d=4"]
-
-    def make(name: str) -> Path:
-        if name in made:
-            return made[name]
-        path = base / name
-        if name == "mediarecorder.webm":  # written to a pipe: no duration, no cues, as MediaRecorder does
-            ff("-f", "lavfi", "-i", "testsrc2=s=320x180:d=4", *sine, "-c:v", "libvpx-vp9", "-deadline", "realtime",
-               "-cpu-used", "8", "-c:a", "libopus", "-f", "webm", "pipe:1", stdout=path)
-        elif name == "picture.mp4":
-            ff("-f", "lavfi", "-i", "testsrc2=s=320x180:d=1", "-frames:v", "1", "-c:v", "libx264", str(path))
-        elif name == "voice.m4a":
-            ff(*sine, "-c:a", "aac", str(path))
-        elif name == "voice.mp3":
-            ff(*sine, "-c:a", "libmp3lame", str(path))
-        elif name == "still_and_voice.mp4":  # one frame of video muxed with 4 s of AAC voice
-            ff("-i", str(make("picture.mp4")), "-i", str(make("voice.m4a")), "-c", "copy", str(path))
-        elif name == "cover.png":
-            ff("-f", "lavfi", "-i", "testsrc2=s=320x180:d=1", "-frames:v", "1", str(path))
-        elif name == "song_with_cover.mp3":
-            ff(*sine, "-i", str(make("cover.png")), "-map", "0:a", "-map", "1:v", "-c:a", "libmp3lame",
-               "-c:v", "mjpeg", "-disposition:v", "attached_pic", str(path))
-        elif name == "interpretation.mkv":  # the talk (440 Hz, eng) and its interpretation (880 Hz, fra, default)
-            ff("-f", "lavfi", "-i", "testsrc2=s=320x180:d=4", *sine, "-f", "lavfi", "-i", "sine=f=880:r=48000:d=4",
-               "-map", "0:v", "-map", "1:a", "-map", "2:a", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac",
-               "-metadata:s:a:0", "language=eng", "-metadata:s:a:0", "title=Talk",
-               "-metadata:s:a:1", "language=fra", "-metadata:s:a:1", "title=Interpretation",
-               "-disposition:a:0", "0", "-disposition:a:1", "default", str(path))
-        elif name == "spatial.mov":  # an iPhone's second, "spatial audio" track: apple_apac has no decoder
-            plain = base / "spatial-pcm.mov"
-            ff("-f", "lavfi", "-i", "testsrc2=s=320x180:d=4", *sine, "-f", "lavfi", "-i", "sine=f=1000:d=4",
-               "-map", "0:v", "-map", "1:a", "-map", "2:a", "-c:v", "libx264", "-preset", "ultrafast",
-               "-c:a:0", "aac", "-c:a:1", "pcm_s16le", str(plain))
-            data = plain.read_bytes()
-            assert data.count(b"sowt") == 1  # the PCM track's sample entry, renamed to Apple's APAC
-            path.write_bytes(data.replace(b"sowt", b"apac"))
-        elif name == "sparse_screen.mkv":  # 30 fps for 3 s, then a frame only on change (every 5 s)
-            ff("-f", "lavfi", "-i", "testsrc2=s=320x180:r=30:d=10", "-f", "lavfi", "-i", "sine=d=10",
-               "-vf", "select='lt(t,3)+not(mod(n,150))'", "-fps_mode", "vfr", "-c:v", "libx264",
-               "-preset", "ultrafast", "-c:a", "aac", str(path))
-        elif name == "phone_vfr.mp4":  # 30 fps, then 15, then 30 again (average 24)
-            ff("-f", "lavfi", "-i", "testsrc2=s=320x180:r=30:d=6", "-f", "lavfi", "-i", "sine=d=6",
-               "-vf", "select='not(between(t,2,4))+not(mod(n,2))'", "-fps_mode", "vfr", "-c:v", "libx264",
-               "-preset", "ultrafast", "-c:a", "aac", str(path))
-        elif name == "size_change.ts":  # a 16:9 camera, then a 4:3 screen share in the same file
-            parts = []
-            for n, size in enumerate(("320x180", "240x180")):
-                part = base / f"part{n}.ts"
-                ff("-f", "lavfi", "-i", f"color=c=white:s={size}:r=30:d=2", "-f", "lavfi", "-i", "sine=d=2",
-                   "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(part))
-                parts.append(part)
-            ff("-i", f"concat:{parts[0]}|{parts[1]}", "-c", "copy", str(path))
-        elif name == "viewer_ready.mp4":  # already H.264 constrained baseline, no B-frames, 1 s GOP
-            ff("-f", "lavfi", "-i", "testsrc2=s=320x180:r=30:d=4", *sine, "-c:v", "libx264", "-preset", "ultrafast",
-               "-profile:v", "baseline", "-bf", "0", "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path))
-        elif name == "hlg.mp4":  # a phone's HLG 10-bit HEVC: a white picture
-            ff("-f", "lavfi", "-i", "color=c=white:s=320x180:r=30:d=2", "-f", "lavfi", "-i", "sine=d=2",
-               "-vf", "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv,"
-                      "zscale=t=arib-std-b67:p=bt2020:m=bt2020nc:r=tv:npl=203,format=yuv420p10le",
-               "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error",
-               "-color_primaries", "bt2020", "-color_trc", "arib-std-b67", "-colorspace", "bt2020nc",
-               "-c:a", "aac", str(path))
-        else:
-            raise KeyError(name)
-        made[name] = path
-        return path
-
-    return make
+    return RecordedInputs(tmp_path_factory.mktemp("inputs"))
 
 
 @pytest.fixture
