@@ -203,7 +203,7 @@ class MediaLibrary:
         if size is not None and size > self.max_upload_bytes:
             raise RoomError("too_large", f"uploads are limited to {self.max_upload_bytes} bytes; "
                                          f"this one says {size}")
-        active = [j for j in self._jobs.values() if not j.finished]
+        active = [j for j in self._jobs.values() if not j.finished and j.owner != "event-file"]
         if sum(j.owner == owner for j in active) >= self.max_jobs_per_owner:
             raise RoomError("rate_limited", f"{self.max_jobs_per_owner} of your uploads are still being "
                                             "converted: wait for one to finish")
@@ -263,11 +263,15 @@ class MediaLibrary:
                               info=info, uploader=uploader)
 
     def start_job(self, forum_id: str, name: str, source: Path, content_hash: str, owner: str = "",
-                  *, owns_source: bool, info: ProbeResult | None = None, uploader: str = "") -> NormalizeJob:
+                  *, owns_source: bool, info: ProbeResult | None = None, uploader: str = "",
+                  bounded: bool = True) -> NormalizeJob:
         """Normalize `source` in the background (deleted after when
-        `owns_source`). RoomError: rate_limited."""
+        `owns_source`). RoomError: rate_limited (only when `bounded`: the
+        event file's videos are not refused for being many at once, they
+        queue)."""
         try:
-            self.check_upload(forum_id, owner, None)
+            if bounded:
+                self.check_upload(forum_id, owner, None)
         except RoomError:
             if owns_source:
                 source.unlink(missing_ok=True)
@@ -299,7 +303,7 @@ class MediaLibrary:
         item_id = _item_id(forum_id, content_hash)
         if item_id in self._items:
             return self._items[item_id]
-        job = self.start_job(forum_id, path.name, path, content_hash, "event-file", owns_source=False)
+        job = self.start_job(forum_id, path.name, path, content_hash, "event-file", owns_source=False, bounded=False)
         return await self.wait(job)
 
     async def stop(self) -> None:

@@ -5,6 +5,7 @@ machine is shared) the way the device would write it."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -220,3 +221,15 @@ async def test_7_hlg_is_tone_mapped_to_bt709(library: MediaLibrary, inputs: Call
     assert (trc, primaries) == (1, 1)  # BT.709, tagged as what it is
     assert math.isclose(luma, 235, abs_tol=12)
     assert item.processing["tone_mapped"] == "hlg"
+
+
+# --- bounds apply to uploads, never to the event file's own videos --------------------------
+
+
+async def test_event_file_videos_are_never_refused_for_being_many(tmp_path: Path,
+                                                                  inputs: Callable[[str], Path]) -> None:
+    library = MediaLibrary(tmp_path / "library", max_jobs_per_owner=1, max_jobs_per_forum=1)
+    names = ("voice.mp3", "voice.m4a", "viewer_ready.mp4")
+    items = await asyncio.gather(*(library.add_file("forum-a", inputs(name)) for name in names))
+    assert len({item.id for item in items}) == 3
+    library.check_upload("forum-a", "speaker-1", 10)  # and they do not count against uploads
