@@ -30,6 +30,7 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 STATIC_DIR = WEB_DIR / "static"
 TEMPLATES = WEB_DIR / "templates"
 SOCKET_IO_CLIENT = WEB_DIR / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+TUS_CLIENT = WEB_DIR / "node_modules" / "tus-js-client" / "dist" / "tus.min.js"  # resumable uploads
 
 PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",  # the token is in the URL
@@ -106,13 +107,18 @@ async def lobby(request: web.Request) -> web.Response:
     })
 
 
-async def socket_io_client(request: web.Request) -> web.StreamResponse:
-    if not SOCKET_IO_CLIENT.is_file():
-        logger.error("%s is missing: run `npm ci` in signaling/web", SOCKET_IO_CLIENT)
-        return web.Response(status=503, content_type="application/javascript",
-                            text="/* socket.io client missing on the server: run `npm ci` in signaling/web */")
-    return web.FileResponse(SOCKET_IO_CLIENT, headers={"Cache-Control": "public, max-age=3600",
-                                                       "Content-Type": "application/javascript"})
+def _vendor_script(path: Path) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def serve(request: web.Request) -> web.StreamResponse:
+        if not path.is_file():
+            logger.error("%s is missing: run `npm ci` in signaling/web", path)
+            return web.Response(status=503, content_type="application/javascript",
+                                text=f"/* {path.name} missing on the server: run `npm ci` in signaling/web */")
+        return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600",
+                                               "Content-Type": "application/javascript"})
+    return serve
+
+
+socket_io_client = _vendor_script(SOCKET_IO_CLIENT)
 
 
 async def home(request: web.Request) -> web.StreamResponse:
@@ -127,4 +133,5 @@ def setup_pages(app: web.Application) -> None:
     app.router.add_get("/speak/{forum_id}", _forum_page("speak.html"))
     app.router.add_get("/watch/{forum_id}", _forum_page("watch.html"))
     app.router.add_get("/static/vendor/socket.io.min.js", socket_io_client)
+    app.router.add_get("/static/vendor/tus.min.js", _vendor_script(TUS_CLIENT))
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
