@@ -50,7 +50,7 @@ from pathlib import Path
 from aiohttp import web
 
 from rooms.errors import RoomError
-from rooms.models import Role
+from rooms.models import Event, Role, SpeakerMode
 from rooms.tokens import Grant
 from signaling.app_keys import EVENT, SETTINGS, TOKENS
 from signaling.http_api import json_response
@@ -74,6 +74,7 @@ class TusUpload:
     length: int
     created_at: float
     job: str | None = None  # the normalization job, once complete
+    speaker_id: str = ""  # a recorded speaker of the forum uploading for their own slot
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -154,7 +155,7 @@ class TusStore:
             raise RoomError("forbidden", "this upload belongs to someone else")
         return upload
 
-    def create(self, forum_id: str, grant: Grant, length: int, filename: str) -> TusUpload:
+    def create(self, forum_id: str, grant: Grant, length: int, filename: str, speaker_id: str = "") -> TusUpload:
         """RoomError: too_large (413), rate_limited (429), invalid."""
         if length == 0:
             raise RoomError("invalid", "the upload is empty (Upload-Length: 0)")
@@ -163,7 +164,7 @@ class TusStore:
             raise RoomError("rate_limited", f"you have {self.library.max_jobs_per_owner} unfinished uploads: "
                                             "finish or delete one first")
         upload = TusUpload(uuid.uuid4().hex, forum_id, grant.subject, grant.name, filename or "video", length,
-                           time.time())
+                           time.time(), speaker_id=speaker_id)
         self._data(upload.id).touch()
         self._save(upload)
         self._uploads[upload.id] = upload
@@ -204,7 +205,7 @@ class TusStore:
         data.replace(temp)  # the library owns it from here (and removes it)
         try:
             job = await self.library.start_stored(upload.forum_id, upload.filename, temp, digest, upload.owner,
-                                                  upload.uploader)
+                                                  upload.uploader, upload.speaker_id)
         except BaseException:
             self.delete(upload)
             raise
@@ -248,6 +249,22 @@ def uploader_grant(request: web.Request) -> tuple[str, Grant]:
     return forum_id, grant
 
 
+def recorded_speaker(event: Event, forum_id: str, grant: Grant) -> str:
+    """The id of the recorded speaker of this forum's sessions a speaker
+    token stands for (its name is the speaker's name in the event file,
+    as `forumcast invite` writes it), or ""."""
+    if grant.role is not Role.SPEAKER:
+        return ""
+    forum = event.forum(forum_id)
+    ids = {sid for session in (forum.sessions if forum else ()) for sid in session.speaker_ids}
+    for speaker_id in sorted(ids):
+        speaker = event.speakers.get(speaker_id)
+        if speaker is not None and speaker.mode is SpeakerMode.RECORDED and grant.name in (speaker.name.en,
+                                                                                             speaker.name.zh):
+            return speaker_id
+    return ""
+
+
 def _version_refusal(request: web.Request) -> web.Response | None:
     """412 with Tus-Version unless the client speaks our version (tus core 2.2)."""
     if request.headers.get("Tus-Resumable") == TUS_VERSION:
@@ -275,7 +292,8 @@ async def tus_create(request: web.Request) -> web.Response:
     metadata = parse_metadata(request.headers.get("Upload-Metadata", ""))
     if request.content_length:
         raise RoomError("invalid", "send the bytes with PATCH (creation-with-upload is not supported)")
-    upload = request.app[TUS].create(forum_id, grant, length, metadata.get("filename", ""))
+    speaker = recorded_speaker(request.app[EVENT], forum_id, grant)
+    upload = request.app[TUS].create(forum_id, grant, length, metadata.get("filename", ""), speaker)
     location = f"/api/forums/{forum_id}/uploads/{upload.id}"
     return web.Response(status=201, headers=tus_headers(Location=location))
 

@@ -77,6 +77,7 @@ class MediaItem:
     notes: list[str] = field(default_factory=list)
     processing: dict[str, object] = field(default_factory=dict)
     uploaded_by: str = ""  # the uploader's name ("" for the event file's videos)
+    speaker_id: str = ""  # a recorded speaker's own upload: it plays in their slot
 
     def summary(self) -> dict[str, object]:
         """What the API and operators' lists show (no server paths)."""
@@ -172,6 +173,11 @@ class MediaLibrary:
     def probe(self, path: Path) -> ProbeResult:
         return probe(path)
 
+    def speaker_item(self, forum_id: str, speaker_id: str) -> MediaItem | None:
+        """The newest video a recorded speaker uploaded for this forum."""
+        mine = [i for i in self.items(forum_id) if speaker_id and i.speaker_id == speaker_id]
+        return mine[-1] if mine else None
+
     def jobs(self, forum_id: str) -> list[NormalizeJob]:
         return sorted((j for j in self._jobs.values() if j.forum_id == forum_id), key=lambda j: j.created_at)
 
@@ -251,7 +257,7 @@ class MediaLibrary:
         return await self.start_stored(forum_id, filename, temp, content_hash, owner, uploader)
 
     async def start_stored(self, forum_id: str, filename: str, temp: Path, content_hash: str,
-                           owner: str = "", uploader: str = "") -> NormalizeJob:
+                           owner: str = "", uploader: str = "", speaker_id: str = "") -> NormalizeJob:
         """Probe a stored upload (this call owns `temp`: it is removed when
         refused or once normalized) and start its job."""
         try:
@@ -260,11 +266,11 @@ class MediaLibrary:
             temp.unlink(missing_ok=True)
             raise
         return self.start_job(forum_id, _display_name(filename), temp, content_hash, owner, owns_source=True,
-                              info=info, uploader=uploader)
+                              info=info, uploader=uploader, speaker_id=speaker_id)
 
     def start_job(self, forum_id: str, name: str, source: Path, content_hash: str, owner: str = "",
                   *, owns_source: bool, info: ProbeResult | None = None, uploader: str = "",
-                  bounded: bool = True) -> NormalizeJob:
+                  bounded: bool = True, speaker_id: str = "") -> NormalizeJob:
         """Normalize `source` in the background (deleted after when
         `owns_source`). RoomError: rate_limited (only when `bounded`: the
         event file's videos are not refused for being many at once, they
@@ -279,7 +285,7 @@ class MediaLibrary:
         job = NormalizeJob(uuid.uuid4().hex[:16], forum_id, name, owner, on_change=self._job_changed)
         self._jobs[job.id] = job
         self._forget_old_jobs()
-        task = asyncio.create_task(self._run_job(job, source, content_hash, owns_source, info, uploader),
+        task = asyncio.create_task(self._run_job(job, source, content_hash, owns_source, info, uploader, speaker_id),
                                    name=f"normalize-{job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -323,9 +329,9 @@ class MediaLibrary:
             del self._jobs[job.id]
 
     async def _run_job(self, job: NormalizeJob, source: Path, content_hash: str, owns_source: bool,
-                       info: ProbeResult | None, uploader: str) -> None:
+                       info: ProbeResult | None, uploader: str, speaker_id: str) -> None:
         try:
-            item = await self._add(job, source, content_hash, info, uploader)
+            item = await self._add(job, source, content_hash, info, uploader, speaker_id)
             job.done(item.id)
         except RoomError as error:
             job.failure_code = error.code
@@ -341,13 +347,18 @@ class MediaLibrary:
                 source.unlink(missing_ok=True)
 
     async def _add(self, job: NormalizeJob, source: Path, content_hash: str, info: ProbeResult | None,
-                   uploader: str) -> MediaItem:
+                   uploader: str, speaker_id: str = "") -> MediaItem:
         forum_id, name = job.forum_id, job.name
         item_id = _item_id(forum_id, content_hash)
         lock = self._locks.setdefault(content_hash, asyncio.Lock())
         async with lock:
             if item_id in self._items:
-                return self._items[item_id]
+                known = self._items[item_id]
+                if speaker_id and known.speaker_id != speaker_id:  # a speaker sends a video already here
+                    known = replace(known, speaker_id=speaker_id, uploaded_by=uploader, created_at=time.time())
+                    self._items[item_id] = known
+                    await asyncio.to_thread(self._save)
+                return known
             relative = f"media/{content_hash}.ts"
             target = self.root / relative
             job.probing()
@@ -367,7 +378,7 @@ class MediaLibrary:
                 id=item_id, forum_id=forum_id, name=name, duration=round(result.duration, 3),
                 width=result.width, height=result.height, created_at=time.time(),
                 content_hash=content_hash, file=relative, audio_tracks=_tracks_json(chosen),
-                notes=_notes(chosen), processing=chosen.to_json(), uploaded_by=uploader,
+                notes=_notes(chosen), processing=chosen.to_json(), uploaded_by=uploader, speaker_id=speaker_id,
             )
             self._items[item_id] = item
             await asyncio.to_thread(self._save)
