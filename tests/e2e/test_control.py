@@ -164,3 +164,27 @@ async def test_operator_uploads_from_the_control_page_and_picks_the_language(nod
     finally:
         await context.close()
     assert not [line for line in console if line.startswith("pageerror")], console
+
+
+async def test_a_speaker_sends_a_recording_from_the_speak_page(node: Node, browser: Any, tmp_path: Path) -> None:
+    """The invite link's page uploads over tus with the speaker's token and
+    follows the conversion to its end (a voice-only file: a card is added)."""
+    from tests.streaming.recorded_inputs import RecordedInputs
+
+    voice = RecordedInputs(tmp_path / "inputs")("voice.m4a")
+    console: list[str] = []
+    context = await browser.new_context(permissions=["camera", "microphone"])
+    page = await context.new_page()
+    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    try:
+        await page.goto(f"{node.url}/speak/{FORUM}?token={node.token(Role.SPEAKER, [FORUM], 'Ana')}")
+        await page.wait_for_function("() => typeof window.tus === 'object'")
+        await page.set_input_files("#recording-file", str(voice))
+        await page.click("#send-recording button[type=submit]")
+        await page.wait_for_function(
+            "() => document.getElementById('recording-status').textContent.includes('ready')", timeout=60_000)
+        [item] = node.app[INPUTS].library.items(FORUM)
+        assert item.uploaded_by == "Ana" and item.processing["video_mode"] == "card"
+    finally:
+        await context.close()
+    assert not console, console
