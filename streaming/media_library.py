@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -49,6 +50,7 @@ from streaming.slate import title_font
 logger = logging.getLogger(__name__)
 
 _INDEX_VERSION = 2
+_PROGRESS_LINE = re.compile(r"^[a-z_0-9]+=\S*$")  # ffmpeg's -progress key=value lines, not its words
 MAX_JOBS_KEPT = 200  # finished jobs remembered (for the API), oldest forgotten first
 
 
@@ -404,9 +406,11 @@ class MediaLibrary:
             finally:
                 await process.stop(grace=1.0)  # cancelled: kill it, never leave it behind
             if code != 0 or not temp.is_file() or temp.stat().st_size == 0:
-                logger.warning("MediaLibrary: normalizing %s failed: %s", name, process.result().describe())
-                raise RoomError("unsupported_media_type",
-                                f"{name!r} could not be converted: {process.result().describe()}")
+                result = process.result()
+                said = [line for line in result.stderr_tail if not _PROGRESS_LINE.match(line)]
+                why = f"{result.name} exited with {result.returncode}: {said[-1] if said else 'no output'}"
+                logger.warning("MediaLibrary: normalizing %s failed: %s", name, why)
+                raise RoomError("unsupported_media_type", f"{name!r} could not be converted: {why}")
             await asyncio.to_thread(probe, temp)  # refused here, it never reaches media/
             os.replace(temp, target)  # atomic: a file in media/ is always complete
             self.normalizations += 1

@@ -4,9 +4,10 @@
 only: no decode, ~1 s for an hour of video) and one decoded picture, and
 returns a `ProbeResult`:
 
-- duration: the container's, or - when the header has none, as in a
-  browser's MediaRecorder WebM (it writes the header before it knows) -
-  the end of the last packet (pts + duration) minus the first pts;
+- duration: the end of the last packet (pts + duration) minus the first
+  pts - not the header's, which may be missing (a browser's MediaRecorder
+  WebM is written before it knows), estimated (MPEG-TS) or the length
+  before the file was cut short;
 - the video: codec, size, profile, pixel format, HDR transfer (HLG/PQ),
   the real maximum frame rate (the 10th percentile of the frame
   intervals: a 30/15/30 fps phone file is 30, not its 24 fps average),
@@ -186,9 +187,11 @@ def probe(path: Path) -> ProbeResult:
         except (av.FFmpegError, ValueError):
             raise _refuse("the file cannot be read to its end: is it truncated?") from None
         first, last = stats.first, stats.last
-        duration = container.duration / 1_000_000 if container.duration else 0.0
-        if duration <= 0 and last > first:  # no duration in the header: count it from the packets
-            duration = last - first
+        # the packets say how long it is: a header may have no duration (MediaRecorder),
+        # an estimate (MPEG-TS, from the bitrate) or the length before it was cut short
+        duration = last - first if last > first else 0.0
+        if duration <= 0 and container.duration:
+            duration = container.duration / 1_000_000
         if duration <= 0:
             raise _refuse("the file holds no media (no timestamps): is it complete?")
         video = None

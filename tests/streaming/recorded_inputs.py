@@ -11,7 +11,7 @@ from streaming.ffmpeg_process import ffmpeg_binary
 
 NAMES = ("mediarecorder.webm", "still_and_voice.mp4", "song_with_cover.mp3", "voice.m4a", "voice.mp3",
          "interpretation.mkv", "spatial.mov", "sparse_screen.mkv", "phone_vfr.mp4", "size_change.ts",
-         "viewer_ready.mp4", "hlg.mp4", "camera_720p_high.mp4", "camera_720p_ready.mp4")
+         "viewer_ready.mp4", "hlg.mp4", "pq.mp4", "cut_short.mkv", "camera_720p_high.mp4", "camera_720p_ready.mp4")
 
 
 def ff(*args: str, stdout: Path | None = None) -> None:
@@ -89,6 +89,19 @@ class RecordedInputs:
         elif name == "viewer_ready.mp4":  # already H.264 constrained baseline, no B-frames, 1 s GOP
             ff("-f", "lavfi", "-i", "testsrc2=s=320x180:r=30:d=4", *sine, "-c:v", "libx264", "-preset", "ultrafast",
                "-profile:v", "baseline", "-bf", "0", "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path))
+        elif name == "cut_short.mkv":  # the header says 4 s, the file holds 2 (a copy that stopped)
+            whole = self.base / "whole.mkv"
+            ff("-f", "lavfi", "-i", "testsrc2=s=320x180:r=30:d=4", *sine, "-c:v", "libx264", "-preset", "ultrafast",
+               "-c:a", "aac", str(whole))
+            data = whole.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+        elif name == "pq.mp4":  # HDR10: PQ 10-bit HEVC, a white picture at 203 cd/m2 (BT.2408 reference white)
+            ff("-f", "lavfi", "-i", "color=c=white:s=320x180:r=30:d=2", "-f", "lavfi", "-i", "sine=d=2",
+               "-vf", "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv,"
+                      "zscale=t=smpte2084:p=bt2020:m=bt2020nc:r=tv:npl=203,format=yuv420p10le",
+               "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error",
+               "-color_primaries", "bt2020", "-color_trc", "smpte2084", "-colorspace", "bt2020nc",
+               "-c:a", "aac", str(path))
         elif name == "hlg.mp4":  # a phone's HLG 10-bit HEVC: a white picture
             ff("-f", "lavfi", "-i", "color=c=white:s=320x180:r=30:d=2", "-f", "lavfi", "-i", "sine=d=2",
                "-vf", "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv,"

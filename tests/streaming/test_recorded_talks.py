@@ -74,6 +74,26 @@ async def test_1_mediarecorder_webm_without_duration_is_accepted(library: MediaL
     assert item.processing["video"] == "converted" and item.processing["audio"] == ["copied"]  # Opus kept
 
 
+async def test_1_duration_comes_from_the_packets_not_the_header(library: MediaLibrary,
+                                                                 inputs: Callable[[str], Path]) -> None:
+    source = inputs("cut_short.mkv")
+    with av.open(str(source)) as container:
+        assert container.duration >= 3_900_000  # what the header still says
+    item = await library.add_file("forum-a", source)
+    assert 1.0 <= item.duration <= 3.0
+
+
+async def test_a_failed_conversion_says_what_ffmpeg_said(tmp_path: Path, inputs: Callable[[str], Path]) -> None:
+    fake = tmp_path / "ffmpeg"  # fails mid-way: its progress lines must not hide its words
+    fake.write_text("#!/bin/sh\necho out_time_us=1000 >&2\necho 'Error while decoding stream #0:0' >&2\n"
+                    "echo progress=end >&2\nexit 1\n")
+    fake.chmod(0o755)
+    library = MediaLibrary(tmp_path / "library", ffmpeg=str(fake))
+    with pytest.raises(RoomError) as failed:
+        await library.add_file("forum-a", inputs("voice.mp3"))
+    assert "Error while decoding" in failed.value.message
+
+
 # --- 3: a still picture and a voice; sound only ------------------------------------
 
 
@@ -210,17 +230,18 @@ async def test_9_what_cannot_be_copied_is_converted_and_says_why(library: MediaL
 # --- 7: HDR -------------------------------------------------------------------------------------
 
 
-async def test_7_hlg_is_tone_mapped_to_bt709(library: MediaLibrary, inputs: Callable[[str], Path]) -> None:
-    item = await library.add_file("forum-a", inputs("hlg.mp4"))
+@pytest.mark.parametrize("hdr", ["hlg", "pq"])
+async def test_7_hdr_is_tone_mapped_to_bt709(library: MediaLibrary, inputs: Callable[[str], Path], hdr: str) -> None:
+    item = await library.add_file("forum-a", inputs(f"{hdr}.mp4"))
     with av.open(str(library.path(item))) as container:
         stream = container.streams.video[0]
         frame = next(container.decode(stream))
         trc, primaries = frame.color_trc, frame.color_primaries
         luma = float(frame.to_ndarray(format="yuv420p")[:180].mean())
-    print(f"\nHLG white -> luma {luma:.1f} (BT.709 white is 235)")
+    print(f"\n{hdr} white -> luma {luma:.1f} (BT.709 white is 235)")
     assert (trc, primaries) == (1, 1)  # BT.709, tagged as what it is
     assert math.isclose(luma, 235, abs_tol=12)
-    assert item.processing["tone_mapped"] == "hlg"
+    assert item.processing["tone_mapped"] == hdr
 
 
 # --- bounds apply to uploads, never to the event file's own videos --------------------------
