@@ -368,7 +368,7 @@ class MediaLibrary:
                 info = await asyncio.to_thread(probe, source)
             chosen = plan(info, self.rules)
             if chosen.video == "copy" and info.video is not None:
-                if len(await asyncio.to_thread(keyframe_sizes, source)) > 1:  # copied, it would change size on air
+                if len(await asyncio.to_thread(keyframe_sizes, source, info.video.index)) > 1:  # copied, it would change size on air
                     info = replace(info, video=replace(info.video, size_changes=True))
                     chosen = plan(info, self.rules)
             job.converting(info.duration, chosen.to_json())

@@ -74,6 +74,7 @@ class VideoInfo:
     end: float = 0.0  # seconds: where the last frame ends, from the file's start
     rotation: int = 0  # degrees the player turns the picture (a phone's display matrix)
     size_changes: bool = False  # keyframes of more than one size (only known after keyframe_sizes())
+    index: int = 0  # among the file's video streams (ffmpeg's v:N)
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -181,7 +182,10 @@ def probe(path: Path) -> ProbeResult:
         raise _refuse(f"not a media file ffmpeg can read ({reason})") from None
     with container:
         audio = tuple(_audio_track(n, s) for n, s in enumerate(container.streams.audio))
-        video_stream = next((s for s in container.streams.video if s.codec_context is not None), None)
+        pictures = [s for s in container.streams.video if s.codec_context is not None]
+        # a moving picture before cover art (an MP4 can hold both, the cover first)
+        moving = [s for s in pictures if not s.disposition & av.stream.Disposition.attached_pic]
+        video_stream = (moving or pictures)[0] if pictures else None
         try:
             stats = _read_packets(container)
         except (av.FFmpegError, ValueError):
@@ -197,6 +201,8 @@ def probe(path: Path) -> ProbeResult:
         video = None
         if video_stream is not None:
             video = _video_info(video_stream, stats, first)
+            if video is not None:
+                video = replace(video, index=list(container.streams.video).index(video_stream))
             rotation = _first_picture_rotation(path, video_stream.index) if video is not None else None
             if video is not None and rotation is None:
                 if not video.still:
@@ -272,15 +278,15 @@ def _video_info(stream: av.video.stream.VideoStream, stats: _PacketStats, first:
     )
 
 
-def keyframe_sizes(path: Path) -> set[tuple[int, int]]:
-    """The picture sizes of the first video track's keyframes (decodes
+def keyframe_sizes(path: Path, index: int = 0) -> set[tuple[int, int]]:
+    """The picture sizes of video stream `index`'s keyframes (decodes
     keyframes only: ~1-2 ms each at 720p, so ~5 s for two hours with a
     2 s GOP; asked only of a video that could otherwise be copied).
     Blocking."""
     sizes: set[tuple[int, int]] = set()
     try:
         with av.open(str(path)) as container:
-            stream = container.streams.video[0]
+            stream = container.streams.video[index]
             stream.codec_context.skip_frame = "NONKEY"
             for frame in container.decode(stream):
                 sizes.add((frame.width, frame.height))

@@ -65,6 +65,7 @@ class NormalizePlan:
     audio_copy: tuple[bool, ...] = ()
     skipped: tuple[tuple[AudioTrack, str], ...] = ()  # (track, why)
     reasons: tuple[str, ...] = field(default=())  # why the video is converted
+    video_index: int = 0  # which of the source's video streams (v:N)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -135,6 +136,7 @@ def plan(info: ProbeResult, rules: NormalizeRules) -> NormalizePlan:
         width, height = fit_box(960, 540, rules)
         return replace(base, width=width, height=height, reasons=("no picture",))
     width, height = fit_box(*video.display_size, rules)
+    base = replace(base, video_index=video.index)
     if video.still:
         return replace(base, video="still", width=width, height=height, reasons=("a still picture",))
     reasons = _copy_refusals(info, rules)
@@ -170,7 +172,7 @@ def normalize_args(source: Path, target: Path, plan: NormalizePlan, rules: Norma
                                   # SEI (x264's settings text, ~600 bytes) is of no use to a viewer
                                   "bsf:v": "filter_units=remove_types=6"}
     if plan.video == "copy":
-        video = stream["v:0"]
+        video = stream[f"v:{plan.video_index}"]
         options["c:v"] = "copy"
     else:
         if plan.video == "card":
@@ -183,7 +185,7 @@ def normalize_args(source: Path, target: Path, plan: NormalizePlan, rules: Norma
                     text["fontfile"] = card_font
                 video = video.filter("drawtext", **text)
         else:
-            video = stream["v:0"]
+            video = stream[f"v:{plan.video_index}"]
             if plan.tone_map:
                 video = _tone_mapped(video)
             video = (

@@ -89,6 +89,10 @@ class RecordedInputs:
         elif name == "viewer_ready.mp4":  # already H.264 constrained baseline, no B-frames, 1 s GOP
             ff("-f", "lavfi", "-i", "testsrc2=s=320x180:r=30:d=4", *sine, "-c:v", "libx264", "-preset", "ultrafast",
                "-profile:v", "baseline", "-bf", "0", "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path))
+        elif name == "video_with_cover.mp4":  # a moving picture with cover art
+            ff("-i", str(self.make("cover.png")), "-f", "lavfi", "-i", "testsrc2=s=320x180:r=30:d=4", *sine,
+               "-map", "0:v", "-map", "1:v", "-map", "2:a", "-c:v:0", "png", "-disposition:v:0", "attached_pic",
+               "-c:v:1", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(path))
         elif name == "cut_short.mkv":  # the header says 4 s, the file holds 2 (a copy that stopped)
             whole = self.base / "whole.mkv"
             ff("-f", "lavfi", "-i", "testsrc2=s=320x180:r=30:d=4", *sine, "-c:v", "libx264", "-preset", "ultrafast",

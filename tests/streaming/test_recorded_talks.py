@@ -112,6 +112,16 @@ async def test_3_a_voice_goes_on_air_with_a_picture(library: MediaLibrary, input
     assert tone_hz(library.path(item), 0) == pytest.approx(440, rel=0.05)  # and the voice with it
 
 
+async def test_3_cover_art_never_replaces_the_moving_picture(library: MediaLibrary,
+                                                           inputs: Callable[[str], Path]) -> None:
+    source = inputs("video_with_cover.mp4")
+    with av.open(str(source)) as container:  # a picture stream and a cover (ffmpeg lists MP4's cover last)
+        assert sum(bool(s.disposition & av.stream.Disposition.attached_pic) for s in container.streams.video) == 1
+    item = await library.add_file("forum-a", source)
+    assert item.processing["video_mode"] in ("copy", "convert")
+    assert_steady(item, library, 30)
+
+
 async def test_3_a_refused_file_leaves_nothing_behind(tmp_path: Path, inputs: Callable[[str], Path]) -> None:
     # an ffmpeg that "succeeds" with an unplayable file: the result is checked before it enters media/
     fake = tmp_path / "ffmpeg"
