@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import hashlib
 import json
@@ -92,7 +91,7 @@ def parse_metadata(header: str) -> dict[str, str]:
             raise RoomError("invalid", "Upload-Metadata keys are ASCII without spaces")
         try:
             result[key] = base64.b64decode(value, validate=True).decode("utf-8") if value else ""
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII text
             raise RoomError("invalid", f"Upload-Metadata {key!r} is not base64 of UTF-8 text") from None
     return result
 
@@ -101,7 +100,7 @@ def _int_header(request: web.Request, name: str) -> int:
     raw = request.headers.get(name)
     if raw is None:
         raise RoomError("invalid", f"the {name} header is required")
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise RoomError("invalid", f"{name} must be a non-negative integer")
     return int(raw)
 
@@ -144,8 +143,20 @@ class TusStore:
         path = self._data(upload.id)
         return path.stat().st_size if path.exists() else 0
 
-    def open_uploads(self, owner: str) -> int:
-        return sum(u.owner == owner and u.job is None for u in self._uploads.values())
+    def open_uploads(self, *, owner: str | None = None, forum_id: str | None = None) -> int:
+        """Unfinished uploads of one owner or one forum."""
+        return sum(u.job is None and owner in (None, u.owner) and forum_id in (None, u.forum_id)
+                   for u in self._uploads.values())
+
+    def _expire(self) -> None:
+        """Forget uploads untouched for EXPIRE_S (their bytes too)."""
+        now = time.time()
+        for upload in list(self._uploads.values()):
+            data = self._data(upload.id)
+            touched = data.stat().st_mtime if data.exists() else upload.created_at
+            if now - touched > EXPIRE_S:
+                logger.info("TusStore: upload %s untouched for a day: removed", upload.id)
+                self.delete(upload)
 
     def get(self, forum_id: str, upload_id: str, grant: Grant) -> TusUpload:
         upload = self._uploads.get(upload_id)
@@ -159,10 +170,14 @@ class TusStore:
         """RoomError: too_large (413), rate_limited (429), invalid."""
         if length == 0:
             raise RoomError("invalid", "the upload is empty (Upload-Length: 0)")
+        self._expire()
         self.library.check_upload(forum_id, grant.subject, length)
-        if self.open_uploads(grant.subject) >= self.library.max_jobs_per_owner:
+        if self.open_uploads(owner=grant.subject) >= self.library.max_jobs_per_owner:
             raise RoomError("rate_limited", f"you have {self.library.max_jobs_per_owner} unfinished uploads: "
                                             "finish or delete one first")
+        if self.open_uploads(forum_id=forum_id) >= self.library.max_jobs_per_forum:
+            raise RoomError("rate_limited", f"{self.library.max_jobs_per_forum} uploads to this forum are "
+                                            "unfinished: wait for one to finish")
         upload = TusUpload(uuid.uuid4().hex, forum_id, grant.subject, grant.name, filename or "video", length,
                            time.time(), speaker_id=speaker_id)
         self._data(upload.id).touch()
@@ -171,29 +186,36 @@ class TusStore:
         logger.info("TusStore: %s creates upload %s (%d bytes) in %s", grant.name, upload.id, length, forum_id)
         return upload
 
-    async def append(self, upload: TusUpload, offset: int, request: web.Request) -> int:
-        """Append the request's body at `offset`: the new offset. Bytes that
-        arrived before a broken connection are kept (tus core 3.2).
-        RoomError: conflict (409), too_large (413)."""
+    async def patch(self, upload: TusUpload, offset: int, request: web.Request) -> tuple[int, str | None]:
+        """Append the request's body at `offset` and, once the last byte is
+        in, hand the file to the library: (new offset, job id or None).
+        One PATCH of an upload at a time (the second is a conflict).
+        RoomError: conflict (409), too_large (413), unsupported_media_type."""
         if upload.id in self._busy:
             raise RoomError("conflict", "another PATCH of this upload is in progress")
+        self._busy.add(upload.id)
+        try:
+            current = await self._append(upload, offset, request)
+            job = await self.complete(upload) if current == upload.length else None
+        finally:
+            self._busy.discard(upload.id)
+        return current, job
+
+    async def _append(self, upload: TusUpload, offset: int, request: web.Request) -> int:
+        # bytes that arrived before a broken connection are kept (tus core: resume from HEAD's offset)
         current = self.offset(upload)
         if offset != current or upload.job is not None:
             raise RoomError("conflict", f"Upload-Offset {offset} is not the upload's offset {current}")
         if request.content_length is not None and current + request.content_length > upload.length:
             raise RoomError("too_large", "the body goes past Upload-Length")
-        self._busy.add(upload.id)
-        try:
-            with self._data(upload.id).open("ab") as handle:
-                with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-                    async for chunk in request.content.iter_chunked(CHUNK):
-                        if current + len(chunk) > upload.length:
-                            handle.write(chunk[: upload.length - current])
-                            raise RoomError("too_large", "the body goes past Upload-Length")
-                        handle.write(chunk)
-                        current += len(chunk)
-        finally:
-            self._busy.discard(upload.id)
+        with self._data(upload.id).open("ab") as handle:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                async for chunk in request.content.iter_chunked(CHUNK):
+                    if current + len(chunk) > upload.length:
+                        handle.write(chunk[: upload.length - current])
+                        raise RoomError("too_large", "the body goes past Upload-Length")
+                    handle.write(chunk)
+                    current += len(chunk)
         return current
 
     async def complete(self, upload: TusUpload) -> str:
@@ -318,10 +340,10 @@ async def tus_patch(request: web.Request) -> web.Response:
     upload = store.get(forum_id, request.match_info["upload_id"], grant)
     if request.content_type != "application/offset+octet-stream":
         raise RoomError("unsupported_media_type", "PATCH bodies are application/offset+octet-stream")
-    offset = await store.append(upload, _int_header(request, "Upload-Offset"), request)
+    offset, job = await store.patch(upload, _int_header(request, "Upload-Offset"), request)
     headers = tus_headers(**{"Upload-Offset": str(offset)})
-    if offset == upload.length:
-        headers["Forumcast-Job"] = await store.complete(upload)
+    if job is not None:
+        headers["Forumcast-Job"] = job
     return web.Response(status=204, headers=headers)
 
 

@@ -197,6 +197,8 @@ async def test_tus_refusals_are_json(node: Node, http: aiohttp.ClientSession) ->
         ({**TUS_HEADERS, "Upload-Length": "-1"}, 400),
         ({**TUS_HEADERS, "Upload-Length": "100", "Upload-Metadata": "filename %%%"}, 400),
         ({**TUS_HEADERS, "Upload-Defer-Length": "1"}, 400),
+        ({**TUS_HEADERS, "Upload-Length": "\u00b2"}, 400),  # a digit to str.isdigit(), not to int()
+        ({**TUS_HEADERS, "Upload-Length": "100", "Upload-Metadata": "filename \u00e9t\u00e9"}, 400),
     ]
     for headers, expected in cases:
         status, body = await call(http, "POST", f"{base}/uploads", speaker, headers=headers)
