@@ -16,7 +16,7 @@ import pytest
 
 from rooms.errors import RoomError
 from streaming.media_library import MediaItem, MediaLibrary
-from streaming.playout import demux_units
+from streaming.playout import demux_units, time_ordered
 from tests.streaming.recorded_inputs import RecordedInputs
 from tests.streaming.test_media_library import snapshot
 
@@ -184,6 +184,11 @@ async def test_4_sparse_screen_recording_is_steady_and_interleaved(library: Medi
                 if min(latest.values()) > 0:
                     worst = max(worst, abs(latest["video"] - latest["audio"]))
     assert worst < 0.5, f"one track {worst:.1f} s ahead of the other in the file"
+    # what playout sends, in its order: in time order (its 1 s reordering suffices), frames all along
+    sent = list(time_ordered(demux_units(library.path(item))))
+    assert all(a.time <= b.time for a, b in zip(sent, sent[1:]))
+    video = [u.time for u in sent if u.kind == "video"]
+    assert max(b - a for a, b in zip(video, video[1:])) <= 1.5 / 30 and video[-1] >= item.duration - 0.5
 
 
 async def test_5_frame_rate_is_the_real_maximum(library: MediaLibrary, inputs: Callable[[str], Path]) -> None:
