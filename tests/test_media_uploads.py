@@ -217,3 +217,28 @@ async def test_tus_refusals_are_json(node: Node, http: aiohttp.ClientSession) ->
     async with http.delete(url, headers={**bearer(speaker), **TUS_HEADERS}) as deleted:
         assert deleted.status == 404  # a refused upload is gone
     assert list(node.app[TUS].root.iterdir()) == [] and list(node.app[INPUTS].library.tmp_dir.iterdir()) == []
+
+
+async def test_malformed_requests_to_the_upload_routes_never_get_a_5xx(node: Node, http: aiohttp.ClientSession) -> None:
+    base = f"/api/forums/{FORUM}"
+    speaker = node.token(Role.SPEAKER, [FORUM], "Fuzz")
+    status, location = await create(http, f"{node.url}{base}", speaker, 64)
+    assert status == 201
+    paths = [f"{base}/uploads", location, f"{base}/uploads/..%2F..", f"{base}/uploads/\u00e9", f"{base}/jobs/x",
+             f"{base}/media/x/audio", f"{base}/media", f"/api/forums/nope/uploads"]
+    headers_corpus: list[dict[str, str]] = [
+        {}, TUS_HEADERS, {**TUS_HEADERS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+        {**TUS_HEADERS, "Upload-Offset": "99999999999999999999", "Content-Type": "application/offset+octet-stream"},
+        {**TUS_HEADERS, "Upload-Length": "1" * 30}, {**TUS_HEADERS, "Upload-Metadata": ",,, ,filename"},
+        {**TUS_HEADERS, "Upload-Length": "10", "Upload-Metadata": "a" * 5000},
+        {"Content-Type": "multipart/form-data; boundary="}, {"Content-Type": "application/json"},
+    ]
+    bodies = [b"", b"\x00" * 10, b"{", b'{"audio_track": true}', b"--x\r\nContent-Disposition: form-data\r\n\r\n"]
+    for path in paths:
+        for method in ("POST", "PATCH", "HEAD", "DELETE", "GET", "OPTIONS"):
+            for headers in headers_corpus:
+                for body in bodies:
+                    async with http.request(method, node.url + path, data=body,
+                                            headers={**bearer(speaker), **headers}) as response:
+                        await response.read()
+                        assert response.status < 500, (method, path, headers, body[:20], response.status)
