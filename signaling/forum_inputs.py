@@ -412,10 +412,13 @@ async def _inputs_ctx(app: web.Application) -> AsyncIterator[None]:
     library.on_job = lambda job: inputs._spawn(push_job(app, job))
     await inputs.start()
     app[INPUTS] = inputs
-    app[TUS] = TusStore(settings.data_dir / "media" / "uploads", library)
+    uploads = TusStore(settings.data_dir / "media" / "uploads", library)
+    app[TUS] = uploads
+    uploads.start()
     try:
         yield
     finally:
+        await uploads.stop()  # first: their uploads must outlive the jobs the library now cancels
         await library.stop()
         await inputs.stop()
 

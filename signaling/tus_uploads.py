@@ -29,8 +29,9 @@ PATCH) and its normalization starts as a job (`Forumcast-Job` header,
 and the GET above); operators follow it over socket.io ("media_job").
 
 State lives on disk (`<library>/uploads/<id>.json` beside the bytes), so
-an upload resumes after a server restart too; uploads untouched for
-`EXPIRE_S` are removed.
+an upload resumes after a server restart too, and a complete upload keeps
+its bytes until its conversion ends: a restart converts it again.
+Uploads untouched for `EXPIRE_S` are removed.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from rooms.tokens import Grant
 from signaling.app_keys import EVENT, SETTINGS, TOKENS
 from signaling.http_api import json_response
 from streaming.media_library import MediaLibrary
+from streaming.normalize_job import NormalizeJob
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class TusUpload:
     created_at: float
     job: str | None = None  # the normalization job, once complete
     speaker_id: str = ""  # a recorded speaker of the forum uploading for their own slot
+    content_hash: str = ""  # sha256, once complete
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -114,6 +117,7 @@ class TusStore:
         self.library = library
         self._uploads: dict[str, TusUpload] = {}
         self._busy: set[str] = set()  # uploads with a PATCH in progress
+        self._watchers: set[asyncio.Task[None]] = set()
         now = time.time()
         for meta in self.root.glob("*.json"):
             try:
@@ -121,10 +125,41 @@ class TusStore:
             except (ValueError, TypeError):
                 meta.unlink(missing_ok=True)
                 continue
-            if now - meta.stat().st_mtime > EXPIRE_S or upload.job is not None:
+            if now - meta.stat().st_mtime > EXPIRE_S or (upload.job is not None and not self._data(upload.id).exists()):
                 self._remove_files(upload.id)
             else:
                 self._uploads[upload.id] = upload
+
+    def start(self) -> None:
+        """Resume the conversions a stopped server left: a complete upload
+        keeps its bytes here until its job ends (call with the loop running)."""
+        for upload in list(self._uploads.values()):
+            if upload.job is not None:
+                logger.info("TusStore: converting upload %s (%s) again after a restart", upload.id, upload.filename)
+                job = self.library.start_job(upload.forum_id, upload.filename, self._data(upload.id),
+                                             upload.content_hash, upload.owner, owns_source=True,
+                                             uploader=upload.uploader, speaker_id=upload.speaker_id,
+                                             bounded=False, keep_on_cancel=True)
+                self._follow(upload, job)
+
+    async def stop(self) -> None:
+        """Stop following jobs (before the library cancels them: their
+        uploads stay on disk for the next start)."""
+        for task in list(self._watchers):
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+
+    def _follow(self, upload: TusUpload, job: NormalizeJob) -> None:
+        upload.job = job.id
+        self._save(upload)
+
+        async def forget_when_ended() -> None:
+            await job.ended.wait()
+            self._remove_files(upload.id)  # the library removed the bytes; the record may go too
+
+        task = asyncio.create_task(forget_when_ended(), name=f"tus-follow-{upload.id}")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
 
     def _data(self, upload_id: str) -> Path:
         return self.root / f"{upload_id}.bin"
@@ -151,7 +186,7 @@ class TusStore:
     def _expire(self) -> None:
         """Forget uploads untouched for EXPIRE_S (their bytes too)."""
         now = time.time()
-        for upload in list(self._uploads.values()):
+        for upload in [u for u in self._uploads.values() if u.job is None]:  # converting: the job decides
             data = self._data(upload.id)
             touched = data.stat().st_mtime if data.exists() else upload.created_at
             if now - touched > EXPIRE_S:
@@ -222,17 +257,15 @@ class TusStore:
         """Hand a complete upload to the library: its job id.
         RoomError: unsupported_media_type (the file cannot play), rate_limited."""
         data = self._data(upload.id)
-        digest = await asyncio.to_thread(_sha256, data)
-        temp = self.library.tmp_dir / f"upload-{upload.id}"
-        data.replace(temp)  # the library owns it from here (and removes it)
-        try:
-            job = await self.library.start_stored(upload.forum_id, upload.filename, temp, digest, upload.owner,
-                                                  upload.uploader, upload.speaker_id)
+        upload.content_hash = await asyncio.to_thread(_sha256, data)
+        try:  # the library owns the bytes from here: it removes them once converted or refused
+            job = await self.library.start_stored(upload.forum_id, upload.filename, data, upload.content_hash,
+                                                  upload.owner, upload.uploader, upload.speaker_id,
+                                                  keep_on_cancel=True)
         except BaseException:
             self.delete(upload)
             raise
-        upload.job = job.id  # kept (without its files) so the uploader can ask which job it became
-        self._remove_files(upload.id)
+        self._follow(upload, job)  # kept so the uploader can ask which job it became, and a restart resumes it
         return job.id
 
     def delete(self, upload: TusUpload) -> None:

@@ -259,7 +259,8 @@ class MediaLibrary:
         return await self.start_stored(forum_id, filename, temp, content_hash, owner, uploader)
 
     async def start_stored(self, forum_id: str, filename: str, temp: Path, content_hash: str,
-                           owner: str = "", uploader: str = "", speaker_id: str = "") -> NormalizeJob:
+                           owner: str = "", uploader: str = "", speaker_id: str = "",
+                           keep_on_cancel: bool = False) -> NormalizeJob:
         """Probe a stored upload (this call owns `temp`: it is removed when
         refused or once normalized) and start its job."""
         try:
@@ -268,15 +269,16 @@ class MediaLibrary:
             temp.unlink(missing_ok=True)
             raise
         return self.start_job(forum_id, _display_name(filename), temp, content_hash, owner, owns_source=True,
-                              info=info, uploader=uploader, speaker_id=speaker_id)
+                              info=info, uploader=uploader, speaker_id=speaker_id, keep_on_cancel=keep_on_cancel)
 
     def start_job(self, forum_id: str, name: str, source: Path, content_hash: str, owner: str = "",
                   *, owns_source: bool, info: ProbeResult | None = None, uploader: str = "",
-                  bounded: bool = True, speaker_id: str = "") -> NormalizeJob:
+                  bounded: bool = True, speaker_id: str = "", keep_on_cancel: bool = False) -> NormalizeJob:
         """Normalize `source` in the background (deleted after when
-        `owns_source`). RoomError: rate_limited (only when `bounded`: the
-        event file's videos are not refused for being many at once, they
-        queue)."""
+        `owns_source`, unless the job is cancelled by a stopping server and
+        `keep_on_cancel`: a resumable upload's bytes wait for the next start).
+        RoomError: rate_limited (only when `bounded`: the event file's videos
+        are not refused for being many at once, they queue)."""
         try:
             if bounded:
                 self.check_upload(forum_id, owner, None)
@@ -287,7 +289,8 @@ class MediaLibrary:
         job = NormalizeJob(uuid.uuid4().hex[:16], forum_id, name, owner, on_change=self._job_changed)
         self._jobs[job.id] = job
         self._forget_old_jobs()
-        task = asyncio.create_task(self._run_job(job, source, content_hash, owns_source, info, uploader, speaker_id),
+        task = asyncio.create_task(self._run_job(job, source, content_hash, owns_source and not keep_on_cancel,
+                                                 info, uploader, speaker_id, owns_source),
                                    name=f"normalize-{job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -331,21 +334,26 @@ class MediaLibrary:
             del self._jobs[job.id]
 
     async def _run_job(self, job: NormalizeJob, source: Path, content_hash: str, owns_source: bool,
-                       info: ProbeResult | None, uploader: str, speaker_id: str) -> None:
+                       info: ProbeResult | None, uploader: str, speaker_id: str,
+                       owns_when_finished: bool | None = None) -> None:
+        finished = False
         try:
             item = await self._add(job, source, content_hash, info, uploader, speaker_id)
+            finished = True
             job.done(item.id)
         except RoomError as error:
+            finished = True
             job.failure_code = error.code
             job.failed(error.message)
         except asyncio.CancelledError:
             job.failed("cancelled: the server is stopping")
             raise
         except Exception:
+            finished = True
             logger.exception("MediaLibrary: normalizing %s failed", job.name)
             job.failed("the conversion failed on the server")
         finally:
-            if owns_source:
+            if owns_source or (finished and owns_when_finished):
                 source.unlink(missing_ok=True)
 
     async def _add(self, job: NormalizeJob, source: Path, content_hash: str, info: ProbeResult | None,

@@ -242,3 +242,21 @@ async def test_malformed_requests_to_the_upload_routes_never_get_a_5xx(node: Nod
                                             headers={**bearer(speaker), **headers}) as response:
                         await response.read()
                         assert response.status < 500, (method, path, headers, body[:20], response.status)
+
+
+async def test_a_complete_upload_is_converted_after_a_restart(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    data = interpretation_video(tmp_path / "talk.mkv").read_bytes()
+    async with running_node(tmp_path / "node") as first:
+        library = first.app[INPUTS].library
+        await library._running.acquire()  # busy: the job waits while the server stops
+        speaker = first.token(Role.SPEAKER, [FORUM], "Ana")
+        status, location = await create(http, f"{first.url}/api/forums/{FORUM}", speaker, len(data))
+        assert status == 201
+        response = await patch(http, first.url + location, speaker, 0, data)
+        assert response.status == 204 and library.items(FORUM) == []
+    async with running_node(tmp_path / "node") as second:
+        library = second.app[INPUTS].library
+        await eventually(lambda: library.items(FORUM), timeout=60, what="the upload converted after the restart")
+        [item] = library.items(FORUM)
+        assert item.uploaded_by == "Ana"
+        await eventually(lambda: list(second.app[TUS].root.iterdir()) == [], timeout=10, what="nothing left")
