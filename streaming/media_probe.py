@@ -1,7 +1,8 @@
 """What a media file holds, read from its packets, not from its header.
 
 `probe(path)` opens the file with PyAV, reads every packet once (demux
-only: no decode, ~1 s for an hour of video) and one decoded picture, and
+only, no decode: the cost is reading the file once) and one decoded
+picture, and
 returns a `ProbeResult`:
 
 - duration: the end of the last packet (pts + duration) minus the first
