@@ -86,7 +86,10 @@ class Settings:
     # where venue encoders connect (RTMP gate, SRT listener); loopback by
     # default so a fresh install exposes nothing: set 0.0.0.0 at the venue
     ingest_host: str = "127.0.0.1"
-    max_upload_bytes: int = 2 * 1024**3
+    max_upload_bytes: int = 2 * 1024**3  # checked from Upload-Length / Content-Length before a byte is stored
+    normalize_max_fps: int = 30  # recorded talks: the real maximum frame rate, capped here
+    max_conversions_per_token: int = 2  # unfinished uploads/conversions per token (429 beyond)
+    max_conversions_per_forum: int = 4
     chat_max_length: int = 500
     chat_rate_per_minute: int = 10
     heartbeat_interval_s: float = 2.0
@@ -328,6 +331,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "srt_port": _port,
     "ingest_host": _host,
     "max_upload_bytes": _positive_int,
+    "normalize_max_fps": _positive_int,
+    "max_conversions_per_token": _positive_int,
+    "max_conversions_per_forum": _positive_int,
     "chat_max_length": _positive_int,
     "chat_rate_per_minute": _positive_int,
     "heartbeat_interval_s": _positive_float,

@@ -3,8 +3,9 @@
 One task asks the agenda clock (rooms.agenda.AgendaClock, injectable and
 movable in tests) what is due, every `tick` seconds or at once when
 poked. For each due ScheduledPlayout it takes the video from the media
-library (normalized once; prepared ahead, `lead` seconds before the
-slot), plays it with FilePlayout as a RECORDED source (ForumInputs), and
+library: the speaker's own upload when they sent one from their invite
+link (tus_uploads.recorded_speaker), else the event file's video
+(normalized once; prepared ahead, `lead` seconds before the slot), plays it with FilePlayout as a RECORDED source (ForumInputs), and
 puts it on air through the forum's ProgramSwitcher, unless the forum is
 in manual mode (then the operator sees it as a live tile to take). The
 playout stops at the end of its file or of its slot, whichever is first.
@@ -158,7 +159,9 @@ class AgendaRunner:
         late = now - playout.at
         start_at = late.total_seconds() if late > JOIN_AFTER else 0.0
         try:
-            item = await asyncio.shield(self._prepare(playout))
+            # the speaker's own upload (from their invite link) replaces the event file's video
+            uploaded = self._inputs.library.speaker_item(playout.forum_id, playout.speaker_id)
+            item = uploaded if uploaded is not None else await asyncio.shield(self._prepare(playout))
             if start_at and item.duration and start_at >= item.duration:
                 self._skip(playout, f"its video ({item.duration:.0f} s) already played out in the slot")
                 return

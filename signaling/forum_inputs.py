@@ -44,6 +44,7 @@ from rooms.models import MediaSource, Role, SourceKind, SourceState
 from rooms.tokens import Grant
 from signaling.app_keys import EVENT, MEDIA, ROOMS, SETTINGS
 from streaming.media_library import MediaItem, MediaLibrary
+from streaming.normalize_plan import NormalizeRules
 from streaming.playout import FilePlayout
 from streaming.rtp_source import RtpSource, SourceFeed
 from streaming.rtp_udp_ingest import h264_codec, opus_codec
@@ -93,6 +94,7 @@ class Playout:
 
     def to_json(self) -> dict[str, Any]:
         return {"source_id": self.source_id, "media": self.item.id, "name": self.label, "file": self.item.name,
+                "audio_track": self.player.audio_track,
                 "duration": self.item.duration, "state": self.player.state,
                 "position": round(self.player.position, 2), "by": self.by}
 
@@ -284,9 +286,11 @@ class ForumInputs:
         return found
 
     async def start_playout(self, forum_id: str, grant: Grant, item: MediaItem, name: str | None = None,
-                            start_at: float = 0.0) -> Playout:
+                            start_at: float = 0.0, audio_track: int | None = None) -> Playout:
         """Play a library item as a new RECORDED source of the forum, from
-        the start or from `start_at` seconds in (its next keyframe).
+        the start or from `start_at` seconds in (its next keyframe), with
+        its chosen audio track or `audio_track` (an index of
+        item.audio_tracks; an interpretation played as its own source).
         RoomError: forbidden (rooms decide), not_found, unavailable."""
         forum = self._rooms.forum(forum_id)
         if item.forum_id != forum.id:
@@ -298,13 +302,17 @@ class ForumInputs:
         path = self.library.path(item)
         if not path.is_file():
             raise RoomError("not_found", f"the file of media item {item.id!r} is missing")
+        track = item.audio_track if audio_track is None else audio_track
+        if not 0 <= track < max(1, len(item.audio_tracks)):
+            raise RoomError("invalid", f"audio_track must be an index of the item's {len(item.audio_tracks)} "
+                                       "audio tracks")
         source_id = "rec-" + uuid.uuid4().hex[:12]
         label = (name or item.name)[:64]
         source = MediaSource(source_id, forum.id, SourceKind.RECORDED, label, state=SourceState.CONNECTING)
         await self._rooms.register_source(forum.id, grant, source)
         video = RtpSource("video", h264_codec(), name=source_id)
         audio = RtpSource("audio", opus_codec(), name=source_id)
-        player = FilePlayout(path, source_id, video, audio,
+        player = FilePlayout(path, source_id, video, audio, audio_track=track,
                              on_ended=lambda: self._spawn(self._played_out(source_id)))
         playout = Playout(forum.id, source_id, item, player, grant.name, label)
         self._playouts[source_id] = playout
@@ -405,19 +413,29 @@ INPUTS = web.AppKey("forum_inputs", ForumInputs)
 async def _inputs_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     library = MediaLibrary(settings.media_dir, ffmpeg=ffmpeg_path(settings),
-                           max_upload_bytes=settings.max_upload_bytes)
+                           max_upload_bytes=settings.max_upload_bytes,
+                           rules=NormalizeRules(max_fps=settings.normalize_max_fps),
+                           max_jobs_per_owner=settings.max_conversions_per_token,
+                           max_jobs_per_forum=settings.max_conversions_per_forum)
     inputs = ForumInputs(settings, app[ROOMS], app.get(MEDIA), library, load_or_create_secret(settings))
-    from signaling.operator_api import push_playouts  # it imports this module
+    from signaling.operator_api import push_job, push_playouts  # it imports this module
+    from signaling.tus_uploads import TUS, TusStore
 
     async def tell(forum_id: str) -> None:
         await push_playouts(app, forum_id)
 
     inputs.on_playouts = tell
+    library.on_job = lambda job: inputs._spawn(push_job(app, job))
     await inputs.start()
     app[INPUTS] = inputs
+    uploads = TusStore(settings.data_dir / "media" / "uploads", library)
+    app[TUS] = uploads
+    uploads.start()
     try:
         yield
     finally:
+        await uploads.stop()  # first: their uploads must outlive the jobs the library now cancels
+        await library.stop()
         await inputs.stop()
 
 

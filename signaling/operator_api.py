@@ -5,8 +5,12 @@
     POST   /api/forums/{forum_id}/preview              {"source": id | null}
     POST   /api/forums/{forum_id}/manual               {"manual": bool}
     GET    /api/forums/{forum_id}/ingest[?reveal=true] venue RTMP/SRT addresses (the key only with reveal; null while down)
-    GET    /api/forums/{forum_id}/media                the forum's media library
-    POST   /api/forums/{forum_id}/media                multipart upload (field "file")
+    GET    /api/forums/{forum_id}/media                the forum's media library and conversion jobs
+    POST   /api/forums/{forum_id}/media                multipart upload (field "file") -> 202 {"job"}
+    POST   /api/forums/{forum_id}/media/{media_id}/audio  {"audio_track": n}: the track playout sends
+    GET    /api/forums/{forum_id}/jobs                 conversion jobs (state, percent, ETA)
+    GET    /api/forums/{forum_id}/jobs/{job_id}        one job (its uploader may ask too)
+    (resumable uploads, tus: signaling/tus_uploads.py)
     GET    /api/forums/{forum_id}/playouts             recorded videos playing as sources
     POST   /api/forums/{forum_id}/playouts             {"media": id, "take": bool}
     DELETE /api/forums/{forum_id}/playouts/{source_id}
@@ -38,6 +42,8 @@ from signaling import protocol
 from signaling.app_keys import AGENDA, EVENT, MEDIA, ROOMS, SETTINGS, SIO, TOKENS
 from signaling.forum_inputs import INPUTS, ForumInputs, setup_forum_inputs
 from signaling.http_api import bearer_token, json_response
+from signaling.tus_uploads import setup_tus_routes
+from streaming.normalize_job import NormalizeJob
 from streaming.program_switcher import ProgramSwitcher, Switchboard
 
 logger = logging.getLogger(__name__)
@@ -98,17 +104,20 @@ def optional_source(value: object, what: str = "source") -> str | None:
 
 
 async def start_playout(app: web.Application, forum_id: str, grant: Grant, media_id: object,
-                        take: object) -> dict[str, Any]:
-    """Play a library item as a source; with take, put it on air once live."""
+                        take: object, audio_track: object = None) -> dict[str, Any]:
+    """Play a library item as a source; with take, put it on air once live.
+    `audio_track`: an index of the item's audio_tracks (None: its chosen one)."""
     if not isinstance(media_id, str) or not media_id:
         raise RoomError("invalid", "media must be the id of an item of the forum's media library")
     if not isinstance(take, bool):
         raise RoomError("invalid", "take must be true or false")
+    if audio_track is not None and (not isinstance(audio_track, int) or isinstance(audio_track, bool)):
+        raise RoomError("invalid", "audio_track must be an index of the item's audio tracks, or null")
     require_operator(grant, forum_id)
     inputs = inputs_of(app)
     item = inputs.library.get(media_id)
     label = app[AGENDA].label_for_video(forum_id, item.name) if AGENDA in app else None
-    playout = await inputs.start_playout(forum_id, grant, item, name=label)
+    playout = await inputs.start_playout(forum_id, grant, item, name=label, audio_track=audio_track)
     body: dict[str, Any] = {"playout": playout.to_json(), "program": None}
     if take:
         if not await inputs.wait_live(playout.source_id, LIVE_WAIT_S):
@@ -147,9 +156,18 @@ async def push_media(app: web.Application, forum_id: str) -> None:
 def media_json(app: web.Application, forum_id: str) -> dict[str, Any]:
     inputs = app.get(INPUTS)
     items = inputs.library.items(forum_id) if inputs is not None else []
-    return {"forum_id": forum_id, "media": [
-        {"id": i.id, "name": i.name, "duration": i.duration, "width": i.width, "height": i.height,
-         "created_at": i.created_at} for i in items]}
+    jobs = inputs.library.jobs(forum_id) if inputs is not None else []
+    return {"forum_id": forum_id, "media": [i.summary() for i in items], "jobs": [j.to_json() for j in jobs]}
+
+
+async def push_job(app: web.Application, job: NormalizeJob) -> None:
+    """Tell the forum's operators how a conversion goes ("media_job"), and
+    the new library once it is done."""
+    sio = app.get(SIO)
+    if sio is not None:
+        await sio.emit("media_job", job.to_json(), room=f"forum:{job.forum_id}")
+    if job.finished:
+        await push_media(app, job.forum_id)
 
 
 # --- REST ------------------------------------------------------------------------
@@ -244,8 +262,13 @@ async def get_media(request: web.Request) -> web.Response:
 
 
 async def post_media(request: web.Request) -> web.Response:
-    forum_id, _ = _forum(request)
+    forum_id, grant = _forum(request)
     inputs = inputs_of(request.app)
+    # refused from its headers, before a byte is read (the multipart framing is a few hundred bytes)
+    inputs.library.check_upload(forum_id, grant.subject, None)
+    if request.content_length is not None and request.content_length > inputs.library.max_upload_bytes + 65536:
+        raise RoomError("too_large", f"uploads are limited to {inputs.library.max_upload_bytes} bytes; "
+                                     f"this one says {request.content_length}")
     if not request.content_type.startswith("multipart/"):
         raise RoomError("unsupported_media_type", 'upload the video as multipart/form-data, field "file"')
     try:
@@ -263,10 +286,35 @@ async def post_media(request: web.Request) -> web.Response:
         while chunk := await part.read_chunk(1 << 20):
             yield chunk
 
-    item = await inputs.library.add_upload(forum_id, filename, chunks())
+    job = await inputs.library.start_upload(forum_id, filename, chunks(), grant.subject, grant.name)
+    return json_response({"job": job.to_json()}, status=202)
+
+
+async def post_media_audio(request: web.Request) -> web.Response:
+    forum_id, _ = _forum(request)
+    body = await _body(request)
+    library = inputs_of(request.app).library
+    item = library.get(request.match_info["media_id"])
+    if item.forum_id != forum_id:
+        raise RoomError("not_found", f"forum {forum_id} has no media item {item.id!r}")
+    item = await library.select_audio(item.id, body.get("audio_track"))
     await push_media(request.app, forum_id)
-    return json_response({"id": item.id, "name": item.name, "duration": item.duration,
-                          "width": item.width, "height": item.height}, status=201)
+    return json_response(item.summary())
+
+
+async def get_jobs(request: web.Request) -> web.Response:
+    forum_id, _ = _forum(request)
+    return json_response({"forum_id": forum_id, "jobs": [j.to_json() for j in inputs_of(request.app).library.jobs(forum_id)]})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    from signaling.tus_uploads import uploader_grant
+
+    forum_id, grant = uploader_grant(request)  # a speaker follows their own upload's job
+    job = inputs_of(request.app).library.job(request.match_info["job_id"])
+    if job.forum_id != forum_id or (job.owner != grant.subject and not grant.allows(forum_id, Role.OPERATOR)):
+        raise RoomError("not_found", f"forum {forum_id} has no job {job.id!r} of yours")
+    return json_response(job.to_json())
 
 
 async def get_playouts(request: web.Request) -> web.Response:
@@ -277,7 +325,8 @@ async def get_playouts(request: web.Request) -> web.Response:
 async def post_playout(request: web.Request) -> web.Response:
     forum_id, grant = _forum(request)
     body = await _body(request)
-    result = await start_playout(request.app, forum_id, grant, body.get("media"), body.get("take", False))
+    result = await start_playout(request.app, forum_id, grant, body.get("media"), body.get("take", False),
+                                 body.get("audio_track"))
     return json_response(result, status=201)
 
 
@@ -354,6 +403,10 @@ def setup_operator(app: web.Application) -> None:
     r.add_get(f"{base}/ingest", get_ingest)
     r.add_get(f"{base}/media", get_media)
     r.add_post(f"{base}/media", post_media)
+    r.add_post(f"{base}/media/{{media_id}}/audio", post_media_audio)
+    r.add_get(f"{base}/jobs", get_jobs)
+    r.add_get(f"{base}/jobs/{{job_id}}", get_job)
+    setup_tus_routes(app)
     r.add_get(f"{base}/playouts", get_playouts)
     r.add_post(f"{base}/playouts", post_playout)
     r.add_delete(f"{base}/playouts/{{source_id}}", delete_playout)

@@ -5,7 +5,7 @@
     preview       {"forum_id", "source_id": id | null}
     cut_to_slate  {"forum_id"}
     set_manual    {"forum_id", "manual": bool}
-    playout_start {"forum_id", "media": id, "take"?: bool}
+    playout_start {"forum_id", "media": id, "take"?: bool, "audio_track"?: int}
     playout_stop  {"forum_id", "source_id": id}
 
 Each is validated, needs an operator grant for the forum (the token the
@@ -74,7 +74,8 @@ async def _set_manual(app: web.Application, forum_id: str, grant: Grant, payload
 
 
 async def _playout_start(app: web.Application, forum_id: str, grant: Grant, payload: dict[str, Any]) -> Ack:
-    return await start_playout(app, forum_id, grant, payload.get("media"), payload.get("take", False))
+    return await start_playout(app, forum_id, grant, payload.get("media"), payload.get("take", False),
+                               payload.get("audio_track"))
 
 
 async def _playout_stop(app: web.Application, forum_id: str, grant: Grant, payload: dict[str, Any]) -> Ack:

@@ -97,6 +97,15 @@ def locked_version(package: str, lock: Path = PACKAGE_LOCK) -> str | None:
     return None if entry is None else str(entry.get("version"))
 
 
+def _licence_file(package_dir: Path) -> Path:
+    """A package's licence file, whatever its case or extension (LICENSE,
+    LICENSE.md, license). Raises FileNotFoundError naming the package."""
+    for path in sorted(package_dir.iterdir()):
+        if path.is_file() and path.name.upper().startswith(("LICENSE", "LICENCE")):
+            return path
+    raise FileNotFoundError(f"{package_dir}: no licence file")
+
+
 def update(node_modules: Path = NODE_MODULES) -> list[str]:
     """Copy each manifest entry (and the licence of its package and of the
     packages listed after it in `licenses`) from node_modules, and record
@@ -114,7 +123,7 @@ def update(node_modules: Path = NODE_MODULES) -> list[str]:
         for licence in entry.get("licenses", []):
             # named "<package>.LICENSE.txt" ('/' of a scope as '__')
             owner = licence.removesuffix(".LICENSE.txt").replace("__", "/")
-            shutil.copyfile(node_modules / owner / "LICENSE", VENDOR_DIR / licence)
+            shutil.copyfile(_licence_file(node_modules / owner), VENDOR_DIR / licence)
         done.append(f"{entry['name']} <- {package}@{entry['version']}/{source}")
     MANIFEST.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return done

@@ -64,16 +64,21 @@ def h264_payloads(annexb: bytes) -> tuple[bytes, ...]:
     return tuple(H264Encoder._packetize(nals))
 
 
-def demux_units(path: Path, *, per_stream_zero: bool = False, seek: float = 0.0) -> Iterator[MediaUnit]:
+def demux_units(path: Path, *, per_stream_zero: bool = False, seek: float = 0.0,
+                audio_track: int = 0) -> Iterator[MediaUnit]:
     """The frames of a normalized file in demux order (no decode).
 
     Times count from the file's first timestamp (kept A/V sync), or with
     `per_stream_zero` from each stream's own first one (a loop whose two
     tracks must both start at 0). `seek` > 0 starts near that many seconds
     in (at a keyframe before it; the demuxer seeks, nothing is read up to
-    it), with times still counted from the file's start."""
+    it), with times still counted from the file's start. `audio_track`:
+    which of the file's audio tracks (0: the first, the source's default;
+    one past the end falls back to the first)."""
     with av.open(str(path)) as container:
-        streams = [s for s in (container.streams.video[:1] + container.streams.audio[:1])]
+        audio = container.streams.audio
+        chosen = audio[audio_track:audio_track + 1] if 0 <= audio_track < len(audio) else audio[:1]
+        streams = [s for s in (container.streams.video[:1] + chosen)]
         zero: dict[int, float] = {}
         start = container.start_time / 1_000_000 if container.start_time is not None else None
         if seek > 0 and streams:
@@ -203,8 +208,10 @@ class FilePlayout:
         *,
         on_ended: Callable[[], None] | None = None,
         on_state: Callable[[str], None] | None = None,
+        audio_track: int = 0,
     ) -> None:
         self.path = Path(path)
+        self.audio_track = audio_track  # which of the file's audio tracks is sent
         self.source_id = source_id
         self.tracks: dict[str, RtpTrack] = {"video": RtpTrack("video", video)}
         if audio is not None:
@@ -268,7 +275,7 @@ class FilePlayout:
             self.position = max(self.position, unit.time)
 
         try:
-            units = time_ordered(demux_units(self.path, seek=start_at))
+            units = time_ordered(demux_units(self.path, seek=start_at, audio_track=self.audio_track))
             if start_at > 0:
                 units = from_keyframe_at(units, start_at)
                 first = next(units, None)

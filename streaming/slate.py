@@ -65,6 +65,12 @@ def _font() -> str | None:
     return next((font for font in _FONTS if Path(font).is_file()), None)
 
 
+def title_font() -> str | None:
+    """The font titles are drawn with (None: ffmpeg's default), also used
+    for the name card of a recorded talk that has no picture."""
+    return _font()
+
+
 def _has_cjk(line: str) -> bool:
     return any("\u2e80" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" or "\uff00" <= ch <= "\uffef"
                for ch in line)

@@ -20,6 +20,7 @@ from signaling.agenda_runner import RUNNER
 from signaling.app_keys import ROOMS
 from signaling.forum_inputs import INPUTS
 from tests.machine_time import RunQueueWait
+from tests.eventually import eventually
 from tests.operator_app import Node, RecordingViewer, SioClient, make_video, running_node
 
 pytestmark = pytest.mark.timeout(150)
@@ -174,3 +175,41 @@ async def test_a_node_started_mid_slot_joins_the_talk_where_it_is(tmp_path: Path
         # ... and played on from there in real time (not from the opening, not in a burst)
         assert playout.player.position <= 12.0 + (time.monotonic() - poked) + 0.5
         assert runner.stats.skipped == []
+
+
+async def test_a_recorded_speakers_own_upload_plays_in_their_slot(tmp_path: Path, video: Path,
+                                                                  clients: list[Any]) -> None:
+    """The speaker uploads from their invite token (tus); operators see it
+    arrive; at the slot their upload plays, not the event file's video."""
+    import aiohttp
+
+    from tests.test_media_uploads import create, patch
+
+    clock = MovedClock(T0)
+    async with running_node(tmp_path / "node", event=simulive_event(video), agenda_now=clock) as node:
+        operator = SioClient()
+        clients.append(operator)
+        await operator.connect(node, node.token(Role.OPERATOR, ["sim"], "Op"))
+        await operator.call("join", {"forum_id": "sim"})
+        own = make_video(tmp_path / "my-talk.mp4", 3, "240x160")
+        speaker = node.token(Role.SPEAKER, ["sim"], "Rec Orded")  # as `forumcast invite` names them
+        base = f"{node.url}/api/forums/sim"
+        async with aiohttp.ClientSession() as http:
+            status, location = await create(http, base, speaker, own.stat().st_size, "my-talk.mp4")
+            assert status == 201
+            response = await patch(http, node.url + location, speaker, 0, own.read_bytes())
+            assert response.status == 204
+        done = await operator.next_push("media_job", lambda j: j["state"] == "done" and j["name"] == "my-talk.mp4",
+                                      timeout=60)
+        item = node.app[INPUTS].library.get(done["media"])
+        assert item.speaker_id == "rec" and item.uploaded_by == "Rec Orded" and item.width == 240
+
+        clock.now = T0 + dt.timedelta(minutes=1, milliseconds=100)
+        node.app[RUNNER].poke()
+        await node.app[RUNNER].started.get()
+
+        def playing_in_sim() -> list[str]:
+            return [p.item.id for p in node.app[INPUTS].playouts("sim")]
+
+        await eventually(playing_in_sim, timeout=60, what="the slot starts in forum sim")
+        assert playing_in_sim() == [item.id]

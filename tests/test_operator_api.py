@@ -20,6 +20,7 @@ import pytest
 from rooms.models import Role
 from signaling.forum_inputs import INPUTS
 from streaming.ffmpeg_process import FfmpegProcess
+from tests.eventually import eventually
 from tests.operator_app import (
     DecodeErrors,
     Node,
@@ -166,6 +167,24 @@ async def test_ingest_addresses_venue_feed_and_its_states(node: Node, http: aioh
             os.kill(pid, 0)
 
 
+async def upload_converted(http: aiohttp.ClientSession, base: str, token: str, form: aiohttp.FormData) -> Any:
+    """Upload (202 + a job), follow the job to its end: the library item."""
+    status, body = await call(http, "POST", f"{base}/media", token, data=form)
+    assert status == 202, body
+    job_id = body["job"]["id"]
+    job: dict[str, Any] = {}
+
+    async def finished() -> bool:
+        nonlocal job
+        _, job = await call(http, "GET", f"{base}/jobs/{job_id}", token)
+        return job["state"] in ("done", "failed")
+
+    await eventually(finished, timeout=60, what="the conversion job ends")
+    assert job["state"] == "done", job
+    _, library = await call(http, "GET", f"{base}/media", token)
+    return next(i for i in library["media"] if i["id"] == job["media"])
+
+
 async def test_upload_playout_take_and_stop(node: Node, http: aiohttp.ClientSession, tmp_path: Path,
                                             clients: list[Any]) -> None:
     base = f"{node.url}/api/forums/{FORUM}"
@@ -196,13 +215,12 @@ async def test_upload_playout_take_and_stop(node: Node, http: aiohttp.ClientSess
 
     form = aiohttp.FormData()
     form.add_field("file", data, filename="talk.mp4", content_type="video/mp4")
-    status, item = await call(http, "POST", f"{base}/media", op, data=form)
-    assert status == 201, item
+    item = await upload_converted(http, base, op, form)
     assert (item["width"], item["height"]) == (320, 240) and 2.5 < item["duration"] < 3.6
     form = aiohttp.FormData()
     form.add_field("file", data, filename="again.mp4", content_type="video/mp4")
-    status, again = await call(http, "POST", f"{base}/media", op, data=form)
-    assert status == 201 and again["id"] == item["id"]
+    again = await upload_converted(http, base, op, form)
+    assert again["id"] == item["id"]
     assert node.app[INPUTS].library.normalizations == 1, "normalized once"
 
     other = SioClient()

@@ -2,7 +2,8 @@
 // preview and a program monitor, TAKE and CUT TO SLATE, the agenda, the
 // venue ingest addresses, the media library and its playouts.
 // Every action goes over socket.io (acked; the server pushes the result to
-// every operator of the forum); uploads go over REST with the same token.
+// every operator of the forum); uploads go over tus (resumable, tus-js-client)
+// with the same token, and their conversion jobs are pushed as "media_job".
 import {
   backoff, connect, describe, gatherIce, isFatal, pageData, preferH264, readToken, request, setPill, showMessage,
 } from "/static/js/common.js";
@@ -186,6 +187,11 @@ async function take(sourceId) {
 
 // --- media library, playouts, ingest ------------------------------------------------
 
+function trackLabel(track) {
+  const words = [track.language || "und", track.title, track.default ? "default" : ""].filter(Boolean);
+  return `${track.index + 1}: ${words.join(" · ")}`;
+}
+
 function applyMedia(payload) {
   const list = $("media");
   list.replaceChildren();
@@ -194,8 +200,53 @@ function applyMedia(payload) {
     playButton.addEventListener("click", () => act("playout_start", { media: item.id, take: false }));
     const takeButton = el("button", {}, "Play & take");
     takeButton.addEventListener("click", () => act("playout_start", { media: item.id, take: true }));
-    list.append(el("li", {}, el("span", { class: "name" },
-      `${item.name} — ${Math.round(item.duration)} s, ${item.width}×${item.height}`), playButton, takeButton));
+    const how = item.processing && item.processing.video ? `, video ${item.processing.video}` : "";
+    const row = el("li", { "data-media": item.id }, el("span", { class: "name" },
+      `${item.name} — ${Math.round(item.duration)} s, ${item.width}×${item.height}${how}`));
+    const tracks = item.audio_tracks || [];
+    if (tracks.length > 1) { // the operator picks which language goes on air
+      const select = el("select", { "aria-label": "audio track", class: "audio-track" });
+      for (const track of tracks) {
+        const option = el("option", { value: String(track.index) }, trackLabel(track));
+        if (track.index === item.audio_track) option.selected = true;
+        select.append(option);
+      }
+      select.addEventListener("change", () => chooseTrack(item.id, Number(select.value)));
+      row.append(select);
+    }
+    row.append(playButton, takeButton);
+    for (const note of item.notes || []) row.append(el("span", { class: "hint" }, note));
+    list.append(row);
+  }
+  applyJobs(payload.jobs || []);
+}
+
+async function chooseTrack(mediaId, index) {
+  try {
+    await api(`/media/${encodeURIComponent(mediaId)}/audio`, {
+      method: "POST", body: JSON.stringify({ audio_track: index }), headers: { "Content-Type": "application/json" },
+    });
+  } catch (error) {
+    flash("bad", `Audio track: ${describe(error)}`);
+  }
+}
+
+// conversion jobs: the server pushes "media_job" at each state and percent
+const jobs = new Map();
+
+function jobText(job) {
+  if (job.state === "failed") return `${job.name}: refused — ${job.error}`;
+  if (job.state === "done") return `${job.name}: ready`;
+  const eta = job.eta_s != null ? `, ${Math.round(job.eta_s)} s left` : "";
+  return `${job.name}: ${job.state} ${job.percent}%${eta}`;
+}
+
+function applyJobs(list) {
+  for (const job of list) jobs.set(job.id, job);
+  const ul = $("jobs");
+  ul.replaceChildren();
+  for (const job of [...jobs.values()].filter((j) => j.state !== "done")) {
+    ul.append(el("li", { "data-job": job.id, "data-state": job.state }, jobText(job)));
   }
 }
 
@@ -227,21 +278,33 @@ async function refreshLists() {
   }
 }
 
-async function upload(event) {
+// Uploads are resumable (tus): a broken connection resumes where it stopped.
+function upload(event) {
   event.preventDefault();
   const file = $("upload-file").files[0];
   if (!file) return;
-  const form = new FormData();
-  form.append("file", file, file.name);
-  $("upload-status").textContent = "Uploading and converting…";
-  try {
-    const item = await api("/media", { method: "POST", body: form });
-    $("upload-status").textContent = `Added ${item.name}.`;
-    applyMedia(await api("/media"));
-  } catch (error) {
-    $("upload-status").textContent = "";
-    flash("bad", `Upload: ${describe(error)}`);
-  }
+  const status = $("upload-status");
+  const sending = new window.tus.Upload(file, {
+    endpoint: `/api/forums/${encodeURIComponent(forumId)}/uploads`,
+    headers: { Authorization: `Bearer ${token}` },
+    metadata: { filename: file.name },
+    chunkSize: 16 * 1024 * 1024,
+    retryDelays: [0, 1000, 3000, 5000, 10000],
+    removeFingerprintOnSuccess: true,
+    onProgress: (sent, total) => { status.textContent = `Uploading ${Math.floor((sent / total) * 100)}%`; },
+    onError: (error) => {
+      status.textContent = "";
+      const body = error.originalResponse ? error.originalResponse.getBody() : "";
+      let message = String(error.message || error);
+      try { message = JSON.parse(body).error.message; } catch (_) { /* not our JSON */ }
+      flash("bad", `Upload: ${message}`);
+    },
+    onSuccess: () => { status.textContent = `Uploaded ${file.name}: converting…`; },
+  });
+  sending.findPreviousUploads().then((previous) => {
+    if (previous.length) sending.resumeFromPreviousUpload(previous[0]);
+    sending.start();
+  });
 }
 
 // The stream key is a secret: the addresses that hold it are fetched and
@@ -347,6 +410,7 @@ function main() {
   socket.on("sources", (payload) => applySources(payload.sources));
   socket.on("playouts", applyPlayouts);
   socket.on("media", applyMedia);
+  socket.on("media_job", (job) => applyJobs([job]));
   refreshAgenda();
   setInterval(refreshAgenda, 30000);
 }

@@ -22,6 +22,7 @@ from rooms.models import Role
 from rooms.tokens import Grant
 from signaling.app_keys import ROOMS
 from signaling.forum_inputs import INPUTS
+from tests.eventually import eventually
 from tests.operator_app import Node, SioClient, SizedPublisher, running_node
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -164,3 +165,67 @@ async def test_operator_takes_a_source_from_the_control_page(node: Node, browser
     finally:
         await context.close()
     assert not [line for line in console if line.startswith("pageerror")], console
+
+
+async def test_operator_uploads_from_the_control_page_and_picks_the_language(node: Node, browser: Any,
+                                                                            tmp_path: Path) -> None:
+    """tus-js-client on the page against the tus routes: the upload's
+    conversion shows as a job, the item arrives with its two audio
+    tracks, and choosing the interpretation reaches the library."""
+    from tests.test_media_uploads import interpretation_video
+
+    video = interpretation_video(tmp_path / "talk.mkv")
+    console: list[str] = []
+    context = await browser.new_context()
+    page = await context.new_page()
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    try:
+        await page.goto(f"{node.url}/control/{FORUM}?token={node.token(Role.OPERATOR, [FORUM], 'Op')}")
+        await page.wait_for_function("() => typeof window.tus === 'object' && window.tus.isSupported")
+        await page.set_input_files("#upload-file", str(video))
+        await page.click("#upload button[type=submit]")
+        try:
+            await page.wait_for_selector("#media li select.audio-track", timeout=60_000)
+        except Exception:
+            raise AssertionError(f"no item: {await page.text_content('#upload-status')!r} "
+                                 f"{await page.text_content('#message')!r} {console}") from None
+        library = node.app[INPUTS].library
+        [item] = library.items(FORUM)
+        assert [t["language"] for t in item.audio_tracks] == ["eng", "fra"] and item.audio_track == 0
+        assert "copied" in (await page.text_content("#media li") or "")
+        await page.select_option("#media li select.audio-track", "1")
+        await page.wait_for_function(
+            "() => document.querySelector('#media li select.audio-track').value === '1'", timeout=10_000)
+
+        async def chosen() -> bool:
+            return library.get(item.id).audio_track == 1
+
+        await eventually(chosen, timeout=15, what="the operator's track choice reaches the library")
+    finally:
+        await context.close()
+    assert not [line for line in console if line.startswith("pageerror")], console
+
+
+async def test_a_speaker_sends_a_recording_from_the_speak_page(node: Node, browser: Any, tmp_path: Path) -> None:
+    """The invite link's page uploads over tus with the speaker's token and
+    follows the conversion to its end (a voice-only file: a card is added)."""
+    from tests.streaming.recorded_inputs import RecordedInputs
+
+    voice = RecordedInputs(tmp_path / "inputs")("voice.m4a")
+    console: list[str] = []
+    context = await browser.new_context(permissions=["camera", "microphone"])
+    page = await context.new_page()
+    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    try:
+        await page.goto(f"{node.url}/speak/{FORUM}?token={node.token(Role.SPEAKER, [FORUM], 'Ana')}")
+        await page.wait_for_function("() => typeof window.tus === 'object'")
+        await page.set_input_files("#recording-file", str(voice))
+        await page.click("#send-recording button[type=submit]")
+        await page.wait_for_function(
+            "() => document.getElementById('recording-status').textContent.includes('ready')", timeout=60_000)
+        [item] = node.app[INPUTS].library.items(FORUM)
+        assert item.uploaded_by == "Ana" and item.processing["video_mode"] == "card"
+    finally:
+        await context.close()
+    assert not console, console

@@ -101,7 +101,6 @@ async def test_good_upload_is_normalized_once_and_persisted(library: MediaLibrar
     [
         ("truncated", "unsupported_media_type", ""),
         ("garbage", "unsupported_media_type", "not a media file"),
-        ("audio_only", "unsupported_media_type", "no video"),
     ],
 )
 async def test_bad_uploads_are_refused_and_touch_nothing(
