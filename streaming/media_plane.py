@@ -207,6 +207,13 @@ class MediaPlane:
             del self._feed_forum[source_id]
         self._maybe_drop_forum(forum_id)
 
+    def feed(self, source_id: str) -> SourceFeed | None:
+        """A source's feed on this node, or None. Its RtpSources' `format`
+        is the payload format a WebRTC/WHIP publisher offered (H.264
+        profile-level-id, packetization-mode), None for other kinds."""
+        forum = self._forums.get(self._feed_forum.get(source_id, ""))
+        return forum.feeds.get(source_id) if forum is not None else None
+
     def set_program(self, forum_id: str, source_id: str | None) -> None:
         """None = the slate. Viewers switch at the new source's next keyframe."""
         self._forum(forum_id).set_program(source_id)

@@ -28,7 +28,8 @@ from streaming import aiortc_internals
 from streaming.ice_policy import gathering_on, usable_offer
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
-from streaming.offer_check import capabilities_for, parse_offer, publish_codecs
+from streaming.offer_answer import tolerated, CodecFormat, offer_for_aiortc, shape_answer
+from streaming.offer_check import capabilities_for, parse_offer, publish_formats
 from streaming.rtcp_reports import ntp_to_unix
 from streaming.rtp_codecs import codec_key
 from streaming.rtp_source import RtpSource, SourceFeed
@@ -87,17 +88,22 @@ class WebRtcPublisher:
 
     async def start(self, offer_sdp: str) -> str:
         """Apply the offer; returns the complete answer (ICE gathered)."""
+        offer_sdp = tolerated(offer_sdp)
         summary = parse_offer(offer_sdp)
-        video_key, audio_key = publish_codecs(summary)
-        offer = usable_offer(offer_sdp, self._config.ice_addresses)
+        video_format, audio_format = publish_formats(summary)
+        chosen: dict[str, CodecFormat] = {}
+        for media, format_ in ((summary.video, video_format), (summary.audio, audio_format)):
+            if media is not None and media.mid is not None and format_ is not None:
+                chosen[media.mid] = format_
+        offer = usable_offer(offer_for_aiortc(offer_sdp, chosen), self._config.ice_addresses)
         pc = RTCPeerConnection(server_configuration())
         self._pc = pc
         self._set_state(_State.CONNECTING)
         mine: list[tuple[str, RTCRtpTransceiver]] = []
-        for kind, key in (("video", video_key), ("audio", audio_key)):
-            if key is not None:
+        for kind, format_ in (("video", video_format), ("audio", audio_format)):
+            if format_ is not None:
                 transceiver = pc.addTransceiver(kind, direction="recvonly")
-                transceiver.setCodecPreferences(capabilities_for(kind, key))
+                transceiver.setCodecPreferences(capabilities_for(kind, format_.key))
                 mine.append((kind, transceiver))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
@@ -124,6 +130,8 @@ class WebRtcPublisher:
                 keyframe_request_interval=self._config.keyframe_request_interval,
                 name=f"{self.source_id}/{kind}",
             )
+            # what the publisher actually sends (aiortc only knows its own fmtp)
+            source.format = chosen.get(transceiver.mid or "")
             aiortc_internals.tap_receiver(transceiver.receiver, source.push, self._decoders)
             aiortc_internals.on_sender_report(
                 transceiver.receiver, functools.partial(_clock_from_report, source)
@@ -141,7 +149,7 @@ class WebRtcPublisher:
         except Exception as exc:
             await self.stop()
             raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
-        return pc.localDescription.sdp
+        return shape_answer(pc.localDescription.sdp, offer_sdp, chosen)
 
     def _send_pli(self, receiver: object, source: RtpSource) -> None:
         if source.ssrc is None or self._closing:

@@ -18,6 +18,7 @@ import pytest
 import socketio
 
 from rooms.models import Role
+from tests.aiortc_peers import TestPublisher
 from tests.server_process import ServerProcess, start_server
 from tests.signaling_peers import ViewerPeer, candidate_addresses
 
@@ -47,13 +48,13 @@ class FfmpegWhip:
     """ffmpeg's WHIP muxer publishing a test picture and tone; its stderr is
     drained by one task, which also finds the session Location."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, profile: str = "baseline", seconds: float = 90) -> None:
         self.args = [
             imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "verbose",
             "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-            "-t", "90",  # a bound, in case the test never stops it
-            "-c:v", "libx264", "-profile:v", "baseline", "-tune", "zerolatency", "-preset", "ultrafast",
+            "-t", str(seconds),  # a bound, in case the test never stops it
+            "-c:v", "libx264", "-profile:v", profile, "-bf", "0", "-tune", "zerolatency", "-preset", "ultrafast",
             "-g", "60", "-c:a", "libopus", "-ac", "2",  # the WHIP muxer wants stereo Opus
             "-f", "whip", "-authorization", token, url,
         ]
@@ -238,6 +239,39 @@ async def test_ffmpeg_publishes_a_whep_viewer_decodes_and_bad_requests_change_no
         await viewer.close()
         await ffmpeg.stop()
         await observer.close()
+
+
+async def test_a_whip_offer_of_h264_high_only_is_answered_and_forwarded(
+        server: ServerProcess, http: aiohttp.ClientSession) -> None:
+    """Issue 14 item 3: a WHIP offer whose only video codec is H.264
+    profile-level-id=64001e (what hardware encoders and `-profile:v high`
+    offer) got 400 unsupported_codec. forumcast forwards, never decodes:
+    the answer mirrors the offered fmtp and a WHEP viewer gets the video.
+    (An aiortc publisher whose offer is edited; it sends constrained
+    baseline whatever it claims, which changes nothing for the server.)"""
+    forum = "open-source"
+    speaker = server.token(Role.SPEAKER, [forum], "High profile encoder")
+    publisher = TestPublisher()
+    viewer = ViewerPeer()
+    try:
+        offer = re.sub(r"profile-level-id=[0-9a-f]{6}", "profile-level-id=64001e", await publisher.offer())
+        response = await http.post(f"{server.url}/whip/{forum}", data=offer,
+                                   headers={**bearer(speaker), "Content-Type": SDP})
+        answer = await response.text()
+        assert response.status == 201, answer
+        assert "profile-level-id=64001e" in answer and "packetization-mode=1" in answer
+        await publisher.accept(answer.replace("profile-level-id=64001e", "profile-level-id=42e01f"))
+        response = await http.post(f"{server.url}/whep/{forum}", data=await viewer.offer(),
+                                   headers={**bearer(server.token(Role.VIEWER, [forum], "Guest")),
+                                            "Content-Type": SDP})
+        assert response.status == 201, await response.text()
+        await viewer.accept(await response.text())
+        await viewer.wait_frame_size((320, 240), timeout=30)  # the publisher's picture, not the slate
+        location = server.url + response.headers["Location"]
+        assert (await http.delete(location)).status == 200
+    finally:
+        await viewer.close()
+        await publisher.close()
 
 
 async def test_a_whep_player_that_vanishes_gives_its_seat_back(
