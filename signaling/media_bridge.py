@@ -326,6 +326,7 @@ async def _media_plane_ctx(app: web.Application) -> AsyncIterator[None]:
         keyframe_request_interval=settings.keyframe_request_interval_ms / 1000,
         ffmpeg=ffmpeg_path(settings),
         slate_grace=settings.slate_grace_ms / 1000,
+        publisher_timeout=settings.publisher_timeout_s,
     )
     plane = MediaPlane(config)
     await plane.start()

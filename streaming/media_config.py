@@ -18,6 +18,10 @@ class MediaConfig:
     """ffmpeg binary path ("" = imageio-ffmpeg's)."""
     slate_grace: float = 1.0
     """Seconds before the slate covers a lost program source."""
+    publisher_timeout: float = 20.0
+    """Seconds without any datagram from a WebRTC/WHIP publisher (RTP, RTCP,
+    STUN) before its peer is closed. Replaces RFC 7675 consent for
+    publishers, which ffmpeg's WHIP muxer does not answer."""
     media_timeout: float = 2.0
     """Seconds without packets before a source counts as lost."""
     write_buffer_limit: int = 64 * 1024

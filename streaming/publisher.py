@@ -142,6 +142,8 @@ class WebRtcPublisher:
                 self.feed.video = source
             else:
                 self.feed.audio = source
+        for ice in aiortc_internals.ice_transports(pc):
+            aiortc_internals.liveness_instead_of_consent(ice, self._config.publisher_timeout)
         pc.on("connectionstatechange", self._on_connection_state)
         try:
             with gathering_on(self._config.ice_addresses):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -272,6 +273,60 @@ async def test_a_whip_offer_of_h264_high_only_is_answered_and_forwarded(
     finally:
         await viewer.close()
         await publisher.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_ffmpeg_whip_stays_live_for_two_minutes(server: ServerProcess) -> None:
+    """Issue 14 item 1: ffmpeg's WHIP muxer answers none of the server's
+    consent checks and was cut off at ~30 s ("Consent to send expired";
+    ffmpeg then failed with "Connection refused"). It now publishes its
+    whole 2 minutes and ends by itself (its own DELETE, exit status 0)."""
+    forum = "digital-economy"
+    observer = Observer()
+    ffmpeg = FfmpegWhip(f"{server.url}/whip/{forum}", server.token(Role.SPEAKER, [forum], "ffmpeg 2 min"),
+                        seconds=120)
+    try:
+        await observer.join(server, forum)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await ffmpeg.start()
+        await asyncio.wait_for(asyncio.shield(ffmpeg.location), 30)
+        await observer.next("sources", lambda s: any(
+            x["name"] == "ffmpeg 2 min" and x["state"] == "live" for x in s["sources"]), timeout=30)
+        assert ffmpeg.process is not None
+        code = await asyncio.wait_for(ffmpeg.process.wait(), 240)
+        elapsed = loop.time() - started
+        assert code == 0, (code, elapsed, "\n".join(ffmpeg.tail))
+        assert elapsed >= 115, elapsed  # -re: the whole 120 s were sent
+    finally:
+        await ffmpeg.stop()
+        await observer.close()
+
+
+async def test_an_encoder_that_goes_silent_is_ended_by_liveness() -> None:
+    """The other half of item 1: a publisher that is no longer heard at
+    all (frozen or unplugged: SIGSTOP) is ended after
+    FORUMCAST_PUBLISHER_TIMEOUT_S, its source removed."""
+    node = start_server(extra_env={"FORUMCAST_PUBLISHER_TIMEOUT_S": "3"})
+    forum = "digital-economy"
+    observer = Observer()
+    ffmpeg = FfmpegWhip(f"{node.url}/whip/{forum}", node.token(Role.SPEAKER, [forum], "frozen"), seconds=60)
+    try:
+        await observer.join(node, forum)
+        await ffmpeg.start()
+        await asyncio.wait_for(asyncio.shield(ffmpeg.location), 30)
+        await observer.next("sources", lambda s: any(x["name"] == "frozen" for x in s["sources"]), timeout=30)
+        assert ffmpeg.process is not None
+        ffmpeg.process.send_signal(signal.SIGSTOP)
+        try:
+            await observer.next("sources", lambda s: all(x["name"] != "frozen" for x in s["sources"]), timeout=45)
+        finally:
+            ffmpeg.process.send_signal(signal.SIGCONT)
+    finally:
+        await ffmpeg.stop()
+        await observer.close()
+        node.cleanup()
 
 
 async def test_a_whep_player_that_vanishes_gives_its_seat_back(
