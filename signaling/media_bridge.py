@@ -113,6 +113,12 @@ class MediaBridge:
         it can give its seat back. Returns the remover."""
         return self._media.add_viewer_closed_listener(listener)
 
+    def end_reason(self, peer_id: str) -> RoomError | None:
+        """Why a publisher (source id) or viewer (viewer id) of this node
+        ended by itself ("ice_failed", "connection_lost"), or None."""
+        end = self._media.ended(peer_id)
+        return RoomError(end.code, end.message) if end is not None else None
+
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
@@ -327,6 +333,7 @@ async def _media_plane_ctx(app: web.Application) -> AsyncIterator[None]:
         ffmpeg=ffmpeg_path(settings),
         slate_grace=settings.slate_grace_ms / 1000,
         publisher_timeout=settings.publisher_timeout_s,
+        ice_timeout=settings.ice_timeout_s,
     )
     plane = MediaPlane(config)
     await plane.start()

@@ -18,6 +18,9 @@ class MediaConfig:
     """ffmpeg binary path ("" = imageio-ffmpeg's)."""
     slate_grace: float = 1.0
     """Seconds before the slate covers a lost program source."""
+    ice_timeout: float = 30.0
+    """Seconds a publisher or viewer may take to connect (ICE + DTLS) after
+    its answer; then it is ended with the reason "ice_failed"."""
     publisher_timeout: float = 20.0
     """Seconds without any datagram from a WebRTC/WHIP publisher (RTP, RTCP,
     STUN) before its peer is closed. Replaces RFC 7675 consent for

@@ -29,6 +29,7 @@ import functools
 import inspect
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ from streaming import aiortc_internals
 from streaming.forum_media import ForumMedia
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
+from streaming.peer_end import PeerEnd
 from streaming.publisher import WebRtcPublisher
 from streaming.rtp_source import SourceFeed
 from streaming.viewer import WebRtcViewer
@@ -46,6 +48,7 @@ __all__ = ["MediaError", "MediaPlane", "SourceChange"]
 
 logger = logging.getLogger(__name__)
 
+ENDED_KEPT = 4096  # end reasons kept for the edges (a few hundred bytes each)
 HOUSEKEEPING_INTERVAL = 0.25  # seconds: sender reports, pair changes, timeouts
 
 
@@ -93,6 +96,7 @@ class MediaPlane:
         self._gone_packets = 0
         self._gone_retransmitted = 0
         self._gone_dropped_frames = 0
+        self._ends: OrderedDict[str, PeerEnd] = OrderedDict()
 
     # --- lifecycle -----------------------------------------------------
 
@@ -183,9 +187,33 @@ class MediaPlane:
         if self._publishers.get(publisher.source_id) is not publisher:
             return
         if state in ("failed", "closed"):
+            if publisher.end is not None:
+                self._remember_end(publisher.source_id, publisher.end)
+            if not publisher.connected_once:
+                # it never went live: there is nothing for the slate to cover and
+                # nothing to wait for; it ends now (ENDED reaches the edges)
+                self._spawn(self.unpublish(publisher.source_id))
+                return
             forum = self._forums.get(publisher.forum_id)
             if forum is not None:
                 forum.feed_lost(publisher.source_id)
+
+    def ended(self, peer_id: str) -> PeerEnd | None:
+        """Why a publisher (by source id) or viewer (by viewer id) of this
+        node ended by itself, for the edges to tell its client; None if it
+        did not (or too long ago: the last ENDED_KEPT are kept)."""
+        return self._ends.get(peer_id)
+
+    def _remember_end(self, peer_id: str, end: PeerEnd) -> None:
+        self._ends[peer_id] = end
+        self._ends.move_to_end(peer_id)
+        while len(self._ends) > ENDED_KEPT:
+            self._ends.popitem(last=False)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
 
     # --- feeds ---------------------------------------------------------
 
@@ -323,6 +351,9 @@ class MediaPlane:
         task.add_done_callback(self._task_done)
 
     async def _viewer_closed(self, viewer_id: str) -> None:
+        viewer = self._viewers.get(viewer_id)
+        if viewer is not None and viewer.end is not None:
+            self._remember_end(viewer_id, viewer.end)
         await self.leave(viewer_id)
         for listener in list(self._viewer_listeners):
             self._call(listener, viewer_id)

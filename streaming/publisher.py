@@ -27,7 +27,9 @@ from rooms.models import SourceKind
 from streaming import aiortc_internals
 from streaming.ice_policy import gathering_on, usable_offer
 from streaming.media_config import MediaConfig
+from streaming import peer_end
 from streaming.media_error import MediaError
+from streaming.peer_end import PeerEnd
 from streaming.offer_answer import tolerated, CodecFormat, offer_for_aiortc, shape_answer
 from streaming.offer_check import capabilities_for, parse_offer, publish_formats
 from streaming.rtcp_reports import ntp_to_unix
@@ -76,6 +78,9 @@ class WebRtcPublisher:
         self._closing = False
         self.feed = SourceFeed(source_id=source_id, video=None, audio=None, kind=SourceKind.LIVE)
         self._pli_tasks: set[asyncio.Task[None]] = set()
+        self._deadline: asyncio.TimerHandle | None = None
+        self.connected_once = False
+        self.end: PeerEnd | None = None  # why it ended by itself (set before on_state "failed"/"closed")
 
     @property
     def state(self) -> str:
@@ -95,7 +100,7 @@ class WebRtcPublisher:
         for media, format_ in ((summary.video, video_format), (summary.audio, audio_format)):
             if media is not None and media.mid is not None and format_ is not None:
                 chosen[media.mid] = format_
-        offer = usable_offer(offer_for_aiortc(offer_sdp, chosen), self._config.ice_addresses)
+        offer = usable_offer(offer_for_aiortc(offer_sdp, chosen))
         pc = RTCPeerConnection(server_configuration())
         self._pc = pc
         self._set_state(_State.CONNECTING)
@@ -151,7 +156,15 @@ class WebRtcPublisher:
         except Exception as exc:
             await self.stop()
             raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
+        self._deadline = asyncio.get_running_loop().call_later(self._config.ice_timeout, self._ice_deadline)
         return shape_answer(pc.localDescription.sdp, offer_sdp, chosen)
+
+    def _ice_deadline(self) -> None:
+        if self._state == _State.CONNECTING and not self._closing:
+            logger.info("Publisher(%s) did not connect within %g s", self.source_id, self._config.ice_timeout)
+            self.end = peer_end.never_connected(self._config.ice_timeout)
+            self._set_state(_State.FAILED)
+            self._on_state(self, "failed")
 
     def _send_pli(self, receiver: object, source: RtpSource) -> None:
         if source.ssrc is None or self._closing:
@@ -166,9 +179,12 @@ class WebRtcPublisher:
             return
         state = pc.connectionState
         if state == "connected":
+            self.connected_once = True
             self._set_state(_State.CONNECTED)
             self._on_state(self, "connected")
         elif state in ("failed", "closed"):
+            if self.end is None:
+                self.end = peer_end.lost(state) if self.connected_once else peer_end.ice_failed()
             self._set_state(_State.FAILED if state == "failed" else _State.CLOSED)
             self._on_state(self, state)
 
@@ -180,6 +196,8 @@ class WebRtcPublisher:
                 await self._pc.close()
             return
         self._closing = True
+        if self._deadline is not None:
+            self._deadline.cancel()
         for source in self.feed.sources():
             source.close()
         for task in list(self._pli_tasks):

@@ -29,7 +29,9 @@ from streaming import aiortc_internals
 from streaming.downtrack import Downtrack
 from streaming.ice_policy import gathering_on, usable_offer
 from streaming.media_config import MediaConfig
+from streaming import peer_end
 from streaming.media_error import MediaError
+from streaming.peer_end import PeerEnd
 from streaming.offer_answer import tolerated, shape_answer
 from streaming.offer_check import capabilities_for, parse_offer, watch_codecs
 from streaming.program_bus import ProgramBus
@@ -94,6 +96,8 @@ class WebRtcViewer:
         self._feedbacks: dict[int, ViewerRtcp] = {}  # id(DTLS transport) -> its RTCP reader
         self._unroutes: dict[int, Callable[[], None]] = {}
         self._next_report = 0.0  # time.monotonic() of the next sender reports
+        self._deadline: asyncio.TimerHandle | None = None
+        self.end: PeerEnd | None = None  # why it ended by itself (set before on_gone)
 
     @property
     def state(self) -> str:
@@ -121,7 +125,7 @@ class WebRtcViewer:
             raise MediaError(
                 "unsupported_codec", f"this source sends {needs.upper()}, which the offer does not accept"
             )
-        offer = usable_offer(offer_sdp, self._config.ice_addresses)
+        offer = usable_offer(offer_sdp)
         pc = RTCPeerConnection(server_configuration())
         self._pc = pc
         self._bus = bus
@@ -166,6 +170,7 @@ class WebRtcViewer:
         except Exception as exc:
             await self.stop()
             raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
+        self._deadline = asyncio.get_running_loop().call_later(self._config.ice_timeout, self._ice_deadline)
         answer = shape_answer(pc.localDescription.sdp, offer_sdp, {})
         for media in sdp.SessionDescription.parse(answer).media:
             track = self.video if media.kind == "video" else self.audio if media.kind == "audio" else None
@@ -173,6 +178,13 @@ class WebRtcViewer:
             if track is not None and cname:
                 track.sdes = sdes_cname(track.ssrc, cname)
         return answer
+
+    def _ice_deadline(self) -> None:
+        if self._state == _State.CONNECTING:
+            logger.info("Viewer(%s) did not connect within %g s", self.viewer_id, self._config.ice_timeout)
+            self.end = peer_end.never_connected(self._config.ice_timeout)
+            self._detach()
+            self._on_gone(self)
 
     def _rtcp_handler(self, dt: Downtrack) -> Callable[[Any, Any], Any]:
         async def handle(packet: Any, original: Any) -> None:
@@ -195,6 +207,8 @@ class WebRtcViewer:
         if state == "connected" and self._state == _State.CONNECTING:
             self._attach()
         elif state in ("failed", "closed"):
+            if self.end is None:
+                self.end = peer_end.lost(state) if self._state == _State.WATCHING else peer_end.ice_failed()
             self._detach()
             self._on_gone(self)
 
@@ -288,6 +302,8 @@ class WebRtcViewer:
                 await self._pc.close()
             return
         self._set_state(_State.CLOSED)
+        if self._deadline is not None:
+            self._deadline.cancel()
         self._detach()
         self._bus = None
         pc = self._pc

@@ -20,6 +20,7 @@ import socketio
 
 from rooms.models import Role
 from tests.aiortc_peers import TestPublisher
+from tests.eventually import eventually
 from tests.server_process import ServerProcess, start_server
 from tests.signaling_peers import ViewerPeer, candidate_addresses
 
@@ -329,6 +330,64 @@ async def test_an_encoder_that_goes_silent_is_ended_by_liveness() -> None:
         node.cleanup()
 
 
+async def test_offers_are_not_refused_for_candidates_and_ice_failure_is_visible(
+        http: aiohttp.ClientSession) -> None:
+    """Issue 14 item 6, on a node with FORUMCAST_ICE_ADDRESSES=127.0.0.1:
+    a WHIP offer whose host candidate is 127.0.0.2 was 400 invalid_sdp,
+    and so was a WHEP offer with only mDNS names; both are answered now.
+    A session whose client never completes ICE ends after
+    FORUMCAST_ICE_TIMEOUT_S, and its resource says why (410 ice_failed);
+    a socket.io viewer gets a media_ended event with the code."""
+    node = start_server(extra_env={"FORUMCAST_ICE_TIMEOUT_S": "3"})
+    forum = "open-source"
+    publisher = TestPublisher()
+    never = ViewerPeer()
+    sio_viewer = ViewerPeer()
+    observer = Observer()
+    ended: asyncio.Queue[Any] = asyncio.Queue()
+    observer.sio.on("media_ended", ended.put)
+    try:
+        speaker = node.token(Role.SPEAKER, [forum], "on 127.0.0.2")
+        offer = await publisher.offer(addresses=("127.0.0.2",))
+        response = await http.post(f"{node.url}/whip/{forum}", data=offer,
+                                   headers={**bearer(speaker), "Content-Type": SDP})
+        assert response.status == 201, await response.text()
+        await publisher.accept(await response.text())
+        await asyncio.wait_for(publisher.connected.wait(), 30)
+
+        offer = re.sub(r"(a=candidate:\S+ \d+ udp \d+ )127\.0\.0\.1( \d+ typ host)",
+                       r"\g<1>0e5a2d4c-2f1b-4bb7-9a43-6d7b9d1c0f11.local\g<2>", await never.offer())
+        assert ".local" in offer and "127.0.0.1 " not in offer.split("a=candidate", 1)[1]
+        viewer_token = node.token(Role.VIEWER, [forum], "Never connects")
+        response = await http.post(f"{node.url}/whep/{forum}", data=offer,
+                                   headers={**bearer(viewer_token), "Content-Type": SDP})
+        assert response.status == 201, await response.text()
+        location = node.url + response.headers["Location"]
+        assert (await http.get(location)).status == 200  # the answer is never applied: no ICE
+
+        async def gone() -> bool:
+            return (await http.get(location)).status == 410
+        await eventually(gone, timeout=30, what="the WHEP session ended by ICE failure")
+        body = await expect_error(await http.get(location), 410, "ice_failed")
+        assert "ICE" in body["error"]["message"]
+        await expect_error(await http.patch(location, data="x", headers={"Content-Type": "application/trickle-ice-sdpfrag"}),
+                           410, "ice_failed")
+        await expect_error(await http.delete(location), 410, "ice_failed")
+
+        await observer.join(node, forum)
+        ack = await observer.sio.call("watch", {"forum_id": forum, "sdp": await sio_viewer.offer()}, timeout=10)
+        assert "viewer_id" in ack, ack
+        event = await asyncio.wait_for(ended.get(), 30)
+        assert event["viewer_id"] == ack["viewer_id"] and event["error"]["code"] == "ice_failed", event
+        assert node.alive()
+    finally:
+        await publisher.close()
+        await never.close()
+        await sio_viewer.close()
+        await observer.close()
+        node.cleanup()
+
+
 async def test_a_whep_player_that_vanishes_gives_its_seat_back(
         server: ServerProcess, http: aiohttp.ClientSession) -> None:
     """No DELETE: the player's peer closes (DTLS close_notify, as a tab
@@ -349,7 +408,8 @@ async def test_a_whep_player_that_vanishes_gives_its_seat_back(
         await viewer.wait_video(1)  # it plays (the forum's slate) ...
         await viewer.close()  # ... and goes away without a DELETE
         await observer.next("viewers", lambda v: v["viewers"] == 0, timeout=15)
-        await expect_error(await http.delete(server.url + response.headers["Location"]), 404, "not_found")
+        # the session resource says why it ended
+        await expect_error(await http.delete(server.url + response.headers["Location"]), 410, "connection_lost")
     finally:
         await viewer.close()
         await observer.close()
