@@ -251,11 +251,21 @@ def _read_formats(section: Section) -> None:
 
 
 def tolerated(offer: str) -> str:
-    """The offer without lines aiortc's parser chokes on although they are
-    harmless: `a=fmtp` for a payload type the m-line does not map (aiortc
-    raises StopIteration). Everything else is kept as written."""
+    """The offer as aiortc can take it, meaning the same: without `a=fmtp`
+    lines for payload types the m-line does not map (aiortc's parser
+    raises StopIteration on them), and with an `a=mid` on each m-line that
+    has none (offers from before RFC 8843; aiortc cannot answer them;
+    shape_answer takes the mids out again). Everything else is kept."""
     shape = split(offer)
-    for section in shape.sections:
+    taken = {s.mid for s in shape.sections if s.mid is not None}
+    for index, section in enumerate(shape.sections):
+        if section.mid is None:
+            mid = str(index)
+            while mid in taken:
+                mid += "x"
+            taken.add(mid)
+            section.mid = mid
+            section.lines.append(f"a=mid:{mid}")
         mapped = set(section.formats) | {pt for pt in section.payload_types if pt < 96}
         kept = []
         for line in section.lines:
@@ -267,14 +277,14 @@ def tolerated(offer: str) -> str:
     return shape.text()
 
 
-def offer_for_aiortc(offer: str, chosen: Mapping[str, CodecFormat]) -> str:
-    """The offer as aiortc should see it. In each section whose mid has a
-    chosen format: the other formats of the same family are removed (with
+def offer_for_aiortc(offer: str, chosen: Mapping[int, CodecFormat]) -> str:
+    """The offer as aiortc should see it. In each section (by m-line
+    index) with a chosen format: the other formats of the same family are removed (with
     their RTX), and a chosen H.264 gets aiortc's own fmtp, so aiortc's
     profile match (which exists for its decoder) selects exactly it."""
     shape = split(offer)
-    for section in shape.sections:
-        format_ = chosen.get(section.mid or "")
+    for index, section in enumerate(shape.sections):
+        format_ = chosen.get(index)
         if format_ is None:
             continue
         drop = {pt for pt, f in section.formats.items() if f.key == format_.key and pt != format_.payload_type}
@@ -299,18 +309,26 @@ def offer_for_aiortc(offer: str, chosen: Mapping[str, CodecFormat]) -> str:
     return shape.text()
 
 
-def shape_answer(answer: str, offer: str, chosen: Mapping[str, CodecFormat]) -> str:
+def shape_answer(answer: str, offer: str, chosen: Mapping[int, CodecFormat]) -> str:
     """aiortc's answer, made to follow the offer:
 
+    - mids only where the offer had them (RFC 3264 s6: the answer's
+      m-lines mirror the offer's).
     - `a=group:BUNDLE` only as offered: the offer's groups, each with the
       offered mids the answer accepts (port not 0), RFC 8843 s7.3.2; no
       group if the offer had none (each m-line then has its own
       transport, which aiortc set up from the offer).
-    - a chosen H.264 format carries the offer's fmtp for its payload type
-      (profile-level-id, packetization-mode: RFC 6184 s8.2.2).
+    - a chosen H.264 format (by m-line index: an answer has the offer's
+      m-lines in the offer's order, RFC 3264 s6) carries the offer's fmtp
+      for its payload type (profile-level-id, packetization-mode: RFC 6184
+      s8.2.2).
     """
     offered = split(offer)
     shape = split(answer)
+    for index, section in enumerate(shape.sections):
+        if index < len(offered.sections) and offered.sections[index].mid is None:
+            # the offer had no mid here (tolerated() added one for aiortc)
+            section.lines = [line for line in section.lines if not line.startswith("a=mid:")]
     accepted = {s.mid for s in shape.sections if s.mid is not None and s.port != 0}
     session = [line for line in shape.session if not line.startswith("a=group:BUNDLE")]
     groups = []
@@ -321,8 +339,8 @@ def shape_answer(answer: str, offer: str, chosen: Mapping[str, CodecFormat]) -> 
     # group lines go after t= (RFC 8866 s5: session attributes follow timing)
     at = next((i + 1 for i, line in enumerate(session) if line.startswith("t=")), len(session))
     shape.session = session[:at] + groups + session[at:]
-    for section in shape.sections:
-        format_ = chosen.get(section.mid or "")
+    for index, section in enumerate(shape.sections):
+        format_ = chosen.get(index)
         if format_ is None or format_.key != "h264":
             continue
         lines = [line for line in section.lines if _attribute_pt(line) != format_.payload_type

@@ -26,6 +26,7 @@ class MediaOffer:
     direction: str
     codecs: list[str] = field(default_factory=list)  # codec families a viewer's aiortc sender can match
     mid: str | None = None
+    index: int = 0  # of its m-line in the offer
     formats: list[CodecFormat] = field(default_factory=list)  # as offered, in order
     receivable: CodecFormat | None = None  # what a publisher's would be received (offer_answer)
 
@@ -59,7 +60,7 @@ def parse_offer(offer_sdp: str) -> OfferSummary:
     video: MediaOffer | None = None
     audio: MediaOffer | None = None
     shape = split(offer_sdp)
-    for media in description.media:
+    for index, media in enumerate(description.media):
         if media.kind not in ("audio", "video"):
             continue
         if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
@@ -78,9 +79,9 @@ def parse_offer(offer_sdp: str) -> OfferSummary:
             if key not in families:
                 families.append(key)
         offer = MediaOffer(kind=media.kind, direction=media.direction or "sendrecv", codecs=families,
-                           mid=media.rtp.muxId)
-        section = next((s for s in shape.sections if s.mid == media.rtp.muxId and s.kind == media.kind), None)
-        if section is not None and section.port != 0:
+                           mid=media.rtp.muxId, index=index)
+        section = shape.sections[index] if index < len(shape.sections) else None
+        if section is not None and section.kind == media.kind and section.port != 0:
             offer.formats = section.ordered_formats()
             offer.receivable = section.receivable_format()
         if media.kind == "video" and video is None:

@@ -93,13 +93,14 @@ class WebRtcPublisher:
 
     async def start(self, offer_sdp: str) -> str:
         """Apply the offer; returns the complete answer (ICE gathered)."""
+        original = offer_sdp
         offer_sdp = tolerated(offer_sdp)
         summary = parse_offer(offer_sdp)
         video_format, audio_format = publish_formats(summary)
-        chosen: dict[str, CodecFormat] = {}
+        chosen: dict[int, CodecFormat] = {}  # m-line index -> the format received there
         for media, format_ in ((summary.video, video_format), (summary.audio, audio_format)):
-            if media is not None and media.mid is not None and format_ is not None:
-                chosen[media.mid] = format_
+            if media is not None and format_ is not None:
+                chosen[media.index] = format_
         offer = usable_offer(offer_for_aiortc(offer_sdp, chosen))
         pc = RTCPeerConnection(server_configuration())
         self._pc = pc
@@ -136,7 +137,7 @@ class WebRtcPublisher:
                 name=f"{self.source_id}/{kind}",
             )
             # what the publisher actually sends (aiortc only knows its own fmtp)
-            source.format = chosen.get(transceiver.mid or "")
+            source.format = video_format if kind == "video" else audio_format
             aiortc_internals.tap_receiver(transceiver.receiver, source.push, self._decoders)
             aiortc_internals.on_sender_report(
                 transceiver.receiver, functools.partial(_clock_from_report, source)
@@ -157,7 +158,7 @@ class WebRtcPublisher:
             await self.stop()
             raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
         self._deadline = asyncio.get_running_loop().call_later(self._config.ice_timeout, self._ice_deadline)
-        return shape_answer(pc.localDescription.sdp, offer_sdp, chosen)
+        return shape_answer(pc.localDescription.sdp, original, chosen)
 
     def _ice_deadline(self) -> None:
         if self._state == _State.CONNECTING and not self._closing:

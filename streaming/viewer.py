@@ -118,6 +118,7 @@ class WebRtcViewer:
     async def start(self, offer_sdp: str, bus: ProgramBus, needs: str | None = None) -> str:
         """Apply the recvonly offer; returns the complete answer. `needs`
         is the video codec family the viewer must accept (a pinned source)."""
+        original = offer_sdp
         offer_sdp = tolerated(offer_sdp)
         summary = parse_offer(offer_sdp)
         video_keys, wants_audio = watch_codecs(summary)
@@ -171,7 +172,7 @@ class WebRtcViewer:
             await self.stop()
             raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
         self._deadline = asyncio.get_running_loop().call_later(self._config.ice_timeout, self._ice_deadline)
-        answer = shape_answer(pc.localDescription.sdp, offer_sdp, {})
+        answer = shape_answer(pc.localDescription.sdp, original, {})
         for media in sdp.SessionDescription.parse(answer).media:
             track = self.video if media.kind == "video" else self.audio if media.kind == "audio" else None
             cname = next((s.cname for s in media.ssrc if s.cname), None)

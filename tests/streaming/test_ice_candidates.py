@@ -80,6 +80,25 @@ async def test_an_offer_with_only_mdns_candidates_connects_peer_reflexive(plane:
         await publisher.close()
 
 
+@pytest.mark.parametrize("line", [
+    "a=candidate:2 1 tcp 1518280447 127.0.0.1 9 typ host tcptype active",
+    "a=candidate:3 1 tcp 1518280447 127.0.0.1 50000 typ host tcptype passive",
+    "a=candidate:4 1 udp 2122262783 2001:db8::1 50004 typ host generation 0 network-id 2",
+    "a=candidate:5 1 udp 2122262783 media.example.org 50005 typ host",
+    "a=candidate:6 1 udp 2122262783 127.0.0.3 50006 typ host generation 0 ufrag abcd network-id 1 network-cost 10",
+    "a=candidate:7 1 udp 41885695 198.51.100.7 3478 typ relay raddr 203.0.113.9 rport 50003",
+    "a=candidate:8 2 udp 2122262782 127.0.0.1 50008 typ host",
+], ids=["tcp-active", "tcp-passive", "ipv6", "fqdn", "extension-attributes", "relay", "rtcp-component"])
+async def test_other_candidate_kinds_are_tried_and_never_refused(plane: MediaPlane, line: str) -> None:
+    publisher = TestPublisher()
+    try:
+        offer = (await publisher.offer()).replace("a=end-of-candidates", line + "\r\na=end-of-candidates")
+        await publisher.accept(await plane.publish("f1", "odd", offer))
+        await eventually(lambda: publisher.connected.is_set(), timeout=30, what="connected")
+    finally:
+        await publisher.close()
+
+
 async def test_a_viewer_offer_with_only_mdns_candidates_connects(plane: MediaPlane) -> None:
     publisher = TestPublisher()
     viewer = TestViewer()

@@ -163,6 +163,10 @@ VARIANTS: list[tuple[str, Edit]] = [
                                   "a=extmap:16 http://www.webrtc.org/experiments/rtp-hdrext/playout-delay")),
     ("fmtp-on-unknown-payload-type", add_lines("a=mid:0", "a=fmtp:127 apt=125", "a=rtcp-fb:127 transport-cc",
                                                "a=rtcp-fb:* ccm fir")),
+    ("setup-active", lambda o: o.replace("a=setup:actpass", "a=setup:active")),
+    ("setup-passive", lambda o: o.replace("a=setup:actpass", "a=setup:passive")),
+    ("ice-options-and-ice-lite", lambda o: o.replace("a=msid-semantic", "a=ice-options:trickle\r\na=ice-lite\r\na=msid-semantic")),
+    ("lf-line-endings", lambda o: o.replace("\r\n", "\n")),
 ]
 
 
@@ -269,6 +273,20 @@ async def test_answer_mids_directions_and_groups_follow_the_offer(plane: MediaPl
         await publisher.close()
 
 
+async def test_an_offer_without_mids_gets_an_answer_without_mids(plane: MediaPlane) -> None:
+    """Offers from before RFC 8843 carry no a=mid (and so no BUNDLE):
+    aiortc cannot answer them as they are; the answer mirrors them."""
+    publisher = TestPublisher()
+    try:
+        offer = re.sub(r"a=mid:\d+\r\n", "", await publisher.offer())
+        offer = re.sub(r"a=group:BUNDLE[^\r\n]*\r\n", "", offer)
+        answer = await plane.publish("f1", "legacy", offer)
+        assert "a=mid:" not in answer and "a=group:" not in answer, answer
+        assert [line.split()[0] for line in answer.splitlines() if line.startswith("m=")] == ["m=video", "m=audio"]
+    finally:
+        await publisher.close()
+
+
 async def test_an_offer_without_rtcp_mux_is_refused_naming_it(plane: MediaPlane) -> None:
     publisher = TestPublisher()
     try:
@@ -297,7 +315,7 @@ def test_the_offer_aiortc_sees_keeps_only_the_chosen_format_under_its_own_fmtp()
     video = split(OFFER).sections[1]
     chosen = video.receivable_format()
     assert chosen is not None and chosen.payload_type == 98  # constrained baseline before high
-    shown = split(offer_for_aiortc(OFFER, {"v": chosen})).sections[1]
+    shown = split(offer_for_aiortc(OFFER, {1: chosen})).sections[1]
     assert shown.payload_types == [98, 99]
     assert shown.formats[98].fmtp == "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
     assert "a=rtcp-fb:96 nack" not in shown.lines
@@ -313,7 +331,7 @@ def test_the_answer_gets_the_offered_fmtp_and_only_the_offered_bundle() -> None:
         "a=rtpmap:99 rtx/90000\r\na=fmtp:99 apt=98\r\n"
         "m=video 0 UDP/TLS/RTP/SAVPF 98\r\na=mid:x\r\n"
     )
-    shaped = shape_answer(answer, OFFER, {"v": chosen})
+    shaped = shape_answer(answer, OFFER, {1: chosen})
     assert "a=group:BUNDLE a v\r\n" in shaped and shaped.count("a=group:") == 1
     assert "a=fmtp:98 packetization-mode=0;profile-level-id=42e01f\r\n" in shaped
     assert "a=fmtp:99 apt=98" in shaped
