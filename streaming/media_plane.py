@@ -6,8 +6,9 @@ synchronous call per packet, to the forum's program bus and preview buses,
 which rewrite, protect and send them to each viewer. See DESIGN.md "How
 media flows" and streaming/downtrack.py for the per-packet path.
 
-Codecs: publishers get H.264 preferred (constrained baseline first), VP8
-if that is all they send, Opus for audio. Viewers negotiate every video
+Codecs: publishers get H.264 preferred (any profile browsers play,
+constrained baseline first; the answer mirrors the offered fmtp, see
+offer_answer.py), VP8 if that is all they send, Opus for audio. Viewers negotiate every video
 codec they offer among H.264 and VP8 (H.264 first) and each packet goes
 out under that viewer's payload type for its codec, so a VP8 source
 reaches browsers too. A viewer that cannot take the codec on air gets no

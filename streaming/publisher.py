@@ -3,8 +3,12 @@ become RtpSources, received once and never decoded.
 
 aiortc does ICE, DTLS, SRTP, RTX unwrap, receive statistics, NACK and REMB
 generation; packets are taken before the jitter buffer (see
-aiortc_internals.tap_receiver). H.264 is preferred on the transceiver, then
-VP8; audio is Opus only, so every forum has one audio codec.
+aiortc_internals.tap_receiver). H.264 of any profile browsers play is
+preferred, then VP8 (offer_answer.py picks it and shapes the answer);
+audio is Opus only, so every forum has one audio codec. A publisher is
+judged by what is heard from it, not by RFC 7675 consent (see
+aiortc_internals.liveness_instead_of_consent); one that never connects
+ends after `ice_timeout` with `end` = ice_failed.
 """
 
 from __future__ import annotations

@@ -346,6 +346,10 @@ async def test_offers_are_not_refused_for_candidates_and_ice_failure_is_visible(
     observer = Observer()
     ended: asyncio.Queue[Any] = asyncio.Queue()
     observer.sio.on("media_ended", ended.put)
+    speaker_socket = Observer()
+    sio_publisher = TestPublisher()
+    speaker_ended: asyncio.Queue[Any] = asyncio.Queue()
+    speaker_socket.sio.on("media_ended", speaker_ended.put)
     try:
         speaker = node.token(Role.SPEAKER, [forum], "on 127.0.0.2")
         offer = await publisher.offer(addresses=("127.0.0.2",))
@@ -379,12 +383,21 @@ async def test_offers_are_not_refused_for_candidates_and_ice_failure_is_visible(
         assert "viewer_id" in ack, ack
         event = await asyncio.wait_for(ended.get(), 30)
         assert event["viewer_id"] == ack["viewer_id"] and event["error"]["code"] == "ice_failed", event
+
+        await speaker_socket.join(node, forum, Role.SPEAKER)
+        ack = await speaker_socket.sio.call("publish", {"forum_id": forum, "sdp": await sio_publisher.offer()},
+                                            timeout=10)
+        assert "source_id" in ack, ack
+        event = await asyncio.wait_for(speaker_ended.get(), 30)
+        assert event["source_id"] == ack["source_id"] and event["error"]["code"] == "ice_failed", event
         assert node.alive()
     finally:
         await publisher.close()
         await never.close()
         await sio_viewer.close()
+        await sio_publisher.close()
         await observer.close()
+        await speaker_socket.close()
         node.cleanup()
 
 
