@@ -50,14 +50,17 @@ class FfmpegWhip:
     """ffmpeg's WHIP muxer publishing a test picture and tone; its stderr is
     drained by one task, which also finds the session Location."""
 
-    def __init__(self, url: str, token: str, profile: str = "baseline", seconds: float = 90) -> None:
+    def __init__(self, url: str, token: str, seconds: float = 90, as_in_issue_14: bool = False) -> None:
+        # as_in_issue_14: the command of issue 14 item 1 (x264's default preset, GOP 30)
+        speed = [] if as_in_issue_14 else ["-preset", "ultrafast"]
         self.args = [
             imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "verbose",
             "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
             "-t", str(seconds),  # a bound, in case the test never stops it
-            "-c:v", "libx264", "-profile:v", profile, "-bf", "0", "-tune", "zerolatency", "-preset", "ultrafast",
-            "-g", "60", "-c:a", "libopus", "-ac", "2",  # the WHIP muxer wants stereo Opus
+            "-c:v", "libx264", "-profile:v", "baseline", "-tune", "zerolatency", *speed, "-bf", "0",
+            "-g", "30" if as_in_issue_14 else "60",
+            "-c:a", "libopus", "-ac", "2",  # the WHIP muxer wants stereo Opus
             "-f", "whip", "-authorization", token, url,
         ]
         self.location: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -286,7 +289,7 @@ async def test_ffmpeg_whip_stays_live_for_two_minutes(server: ServerProcess) -> 
     forum = "digital-economy"
     observer = Observer()
     ffmpeg = FfmpegWhip(f"{server.url}/whip/{forum}", server.token(Role.SPEAKER, [forum], "ffmpeg 2 min"),
-                        seconds=120)
+                        seconds=120, as_in_issue_14=True)
     try:
         await observer.join(server, forum)
         loop = asyncio.get_running_loop()
