@@ -153,11 +153,14 @@ class Section:
     mid: str | None
     formats: dict[int, CodecFormat] = field(default_factory=dict)
 
-    def receivable_format(self) -> CodecFormat | None:
+    def receivable_format(self, h264_packetization: int | None = None) -> CodecFormat | None:
         """The format forumcast would receive on this m-line: H.264 before
         VP8 (then Opus); within H.264 the preferred profile, then
-        packetization-mode 1, then offer order."""
+        packetization-mode 1, then offer order. With `h264_packetization`,
+        only H.264 of that mode (viewers: 1) is considered."""
         usable = [f for f in self.ordered_formats() if f.receivable()]
+        if h264_packetization is not None:
+            usable = [f for f in usable if f.key == "h264" and f.packetization_mode == h264_packetization]
         if not usable:
             return None
 

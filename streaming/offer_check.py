@@ -29,6 +29,7 @@ class MediaOffer:
     index: int = 0  # of its m-line in the offer
     formats: list[CodecFormat] = field(default_factory=list)  # as offered, in order
     receivable: CodecFormat | None = None  # what a publisher's would be received (offer_answer)
+    watchable_h264: CodecFormat | None = None  # the H.264 format (pm 1) a viewer would get
 
     @property
     def sends(self) -> bool:
@@ -71,19 +72,19 @@ def parse_offer(offer_sdp: str) -> OfferSummary:
             # aiortc (and WebRTC, RFC 8829 s5.1.3) needs RTP and RTCP on one port
             raise MediaError("invalid_sdp", f"the {media.kind} section has no a=rtcp-mux: forumcast "
                              "multiplexes RTP and RTCP on one port (RFC 5761, RFC 8858)")
-        families: list[str] = []
-        for codec in media.rtp.codecs:
-            key = codec_key(codec)
-            if key == H264 and str(codec.parameters.get("packetization-mode", "0")) != "1":
-                continue  # aiortc only negotiates packetization-mode 1
-            if key not in families:
-                families.append(key)
-        offer = MediaOffer(kind=media.kind, direction=media.direction or "sendrecv", codecs=families,
-                           mid=media.rtp.muxId, index=index)
+        offer = MediaOffer(kind=media.kind, direction=media.direction or "sendrecv", mid=media.rtp.muxId,
+                           index=index)
         section = shape.sections[index] if index < len(shape.sections) else None
         if section is not None and section.kind == media.kind and section.port != 0:
             offer.formats = section.ordered_formats()
             offer.receivable = section.receivable_format()
+            offer.watchable_h264 = section.receivable_format(h264_packetization=1)
+        for codec in media.rtp.codecs:
+            key = codec_key(codec)
+            if key == H264 and offer.watchable_h264 is None:
+                continue  # forumcast sends FU-A/STAP-A: a viewer needs packetization-mode 1
+            if key not in offer.codecs:
+                offer.codecs.append(key)
         if media.kind == "video" and video is None:
             video = offer
         elif media.kind == "audio" and audio is None:
@@ -137,11 +138,22 @@ def watch_codecs(summary: OfferSummary) -> tuple[list[str], bool]:
     if summary.video is not None and summary.video.receives:
         video = [k for k in VIDEO_CODECS if k in summary.video.codecs]
     audio = summary.audio is not None and summary.audio.receives and OPUS in summary.audio.codecs
+    for offer, usable in ((summary.video, bool(video)), (summary.audio, audio)):
+        if offer is not None and offer.receives and not usable:
+            # aiortc cannot answer a section it has no codec for: say why, not aiortc's words
+            names = [f.describe() + (", packetization-mode 0" if f.key == "h264" and f.packetization_mode == 0
+                                     else "") for f in offer.formats if f.key not in _REPAIR]
+            raise MediaError(
+                "unsupported_codec",
+                f"the offer was refused: its {offer.kind} codecs are {', '.join(dict.fromkeys(names)) or 'none'}. "
+                "Viewers must accept H.264 (constrained baseline, baseline, main or high profile, "
+                "packetization-mode 1) or VP8 video, and Opus audio",
+            )
     if not video and not audio:
         raise MediaError(
             "unsupported_codec",
-            "the offer receives no usable media: video must accept H.264 "
-            "(packetization-mode 1) or VP8, audio must accept Opus",
+            "the offer receives no usable media: video must accept H.264 (constrained baseline, "
+            "baseline, main or high profile, packetization-mode 1) or VP8, audio must accept Opus",
         )
     return video, audio
 

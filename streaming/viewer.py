@@ -32,7 +32,7 @@ from streaming.media_config import MediaConfig
 from streaming import peer_end
 from streaming.media_error import MediaError
 from streaming.peer_end import PeerEnd
-from streaming.offer_answer import tolerated, shape_answer
+from streaming.offer_answer import CodecFormat, offer_for_aiortc, shape_answer, tolerated
 from streaming.offer_check import capabilities_for, parse_offer, watch_codecs
 from streaming.program_bus import ProgramBus
 from streaming.publisher import server_configuration
@@ -126,7 +126,12 @@ class WebRtcViewer:
             raise MediaError(
                 "unsupported_codec", f"this source sends {needs.upper()}, which the offer does not accept"
             )
-        offer = usable_offer(offer_sdp)
+        # the viewer's own H.264 format (any profile browsers play: what a
+        # publisher sends is forwarded as is), shown to aiortc as one it knows
+        chosen: dict[int, CodecFormat] = {}
+        if summary.video is not None and "h264" in video_keys and summary.video.watchable_h264 is not None:
+            chosen[summary.video.index] = summary.video.watchable_h264
+        offer = usable_offer(offer_for_aiortc(offer_sdp, chosen))
         pc = RTCPeerConnection(server_configuration())
         self._pc = pc
         self._bus = bus
@@ -172,7 +177,7 @@ class WebRtcViewer:
             await self.stop()
             raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
         self._deadline = asyncio.get_running_loop().call_later(self._config.ice_timeout, self._ice_deadline)
-        answer = shape_answer(pc.localDescription.sdp, original, {})
+        answer = shape_answer(pc.localDescription.sdp, original, chosen)
         for media in sdp.SessionDescription.parse(answer).media:
             track = self.video if media.kind == "video" else self.audio if media.kind == "audio" else None
             cname = next((s.cname for s in media.ssrc if s.cname), None)

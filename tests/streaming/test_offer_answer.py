@@ -213,6 +213,33 @@ async def test_an_offer_with_no_usable_codec_is_refused_naming_its_codecs(
         await publisher.close()
 
 
+async def test_a_viewer_offering_only_h264_high_gets_the_stream(plane: MediaPlane) -> None:
+    """The same kind on the viewer side: a player whose offer lists only
+    High profile H.264 (hardware WHEP players) decodes what publishers send
+    (constrained baseline is a subset); it was refused unsupported_codec."""
+    publisher = TestPublisher()
+    viewer = TestViewer(codecs=("h264",))
+    try:
+        await publisher.accept(await plane.publish("f1", "speaker", await publisher.offer()))
+        answer = await plane.watch("f1", "player", h264_only("64001f")(await viewer.offer()))
+        assert video_fmtp(answer)["profile-level-id"] == "64001f"
+        await viewer.accept(back_to_aiortc(answer))
+        await viewer.wait_frames(10, timeout=30)
+    finally:
+        await viewer.close()
+        await publisher.close()
+
+
+async def test_a_viewer_offering_only_packetization_mode_0_is_refused_naming_it(plane: MediaPlane) -> None:
+    viewer = TestViewer(codecs=("h264",))
+    try:
+        with pytest.raises(MediaError) as refused:
+            await plane.watch("f1", "old", h264_only("42e01f", mode=0)(await viewer.offer()))
+        assert refused.value.code == "unsupported_codec" and "packetization-mode 1" in refused.value.message
+    finally:
+        await viewer.close()
+
+
 # --- item 7: the answer follows the offer ------------------------------------
 
 
