@@ -108,3 +108,12 @@ async def test_the_decoder_count_sees_a_server_receiver_that_decodes() -> None:
     finally:
         await publisher.close()
         await server.close()
+
+
+@pytest.mark.parametrize("name", ["query_consent", "request_received", "data_received"])
+def test_check_covers_the_liveness_seam(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """liveness_instead_of_consent replaces these aioice names: a version
+    that moves one must fail at start, not silently keep RFC 7675 consent."""
+    monkeypatch.delattr(aioice.ice.Connection, name)
+    with pytest.raises(RuntimeError, match=name):
+        aiortc_internals.check()
