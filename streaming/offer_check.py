@@ -17,7 +17,6 @@ logger = logging.getLogger(__name__)
 
 MAX_SDP_BYTES = 64 * 1024
 VIDEO_CODECS = (H264, VP8)  # in the order forumcast prefers them
-AUDIO_CODECS = (OPUS,)
 
 
 @dataclass
@@ -122,13 +121,6 @@ def _unusable_message(summary: OfferSummary, unusable: list[MediaOffer]) -> str:
 
 
 _REPAIR = ("rtx", "red", "ulpfec", "flexfec-03")  # not codecs of their own
-
-
-def publish_codecs(summary: OfferSummary) -> tuple[str | None, str | None]:
-    """The codec family the server will receive for video and audio.
-    Raises MediaError("unsupported_codec") if nothing usable is sent."""
-    video, audio = publish_formats(summary)
-    return (video.key if video else None), (audio.key if audio else None)
 
 
 def watch_codecs(summary: OfferSummary) -> tuple[list[str], bool]:

@@ -28,14 +28,13 @@ from aiortc import (
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from rooms.models import SourceKind
-from streaming import aiortc_internals
+from streaming import aiortc_internals, peer_end
 from streaming.ice_policy import gathering_on, usable_offer
 from streaming.media_config import MediaConfig
-from streaming import peer_end
 from streaming.media_error import MediaError
-from streaming.peer_end import PeerEnd
-from streaming.offer_answer import tolerated, CodecFormat, offer_for_aiortc, shape_answer
+from streaming.offer_answer import CodecFormat, offer_for_aiortc, shape_answer, tolerated
 from streaming.offer_check import capabilities_for, parse_offer, publish_formats
+from streaming.peer_end import PeerEnd
 from streaming.rtcp_reports import ntp_to_unix
 from streaming.rtp_codecs import codec_key
 from streaming.rtp_source import RtpSource, SourceFeed

@@ -25,15 +25,14 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription, sdp
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
 
-from streaming import aiortc_internals
+from streaming import aiortc_internals, peer_end
 from streaming.downtrack import Downtrack
 from streaming.ice_policy import gathering_on, usable_offer
 from streaming.media_config import MediaConfig
-from streaming import peer_end
 from streaming.media_error import MediaError
-from streaming.peer_end import PeerEnd
 from streaming.offer_answer import CodecFormat, offer_for_aiortc, shape_answer, tolerated
 from streaming.offer_check import capabilities_for, parse_offer, watch_codecs
+from streaming.peer_end import PeerEnd
 from streaming.program_bus import ProgramBus
 from streaming.publisher import server_configuration
 from streaming.rtcp_reports import sdes_cname
