@@ -81,6 +81,8 @@ class Settings:
     ice_addresses: tuple[str, ...] = ()  # empty: every local interface
     keyframe_request_interval_ms: int = 500
     slate_grace_ms: int = 1000
+    ice_timeout_s: float = 30.0  # a publisher not connected this long after its answer: ice_failed (viewers: viewer_connect_timeout_s)
+    publisher_timeout_s: float = 20.0  # a WHIP/WebRTC publisher not heard from for this long is gone
     rtmp_port: int = 1935
     srt_port: int = 9000
     # where venue encoders connect (RTMP gate, SRT listener); loopback by
@@ -327,6 +329,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "ice_addresses": _ice_addresses,
     "keyframe_request_interval_ms": _positive_int,
     "slate_grace_ms": _non_negative_int,
+    "ice_timeout_s": _positive_float,
+    "publisher_timeout_s": _positive_float,
     "rtmp_port": _port,
     "srt_port": _port,
     "ingest_host": _host,

@@ -14,6 +14,8 @@ HTTP_STATUS = {
     "conflict": 409,
     "too_large": 413,
     "unsupported_media_type": 415,
+    "ice_failed": 410,  # a WHIP/WHEP session that ended by itself: why (streaming/peer_end.py)
+    "connection_lost": 410,
     "full": 429,
     "too_many_seats": 429,  # the token's holder has its seats already
     "too_many_sources": 429,  # the token's holder, or the forum, has its sources already

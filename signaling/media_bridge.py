@@ -108,6 +108,12 @@ class MediaBridge:
         it can give its seat back. Returns the remover."""
         return self._media.add_viewer_closed_listener(listener)
 
+    def end_reason(self, peer_id: str) -> RoomError | None:
+        """Why a publisher (source id) or viewer (viewer id) of this node
+        ended by itself ("ice_failed", "connection_lost"), or None."""
+        end = self._media.ended(peer_id)
+        return RoomError(end.code, end.message) if end is not None else None
+
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
@@ -300,6 +306,8 @@ async def _media_plane_ctx(app: web.Application) -> AsyncIterator[None]:
         ffmpeg=ffmpeg_path(settings),
         slate_grace=settings.slate_grace_ms / 1000,
         connect_timeout=settings.viewer_connect_timeout_s,
+        publisher_timeout=settings.publisher_timeout_s,
+        ice_timeout=settings.ice_timeout_s,
     )
     plane = MediaPlane(config)
     await plane.start()

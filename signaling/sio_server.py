@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,15 @@ def new_viewer_id(seq: int) -> str:
 
 class _Close:
     """Inbox marker: clean up and stop."""
+
+
+@dataclass(frozen=True)
+class _MediaEnded:
+    """Inbox message: a viewer or publish of this connection ended by
+    itself (ICE never completed, the connection was lost)."""
+
+    kind: str  # "viewer" or "source"
+    peer_id: str
 
 
 Ack = dict[str, Any]
@@ -131,6 +141,10 @@ class Session:
                 if isinstance(request, _Close):
                     future.set_result({})
                     return
+                if isinstance(request, _MediaEnded):
+                    await self._media_ended(request)
+                    future.set_result({})
+                    continue
                 ack = await self._answer(request)
                 if not future.done():
                     future.set_result(ack)
@@ -277,6 +291,33 @@ class Session:
             with contextlib.suppress(Exception):
                 await self._deps.leave_room(self.sid, forum_room(participant.forum_id))
 
+    def holds(self, kind: str, peer_id: str) -> bool:
+        return peer_id in (self._viewers.values() if kind == "viewer" else self._sources)
+
+    def post_media_ended(self, kind: str, peer_id: str) -> None:
+        """Tell this connection (through its inbox) that one of its peers
+        ended by itself."""
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._inbox.put_nowait((_MediaEnded(kind, peer_id), future))
+
+    async def _media_ended(self, ended: _MediaEnded) -> None:
+        if ended.kind == "viewer":
+            keys = [key for key, viewer in self._viewers.items() if viewer == ended.peer_id]
+            if not keys:
+                return
+            del self._viewers[keys[0]]
+        elif ended.peer_id in self._sources:
+            self._sources.discard(ended.peer_id)
+        else:
+            return
+        bridge = self._deps.bridge_or_none()
+        why = bridge.end_reason(ended.peer_id) if bridge is not None else None
+        why = why or RoomError("connection_lost", "the connection was lost")
+        payload = {"viewer_id" if ended.kind == "viewer" else "source_id": ended.peer_id, **why.to_json()}
+        with contextlib.suppress(Exception):
+            await self._emit("media_ended", payload)
+
     async def _expired(self) -> None:
         error = RoomError("token_expired", "your invite has expired: ask the organizers for a new link")
         with contextlib.suppress(Exception):
@@ -300,9 +341,12 @@ class Session:
 class _Deps:
     """What sessions need from the node, resolved at startup."""
 
-    def __init__(self, app: web.Application, sio: socketio.AsyncServer) -> None:
+    def __init__(self, app: web.Application, sio: socketio.AsyncServer,
+                 on_media_ended: Callable[[str, str], None]) -> None:
         self._app = app
         self._sio = sio
+        self._on_media_ended = on_media_ended
+        self._hooked: MediaBridge | None = None
         self.event: Event = app[EVENT]
         self.tokens: TokenService = app[TOKENS]
         self.rooms: RoomService = app[ROOMS]
@@ -323,7 +367,16 @@ class _Deps:
         return bridge
 
     def bridge_or_none(self) -> MediaBridge | None:
-        return self._app.get(BRIDGE)
+        bridge = self._app.get(BRIDGE)
+        if bridge is not None and self._hooked is not bridge:
+            # first use: hear peers that end by themselves (the bridge is set up after us)
+            self._hooked = bridge
+            bridge.on_viewer_closed(lambda viewer_id: self._on_media_ended("viewer", viewer_id))
+            bridge.on_source_ended(self._source_ended)
+        return bridge
+
+    async def _source_ended(self, source_id: str) -> None:
+        self._on_media_ended("source", source_id)
 
     async def enter_room(self, sid: str, room: str) -> None:
         await self._sio.enter_room(sid, room)
@@ -362,7 +415,7 @@ class SocketServer:
         self._sio.on("*", self._on_unknown)
 
     async def start(self) -> None:
-        self._deps = _Deps(self._app, self._sio)
+        self._deps = _Deps(self._app, self._sio, self._media_ended)
         # subscribe now, not in the task: no event between start and the first await is lost
         self._events = self._deps.rooms.events()
         self._pump = asyncio.create_task(self._pump_room_events(self._events), name="sio-room-events")
@@ -380,6 +433,11 @@ class SocketServer:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
+
+    def _media_ended(self, kind: str, peer_id: str) -> None:
+        for session in list(self._sessions.values()):
+            if session.holds(kind, peer_id):
+                session.post_media_ended(kind, peer_id)
 
     def grant_of(self, sid: str) -> Grant | None:
         """The grant a live connection's token carries (for other event

@@ -5,6 +5,9 @@ as WHIP, see signaling/whip.py).
     DELETE /whep/{forum_id}/{session_id} stops watching
     OPTIONS on both                      CORS preflight
     PATCH  on the session                405: no trickle ICE
+    GET    on the session                200 while it lasts; after it ended by
+                                         itself, GET/PATCH/DELETE answer 410 and
+                                         why ("ice_failed", "connection_lost")
 
 A viewer token for the forum is needed, unless the event is public (then
 no Authorization header is fine; a token, when sent, must still be valid).
@@ -29,9 +32,19 @@ from rooms.errors import RoomError
 from rooms.models import Role
 from rooms.tokens import Grant
 from signaling.app_keys import EVENT, TOKENS
-from signaling.media_bridge import BRIDGE, setup_media_bridge
 from signaling.http_api import bearer_token
-from signaling.whip import CORS_HEADERS, HttpMediaEndpoint, edge, known_forum, no_trickle, preflight, read_offer, sdp_created
+from signaling.media_bridge import BRIDGE, setup_media_bridge
+from signaling.whip import (
+    CORS_HEADERS,
+    EndedSessions,
+    HttpMediaEndpoint,
+    edge,
+    known_forum,
+    preflight,
+    read_offer,
+    sdp_created,
+    trickle_refusal,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +67,7 @@ class WhepEndpoint(HttpMediaEndpoint):
         super().__init__(app)
         self._sessions: dict[str, WhepSession] = {}
         self._by_viewer: dict[str, WhepSession] = {}
+        self.ended = EndedSessions()
 
     def _grant(self, request: web.Request, forum_id: str) -> Grant:
         token = bearer_token(request)
@@ -84,13 +98,32 @@ class WhepEndpoint(HttpMediaEndpoint):
         logger.info("WHEP %s: %s watches %s", session_id, grant.name, forum_id)
         return sdp_created(answer, f"/whep/{forum_id}/{session_id}")
 
-    async def delete(self, request: web.Request) -> web.StreamResponse:
-        grant = self._optional_grant(request)
+    def _session(self, request: web.Request) -> WhepSession:
         forum_id = known_forum(request)
-        session = self._sessions.get(request.match_info["session_id"])
+        session_id = request.match_info["session_id"]
+        session = self._sessions.get(session_id)
         if session is None or session.forum_id != forum_id:
+            self.ended.check(session_id)
             raise RoomError("not_found", "no such WHEP session (it ended, or never existed)")
-        self._require_may_end(grant, forum_id, session.subject)
+        return session
+
+    async def show(self, request: web.Request) -> web.StreamResponse:
+        """GET on the session: 200 while it lasts; 410 with the reason
+        ("ice_failed", "connection_lost") once it ended by itself."""
+        session = self._session(request)
+        return web.json_response({"session_id": session.id, "forum_id": session.forum_id},
+                                 headers=CORS_HEADERS)
+
+    async def patch(self, request: web.Request) -> web.StreamResponse:
+        self._session(request)
+        return trickle_refusal()
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        """The session URL alone, the holder's token or an operator's ends
+        it; another token: 403 (docs/DESIGN.md "Who may do what")."""
+        grant = self._optional_grant(request)
+        session = self._session(request)
+        self._require_may_end(grant, session.forum_id, session.subject)
         await self._end(session)
         return web.json_response({"ok": True}, headers=CORS_HEADERS)
 
@@ -98,7 +131,11 @@ class WhepEndpoint(HttpMediaEndpoint):
         """The media plane closed this viewer's peer by itself."""
         session = self._by_viewer.get(viewer_id)
         if session is not None:
-            logger.info("WHEP %s: the player went away without a DELETE", session.id)
+            bridge = self._app.get(BRIDGE)
+            why = bridge.end_reason(viewer_id) if bridge is not None else None
+            why = why or RoomError("connection_lost", "the player's connection closed")
+            logger.info("WHEP %s ended by itself: %s", session.id, why.code)
+            self.ended.add(session.id, why)
             await self._end(session)
 
     async def _end(self, session: WhepSession) -> None:
@@ -145,5 +182,6 @@ def setup_whep(app: web.Application) -> None:
     app.router.add_route("OPTIONS", "/whep/{forum_id}", preflight)
     app.router.add_route("DELETE", "/whep/{forum_id}/{session_id}", edge(endpoint.delete))
     app.router.add_route("OPTIONS", "/whep/{forum_id}/{session_id}", preflight)
-    app.router.add_route("PATCH", "/whep/{forum_id}/{session_id}", no_trickle)
+    app.router.add_route("PATCH", "/whep/{forum_id}/{session_id}", edge(endpoint.patch))
+    app.router.add_route("GET", "/whep/{forum_id}/{session_id}", edge(endpoint.show))
     app.on_shutdown.append(_whep_shutdown)

@@ -6,6 +6,9 @@ publish into a forum with one HTTP POST.
     OPTIONS on both                      CORS preflight
     PATCH  on the session                405: no trickle ICE, the answer
                                          carries every candidate
+    GET    on the session                200 while it lasts
+    (a session that ended by itself answers GET/PATCH/DELETE with 410
+    and why: "ice_failed", "connection_lost")
 
 A WHIP session is a participant of the forum (a speaker) that holds one
 live source; the MediaBridge registers the source and follows its state.
@@ -21,6 +24,7 @@ import functools
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -45,7 +49,7 @@ SDP_TYPE = "application/sdp"
 CORS_HEADERS = {
     # tokens travel as Bearer headers, never cookies: any origin may call
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "POST, DELETE, PATCH, OPTIONS",
+    "Access-Control-Allow-Methods": "GET, POST, DELETE, PATCH, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
     "Access-Control-Expose-Headers": "Location, Link, ETag, Accept-Patch",
     "Access-Control-Max-Age": "86400",
@@ -123,13 +127,35 @@ async def preflight(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
-async def no_trickle(request: web.Request) -> web.Response:
+class EndedSessions:
+    """Sessions that ended by themselves, and why, so their resource
+    answers GET/PATCH/DELETE with 410 and the reason ("ice_failed",
+    "connection_lost") instead of a bare 404. Bounded: the oldest go."""
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._why: OrderedDict[str, RoomError] = OrderedDict()
+
+    def add(self, session_id: str, why: RoomError) -> None:
+        self._why[session_id] = why
+        while len(self._why) > self.LIMIT:
+            self._why.popitem(last=False)
+
+    def check(self, session_id: str) -> None:
+        """Raise the reason if this session ended by itself."""
+        why = self._why.get(session_id)
+        if why is not None:
+            raise RoomError(why.code, why.message)
+
+
+def trickle_refusal() -> web.Response:
     # RFC 9725 section 4.3.1: a server without trickle ICE answers PATCH with 405
     error = RoomError("trickle_unsupported",
                       "trickle ICE and ICE restarts are not supported: the answer already carries "
                       "every candidate; to reconnect, DELETE this session and POST a new offer")
     headers = dict(CORS_HEADERS)
-    headers["Allow"] = "DELETE, OPTIONS"
+    headers["Allow"] = "GET, DELETE, OPTIONS"
     return web.json_response(error.to_json(), status=405, headers=headers)
 
 
@@ -203,6 +229,7 @@ class WhipEndpoint(HttpMediaEndpoint):
         super().__init__(app)
         self._sessions: dict[str, WhipSession] = {}
         self._by_source: dict[str, str] = {}
+        self.ended = EndedSessions()
 
     def _grant(self, request: web.Request) -> Grant:
         return self._app[TOKENS].verify(bearer_token(request))
@@ -232,12 +259,29 @@ class WhipEndpoint(HttpMediaEndpoint):
     async def delete(self, request: web.Request) -> web.StreamResponse:
         grant = self._optional_grant(request)
         forum_id = known_forum(request)
-        session = self._sessions.get(request.match_info["session_id"])
-        if session is None or session.forum_id != forum_id:
-            raise RoomError("not_found", "no such WHIP session (it ended, or never existed)")
+        session = self._session(request, forum_id)
         self._require_may_end(grant, forum_id, session.subject)
         await self._end(session)
         return web.json_response({"ok": True}, headers=CORS_HEADERS)
+
+    def _session(self, request: web.Request, forum_id: str) -> WhipSession:
+        session_id = request.match_info["session_id"]
+        session = self._sessions.get(session_id)
+        if session is None or session.forum_id != forum_id:
+            self.ended.check(session_id)
+            raise RoomError("not_found", "no such WHIP session (it ended, or never existed)")
+        return session
+
+    async def show(self, request: web.Request) -> web.StreamResponse:
+        """GET on the session: 200 while it lasts; 410 with the reason
+        once it ended by itself; 404 if unknown."""
+        session = self._session(request, known_forum(request))
+        return web.json_response({"session_id": session.id, "forum_id": session.forum_id,
+                                  "source_id": session.source_id}, headers=CORS_HEADERS)
+
+    async def patch(self, request: web.Request) -> web.StreamResponse:
+        self._session(request, known_forum(request))
+        return trickle_refusal()
 
     async def _end(self, session: WhipSession) -> None:
         if self._sessions.pop(session.id, None) is None:
@@ -256,6 +300,10 @@ class WhipEndpoint(HttpMediaEndpoint):
         session_id = self._by_source.get(source_id)
         session = self._sessions.get(session_id) if session_id else None
         if session is not None:
+            bridge = self._app.get(BRIDGE)
+            why = bridge.end_reason(source_id) if bridge is not None else None
+            self.ended.add(session.id, why or RoomError(
+                "connection_lost", "the encoder stopped sending and its source ended"))
             await self._end(session)
 
     async def close(self) -> None:
@@ -286,7 +334,8 @@ def setup_whip(app: web.Application) -> None:
     app.router.add_route("OPTIONS", "/whip/{forum_id}", preflight)
     app.router.add_route("DELETE", "/whip/{forum_id}/{session_id}", edge(endpoint.delete))
     app.router.add_route("OPTIONS", "/whip/{forum_id}/{session_id}", preflight)
-    app.router.add_route("PATCH", "/whip/{forum_id}/{session_id}", no_trickle)
+    app.router.add_route("PATCH", "/whip/{forum_id}/{session_id}", edge(endpoint.patch))
+    app.router.add_route("GET", "/whip/{forum_id}/{session_id}", edge(endpoint.show))
     app.cleanup_ctx.append(_whip_ctx)
     app.on_shutdown.append(_whip_shutdown)
 

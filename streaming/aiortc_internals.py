@@ -14,6 +14,7 @@ import contextvars
 import logging
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ import aioice
 import aioice.ice
 import aiortc
 import pylibsrtp
-from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import RTCIceTransport, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import rtcrtpreceiver as _rtcrtpreceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -53,6 +54,11 @@ def check() -> None:
     needed: list[tuple[object, str]] = [
         (aioice.ice, "get_host_addresses"),
         (aioice.ice.Connection, "_nominated"),
+        (aioice.ice.Connection, "query_consent"),
+        (aioice.ice.Connection, "_query_consent_task"),
+        (aioice.ice.Connection, "data_received"),
+        (aioice.ice.Connection, "request_received"),
+        (RTCIceTransport, "_connection"),
         (_rtcrtpreceiver, "decoder_worker"),
         (_rtcrtpreceiver, "get_decoder"),
         (RTCRtpReceiver, "_send_rtcp_pli"),
@@ -123,6 +129,74 @@ def host_addresses(addresses: tuple[str, ...]) -> Iterator[None]:
         yield
     finally:
         _ice_addresses.reset(token)
+
+
+# --- ICE: liveness instead of consent, for publishers -----------------------
+
+
+def liveness_instead_of_consent(ice: RTCIceTransport, timeout: float) -> None:
+    """The connection of `ice` ends when no datagram (RTP, RTCP, DTLS or a
+    STUN request) has arrived for `timeout` seconds, instead of when the
+    peer stops answering our consent checks (RFC 7675 s5.1: aioice sends
+    one every ~5 s and closes after 6 unanswered, ~30 s).
+
+    Why: consent governs what we may send, and a publisher is sent almost
+    nothing; ffmpeg's WHIP muxer answers none of these checks, so it was
+    cut off at ~30 s. Like an ICE-lite server (RFC 8445 s2.5), forumcast
+    then sends no checks of its own to a publisher and judges it by what
+    it hears. Call before ICE completes (aioice starts the task then)."""
+    connection = ice._connection
+    heard = [time.monotonic()]
+    data_received = connection.data_received
+    request_received = connection.request_received
+
+    def on_data(data: bytes, component: int) -> None:
+        heard[0] = time.monotonic()
+        data_received(data, component)
+
+    def on_request(message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        heard[0] = time.monotonic()
+        request_received(message, addr, protocol)
+
+    async def liveness() -> None:
+        interval = min(1.0, timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            silent = time.monotonic() - heard[0]
+            if silent > timeout:
+                logger.info("ICE connection %s: nothing heard for %.1f s: closing", connection, silent)
+                connection._query_consent_task = None  # as aioice does: close() must not cancel us
+                await connection.close()
+                return
+
+    heard[0] = time.monotonic()
+    connection.data_received = on_data  # type: ignore[method-assign]
+    connection.request_received = on_request  # type: ignore[method-assign]
+    connection.query_consent = liveness  # type: ignore[method-assign]
+
+
+def unanswered_checks(ice: RTCIceTransport, ignore: Callable[[], bool]) -> None:
+    """While ignore() is true, STUN requests reaching `ice` are dropped
+    unanswered (fault injection for tests: a peer that, like ffmpeg's WHIP
+    muxer, answers no consent checks once connected)."""
+    connection = ice._connection
+    request_received = connection.request_received
+
+    def on_request(message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        if not ignore():
+            request_received(message, addr, protocol)
+
+    connection.request_received = on_request  # type: ignore[method-assign]
+
+
+def ice_transports(pc: Any) -> list[RTCIceTransport]:
+    """The distinct ICE transports of a peer connection's transceivers
+    (after setRemoteDescription, so BUNDLE has merged them)."""
+    found: dict[int, RTCIceTransport] = {}
+    for transceiver in pc.getTransceivers():
+        ice = transceiver.receiver.transport.transport
+        found.setdefault(id(ice), ice)
+    return list(found.values())
 
 
 # --- decoders: count any the server would create ---------------------------

@@ -1,9 +1,15 @@
-"""Which addresses ICE may use.
+"""Which addresses ICE may use, and what of an offer's candidates the
+server keeps.
 
-With `MediaConfig.ice_addresses` set, the server gathers host candidates
-only on those addresses and ignores remote candidates outside them
-(Chromium's mDNS `.local` names, other interfaces). An empty tuple means
-every interface and every remote candidate.
+`MediaConfig.ice_addresses` restricts only the server's own gathering
+(host candidates on those addresses; an empty tuple means every
+interface). It says where the server listens, not where peers may be: an
+offer is never refused for its candidates. The server pairs every remote
+candidate it can and learns peer-reflexive ones from the checks peers
+send (RFC 8445 s7.3.1.3), which is how offers with no candidates (OBS),
+with only mDNS names (browsers) or with addresses the server cannot
+reach still connect. A peer that never completes ICE is ended after
+`MediaConfig.ice_timeout` with the reason "ice_failed".
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from streaming import aiortc_internals
-from streaming.media_error import MediaError
 
 logger = logging.getLogger(__name__)
 
@@ -38,39 +43,28 @@ def candidate_address(line: str) -> str | None:
     return parts[4]
 
 
-def usable_offer(sdp: str, addresses: tuple[str, ...]) -> str:
-    """The offer with remote candidates outside `addresses` dropped.
-    Raises MediaError("invalid_sdp") if it had candidates and none is
-    usable (ICE would fail later, silently)."""
-    filtered, kept = filter_remote_candidates(sdp, addresses)
-    if kept == 0 and any(candidate_address(line) for line in sdp.splitlines()):
-        raise MediaError(
-            "invalid_sdp",
-            f"the offer has no ICE candidate on {', '.join(addresses)} "
-            "(mDNS .local names and other interfaces are not used)",
-        )
-    return filtered
+def usable_offer(sdp: str) -> str:
+    """The offer as the server's ICE agent should see it; never raises.
 
-
-def filter_remote_candidates(sdp: str, addresses: tuple[str, ...]) -> tuple[str, int]:
-    """Drop remote candidates outside `addresses`. Returns the new SDP and
-    how many candidate lines remain."""
-    if not addresses:
-        kept = sum(1 for line in sdp.splitlines() if candidate_address(line) is not None)
-        return sdp, kept
-    allowed = set(addresses)
+    - mDNS `.local` candidates are dropped: a server cannot resolve a
+      browser's mDNS names (draft-ietf-mmusic-mdns-ice-candidates s3.2.2
+      expects the peer to be reached through its checks instead), and
+      aioice would multicast queries for each.
+    - `a=end-of-candidates` is dropped, so that aioice keeps waiting for
+      the peer's checks (peer-reflexive candidates) when none of the
+      listed candidates can be paired, instead of failing at once; the
+      wait is bounded by `MediaConfig.ice_timeout`.
+    """
     out: list[str] = []
-    kept = 0
     dropped = 0
     for line in sdp.splitlines():
         address = candidate_address(line)
-        if address is None:
-            out.append(line)
-        elif address in allowed:
-            out.append(line)
-            kept += 1
-        else:
+        if address is not None and address.lower().endswith(".local"):
             dropped += 1
+            continue
+        if line.strip() == "a=end-of-candidates":
+            continue
+        out.append(line)
     if dropped:
-        logger.debug("ice_policy: dropped %d remote candidates outside %s", dropped, addresses)
-    return "\r\n".join(out) + "\r\n", kept
+        logger.debug("ice_policy: %d mDNS candidates left to peer-reflexive discovery", dropped)
+    return "\r\n".join(out) + "\r\n"

@@ -18,11 +18,20 @@ class MediaConfig:
     """ffmpeg binary path ("" = imageio-ffmpeg's)."""
     slate_grace: float = 1.0
     """Seconds before the slate covers a lost program source."""
+    ice_timeout: float = 30.0
+    """Seconds a publisher may take to connect (ICE + DTLS) after its
+    answer; then it is ended with the reason "ice_failed". Viewers use
+    `connect_timeout` (shorter: a seat must come back fast)."""
+    publisher_timeout: float = 20.0
+    """Seconds without any datagram from a WebRTC/WHIP publisher (RTP, RTCP,
+    STUN) before its peer is closed. Replaces RFC 7675 consent for
+    publishers, which ffmpeg's WHIP muxer does not answer."""
     media_timeout: float = 2.0
     """Seconds without packets before a source counts as lost."""
     write_buffer_limit: int = 64 * 1024
     """Bytes queued on a viewer's socket before its video drops to the next keyframe."""
     connect_timeout: float = 10.0
     """Seconds a viewer's ICE and DTLS may take to connect; one still not
-    connected then is closed (its seat is given back), so a player that
-    posts an offer and never completes holds nothing for long."""
+    connected then is ended with the reason "ice_failed" (its seat is given
+    back), so a player that posts an offer and never completes holds
+    nothing for long."""

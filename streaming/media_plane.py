@@ -6,8 +6,9 @@ synchronous call per packet, to the forum's program bus and preview buses,
 which rewrite, protect and send them to each viewer. See DESIGN.md "How
 media flows" and streaming/downtrack.py for the per-packet path.
 
-Codecs: publishers get H.264 preferred (constrained baseline first), VP8
-if that is all they send, Opus for audio. Viewers negotiate every video
+Codecs: publishers get H.264 preferred (any profile browsers play,
+constrained baseline first; the answer mirrors the offered fmtp, see
+offer_answer.py), VP8 if that is all they send, Opus for audio. Viewers negotiate every video
 codec they offer among H.264 and VP8 (H.264 first) and each packet goes
 out under that viewer's payload type for its codec, so a VP8 source
 reaches browsers too. A viewer that cannot take the codec on air gets no
@@ -29,6 +30,7 @@ import functools
 import inspect
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,7 @@ from streaming import aiortc_internals
 from streaming.forum_media import ForumMedia
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
+from streaming.peer_end import PeerEnd
 from streaming.publisher import WebRtcPublisher
 from streaming.rtp_source import SourceFeed
 from streaming.viewer import WebRtcViewer
@@ -46,6 +49,7 @@ __all__ = ["MediaError", "MediaPlane", "SourceChange"]
 
 logger = logging.getLogger(__name__)
 
+ENDED_KEPT = 4096  # end reasons kept for the edges (a few hundred bytes each)
 HOUSEKEEPING_INTERVAL = 0.25  # seconds: sender reports, pair changes, timeouts
 
 
@@ -93,6 +97,7 @@ class MediaPlane:
         self._gone_packets = 0
         self._gone_retransmitted = 0
         self._gone_dropped_frames = 0
+        self._ends: OrderedDict[str, PeerEnd] = OrderedDict()
 
     # --- lifecycle -----------------------------------------------------
 
@@ -183,9 +188,33 @@ class MediaPlane:
         if self._publishers.get(publisher.source_id) is not publisher:
             return
         if state in ("failed", "closed"):
+            if publisher.end is not None:
+                self._remember_end(publisher.source_id, publisher.end)
+            if not publisher.connected_once:
+                # it never went live: there is nothing for the slate to cover and
+                # nothing to wait for; it ends now (ENDED reaches the edges)
+                self._spawn(self.unpublish(publisher.source_id))
+                return
             forum = self._forums.get(publisher.forum_id)
             if forum is not None:
                 forum.feed_lost(publisher.source_id)
+
+    def ended(self, peer_id: str) -> PeerEnd | None:
+        """Why a publisher (by source id) or viewer (by viewer id) of this
+        node ended by itself, for the edges to tell its client; None if it
+        did not (or too long ago: the last ENDED_KEPT are kept)."""
+        return self._ends.get(peer_id)
+
+    def _remember_end(self, peer_id: str, end: PeerEnd) -> None:
+        self._ends[peer_id] = end
+        self._ends.move_to_end(peer_id)
+        while len(self._ends) > ENDED_KEPT:
+            self._ends.popitem(last=False)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
 
     # --- feeds ---------------------------------------------------------
 
@@ -206,6 +235,13 @@ class MediaPlane:
         if feed is not None and self._feed_forum.get(source_id) == forum_id:
             del self._feed_forum[source_id]
         self._maybe_drop_forum(forum_id)
+
+    def feed(self, source_id: str) -> SourceFeed | None:
+        """A source's feed on this node, or None. Its RtpSources' `format`
+        is the payload format a WebRTC/WHIP publisher offered (H.264
+        profile-level-id, packetization-mode), None for other kinds."""
+        forum = self._forums.get(self._feed_forum.get(source_id, ""))
+        return forum.feeds.get(source_id) if forum is not None else None
 
     def set_program(self, forum_id: str, source_id: str | None) -> None:
         """None = the slate. Viewers switch at the new source's next keyframe."""
@@ -316,6 +352,9 @@ class MediaPlane:
         task.add_done_callback(self._task_done)
 
     async def _viewer_closed(self, viewer_id: str) -> None:
+        viewer = self._viewers.get(viewer_id)
+        if viewer is not None and viewer.end is not None:
+            self._remember_end(viewer_id, viewer.end)
         await self.leave(viewer_id)
         for listener in list(self._viewer_listeners):
             self._call(listener, viewer_id)

@@ -10,20 +10,25 @@ from aiortc import sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from streaming.media_error import MediaError
+from streaming.offer_answer import CodecFormat, split
 from streaming.rtp_codecs import H264, OPUS, VP8, codec_key
 
 logger = logging.getLogger(__name__)
 
 MAX_SDP_BYTES = 64 * 1024
 VIDEO_CODECS = (H264, VP8)  # in the order forumcast prefers them
-AUDIO_CODECS = (OPUS,)
 
 
 @dataclass
 class MediaOffer:
     kind: str
     direction: str
-    codecs: list[str] = field(default_factory=list)  # codec families offered, in order
+    codecs: list[str] = field(default_factory=list)  # codec families a viewer's aiortc sender can match
+    mid: str | None = None
+    index: int = 0  # of its m-line in the offer
+    formats: list[CodecFormat] = field(default_factory=list)  # as offered, in order
+    receivable: CodecFormat | None = None  # what a publisher's would be received (offer_answer)
+    watchable_h264: CodecFormat | None = None  # the H.264 format (pm 1) a viewer would get
 
     @property
     def sends(self) -> bool:
@@ -54,7 +59,8 @@ def parse_offer(offer_sdp: str) -> OfferSummary:
         raise MediaError("invalid_sdp", f"the offer could not be parsed: {exc}") from exc
     video: MediaOffer | None = None
     audio: MediaOffer | None = None
-    for media in description.media:
+    shape = split(offer_sdp)
+    for index, media in enumerate(description.media):
         if media.kind not in ("audio", "video"):
             continue
         if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
@@ -62,15 +68,22 @@ def parse_offer(offer_sdp: str) -> OfferSummary:
         if not media.dtls or not media.dtls.fingerprints:
             raise MediaError("invalid_sdp", f"the {media.kind} section has no DTLS fingerprint")
         if not media.rtcp_mux:
-            raise MediaError("invalid_sdp", f"the {media.kind} section does not use rtcp-mux")
-        families: list[str] = []
+            # aiortc (and WebRTC, RFC 8829 s5.1.3) needs RTP and RTCP on one port
+            raise MediaError("invalid_sdp", f"the {media.kind} section has no a=rtcp-mux: forumcast "
+                             "multiplexes RTP and RTCP on one port (RFC 5761, RFC 8858)")
+        offer = MediaOffer(kind=media.kind, direction=media.direction or "sendrecv", mid=media.rtp.muxId,
+                           index=index)
+        section = shape.sections[index] if index < len(shape.sections) else None
+        if section is not None and section.kind == media.kind and section.port != 0:
+            offer.formats = section.ordered_formats()
+            offer.receivable = section.receivable_format()
+            offer.watchable_h264 = section.receivable_format(h264_packetization=1)
         for codec in media.rtp.codecs:
             key = codec_key(codec)
-            if key == H264 and str(codec.parameters.get("packetization-mode", "0")) != "1":
-                continue  # aiortc only negotiates packetization-mode 1
-            if key not in families:
-                families.append(key)
-        offer = MediaOffer(kind=media.kind, direction=media.direction or "sendrecv", codecs=families)
+            if key == H264 and offer.watchable_h264 is None:
+                continue  # forumcast sends FU-A/STAP-A: a viewer needs packetization-mode 1
+            if key not in offer.codecs:
+                offer.codecs.append(key)
         if media.kind == "video" and video is None:
             video = offer
         elif media.kind == "audio" and audio is None:
@@ -80,18 +93,34 @@ def parse_offer(offer_sdp: str) -> OfferSummary:
     return OfferSummary(video=video, audio=audio)
 
 
-def publish_codecs(summary: OfferSummary) -> tuple[str | None, str | None]:
-    """The codec family the server will receive for video and audio.
-    Raises MediaError("unsupported_codec") if nothing usable is sent."""
-    video_key = _pick(summary.video, VIDEO_CODECS, sending=True)
-    audio_key = _pick(summary.audio, AUDIO_CODECS, sending=True)
-    if video_key is None and audio_key is None:
-        raise MediaError(
-            "unsupported_codec",
-            "the offer sends no usable media: video must be H.264 (packetization-mode 1) "
-            "or VP8, audio must be Opus",
-        )
-    return video_key, audio_key
+def publish_formats(summary: OfferSummary) -> tuple[CodecFormat | None, CodecFormat | None]:
+    """The payload format the server will receive for video and audio
+    (offer_answer.Section.receivable_format). A section that sends but
+    has no format forumcast receives (H.265 video, PCMU audio) refuses the
+    offer rather than silently dropping that media: MediaError(
+    "unsupported_codec") naming what the offer sends instead."""
+    video = summary.video.receivable if summary.video is not None and summary.video.sends else None
+    audio = summary.audio.receivable if summary.audio is not None and summary.audio.sends else None
+    unusable = [o for o in (summary.video, summary.audio) if o is not None and o.sends and o.receivable is None]
+    if unusable or (video is None and audio is None):
+        raise MediaError("unsupported_codec", _unusable_message(summary, unusable))
+    return video, audio
+
+
+def _unusable_message(summary: OfferSummary, unusable: list[MediaOffer]) -> str:
+    said: list[str] = []
+    for offer in unusable or [o for o in (summary.video, summary.audio) if o is not None]:
+        if not offer.sends:
+            said.append(f"its {offer.kind} section is {offer.direction} (a publisher sends)")
+            continue
+        names = [f.describe() for f in offer.formats if f.key not in _REPAIR]
+        said.append(f"its {offer.kind} codecs are {', '.join(dict.fromkeys(names)) or 'none'}")
+    return ("the offer sends nothing forumcast can receive: " if not unusable else "the offer was refused: ") + (
+        "; ".join(said) + ". forumcast receives H.264 video (constrained baseline, baseline, main or "
+        "high profile, packetization-mode 0 or 1) or VP8, and Opus audio")
+
+
+_REPAIR = ("rtx", "red", "ulpfec", "flexfec-03")  # not codecs of their own
 
 
 def watch_codecs(summary: OfferSummary) -> tuple[list[str], bool]:
@@ -101,22 +130,24 @@ def watch_codecs(summary: OfferSummary) -> tuple[list[str], bool]:
     if summary.video is not None and summary.video.receives:
         video = [k for k in VIDEO_CODECS if k in summary.video.codecs]
     audio = summary.audio is not None and summary.audio.receives and OPUS in summary.audio.codecs
+    for offer, usable in ((summary.video, bool(video)), (summary.audio, audio)):
+        if offer is not None and offer.receives and not usable:
+            # aiortc cannot answer a section it has no codec for: say why, not aiortc's words
+            names = [f.describe() + (", packetization-mode 0" if f.key == "h264" and f.packetization_mode == 0
+                                     else "") for f in offer.formats if f.key not in _REPAIR]
+            raise MediaError(
+                "unsupported_codec",
+                f"the offer was refused: its {offer.kind} codecs are {', '.join(dict.fromkeys(names)) or 'none'}. "
+                "Viewers must accept H.264 (constrained baseline, baseline, main or high profile, "
+                "packetization-mode 1) or VP8 video, and Opus audio",
+            )
     if not video and not audio:
         raise MediaError(
             "unsupported_codec",
-            "the offer receives no usable media: video must accept H.264 "
-            "(packetization-mode 1) or VP8, audio must accept Opus",
+            "the offer receives no usable media: video must accept H.264 (constrained baseline, "
+            "baseline, main or high profile, packetization-mode 1) or VP8, audio must accept Opus",
         )
     return video, audio
-
-
-def _pick(offer: MediaOffer | None, preferred: tuple[str, ...], sending: bool) -> str | None:
-    if offer is None or (sending and not offer.sends):
-        return None
-    for key in preferred:
-        if key in offer.codecs:
-            return key
-    return None
 
 
 def capabilities_for(kind: str, key: str) -> list[RTCRtpCodecCapability]:

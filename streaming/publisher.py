@@ -3,8 +3,12 @@ become RtpSources, received once and never decoded.
 
 aiortc does ICE, DTLS, SRTP, RTX unwrap, receive statistics, NACK and REMB
 generation; packets are taken before the jitter buffer (see
-aiortc_internals.tap_receiver). H.264 is preferred on the transceiver, then
-VP8; audio is Opus only, so every forum has one audio codec.
+aiortc_internals.tap_receiver). H.264 of any profile browsers play is
+preferred, then VP8 (offer_answer.py picks it and shapes the answer);
+audio is Opus only, so every forum has one audio codec. A publisher is
+judged by what is heard from it, not by RFC 7675 consent (see
+aiortc_internals.liveness_instead_of_consent); one that never connects
+ends after `ice_timeout` with `end` = ice_failed.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from aiortc import (
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from rooms.models import SourceKind
-from streaming import aiortc_internals
+from streaming import aiortc_internals, peer_end
 from streaming.ice_policy import gathering_on, usable_offer
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
-from streaming.offer_check import capabilities_for, parse_offer, publish_codecs
+from streaming.offer_answer import CodecFormat, offer_for_aiortc, shape_answer, tolerated
+from streaming.offer_check import capabilities_for, parse_offer, publish_formats
+from streaming.peer_end import PeerEnd
 from streaming.rtcp_reports import ntp_to_unix
 from streaming.rtp_codecs import codec_key
 from streaming.rtp_source import RtpSource, SourceFeed
@@ -75,6 +81,9 @@ class WebRtcPublisher:
         self._closing = False
         self.feed = SourceFeed(source_id=source_id, video=None, audio=None, kind=SourceKind.LIVE)
         self._pli_tasks: set[asyncio.Task[None]] = set()
+        self._deadline: asyncio.TimerHandle | None = None
+        self.connected_once = False
+        self.end: PeerEnd | None = None  # why it ended by itself (set before on_state "failed"/"closed")
 
     @property
     def state(self) -> str:
@@ -87,17 +96,23 @@ class WebRtcPublisher:
 
     async def start(self, offer_sdp: str) -> str:
         """Apply the offer; returns the complete answer (ICE gathered)."""
+        original = offer_sdp
+        offer_sdp = tolerated(offer_sdp)
         summary = parse_offer(offer_sdp)
-        video_key, audio_key = publish_codecs(summary)
-        offer = usable_offer(offer_sdp, self._config.ice_addresses)
+        video_format, audio_format = publish_formats(summary)
+        chosen: dict[int, CodecFormat] = {}  # m-line index -> the format received there
+        for media, format_ in ((summary.video, video_format), (summary.audio, audio_format)):
+            if media is not None and format_ is not None:
+                chosen[media.index] = format_
+        offer = usable_offer(offer_for_aiortc(offer_sdp, chosen))
         pc = RTCPeerConnection(server_configuration())
         self._pc = pc
         self._set_state(_State.CONNECTING)
         mine: list[tuple[str, RTCRtpTransceiver]] = []
-        for kind, key in (("video", video_key), ("audio", audio_key)):
-            if key is not None:
+        for kind, format_ in (("video", video_format), ("audio", audio_format)):
+            if format_ is not None:
                 transceiver = pc.addTransceiver(kind, direction="recvonly")
-                transceiver.setCodecPreferences(capabilities_for(kind, key))
+                transceiver.setCodecPreferences(capabilities_for(kind, format_.key))
                 mine.append((kind, transceiver))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
@@ -124,6 +139,8 @@ class WebRtcPublisher:
                 keyframe_request_interval=self._config.keyframe_request_interval,
                 name=f"{self.source_id}/{kind}",
             )
+            # what the publisher actually sends (aiortc only knows its own fmtp)
+            source.format = video_format if kind == "video" else audio_format
             aiortc_internals.tap_receiver(transceiver.receiver, source.push, self._decoders)
             aiortc_internals.on_sender_report(
                 transceiver.receiver, functools.partial(_clock_from_report, source)
@@ -134,6 +151,8 @@ class WebRtcPublisher:
                 self.feed.video = source
             else:
                 self.feed.audio = source
+        for ice in aiortc_internals.ice_transports(pc):
+            aiortc_internals.liveness_instead_of_consent(ice, self._config.publisher_timeout)
         pc.on("connectionstatechange", self._on_connection_state)
         try:
             with gathering_on(self._config.ice_addresses):
@@ -141,7 +160,15 @@ class WebRtcPublisher:
         except Exception as exc:
             await self.stop()
             raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
-        return pc.localDescription.sdp
+        self._deadline = asyncio.get_running_loop().call_later(self._config.ice_timeout, self._ice_deadline)
+        return shape_answer(pc.localDescription.sdp, original, chosen)
+
+    def _ice_deadline(self) -> None:
+        if self._state == _State.CONNECTING and not self._closing:
+            logger.info("Publisher(%s) did not connect within %g s", self.source_id, self._config.ice_timeout)
+            self.end = peer_end.never_connected(self._config.ice_timeout)
+            self._set_state(_State.FAILED)
+            self._on_state(self, "failed")
 
     def _send_pli(self, receiver: object, source: RtpSource) -> None:
         if source.ssrc is None or self._closing:
@@ -156,9 +183,12 @@ class WebRtcPublisher:
             return
         state = pc.connectionState
         if state == "connected":
+            self.connected_once = True
             self._set_state(_State.CONNECTED)
             self._on_state(self, "connected")
         elif state in ("failed", "closed"):
+            if self.end is None:
+                self.end = peer_end.lost(state) if self.connected_once else peer_end.ice_failed()
             self._set_state(_State.FAILED if state == "failed" else _State.CLOSED)
             self._on_state(self, state)
 
@@ -170,6 +200,8 @@ class WebRtcPublisher:
                 await self._pc.close()
             return
         self._closing = True
+        if self._deadline is not None:
+            self._deadline.cancel()
         for source in self.feed.sources():
             source.close()
         for task in list(self._pli_tasks):

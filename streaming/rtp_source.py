@@ -20,6 +20,7 @@ from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from rooms.models import SourceKind
+from streaming.offer_answer import CodecFormat
 from streaming.rtp_codecs import codec_key, keyframe_detector
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ class RtpSource:
             raise ValueError(f"kind must be video or audio, not {kind!r}")
         self.kind = kind
         self.codec = codec
+        self.format: CodecFormat | None = None
+        """The payload format as the publisher offered it (its fmtp: H.264
+        profile-level-id, packetization-mode); None for sources that did
+        not come from an SDP offer. `codec` is aiortc's view of it."""
         self.codec_key = codec_key(codec)
         self.name = name
         self.clock_rate = codec.clockRate

@@ -18,7 +18,6 @@ import asyncio
 import enum
 import logging
 import random
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,12 +25,14 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription, sdp
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
 
-from streaming import aiortc_internals
+from streaming import aiortc_internals, peer_end
 from streaming.downtrack import Downtrack
 from streaming.ice_policy import gathering_on, usable_offer
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
+from streaming.offer_answer import CodecFormat, offer_for_aiortc, shape_answer, tolerated
 from streaming.offer_check import capabilities_for, parse_offer, watch_codecs
+from streaming.peer_end import PeerEnd
 from streaming.program_bus import ProgramBus
 from streaming.publisher import server_configuration
 from streaming.rtcp_reports import sdes_cname
@@ -89,11 +90,13 @@ class WebRtcViewer:
         self.video: Downtrack | None = None
         self.audio: Downtrack | None = None
         self._senders: dict[str, RTCRtpSender] = {}
-        self._pair: object | None = None
-        self.feedback: ViewerRtcp | None = None  # its RTCP, once connected
-        self._unroute: Callable[[], None] | None = None
+        self._pairs: dict[int, object | None] = {}  # id(DTLS transport) -> its nominated pair
+        self.feedback: ViewerRtcp | None = None  # its RTCP (the first transport's), once connected
+        self._feedbacks: dict[int, ViewerRtcp] = {}  # id(DTLS transport) -> its RTCP reader
+        self._unroutes: dict[int, Callable[[], None]] = {}
         self._next_report = 0.0  # time.monotonic() of the next sender reports
-        self._connect_deadline = float("inf")  # time.monotonic() by which ICE+DTLS must be up
+        self._deadline: asyncio.TimerHandle | None = None
+        self.end: PeerEnd | None = None  # why it ended by itself (set before on_gone)
 
     @property
     def state(self) -> str:
@@ -114,18 +117,24 @@ class WebRtcViewer:
     async def start(self, offer_sdp: str, bus: ProgramBus, needs: str | None = None) -> str:
         """Apply the recvonly offer; returns the complete answer. `needs`
         is the video codec family the viewer must accept (a pinned source)."""
+        original = offer_sdp
+        offer_sdp = tolerated(offer_sdp)
         summary = parse_offer(offer_sdp)
         video_keys, wants_audio = watch_codecs(summary)
         if needs is not None and video_keys and needs not in video_keys:
             raise MediaError(
                 "unsupported_codec", f"this source sends {needs.upper()}, which the offer does not accept"
             )
-        offer = usable_offer(offer_sdp, self._config.ice_addresses)
+        # the viewer's own H.264 format (any profile browsers play: what a
+        # publisher sends is forwarded as is), shown to aiortc as one it knows
+        chosen: dict[int, CodecFormat] = {}
+        if summary.video is not None and "h264" in video_keys and summary.video.watchable_h264 is not None:
+            chosen[summary.video.index] = summary.video.watchable_h264
+        offer = usable_offer(offer_for_aiortc(offer_sdp, chosen))
         pc = RTCPeerConnection(server_configuration())
         self._pc = pc
         self._bus = bus
         self._set_state(_State.CONNECTING)
-        self._connect_deadline = time.monotonic() + self._config.connect_timeout
         transceivers = {}
         if video_keys:
             t = pc.addTransceiver(_IdleTrack("video"), direction="sendonly")
@@ -166,13 +175,22 @@ class WebRtcViewer:
         except Exception as exc:
             await self.stop()
             raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
-        answer = pc.localDescription.sdp
+        # a seat must not wait for aioice to fail a check list (30 s or more)
+        self._deadline = asyncio.get_running_loop().call_later(self._config.connect_timeout, self._ice_deadline)
+        answer = shape_answer(pc.localDescription.sdp, original, chosen)
         for media in sdp.SessionDescription.parse(answer).media:
             track = self.video if media.kind == "video" else self.audio if media.kind == "audio" else None
             cname = next((s.cname for s in media.ssrc if s.cname), None)
             if track is not None and cname:
                 track.sdes = sdes_cname(track.ssrc, cname)
         return answer
+
+    def _ice_deadline(self) -> None:
+        if self._state == _State.CONNECTING:
+            logger.info("Viewer(%s) did not connect within %g s", self.viewer_id, self._config.connect_timeout)
+            self.end = peer_end.never_connected(self._config.connect_timeout)
+            self._detach()
+            self._on_gone(self)
 
     def _rtcp_handler(self, dt: Downtrack) -> Callable[[Any, Any], Any]:
         async def handle(packet: Any, original: Any) -> None:
@@ -195,25 +213,39 @@ class WebRtcViewer:
         if state == "connected" and self._state == _State.CONNECTING:
             self._attach()
         elif state in ("failed", "closed"):
+            if self.end is None:
+                self.end = peer_end.lost(state) if self._state == _State.WATCHING else peer_end.ice_failed()
             self._detach()
             self._on_gone(self)
 
+    def _transports(self) -> list[tuple[Any, list[Downtrack]]]:
+        """Downtracks by the DTLS transport they go out on: one transport
+        when the offer bundled, one per m-line when it did not (RFC 8843)."""
+        groups: dict[int, tuple[Any, list[Downtrack]]] = {}
+        for kind, sender in self._senders.items():
+            dt = self.video if kind == "video" else self.audio
+            if dt is not None:
+                groups.setdefault(id(sender.transport), (sender.transport, []))[1].append(dt)
+        return list(groups.values())
+
     def _attach(self) -> None:
-        sender = next(iter(self._senders.values()), None)
-        if sender is None or self._bus is None:
+        groups = self._transports()
+        if not groups or self._bus is None:
             return
-        path = aiortc_internals.send_path(sender.transport)
-        if path is None or path.relayed:
+        paths = [aiortc_internals.send_path(transport) for transport, _ in groups]
+        if any(path is None or path.relayed for path in paths):
             # a relayed pair: aioice's TURN transport makes a task per
             # datagram, which the fast path must not do; the server gathers
             # no relay candidates, so this is not expected to happen
             logger.warning("Viewer(%s) has no direct send path: closing it", self.viewer_id)
             self._on_gone(self)
             return
-        self._pair = aiortc_internals.nominated_pair_key(sender.transport)
-        for dt in self.downtracks():
-            dt.connect(path)
-        self._route_feedback(sender)
+        for (transport, dts), path in zip(groups, paths):
+            assert path is not None
+            self._pairs[id(transport)] = aiortc_internals.nominated_pair_key(transport)
+            for dt in dts:
+                dt.connect(path)
+            self._route_feedback(transport, dts)
         self._set_state(_State.WATCHING)
         self._bus.subscribe(self.video, self.audio)
 
@@ -221,16 +253,7 @@ class WebRtcViewer:
         """When sender reports are due (every 0.5-1.5 s, RFC 3550's
         randomised interval as aiortc uses): follow a re-nominated ICE pair
         and send them. Called by the plane's housekeeping, never per packet.
-        A viewer still connecting past `connect_timeout` is closed (aioice
-        takes 30 s or more to fail a check list; a seat must not wait that
-        long)."""
-        if self._state == _State.CONNECTING and now >= self._connect_deadline:
-            logger.info("Viewer(%s) did not connect within %.1f s: closing it",
-                        self.viewer_id, self._config.connect_timeout)
-            self._connect_deadline = float("inf")  # said once
-            self._detach()
-            self._on_gone(self)
-            return
+        A viewer that never connects is ended by `_ice_deadline`."""
         if self._state != _State.WATCHING or now < self._next_report:
             return
         self._next_report = now + 0.5 + random.random()
@@ -239,38 +262,42 @@ class WebRtcViewer:
             self._detach()
             self._on_gone(self)
             return
-        sender = next(iter(self._senders.values()), None)
-        if sender is None:
-            return
-        pair = aiortc_internals.nominated_pair_key(sender.transport)
-        if pair is not None and pair is not self._pair:
-            path = aiortc_internals.send_path(sender.transport)
-            if path is not None and not path.relayed:
-                self._pair = pair
-                for dt in self.downtracks():
-                    dt.connect(path)
-                self._route_feedback(sender)
+        for transport, dts in self._transports():
+            pair = aiortc_internals.nominated_pair_key(transport)
+            if pair is not None and pair is not self._pairs.get(id(transport)):
+                path = aiortc_internals.send_path(transport)
+                if path is not None and not path.relayed:
+                    self._pairs[id(transport)] = pair
+                    for dt in dts:
+                        dt.connect(path)
+                    self._route_feedback(transport, dts)
         for dt in self.downtracks():
             dt.send_report()
 
-    def _route_feedback(self, sender: RTCRtpSender) -> None:
+    def _route_feedback(self, transport: Any, downtracks: list[Downtrack]) -> None:
         """The viewer's SRTCP straight from its socket to ViewerRtcp (not
         through aioice's STUN parse and aiortc's RTCP objects); if that is
         not possible, aiortc's path and _rtcp_handler keep working."""
-        if self._unroute is not None:
-            self._unroute()
-            self._unroute = None
-        unprotect = aiortc_internals.rtcp_unprotector(sender.transport)
+        key = id(transport)
+        undo = self._unroutes.pop(key, None)
+        if undo is not None:
+            undo()
+        unprotect = aiortc_internals.rtcp_unprotector(transport)
         if unprotect is None:
             return
-        if self.feedback is None:
-            self.feedback = ViewerRtcp(unprotect, self.downtracks())
-        self._unroute = aiortc_internals.route_srtp(sender.transport, self.feedback.datagram)
+        feedback = self._feedbacks.get(key)
+        if feedback is None:
+            feedback = self._feedbacks[key] = ViewerRtcp(unprotect, downtracks)
+            if self.feedback is None:
+                self.feedback = feedback
+        undo = aiortc_internals.route_srtp(transport, feedback.datagram)
+        if undo is not None:
+            self._unroutes[key] = undo
 
     def _detach(self) -> None:
-        if self._unroute is not None:
-            self._unroute()
-            self._unroute = None
+        for undo in self._unroutes.values():
+            undo()
+        self._unroutes.clear()
         if self._bus is not None:
             self._bus.unsubscribe(self.video, self.audio)
 
@@ -282,6 +309,8 @@ class WebRtcViewer:
                 await self._pc.close()
             return
         self._set_state(_State.CLOSED)
+        if self._deadline is not None:
+            self._deadline.cancel()
         self._detach()
         self._bus = None
         pc = self._pc

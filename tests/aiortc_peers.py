@@ -150,8 +150,9 @@ class TestPublisher:
         if self.pc.connectionState == "connected":
             self.connected.set()
 
-    async def offer(self) -> str:
-        with gathering_on(LOOPBACK):
+    async def offer(self, addresses: tuple[str, ...] = LOOPBACK) -> str:
+        """The offer, gathered on `addresses` (any of 127.0.0.0/8 on Linux)."""
+        with gathering_on(addresses):
             await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.pc.localDescription.sdp
 

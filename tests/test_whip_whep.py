@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,6 +19,8 @@ import pytest
 import socketio
 
 from rooms.models import Role
+from tests.aiortc_peers import TestPublisher
+from tests.eventually import eventually
 from tests.server_process import ServerProcess, start_server
 from tests.signaling_peers import ViewerPeer, candidate_addresses
 
@@ -47,14 +50,17 @@ class FfmpegWhip:
     """ffmpeg's WHIP muxer publishing a test picture and tone; its stderr is
     drained by one task, which also finds the session Location."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, seconds: float = 90, as_in_issue_14: bool = False) -> None:
+        # as_in_issue_14: the command of issue 14 item 1 (x264's default preset, GOP 30)
+        speed = [] if as_in_issue_14 else ["-preset", "ultrafast"]
         self.args = [
             imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "verbose",
             "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-            "-t", "90",  # a bound, in case the test never stops it
-            "-c:v", "libx264", "-profile:v", "baseline", "-tune", "zerolatency", "-preset", "ultrafast",
-            "-g", "60", "-c:a", "libopus", "-ac", "2",  # the WHIP muxer wants stereo Opus
+            "-t", str(seconds),  # a bound, in case the test never stops it
+            "-c:v", "libx264", "-profile:v", "baseline", "-tune", "zerolatency", *speed, "-bf", "0",
+            "-g", "30" if as_in_issue_14 else "60",
+            "-c:a", "libopus", "-ac", "2",  # the WHIP muxer wants stereo Opus
             "-f", "whip", "-authorization", token, url,
         ]
         self.location: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -240,6 +246,164 @@ async def test_ffmpeg_publishes_a_whep_viewer_decodes_and_bad_requests_change_no
         await observer.close()
 
 
+async def test_a_whip_offer_of_h264_high_only_is_answered_and_forwarded(
+        server: ServerProcess, http: aiohttp.ClientSession) -> None:
+    """Issue 14 item 3: a WHIP offer whose only video codec is H.264
+    profile-level-id=64001e (what hardware encoders and `-profile:v high`
+    offer) got 400 unsupported_codec. forumcast forwards, never decodes:
+    the answer mirrors the offered fmtp and a WHEP viewer gets the video.
+    (An aiortc publisher whose offer is edited; it sends constrained
+    baseline whatever it claims, which changes nothing for the server.)"""
+    forum = "open-source"
+    speaker = server.token(Role.SPEAKER, [forum], "High profile encoder")
+    publisher = TestPublisher()
+    viewer = ViewerPeer()
+    try:
+        offer = re.sub(r"profile-level-id=[0-9a-f]{6}", "profile-level-id=64001e", await publisher.offer())
+        response = await http.post(f"{server.url}/whip/{forum}", data=offer,
+                                   headers={**bearer(speaker), "Content-Type": SDP})
+        answer = await response.text()
+        assert response.status == 201, answer
+        assert "profile-level-id=64001e" in answer and "packetization-mode=1" in answer
+        await publisher.accept(answer.replace("profile-level-id=64001e", "profile-level-id=42e01f"))
+        response = await http.post(f"{server.url}/whep/{forum}", data=await viewer.offer(),
+                                   headers={**bearer(server.token(Role.VIEWER, [forum], "Guest")),
+                                            "Content-Type": SDP})
+        assert response.status == 201, await response.text()
+        await viewer.accept(await response.text())
+        await viewer.wait_frame_size((320, 240), timeout=30)  # the publisher's picture, not the slate
+        location = server.url + response.headers["Location"]
+        assert (await http.delete(location)).status == 200
+    finally:
+        await viewer.close()
+        await publisher.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_ffmpeg_whip_stays_live_for_two_minutes(server: ServerProcess) -> None:
+    """Issue 14 item 1: ffmpeg's WHIP muxer answers none of the server's
+    consent checks and was cut off at ~30 s ("Consent to send expired";
+    ffmpeg then failed with "Connection refused"). It now publishes its
+    whole 2 minutes and ends by itself (its own DELETE, exit status 0)."""
+    forum = "digital-economy"
+    observer = Observer()
+    ffmpeg = FfmpegWhip(f"{server.url}/whip/{forum}", server.token(Role.SPEAKER, [forum], "ffmpeg 2 min"),
+                        seconds=120, as_in_issue_14=True)
+    try:
+        await observer.join(server, forum)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await ffmpeg.start()
+        await asyncio.wait_for(asyncio.shield(ffmpeg.location), 30)
+        await observer.next("sources", lambda s: any(
+            x["name"] == "ffmpeg 2 min" and x["state"] == "live" for x in s["sources"]), timeout=30)
+        assert ffmpeg.process is not None
+        code = await asyncio.wait_for(ffmpeg.process.wait(), 240)
+        elapsed = loop.time() - started
+        assert code == 0, (code, elapsed, "\n".join(ffmpeg.tail))
+        assert elapsed >= 115, elapsed  # -re: the whole 120 s were sent
+    finally:
+        await ffmpeg.stop()
+        await observer.close()
+
+
+async def test_an_encoder_that_goes_silent_is_ended_by_liveness() -> None:
+    """The other half of item 1: a publisher that is no longer heard at
+    all (frozen or unplugged: SIGSTOP) is ended after
+    FORUMCAST_PUBLISHER_TIMEOUT_S, its source removed."""
+    node = start_server(extra_env={"FORUMCAST_PUBLISHER_TIMEOUT_S": "3"})
+    forum = "digital-economy"
+    observer = Observer()
+    ffmpeg = FfmpegWhip(f"{node.url}/whip/{forum}", node.token(Role.SPEAKER, [forum], "frozen"), seconds=60)
+    try:
+        await observer.join(node, forum)
+        await ffmpeg.start()
+        await asyncio.wait_for(asyncio.shield(ffmpeg.location), 30)
+        await observer.next("sources", lambda s: any(x["name"] == "frozen" for x in s["sources"]), timeout=30)
+        assert ffmpeg.process is not None
+        ffmpeg.process.send_signal(signal.SIGSTOP)
+        try:
+            await observer.next("sources", lambda s: all(x["name"] != "frozen" for x in s["sources"]), timeout=45)
+        finally:
+            ffmpeg.process.send_signal(signal.SIGCONT)
+    finally:
+        await ffmpeg.stop()
+        await observer.close()
+        node.cleanup()
+
+
+async def test_offers_are_not_refused_for_candidates_and_ice_failure_is_visible(
+        http: aiohttp.ClientSession) -> None:
+    """Issue 14 item 6, on a node with FORUMCAST_ICE_ADDRESSES=127.0.0.1:
+    a WHIP offer whose host candidate is 127.0.0.2 was 400 invalid_sdp,
+    and so was a WHEP offer with only mDNS names; both are answered now.
+    A session whose client never completes ICE ends after
+    FORUMCAST_ICE_TIMEOUT_S, and its resource says why (410 ice_failed);
+    a socket.io viewer gets a media_ended event with the code."""
+    node = start_server(extra_env={"FORUMCAST_ICE_TIMEOUT_S": "3"})
+    forum = "open-source"
+    publisher = TestPublisher()
+    never = ViewerPeer()
+    sio_viewer = ViewerPeer()
+    observer = Observer()
+    ended: asyncio.Queue[Any] = asyncio.Queue()
+    observer.sio.on("media_ended", ended.put)
+    speaker_socket = Observer()
+    sio_publisher = TestPublisher()
+    speaker_ended: asyncio.Queue[Any] = asyncio.Queue()
+    speaker_socket.sio.on("media_ended", speaker_ended.put)
+    try:
+        speaker = node.token(Role.SPEAKER, [forum], "on 127.0.0.2")
+        offer = await publisher.offer(addresses=("127.0.0.2",))
+        response = await http.post(f"{node.url}/whip/{forum}", data=offer,
+                                   headers={**bearer(speaker), "Content-Type": SDP})
+        assert response.status == 201, await response.text()
+        await publisher.accept(await response.text())
+        await asyncio.wait_for(publisher.connected.wait(), 30)
+
+        offer = re.sub(r"(a=candidate:\S+ \d+ udp \d+ )127\.0\.0\.1( \d+ typ host)",
+                       r"\g<1>0e5a2d4c-2f1b-4bb7-9a43-6d7b9d1c0f11.local\g<2>", await never.offer())
+        assert ".local" in offer and "127.0.0.1 " not in offer.split("a=candidate", 1)[1]
+        viewer_token = node.token(Role.VIEWER, [forum], "Never connects")
+        response = await http.post(f"{node.url}/whep/{forum}", data=offer,
+                                   headers={**bearer(viewer_token), "Content-Type": SDP})
+        assert response.status == 201, await response.text()
+        location = node.url + response.headers["Location"]
+        assert (await http.get(location)).status == 200  # the answer is never applied: no ICE
+
+        async def gone() -> bool:
+            return (await http.get(location)).status == 410
+        await eventually(gone, timeout=30, what="the WHEP session ended by ICE failure")
+        body = await expect_error(await http.get(location), 410, "ice_failed")
+        assert "ICE" in body["error"]["message"]
+        await expect_error(await http.patch(location, data="x", headers={"Content-Type": "application/trickle-ice-sdpfrag"}),
+                           410, "ice_failed")
+        await expect_error(await http.delete(location), 410, "ice_failed")
+
+        await observer.join(node, forum)
+        ack = await observer.sio.call("watch", {"forum_id": forum, "sdp": await sio_viewer.offer()}, timeout=10)
+        assert "viewer_id" in ack, ack
+        event = await asyncio.wait_for(ended.get(), 30)
+        assert event["viewer_id"] == ack["viewer_id"] and event["error"]["code"] == "ice_failed", event
+
+        await speaker_socket.join(node, forum, Role.SPEAKER)
+        ack = await speaker_socket.sio.call("publish", {"forum_id": forum, "sdp": await sio_publisher.offer()},
+                                            timeout=10)
+        assert "source_id" in ack, ack
+        event = await asyncio.wait_for(speaker_ended.get(), 30)
+        assert event["source_id"] == ack["source_id"] and event["error"]["code"] == "ice_failed", event
+        assert node.alive()
+    finally:
+        await publisher.close()
+        await never.close()
+        await sio_viewer.close()
+        await sio_publisher.close()
+        await observer.close()
+        await speaker_socket.close()
+        node.cleanup()
+
+
 async def test_a_whep_player_that_vanishes_gives_its_seat_back(
         server: ServerProcess, http: aiohttp.ClientSession) -> None:
     """No DELETE: the player's peer closes (DTLS close_notify, as a tab
@@ -260,7 +424,8 @@ async def test_a_whep_player_that_vanishes_gives_its_seat_back(
         await viewer.wait_video(1)  # it plays (the forum's slate) ...
         await viewer.close()  # ... and goes away without a DELETE
         await observer.next("viewers", lambda v: v["viewers"] == 0, timeout=15)
-        await expect_error(await http.delete(server.url + response.headers["Location"]), 404, "not_found")
+        # the session resource says why it ended
+        await expect_error(await http.delete(server.url + response.headers["Location"]), 410, "connection_lost")
     finally:
         await viewer.close()
         await observer.close()

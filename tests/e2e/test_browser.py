@@ -182,3 +182,26 @@ def test_static_parts_and_unknown_forum(server: ServerProcess) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(server.url + "/watch/no-such-forum", timeout=5)
     assert refused.value.code == 404 and b"No such forum" in refused.value.read()
+
+
+async def test_the_watch_page_hears_that_ice_failed_and_watches_again(browser: Any, shots: Path) -> None:
+    """Issue 14 item 6: a viewer whose ICE never completes is ended by the
+    server with a reason the client sees (socket.io media_ended); the watch
+    page shows it and watches again. The page's answer is never applied
+    here (setRemoteDescription does nothing), so its ICE never starts."""
+    node = start_server(extra_env={"FORUMCAST_ICE_TIMEOUT_S": "3"})
+    context = await browser.new_context()
+    console: list[str] = []
+    try:
+        await context.add_init_script(
+            "RTCPeerConnection.prototype.setRemoteDescription = function () { return Promise.resolve(); };")
+        page = await context.new_page()
+        collect_console(page, console)
+        await page.goto(f"{node.url}/watch/{FORUM}?token={node.token(Role.VIEWER, [FORUM], 'Behind a firewall')}")
+        await page.wait_for_function("() => window.forumcastWatch.watches >= 2", timeout=60_000)
+        message = await page.locator("#message").inner_text()
+        assert "could not be set up" in message and "Retrying" in message, message
+        await page.screenshot(path=str(shots / "watch-ice-failed.png"))
+    finally:
+        await context.close()
+        node.cleanup()

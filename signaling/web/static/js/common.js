@@ -26,6 +26,8 @@ const FRIENDLY = {
   too_many_sources: "You already publish as many streams as allowed. Stop one first.",
   unavailable: "The server is busy or restarting. The page will retry.",
   timeout: "The server did not answer in time. The page will retry.",
+  ice_failed: "The media connection could not be set up (a firewall may block UDP).",
+  connection_lost: "The media connection was lost.",
 };
 
 // For these the friendly text says it all; for the others the server's message adds the specifics.

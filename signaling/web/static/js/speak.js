@@ -273,6 +273,12 @@ async function main() {
   // a preview push carries no on-air source record: keep the last program's, take the new preview
   socket.on("preview", (payload) => { showProgram({ ...state.program, preview: payload && payload.preview }); });
   socket.on("viewers", (counts) => { ui.viewers.textContent = viewersText(counts); });
+  // the server ended this publish by itself (ICE never completed, the connection was lost): publish again
+  socket.on("media_ended", (payload) => {
+    if (!payload || !payload.source_id || payload.source_id !== state.sourceId) return;
+    state.sourceId = null;
+    if (state.wantLive) scheduleRetry(payload.error);
+  });
   socket.on("error", (payload) => {
     const error = payload && payload.error;
     if (isFatal(error)) fail(error); else showMessage(ui.message, "warn", describe(error));

@@ -152,6 +152,13 @@ function main() {
   });
   socket.on("program", showProgram);
   socket.on("viewers", (counts) => { ui.viewers.textContent = viewersText(counts); });
+  // the server ended this viewer by itself (ICE never completed, the connection was lost): watch again
+  socket.on("media_ended", (payload) => {
+    if (!payload || !payload.viewer_id || payload.viewer_id !== state.viewerId) return;
+    state.viewerId = null;
+    closePeer();
+    scheduleRetry(payload.error);
+  });
   socket.on("error", (payload) => {
     const error = payload && payload.error;
     if (isFatal(error)) fail(error); else showMessage(ui.message, "warn", describe(error));
