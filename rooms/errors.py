@@ -16,6 +16,7 @@ HTTP_STATUS = {
     "unsupported_media_type": 415,
     "ice_failed": 410,  # a WHIP/WHEP session that ended by itself: why (streaming/peer_end.py)
     "connection_lost": 410,
+    "ended_by_operator": 410,  # an operator ended someone else's publish
     "full": 429,
     "too_many_seats": 429,  # the token's holder has its seats already
     "too_many_sources": 429,  # the token's holder, or the forum, has its sources already

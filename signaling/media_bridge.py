@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_ENDED_KEPT = 4096  # reasons kept for sessions someone else ended, as WHIP/WHEP keep theirs
 _QUEUE_LIMIT = 4096  # state changes are rare; a full queue means the applier is stuck
 LOST_TIMEOUT_S = 30.0  # a source lost this long is gone (encoders re-POST, pages re-publish)
 
@@ -95,6 +96,7 @@ class MediaBridge:
         self._task: asyncio.Task[None] | None = None
         self._remove_listener: Callable[[], None] | None = None
         self._ended_listeners: list[Callable[[str], Awaitable[None]]] = []
+        self._ended_by: dict[str, RoomError] = {}  # source id -> why someone else ended it (bounded)
 
     def on_source_ended(self, listener: Callable[[str], Awaitable[None]]) -> None:
         """Call `listener(source_id)` when a source of this node ends by
@@ -111,6 +113,8 @@ class MediaBridge:
     def end_reason(self, peer_id: str) -> RoomError | None:
         """Why a publisher (source id) or viewer (viewer id) of this node
         ended by itself ("ice_failed", "connection_lost"), or None."""
+        if peer_id in self._ended_by:
+            return self._ended_by[peer_id]
         end = self._media.ended(peer_id)
         return RoomError(end.code, end.message) if end is not None else None
 
@@ -181,12 +185,15 @@ class MediaBridge:
             await self._rooms.unregister_source(local.forum_id, source_id)
         logger.info("MediaBridge: %s unpublished", source_id)
 
-    async def end_source(self, source_id: str) -> None:
+    async def end_source(self, source_id: str, why: RoomError) -> None:
         """End a publish on behalf of someone other than the edge that
         opened it (an operator): unpublish, then tell the edges, so a WHIP
-        session forgets it as if its encoder had left."""
+        session forgets it and answers `why` (see `end_reason`)."""
         if source_id not in self._sources:
             return
+        self._ended_by[source_id] = why
+        while len(self._ended_by) > _ENDED_KEPT:
+            self._ended_by.pop(next(iter(self._ended_by)))
         await self.unpublish(source_id)
         await self._tell_ended(source_id)
 

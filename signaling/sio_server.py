@@ -247,7 +247,8 @@ class Session:
         if not bridge.owns(found.id):
             raise RoomError("unavailable", "that source is published through another node; "
                             "end it from a connection to that node")
-        await bridge.end_source(found.id)
+        await bridge.end_source(found.id, RoomError("ended_by_operator",
+                                                    f"{self.grant.name} (operator) ended this publish"))
         return {"ok": True}
 
     async def _watch(self, request: protocol.WatchRequest) -> Ack:

@@ -53,6 +53,7 @@ async def test_an_offer_from_another_address_connects(plane: MediaPlane) -> None
         offer = await publisher.offer(addresses=("127.0.0.2",))
         assert set(candidates(offer)) == {"127.0.0.2"}
         answer = await plane.publish("f1", "elsewhere", offer)
+        plane.set_program("f1", "elsewhere")  # the switcher's choice: the plane follows no source by itself
         assert set(candidates(answer)) == {"127.0.0.1"}  # the setting restricts only our gathering
         await publisher.accept(answer)
         await eventually(lambda: publisher.connected.is_set(), timeout=30, what="the 127.0.0.2 publisher connected")
@@ -70,6 +71,7 @@ async def test_an_offer_with_only_mdns_candidates_connects_peer_reflexive(plane:
         offer = to_mdns(await publisher.offer())
         assert candidates(offer) and all(a.endswith(".local") for a in candidates(offer))
         answer = await plane.publish("f1", "browser", offer)
+        plane.set_program("f1", "browser")  # the switcher's choice: the plane follows no source by itself
         await publisher.accept(answer)
         # the publisher's own checks reach the server from 127.0.0.1: peer-reflexive
         await eventually(lambda: publisher.connected.is_set(), timeout=30, what="the mDNS publisher connected")
@@ -94,6 +96,7 @@ async def test_other_candidate_kinds_are_tried_and_never_refused(plane: MediaPla
     try:
         offer = (await publisher.offer()).replace("a=end-of-candidates", line + "\r\na=end-of-candidates")
         await publisher.accept(await plane.publish("f1", "odd", offer))
+        plane.set_program("f1", "odd")  # the switcher's choice: the plane follows no source by itself
         await eventually(lambda: publisher.connected.is_set(), timeout=30, what="connected")
     finally:
         await publisher.close()
@@ -104,6 +107,7 @@ async def test_a_viewer_offer_with_only_mdns_candidates_connects(plane: MediaPla
     viewer = TestViewer()
     try:
         await publisher.accept(await plane.publish("f1", "speaker", await publisher.offer()))
+        plane.set_program("f1", "speaker")  # the switcher's choice: the plane follows no source by itself
         answer = await plane.watch("f1", "guest", to_mdns(await viewer.offer()))
         await viewer.accept(answer)
         await viewer.wait_frames(10, timeout=30)

@@ -82,6 +82,7 @@ def back_to_aiortc(answer: str) -> str:
 
 async def publish_edited(plane: MediaPlane, source_id: str, publisher: TestPublisher, edit: Edit) -> str:
     answer = await plane.publish("f1", source_id, edit(await publisher.offer()))
+    plane.set_program("f1", source_id)  # the switcher's choice: the plane follows no source by itself
     return answer
 
 
@@ -221,6 +222,7 @@ async def test_a_viewer_offering_only_h264_high_gets_the_stream(plane: MediaPlan
     viewer = TestViewer(codecs=("h264",))
     try:
         await publisher.accept(await plane.publish("f1", "speaker", await publisher.offer()))
+        plane.set_program("f1", "speaker")  # the switcher's choice: the plane follows no source by itself
         answer = await plane.watch("f1", "player", h264_only("64001f")(await viewer.offer()))
         assert video_fmtp(answer)["profile-level-id"] == "64001f"
         await viewer.accept(back_to_aiortc(answer))
@@ -271,6 +273,7 @@ async def test_a_no_bundle_viewer_gets_no_bundle(plane: MediaPlane) -> None:
     viewer = TestViewer()
     try:
         answer = await plane.publish("f1", "speaker", await publisher.offer())
+        plane.set_program("f1", "speaker")  # the switcher's choice: the plane follows no source by itself
         await publisher.accept(answer)
         offer = re.sub(r"a=group:BUNDLE[^\r\n]*\r\n", "", await viewer.offer())
         watched = await plane.watch("f1", "guest", offer)
@@ -291,6 +294,7 @@ async def test_answer_mids_directions_and_groups_follow_the_offer(plane: MediaPl
         offer = offer.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE video0")  # only video bundled
         offer = offer.replace("a=sendonly", "a=sendrecv", 1)  # the video says sendrecv
         answer = await plane.publish("f1", "mids", offer)
+        plane.set_program("f1", "mids")  # the switcher's choice: the plane follows no source by itself
         parsed = sdp.SessionDescription.parse(answer)
         assert [m.rtp.muxId for m in parsed.media] == ["video0", "audio1"]
         assert [m.direction for m in parsed.media] == ["recvonly", "recvonly"]  # RFC 3264 s6.1
@@ -308,6 +312,7 @@ async def test_an_offer_without_mids_gets_an_answer_without_mids(plane: MediaPla
         offer = re.sub(r"a=mid:\d+\r\n", "", await publisher.offer())
         offer = re.sub(r"a=group:BUNDLE[^\r\n]*\r\n", "", offer)
         answer = await plane.publish("f1", "legacy", offer)
+        plane.set_program("f1", "legacy")  # the switcher's choice: the plane follows no source by itself
         assert "a=mid:" not in answer and "a=group:" not in answer, answer
         assert [line.split()[0] for line in answer.splitlines() if line.startswith("m=")] == ["m=video", "m=audio"]
     finally:
