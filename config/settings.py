@@ -97,6 +97,8 @@ class Settings:
     sources_per_token: int = 4  # live sources one token publishes at once in a forum
     sources_per_forum: int = 32  # sources of every kind in a forum (slate and venue feeds excepted)
     viewer_connect_timeout_s: float = 10.0  # a viewer whose ICE/DTLS is not up by then is closed, its seat freed
+    # /metrics without a token from loopback addresses (a Prometheus on this host); off: an admin token
+    metrics_loopback_open: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
@@ -337,6 +339,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "sources_per_token": _non_negative_int,
     "sources_per_forum": _non_negative_int,
     "viewer_connect_timeout_s": _positive_float,
+    "metrics_loopback_open": _as_bool,
 }
 _PATH_KEYS = {"event_file", "data_dir"}
 _SECRET_KEYS = {"token_secret"}  # never echo these values in errors
