@@ -77,7 +77,8 @@ async def test_metrics_after_a_real_publish_and_viewer(server: ServerProcess, ht
             samples = await scrape(http, server, admin)
             return any(v > 0 for v in series(samples, "forumcast_source_bitrate_kbps",
                                              forum=FORUM, kind="video", source_kind="live"))
-        await eventually(live_source_measured, timeout=20, what="a live source's bitrate in /metrics")
+        measured: bool = await eventually(live_source_measured, timeout=20, what="a live source's bitrate in /metrics")
+        assert measured
         samples = await scrape(http, server, admin)
 
         assert series(samples, "forumcast_viewers", forum=FORUM) == [1.0]
