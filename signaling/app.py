@@ -26,8 +26,9 @@ from rooms.models import Event
 from rooms.service import RoomService
 from rooms.store import Store
 from rooms.tokens import TokenService
-from signaling.app_keys import AGENDA, EVENT, ROOMS, SETTINGS, STORE, TOKENS
+from signaling.app_keys import AGENDA, EVENT, ICE_SERVERS, ROOMS, SETTINGS, STORE, TOKENS
 from signaling.http_api import setup_http_api
+from signaling.ice_servers import IceServers
 from signaling.media_bridge import setup_media_plane
 from signaling.metrics import setup_metrics
 from signaling.operator_api import setup_operator
@@ -60,6 +61,7 @@ def build_app(settings: Settings) -> web.Application:
     app[EVENT] = event
     app[TOKENS] = TokenService(load_or_create_secret(settings))
     app[AGENDA] = AgendaClock(event)
+    app[ICE_SERVERS] = IceServers(settings.ice_servers, settings.turn_secret, settings.turn_credential_ttl_s)
 
     setup_http_api(app)  # first: its error middleware wraps every later route
     app.cleanup_ctx.append(_store_ctx)  # the store is also the event bus between nodes

@@ -28,7 +28,7 @@ from aiohttp import web
 from rooms.errors import RoomError
 from rooms.models import Role
 from rooms.tokens import Grant
-from signaling.app_keys import EVENT, TOKENS
+from signaling.app_keys import EVENT, ICE_SERVERS, TOKENS
 from signaling.media_bridge import BRIDGE, setup_media_bridge
 from signaling.http_api import bearer_token
 from signaling.whip import CORS_HEADERS, HttpMediaEndpoint, edge, known_forum, no_trickle, preflight, read_offer, sdp_created
@@ -82,7 +82,7 @@ class WhepEndpoint(HttpMediaEndpoint):
         self._by_viewer[viewer_id] = session
         self._end_at_expiry(session_id, grant.expires_at, lambda: self._end(session))
         logger.info("WHEP %s: %s watches %s", session_id, grant.name, forum_id)
-        return sdp_created(answer, f"/whep/{forum_id}/{session_id}")
+        return sdp_created(answer, f"/whep/{forum_id}/{session_id}", self._app[ICE_SERVERS].for_holder(grant.subject))
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         grant = self._optional_grant(request)

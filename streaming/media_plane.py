@@ -15,7 +15,8 @@ video until a source it can decode is on air (audio continues); watching
 one pinned source whose codec the offer lacks is refused
 ("unsupported_codec").
 
-Known limits: no TURN on the server (host candidates only; a relayed
+Known limits: no TURN on the server's side (clients may relay through
+the `ice_servers` TURN; the server offers host candidates only; a relayed
 local pair would make aioice create a task per datagram, so such a viewer
 is closed); no simulcast/SVC layer selection; no congestion control beyond
 dropping a backed-up viewer's video to the next keyframe.
