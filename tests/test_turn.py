@@ -9,10 +9,12 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -71,13 +73,14 @@ class Coturn:
     """turnserver with use-auth-secret on 127.0.0.1; the secret in a 0600
     config file, never on argv."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, listening_ip: str = "127.0.0.1") -> None:
         self.port = free_port()
+        self.listening_ip = listening_ip
         self.dir = Path(tempfile.mkdtemp(prefix="forumcast-coturn-"))
         config = self.dir / "turnserver.conf"
         config.touch(mode=0o600)
         config.write_text("\n".join([
-            f"listening-port={self.port}", "listening-ip=127.0.0.1", "relay-ip=127.0.0.1",
+            f"listening-port={self.port}", f"listening-ip={listening_ip}", "relay-ip=127.0.0.1",
             "use-auth-secret", f"static-auth-secret={secret}", "realm=forumcast.test",
             "allow-loopback-peers", "no-tls", "no-dtls", "no-cli", "fingerprint",
             "min-port=49152", "max-port=65535", f"pidfile={self.dir / 'turn.pid'}",
@@ -94,7 +97,7 @@ class Coturn:
         def listening() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"turnserver exited {self.process.returncode}:\n{self.text()}")
-            return f"127.0.0.1:{self.port}" in self.text() or "listener opened" in self.text().lower()
+            return f"{self.listening_ip}:{self.port}" in self.text()
         eventually_blocking(listening, timeout=20, what="coturn listening")
 
     def stop(self) -> None:
@@ -203,3 +206,118 @@ async def test_a_relay_only_viewer_gets_the_forum_through_coturn(
     finally:
         await viewer.close()
         await publisher.close()
+
+
+# --- the viewer in a network namespace that reaches only coturn -----------------------
+
+
+class Namespace:
+    """A network namespace joined to this one by a veth pair: inside, the
+    viewer has 10.213.N.2 and its namespace's own loopback; outside,
+    10.213.N.1 is where coturn listens. forumcast (HTTP and media) binds
+    127.0.0.1 here, which the namespace cannot reach, so its only way to
+    the node's media is the TURN port. (No iptables/nft on this machine to
+    filter ports on 10.213.N.1 too: nothing else of the test listens there.)"""
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(3)
+        self.name = f"fc-turn-{tag}"
+        self.outer_if, self.inner_if = f"fct{tag}a", f"fct{tag}b"
+        octet = int(tag[:2], 16) % 250 + 1
+        self.outer, self.inner = f"10.213.{octet}.1", f"10.213.{octet}.2"
+        commands = [
+            ["ip", "netns", "add", self.name],
+            ["ip", "link", "add", self.outer_if, "type", "veth", "peer", "name", self.inner_if],
+            ["ip", "link", "set", self.inner_if, "netns", self.name],
+            ["ip", "addr", "add", f"{self.outer}/30", "dev", self.outer_if],
+            ["ip", "link", "set", self.outer_if, "up"],
+            ["ip", "-n", self.name, "addr", "add", f"{self.inner}/30", "dev", self.inner_if],
+            ["ip", "-n", self.name, "link", "set", self.inner_if, "up"],
+            ["ip", "-n", self.name, "link", "set", "lo", "up"],
+        ]
+        try:
+            for command in commands:
+                subprocess.run(command, check=True, capture_output=True, timeout=10)
+        except BaseException:
+            self.delete()
+            raise
+
+    def delete(self) -> None:
+        # deleting the namespace deletes its end of the veth, and with it the pair
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=10)
+        subprocess.run(["ip", "link", "del", self.outer_if], capture_output=True, timeout=10)
+
+
+def netns_usable() -> bool:
+    if shutil.which("ip") is None:
+        return False
+    probe = f"fc-probe-{secrets.token_hex(3)}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, timeout=10).returncode == 0
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=10)
+    return made
+
+
+@pytest.mark.skipif(not netns_usable(), reason="needs root and `ip netns` (network namespaces)")
+async def test_a_viewer_that_reaches_only_the_turn_port_watches_through_it(
+        http: aiohttp.ClientSession, turn_secret: str) -> None:
+    namespace = Namespace()
+    coturn = None
+    node = None
+    viewer = None
+    publisher = TestPublisher()
+    try:
+        coturn = Coturn(turn_secret, listening_ip=namespace.outer)
+        coturn.wait_listening()
+        turn_url = f"turn:{namespace.outer}:{coturn.port}?transport=udp"
+        node = start_server(extra_env={"FORUMCAST_ICE_SERVERS": turn_url, "FORUMCAST_TURN_SECRET": turn_secret})
+        viewer_token = node.token(Role.VIEWER, [FORUM], "Firewalled viewer")
+        published = await http.post(f"{node.url}/whip/{FORUM}", data=await publisher.offer(), headers={
+            "Authorization": f"Bearer {node.token(Role.SPEAKER, [FORUM])}", "Content-Type": SDP})
+        assert published.status == 201, await published.text()
+        await publisher.accept(await published.text())
+        options = await http.options(f"{node.url}/whep/{FORUM}", headers={"Authorization": f"Bearer {viewer_token}"})
+        [(url, username, credential)] = links(options.headers)
+        assert url == turn_url
+        viewer = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", namespace.name, sys.executable, "-m", "tests.netns_viewer",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            cwd=str(Path(__file__).resolve().parent.parent))
+        assert viewer.stdin is not None and viewer.stdout is not None
+
+        async def say(message: dict[str, str]) -> None:
+            assert viewer is not None and viewer.stdin is not None
+            viewer.stdin.write((json.dumps(message) + "\n").encode())
+            await viewer.stdin.drain()
+
+        async def hear() -> dict[str, str]:
+            assert viewer is not None and viewer.stdout is not None
+            line = await asyncio.wait_for(viewer.stdout.readline(), 60)
+            if not line:
+                assert viewer.stderr is not None
+                raise AssertionError("the namespaced viewer ended: " + (await viewer.stderr.read()).decode()[-3000:])
+            answer: dict[str, str] = json.loads(line)
+            return answer
+
+        await say({"url": url, "username": username, "credential": credential, "host": namespace.inner})
+        offer = (await hear())["offer"]
+        kinds = set(re.findall(r"^a=candidate:.* (\S+) \d+ typ (\w+)", offer, re.MULTILINE))
+        assert ("relay" in {k for _, k in kinds}) and all(
+            addr in (namespace.inner, "127.0.0.1") or typ == "relay" for addr, typ in kinds), offer
+        watched = await http.post(f"{node.url}/whep/{FORUM}", data=offer,
+                                  headers={"Authorization": f"Bearer {viewer_token}", "Content-Type": SDP})
+        assert watched.status == 201, await watched.text()
+        await say({"answer": await watched.text()})
+        result = await hear()
+        assert "frames" in result, result
+        log = coturn.text()
+        assert "ALLOCATE processed, success" in log and username in log, log[-3000:]
+    finally:
+        if viewer is not None and viewer.returncode is None:
+            viewer.kill()
+            await viewer.wait()
+        await publisher.close()
+        if node is not None:
+            node.cleanup()
+        if coturn is not None:
+            coturn.stop()
+        namespace.delete()
