@@ -20,8 +20,10 @@ neither: no token (a public event). Tokens reach the workers on stdin.
 Report (text, or one JSON object with --json): join time (offer to
 connected) and time to first video packet percentiles in ms, per viewer
 received kb/s and loss (RFC 3550 A.3 from the sequence numbers), SRTP
-samples checked/failed, and the server's CPU (process tree, from /proc)
-when it runs on this machine.
+samples checked/failed, the server's CPU (process tree, from /proc)
+when it runs on this machine, and with --mint the node's own counts over
+the run from /metrics (packets sent, frames dropped for backed-up viewers,
+retransmissions): where packets were lost, server or path.
 
 Exit codes: 0 every viewer joined and received video and audio with no
 SRTP failure; 1 the run finished but some viewers did not; 2 it could not
@@ -213,10 +215,35 @@ async def _preflight(url: str, forum: str, token: str | None) -> None:
             raise LoadtestError(f"cannot reach {url}: {exc or type(exc).__name__}") from None
 
 
-def _tokens(args: argparse.Namespace, count: int, lifetime_s: float) -> list[str | None]:
+SERVER_COUNTERS = ("forumcast_packets_out_total", "forumcast_viewer_dropped_frames_total",
+                   "forumcast_retransmitted_packets_total")
+
+
+async def _server_counters(url: str, admin_token: str | None) -> dict[str, float]:
+    """The node's outgoing counters from /metrics ({} without an admin
+    token or when it does not answer): tells the server's drops from the
+    network's and the load tester's."""
+    if admin_token is None:
+        return {}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async with http.get(f"{url}/metrics", headers={"Authorization": f"Bearer {admin_token}"}) as response:
+                if response.status != 200:
+                    return {}
+                text = await response.text()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return {}
+    return {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name in SERVER_COUNTERS}
+
+
+def _tokens(args: argparse.Namespace, count: int, lifetime_s: float) -> tuple[list[str | None], str | None]:
+    """One token per viewer, and an admin token for /metrics when minting."""
     token = args.token or os.environ.get("FORUMCAST_TOKEN") or None
     if not args.mint:
-        return [token] * count
+        return [token] * count, None
     if token:
         raise LoadtestError("--mint and --token: choose one")
     from config.settings import load_settings
@@ -231,8 +258,9 @@ def _tokens(args: argparse.Namespace, count: int, lifetime_s: float) -> list[str
                                 "(run where the server runs, with its --data-dir)")
         secret = settings.secret_path.read_text().strip()
     tokens = TokenService(secret)
-    return [tokens.issue(Role.VIEWER, [args.forum], f"loadtest {i}", ttl_seconds=lifetime_s + 600)
-            for i in range(count)]
+    return ([tokens.issue(Role.VIEWER, [args.forum], f"loadtest {i}", ttl_seconds=lifetime_s + 600)
+             for i in range(count)],
+            tokens.issue(Role.ADMIN, None, "loadtest metrics", ttl_seconds=lifetime_s + 600))
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -244,7 +272,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.viewers < 1 or args.duration <= 0 or args.ramp < 0 or args.workers < 1:
         raise LoadtestError("--viewers and --workers must be >= 1, --duration > 0, --ramp >= 0")
     lifetime = args.ramp + args.duration + args.connect_timeout
-    tokens = _tokens(args, args.viewers, lifetime)
+    tokens, admin_token = _tokens(args, args.viewers, lifetime)
     await _preflight(url, args.forum, tokens[0])
     local = _is_local(parsed.hostname)
     ice = args.ice_address or (["127.0.0.1"] if local else [])
@@ -255,6 +283,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = [{"id": f"v{i}", "token": tokens[i], "start_at": start + i * step} for i in range(args.viewers)]
     end_at = start + args.ramp + args.duration
     workers = min(args.workers, args.viewers)
+    counters0 = await _server_counters(url, admin_token)
     cpu0 = procstat.tree_cpu_seconds(server_pid) if server_pid else 0.0
     t0 = time.monotonic()
     procs = []
@@ -277,6 +306,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await proc.wait()
     elapsed = time.monotonic() - t0
     cpu1 = procstat.tree_cpu_seconds(server_pid) if server_pid else 0.0
+    counters1 = await _server_counters(url, admin_token)
     for (proc, _), (stdout, _) in zip(procs, results):
         if proc.returncode != 0 or not stdout.strip():
             raise LoadtestError(f"a load worker failed (exit {proc.returncode})")
@@ -299,6 +329,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_pid": server_pid,
         "server_cpu_cores": round((cpu1 - cpu0) / elapsed, 3) if server_pid else None,
         "client_cpu_s": round(sum(out["cpu_s"] for out in outputs), 2),
+        "received_packets": sum(v.packets for v in viewers),
+        # the node's own counts over the run (/metrics; with --mint), all its viewers
+        "server": {name.removesuffix("_total").removeprefix("forumcast_"): counters1[name] - counters0[name]
+                   for name in SERVER_COUNTERS if name in counters0 and name in counters1},
         "per_viewer": [
             {"id": v.viewer_id, "ok": v.ok, "error": v.error, "join_ms": v.joined_ms,
              "first_video_ms": v.first_video_ms, "kbps": round(v.kbps, 1),
@@ -324,6 +358,9 @@ def _text(report: dict[str, Any]) -> str:
         ("server CPU:          " + (f"{report['server_cpu_cores']} cores (pid {report['server_pid']}, "
                                     "process tree, /proc)" if report["server_pid"] else "not local")),
         f"load tester CPU:     {report['client_cpu_s']} s",
+        f"packets received:    {report['received_packets']}"
+        + ("; the node sent " + ", ".join(f"{k} {v:.0f}" for k, v in report["server"].items()) + " (/metrics)"
+           if report["server"] else ""),
         "per viewer: id join_ms first_video_ms kb/s loss packets [error]",
     ]
     for v in report["per_viewer"]:

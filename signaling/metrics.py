@@ -8,7 +8,9 @@ Series (labels in braces):
 - forumcast_viewer_worst_loss_ratio{forum}: the highest fraction lost a
   viewer's RTCP receiver report gave (RFC 3550 6.4.1), 0..1.
 - forumcast_packets_out_total, forumcast_bytes_out_total: RTP packets and
-  bytes (header + payload, before SRTP) sent to viewers since start.
+  bytes (header + payload, before SRTP) sent to viewers since start;
+  forumcast_retransmitted_packets_total (NACK answers among them) and
+  forumcast_viewer_dropped_frames_total (frames a backed-up viewer skipped).
 - forumcast_source_packets_received_total{forum,source,kind,source_kind}
 - forumcast_source_bitrate_kbps / _loss_ratio / _jitter_ms
   {forum,source,kind,source_kind}: over the last 2 s (plane_snapshot.py).
@@ -88,6 +90,11 @@ class PlaneCollector(Collector):
         yield CounterMetricFamily("forumcast_packets_out", "RTP packets sent to viewers", value=snap.packets_out)
         yield CounterMetricFamily("forumcast_bytes_out", "RTP bytes (before SRTP) sent to viewers",
                                   value=snap.bytes_out)
+        yield CounterMetricFamily("forumcast_retransmitted_packets", "packets resent to viewers on NACK",
+                                  value=snap.retransmitted)
+        yield CounterMetricFamily("forumcast_viewer_dropped_frames",
+                                  "video frames skipped for viewers whose socket was backed up",
+                                  value=snap.dropped_frames)
         labels = ["forum", "source", "kind", "source_kind"]
         received = CounterMetricFamily(
             "forumcast_source_packets_received", "RTP packets received from a source track", labels=labels)

@@ -413,6 +413,8 @@ class MediaPlane:
             packets_out=packets_out,
             # Downtrack.octets counts payload (RFC 3550 SR); add the 12-byte header
             bytes_out=self._gone_octets + sum(dt.octets for dt in downtracks) + 12 * packets_out,
+            retransmitted=self._gone_retransmitted + sum(dt.retransmitted for dt in downtracks),
+            dropped_frames=self._gone_dropped_frames + sum(dt.dropped_frames for dt in downtracks),
         )
 
 

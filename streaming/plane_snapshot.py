@@ -57,3 +57,5 @@ class PlaneSnapshot:
     viewers: int
     packets_out: int  # RTP packets sent to viewers since start (retransmissions included)
     bytes_out: int  # their RTP bytes before SRTP, since start
+    retransmitted: int  # of packets_out, answers to viewers' NACKs
+    dropped_frames: int  # video frames not sent to a viewer whose socket was backed up (DESIGN.md)

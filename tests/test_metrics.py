@@ -87,6 +87,8 @@ async def test_metrics_after_a_real_publish_and_viewer(server: ServerProcess, ht
         bytes_out = series(samples, "forumcast_bytes_out_total")
         assert packets_out and packets_out[0] > 10
         assert bytes_out and bytes_out[0] > 12 * packets_out[0]  # header + payload
+        assert series(samples, "forumcast_viewer_dropped_frames_total")[0] >= 0
+        assert series(samples, "forumcast_retransmitted_packets_total")[0] >= 0
         live_video = series(samples, "forumcast_source_bitrate_kbps", forum=FORUM, kind="video", source_kind="live")
         assert len(live_video) == 1 and 1 < live_video[0] < 50_000  # kb/s of a test picture
         assert series(samples, "forumcast_source_packets_received_total", forum=FORUM, kind="audio",
