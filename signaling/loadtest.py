@@ -22,8 +22,9 @@ connected) and time to first video packet percentiles in ms, per viewer
 received kb/s and loss (RFC 3550 A.3 from the sequence numbers), SRTP
 samples checked/failed, the server's CPU (process tree, from /proc)
 when it runs on this machine, and with --mint the node's own counts over
-the run from /metrics (packets sent, frames dropped for backed-up viewers,
-retransmissions): where packets were lost, server or path.
+the run from /metrics (source packets received, packets sent, frames dropped for backed-up
+viewers, retransmissions, refused sends): where packets were lost, at
+ingest, in the server or on the path.
 
 Exit codes: 0 every viewer joined and received video and audio with no
 SRTP failure; 1 the run finished but some viewers did not; 2 it could not
@@ -215,8 +216,9 @@ async def _preflight(url: str, forum: str, token: str | None) -> None:
             raise LoadtestError(f"cannot reach {url}: {exc or type(exc).__name__}") from None
 
 
-SERVER_COUNTERS = ("forumcast_packets_out_total", "forumcast_viewer_dropped_frames_total",
-                   "forumcast_retransmitted_packets_total")
+SERVER_COUNTERS = ("forumcast_source_packets_received_total", "forumcast_packets_out_total",
+                   "forumcast_viewer_dropped_frames_total", "forumcast_retransmitted_packets_total",
+                   "forumcast_viewer_send_errors")
 
 
 async def _server_counters(url: str, admin_token: str | None) -> dict[str, float]:
@@ -235,8 +237,12 @@ async def _server_counters(url: str, admin_token: str | None) -> dict[str, float
                 text = await response.text()
     except (aiohttp.ClientError, TimeoutError, OSError):
         return {}
-    return {sample.name: sample.value for family in text_string_to_metric_families(text)
-            for sample in family.samples if sample.name in SERVER_COUNTERS}
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in SERVER_COUNTERS:  # summed over labels (every source of the node)
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    return sums
 
 
 def _tokens(args: argparse.Namespace, count: int, lifetime_s: float) -> tuple[list[str | None], str | None]:

@@ -10,7 +10,8 @@ Series (labels in braces):
 - forumcast_packets_out_total, forumcast_bytes_out_total: RTP packets and
   bytes (header + payload, before SRTP) sent to viewers since start;
   forumcast_retransmitted_packets_total (NACK answers among them) and
-  forumcast_viewer_dropped_frames_total (frames a backed-up viewer skipped).
+  forumcast_viewer_dropped_frames_total (frames a backed-up viewer skipped),
+  forumcast_viewer_send_errors (refused sends, connected viewers only).
 - forumcast_source_packets_received_total{forum,source,kind,source_kind}
 - forumcast_source_bitrate_kbps / _loss_ratio / _jitter_ms
   {forum,source,kind,source_kind}: over the last 2 s (plane_snapshot.py).
@@ -92,6 +93,9 @@ class PlaneCollector(Collector):
                                   value=snap.bytes_out)
         yield CounterMetricFamily("forumcast_retransmitted_packets", "packets resent to viewers on NACK",
                                   value=snap.retransmitted)
+        yield GaugeMetricFamily("forumcast_viewer_send_errors",
+                                "packets to the connected viewers that SRTP or the socket refused",
+                                value=snap.send_errors)
         yield CounterMetricFamily("forumcast_viewer_dropped_frames",
                                   "video frames skipped for viewers whose socket was backed up",
                                   value=snap.dropped_frames)

@@ -415,6 +415,7 @@ class MediaPlane:
             bytes_out=self._gone_octets + sum(dt.octets for dt in downtracks) + 12 * packets_out,
             retransmitted=self._gone_retransmitted + sum(dt.retransmitted for dt in downtracks),
             dropped_frames=self._gone_dropped_frames + sum(dt.dropped_frames for dt in downtracks),
+            send_errors=sum(dt.send_errors for dt in downtracks),
         )
 
 

@@ -59,3 +59,4 @@ class PlaneSnapshot:
     bytes_out: int  # their RTP bytes before SRTP, since start
     retransmitted: int  # of packets_out, answers to viewers' NACKs
     dropped_frames: int  # video frames not sent to a viewer whose socket was backed up (DESIGN.md)
+    send_errors: int  # packets to live viewers that SRTP or the socket refused (viewers gone before are not kept)

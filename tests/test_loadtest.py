@@ -76,6 +76,7 @@ async def test_loadtest_ten_viewers_receive_and_report(server: ServerProcess, pu
     assert report["server_pid"] == server.process.pid  # found from /proc: the local listener
     assert report["server_cpu_cores"] is not None and report["server_cpu_cores"] > 0
     assert report["server"]["packets_out"] >= report["received_packets"] * 0.5  # /metrics read with a minted admin token
+    assert report["server"]["source_packets_received"] > 0
 
 
 async def test_loadtest_refuses_bad_url_forum_and_token(server: ServerProcess) -> None:
