@@ -103,6 +103,13 @@ class Settings:
     sources_per_token: int = 4  # live sources one token publishes at once in a forum
     sources_per_forum: int = 32  # sources of every kind in a forum (slate and venue feeds excepted)
     viewer_connect_timeout_s: float = 10.0  # a viewer whose ICE/DTLS is not up by then is closed, its seat freed
+    # /metrics without a token from loopback addresses (a Prometheus on this host); off: an admin token
+    metrics_loopback_open: bool = False
+    # STUN/TURN URLs handed to clients (pages, WHIP/WHEP Link headers); TURN ones get
+    # coturn REST-API credentials from turn_secret (coturn's static-auth-secret), valid turn_credential_ttl_s
+    ice_servers: tuple[str, ...] = ()
+    turn_secret: str | None = None
+    turn_credential_ttl_s: int = 6 * 3600
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
@@ -316,6 +323,32 @@ def _ice_addresses(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+_ICE_URL = re.compile(r"(stuns?|turns?):(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?(\?transport=(udp|tcp))?")
+
+
+def _ice_servers(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = [_as_str(part).strip() for part in value]
+    else:
+        raise ValueError("not a list of STUN/TURN URLs")
+    for item in items:
+        if not _ICE_URL.fullmatch(item):
+            raise ValueError(f"{item!r} is not a STUN/TURN URL like stun:host:3478 or "
+                             "turn:host:3478?transport=udp (RFC 7064, RFC 7065)")
+    return tuple(items)
+
+
+def _turn_secret(value: Any) -> str | None:
+    text = _as_str(value).strip()
+    if not text:
+        return None
+    if len(text) < 16:
+        raise ValueError("shorter than 16 characters")
+    return text
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "host": _host,
     "port": _port,
@@ -348,9 +381,13 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "sources_per_token": _non_negative_int,
     "sources_per_forum": _non_negative_int,
     "viewer_connect_timeout_s": _positive_float,
+    "metrics_loopback_open": _as_bool,
+    "ice_servers": _ice_servers,
+    "turn_secret": _turn_secret,
+    "turn_credential_ttl_s": _positive_int,
 }
 _PATH_KEYS = {"event_file", "data_dir"}
-_SECRET_KEYS = {"token_secret"}  # never echo these values in errors
+_SECRET_KEYS = {"token_secret", "turn_secret"}  # never echo these values in errors
 
 assert set(_PARSERS) == {f.name for f in dataclasses.fields(Settings)}, "a setting has no parser"
 
@@ -429,6 +466,11 @@ def load_settings(
     if settings.port == settings.rtmp_port:
         raise SettingsError(
             f"rtmp_port={settings.rtmp_port}: the same TCP port as port={settings.port}"
+        )
+    if any(url.startswith(("turn:", "turns:")) for url in settings.ice_servers) and not settings.turn_secret:
+        raise SettingsError(
+            "ice_servers lists a TURN server but turn_secret is not set: clients would get no "
+            "credentials (set it to coturn's static-auth-secret)"
         )
     return settings
 

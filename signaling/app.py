@@ -26,9 +26,11 @@ from rooms.models import Event
 from rooms.service import RoomService
 from rooms.store import Store, new_instance_id
 from rooms.tokens import TokenService
-from signaling.app_keys import AGENDA, EVENT, ROOMS, SETTINGS, STORE, TOKENS
+from signaling.app_keys import AGENDA, EVENT, ICE_SERVERS, ROOMS, SETTINGS, STORE, TOKENS
 from signaling.http_api import setup_http_api
+from signaling.ice_servers import IceServers
 from signaling.media_bridge import setup_media_plane
+from signaling.metrics import setup_metrics
 from signaling.operator_api import setup_operator
 from signaling.pages import setup_pages
 from signaling.sio_server import setup_socketio
@@ -61,6 +63,7 @@ def build_app(settings: Settings) -> web.Application:
     app[EVENT] = event
     app[TOKENS] = TokenService(load_or_create_secret(settings))
     app[AGENDA] = AgendaClock(event)
+    app[ICE_SERVERS] = IceServers(settings.ice_servers, settings.turn_secret, settings.turn_credential_ttl_s)
 
     setup_http_api(app)  # first: its error middleware wraps every later route
     app.cleanup_ctx.append(_children_ctx)  # before anything binds a port or spawns a child
@@ -73,6 +76,7 @@ def build_app(settings: Settings) -> web.Application:
     setup_whip_whep(app)  # WHIP/WHEP and the media bridge (publishers -> rooms, program follows)
     setup_pages(app)  # /lobby, /speak, /watch, /static
     setup_operator(app)  # switchboard, slates/venue/library/playouts, agenda runner, operator REST + events, /control
+    setup_metrics(app)  # /metrics (Prometheus), read from the plane's counters at scrape time
     return app
 
 

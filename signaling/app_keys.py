@@ -12,6 +12,7 @@ from config.settings import Settings
 from rooms.agenda import AgendaClock
 from rooms.models import Event
 from rooms.tokens import TokenService
+from signaling.ice_servers import IceServers
 
 if TYPE_CHECKING:  # their modules may import aiohttp pieces; keep this file a leaf
     import socketio
@@ -23,6 +24,7 @@ SETTINGS = web.AppKey("settings", Settings)
 EVENT = web.AppKey("event", Event)
 TOKENS = web.AppKey("tokens", TokenService)
 AGENDA = web.AppKey("agenda", AgendaClock)
+ICE_SERVERS = web.AppKey("ice_servers", IceServers)  # STUN/TURN for clients, TURN credentials derived per holder
 STORE: web.AppKey["Store"] = web.AppKey("store")
 ROOMS: web.AppKey["RoomService"] = web.AppKey("rooms")
 MEDIA: web.AppKey[Any] = web.AppKey("media")  # the node's media plane (streaming/)

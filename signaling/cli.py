@@ -1,6 +1,7 @@
-"""The `forumcast` command: serve, token, invite, check-event.
+"""The `forumcast` command: serve, token, invite, loadtest, check-event.
 
-Exit codes: 0 ok; 1 check-event found problems; 2 the command could not
+Exit codes: 0 ok; 1 check-event found problems (loadtest: some viewers
+did not receive); 2 the command could not
 run (bad settings, bad event file, bad arguments, port in use). Expected
 failures print one clear message, never a traceback.
 """
@@ -143,6 +144,15 @@ def cmd_check_event(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from signaling import loadtest  # deferred: aiortc is only needed here and in its workers
+
+    try:
+        return loadtest.cmd_loadtest(args)
+    except loadtest.LoadtestError as exc:
+        raise CommandError(f"loadtest: {exc}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forumcast", description="The online half of a hybrid conference.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -178,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     invite.add_argument("--ttl", help="lifetime like 12h or 7d; default: through the end of the event")
     invite.set_defaults(handler=cmd_invite)
 
+    load = commands.add_parser("loadtest", parents=[common],
+                               help="light WebRTC viewers (WHEP) against a node: join, first frame, kb/s, loss, CPU")
+    from signaling.loadtest import add_arguments  # stdlib + aiohttp only at import
+
+    add_arguments(load)
+    load.set_defaults(handler=cmd_loadtest)
     check = commands.add_parser("check-event", help="report every problem in an event file")
     check.add_argument("file")
     check.set_defaults(handler=cmd_check_event)

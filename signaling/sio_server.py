@@ -34,7 +34,7 @@ from rooms.errors import RoomError
 from rooms.models import Event, Participant, Role, SourceKind
 from rooms.tokens import Grant, TokenService
 from signaling import protocol
-from signaling.app_keys import EVENT, ROOMS, SETTINGS, SIO, TOKENS
+from signaling.app_keys import EVENT, ICE_SERVERS, ROOMS, SETTINGS, SIO, TOKENS
 from signaling.media_bridge import BRIDGE, MediaBridge
 
 if TYPE_CHECKING:
@@ -217,6 +217,8 @@ class Session:
             "sources": [protocol.source_json(s) for s in sources],
             "viewers": protocol.counts_json(forum_id, await rooms.viewer_count(forum_id)),
             "expires_at": self.grant.expires_at,
+            # RTCConfiguration.iceServers for this client's peers (TURN credentials expire)
+            "ice_servers": [s.to_json() for s in self._deps.ice_servers.for_holder(self.grant.subject)],
         }
 
     async def _publish(self, request: protocol.PublishRequest) -> Ack:
@@ -351,6 +353,7 @@ class _Deps:
         self.event: Event = app[EVENT]
         self.tokens: TokenService = app[TOKENS]
         self.rooms: RoomService = app[ROOMS]
+        self.ice_servers = app[ICE_SERVERS]
         self._tasks: set[asyncio.Future[None]] = set()
 
     def now(self) -> float:

@@ -31,7 +31,7 @@ from aiohttp import web
 from rooms.errors import RoomError
 from rooms.models import Role
 from rooms.tokens import Grant
-from signaling.app_keys import EVENT, TOKENS
+from signaling.app_keys import EVENT, ICE_SERVERS, TOKENS
 from signaling.http_api import bearer_token
 from signaling.media_bridge import BRIDGE, setup_media_bridge
 from signaling.whip import (
@@ -96,7 +96,7 @@ class WhepEndpoint(HttpMediaEndpoint):
         self._by_viewer[viewer_id] = session
         self._end_at_expiry(session_id, grant.expires_at, lambda: self._end(session))
         logger.info("WHEP %s: %s watches %s", session_id, grant.name, forum_id)
-        return sdp_created(answer, f"/whep/{forum_id}/{session_id}")
+        return sdp_created(answer, f"/whep/{forum_id}/{session_id}", self._app[ICE_SERVERS].for_holder(grant.subject))
 
     def _session(self, request: web.Request) -> WhepSession:
         forum_id = known_forum(request)

@@ -31,12 +31,14 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from multidict import CIMultiDict
 
 from rooms.errors import RoomError
 from rooms.models import Role
 from rooms.tokens import Grant
 from signaling import protocol
-from signaling.app_keys import EVENT, ROOMS, TOKENS
+from signaling.app_keys import EVENT, ICE_SERVERS, ROOMS, TOKENS
+from signaling.ice_servers import IceServer
 from signaling.http_api import bearer_token, error_json_response, malformed_request
 from signaling.media_bridge import BRIDGE, MediaBridge, setup_media_bridge
 
@@ -114,16 +116,31 @@ async def read_offer(request: web.Request) -> str:
     return protocol.check_sdp(b"".join(chunks), "the offer")
 
 
-def sdp_created(answer: str, location: str) -> web.Response:
-    headers = dict(CORS_HEADERS)
+def sdp_created(answer: str, location: str, ice_servers: list[IceServer] | None = None) -> web.Response:
+    """201 with the answer; one `Link: rel="ice-server"` per STUN/TURN
+    server the client may use (RFC 9725 section 4.6)."""
+    headers: CIMultiDict[str] = CIMultiDict(CORS_HEADERS)
     headers["Location"] = location
     headers["Content-Type"] = SDP_TYPE
+    for server in ice_servers or ():
+        headers.add("Link", server.link_header())
     return web.Response(status=201, text=answer, headers=headers)
 
 
 async def preflight(request: web.Request) -> web.Response:
-    headers = dict(CORS_HEADERS)
+    """204. With a valid Bearer token (not a browser's CORS preflight, which
+    sends none) also the Link rel="ice-server" headers, so a client that
+    gathers before it POSTs can use TURN (RFC 9725 section 4.6); a missing
+    or bad token just gets none."""
+    headers: CIMultiDict[str] = CIMultiDict(CORS_HEADERS)
     headers["Accept-Post"] = SDP_TYPE
+    try:
+        grant = request.app[TOKENS].verify(bearer_token(request))
+    except RoomError:
+        grant = None
+    if grant is not None:
+        for server in request.app[ICE_SERVERS].for_holder(grant.subject):
+            headers.add("Link", server.link_header())
     return web.Response(status=204, headers=headers)
 
 
@@ -254,7 +271,8 @@ class WhipEndpoint(HttpMediaEndpoint):
         self._by_source[published.source_id] = session_id
         self._end_at_expiry(session_id, grant.expires_at, lambda: self._end(session))
         logger.info("WHIP %s: %s publishes %s in %s", session_id, name, published.source_id, forum_id)
-        return sdp_created(published.answer_sdp, f"/whip/{forum_id}/{session_id}")
+        return sdp_created(published.answer_sdp, f"/whip/{forum_id}/{session_id}",
+                           self._app[ICE_SERVERS].for_holder(grant.subject))
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         grant = self._optional_grant(request)

@@ -16,7 +16,8 @@ video until a source it can decode is on air (audio continues); watching
 one pinned source whose codec the offer lacks is refused
 ("unsupported_codec").
 
-Known limits: no TURN on the server (host candidates only; a relayed
+Known limits: no TURN on the server's side (clients may relay through
+the `ice_servers` TURN; the server offers host candidates only; a relayed
 local pair would make aioice create a task per datagram, so such a viewer
 is closed); no simulcast/SVC layer selection; no congestion control beyond
 dropping a backed-up viewer's video to the next keyframe.
@@ -41,6 +42,7 @@ from streaming.forum_media import ForumMedia
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
 from streaming.peer_end import PeerEnd
+from streaming.plane_snapshot import WINDOW_S, ForumSnapshot, PlaneSnapshot, SourceSnapshot
 from streaming.publisher import WebRtcPublisher
 from streaming.rtp_source import SourceFeed
 from streaming.viewer import WebRtcViewer
@@ -95,6 +97,7 @@ class MediaPlane:
         # totals of peers already gone
         self._decoders = aiortc_internals.DecoderCount()
         self._gone_packets = 0
+        self._gone_octets = 0
         self._gone_retransmitted = 0
         self._gone_dropped_frames = 0
         self._ends: OrderedDict[str, PeerEnd] = OrderedDict()
@@ -336,6 +339,7 @@ class MediaPlane:
             return
         for dt in viewer.downtracks():
             self._gone_packets += dt.packets
+            self._gone_octets += dt.octets
             self._gone_retransmitted += dt.retransmitted
             self._gone_dropped_frames += dt.dropped_frames
         await viewer.stop()
@@ -409,6 +413,49 @@ class MediaPlane:
             "sources_with_clock": sum(1 for s in sources if s.clock_reference is not None),
             "tasks": len(self._tasks),
         }
+
+    def snapshot(self, now: float | None = None) -> PlaneSnapshot:
+        """Viewers per forum, program, per-source receive figures and the
+        outgoing totals, read from existing counters (plane_snapshot.py);
+        `now` is time.time() (injectable for tests)."""
+        now = time.time() if now is None else now
+        viewers_by_forum: dict[str, list[WebRtcViewer]] = {}
+        for viewer in self._viewers.values():
+            viewers_by_forum.setdefault(viewer.forum_id, []).append(viewer)
+        forums = []
+        sources = []
+        for forum_id in sorted(set(self._forums) | set(viewers_by_forum)):
+            watching = viewers_by_forum.get(forum_id, [])
+            fractions = [
+                entry[0] / 256
+                for v in watching if v.feedback is not None
+                for entry in v.feedback.loss.values()
+            ]
+            forums.append(ForumSnapshot(
+                forum_id, len(watching), self.program(forum_id) if forum_id in self._forums else None,
+                max(fractions) if fractions else None,
+            ))
+            forum = self._forums.get(forum_id)
+            for feed in (forum.feeds.values() if forum is not None else ()):
+                for source in feed.sources():
+                    sources.append(SourceSnapshot(
+                        forum_id, feed.source_id, source.kind, feed.kind.value,
+                        source.packets_received, source.window(now, WINDOW_S),
+                    ))
+        downtracks = [dt for v in self._viewers.values() for dt in v.downtracks()]
+        packets_out = self._gone_packets + sum(dt.packets for dt in downtracks)
+        return PlaneSnapshot(
+            forums=tuple(forums),
+            sources=tuple(sources),
+            publishers=len(self._publishers),
+            viewers=len(self._viewers),
+            packets_out=packets_out,
+            # Downtrack.octets counts payload (RFC 3550 SR); add the 12-byte header
+            bytes_out=self._gone_octets + sum(dt.octets for dt in downtracks) + 12 * packets_out,
+            retransmitted=self._gone_retransmitted + sum(dt.retransmitted for dt in downtracks),
+            dropped_frames=self._gone_dropped_frames + sum(dt.dropped_frames for dt in downtracks),
+            send_errors=sum(dt.send_errors for dt in downtracks),
+        )
 
 
 def _discard(listeners: list[Any], listener: Any) -> None:

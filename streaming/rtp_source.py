@@ -21,6 +21,7 @@ from aiortc.rtp import RtpPacket
 
 from rooms.models import SourceKind
 from streaming.offer_answer import CodecFormat
+from streaming.plane_snapshot import SourceWindow
 from streaming.rtp_codecs import codec_key, keyframe_detector
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,40 @@ class RtpSource:
             except Exception:  # a broken sink must not take the publisher down
                 logger.exception("RtpSource(%s) sink %r failed: removed", self.name, sink)
                 self.remove_sink(sink)
+
+    def window(self, now: float, seconds: float) -> SourceWindow:
+        """Receive figures over the packets that arrived in the last
+        `seconds` before `now` (time.time()), read from the history ring:
+        nothing is counted per packet for this. See SourceWindow for units."""
+        since = now - seconds
+        recent = sorted(
+            (fp for fp in self._history if fp is not None and fp.arrival >= since),
+            key=lambda fp: fp.arrival,
+        )
+        if not recent:
+            return SourceWindow(0, 0.0, None, None)
+        octets = sum(fp.size for fp in recent)
+        bitrate = octets * 8 / 1000 / seconds
+        if len(recent) < 2:
+            return SourceWindow(len(recent), bitrate, None, None)
+        # extend sequence numbers from the first packet (wrap-safe within 32k)
+        base = recent[0].seq
+        offsets = [((fp.seq - base + 0x8000) & 0xFFFF) - 0x8000 for fp in recent]
+        expected = max(offsets) - min(offsets) + 1
+        loss = max(0.0, 1.0 - len(set(offsets)) / expected)
+        jitter = 0.0  # RFC 3550 6.4.1, in seconds here
+        in_order = sorted(zip(offsets, recent), key=lambda pair: pair[0])
+        previous = None
+        for _, fp in in_order:
+            if fp.late:
+                continue  # a retransmission's arrival says nothing about the path's jitter
+            if previous is not None:
+                transit_delta = (fp.arrival - previous.arrival) - (
+                    ((fp.timestamp - previous.timestamp + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+                ) / self.clock_rate
+                jitter += (abs(transit_delta) - jitter) / 16
+            previous = fp
+        return SourceWindow(len(recent), bitrate, loss, jitter * 1000)
 
     def set_clock_reference(self, wall: float, rtp_timestamp: int) -> None:
         """The upstream sampled `rtp_timestamp` at `wall` (unix seconds, its

@@ -175,8 +175,9 @@ class TestViewer:
 
     __test__ = False
 
-    def __init__(self, video: bool = True, audio: bool = True, decode: bool = True, codecs: tuple[str, ...] = ()) -> None:
-        self.pc = RTCPeerConnection(_config())
+    def __init__(self, video: bool = True, audio: bool = True, decode: bool = True, codecs: tuple[str, ...] = (),
+                 configuration: RTCConfiguration | None = None) -> None:
+        self.pc = RTCPeerConnection(configuration or _config())
         self.received = Received()
         self.decode = decode
         self.connected = asyncio.Event()

@@ -40,7 +40,7 @@ async def test_light_viewers_count_and_verify_srtp(tmp_path) -> None:
     url = f"http://127.0.0.1:{port}"
     server = await start_module("baseline", "bench.baseline_server",
                                 ["--media", str(media), "--port", str(port), "--lifetime", "40"], tmp_path)
-    pool = ViewerPool(sample_every=10, rr_interval=0.5)
+    pool = ViewerPool(sample_every=10, rr_interval=0.5, ice_addresses=("127.0.0.1",))
     try:
         await _wait_http(url, 30)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:

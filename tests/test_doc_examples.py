@@ -44,6 +44,7 @@ RUN = (
 SKIPPED = {
     r"^bash scripts/(serve|test)\b": "installs, then serves or tests: what this test runs inside",
     r"^python -m bench\.": "benchmarks run for minutes and print figures (bench/)",
+    r"^forumcast loadtest\b": "runs 200 viewers for a minute; tests/test_loadtest.py runs it with 10",
     r"^\. \.venv/bin/activate$": "the runner puts the checkout's forumcast first on PATH",
 }
 GUESTS = "name,email,language,forums,role\nAda Lovelace,ada@example.com,en,ai,\nChen Jing,chen@example.com,zh,ai;main,speaker\n"

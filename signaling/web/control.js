@@ -56,7 +56,7 @@ function el(tag, attrs = {}, ...children) {
 // --- WebRTC: a recvonly peer per watched source, one for the program ------------
 
 async function watchInto(sourceId, onStream) {
-  const pc = new RTCPeerConnection({ iceServers: [] });
+  const pc = new RTCPeerConnection({ iceServers: state.iceServers || [] }); // from the join ack
   preferH264(pc.addTransceiver("video", { direction: "recvonly" }), "receiver");
   pc.addTransceiver("audio", { direction: "recvonly" });
   const stream = new MediaStream();
@@ -353,6 +353,7 @@ async function refreshAgenda() {
 async function join() {
   try {
     const ack = await request(state.socket, "join", { forum_id: forumId });
+    state.iceServers = ack.ice_servers || []; // STUN/TURN, fresh TURN credentials on every join
     const role = ack.participant && ack.participant.role;
     if (role !== "operator" && role !== "admin") {
       return fail({ code: "forbidden", message: "the control page needs an operator's invite" });

@@ -153,3 +153,23 @@ def test_the_upstream_clock_maps_timestamps_to_wall_time_across_a_wrap() -> None
     assert source.wall_time((0xFFFFFF00 + 90000) & 0xFFFFFFFF) == pytest.approx(1_700_000_001.0)
     assert source.wall_time(0xFFFFFF00 - 45000) == pytest.approx(1_699_999_999.5)
     assert ntp_to_unix(ntp_time(1_700_000_000.25)) == pytest.approx(1_700_000_000.25, abs=1e-6)
+
+
+def test_window_reads_bitrate_loss_and_jitter_from_history() -> None:
+    """/metrics' per-source figures (plane_snapshot.SourceWindow) come from
+    the history ring: 19 of 20 Opus packets, 20 ms apart on the wire and in
+    RTP time, give loss 1/20 and zero jitter (RFC 3550 6.4.1)."""
+    source = RtpSource("audio", OPUS)
+    t0 = 1_000_000.0
+    for seq in range(20):
+        if seq == 5:
+            continue  # lost
+        source.push(RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960, payload=b"x" * 88))
+        assert source.last_packet is not None
+        source.last_packet.arrival = t0 + seq * 0.020  # the clock the arrival would have read
+    window = source.window(t0 + 0.4, seconds=2.0)
+    assert window.packets == 19
+    assert window.bitrate_kbps == pytest.approx(19 * 100 * 8 / 1000 / 2.0)
+    assert window.loss_ratio == pytest.approx(1 / 20)
+    assert window.jitter_ms == pytest.approx(0.0, abs=1e-6)
+    assert source.window(t0 + 10, seconds=2.0).packets == 0  # nothing recent

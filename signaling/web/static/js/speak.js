@@ -179,7 +179,7 @@ async function publish() {
     state.sourceId = null;
     request(state.socket, "unpublish", { source_id: old }).catch(() => {}); // it may be gone already
   }
-  const pc = new RTCPeerConnection({ iceServers: [] });
+  const pc = new RTCPeerConnection({ iceServers: state.iceServers || [] }); // from the join ack
   state.pc = pc;
   for (const track of state.stream.getTracks()) {
     const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [state.stream] });
@@ -240,6 +240,7 @@ function stopSending() {
 async function join() {
   try {
     const ack = await request(state.socket, "join", { forum_id: forumId });
+    state.iceServers = ack.ice_servers || []; // STUN/TURN, fresh TURN credentials on every join
     state.joined = true;
     ui.viewers.textContent = viewersText(ack.viewers);
     showProgram(ack.program);

@@ -53,7 +53,7 @@ async function watch() {
   if (!state.joined || state.fatal) return;
   clearTimeout(state.retryTimer);
   closePeer();
-  const pc = new RTCPeerConnection({ iceServers: [] });
+  const pc = new RTCPeerConnection({ iceServers: state.iceServers || [] }); // from the join ack
   state.pc = pc;
   const video = pc.addTransceiver("video", { direction: "recvonly" });
   preferH264(video, "receiver");
@@ -113,6 +113,7 @@ function scheduleRetry(error) {
 async function join() {
   try {
     const ack = await request(state.socket, "join", { forum_id: forumId });
+    state.iceServers = ack.ice_servers || []; // STUN/TURN, fresh TURN credentials on every join
     state.joined = true;
     ui.viewers.textContent = viewersText(ack.viewers);
     showProgram(ack.program);
