@@ -2,11 +2,20 @@
 
 Per forum, one RTMP port and one SRT port (from settings). Each protocol is
 a leg: a supervised ffmpeg that listens for the encoder, copies its H.264
-(no video transcode; h264_mp4toannexb puts SPS/PPS in front of each IDR,
-which FLV keeps only in its header) and transcodes its audio to Opus 48 kHz
-stereo, and sends both through ffmpeg's rtp muxer to two RtpUdpIngests on
-loopback. Whichever leg goes live first has the floor; the other is
-ignored until the first is lost.
+(h264_mp4toannexb puts SPS/PPS in front of each IDR, which FLV keeps only
+in its header) and transcodes its audio to Opus 48 kHz stereo, and sends
+both through ffmpeg's rtp muxer to two RtpUdpIngests on loopback.
+Whichever leg goes live first has the floor; the other is ignored until
+the first is lost.
+
+Each run's video is checked at its first SPS (ingest_check.check_sps:
+profile, B-frames, size, frame rate): what browsers play is copied as it
+is; what they cannot (x264 high with B-frames, 4:2:2, interlaced, 4K...)
+is encoded once by an IngestTranscoder fed from the leg's second, MPEG-TS
+copy (ingest_transcoder.py), and the copy is dropped. A stream whose SPS
+does not tell (no VUI bitstream_restriction) is copied while its RTP
+timestamps go forwards, and transcoded from the first one that steps
+back. `media` (and `on_media`) tell the operator which, and why.
 
 Stream key:
 - SRT: it is the passphrase (AES, enforced): libsrt rejects a wrong or
@@ -30,19 +39,25 @@ venue for a 2 s keyframe interval).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import ffmpeg
 from aiortc.rtp import RtpPacket
 
 from rooms.errors import RoomError
 from rooms.models import SourceState
+from rooms.models import SourceMedia
 from streaming.ffmpeg_process import FfmpegExit, FfmpegProcess, RestartPolicy, Supervisor
+from streaming.h264_sps import H264Sps, SpsError, parse_sps, sps_from_rtp
+from streaming.ingest_check import B_FRAMES_SEEN, Verdict, check_sps, source_media
+from streaming.ingest_transcoder import IngestTranscoder, TsTap, tap_output
 from streaming.rtmp_gate import RtmpKeyGate
 from streaming.rtp_udp_ingest import PacketSink, RtpContinuity, RtpUdpIngest, rtp_output_options
 
@@ -75,13 +90,14 @@ def _free_tcp_port() -> int:
 
 
 class _Tap:
-    """The sink an RtpUdpIngest of a leg pushes into."""
+    """The sink an RtpUdpIngest of a leg pushes into (`transcoded`: the
+    ingest encode's output rather than the encoder's copy)."""
 
-    def __init__(self, leg: _Leg, kind: str) -> None:
-        self.leg, self.kind = leg, kind
+    def __init__(self, leg: _Leg, kind: str, transcoded: bool = False) -> None:
+        self.leg, self.kind, self.transcoded = leg, kind, transcoded
 
     def push(self, packet: RtpPacket) -> None:
-        self.leg.venue._forward(self.leg, self.kind, packet)
+        self.leg.venue._forward(self.leg, self.kind, packet, self.transcoded)
 
 
 class _Leg:
@@ -96,6 +112,14 @@ class _Leg:
         self.stale_ssrcs: set[int] = set()  # of runs given up on: their last packets are dropped
         self.video = RtpUdpIngest(_Tap(self, "video"), kind="video", name=f"{venue.forum_id}-{protocol}-v")
         self.audio = RtpUdpIngest(_Tap(self, "audio"), kind="audio", name=f"{venue.forum_id}-{protocol}-a")
+        # the run's check and, when it says so, its one encode
+        self.ts_tap = TsTap(f"{venue.forum_id}-{protocol}")
+        self.transcoded = RtpUdpIngest(_Tap(self, "video", transcoded=True), kind="video",
+                                       name=f"{venue.forum_id}-{protocol}-vt")
+        self.verdict: Verdict | None = None
+        self.sps: H264Sps | None = None
+        self.last_video_ts: int | None = None
+        self.transcoder: IngestTranscoder | None = None
         self.supervisor = Supervisor(
             self.args, name=f"venue-{venue.forum_id}-{protocol}", ffmpeg=venue.ffmpeg,
             policy=venue.policy, stop_grace=0.3, on_exit=self.exited,  # nothing to finalize: RTP out
@@ -103,7 +127,7 @@ class _Leg:
 
     @property
     def last_arrival(self) -> float:
-        return max(self.video.last_arrival, self.audio.last_arrival)
+        return max(self.video.last_arrival, self.audio.last_arrival, self.transcoded.last_arrival)
 
     def args(self) -> list[str]:
         key = self.venue.stream_key
@@ -120,8 +144,10 @@ class _Leg:
         source = ffmpeg.input(url, **options)
         video_url, video_rtp = rtp_output_options("video", self.video.port)
         audio_url, audio_rtp = rtp_output_options("audio", self.audio.port)
+        tap_url, tap_options = tap_output(self.ts_tap.port)
         return ffmpeg.merge_outputs(
             source["v:0"].output(video_url, vcodec="copy", **video_options, **video_rtp),
+            source["v:0"].output(tap_url, **tap_options),  # for the ingest encode, if the check asks for it
             # "?": an encoder without audio still plays (video only)
             source["a:0?"].output(audio_url, acodec="libopus", ar=48000, ac=2, **{"b:a": "96k"}, **audio_rtp),
         ).get_args()
@@ -153,6 +179,7 @@ class VenueIngest:
         audio: PacketSink,
         *,
         on_state: Callable[[SourceState], None] | None = None,
+        on_media: Callable[[SourceMedia], None] | None = None,
         source_id: str | None = None,
         ffmpeg: str = "",
         policy: RestartPolicy = VENUE_POLICY,
@@ -181,6 +208,10 @@ class VenueIngest:
         self._watchdog: asyncio.Task[None] | None = None
         self._active: _Leg | None = None
         self.profile_level_id: str | None = None  # the encoder's, from its SPS (e.g. "42c01e")
+        self.media: SourceMedia | None = None  # what the encoder sends and how it is handled
+        self._on_media = on_media
+        self.transcoders_started = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self.legs = {"rtmp": _Leg(self, "rtmp"), "srt": _Leg(self, "srt")}
         self.gate = RtmpKeyGate(rtmp_port, stream_key, lambda: self.legs["rtmp"].internal_port,
                                 name=forum_id, idle_timeout=idle_timeout, host=listen_host)
@@ -223,6 +254,8 @@ class VenueIngest:
             for leg in self.legs.values():
                 await leg.video.start()
                 await leg.audio.start()
+                await leg.transcoded.start()
+                await leg.ts_tap.start()
             await self.gate.start()
             for leg in self.legs.values():
                 await leg.supervisor.start()
@@ -233,7 +266,7 @@ class VenueIngest:
         logger.info("VenueIngest(%s) waiting: RTMP %s:%d, SRT %s:%d", self.forum_id,
                     self.listen_host, self.rtmp_port, self.listen_host, self.srt_port)
 
-    def _forward(self, leg: _Leg, kind: str, packet: RtpPacket) -> None:
+    def _forward(self, leg: _Leg, kind: str, packet: RtpPacket, transcoded: bool = False) -> None:
         if self._stopped:
             return
         if packet.ssrc in leg.stale_ssrcs:
@@ -243,39 +276,98 @@ class VenueIngest:
             logger.info("VenueIngest(%s) %s publisher live", self.forum_id, leg.protocol)
         if packet.ssrc not in leg.ssrcs:
             leg.ssrcs.add(packet.ssrc)
-            if kind == "video":
-                self.profile_level_id = None  # a new run: read the encoder's SPS again
-        if kind == "video" and self.profile_level_id is None:
-            self._read_profile(packet.payload)
+        if kind == "video" and not transcoded and not self._check(leg, packet):
+            return  # not checked yet, or being transcoded: the copy is not forwarded
         if self._active is None:
             self._active = leg
             self._set_state(SourceState.LIVE)
         if self._active is not leg:
             return  # the other protocol has the floor
+        if transcoded:
+            self._sent_profile(leg, packet)
         self.sinks[kind].push(self.continuity[kind].rewrite(packet))
 
-    def _read_profile(self, payload: bytes) -> None:
-        """Note the encoder's H.264 profile (from its SPS): the video is
-        copied, so a profile viewers may not decode is worth a warning."""
-        sps = None
-        if payload and payload[0] & 0x1F == 7:
-            sps = payload[1:4]
-        elif payload and payload[0] & 0x1F == 24:  # STAP-A: 2-byte size + NAL, repeated
-            at = 1
-            while at + 3 < len(payload) and sps is None:
-                size = int.from_bytes(payload[at:at + 2], "big")
-                if payload[at + 2] & 0x1F == 7:
-                    sps = payload[at + 3:at + 6]
-                at += 2 + size
-        if sps is None or len(sps) < 3:
+    def _check(self, leg: _Leg, packet: RtpPacket) -> bool:
+        """The copied video of a run: decide copy or transcode at its first
+        SPS, watch its timestamps while copied. True: forward this packet."""
+        if leg.verdict is None:
+            nal = sps_from_rtp(packet.payload)
+            if nal is None:
+                return False  # before the first SPS nothing is decodable anyway
+            try:
+                leg.sps = parse_sps(nal)
+            except SpsError as exc:
+                logger.warning("VenueIngest(%s) unreadable SPS (%s): transcoding", self.forum_id, exc)
+                leg.sps = None
+            self.profile_level_id = leg.sps.profile_level_id if leg.sps is not None else nal[1:4].hex()
+            self._decide(leg, check_sps(leg.sps) if leg.sps is not None else Verdict("transcode", "unreadable SPS"))
+        if leg.verdict is not None and leg.verdict.transcode:
+            return False
+        # presentation timestamps that step back: frames out of display order
+        last = leg.last_video_ts
+        leg.last_video_ts = packet.timestamp
+        if last is not None and 0 < ((last - packet.timestamp) & 0xFFFFFFFF) < 0x80000000:
+            self._decide(leg, B_FRAMES_SEEN)
+            return False
+        return True
+
+    def _decide(self, leg: _Leg, verdict: Verdict) -> None:
+        leg.verdict = verdict
+        sps = leg.sps
+        if verdict.transcode:
+            logger.warning("VenueIngest(%s) %s feed is transcoded at ingest: %s", self.forum_id, leg.protocol,
+                           verdict.reason)
+            self._spawn(self._start_transcoder(leg))
+        else:
+            leg.ts_tap.drop()
+            logger.info("VenueIngest(%s) %s feed copied: %s", self.forum_id, leg.protocol,
+                        sps.profile_name if sps is not None else "?")
+        # what viewers get: the copy's own profile, or the encode's (known at its first SPS)
+        self._set_media(source_media(sps, verdict, audio=True))
+
+    def _set_media(self, media: SourceMedia) -> None:
+        if media == self.media:
             return
-        self.profile_level_id = sps.hex()
-        if sps[0] not in (66, 77):  # baseline, main: what every browser decodes
-            logger.warning("VenueIngest(%s) the encoder sends H.264 profile_idc %d (profile-level-id %s): "
-                           "ask the venue for baseline or main", self.forum_id, sps[0], self.profile_level_id)
+        self.media = media
+        if self._on_media is not None:
+            try:
+                self._on_media(media)
+            except Exception:
+                logger.exception("VenueIngest(%s) media callback failed", self.forum_id)
+
+    async def _start_transcoder(self, leg: _Leg) -> None:
+        if leg.transcoder is not None:
+            return
+        transcoder = IngestTranscoder(f"transcode-{self.forum_id}-{leg.protocol}", leg.ts_tap, leg.transcoded.port,
+                                      leg.sps, ffmpeg_path=self.ffmpeg)
+        leg.transcoder = transcoder
+        self.transcoders_started += 1
+        try:
+            await transcoder.start()
+        except Exception:
+            logger.exception("VenueIngest(%s) the ingest encode did not start", self.forum_id)
+            await transcoder.stop()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _sent_profile(self, leg: _Leg, packet: RtpPacket) -> None:
+        """The encode's first SPS: what viewers get, for the operator."""
+        nal = sps_from_rtp(packet.payload)
+        if nal is None or self.media is None or self.media.sent_profile_level_id is not None:
+            return
+        self._set_media(dataclasses.replace(self.media, sent_profile_level_id=nal[1:4].hex()))
 
     def _leg_down(self, leg: _Leg) -> None:
         leg.live = False
+        # the next run is checked afresh (the venue may have changed its settings)
+        leg.verdict, leg.sps, leg.last_video_ts = None, None, None
+        leg.ts_tap.hold()
+        if leg.transcoder is not None:
+            self._spawn(leg.transcoder.stop())
+            leg.transcoder = None
         if len(leg.stale_ssrcs) > 64:
             leg.stale_ssrcs.clear()
         leg.stale_ssrcs |= leg.ssrcs
@@ -314,8 +406,15 @@ class VenueIngest:
                 await self.gate.stop()
                 await asyncio.gather(*(leg.supervisor.stop() for leg in self.legs.values()))
                 for leg in self.legs.values():
+                    if leg.transcoder is not None:
+                        await leg.transcoder.stop()
+                        leg.transcoder = None
+                    leg.ts_tap.close()
                     await leg.video.stop()
                     await leg.audio.stop()
+                    await leg.transcoded.stop()
+                if self._tasks:
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
                 self._active = None
                 self._set_state(SourceState.ENDED)
             finally:
@@ -326,4 +425,5 @@ class VenueIngest:
     def processes(self) -> list[FfmpegProcess]:
         """The ffmpeg children running now (for status pages and tests)."""
         current = [leg.supervisor.current for leg in self.legs.values()]
+        current += [leg.transcoder.process for leg in self.legs.values() if leg.transcoder is not None]
         return [process for process in current if process is not None and process.pid is not None]
