@@ -1,0 +1,162 @@
+"""Sources whose media browsers cannot take as sent, against a real node on
+loopback (in-process app, real ffmpeg encoders over RTMP through the key
+gate, real aiortc viewers that decode): issue 14 items 4 and 5."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import ffmpeg
+import pytest
+
+from rooms.models import Role
+from signaling.forum_inputs import INPUTS
+from streaming import aiortc_internals
+from streaming.ffmpeg_process import FfmpegProcess
+from tests.aiortc_peers import rtp_header
+from tests.eventually import eventually
+from tests.operator_app import Node, RecordingViewer, SioClient, running_node
+
+pytestmark = pytest.mark.timeout(180)
+
+FORUM = "ai"
+SIZE = (640, 360)
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    async with running_node(tmp_path / "node") as running:
+        yield running
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Any]]:
+    made: list[Any] = []
+    yield made
+    for client in reversed(made):
+        await client.close()
+
+
+async def get_json(url: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+def x264_encoder(url: str, *, profile: str, bframes: int) -> FfmpegProcess:
+    """A venue encoder as x264 users set it up: 640x360 at 30 fps, 1 s
+    GOP, AAC, over RTMP (veryfast: x264's ultrafast writes main, not high)."""
+    video = ffmpeg.input(f"testsrc2=s={SIZE[0]}x{SIZE[1]}:r=30", f="lavfi", re=None)
+    audio = ffmpeg.input("sine=r=48000", f="lavfi", re=None)
+    args = ffmpeg.output(video, audio, url, t=90, vcodec="libx264", preset="veryfast", pix_fmt="yuv420p", g=30,
+                         bf=bframes, acodec="aac", f="flv", **{"profile:v": profile}).get_args()
+    return FfmpegProcess(args, name=f"venue-{profile}-bf{bframes}", loglevel="error")
+
+
+class VideoHeaders:
+    """The RTP headers of what the server sends one viewer's video (read
+    off the viewer's socket before SRTP: the header is in the clear)."""
+
+    def __init__(self) -> None:
+        self.timestamps: list[int] = []
+        self.backwards = 0
+        self.payload_types: set[int] = set()  # the answer's H.264 (not RTX, not Opus)
+
+    def see(self, data: bytes) -> bool:
+        header = rtp_header(data)
+        if header is not None and header[0] in self.payload_types:
+            ts = header[2]
+            if self.timestamps and 0 < ((self.timestamps[-1] - ts) & 0xFFFFFFFF) < 0x80000000:
+                self.backwards += 1
+            if not self.timestamps or ts != self.timestamps[-1]:
+                self.timestamps.append(ts)
+        return True
+
+    @property
+    def frames(self) -> int:
+        return len(set(self.timestamps))
+
+
+async def watch(node: Node, clients: list[Any]) -> tuple[RecordingViewer, VideoHeaders, str]:
+    viewer = RecordingViewer()
+    client = SioClient()
+    clients += [viewer, client]
+    await client.connect(node, node.token(Role.VIEWER, [FORUM], "Guest"))
+    await client.call("join", {"forum_id": FORUM})
+    answer = await client.call("watch", {"forum_id": FORUM, "sdp": await viewer.offer()})
+    assert "sdp" in answer, answer
+    headers = VideoHeaders()
+    headers.payload_types = {int(pt) for pt in re.findall(r"a=rtpmap:(\d+) H264/90000", answer["sdp"])}
+    assert headers.payload_types
+    video = next(t for t in viewer.pc.getTransceivers() if t.kind == "video")
+    aiortc_internals.filter_incoming(video.receiver.transport, headers.see)
+    await viewer.accept(answer["sdp"])
+    return viewer, headers, answer["sdp"]
+
+
+async def test_a_venue_feed_with_b_frames_plays_at_viewers(node: Node, clients: list[Any]) -> None:
+    """x264 -profile:v high -bf 3 over RTMP: transcoded once at ingest;
+    the viewer decodes nearly every frame and timestamps never go back
+    (copied, they stepped back 36 times in 73 frames and Chromium decoded
+    14 of 327 frames)."""
+    op = node.token(Role.OPERATOR, [FORUM])
+    ingest = await get_json(f"{node.url}/api/forums/{FORUM}/ingest", op)
+    viewer, headers, _ = await watch(node, clients)
+    encoder = x264_encoder(ingest["rtmp_url"], profile="high", bframes=3)
+    await encoder.start()
+    try:
+        first = await viewer.wait_size(SIZE, timeout=40)
+        mark_sent = headers.frames
+        mark_decoded = sum(1 for f in viewer.frames if f.at >= first.at)
+        await eventually(lambda: headers.frames - mark_sent >= 90, timeout=40, what="90 more frames sent")
+        sent = headers.frames - mark_sent
+
+        def decoded() -> int:
+            return sum(1 for f in viewer.frames if f.at >= first.at and (f.width, f.height) == SIZE) - mark_decoded
+
+        await eventually(lambda: decoded() >= 0.8 * sent, timeout=20,
+                         what=f"80% of {sent} sent frames decoded (last {decoded()})")
+        assert headers.backwards == 0
+
+        venue = node.app[INPUTS]._venues[FORUM]
+        assert venue.transcoders_started == 1  # one encode for the feed, whoever watches
+        forum = await get_json(f"{node.url}/api/forums/{FORUM}")
+        media = next(s for s in forum["sources"] if s["id"] == ingest["source_id"])["media"]
+        assert media["handling"] == "transcode" and "B-frames" in media["reason"], media
+        assert media["profile"] == "high" and media["b_frames"] is True
+        assert media["sent_profile_level_id"].startswith("42")
+        listed = await get_json(f"{node.url}/api/forums/{FORUM}/sources", op)
+        assert next(s for s in listed["sources"] if s["id"] == ingest["source_id"])["media"] == media
+    finally:
+        await encoder.stop(grace=2.0)
+
+
+async def test_a_baseline_venue_feed_is_copied(node: Node, clients: list[Any]) -> None:
+    op = node.token(Role.OPERATOR, [FORUM])
+    ingest = await get_json(f"{node.url}/api/forums/{FORUM}/ingest", op)
+    operator = SioClient()
+    clients.append(operator)
+    await operator.connect(node, op)
+    await operator.call("join", {"forum_id": FORUM})
+    viewer, headers, _ = await watch(node, clients)
+    encoder = x264_encoder(ingest["rtmp_url"], profile="baseline", bframes=0)
+    await encoder.start()
+    try:
+        pushed = await operator.next_push(
+            "sources", lambda p: any(s["id"] == ingest["source_id"] and s["media"] for s in p["sources"]),
+            timeout=40)
+        media = next(s for s in pushed["sources"] if s["id"] == ingest["source_id"])["media"]
+        assert media["handling"] == "copy" and media["reason"] == "", media
+        assert media["sent_profile_level_id"] == media["profile_level_id"]
+        assert media["profile_level_id"].startswith("42") and media["b_frames"] is False
+        await viewer.wait_size(SIZE, timeout=40)
+        venue = node.app[INPUTS]._venues[FORUM]
+        assert venue.transcoders_started == 0 and len(venue.processes()) == 2  # the two listeners only
+        assert headers.backwards == 0
+    finally:
+        await encoder.stop(grace=2.0)
