@@ -295,6 +295,12 @@ def transceiver_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParame
     return list(transceiver._codecs)
 
 
+def set_transceiver_codecs(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecParameters]) -> None:
+    """Replace the negotiated codecs (between setRemoteDescription and
+    createAnswer): the answer lists exactly these, in this order."""
+    transceiver._codecs = list(codecs)
+
+
 # --- the send path: SRTP session and nominated pair -------------------------
 
 

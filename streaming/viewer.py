@@ -26,6 +26,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
 
 from streaming import aiortc_internals
+from streaming.answer_profile import answer_codecs
 from streaming.downtrack import Downtrack
 from streaming.ice_policy import gathering_on, usable_offer
 from streaming.media_config import MediaConfig
@@ -145,6 +146,13 @@ class WebRtcViewer:
         for t in pc.getTransceivers():
             if id(t) not in ours:
                 t.direction = "inactive"
+        if "video" in transceivers:
+            # the answer names the profile the viewer will get, not aiortc's fixed one
+            lane = bus.video.pending or bus.video.source
+            profile = lane.profile_level_id if lane is not None else None
+            t = transceivers["video"]
+            aiortc_internals.set_transceiver_codecs(
+                t, answer_codecs(aiortc_internals.transceiver_codecs(t), offer, profile))
         for kind, t in transceivers.items():
             pts: dict[str, int] = {}
             for codec in aiortc_internals.transceiver_codecs(t):

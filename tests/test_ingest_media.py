@@ -82,6 +82,11 @@ class VideoHeaders:
         return len(set(self.timestamps))
 
 
+def answer_profiles(answer: str) -> list[str]:
+    """The H.264 profile-level-ids an answer names."""
+    return re.findall(r"profile-level-id=([0-9a-fA-F]{6})", answer)
+
+
 async def watch(node: Node, clients: list[Any]) -> tuple[RecordingViewer, VideoHeaders, str]:
     viewer = RecordingViewer()
     client = SioClient()
@@ -132,6 +137,8 @@ async def test_a_venue_feed_with_b_frames_plays_at_viewers(node: Node, clients: 
         assert media["sent_profile_level_id"].startswith("42")
         listed = await get_json(f"{node.url}/api/forums/{FORUM}/sources", op)
         assert next(s for s in listed["sources"] if s["id"] == ingest["source_id"])["media"] == media
+        _, _, answer = await watch(node, clients)
+        assert answer_profiles(answer) == [media["sent_profile_level_id"]]
     finally:
         await encoder.stop(grace=2.0)
 
@@ -158,5 +165,8 @@ async def test_a_baseline_venue_feed_is_copied(node: Node, clients: list[Any]) -
         venue = node.app[INPUTS]._venues[FORUM]
         assert venue.transcoders_started == 0 and len(venue.processes()) == 2  # the two listeners only
         assert headers.backwards == 0
+        # a viewer joining now is told the profile it gets (aiortc alone answers 42e01f)
+        _, _, answer = await watch(node, clients)
+        assert answer_profiles(answer) == [media["profile_level_id"]]
     finally:
         await encoder.stop(grace=2.0)
