@@ -4,7 +4,10 @@ gate, real aiortc viewers that decode): issue 14 items 4 and 5."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 import aiohttp
 import ffmpeg
 import pytest
+from aiortc.mediastreams import MediaStreamError
 
 from rooms.models import Role
 from signaling.forum_inputs import INPUTS
@@ -170,3 +174,112 @@ async def test_a_baseline_venue_feed_is_copied(node: Node, clients: list[Any]) -
         assert answer_profiles(answer) == [media["profile_level_id"]]
     finally:
         await encoder.stop(grace=2.0)
+
+
+# --- item 5: a source without video, or without audio ---------------------------------
+
+SLATE_SIZE = (960, 540)  # forum_inputs.SLATE_SIZE: the forum's slate picture
+
+
+class ListeningViewer(RecordingViewer):
+    """Also keeps (time, loudest sample) of every decoded audio frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.audio: list[tuple[float, int]] = []
+
+    async def _read(self, track: Any, counter: Any) -> None:  # type: ignore[override]
+        if track.kind == "video":
+            await super()._read(track, counter)
+            return
+        with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
+            while True:
+                frame = await track.recv()
+                self.audio.append((time.monotonic(), int(abs(frame.to_ndarray()).max())))
+                await counter.bump()
+
+    def video_since(self, at: float) -> list[Any]:
+        return [f for f in self.frames if f.at >= at]
+
+    def audio_since(self, at: float) -> list[int]:
+        return [loudest for when, loudest in self.audio if when >= at]
+
+
+def whip_encoder(url: str, token: str, *, video: bool, audio: bool) -> FfmpegProcess:
+    """ffmpeg's WHIP muxer with only the tracks asked for."""
+    streams = []
+    if video:
+        streams.append(ffmpeg.input("testsrc2=s=320x240:r=30", f="lavfi", re=None))
+    if audio:
+        streams.append(ffmpeg.input("sine=f=440:r=48000", f="lavfi", re=None))
+    options: dict[str, Any] = {"t": 90, "f": "whip", "authorization": token}
+    if video:
+        options.update(vcodec="libx264", preset="ultrafast", tune="zerolatency", g=30, bf=0,
+                       **{"profile:v": "baseline"})
+    if audio:
+        options.update(acodec="libopus", ac=2)  # the WHIP muxer wants stereo Opus
+    return FfmpegProcess(ffmpeg.output(*streams, url, **options).get_args(), name="whip-encoder", loglevel="error")
+
+
+async def on_air_with(node: Node, clients: list[Any], encoder: FfmpegProcess) -> tuple[ListeningViewer, float, Any]:
+    """A viewer watches the forum's slate; `encoder` publishes and goes on
+    air by itself. Returns the viewer, when the program changed, and the
+    source's record."""
+    observer = SioClient()
+    clients.append(observer)
+    await observer.connect(node, node.token(Role.OPERATOR, [FORUM]))
+    await observer.call("join", {"forum_id": FORUM})
+    viewer = ListeningViewer()
+    client = SioClient()
+    clients += [viewer, client]
+    await client.connect(node, node.token(Role.VIEWER, [FORUM], "Guest"))
+    await client.call("join", {"forum_id": FORUM})
+    answer = await client.call("watch", {"forum_id": FORUM, "sdp": await viewer.offer()})
+    await viewer.accept(answer["sdp"])
+    await viewer.wait_size(SLATE_SIZE, timeout=40)  # the slate, before anyone speaks
+    await encoder.start()
+    program = await observer.next_push("program", lambda p: p["program"] is not None, timeout=40)
+    return viewer, time.monotonic(), program["source"]
+
+
+async def test_an_audio_only_whip_speaker_goes_on_air_with_a_picture(node: Node, clients: list[Any]) -> None:
+    """Issue 14 item 5: ffmpeg WHIP with Opus only went on air with no
+    video at all, and the watch page never started playing."""
+    encoder = whip_encoder(f"{node.url}/whip/{FORUM}", node.token(Role.SPEAKER, [FORUM], "Dr. Audio Only"),
+                           video=False, audio=True)
+    try:
+        viewer, on_air, source = await on_air_with(node, clients, encoder)
+        # the picture goes on (the slate's), and the speaker is heard
+        await eventually(lambda: len(viewer.video_since(on_air + 1.0)) >= 10, timeout=30,
+                         what="picture frames while the audio-only speaker is on air")
+        assert {(f.width, f.height) for f in viewer.video_since(on_air)} == {SLATE_SIZE}
+        await eventually(lambda: sum(1 for loud in viewer.audio_since(on_air + 1.0) if loud > 1000) >= 25,
+                         timeout=30, what="the speaker's tone")
+        async def said_no_video() -> bool:
+            media = await media_of(node, source["id"])
+            return media is not None and media["video_codec"] is None and media["audio"] is True
+
+        await eventually(said_no_video, timeout=20, what="the source's media saying it has no video")
+    finally:
+        await encoder.stop(grace=1.0)
+
+
+async def test_a_video_only_whip_publisher_gets_silence(node: Node, clients: list[Any]) -> None:
+    encoder = whip_encoder(f"{node.url}/whip/{FORUM}", node.token(Role.SPEAKER, [FORUM], "Silent Camera"),
+                           video=True, audio=False)
+    try:
+        viewer, on_air, _ = await on_air_with(node, clients, encoder)
+        await viewer.wait_size((320, 240), timeout=30, after=on_air)
+        cut = next(f.at for f in viewer.frames if (f.width, f.height) == (320, 240))
+        # audio keeps coming after the cut: the slate's silence
+        await eventually(lambda: len(viewer.audio_since(cut + 0.5)) >= 50, timeout=30,
+                         what="audio frames while the video-only publisher is on air")
+        assert max(viewer.audio_since(cut + 0.5)) < 100  # silence
+    finally:
+        await encoder.stop(grace=1.0)
+
+
+async def media_of(node: Node, source_id: str) -> Any:
+    """The source's `media` in /api/forums/{id} (None until reported)."""
+    forum = await get_json(f"{node.url}/api/forums/{FORUM}")
+    return next((s["media"] for s in forum["sources"] if s["id"] == source_id), None)
