@@ -55,11 +55,10 @@ def _free_tcp_port() -> int:
 
 
 def tap_output(port: int) -> tuple[str, dict[str, object]]:
-    """The ffmpeg-python output (url, kwargs) that copies one video stream
-    as MPEG-TS datagrams to the tap on 127.0.0.1:port."""
-    # muxdelay/muxpreload 0: no 0.7 s of added buffering in the TS muxer
-    return (f"udp://127.0.0.1:{port}?pkt_size={TS_DATAGRAM}",
-            {"f": "mpegts", "vcodec": "copy", "muxdelay": 0, "muxpreload": 0, "flush_packets": 1})
+    """The (url, muxer options) of an ffmpeg output (a tee slave) that
+    sends the copied video as MPEG-TS datagrams to the tap on 127.0.0.1:port."""
+    # max_delay 0: no 0.7 s of added buffering in the TS muxer
+    return f"udp://127.0.0.1:{port}?pkt_size={TS_DATAGRAM}", {"f": "mpegts", "max_delay": 0}
 
 
 class TsTap(asyncio.DatagramProtocol):

@@ -83,6 +83,11 @@ class VenueUrls:
                 "stream_key": self.stream_key, "srt_url": self.srt_url}
 
 
+def _tee_slave(options: dict[str, object], url: str) -> str:
+    """One slave of ffmpeg's tee muxer: "[k=v:...:onfail=ignore]url"."""
+    return "[" + ":".join(f"{k}={v}" for k, v in {**options, "onfail": "ignore"}.items()) + "]" + url
+
+
 def _free_tcp_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -137,7 +142,7 @@ class _Leg:
             self.internal_port = _free_tcp_port()
             url = f"rtmp://127.0.0.1:{self.internal_port}/{RTMP_APP}/{key}"
             options["listen"] = 1
-            video_options["bsf:v"] = "h264_mp4toannexb"
+            video_options["bsf:v"] = "h264_mp4toannexb"  # on the tee output: a slave's bsfs is not applied
         else:
             url = (f"srt://{self.venue.listen_host}:{self.venue.srt_port}"
                    f"?mode=listener&passphrase={key}&pbkeylen=16")
@@ -145,12 +150,18 @@ class _Leg:
         video_url, video_rtp = rtp_output_options("video", self.video.port)
         audio_url, audio_rtp = rtp_output_options("audio", self.audio.port)
         tap_url, tap_options = tap_output(self.ts_tap.port)
-        return ffmpeg.merge_outputs(
-            source["v:0"].output(video_url, vcodec="copy", **video_options, **video_rtp),
-            source["v:0"].output(tap_url, **tap_options),  # for the ingest encode, if the check asks for it
-            # "?": an encoder without audio still plays (video only)
-            source["a:0?"].output(audio_url, acodec="libopus", ar=48000, ac=2, **{"b:a": "96k"}, **audio_rtp),
-        ).get_args()
+        # One tee output whose slaves pick their stream: an encoder without audio (or
+        # without video) still plays, its missing slave failing alone (onfail=ignore).
+        # Separate outputs with optional maps would not: ffmpeg fills an output whose
+        # map matched nothing by its own choice (the video, encoded to MPEG-4 Part 2
+        # for the audio port), or refuses one left empty.
+        slaves = "|".join((
+            _tee_slave({"select": "v", **video_rtp}, video_url),
+            _tee_slave({"select": "v", **tap_options}, tap_url),  # for the ingest encode, if the check asks
+            _tee_slave({"select": "a", **audio_rtp}, audio_url),
+        ))
+        return ffmpeg.output(source["v:0?"], source["a:0?"], slaves, f="tee", vcodec="copy", acodec="libopus",
+                             ar=48000, ac=2, **{"b:a": "96k"}, **video_options).get_args()
 
     def exited(self, result: FfmpegExit) -> None:
         if self.live:

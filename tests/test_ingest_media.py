@@ -52,13 +52,15 @@ async def get_json(url: str, token: str | None = None) -> Any:
         return await response.json()
 
 
-def x264_encoder(url: str, *, profile: str, bframes: int) -> FfmpegProcess:
+def x264_encoder(url: str, *, profile: str, bframes: int, audio: bool = True) -> FfmpegProcess:
     """A venue encoder as x264 users set it up: 640x360 at 30 fps, 1 s
     GOP, AAC, over RTMP (veryfast: x264's ultrafast writes main, not high)."""
-    video = ffmpeg.input(f"testsrc2=s={SIZE[0]}x{SIZE[1]}:r=30", f="lavfi", re=None)
-    audio = ffmpeg.input("sine=r=48000", f="lavfi", re=None)
-    args = ffmpeg.output(video, audio, url, t=90, vcodec="libx264", preset="veryfast", pix_fmt="yuv420p", g=30,
-                         bf=bframes, acodec="aac", f="flv", **{"profile:v": profile}).get_args()
+    streams = [ffmpeg.input(f"testsrc2=s={SIZE[0]}x{SIZE[1]}:r=30", f="lavfi", re=None)]
+    if audio:
+        streams.append(ffmpeg.input("sine=r=48000", f="lavfi", re=None))
+    args = ffmpeg.output(*streams, url, t=90, vcodec="libx264", preset="veryfast", pix_fmt="yuv420p", g=30,
+                         bf=bframes, f="flv", **{"profile:v": profile}, **({"acodec": "aac"} if audio else {}),
+                         ).get_args()
     return FfmpegProcess(args, name=f"venue-{profile}-bf{bframes}", loglevel="error")
 
 
@@ -283,3 +285,40 @@ async def media_of(node: Node, source_id: str) -> Any:
     """The source's `media` in /api/forums/{id} (None until reported)."""
     forum = await get_json(f"{node.url}/api/forums/{FORUM}")
     return next((s["media"] for s in forum["sources"] if s["id"] == source_id), None)
+
+
+async def test_a_venue_feed_without_audio_gets_silence(node: Node, clients: list[Any]) -> None:
+    """The same kind as item 5 on the venue path: the venue's audio track
+    never flows, so the slate's silence stands in for it."""
+    op = node.token(Role.OPERATOR, [FORUM])
+    ingest = await get_json(f"{node.url}/api/forums/{FORUM}/ingest", op)
+    encoder = x264_encoder(ingest["rtmp_url"], profile="baseline", bframes=0, audio=False)
+    try:
+        viewer, on_air, _ = await on_air_with(node, clients, encoder)
+        await viewer.wait_size(SIZE, timeout=40, after=on_air)
+        cut = next(f.at for f in viewer.frames if (f.width, f.height) == SIZE)
+        await eventually(lambda: len(viewer.audio_since(cut + 0.5)) >= 50, timeout=30,
+                         what="audio frames while the venue feed without audio is on air")
+        assert max(viewer.audio_since(cut + 0.5)) < 100
+    finally:
+        await encoder.stop(grace=1.0)
+
+
+async def test_a_venue_feed_without_video_goes_on_air_with_a_picture(node: Node, clients: list[Any]) -> None:
+    """An audio-only venue encoder (a radio desk): before, ffmpeg refused
+    the leg ("matches no streams") and the feed never went live."""
+    op = node.token(Role.OPERATOR, [FORUM])
+    ingest = await get_json(f"{node.url}/api/forums/{FORUM}/ingest", op)
+    args = ffmpeg.output(ffmpeg.input("sine=f=440:r=48000", f="lavfi", re=None), ingest["rtmp_url"], t=90,
+                         acodec="aac", f="flv").get_args()
+    encoder = FfmpegProcess(args, name="venue-audio-only", loglevel="error")
+    try:
+        viewer, on_air, source = await on_air_with(node, clients, encoder)
+        assert source["id"] == ingest["source_id"]
+        await eventually(lambda: len(viewer.video_since(on_air + 1.0)) >= 10, timeout=30,
+                         what="picture frames while the audio-only venue feed is on air")
+        assert {(f.width, f.height) for f in viewer.video_since(on_air)} == {SLATE_SIZE}
+        await eventually(lambda: sum(1 for loud in viewer.audio_since(on_air + 1.0) if loud > 1000) >= 25,
+                         timeout=30, what="the venue's tone")
+    finally:
+        await encoder.stop(grace=1.0)
