@@ -112,6 +112,7 @@ class _Leg:
         self.venue = venue
         self.protocol = protocol
         self.live = False
+        self.live_since = 0.0  # time.monotonic() of this run's first packet
         self.internal_port = 0  # RTMP: where ffmpeg listens behind the gate
         self.ssrcs: set[int] = set()  # of the ffmpeg run on air
         self.stale_ssrcs: set[int] = set()  # of runs given up on: their last packets are dropped
@@ -284,6 +285,7 @@ class VenueIngest:
             return  # a run that was cut off, flushing: not a publisher coming back
         if not leg.live:
             leg.live = True
+            leg.live_since = time.monotonic()
             logger.info("VenueIngest(%s) %s publisher live", self.forum_id, leg.protocol)
         if packet.ssrc not in leg.ssrcs:
             leg.ssrcs.add(packet.ssrc)
@@ -404,6 +406,20 @@ class VenueIngest:
                     self._leg_down(leg)
                     if leg.supervisor.current is not None:
                         await leg.supervisor.current.kill()  # the supervisor starts a fresh one
+                elif leg.live and leg is self._active and now - leg.live_since > self.media_timeout:
+                    self._note_missing_tracks(leg)
+
+    def _note_missing_tracks(self, leg: _Leg) -> None:
+        """A run live for media_timeout with no audio, or no video, at all:
+        tell the operator (viewers get the slate's silence or picture)."""
+        has_video = leg.video.last_arrival >= leg.live_since
+        has_audio = leg.audio.last_arrival >= leg.live_since
+        media = self.media
+        if not has_video and (media is None or media.video_codec is not None):
+            self._set_media(SourceMedia(video_codec=None, audio=has_audio, handling="copy",
+                                        reason="no video: viewers see the slate's picture"))
+        elif has_video and media is not None and media.audio != has_audio:
+            self._set_media(dataclasses.replace(media, audio=has_audio))
 
     async def stop(self) -> None:
         """Stop listening, stop ffmpeg, close the ports. Idempotent;

@@ -300,6 +300,12 @@ async def test_a_venue_feed_without_audio_gets_silence(node: Node, clients: list
         await eventually(lambda: len(viewer.audio_since(cut + 0.5)) >= 50, timeout=30,
                          what="audio frames while the venue feed without audio is on air")
         assert max(viewer.audio_since(cut + 0.5)) < 100
+
+        async def said_no_audio() -> bool:
+            media = await media_of(node, ingest["source_id"])
+            return media is not None and media["audio"] is False and media["handling"] == "copy"
+
+        await eventually(said_no_audio, timeout=20, what="the venue source's media saying it has no audio")
     finally:
         await encoder.stop(grace=1.0)
 
@@ -320,5 +326,11 @@ async def test_a_venue_feed_without_video_goes_on_air_with_a_picture(node: Node,
         assert {(f.width, f.height) for f in viewer.video_since(on_air)} == {SLATE_SIZE}
         await eventually(lambda: sum(1 for loud in viewer.audio_since(on_air + 1.0) if loud > 1000) >= 25,
                          timeout=30, what="the venue's tone")
+
+        async def said_no_video() -> bool:
+            media = await media_of(node, ingest["source_id"])
+            return media is not None and media["video_codec"] is None and media["audio"] is True
+
+        await eventually(said_no_video, timeout=20, what="the venue source's media saying it has no video")
     finally:
         await encoder.stop(grace=1.0)
