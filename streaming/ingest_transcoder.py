@@ -26,6 +26,7 @@ import enum
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 import ffmpeg
 
@@ -164,10 +165,13 @@ def transcoder_args(listen_port: int, rtp_port: int, sps: H264Sps | None) -> lis
 
 class IngestTranscoder:
     """One ffmpeg encoding one leg's video; fed by `tap`, writing RTP to
-    127.0.0.1:`rtp_port`. start() returns once the tap relays to it;
-    stop() is idempotent and reaps the child."""
+    127.0.0.1:`rtp_port`. start() returns once the tap relays to it
+    (RuntimeError if ffmpeg never listens); `on_failed(description)` is
+    called if the encoder ends by itself while wanted; stop() is
+    idempotent and reaps the child."""
 
-    def __init__(self, name: str, tap: TsTap, rtp_port: int, sps: H264Sps | None, *, ffmpeg_path: str = "") -> None:
+    def __init__(self, name: str, tap: TsTap, rtp_port: int, sps: H264Sps | None, *, ffmpeg_path: str = "",
+                 on_failed: Callable[[str], None] | None = None) -> None:
         self.name = name
         self._tap = tap
         self._rtp_port = rtp_port
@@ -175,13 +179,14 @@ class IngestTranscoder:
         self._ffmpeg = ffmpeg_path
         self.process: FfmpegProcess | None = None
         self._stopped = False
+        self._on_failed = on_failed
         self.started_at = 0.0
 
     async def start(self) -> None:
         port = _free_tcp_port()
         self._tap.relay_pending()
         self.process = FfmpegProcess(transcoder_args(port, self._rtp_port, self._sps), name=self.name,
-                                     ffmpeg=self._ffmpeg, loglevel="error")
+                                     ffmpeg=self._ffmpeg, loglevel="error", on_state=self._state)
         self.started_at = time.monotonic()
         await self.process.start()
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
@@ -198,6 +203,11 @@ class IngestTranscoder:
         self._tap.relay(writer)
         logger.info("IngestTranscoder(%s) encoding (connected in %.2f s)", self.name,
                     time.monotonic() - self.started_at)
+
+    def _state(self, state: str) -> None:
+        if state == "exited" and not self._stopped and self._on_failed is not None and self.process is not None:
+            self._stopped = True
+            self._on_failed(self.process.result().describe())
 
     async def stop(self) -> None:
         self._stopped = True

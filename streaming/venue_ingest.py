@@ -316,6 +316,8 @@ class VenueIngest:
             self._decide(leg, check_sps(leg.sps) if leg.sps is not None else Verdict("transcode", "unreadable SPS"))
         if leg.verdict is not None and leg.verdict.transcode:
             return False
+        if leg.verdict is not None and leg.verdict.handling == "flagged":
+            return True  # the encode failed: forwarded as sent, timestamps and all
         # presentation timestamps that step back: frames out of display order
         last = leg.last_video_ts
         leg.last_video_ts = packet.timestamp
@@ -352,14 +354,28 @@ class VenueIngest:
         if leg.transcoder is not None:
             return
         transcoder = IngestTranscoder(f"transcode-{self.forum_id}-{leg.protocol}", leg.ts_tap, leg.transcoded.port,
-                                      leg.sps, ffmpeg_path=self.ffmpeg)
+                                      leg.sps, ffmpeg_path=self.ffmpeg,
+                                      on_failed=lambda why: self._encode_failed(leg, transcoder, why))
         leg.transcoder = transcoder
         self.transcoders_started += 1
         try:
             await transcoder.start()
-        except Exception:
+        except Exception as exc:
             logger.exception("VenueIngest(%s) the ingest encode did not start", self.forum_id)
-            await transcoder.stop()
+            self._encode_failed(leg, transcoder, str(exc))
+
+    def _encode_failed(self, leg: _Leg, transcoder: IngestTranscoder, why: str) -> None:
+        """The encode is gone: viewers get the copy again, and the operator
+        is told it may not play (a picture that stutters beats none)."""
+        if leg.transcoder is not transcoder or leg.verdict is None:
+            return
+        leg.transcoder = None
+        self._spawn(transcoder.stop())
+        reason = f"{leg.verdict.reason}; the ingest encode failed ({why}): copied as sent"
+        logger.error("VenueIngest(%s) %s", self.forum_id, reason)
+        leg.verdict = Verdict("flagged", reason)
+        leg.ts_tap.drop()
+        self._set_media(source_media(leg.sps, leg.verdict, audio=self.media.audio if self.media else True))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

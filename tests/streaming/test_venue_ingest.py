@@ -251,14 +251,26 @@ async def test_a_high_profile_feed_with_b_frames_is_transcoded_once_at_ingest(ve
         assert (media.width, media.height, media.frame_rate) == (640, 360, 30.0)
         assert venue.ingest.transcoders_started == 1
         assert len(venue.ingest.processes()) == 3  # two listeners and the one encode
+        encoded = list(venue.video.packets)
+        assert backwards_steps(encoded) == 0
+        types = [t for p in encoded for t in h264_nal_types(p.payload)]
+        assert types[0] == 7  # viewers start at the encode's SPS
+        sps = parse_sps(next(sps_from_rtp(p.payload) for p in encoded if sps_from_rtp(p.payload)))
+        assert sps.profile_idc == 66 and sps.reorder_frames == 0
+        assert venue.ingest.media.sent_profile_level_id == sps.profile_level_id
+
+        # the encode dies: the copy goes on (flagged) rather than no picture at all
+        transcoder = venue.ingest.legs["rtmp"].transcoder
+        assert transcoder is not None and transcoder.process is not None and transcoder.process.pid is not None
+        os.kill(transcoder.process.pid, signal.SIGKILL)
+        await eventually(lambda: venue.ingest.media is not None and venue.ingest.media.handling == "flagged",
+                         timeout=20, what="the source flagged after its encode died")
+        assert "the ingest encode failed" in venue.ingest.media.reason
+        count = len(venue.video.packets)
+        await eventually(lambda: len(venue.video.packets) > count + 30, timeout=20, what="the copy forwarded")
+        assert len(venue.ingest.processes()) == 2
     finally:
         await encoder.stop(grace=2.0)
-    assert backwards_steps(venue.video.packets) == 0
-    types = [t for p in venue.video.packets for t in h264_nal_types(p.payload)]
-    assert types[0] == 7  # viewers start at the encode's SPS
-    sps = parse_sps(next(sps_from_rtp(p.payload) for p in venue.video.packets if sps_from_rtp(p.payload)))
-    assert sps.profile_idc == 66 and sps.reorder_frames == 0
-    assert venue.ingest.media.sent_profile_level_id == sps.profile_level_id
 
 
 async def test_a_baseline_feed_is_copied_without_an_encoder(venue: Venue) -> None:
