@@ -10,7 +10,7 @@ slate feed) is cut in. After set_program(id) the program is that source
 Viewers always get a picture and a sound: the slate feed is every bus's
 `cover`, standing in for a live feed's track that is missing or does not
 flow (no video: the slate's picture; no audio: its silence). A track that
-stops while the rest of its feed flows (media_timeout) counts as missing
+stops while the rest of its feed flows (track_timeout) counts as missing
 until its next packet.
 """
 
@@ -140,7 +140,8 @@ class ForumMedia:
             if sources and all(now - s.last_arrival > timeout for s in sources):
                 self.feed_lost(source_id)
                 continue
-            quiet = [s for s in sources if not s.idle and now - s.last_arrival > timeout]
+            track_timeout = max(timeout, self._config.track_timeout)
+            quiet = [s for s in sources if not s.idle and now - s.last_arrival > track_timeout]
             for source in quiet:  # the rest of the feed flows: this track is missing for now
                 logger.info("Forum(%s) %s of %s stopped: the cover stands in", self.forum_id, source.kind,
                             source_id)

@@ -50,7 +50,7 @@ class Recorder:
 
 def make_forum() -> tuple[ForumMedia, Recorder]:
     holder: list[Recorder] = []
-    forum = ForumMedia("f1", MediaConfig(slate_grace=GRACE, media_timeout=0.3),
+    forum = ForumMedia("f1", MediaConfig(slate_grace=GRACE, media_timeout=0.3, track_timeout=0.3),
                        lambda sid, st: holder[0].notify(sid, st))
     holder.append(Recorder(forum))
     return forum, holder[0]
