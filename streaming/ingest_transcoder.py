@@ -115,6 +115,12 @@ class TsTap(asyncio.DatagramProtocol):
         self._held.clear()
         self._held_bytes = 0
 
+    def forget(self) -> None:
+        """Undecided: let go of what is held so far (a leg not on air)."""
+        if self._mode is _TapMode.HOLD:
+            self._held.clear()
+            self._held_bytes = 0
+
     def drop(self) -> None:
         """Copied: forget what is held and what comes."""
         self._mode = _TapMode.DROP

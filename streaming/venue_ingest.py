@@ -289,8 +289,12 @@ class VenueIngest:
             logger.info("VenueIngest(%s) %s publisher live", self.forum_id, leg.protocol)
         if packet.ssrc not in leg.ssrcs:
             leg.ssrcs.add(packet.ssrc)
-        if kind == "video" and not transcoded and not self._check(leg, packet):
-            return  # not checked yet, or being transcoded: the copy is not forwarded
+        if kind == "video" and not transcoded:
+            if self._active is not None and self._active is not leg:
+                leg.ts_tap.forget()  # the other protocol has the floor: nothing to check or encode
+                return
+            if not self._check(leg, packet):
+                return  # not checked yet, or being transcoded: the copy is not forwarded
         if self._active is None:
             self._active = leg
             self._set_state(SourceState.LIVE)
