@@ -149,6 +149,27 @@ class Participant:
 
 
 @dataclass(frozen=True)
+class SourceMedia:
+    """What a source's encoder sends and what the server does with it, as
+    the operator sees it. `handling`: "copy" (forwarded as received),
+    "transcode" (encoded once at ingest, for every viewer) or "flagged"
+    (forwarded, but viewers may not play it: `reason` says why). Sizes in
+    pixels, `frame_rate` in frames per second; `b_frames` None: unknown."""
+
+    video_codec: str | None = None  # "h264", "vp8"; None: the source sends no video
+    audio: bool = True  # False: it sends no audio (viewers get silence)
+    profile: str | None = None  # "constrained baseline", "high", ...
+    profile_level_id: str | None = None  # the encoder's (RFC 6184), e.g. "64001f"
+    width: int | None = None
+    height: int | None = None
+    frame_rate: float | None = None
+    b_frames: bool | None = None
+    handling: str = "copy"
+    reason: str = ""
+    sent_profile_level_id: str | None = None  # what viewers receive
+
+
+@dataclass(frozen=True)
 class MediaSource:
     """One input a forum can put on air."""
 
@@ -160,6 +181,7 @@ class MediaSource:
     node_id: str = ""  # the node whose media plane holds it
     participant_id: str | None = None  # the speaker who publishes it, if any
     holder: str = ""  # the token's holder (its `sub`) that created it
+    media: SourceMedia | None = None  # None until its first video parameters (or media) are known
 
 
 @dataclass(frozen=True)

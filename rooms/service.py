@@ -35,7 +35,9 @@ from rooms.events import (
     SourceUpdated,
     ViewerCountChanged,
 )
-from rooms.models import Event, Forum, MediaSource, Participant, ProgramState, Role, SourceKind, SourceState
+from rooms.models import (
+    Event, Forum, MediaSource, Participant, ProgramState, Role, SourceKind, SourceMedia, SourceState,
+)
 from rooms.store import Admission, Counts, Reaped, Store, Subscription
 from rooms.tokens import Grant
 
@@ -290,6 +292,20 @@ class RoomService:
         if source.state is new_state:
             return source
         updated = dataclasses.replace(source, state=new_state)
+        await self.store.put_source(updated)
+        await self.store.publish(SourceUpdated(updated))
+        return updated
+
+    async def update_source_media(self, forum_id: str, source_id: str, media: SourceMedia) -> MediaSource:
+        """For the media plane that holds the source: what its encoder
+        sends and how it is handled (copy / transcode / flagged)."""
+        forum = self.forum(forum_id)
+        if not isinstance(media, SourceMedia):
+            raise RoomError("invalid", "source media must be a SourceMedia")
+        source = await self._source(forum.id, source_id)
+        if source.media == media:
+            return source
+        updated = dataclasses.replace(source, media=media)
         await self.store.put_source(updated)
         await self.store.publish(SourceUpdated(updated))
         return updated

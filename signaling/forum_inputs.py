@@ -40,7 +40,7 @@ from aiohttp import web
 
 from config.settings import Settings, ffmpeg_path, load_or_create_secret
 from rooms.errors import RoomError
-from rooms.models import MediaSource, Role, SourceKind, SourceState
+from rooms.models import MediaSource, Role, SourceKind, SourceMedia, SourceState
 from rooms.tokens import Grant
 from signaling.app_keys import EVENT, MEDIA, ROOMS, SETTINGS
 from streaming.media_library import MediaItem, MediaLibrary
@@ -117,7 +117,8 @@ class ForumInputs:
         self._venue_locks: dict[str, asyncio.Lock] = {}
         self._slate_tasks: dict[str, asyncio.Task[None]] = {}
         self._playouts: dict[str, Playout] = {}
-        self._changes: asyncio.Queue[tuple[str, str, SourceState]] = asyncio.Queue(4096)
+        # source states and venue media reports, applied to the rooms in order
+        self._changes: asyncio.Queue[tuple[str, str, SourceState | SourceMedia]] = asyncio.Queue(4096)
         self._remove_listener: Callable[[], None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._events: Any = None
@@ -254,6 +255,7 @@ class ForumInputs:
         audio = RtpSource("audio", opus_codec(), name=source_id)
         venue = VenueIngest(forum_id, rtmp_port, srt_port, venue_key(self._secret, forum_id), video, audio,
                             source_id=source_id, ffmpeg=ffmpeg_path(self._settings),
+                            on_media=lambda media: self._queue_change(forum_id, source_id, media),
                             listen_host=self._settings.ingest_host,
                             # per run, so a start can remove what a SIGKILLed run left there
                             secrets_dir=self._settings.data_dir / "run" / "secrets" / run_id())
@@ -389,12 +391,21 @@ class ForumInputs:
 
     def _on_source_change(self, change: Any) -> None:
         if change.source_id in self._playouts or change.source_id in self._venue_sources():
-            with contextlib.suppress(asyncio.QueueFull):
-                self._changes.put_nowait((change.forum_id, change.source_id, SourceState(change.state)))
+            self._queue_change(change.forum_id, change.source_id, SourceState(change.state))
+
+    def _queue_change(self, forum_id: str, source_id: str, change: SourceState | SourceMedia) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._changes.put_nowait((forum_id, source_id, change))
 
     async def _apply_changes(self) -> None:
         while True:
             forum_id, source_id, state = await self._changes.get()
+            if isinstance(state, SourceMedia):  # a venue feed checked: copy or transcode, and why
+                try:
+                    await self._rooms.update_source_media(forum_id, source_id, state)
+                except RoomError as exc:
+                    logger.debug("ForumInputs: media of %s not recorded: %s", source_id, exc.message)
+                continue
             if state is SourceState.ENDED:
                 continue  # removal says it; the rooms forget the source then
             try:

@@ -20,8 +20,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from rooms.agenda import AgendaClock, session_json
 from rooms.errors import RoomError
+from rooms.events import record_to_json
 from rooms.models import Event, Forum
-from signaling.app_keys import AGENDA, EVENT, SETTINGS
+from signaling.app_keys import AGENDA, EVENT, ROOMS, SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +179,14 @@ async def get_forum(request: web.Request) -> web.Response:
     forum = event.forum(forum_id)
     if forum is None:
         raise RoomError("not_found", f"there is no forum {forum_id!r} in this event")
-    return json_response(forum_detail(forum, event, request.app[AGENDA]))
+    body = forum_detail(forum, event, request.app[AGENDA])
+    rooms = request.app.get(ROOMS)
+    if rooms is not None:
+        # what each input sends and whether it is copied or transcoded (and why)
+        body["sources"] = [{"id": s.id, "kind": s.kind.value, "name": s.name, "state": s.state.value,
+                            "media": record_to_json(s.media) if s.media is not None else None}
+                           for s in await rooms.sources(forum.id)]
+    return json_response(body)
 
 
 def setup_http_api(app: web.Application) -> None:

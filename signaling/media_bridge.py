@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from rooms.errors import RoomError
-from rooms.models import MediaSource, SourceKind, SourceState
+from rooms.models import MediaSource, SourceKind, SourceMedia, SourceState
 from rooms.tokens import Grant
 from signaling.app_keys import MEDIA, ROOMS, SETTINGS
 from streaming.media_error import MediaError
@@ -95,6 +95,7 @@ class MediaBridge:
         self._changes: asyncio.Queue[Any] = asyncio.Queue(_QUEUE_LIMIT)
         self._task: asyncio.Task[None] | None = None
         self._remove_listener: Callable[[], None] | None = None
+        self._remove_media_listener: Callable[[], None] | None = None
         self._ended_listeners: list[Callable[[str], Awaitable[None]]] = []
         self._ended_by: dict[str, RoomError] = {}  # source id -> why someone else ended it (bounded)
 
@@ -122,6 +123,8 @@ class MediaBridge:
 
     async def start(self) -> None:
         self._remove_listener = self._media.add_source_listener(self._on_source_change)
+        # MediaReports (what a publisher sends) go through the same ordered queue
+        self._remove_media_listener = self._media.add_media_listener(self._on_source_change)
         self._task = asyncio.create_task(self._apply_changes(), name="media-bridge")
 
     async def stop(self) -> None:
@@ -137,9 +140,10 @@ class MediaBridge:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._remove_listener is not None:
-            self._remove_listener()
-            self._remove_listener = None
+        for remove in (self._remove_listener, self._remove_media_listener):
+            if remove is not None:
+                remove()
+        self._remove_listener = self._remove_media_listener = None
 
     # --- publishers ----------------------------------------------------------
 
@@ -228,6 +232,10 @@ class MediaBridge:
             try:
                 if isinstance(change, _Expire):
                     await self._expire(change.source_id)
+                elif isinstance(getattr(change, "media", None), SourceMedia):  # a MediaReport
+                    if change.source_id in self._sources:  # what it sends: the operator sees it
+                        with contextlib.suppress(RoomError):
+                            await self._rooms.update_source_media(change.forum_id, change.source_id, change.media)
                 else:
                     await self._apply(change.forum_id, change.source_id, SourceState(change.state))
             except asyncio.CancelledError:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rooms.errors import RoomError
+from rooms.events import record_to_json
 from rooms.models import Forum, MediaSource, Participant, ProgramState
 
 logger = logging.getLogger(__name__)
@@ -185,9 +186,12 @@ def participant_json(participant: Participant) -> dict[str, Any]:
 
 
 def source_json(source: MediaSource) -> dict[str, Any]:
+    """`media` is null until the source's stream is known, then what its
+    encoder sends and how it is handled (see rooms.models.SourceMedia)."""
     return {"id": source.id, "forum_id": source.forum_id, "kind": source.kind.value,
             "name": source.name, "state": source.state.value,
-            "participant_id": source.participant_id}
+            "participant_id": source.participant_id,
+            "media": record_to_json(source.media) if source.media is not None else None}
 
 
 def program_json(program: ProgramState, sources: list[MediaSource] | None = None) -> dict[str, Any]:

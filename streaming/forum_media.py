@@ -8,6 +8,12 @@ source that is lost keeps its last frame for `slate_grace` seconds, then
 the slate feed is cut in at its next keyframe, and the source is cut back
 in at its own first keyframe once live again, without waiting for the
 rooms.
+
+Viewers always get a picture and a sound: the slate feed is every bus's
+`cover`, standing in for a live feed's track that is missing or does not
+flow (no video: the slate's picture; no audio: its silence). A track that
+stops while the rest of its feed flows (track_timeout) counts as missing
+until its next packet.
 """
 
 from __future__ import annotations
@@ -51,10 +57,13 @@ class ForumMedia:
         self.feeds[feed.source_id] = feed
         self.states[feed.source_id] = SourceState.CONNECTING
         for source in feed.sources():
-            source.on_resume = lambda sid=feed.source_id: self.feed_flowing(sid)
+            source.on_resume = lambda sid=feed.source_id: self._track_flowing(sid)
         preview = self.previews.get(feed.source_id)
         if preview is not None and old is not None:
             preview.switch_to(feed)
+        if feed.kind == SourceKind.SLATE:
+            for bus in self._buses():
+                bus.set_cover(feed)
         self._notify(feed.source_id, SourceState.CONNECTING)
         if any(not s.idle for s in feed.sources()):
             self.feed_flowing(feed.source_id)
@@ -73,6 +82,9 @@ class ForumMedia:
             preview.switch_to(None)
         if self.program.feed is feed:
             self.program.switch_to(None)
+        for bus in self._buses():
+            if bus.cover is feed:
+                bus.set_cover(None)
         self._notify(source_id, SourceState.ENDED)
         self.evaluate()
         return feed
@@ -85,6 +97,26 @@ class ForumMedia:
         self._lost_at.pop(source_id, None)
         self._notify(source_id, SourceState.LIVE)
         self.evaluate()
+
+    def _track_flowing(self, source_id: str) -> None:
+        """A track of this feed has a packet after being idle."""
+        self.feed_flowing(source_id)
+        self._refresh(source_id)
+
+    def _refresh(self, source_id: str) -> None:
+        """Buses showing this live feed (all of them, for the cover) re-pick
+        their tracks."""
+        feed = self.feeds.get(source_id)
+        if feed is None:
+            return
+        for bus in self._buses():
+            if bus.feed is None or self.states.get(bus.feed.source_id) != SourceState.LIVE:
+                continue  # a lost feed keeps its frozen picture through the grace
+            if bus.feed is feed or bus.cover is feed:
+                bus.refresh()
+
+    def _buses(self) -> list[ProgramBus]:
+        return [self.program, *self.previews.values()]
 
     def feed_lost(self, source_id: str) -> None:
         """Media stopped or the peer failed."""
@@ -106,6 +138,15 @@ class ForumMedia:
             sources = feed.sources()
             if sources and all(now - s.last_arrival > timeout for s in sources):
                 self.feed_lost(source_id)
+                continue
+            track_timeout = max(timeout, self._config.track_timeout)
+            quiet = [s for s in sources if not s.idle and now - s.last_arrival > track_timeout]
+            for source in quiet:  # the rest of the feed flows: this track is missing for now
+                logger.info("Forum(%s) %s of %s stopped: the cover stands in", self.forum_id, source.kind,
+                            source_id)
+                source.idle = True  # its next packet calls on_resume
+            if quiet:
+                self._refresh(source_id)
 
     # --- program -------------------------------------------------------
 
@@ -167,6 +208,7 @@ class ForumMedia:
             if feed is None:
                 return None
             bus = ProgramBus(f"{self.forum_id}/{source_id}")
+            bus.cover = next((f for f in self.feeds.values() if f.kind == SourceKind.SLATE), None)
             bus.switch_to(feed)
             self.previews[source_id] = bus
         return bus

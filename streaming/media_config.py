@@ -28,6 +28,11 @@ class MediaConfig:
     publishers, which ffmpeg's WHIP muxer does not answer."""
     media_timeout: float = 2.0
     """Seconds without packets before a source counts as lost."""
+    track_timeout: float = 5.0
+    """Seconds one track of a flowing source may send nothing before the
+    slate's picture or silence stands in (a camera turned off); longer than
+    media_timeout so that a static screen share's sparse frames do not flash
+    the slate."""
     write_buffer_limit: int = 64 * 1024
     """Bytes queued on a viewer's socket before its video drops to the next keyframe."""
     connect_timeout: float = 10.0

@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rooms.models import SourceState
+from rooms.models import SourceMedia, SourceState
 from streaming import aiortc_internals
 from streaming.forum_media import ForumMedia
 from streaming.media_config import MediaConfig
@@ -47,7 +47,7 @@ from streaming.publisher import WebRtcPublisher
 from streaming.rtp_source import SourceFeed
 from streaming.viewer import WebRtcViewer
 
-__all__ = ["MediaError", "MediaPlane", "SourceChange"]
+__all__ = ["MediaError", "MediaPlane", "MediaReport", "SourceChange"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,18 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
+@dataclass(frozen=True)
+class MediaReport:
+    """What a publisher sends and how it is handled (rooms.SourceMedia)."""
+
+    forum_id: str
+    source_id: str
+    media: SourceMedia
+
+
 SourceListener = Callable[[SourceChange], Awaitable[None] | None]
 ViewerListener = Callable[[str], Awaitable[None] | None]
+MediaListener = Callable[[MediaReport], Awaitable[None] | None]
 
 
 class MediaPlane:
@@ -84,6 +94,7 @@ class MediaPlane:
         self.config = config
         self._source_listeners: list[SourceListener] = []
         self._viewer_listeners: list[ViewerListener] = []
+        self._media_listeners: list[MediaListener] = []
         self._state = _State.NEW
         self._forums: dict[str, ForumMedia] = {}
         self._publishers: dict[str, WebRtcPublisher] = {}
@@ -160,7 +171,8 @@ class MediaPlane:
         if old is not None:
             await old.stop()  # the speaker reconnected: the new peer replaces the old
         publisher = WebRtcPublisher(
-            forum_id, source_id, self.config, self._on_publisher_state, self._decoders
+            forum_id, source_id, self.config, self._on_publisher_state, self._decoders,
+            on_media=self._on_publisher_media,
         )
         try:
             answer = await publisher.start(offer_sdp)
@@ -186,6 +198,13 @@ class MediaPlane:
         if forum_id is not None:
             self.remove_feed(forum_id, source_id)
         await publisher.stop()
+
+    def _on_publisher_media(self, publisher: WebRtcPublisher) -> None:
+        if publisher.media is None:
+            return
+        report = MediaReport(publisher.forum_id, publisher.source_id, publisher.media)
+        for listener in list(self._media_listeners):
+            self._call(listener, report)
 
     def _on_publisher_state(self, publisher: WebRtcPublisher, state: str) -> None:
         if self._publishers.get(publisher.source_id) is not publisher:
@@ -274,6 +293,12 @@ class MediaPlane:
         """Hear every SourceChange; returns the function that removes it."""
         self._source_listeners.append(listener)
         return lambda: _discard(self._source_listeners, listener)
+
+    def add_media_listener(self, listener: MediaListener) -> Callable[[], None]:
+        """Hear each publisher's MediaReport (at publish, and when its SPS
+        changes or its frames turn out reordered); returns the remover."""
+        self._media_listeners.append(listener)
+        return lambda: _discard(self._media_listeners, listener)
 
     def add_viewer_closed_listener(self, listener: ViewerListener) -> Callable[[], None]:
         """Hear the id of each viewer that closed by itself (not through

@@ -12,6 +12,14 @@ re-bases its sequence/timestamp offsets so the lane's numbers continue
 (monotonic sequence, timestamps advanced by the wall-clock gap, never
 backwards) and drops the old source. The audio lane cuts at the same
 moment, at the new source's next audio packet.
+
+Viewers always get both tracks: a feed that has no video, or whose video
+does not flow (an audio-only WHIP encoder, a browser with its camera
+off, a venue feed without video), shows the `cover` feed's picture (the
+forum's slate: encoded once, looped as packets, so it costs no viewer
+anything); a feed without flowing audio gets the cover's audio (the
+slate's, 20 ms Opus frames of silence). `refresh()` re-picks when a
+track starts or stops flowing.
 """
 
 from __future__ import annotations
@@ -195,6 +203,8 @@ class ProgramBus:
         self.audio = Lane("audio", name)
         self.feed: SourceFeed | None = None  # what the bus is cutting to / showing
         self._on_air: SourceFeed | None = None  # what viewers see now
+        self.cover: SourceFeed | None = None  # stands in for a track the feed lacks (the slate)
+        self._targets: tuple[RtpSource | None, RtpSource | None] = (None, None)  # (video, audio) picked
         self.video.on_cut = self._on_video_cut
         self.video.peer = self.audio
         self.audio.peer = self.video
@@ -202,19 +212,62 @@ class ProgramBus:
     def switch_to(self, feed: SourceFeed | None) -> None:
         """Cut to `feed` at its next keyframe (None: nothing on air)."""
         if feed is self.feed:
+            self.refresh()
             return
         self.feed = feed
         if feed is None:
             self.video.prepare(None)
             self.audio.prepare(None)
+            self._targets = (None, None)
             self._on_air = None
             return
-        waits_for_video = feed.video is not None and self.video.source is not None
-        if feed.video is None:
-            self._on_air = feed  # nothing to wait for
-        self.video.prepare(feed.video)
+        video, audio = self._pick(feed)
+        self._targets = (video, audio)
+        waits_for_video = video is not None and self.video.source is not None and video is not self.video.source
+        if not waits_for_video:
+            self._on_air = feed  # nothing to wait for (no picture, or the picture already on the lane)
+        self.video.prepare(video)
         # audio follows the picture: it cuts when the video does
-        self.audio.prepare(feed.audio, armed=not waits_for_video)
+        self.audio.prepare(audio, armed=not waits_for_video)
+
+    def _pick(self, feed: SourceFeed) -> tuple[RtpSource | None, RtpSource | None]:
+        """The feed's own tracks where they flow, else the cover's."""
+        cover = self.cover if self.cover is not feed else None
+
+        def pick(own: RtpSource | None, stand_in: RtpSource | None) -> RtpSource | None:
+            if own is not None and not own.idle:
+                return own
+            if stand_in is not None and not stand_in.idle:
+                return stand_in
+            return own  # nothing better: wait for its first packet
+
+        return (pick(feed.video, cover.video if cover else None), pick(feed.audio, cover.audio if cover else None))
+
+    def refresh(self) -> None:
+        """Re-pick the tracks of the current feed (one of its tracks, or
+        the cover's, started or stopped flowing): a lane whose pick
+        changed cuts to it (video at its next keyframe)."""
+        feed = self.feed
+        if feed is None:
+            return
+        video, audio = self._pick(feed)
+        if (video, audio) == self._targets:
+            return
+        old_video, old_audio = self._targets
+        self._targets = (video, audio)
+        if video is not old_video:
+            self.video.prepare(video)
+            if video is None or video is self.video.source:
+                self._on_air = feed
+        if audio is not old_audio:
+            self.audio.prepare(audio, armed=True)
+
+    def set_cover(self, cover: SourceFeed | None) -> None:
+        """The feed whose tracks stand in for missing ones (the slate)."""
+        if cover is self.cover:
+            return
+        self.cover = cover
+        self.refresh()
 
     def _on_video_cut(self, lane: Lane) -> None:
         self._on_air = self.feed
@@ -243,6 +296,8 @@ class ProgramBus:
 
     def close(self) -> None:
         self.feed = None
+        self.cover = None
+        self._targets = (None, None)
         self._on_air = None
         self.video.close()
         self.audio.close()

@@ -9,6 +9,13 @@ audio is Opus only, so every forum has one audio codec. A publisher is
 judged by what is heard from it, not by RFC 7675 consent (see
 aiortc_internals.liveness_instead_of_consent); one that never connects
 ends after `ice_timeout` with `end` = ice_failed.
+
+What the publisher sends is checked as it comes (`media`, told through
+`on_media`): its H.264 SPS (ingest_check.check_sps) and its RTP
+timestamps. Browsers never send B-frames, but an ffmpeg/OBS WHIP encoder
+may; the publisher path has no decoder, so such a stream is not
+transcoded: it is forwarded and flagged ("flagged", with the reason and
+the setting to change), which the operator sees on the source's tile.
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ from aiortc import (
 )
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
-from rooms.models import SourceKind
+from rooms.models import SourceKind, SourceMedia
 from streaming import aiortc_internals, peer_end
 from streaming.ice_policy import gathering_on, usable_offer
+from streaming.ingest_check import Verdict, check_sps, source_media
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
 from streaming.offer_answer import CodecFormat, offer_for_aiortc, shape_answer, tolerated
@@ -70,6 +78,7 @@ class WebRtcPublisher:
         config: MediaConfig,
         on_state: Callable[["WebRtcPublisher", str], None],
         decoders: aiortc_internals.DecoderCount,
+        on_media: Callable[["WebRtcPublisher"], None] | None = None,
     ) -> None:
         self.forum_id = forum_id
         self.source_id = source_id
@@ -80,6 +89,8 @@ class WebRtcPublisher:
         self._state = _State.NEW
         self._closing = False
         self.feed = SourceFeed(source_id=source_id, video=None, audio=None, kind=SourceKind.LIVE)
+        self.media: SourceMedia | None = None  # what it sends, once negotiated
+        self._on_media = on_media
         self._pli_tasks: set[asyncio.Task[None]] = set()
         self._deadline: asyncio.TimerHandle | None = None
         self.connected_once = False
@@ -148,6 +159,7 @@ class WebRtcPublisher:
             if kind == "video":
                 receiver = transceiver.receiver
                 source.set_keyframe_requester(functools.partial(self._send_pli, receiver, source))
+                source.on_format = self._format_seen
                 self.feed.video = source
             else:
                 self.feed.audio = source
@@ -161,6 +173,7 @@ class WebRtcPublisher:
             await self.stop()
             raise MediaError("unavailable", f"could not answer the offer: {exc}") from exc
         self._deadline = asyncio.get_running_loop().call_later(self._config.ice_timeout, self._ice_deadline)
+        self._set_media(self._describe())
         return shape_answer(pc.localDescription.sdp, original, chosen)
 
     def _ice_deadline(self) -> None:
@@ -169,6 +182,39 @@ class WebRtcPublisher:
             self.end = peer_end.never_connected(self._config.ice_timeout)
             self._set_state(_State.FAILED)
             self._on_state(self, "failed")
+
+    def _describe(self) -> SourceMedia:
+        """What the operator is told about this publisher's media now."""
+        video, audio = self.feed.video, self.feed.audio
+        has_audio = audio is not None
+        if video is None:
+            return source_media(None, Verdict("copy"), video_codec=None, audio=has_audio)
+        sps = video.sps
+        verdict = check_sps(sps) if sps is not None else Verdict("copy")
+        if video.reordered_frames and not (sps is not None and sps.reorder_frames):
+            verdict = Verdict("transcode", "B-frames (RTP timestamps stepped backwards), which WebRTC "
+                                           "receivers cannot reorder")
+        if verdict.transcode:
+            # no decoder on this path: forwarded as sent, and said so
+            verdict = Verdict("flagged", f"{verdict.reason}; viewers may see only keyframes: set the encoder to "
+                                         "no B-frames (x264 bframes=0, OBS 'B-frames 0') and baseline/main/high")
+        return source_media(sps, verdict, video_codec=video.codec_key, audio=has_audio,
+                            sent_profile_level_id=video.profile_level_id)
+
+    def _format_seen(self, source: RtpSource) -> None:
+        self._set_media(self._describe())
+
+    def _set_media(self, media: SourceMedia) -> None:
+        if media == self.media:
+            return
+        self.media = media
+        if media.handling == "flagged":
+            logger.warning("Publisher(%s) %s", self.source_id, media.reason)
+        if self._on_media is not None:
+            try:
+                self._on_media(self)
+            except Exception:
+                logger.exception("Publisher(%s) media callback failed", self.source_id)
 
     def _send_pli(self, receiver: object, source: RtpSource) -> None:
         if source.ssrc is None or self._closing:

@@ -20,9 +20,10 @@ from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from rooms.models import SourceKind
+from streaming.h264_sps import H264Sps, SpsError, parse_sps, sps_from_rtp
 from streaming.offer_answer import CodecFormat
 from streaming.plane_snapshot import SourceWindow
-from streaming.rtp_codecs import codec_key, keyframe_detector
+from streaming.rtp_codecs import H264, codec_key, keyframe_detector
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class RtpSource:
         self._history: list[ForwardPacket | None] = [None] * history_packets
         self._history_size = history_packets
         self._detect = keyframe_detector(self.codec_key)
+        self._reads_sps = self.codec_key == H264
+        self._seen_frame = False
         self._max_seq = -1
         self._frame_ts = -1
         self._frame_key = False
@@ -104,6 +107,12 @@ class RtpSource:
         self._last_keyframe_at = 0.0
         self._pending_request: asyncio.TimerHandle | None = None
         self.keyframe_requests_sent = 0
+        # what the stream is (H.264: its SPS, read at keyframes when it changes)
+        # and whether its frames come out of display order (B-frames)
+        self.sps: H264Sps | None = None
+        self._sps_bytes = b""
+        self.reordered_frames = 0  # new frames whose timestamp is older than the previous frame's
+        self.on_format: Callable[[RtpSource], None] | None = None  # the SPS changed, or frames reordered
 
     # --- input ---------------------------------------------------------
 
@@ -124,7 +133,10 @@ class RtpSource:
                 return  # duplicate of the newest
             self._max_seq = seq
             if fp.timestamp != self._frame_ts:
+                if self._seen_frame and ((self._frame_ts - fp.timestamp) & 0xFFFFFFFF) < 0x80000000:
+                    self._reordered()  # presentation time went back: a B-frame
                 self._frame_ts = fp.timestamp
+                self._seen_frame = True
                 self._frame_key = False
                 self._frame_packets.clear()
             if not self._frame_key:
@@ -136,6 +148,8 @@ class RtpSource:
                         self._frame_packets.clear()
                     self.keyframes_seen += 1
                     self._last_keyframe_at = now
+                    if self._reads_sps:
+                        self._read_sps(fp.payload)
                 else:
                     self._frame_packets.append(fp)
         else:
@@ -192,6 +206,39 @@ class RtpSource:
                 jitter += (abs(transit_delta) - jitter) / 16
             previous = fp
         return SourceWindow(len(recent), bitrate, loss, jitter * 1000)
+
+    def _read_sps(self, payload: bytes) -> None:
+        """At a keyframe: note the SPS if it is new (once per stream in
+        practice; the bytes compare costs next to nothing)."""
+        nal = sps_from_rtp(payload)
+        if nal is None or nal == self._sps_bytes:
+            return
+        self._sps_bytes = bytes(nal)
+        try:
+            self.sps = parse_sps(nal)
+        except SpsError as exc:
+            logger.warning("RtpSource(%s) unreadable SPS: %s", self.name, exc)
+            self.sps = None
+        self._tell_format()
+
+    def _reordered(self) -> None:
+        self.reordered_frames += 1
+        if self.reordered_frames == 1:
+            logger.warning("RtpSource(%s) frames arrive out of display order (B-frames)", self.name)
+            self._tell_format()
+
+    def _tell_format(self) -> None:
+        if self.on_format is not None:
+            try:
+                self.on_format(self)
+            except Exception:
+                logger.exception("RtpSource(%s) format callback failed", self.name)
+
+    @property
+    def profile_level_id(self) -> str | None:
+        """What this source sends, as an SDP profile-level-id (H.264: from
+        its SPS once seen), else None."""
+        return self.sps.profile_level_id if self.sps is not None else None
 
     def set_clock_reference(self, wall: float, rtp_timestamp: int) -> None:
         """The upstream sampled `rtp_timestamp` at `wall` (unix seconds, its

@@ -2,13 +2,31 @@
 
 Per forum, one RTMP port and one SRT port (from settings). Each protocol is
 a leg: an ffmpeg that takes the encoder's stream (SRT: listening itself,
-supervised; RTMP: FLV on stdin from the key gate), copies its H.264 (no
-video transcode; h264_mp4toannexb puts SPS/PPS in front of each IDR, which
-FLV keeps only in its header) and transcodes its audio to Opus 48 kHz
+supervised; RTMP: FLV on stdin from the key gate), copies its H.264
+(h264_mp4toannexb puts SPS/PPS in front of each IDR, which FLV keeps only
+in its header) and transcodes its audio to Opus 48 kHz
 stereo, and sends both through ffmpeg's rtp muxer to two RtpUdpIngests on
 Unix datagram sockets in the ingest's private (0700) directory: a loopback
 UDP port would take forged RTP from any local user. Whichever leg goes live
 first has the floor; the other is ignored until the first is lost.
+
+Each run's video is checked at its first SPS (ingest_check.check_sps:
+profile, B-frames, size, frame rate): what browsers play is copied as it
+is; what they cannot (x264 high with B-frames, 4:2:2, interlaced, 4K...)
+is encoded once by an IngestTranscoder fed from the leg's second, MPEG-TS
+copy (ingest_transcoder.py: a TsTap on a Unix datagram socket in the same
+private directory, the encoder fed on its stdin and writing RTP to one
+more socket there), and the copy is dropped. A stream whose SPS does not
+tell (no VUI bitstream_restriction) is copied while its RTP timestamps go
+forwards, and transcoded from the first one that steps back. `media` (and
+`on_media`) tell the operator which, and why.
+
+The leg's ffmpeg has ONE tee output whose slaves pick their stream (video
+RTP, the TS tap, audio RTP) and fail alone (onfail=ignore): an encoder
+without audio, or without video, still plays (the slate covers the
+missing track). Separate outputs with optional maps did not: ffmpeg filled
+an output whose map matched nothing by its own choice (the video, encoded
+to MPEG-4 Part 2, into the audio port), or refused one left empty.
 
 Stream key (never on a command line, where any local user reads it,
 and never logged):
@@ -39,22 +57,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ffmpeg
 from aiortc.rtp import RtpPacket
 
 from rooms.errors import RoomError
-from rooms.models import SourceState
+from rooms.models import SourceMedia, SourceState
 from streaming.ffmpeg_process import FfmpegExit, FfmpegProcess, RestartPolicy, Supervisor
+from streaming.h264_sps import H264Sps, SpsError, parse_sps, sps_from_rtp
+from streaming.ingest_check import B_FRAMES_SEEN, Verdict, check_sps, source_media
+from streaming.ingest_transcoder import IngestTranscoder, TsTap, tap_output
 from streaming.rtmp_gate import FlvSink, RtmpKeyGate
 from streaming.rtp_udp_ingest import PacketSink, RtpContinuity, RtpUdpIngest, rtp_output_options
 
@@ -62,7 +85,7 @@ logger = logging.getLogger(__name__)
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{10,79}$")  # SRT passphrases are 10-79 characters
 RTMP_APP = "live"
-_MAX_SOCKET_DIR = 62  # + "/v-<forum id, 16>-<8>/rtmp-video.sock" (44) stays under 108 bytes
+_MAX_SOCKET_DIR = 62  # + "/v-<forum id, 16>-<8>/rtmp-video.sock" (44, the longest) stays under 108 bytes
 # A run that waited this long for an encoder was fine: restart at once.
 VENUE_POLICY = RestartPolicy(initial=0.5, maximum=30.0, stable_after=2.0)
 
@@ -108,6 +131,12 @@ def _readlink(path: str) -> str:
         return ""
 
 
+def _tee_slave(options: dict[str, object], url: str) -> str:
+    """One slave of ffmpeg's tee muxer: "[k=v:...:onfail=ignore]url"
+    (its options reach the muxer and the protocol, e.g. type=datagram)."""
+    return "[" + ":".join(f"{k}={v}" for k, v in {**options, "onfail": "ignore"}.items()) + "]" + url
+
+
 def write_private(path: Path, text: str) -> None:
     """Write `text` to `path`, readable by this user only (0600 from the
     first byte: created with that mode, never chmod-ed after)."""
@@ -117,30 +146,42 @@ def write_private(path: Path, text: str) -> None:
 
 
 class _Tap:
-    """The sink an RtpUdpIngest of a leg pushes into."""
+    """The sink an RtpUdpIngest of a leg pushes into (`transcoded`: the
+    ingest encode's output rather than the encoder's copy)."""
 
-    def __init__(self, leg: _Leg, kind: str) -> None:
-        self.leg, self.kind = leg, kind
+    def __init__(self, leg: _Leg, kind: str, transcoded: bool = False) -> None:
+        self.leg, self.kind, self.transcoded = leg, kind, transcoded
 
     def push(self, packet: RtpPacket) -> None:
-        self.leg.venue._forward(self.leg, self.kind, packet)
+        self.leg.venue._forward(self.leg, self.kind, packet, self.transcoded)
 
 
 class _Leg:
-    """One protocol: its ffmpeg and its two RTP ingests (video, audio)."""
+    """One protocol: its ffmpeg, its two RTP ingests (video, audio), its TS
+    tap and, when the check asks, its one ingest encode (whose RTP comes
+    back on `transcoded`)."""
 
     def __init__(self, venue: VenueIngest, protocol: str) -> None:
         self.venue = venue
         self.protocol = protocol
         self.live = False
+        self.live_since = 0.0  # time.monotonic() of this run's first packet
         self.ssrcs: set[int] = set()  # of the ffmpeg run on air
         self.stale_ssrcs: set[int] = set()  # of runs given up on: their last packets are dropped
         self.video = RtpUdpIngest(_Tap(self, "video"), kind="video", name=f"{venue.forum_id}-{protocol}-v")
         self.audio = RtpUdpIngest(_Tap(self, "audio"), kind="audio", name=f"{venue.forum_id}-{protocol}-a")
+        # the run's check and, when it says so, its one encode
+        self.ts_tap = TsTap(f"{venue.forum_id}-{protocol}")
+        self.transcoded = RtpUdpIngest(_Tap(self, "video", transcoded=True), kind="video",
+                                       name=f"{venue.forum_id}-{protocol}-vt")
+        self.verdict: Verdict | None = None
+        self.sps: H264Sps | None = None
+        self.last_video_ts: int | None = None
+        self.transcoder: IngestTranscoder | None = None
 
     @property
     def last_arrival(self) -> float:
-        return max(self.video.last_arrival, self.audio.last_arrival)
+        return max(self.video.last_arrival, self.audio.last_arrival, self.transcoded.last_arrival)
 
     @property
     def current(self) -> FfmpegProcess | None:
@@ -153,22 +194,34 @@ class _Leg:
         raise NotImplementedError
 
     def outputs(self, source: ffmpeg.nodes.FilterableStream, video_options: dict[str, object]) -> list[str]:
-        video_url, video_rtp = rtp_output_options("video", self.video.port, self.video.path)
-        audio_url, audio_rtp = rtp_output_options("audio", self.audio.port, self.audio.path)
-        return ffmpeg.merge_outputs(
-            source["v:0"].output(video_url, vcodec="copy", **video_options, **video_rtp),
-            # "?": an encoder without audio still plays (video only)
-            source["a:0?"].output(audio_url, acodec="libopus", ar=48000, ac=2, **{"b:a": "96k"}, **audio_rtp),
-        ).get_args()
+        """The leg's one output (ffmpeg args): a tee of video RTP, the TS tap
+        and audio RTP, each slave picking its stream and failing alone
+        (see the module doc), all to Unix datagram sockets."""
+        assert self.video.path and self.audio.path and self.ts_tap.path, "start() names the sockets"
+        video_url, video_rtp = rtp_output_options("video", 0, self.video.path)
+        audio_url, audio_rtp = rtp_output_options("audio", 0, self.audio.path)
+        tap_url, tap_options = tap_output(self.ts_tap.path)
+        slaves = "|".join((
+            _tee_slave({"select": "v", **video_rtp}, video_url),
+            _tee_slave({"select": "v", **tap_options}, tap_url),  # for the ingest encode, if the check asks
+            _tee_slave({"select": "a", **audio_rtp}, audio_url),
+        ))
+        # bitstream filters on the tee output: a slave's are not applied to a copy
+        return ffmpeg.output(source["v:0?"], source["a:0?"], slaves, f="tee", vcodec="copy", acodec="libopus",
+                             ar=48000, ac=2, **{"b:a": "96k"}, **video_options).get_args()
 
     async def start(self) -> None:
         # Unix datagram sockets in the private directory, not loopback UDP
-        # ports: any local user could send RTP to those and be on air
+        # ports: any local user could send media to those and be on air
         private = self.venue.private_dir()
         self.video.path = str(private / f"{self.protocol}-video.sock")
         self.audio.path = str(private / f"{self.protocol}-audio.sock")
+        self.ts_tap.path = str(private / f"{self.protocol}-ts.sock")
+        self.transcoded.path = str(private / f"{self.protocol}-vt.sock")
         await self.video.start()
         await self.audio.start()
+        await self.ts_tap.start()
+        await self.transcoded.start()
 
     async def cut(self) -> None:
         """Cut a silent publisher off (its ffmpeg killed)."""
@@ -176,8 +229,13 @@ class _Leg:
             await self.current.kill()
 
     async def stop(self) -> None:
+        if self.transcoder is not None:
+            await self.transcoder.stop()
+            self.transcoder = None
+        self.ts_tap.close()
         await self.video.stop()
         await self.audio.stop()
+        await self.transcoded.stop()
 
     def exited(self, result: FfmpegExit) -> None:
         if self.live:
@@ -297,7 +355,9 @@ class VenueIngest:
     and the ffmpegs reach the server over private Unix sockets and stdin.
 
     State (a SourceState): connecting -> live <-> lost -> ended, reported
-    through `on_state(state)` on each change.
+    through `on_state(state)` on each change; what the encoder sends and
+    whether it is copied, transcoded or flagged (a SourceMedia) through
+    `on_media(media)`.
     """
 
     def __init__(
@@ -310,6 +370,7 @@ class VenueIngest:
         audio: PacketSink,
         *,
         on_state: Callable[[SourceState], None] | None = None,
+        on_media: Callable[[SourceMedia], None] | None = None,
         source_id: str | None = None,
         ffmpeg: str = "",
         policy: RestartPolicy = VENUE_POLICY,
@@ -339,6 +400,10 @@ class VenueIngest:
         self._watchdog: asyncio.Task[None] | None = None
         self._active: _Leg | None = None
         self.profile_level_id: str | None = None  # the encoder's, from its SPS (e.g. "42c01e")
+        self.media: SourceMedia | None = None  # what the encoder sends and how it is handled
+        self._on_media = on_media
+        self.transcoders_started = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._secrets_dir = secrets_dir
         self._private: Path | None = None
         self.rtmp = _RtmpLeg(self)
@@ -425,49 +490,129 @@ class VenueIngest:
         logger.info("VenueIngest(%s) waiting: RTMP %s:%d, SRT %s:%d", self.forum_id,
                     self.listen_host, self.rtmp_port, self.listen_host, self.srt_port)
 
-    def _forward(self, leg: _Leg, kind: str, packet: RtpPacket) -> None:
+    def _forward(self, leg: _Leg, kind: str, packet: RtpPacket, transcoded: bool = False) -> None:
         if self._stopped:
             return
         if packet.ssrc in leg.stale_ssrcs:
             return  # a run that was cut off, flushing: not a publisher coming back
         if not leg.live:
             leg.live = True
+            leg.live_since = time.monotonic()
             logger.info("VenueIngest(%s) %s publisher live", self.forum_id, leg.protocol)
         if packet.ssrc not in leg.ssrcs:
             leg.ssrcs.add(packet.ssrc)
-            if kind == "video":
-                self.profile_level_id = None  # a new run: read the encoder's SPS again
-        if kind == "video" and self.profile_level_id is None:
-            self._read_profile(packet.payload)
+        if kind == "video" and not transcoded:
+            if self._active is not None and self._active is not leg:
+                leg.ts_tap.forget()  # the other protocol has the floor: nothing to check or encode
+                return
+            if not self._check(leg, packet):
+                return  # not checked yet, or being transcoded: the copy is not forwarded
         if self._active is None:
             self._active = leg
             self._set_state(SourceState.LIVE)
         if self._active is not leg:
             return  # the other protocol has the floor
+        if transcoded:
+            self._sent_profile(leg, packet)
         self.sinks[kind].push(self.continuity[kind].rewrite(packet))
 
-    def _read_profile(self, payload: bytes) -> None:
-        """Note the encoder's H.264 profile (from its SPS): the video is
-        copied, so a profile viewers may not decode is worth a warning."""
-        sps = None
-        if payload and payload[0] & 0x1F == 7:
-            sps = payload[1:4]
-        elif payload and payload[0] & 0x1F == 24:  # STAP-A: 2-byte size + NAL, repeated
-            at = 1
-            while at + 3 < len(payload) and sps is None:
-                size = int.from_bytes(payload[at:at + 2], "big")
-                if payload[at + 2] & 0x1F == 7:
-                    sps = payload[at + 3:at + 6]
-                at += 2 + size
-        if sps is None or len(sps) < 3:
+    def _check(self, leg: _Leg, packet: RtpPacket) -> bool:
+        """The copied video of a run: decide copy or transcode at its first
+        SPS, watch its timestamps while copied. True: forward this packet."""
+        if leg.verdict is None:
+            nal = sps_from_rtp(packet.payload)
+            if nal is None:
+                return False  # before the first SPS nothing is decodable anyway
+            try:
+                leg.sps = parse_sps(nal)
+            except SpsError as exc:
+                logger.warning("VenueIngest(%s) unreadable SPS (%s): transcoding", self.forum_id, exc)
+                leg.sps = None
+            self.profile_level_id = leg.sps.profile_level_id if leg.sps is not None else nal[1:4].hex()
+            self._decide(leg, check_sps(leg.sps) if leg.sps is not None else Verdict("transcode", "unreadable SPS"))
+        if leg.verdict is not None and leg.verdict.transcode:
+            return False
+        if leg.verdict is not None and leg.verdict.handling == "flagged":
+            return True  # the encode failed: forwarded as sent, timestamps and all
+        # presentation timestamps that step back: frames out of display order
+        last = leg.last_video_ts
+        leg.last_video_ts = packet.timestamp
+        if last is not None and 0 < ((last - packet.timestamp) & 0xFFFFFFFF) < 0x80000000:
+            self._decide(leg, B_FRAMES_SEEN)
+            return False
+        return True
+
+    def _decide(self, leg: _Leg, verdict: Verdict) -> None:
+        leg.verdict = verdict
+        sps = leg.sps
+        if verdict.transcode:
+            logger.warning("VenueIngest(%s) %s feed is transcoded at ingest: %s", self.forum_id, leg.protocol,
+                           verdict.reason)
+            self._spawn(self._start_transcoder(leg))
+        else:
+            leg.ts_tap.drop()
+            logger.info("VenueIngest(%s) %s feed copied: %s", self.forum_id, leg.protocol,
+                        sps.profile_name if sps is not None else "?")
+        # what viewers get: the copy's own profile, or the encode's (known at its first SPS)
+        self._set_media(source_media(sps, verdict, audio=True))
+
+    def _set_media(self, media: SourceMedia) -> None:
+        if media == self.media:
             return
-        self.profile_level_id = sps.hex()
-        if sps[0] not in (66, 77):  # baseline, main: what every browser decodes
-            logger.warning("VenueIngest(%s) the encoder sends H.264 profile_idc %d (profile-level-id %s): "
-                           "ask the venue for baseline or main", self.forum_id, sps[0], self.profile_level_id)
+        self.media = media
+        if self._on_media is not None:
+            try:
+                self._on_media(media)
+            except Exception:
+                logger.exception("VenueIngest(%s) media callback failed", self.forum_id)
+
+    async def _start_transcoder(self, leg: _Leg) -> None:
+        if leg.transcoder is not None or leg.transcoded.path is None:
+            return
+        transcoder = IngestTranscoder(f"transcode-{self.forum_id}-{leg.protocol}", leg.ts_tap, leg.transcoded.path,
+                                      leg.sps, ffmpeg_path=self.ffmpeg,
+                                      on_failed=lambda why: self._encode_failed(leg, transcoder, why))
+        leg.transcoder = transcoder
+        self.transcoders_started += 1
+        try:
+            await transcoder.start()
+        except Exception as exc:
+            logger.exception("VenueIngest(%s) the ingest encode did not start", self.forum_id)
+            self._encode_failed(leg, transcoder, str(exc))
+
+    def _encode_failed(self, leg: _Leg, transcoder: IngestTranscoder, why: str) -> None:
+        """The encode is gone: viewers get the copy again, and the operator
+        is told it may not play (a picture that stutters beats none)."""
+        if leg.transcoder is not transcoder or leg.verdict is None:
+            return
+        leg.transcoder = None
+        self._spawn(transcoder.stop())
+        reason = f"{leg.verdict.reason}; the ingest encode failed ({why}): copied as sent"
+        logger.error("VenueIngest(%s) %s", self.forum_id, reason)
+        leg.verdict = Verdict("flagged", reason)
+        leg.ts_tap.drop()
+        self._set_media(source_media(leg.sps, leg.verdict, audio=self.media.audio if self.media else True))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _sent_profile(self, leg: _Leg, packet: RtpPacket) -> None:
+        """The encode's first SPS: what viewers get, for the operator."""
+        nal = sps_from_rtp(packet.payload)
+        if nal is None or self.media is None or self.media.sent_profile_level_id is not None:
+            return
+        self._set_media(dataclasses.replace(self.media, sent_profile_level_id=nal[1:4].hex()))
 
     def _leg_down(self, leg: _Leg) -> None:
         leg.live = False
+        # the next run is checked afresh (the venue may have changed its settings)
+        leg.verdict, leg.sps, leg.last_video_ts = None, None, None
+        leg.ts_tap.hold()
+        if leg.transcoder is not None:
+            self._spawn(leg.transcoder.stop())
+            leg.transcoder = None
         if len(leg.stale_ssrcs) > 64:
             leg.stale_ssrcs.clear()
         leg.stale_ssrcs |= leg.ssrcs
@@ -492,9 +637,24 @@ class VenueIngest:
                                    leg.protocol, now - leg.last_arrival)
                     self._leg_down(leg)
                     await leg.cut()  # SRT: the supervisor starts a fresh one; RTMP: the gate closes
+                elif leg.live and leg is self._active and now - leg.live_since > self.media_timeout:
+                    self._note_missing_tracks(leg)
+
+    def _note_missing_tracks(self, leg: _Leg) -> None:
+        """A run live for media_timeout with no audio, or no video, at all:
+        tell the operator (viewers get the slate's silence or picture)."""
+        has_video = max(leg.video.last_arrival, leg.transcoded.last_arrival) >= leg.live_since
+        has_audio = leg.audio.last_arrival >= leg.live_since
+        media = self.media
+        if not has_video and (media is None or media.video_codec is not None):
+            self._set_media(SourceMedia(video_codec=None, audio=has_audio, handling="copy",
+                                        reason="no video: viewers see the slate's picture"))
+        elif has_video and media is not None and media.audio != has_audio:
+            self._set_media(dataclasses.replace(media, audio=has_audio))
 
     async def stop(self) -> None:
-        """Stop listening, stop ffmpeg, close the ports. Idempotent;
+        """Stop listening, stop the ffmpegs (legs and encodes), close the
+        ports and sockets. Idempotent;
         concurrent callers await one future."""
         if self._stop_future is None:
             self._stop_future = asyncio.get_running_loop().create_future()
@@ -504,6 +664,8 @@ class VenueIngest:
                     self._watchdog.cancel()
                 await self.gate.stop()
                 await asyncio.gather(*(leg.stop() for leg in self.legs.values()))
+                if self._tasks:
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
                 if self._private is not None:
                     shutil.rmtree(self._private, ignore_errors=True)  # the files holding the key
                 self._active = None
@@ -516,4 +678,5 @@ class VenueIngest:
     def processes(self) -> list[FfmpegProcess]:
         """The ffmpeg children running now (for status pages and tests)."""
         current = [leg.current for leg in self.legs.values()]
+        current += [leg.transcoder.process for leg in self.legs.values() if leg.transcoder is not None]
         return [process for process in current if process is not None and process.pid is not None]

@@ -26,6 +26,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
 
 from streaming import aiortc_internals, peer_end
+from streaming.answer_profile import format_for_profile
 from streaming.downtrack import Downtrack
 from streaming.ice_policy import gathering_on, usable_offer
 from streaming.media_config import MediaConfig
@@ -126,10 +127,15 @@ class WebRtcViewer:
                 "unsupported_codec", f"this source sends {needs.upper()}, which the offer does not accept"
             )
         # the viewer's own H.264 format (any profile browsers play: what a
-        # publisher sends is forwarded as is), shown to aiortc as one it knows
+        # publisher sends is forwarded as is), of the profile of the video on
+        # its lane where offered, shown to aiortc as one it knows
         chosen: dict[int, CodecFormat] = {}
         if summary.video is not None and "h264" in video_keys and summary.video.watchable_h264 is not None:
-            chosen[summary.video.index] = summary.video.watchable_h264
+            lane = bus.video.pending or bus.video.source
+            format_ = format_for_profile(summary.video.formats, lane.profile_level_id if lane is not None else None,
+                                         summary.video.watchable_h264)
+            if format_ is not None:
+                chosen[summary.video.index] = format_
         offer = usable_offer(offer_for_aiortc(offer_sdp, chosen))
         pc = RTCPeerConnection(server_configuration())
         self._pc = pc

@@ -60,6 +60,10 @@ class FakePlane:
         self.listeners.append(listener)
         return lambda: self.listeners.remove(listener)
 
+    def add_media_listener(self, listener: Any) -> Any:
+        self.listeners.append(listener)  # MediaReports share the bridge's queue
+        return lambda: self.listeners.remove(listener)
+
     def change(self, source_id: str, state: SourceState) -> None:
         for listener in list(self.listeners):
             listener(SourceChange(FORUM, source_id, state))

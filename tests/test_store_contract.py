@@ -19,7 +19,7 @@ from rooms.chat import ChatKind, ChatMessage
 from rooms.errors import RoomError
 from rooms.events import ProgramChanged, ViewerCountChanged
 from rooms.memory_store import MemoryStore
-from rooms.models import MediaSource, Participant, ProgramState, Role, SourceKind, SourceState
+from rooms.models import MediaSource, Participant, ProgramState, Role, SourceKind, SourceMedia, SourceState
 from rooms.store import Admission, Counts, Store
 from tests.eventually import eventually
 
@@ -222,6 +222,21 @@ async def test_sources_put_replace_remove(nodes: Nodes) -> None:
     assert await store.remove_source("f1", "cam") == live
     assert await store.remove_source("f1", "cam") is None
     assert await store.sources("f1") == []
+
+
+
+async def test_a_source_keeps_its_media(nodes: Nodes) -> None:
+    """What a source sends and how it is handled survives the store (JSON in Redis)."""
+    (store,) = await nodes(1)
+    media = SourceMedia(video_codec="h264", profile="high", profile_level_id="64001f", width=1280, height=720,
+                        frame_rate=29.97, b_frames=True, handling="transcode", reason="B-frames",
+                        sent_profile_level_id="42c01f")
+    venue = MediaSource("venue-f1", "f1", SourceKind.VENUE, "Venue", SourceState.LIVE, "node-0", media=media)
+    await store.put_source(venue)
+    assert await store.get_source("f1", "venue-f1") == venue
+    audio_only = MediaSource("a", "f1", SourceKind.LIVE, "Audio", media=SourceMedia(video_codec=None))
+    await store.put_source(audio_only)
+    assert (await store.get_source("f1", "a")) == audio_only
 
 
 # --- program state -------------------------------------------------------------

@@ -145,10 +145,28 @@ function applySources(sources) {
     let tile = state.tiles.get(source.id);
     if (!tile) tile = addTile(source);
     tile.el.querySelector(".name").textContent = `${source.name} (${source.kind})`;
+    showMediaBadge(tile.el.querySelector(".media"), source.media);
     if (source.state === "live" && !tile.pc && !tile.watching) startTileWatch(source.id, tile);
   }
   $("no-sources").hidden = sources.length > 0;
   applyProgram({ ...state.program, version: state.program.version });
+}
+
+// How the server handles the source's video: copied as sent, transcoded once
+// at ingest (and why), or flagged (viewers may not play it). The reason is
+// the badge's tooltip and its aria label.
+function showMediaBadge(badge, media) {
+  if (!media) { badge.hidden = true; return; }
+  const words = { copy: "COPY", transcode: "TRANSCODED", flagged: "CHECK ENCODER" };
+  const sent = [media.profile, media.width && `${media.width}x${media.height}`,
+    media.frame_rate && `${Math.round(media.frame_rate)} fps`].filter(Boolean).join(", ");
+  badge.hidden = false;
+  badge.textContent = words[media.handling] || media.handling.toUpperCase();
+  badge.className = `media ${media.handling}`;
+  const why = media.reason ? `: ${media.reason}` : "";
+  badge.title = `${media.handling}${why}${sent ? ` (source: ${sent})` : ""}`
+    + `${media.audio === false ? "; no audio, viewers hear silence" : ""}`;
+  badge.setAttribute("aria-label", badge.title);
 }
 
 function addTile(source) {
@@ -156,7 +174,7 @@ function addTile(source) {
   video.muted = true;
   const node = el("div", { class: "tile", "data-source": source.id }, video,
     el("div", { class: "meta" }, el("span", { class: "key" }), el("span", { class: "name" }),
-      el("span", { class: "badge" })));
+      el("span", { class: "badge" }), el("span", { class: "media", hidden: "" })));
   node.addEventListener("click", () => act("preview", { source_id: source.id }));
   node.addEventListener("dblclick", () => take(source.id));
   $("tiles").append(node);

@@ -5,6 +5,7 @@ feed states reported on every change."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
@@ -50,7 +51,7 @@ class Recorder:
 
 def make_forum() -> tuple[ForumMedia, Recorder]:
     holder: list[Recorder] = []
-    forum = ForumMedia("f1", MediaConfig(slate_grace=GRACE, media_timeout=0.3),
+    forum = ForumMedia("f1", MediaConfig(slate_grace=GRACE, media_timeout=0.3, track_timeout=0.3),
                        lambda sid, st: holder[0].notify(sid, st))
     holder.append(Recorder(forum))
     return forum, holder[0]
@@ -136,3 +137,62 @@ async def test_quiet_sources_time_out_as_lost() -> None:
     assert [s for sid, s in rec.states if sid == "one"] == [
         SourceState.CONNECTING, SourceState.LIVE, SourceState.LOST, SourceState.LIVE]
     forum.close()
+
+
+OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+
+
+def audio_packet(source: RtpSource, seq: int) -> None:
+    source.push(RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960, ssrc=2,
+                          payload=b"\xf8\xff\xfe"))
+
+
+async def test_a_track_that_is_missing_or_stops_is_covered_by_the_slate() -> None:
+    """Issue 14 item 5 and its kind: a feed without video (audio-only WHIP),
+    with a video section that never sends (a camera that is off), without
+    audio, or whose video stops while its audio goes on: the program
+    always carries a picture and a sound, the slate's where the feed has
+    none, and its own again from its next packet (keyframe)."""
+    forum, _ = make_forum()
+    slate = SourceFeed("slate", RtpSource("video", H264, name="slate"), RtpSource("audio", OPUS, name="slate-a"),
+                       kind=SourceKind.SLATE)
+    forum.add_feed(slate)
+    keyframe(slate, 1)
+    audio_packet(slate.audio, 1)  # type: ignore[arg-type]
+    await flush()
+    camera_off = SourceFeed("speaker", RtpSource("video", H264, name="cam"), RtpSource("audio", OPUS, name="mic"))
+    forum.set_program("speaker")  # the switcher's choice (no policy here)
+    forum.add_feed(camera_off)
+    audio_packet(camera_off.audio, 1)  # type: ignore[arg-type]
+    await flush()
+    audio_packet(camera_off.audio, 2)  # type: ignore[arg-type]  # the audio lane cuts at its next packet
+    program = forum.program
+    assert program.feed is camera_off and program.on_air == "speaker"
+    assert program.video.source is slate.video and program.audio.source is camera_off.audio  # the slate's picture
+
+    keyframe(camera_off, 5)  # the camera comes on: the lane asks it for a keyframe and cuts there
+    await flush()
+    assert camera_off.video is not None and camera_off.video.keyframe_requests_sent == 0  # no requester here
+    keyframe(camera_off, 6)
+    assert program.video.source is camera_off.video
+
+    # the video stops, the audio goes on: after media_timeout the slate's picture stands in
+    await asyncio.sleep(0.35)
+    audio_packet(camera_off.audio, 3)  # type: ignore[arg-type]
+    keyframe(slate, 2)
+    forum.check_timeouts(time.monotonic())
+    keyframe(slate, 3)
+    assert program.video.source is slate.video and program.audio.source is camera_off.audio
+
+    # a feed without audio at all: the slate's silence
+    silent = SourceFeed("silent", RtpSource("video", H264, name="silent"), None)
+    forum.set_program("silent")
+    forum.add_feed(silent)
+    keyframe(silent, 1)
+    await flush()
+    keyframe(silent, 2)
+    audio_packet(slate.audio, 2)  # type: ignore[arg-type]  # (the test's slate sent no audio for a while)
+    await flush()
+    audio_packet(slate.audio, 3)  # type: ignore[arg-type]
+    assert program.feed is silent and program.video.source is silent.video
+    assert program.audio.source is slate.audio

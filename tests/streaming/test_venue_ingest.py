@@ -17,6 +17,7 @@ from aiortc.rtp import RtpPacket
 from rooms.errors import RoomError
 from rooms.models import SourceState
 from streaming.ffmpeg_process import FfmpegProcess
+from streaming.h264_sps import parse_sps, sps_from_rtp
 from streaming.rtmp_codec import RtmpCommandReader, amf0_values
 from streaming.rtmp_gate import FlvSink, RtmpKeyGate
 from streaming.rtp_udp_ingest import OPUS_PAYLOAD_TYPE, h264_nal_types
@@ -345,9 +346,9 @@ async def test_forged_rtp_from_another_local_user_cannot_go_on_air(venue: Venue)
         pytest.skip("needs root and a system python to act as another local user")
     argv = " ".join(open(f"/proc/{p.pid}/cmdline").read().replace("\0", " ")
                     for p in venue.ingest.processes() if p.pid)
-    endpoints = [("udp", port) for port in re.findall(r"rtp://127\.0\.0\.1:(\d+)", argv)]
-    endpoints += [("unix", path) for path in re.findall(r"unix:(\S+)", argv)]
-    assert endpoints, argv  # the SRT leg's ffmpeg runs from the start
+    endpoints = [("udp", port) for port in re.findall(r"(?:rtp|udp)://127\.0\.0\.1:(\d+)", argv)]
+    endpoints += [("unix", path) for path in re.findall(r"unix:([^\s|\[]+)", argv)]  # tee slaves: "|[opts]url"
+    assert len(endpoints) == 3, argv  # the SRT leg's ffmpeg runs from the start: video, TS tap, audio
     for kind, target in endpoints:
         forger = await asyncio.create_subprocess_exec(_SYSTEM_PYTHON, "-c", _FORGER, kind, target,
                                                       preexec_fn=_as_nobody)
@@ -400,3 +401,81 @@ async def test_the_gate_refuses_what_is_not_rtmp_and_starts_no_ffmpeg() -> None:
         assert opened == [] and gate.accepted == 0
     finally:
         await gate.stop()
+
+
+def x264_publisher(url: str, *, profile: str, bframes: int, seconds: int = 30) -> FfmpegProcess:
+    """A venue encoder as x264 users configure it: `profile`, `bframes`,
+    30 fps, 1 s GOP, AAC (preset veryfast: with ultrafast x264 drops
+    8x8 transforms and writes main instead of high)."""
+    video = ffmpeg.input("testsrc2=s=640x360:r=30", f="lavfi", re=None)
+    audio = ffmpeg.input("sine=r=48000", f="lavfi", re=None)
+    args = ffmpeg.output(
+        video, audio, url, t=seconds, vcodec="libx264", preset="veryfast", pix_fmt="yuv420p", g=30,
+        bf=bframes, acodec="aac", f="flv", **{"profile:v": profile},
+    ).get_args()
+    return FfmpegProcess(args, name=f"x264-{profile}-bf{bframes}", loglevel="error")
+
+
+def backwards_steps(packets: list[RtpPacket]) -> int:
+    """How often a packet's RTP timestamp is older than the one before."""
+    return sum(1 for a, b in zip(packets, packets[1:])
+               if 0 < ((a.timestamp - b.timestamp) & 0xFFFFFFFF) < 0x80000000)
+
+
+async def test_a_high_profile_feed_with_b_frames_is_transcoded_once_at_ingest(venue: Venue) -> None:
+    """Issue 14 item 4: x264 -profile:v high -bf 3 used to be copied, with
+    RTP timestamps stepping backwards at every B-frame."""
+    encoder = x264_publisher(venue.ingest.urls("127.0.0.1")["rtmp_url"], profile="high", bframes=3)
+    await encoder.start()
+    try:
+        await venue.reach(SourceState.LIVE)
+        await eventually(lambda: len({p.timestamp for p in venue.video.packets}) >= 60, timeout=30,
+                         what="60 frames of the encoded feed")
+        media = venue.ingest.media
+        assert media is not None and media.handling == "transcode", media
+        assert "B-frames" in media.reason and media.profile == "high" and media.b_frames is True
+        assert (media.width, media.height, media.frame_rate) == (640, 360, 30.0)
+        assert venue.ingest.transcoders_started == 1
+        assert len(venue.ingest.processes()) == 3  # two listeners and the one encode
+        for process in venue.ingest.processes():  # the encode too: stdin in, a private Unix socket out
+            assert process.pid is not None
+            argv = open(f"/proc/{process.pid}/cmdline").read().replace("\0", " ")
+            assert "127.0.0.1" not in argv, f"{process.name} has a loopback endpoint: {argv}"
+            assert _tcp_listen_ports(process.pid) == set(), f"{process.name} listens on TCP"
+        encoded = list(venue.video.packets)
+        assert backwards_steps(encoded) == 0
+        types = [t for p in encoded for t in h264_nal_types(p.payload)]
+        assert types[0] == 7  # viewers start at the encode's SPS
+        sps = parse_sps(next(sps_from_rtp(p.payload) for p in encoded if sps_from_rtp(p.payload)))
+        assert sps.profile_idc == 66 and sps.reorder_frames == 0
+        assert venue.ingest.media.sent_profile_level_id == sps.profile_level_id
+
+        # the encode dies: the copy goes on (flagged) rather than no picture at all
+        transcoder = venue.ingest.legs["rtmp"].transcoder
+        assert transcoder is not None and transcoder.process is not None and transcoder.process.pid is not None
+        os.kill(transcoder.process.pid, signal.SIGKILL)
+        await eventually(lambda: venue.ingest.media is not None and venue.ingest.media.handling == "flagged",
+                         timeout=20, what="the source flagged after its encode died")
+        assert "the ingest encode failed" in venue.ingest.media.reason
+        count = len(venue.video.packets)
+        await eventually(lambda: len(venue.video.packets) > count + 30, timeout=20, what="the copy forwarded")
+        assert len(venue.ingest.processes()) == 2
+    finally:
+        await encoder.stop(grace=2.0)
+
+
+async def test_a_baseline_feed_is_copied_without_an_encoder(venue: Venue) -> None:
+    encoder = x264_publisher(venue.ingest.urls("127.0.0.1")["rtmp_url"], profile="baseline", bframes=0)
+    await encoder.start()
+    try:
+        await venue.reach(SourceState.LIVE)
+        await eventually(lambda: len({p.timestamp for p in venue.video.packets}) >= 30, timeout=30,
+                         what="30 frames of the copied feed")
+        media = venue.ingest.media
+        assert media is not None and media.handling == "copy" and media.reason == "", media
+        assert media.profile == "constrained baseline" and media.b_frames is False
+        assert media.sent_profile_level_id == media.profile_level_id == venue.ingest.profile_level_id
+        assert venue.ingest.transcoders_started == 0 and len(venue.ingest.processes()) == 2
+    finally:
+        await encoder.stop(grace=2.0)
+    assert backwards_steps(venue.video.packets) == 0
