@@ -88,7 +88,7 @@ def encoder_args(sdp: Path, tee_port: int, profile: OutputProfile) -> list[str]:
     """ffmpeg's arguments: RTP in (SDP), one MPEG-TS out to the tee."""
     source = ffmpeg.input(
         str(sdp), protocol_whitelist="file,udp,rtp", reorder_queue_size=64,
-        fflags="+genpts+discardcorrupt", analyzeduration=2_000_000, probesize=2_000_000,
+        fflags="+genpts+discardcorrupt", analyzeduration=500_000, probesize=500_000,
     )
     w, h = profile.width, profile.height
     video = (
@@ -99,7 +99,7 @@ def encoder_args(sdp: Path, tee_port: int, profile: OutputProfile) -> list[str]:
         .filter("fps", profile.fps)
         .filter("format", "yuv420p")
     )
-    audio = source.audio.filter("aresample", 48000, **{"async": 1000, "first_pts": 0})
+    audio = source.audio.filter("aresample", 48000, **{"async": 1000})
     kbps = profile.video_kbps
     out = ffmpeg.output(
         video, audio, f"tcp://127.0.0.1:{tee_port}",
@@ -110,7 +110,7 @@ def encoder_args(sdp: Path, tee_port: int, profile: OutputProfile) -> list[str]:
             "b:v": f"{kbps}k", "maxrate": f"{kbps}k", "bufsize": f"{2 * kbps}k",
             "g": profile.gop, "keyint_min": profile.gop, "sc_threshold": 0,
             "x264-params": "scenecut=0:open_gop=0:nal-hrd=vbr",
-            "fps_mode": "cfr",
+            "fps_mode": "cfr",  # also across a filter graph re-init at a size change
             "acodec": "aac", "b:a": f"{profile.audio_kbps}k", "ar": 48000, "ac": 2,
             "muxdelay": 0, "flush_packets": 1,
         },
@@ -122,9 +122,10 @@ class RtpEgress:
     """A `ProgramSink` that sends one lane to 127.0.0.1:`port` as RTP with
     payload type `pt`, taking only codec family `codec`."""
 
-    __slots__ = ("kind", "codec", "pt", "ssrc", "lane", "port", "active", "packets", "_sock")
+    __slots__ = ("kind", "codec", "pt", "ssrc", "lane", "port", "active", "started", "after",
+                 "packets", "_sock")
 
-    def __init__(self, kind: str, codec: str, pt: int, port: int) -> None:
+    def __init__(self, kind: str, codec: str, pt: int, port: int, after: RtpEgress | None = None) -> None:
         self.kind = kind
         self.codec = codec
         self.pt = pt
@@ -132,6 +133,11 @@ class RtpEgress:
         self.ssrc = struct.unpack("!I", socket.inet_aton("127.0.0.1"))[0] ^ (pt << 16) ^ port
         self.lane: Lane | None = None
         self.active = False
+        # The encoder's clock starts at the first packet it sees, and a
+        # CFR output fills from there to the first picture: so the first
+        # packet sent is an IDR's, and audio waits for it (`after`).
+        self.started = False
+        self.after = after
         self.packets = 0
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
@@ -144,6 +150,19 @@ class RtpEgress:
     def forward(self, fp: ForwardPacket, seq: int, ts: int) -> None:
         if not self.active or fp.late:
             return  # the encoder does its own concealment; no retransmissions
+        if not self.started:
+            if self.after is not None:
+                if not self.after.started:
+                    return
+            elif not fp.key:
+                return
+            else:
+                for head in fp.head:  # the keyframe's earlier packets (SPS, PPS)
+                    self._send(head, (seq - len(fp.head) + fp.head.index(head)) & 0xFFFF, ts)
+            self.started = True
+        self._send(fp, seq, ts)
+
+    def _send(self, fp: ForwardPacket, seq: int, ts: int) -> None:
         try:
             self._sock.send(_header.pack(0x80, fp.marker | self.pt, seq, ts, self.ssrc) + fp.payload)
             self.packets += 1
@@ -229,7 +248,7 @@ class ProgramEncoder:
         )
         await self._supervisor.start()
         self._video = RtpEgress("video", H264, VIDEO_PT, video_port)
-        self._audio = RtpEgress("audio", OPUS, AUDIO_PT, audio_port)
+        self._audio = RtpEgress("audio", OPUS, AUDIO_PT, audio_port, after=self._video)
         self.bus.subscribe(self._video, self._audio)
         self._set_state(_State.RUNNING)
 
@@ -238,12 +257,14 @@ class ProgramEncoder:
         if self._state is _State.STOPPED:
             return
         self._set_state(_State.STOPPED)
+        # ffmpeg first, while packets still flow: blocked on a silent
+        # input it would not see 'q'
+        if self._supervisor is not None:
+            await self._supervisor.stop()
         self.bus.unsubscribe(self._video, self._audio)
         for egress in (self._video, self._audio):
             if egress is not None:
                 egress.close()
-        if self._supervisor is not None:
-            await self._supervisor.stop()
         await self.tee.stop()
         if self._workdir is not None:
             self._workdir.cleanup()

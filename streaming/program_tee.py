@@ -123,6 +123,7 @@ class ProgramTee:
         self._video_pid: int | None = None
         self.bytes_in = 0
         self.keyframes = 0
+        self.first_keyframe_at: float | None = None  # time.monotonic() of the program's first keyframe
         self.dropped_consumers = 0
 
     @property
@@ -211,6 +212,8 @@ class ProgramTee:
                 self._video_pid = pmt_video_pid(packet) or self._video_pid
             elif pid == self._video_pid and is_random_access(packet):
                 self.keyframes += 1
+                if self.first_keyframe_at is None:
+                    self.first_keyframe_at = time.monotonic()
                 if first_key < 0:
                     first_key = offset
         for consumer in tuple(self._consumers):
