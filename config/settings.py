@@ -70,6 +70,13 @@ class Settings:
     heartbeat_interval_s: float = 2.0
     node_ttl_s: float = 6.0
     public_event: bool | None = None  # None: what the event file says
+    # the program encode every output of a forum shares (restream, HLS, recording)
+    output_width: int = 1280
+    output_height: int = 720
+    output_fps: int = 30
+    output_video_kbps: int = 3000
+    output_audio_kbps: int = 128
+    output_preset: str = "veryfast"  # x264
 
     def __post_init__(self) -> None:
         if not self.public_url:
@@ -260,6 +267,15 @@ def _ice_addresses(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+_X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
+def _x264_preset(value: Any) -> str:
+    if value not in _X264_PRESETS:
+        raise ValueError(f"must be one of {', '.join(_X264_PRESETS)}")
+    return str(value)
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "host": _host,
     "port": _port,
@@ -282,6 +298,12 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "heartbeat_interval_s": _positive_float,
     "node_ttl_s": _positive_float,
     "public_event": _as_optional_bool,
+    "output_width": _positive_int,
+    "output_height": _positive_int,
+    "output_fps": _positive_int,
+    "output_video_kbps": _positive_int,
+    "output_audio_kbps": _positive_int,
+    "output_preset": _x264_preset,
 }
 _PATH_KEYS = {"event_file", "data_dir"}
 _SECRET_KEYS = {"token_secret"}  # never echo these values in errors
