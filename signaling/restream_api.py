@@ -104,8 +104,15 @@ async def _outputs_ctx(app: web.Application) -> AsyncIterator[None]:
         video_kbps=settings.output_video_kbps, audio_kbps=settings.output_audio_kbps,
         preset=settings.output_preset,
     )
+    def need(forum_id: str) -> None:
+        from signaling.forum_inputs import INPUTS  # set up after this context (setup_operator)
+
+        inputs = app.get(INPUTS)
+        if inputs is not None:
+            inputs.ensure_slate(forum_id)
+
     outputs = ProgramOutputs(lambda forum_id: app[MEDIA].program_bus(forum_id), profile,
-                             ffmpeg_path=ffmpeg_path(settings))
+                             ffmpeg_path=ffmpeg_path(settings), on_need=need)
     for forum in app[EVENT].forums:
         if forum.restreams:
             outputs.load_event_destinations(forum.id, forum.restreams, os.environ)

@@ -34,14 +34,17 @@ class ForumOutputs:
     """One forum's encoder and destinations. `bus` is the forum's program."""
 
     def __init__(self, forum_id: str, bus: ProgramBus, profile: OutputProfile, *,
-                 ffmpeg_path: str = "", on_status: StatusListener | None = None) -> None:
+                 ffmpeg_path: str = "", on_status: StatusListener | None = None,
+                 on_need: Callable[[str], None] | None = None) -> None:
         self.forum_id = forum_id
+        self._on_need = on_need
         self.bus = bus
         self.profile = profile
         self._ffmpeg = ffmpeg_path
         self._on_status = on_status
         self.encoder: ProgramEncoder | None = None
         self.restreams: dict[str, Restream] = {}
+        self.users: set[str] = set()  # other outputs holding the encoder (recorder, HLS)
         self._lock = asyncio.Lock()
 
     def _source_url(self) -> str:
@@ -50,13 +53,27 @@ class ForumOutputs:
 
     async def _need_encoder(self) -> None:
         if self.encoder is None:
+            if self._on_need is not None:
+                self._on_need(self.forum_id)  # e.g. start the forum's slate: the program is never empty
             self.encoder = ProgramEncoder(self.forum_id, self.bus, self.profile, ffmpeg_path=self._ffmpeg)
             await self.encoder.start()
 
     async def _maybe_stop_encoder(self) -> None:
-        if self.encoder is not None and not any(r.running for r in self.restreams.values()):
+        if self.encoder is not None and not self.users and not any(r.running for r in self.restreams.values()):
             encoder, self.encoder = self.encoder, None
             await encoder.stop()
+
+    async def acquire(self, user: str) -> str:
+        """Hold the encoder for another output; the tee's URL to read."""
+        async with self._lock:
+            self.users.add(user)
+            await self._need_encoder()
+            return self._source_url()
+
+    async def release(self, user: str) -> None:
+        async with self._lock:
+            self.users.discard(user)
+            await self._maybe_stop_encoder()
 
     def _status(self, status: RestreamStatus) -> None:
         if self._on_status is not None:
@@ -112,6 +129,7 @@ class ForumOutputs:
 
     async def close(self) -> None:
         async with self._lock:
+            self.users.clear()
             await asyncio.gather(*(r.close() for r in self.restreams.values()))
             await self._maybe_stop_encoder()
 
@@ -121,8 +139,9 @@ class ProgramOutputs:
     forum's program bus (MediaPlane.program_bus)."""
 
     def __init__(self, bus_for: Callable[[str], ProgramBus], profile: OutputProfile, *,
-                 ffmpeg_path: str = "") -> None:
+                 ffmpeg_path: str = "", on_need: Callable[[str], None] | None = None) -> None:
         self._bus_for = bus_for
+        self._on_need = on_need
         self.profile = profile
         self._ffmpeg = ffmpeg_path
         self.forums: dict[str, ForumOutputs] = {}
@@ -142,7 +161,7 @@ class ProgramOutputs:
         outputs = self.forums.get(forum_id)
         if outputs is None:
             outputs = ForumOutputs(forum_id, self._bus_for(forum_id), self.profile,
-                                   ffmpeg_path=self._ffmpeg, on_status=self._notify)
+                                   ffmpeg_path=self._ffmpeg, on_status=self._notify, on_need=self._on_need)
             self.forums[forum_id] = outputs
         return outputs
 
