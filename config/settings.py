@@ -77,6 +77,7 @@ class Settings:
     output_video_kbps: int = 3000
     output_audio_kbps: int = 128
     output_preset: str = "veryfast"  # x264
+    record_sessions: bool = True  # record sessions of forums marked `recorded` while live
 
     def __post_init__(self) -> None:
         if not self.public_url:
@@ -129,6 +130,13 @@ def _as_float(value: Any) -> float:
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+def _as_bool(value: Any) -> bool:
+    result = _as_optional_bool(value)
+    if result is None:
+        raise ValueError("must be true or false")
+    return result
 
 
 def _as_optional_bool(value: Any) -> bool | None:
@@ -304,6 +312,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "output_video_kbps": _positive_int,
     "output_audio_kbps": _positive_int,
     "output_preset": _x264_preset,
+    "record_sessions": _as_bool,
 }
 _PATH_KEYS = {"event_file", "data_dir"}
 _SECRET_KEYS = {"token_secret"}  # never echo these values in errors

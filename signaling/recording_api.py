@@ -10,7 +10,8 @@ A <recording> is {"id", "forum_id", "session", "start" (Unix s),
 "finalized" | "failed", "alert"}. Operator token (`Authorization:
 Bearer`, or `?token=` on the media URL so a browser link works); errors
 are http_api's JSON. Every change is pushed as the socket.io event
-"recording" (<recording>) to the forum's room.
+"recording" (<recording>) to the forum's room. Sessions of forums marked
+`recorded` are recorded while live by the agenda (checked every 5 s).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from aiohttp import web
 from config.settings import ffmpeg_path
 from recorder.recorder import Recorder, RecorderError
 from recorder.recording import RecordingInfo
+from recorder.schedule import due_recordings, plan
 from rooms.errors import RoomError
 from rooms.models import Role
-from signaling.app_keys import SETTINGS, SIO, TOKENS
+from signaling.app_keys import AGENDA, EVENT, SETTINGS, SIO, TOKENS
 from signaling.http_api import json_response
 from signaling.operator_api import _body, _forum
 from signaling.restream_api import OUTPUTS
@@ -92,6 +94,31 @@ async def post_stop(request: web.Request) -> web.Response:
     return json_response(info.to_json())
 
 
+async def _follow_agenda(app: web.Application, recorder: Recorder, interval: float = 5.0) -> None:
+    """Record each session of a forum marked `recorded` while it is live
+    (recorder/schedule.py decides; manual recordings are left alone)."""
+    await asyncio.sleep(0)
+    running: dict[str, str] = {}
+    while True:
+        due = due_recordings(app[EVENT], app[AGENDA])
+        stop, start = plan(due, running)
+        for forum_id in stop:
+            running.pop(forum_id, None)
+            try:
+                await recorder.stop(forum_id)
+            except RecorderError:
+                pass  # an operator stopped it already
+        for forum_id, session in start:
+            try:
+                await recorder.start(forum_id, session)
+                running[forum_id] = session
+            except RecorderError as error:
+                logger.warning("recording %s/%s not started: %s", forum_id, session, error.message)
+            except Exception:
+                logger.exception("recording %s/%s failed to start", forum_id, session)
+        await asyncio.sleep(interval)
+
+
 async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pending: set[asyncio.Future[Any]] = set()
@@ -108,11 +135,14 @@ async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
                         on_change=on_change)
     app[RECORDER] = recorder
     recovery = asyncio.create_task(recorder.recover(), name="recorder-recover")
+    schedule = asyncio.create_task(
+        _follow_agenda(app, recorder) if settings.record_sessions else asyncio.sleep(0), name="recorder-agenda")
     try:
         yield
     finally:
-        recovery.cancel()
-        await asyncio.gather(recovery, return_exceptions=True)
+        for task in (recovery, schedule):
+            task.cancel()
+        await asyncio.gather(recovery, schedule, return_exceptions=True)
         await recorder.close()
         await asyncio.gather(*pending, return_exceptions=True)
 
