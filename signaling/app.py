@@ -28,6 +28,7 @@ from rooms.tokens import TokenService
 from signaling.app_keys import AGENDA, EVENT, ROOMS, SETTINGS, STORE, TOKENS
 from signaling.http_api import setup_http_api
 from signaling.media_bridge import setup_media_plane
+from signaling.hls_api import setup_hls
 from signaling.recording_api import setup_recordings
 from signaling.restream_api import setup_restreams
 from signaling.operator_api import setup_operator
@@ -69,6 +70,7 @@ def build_app(settings: Settings) -> web.Application:
     setup_whip_whep(app)  # WHIP/WHEP and the media bridge (publishers -> rooms, program follows)
     setup_pages(app)  # /lobby, /speak, /watch, /static
     setup_restreams(app)  # program outputs: encoder on demand, restream destinations (REST + "restreams" pushes)
+    setup_hls(app)  # /hls/{forum_id}/index.m3u8: fMP4 segments from the program encoder, signed segment URLs
     setup_recordings(app)  # recorder: segments + finalize, crash recovery, /api/recordings
     setup_operator(app)  # switchboard, slates/venue/library/playouts, agenda runner, operator REST + events, /control
     return app
