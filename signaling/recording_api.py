@@ -72,26 +72,34 @@ async def get_media(request: web.Request) -> web.StreamResponse:
     })
 
 
-async def post_start(request: web.Request) -> web.Response:
-    forum_id, _ = _forum(request)
-    body = await _body(request) if request.can_read_body else {}
-    session = body.get("session")
+async def start_recording(app: web.Application, forum_id: str, session: object) -> dict[str, object]:
+    """Start a manual recording (REST and the socket.io event
+    "recording_start"); <recording> or RoomError."""
     if session is not None and not isinstance(session, str):
         raise RoomError("invalid", "session must be a string")
     try:
-        info = await request.app[RECORDER].start(forum_id, session)
+        return (await app[RECORDER].start(forum_id, session)).to_json()
     except RecorderError as error:
         raise _error(error) from None
-    return json_response(info.to_json(), status=201)
+
+
+async def stop_recording(app: web.Application, forum_id: str) -> dict[str, object]:
+    """Stop and finalize (REST and "recording_stop"); <recording> or RoomError."""
+    try:
+        return (await app[RECORDER].stop(forum_id)).to_json()
+    except RecorderError as error:
+        raise _error(error) from None
+
+
+async def post_start(request: web.Request) -> web.Response:
+    forum_id, _ = _forum(request)
+    body = await _body(request) if request.can_read_body else {}
+    return json_response(await start_recording(request.app, forum_id, body.get("session")), status=201)
 
 
 async def post_stop(request: web.Request) -> web.Response:
     forum_id, _ = _forum(request)
-    try:
-        info = await request.app[RECORDER].stop(forum_id)
-    except RecorderError as error:
-        raise _error(error) from None
-    return json_response(info.to_json())
+    return json_response(await stop_recording(request.app, forum_id))
 
 
 async def _follow_agenda(app: web.Application, recorder: Recorder, interval: float = 5.0) -> None:

@@ -126,7 +126,8 @@ class SioClient:
     def __init__(self) -> None:
         self.sio = socketio.AsyncClient(reconnection=False)
         self.pushes: dict[str, asyncio.Queue[Any]] = {}
-        for name in ("program", "preview", "sources", "playouts", "media", "viewers", "restreams", "error"):
+        for name in ("program", "preview", "sources", "playouts", "media", "viewers", "restreams", "recording",
+                     "error"):
             self.pushes[name] = asyncio.Queue()
             self.sio.on(name, self._recorder(name))
 
