@@ -115,3 +115,19 @@ async def test_two_platforms_one_dropping_for_5_s(tmp_path: Path, caplog: pytest
     text = "\n".join(ours) + repr(events) + "".join(str(r.status()) for r in (a, b))
     for key in (KEY_A, KEY_B):
         assert key not in text
+
+
+def test_event_file_destinations_take_their_key_from_the_environment(caplog: pytest.LogCaptureFixture) -> None:
+    from config.settings import SAMPLE_EVENT
+    from rooms.event_file import load_event
+
+    caplog.set_level(logging.INFO)
+    main = load_event(SAMPLE_EVENT).forum("main")
+    assert main is not None and len(main.restreams) == 2
+    outputs = ProgramOutputs(lambda forum_id: program_bus(), SMALL)
+    skipped = outputs.load_event_destinations("main", main.restreams, {"FORUMCAST_KEY_MAIN_WEBCAST": KEY_A})
+    assert skipped == ["video-site"]  # its variable is unset: not added, said in the log
+    statuses = [s.to_json() for s in outputs.forum("main").statuses()]
+    assert [(s["id"], s["state"], s["url"]) for s in statuses] == [
+        ("webcast", "idle", "rtmps://live.example.com:443/app")]
+    assert "FORUMCAST_KEY_MAIN_VIDEO" in caplog.text and KEY_A not in caplog.text + repr(statuses)
