@@ -35,7 +35,7 @@ from rooms.errors import RoomError
 from rooms.models import Role
 from signaling.app_keys import EVENT, SETTINGS, TOKENS
 from signaling.restream_api import OUTPUTS
-from streaming.hls_output import HlsOutput
+from streaming.hls_output import HlsOutput, window_segments
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ class HlsService:
             if output is None:
                 settings = self._app[SETTINGS]
                 url = await self._app[OUTPUTS].forum(forum_id).acquire("hls")
+                window = window_segments(settings.hls_dvr_window_s)
                 output = HlsOutput(forum_id, settings.data_dir / "hls" / forum_id, url,
-                                   ffmpeg_path=ffmpeg_path(settings))
+                                   ffmpeg_path=ffmpeg_path(settings), window=window)
                 await output.start()
                 self.outputs[forum_id] = output
             output.last_request = time.monotonic()

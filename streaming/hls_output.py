@@ -29,6 +29,15 @@ logger = logging.getLogger(__name__)
 PLAYLIST = "index.m3u8"
 
 
+LIVE_WINDOW = 6  # segments in a live playlist (12 s)
+
+
+def window_segments(dvr_window_s: int, segment_s: int = 2) -> int:
+    """Segments the playlist lists: the live window, or enough for
+    `dvr_window_s` seconds of rewind (a DVR window)."""
+    return max(LIVE_WINDOW, -(-dvr_window_s // segment_s))
+
+
 def hls_args(source_url: str, directory: Path, stamp: str, *, segment_s: int, window: int) -> list[str]:
     return list(
         ffmpeg.input(source_url, format="mpegts")

@@ -88,3 +88,13 @@ async def test_playlist_advances_segments_are_2_s_signed_and_cacheable(node: Nod
     assert info["video"][:3] == ("h264", 320, 180) and info["audio"] == ("aac", 48000)
     output = node.app[HLS].outputs[FORUM]
     assert len(list(output.directory.glob("seg-*.m4s"))) <= 6 + 3  # old segments deleted
+
+
+def test_the_dvr_window_setting_lists_enough_segments() -> None:
+    from pathlib import Path as P
+
+    from streaming.hls_output import hls_args, window_segments
+
+    assert window_segments(0) == 6 and window_segments(5) == 6 and window_segments(121) == 61
+    args = hls_args("tcp://127.0.0.1:1", P("/tmp/x"), "ab", segment_s=2, window=window_segments(600))
+    assert args[args.index("-hls_list_size") + 1] == "300"
