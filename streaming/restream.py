@@ -23,6 +23,7 @@ import enum
 import logging
 import os
 import secrets
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -175,10 +176,22 @@ class Restream:
         """`text` with the stream key replaced by ***."""
         return text.replace(self.__key, "***") if self.__key else text
 
-    def _key_file(self) -> Path:
+    def _private_dir(self) -> Path:
         if self._keydir is None:
             self._keydir = tempfile.TemporaryDirectory(prefix="forumcast-restream-")  # 0700
-        path = Path(self._keydir.name) / "key"
+        return Path(self._keydir.name)
+
+    def _launcher(self) -> str:
+        """An executable that runs restream_push.py with this interpreter
+        (the one that has PyAV), whatever `python3` is on PATH."""
+        path = self._private_dir() / "push"
+        if not path.exists():
+            path.write_text(f"#!{sys.executable}\nimport runpy\nrunpy.run_path({PUSHER!r}, run_name='__main__')\n")
+            path.chmod(0o700)
+        return str(path)
+
+    def _key_file(self) -> Path:
+        path = self._private_dir() / "key"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(self.__key)
@@ -195,7 +208,7 @@ class Restream:
         self.last_error = ""
         self._set_state(RestreamState.CONNECTING)
         self._supervisor = Supervisor(
-            self._args, name=f"restream-{self.id}-{secrets.token_hex(2)}", ffmpeg=PUSHER,
+            self._args, name=f"restream-{self.id}-{secrets.token_hex(2)}", ffmpeg=self._launcher(),
             policy=self._policy, stop_grace=3.0,
             on_start=self._on_start, on_exit=self._on_exit, on_line=self._on_line,
         )
