@@ -110,6 +110,15 @@ class Settings:
     ice_servers: tuple[str, ...] = ()
     turn_secret: str | None = None
     turn_credential_ttl_s: int = 6 * 3600
+    # the program encode every output of a forum shares (restream, HLS, recording)
+    output_width: int = 1280
+    output_height: int = 720
+    output_fps: int = 30
+    output_video_kbps: int = 3000
+    output_audio_kbps: int = 128
+    output_preset: str = "veryfast"  # x264
+    record_sessions: bool = True  # record sessions of forums marked `recorded` while live
+    hls_dvr_window_s: int = 0  # 0: a 12 s live window; else the seconds of rewind the HLS playlist offers
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
@@ -349,6 +358,15 @@ def _turn_secret(value: Any) -> str | None:
     return text
 
 
+_X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
+def _x264_preset(value: Any) -> str:
+    if value not in _X264_PRESETS:
+        raise ValueError(f"must be one of {', '.join(_X264_PRESETS)}")
+    return str(value)
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "host": _host,
     "port": _port,
@@ -385,6 +403,14 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "ice_servers": _ice_servers,
     "turn_secret": _turn_secret,
     "turn_credential_ttl_s": _positive_int,
+    "output_width": _positive_int,
+    "output_height": _positive_int,
+    "output_fps": _positive_int,
+    "output_video_kbps": _positive_int,
+    "output_audio_kbps": _positive_int,
+    "output_preset": _x264_preset,
+    "record_sessions": _as_bool,
+    "hls_dvr_window_s": _non_negative_int,
 }
 _PATH_KEYS = {"event_file", "data_dir"}
 _SECRET_KEYS = {"token_secret", "turn_secret"}  # never echo these values in errors

@@ -83,6 +83,18 @@ async def _playout_stop(app: web.Application, forum_id: str, grant: Grant, paylo
     return {"ok": True}
 
 
+async def _recording_start(app: web.Application, forum_id: str, grant: Grant, payload: dict[str, Any]) -> Ack:
+    from signaling.recording_api import start_recording
+
+    return {"recording": await start_recording(app, forum_id, payload.get("session"))}
+
+
+async def _recording_stop(app: web.Application, forum_id: str, grant: Grant, payload: dict[str, Any]) -> Ack:
+    from signaling.recording_api import stop_recording
+
+    return {"recording": await stop_recording(app, forum_id)}
+
+
 ACTIONS: dict[str, Action] = {
     "take": _take,
     "preview": _preview,
@@ -90,6 +102,8 @@ ACTIONS: dict[str, Action] = {
     "set_manual": _set_manual,
     "playout_start": _playout_start,
     "playout_stop": _playout_stop,
+    "recording_start": _recording_start,
+    "recording_stop": _recording_stop,
 }
 
 

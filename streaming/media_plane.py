@@ -39,6 +39,7 @@ from typing import Any
 from rooms.models import SourceMedia, SourceState
 from streaming import aiortc_internals
 from streaming.forum_media import ForumMedia
+from streaming.program_bus import ProgramBus
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
 from streaming.peer_end import PeerEnd
@@ -273,6 +274,10 @@ class MediaPlane:
         """The source id the forum's program carries now (after the cut)."""
         forum = self._forums.get(forum_id)
         return forum.program.on_air if forum is not None else None
+
+    def program_bus(self, forum_id: str) -> ProgramBus:
+        """The forum's program bus, for program outputs (streaming/forum_outputs.py)."""
+        return self._forum(forum_id).program
 
     def _forum(self, forum_id: str) -> ForumMedia:
         forum = self._forums.get(forum_id)

@@ -29,7 +29,7 @@ import random
 import time
 from collections.abc import Callable
 
-from streaming.downtrack import Downtrack
+from streaming.program_sink import ProgramSink
 from streaming.rtp_source import ForwardPacket, RtpSource, SourceFeed
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class Lane:
         self.source: RtpSource | None = None
         self.pending: RtpSource | None = None
         self.armed = True  # audio waits for the video cut before cutting
-        self.downtracks: tuple[Downtrack, ...] = ()
+        self.downtracks: tuple[ProgramSink, ...] = ()  # viewers and outputs
         self.seq_off = 0
         self.ts_off = 0
         self.floor = 0  # first source seq of the current source
@@ -138,13 +138,13 @@ class Lane:
 
     # --- viewers -------------------------------------------------------
 
-    def add(self, dt: Downtrack) -> None:
+    def add(self, dt: ProgramSink) -> None:
         dt.lane = self
         dt.set_codec(self.codec_key)
         self.downtracks = self.downtracks + (dt,)
         self.request_keyframe()
 
-    def remove(self, dt: Downtrack) -> None:
+    def remove(self, dt: ProgramSink) -> None:
         # a new tuple: on_packet may be iterating the old one right now
         self.downtracks = tuple(d for d in self.downtracks if d is not dt)
         dt.lane = None
@@ -278,13 +278,13 @@ class ProgramBus:
         """The source id viewers see now (changes at the cut, not at switch_to)."""
         return self._on_air.source_id if self._on_air is not None else None
 
-    def subscribe(self, video: Downtrack | None, audio: Downtrack | None) -> None:
+    def subscribe(self, video: ProgramSink | None, audio: ProgramSink | None) -> None:
         if video is not None:
             self.video.add(video)
         if audio is not None:
             self.audio.add(audio)
 
-    def unsubscribe(self, video: Downtrack | None, audio: Downtrack | None) -> None:
+    def unsubscribe(self, video: ProgramSink | None, audio: ProgramSink | None) -> None:
         if video is not None:
             self.video.remove(video)
         if audio is not None:

@@ -93,11 +93,13 @@ def free_port_block(count: int) -> int:
 
 @contextlib.asynccontextmanager
 async def running_node(tmp: Path, *, event: Event | None = None, agenda_now: Callable[..., Any] | None = None,
-                       slate_grace_ms: int = 1000, **settings: Any) -> AsyncIterator[Node]:
+                       slate_grace_ms: int = 1000, **settings_overrides: Any) -> AsyncIterator[Node]:
     secret = secrets.token_urlsafe(48)
+    settings_overrides.setdefault("record_sessions", False)  # no encoder behind other tests' agendas
     settings = Settings(host="127.0.0.1", port=free_port(), data_dir=tmp, token_secret=secret,
                         ice_addresses=("127.0.0.1",), rtmp_port=free_port_block(32), srt_port=free_port_block(32),
-                        node_id=f"op-test-{secrets.token_hex(3)}", slate_grace_ms=slate_grace_ms, **settings)
+                        node_id=f"op-test-{secrets.token_hex(3)}", slate_grace_ms=slate_grace_ms,
+                        **settings_overrides)
     app = build_app(settings)
     if event is not None:
         app[EVENT] = event
@@ -124,7 +126,8 @@ class SioClient:
     def __init__(self) -> None:
         self.sio = socketio.AsyncClient(reconnection=False)
         self.pushes: dict[str, asyncio.Queue[Any]] = {}
-        for name in ("program", "preview", "sources", "playouts", "media", "media_job", "viewers", "error"):
+        for name in ("program", "preview", "sources", "playouts", "media", "media_job", "viewers", "restreams",
+                     "recording", "error"):
             self.pushes[name] = asyncio.Queue()
             self.sio.on(name, self._recorder(name))
 

@@ -404,8 +404,68 @@ function keys(event) {
   if (n >= 1 && n <= 9 && state.sources[n - 1]) act("preview", { source_id: state.sources[n - 1].id });
 }
 
+// --- outputs: restreams and recording -----------------------------------------------
+
+function applyRestreams(payload) {
+  const list = $("restreams");
+  list.replaceChildren();
+  for (const r of payload.restreams || []) {
+    const running = ["connecting", "live", "retrying"].includes(r.state);
+    const toggle = el("button", {}, running ? "Stop" : "Start");
+    toggle.addEventListener("click", () => restreamCall(`/restreams/${r.id}/${running ? "stop" : "start"}`, "POST"));
+    const remove = el("button", {}, "Remove");
+    remove.addEventListener("click", () => restreamCall(`/restreams/${r.id}`, "DELETE"));
+    let detail = r.state;
+    if (r.state === "live") detail += ` ${r.bitrate_kbps} kb/s, ${r.uptime_s} s`;
+    if (r.state === "retrying") detail += ` (attempt ${r.attempt}: ${r.last_error})`;
+    list.append(el("li", { "data-restream": r.id, "data-state": r.state },
+      el("span", { class: "name" }, `${r.name}: ${detail}`), toggle, remove));
+  }
+}
+
+async function restreamCall(path, method, body) {
+  try {
+    const options = { method };
+    if (body) { options.body = JSON.stringify(body); options.headers = { "Content-Type": "application/json" }; }
+    if (method !== "GET") await api(path, options);
+    applyRestreams(await api("/restreams"));
+  } catch (error) {
+    flash("warn", describe(error));
+  }
+}
+
+async function addRestream(event) {
+  event.preventDefault();
+  const body = { name: $("restream-name").value, url: $("restream-url").value, stream_key: $("restream-key").value };
+  $("restream-key").value = "";  // the page keeps no key
+  await restreamCall("/restreams", "POST", body);
+}
+
+function applyRecording(recording) {
+  if (recording.forum_id !== forumId) return;
+  state.recording = recording.state === "recording" ? recording : null;
+  let text = recording.state;
+  if (recording.alert) text += ` — ${recording.alert}`;
+  $("recording-state").textContent = text;
+  $("recording-toggle").textContent = state.recording ? "Stop recording" : "Start recording";
+}
+
+async function refreshRecording() {
+  const response = await fetch("/api/recordings", { headers: { Authorization: `Bearer ${token}` } });
+  if (!response.ok) return;
+  const mine = ((await response.json()).recordings || []).filter((r) => r.forum_id === forumId);
+  if (mine.length) applyRecording(mine[mine.length - 1]);
+}
+
+async function toggleRecording() {
+  const ack = await act(state.recording ? "recording_stop" : "recording_start", {});
+  if (ack && ack.recording) applyRecording(ack.recording);
+}
+
 function main() {
   if (!token) return fail({ code: "token_missing" });
+  $("restream-add").addEventListener("submit", addRestream);
+  $("recording-toggle").addEventListener("click", toggleRecording);
   $("take").addEventListener("click", () => take(null));
   $("slate").addEventListener("click", () => act("cut_to_slate", {}));
   $("manual").addEventListener("change", (e) => act("set_manual", { manual: e.target.checked }));
@@ -430,6 +490,10 @@ function main() {
   socket.on("playouts", applyPlayouts);
   socket.on("media", applyMedia);
   socket.on("media_job", (job) => applyJobs([job]));
+  socket.on("restreams", applyRestreams);
+  socket.on("recording", applyRecording);
+  restreamCall("/restreams", "GET");
+  refreshRecording();
   refreshAgenda();
   setInterval(refreshAgenda, 30000);
 }

@@ -1,0 +1,244 @@
+"""The node's recorder: one segmented recording per forum at a time,
+fed from the forum's program tee (one more program output), finalized
+into an MP4 when it stops; unfinished recordings of a previous run (a
+crash, a SIGKILL) are finalized at start with every complete segment.
+
+A full or failing disk stops the recording with an alert (state
+"failed", `alert` in words, pushed to operators); the server and the
+forum carry on. Free space is checked before a start and every
+`check_interval` s while recording (`min_free_bytes`).
+
+States of a recording: recording -> finalizing -> finalized | failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from recorder.recording import (
+    RecordingInfo, complete_segments, finalize_args, join_segments, load_meta, media_duration,
+    save_meta, segment_args,
+)
+from streaming.ffmpeg_process import FfmpegExit, FfmpegProcess, RestartPolicy, Supervisor
+from streaming.forum_outputs import ProgramOutputs
+
+logger = logging.getLogger(__name__)
+
+_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class RecorderError(Exception):
+    """A refused recorder request: `code` ("conflict", "not_found",
+    "disk_full") and a message a person can act on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Active:
+    def __init__(self, info: RecordingInfo, directory: Path) -> None:
+        self.info = info
+        self.directory = directory
+        self.supervisor: Supervisor | None = None
+        self.watch: asyncio.Task[None] | None = None
+
+
+class Recorder:
+    """`on_change(info)` is called on every state change (must not block)."""
+
+    def __init__(self, root: Path, outputs: ProgramOutputs, *, ffmpeg_path: str = "",
+                 min_free_bytes: int = 256 * 1024 * 1024, check_interval: float = 2.0,
+                 on_change: Callable[[RecordingInfo], None] | None = None) -> None:
+        self.root = root
+        self._outputs = outputs
+        self._ffmpeg = ffmpeg_path
+        self.min_free_bytes = min_free_bytes
+        self._interval = check_interval
+        self._on_change = on_change
+        self._active: dict[str, _Active] = {}  # forum_id -> its recording
+        self._lock = asyncio.Lock()
+
+    # --- listing -------------------------------------------------------
+
+    def _directories(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent for p in self.root.glob("*/*/meta.json"))
+
+    def recordings(self) -> list[RecordingInfo]:
+        """Every recording on this node, oldest first."""
+        infos = []
+        for directory in self._directories():
+            info = load_meta(directory)
+            if info is None:
+                continue
+            active = self._active.get(info.forum_id)
+            if active is not None and active.info.id == info.id:
+                info = active.info
+                info.size = sum(p.stat().st_size for p in directory.glob("seg-*.ts"))
+                info.duration_s = time.time() - info.started_at
+            infos.append(info)
+        return sorted(infos, key=lambda i: i.started_at)
+
+    def media_file(self, recording_id: str) -> Path | None:
+        """The finalized MP4 of a recording, or None."""
+        for directory in self._directories():
+            if directory.name == recording_id:
+                info = load_meta(directory)
+                path = directory / f"{recording_id}.mp4"
+                if info is not None and info.state == "finalized" and path.is_file():
+                    return path
+        return None
+
+    def active(self, forum_id: str) -> RecordingInfo | None:
+        active = self._active.get(forum_id)
+        return active.info if active is not None else None
+
+    def _changed(self, info: RecordingInfo) -> None:
+        if self._on_change is not None:
+            try:
+                self._on_change(info)
+            except Exception:
+                logger.exception("Recorder change callback failed")
+
+    def _free(self) -> int:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(self.root).free
+
+    # --- recording -----------------------------------------------------
+
+    async def start(self, forum_id: str, session: str | None = None) -> RecordingInfo:
+        """Start recording the forum's program. Raises RecorderError
+        (conflict: already recording; disk_full)."""
+        async with self._lock:
+            if forum_id in self._active:
+                raise RecorderError("conflict", f"forum {forum_id!r} is already recording")
+            if self._free() < self.min_free_bytes:
+                raise RecorderError("disk_full", "not enough free disk space to record")
+            now = time.time()
+            stamp = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            session_name = _SAFE.sub("-", session or "manual")[:64]
+            recording_id = f"{_SAFE.sub('-', forum_id)}--{session_name}--{stamp}"
+            directory = self.root / forum_id / recording_id
+            directory.mkdir(parents=True, exist_ok=False)
+            info = RecordingInfo(recording_id, forum_id, session_name, now)
+            save_meta(directory, info)
+            active = _Active(info, directory)
+            self._active[forum_id] = active
+            source_url = await self._outputs.forum(forum_id).acquire(f"recorder:{recording_id}")
+
+            def make_args() -> list[str]:
+                info.runs += 1
+                save_meta(directory, info)
+                return segment_args(source_url, directory, info.runs)
+
+            active.supervisor = Supervisor(
+                make_args, name=f"recorder-{forum_id}", ffmpeg=self._ffmpeg, loglevel="error",
+                policy=RestartPolicy(initial=0.5, maximum=5.0), stop_grace=5.0,
+                on_exit=lambda result: self._on_exit(forum_id, result),
+            )
+            await active.supervisor.start()
+            active.watch = asyncio.create_task(self._watch_disk(forum_id), name=f"recorder-disk-{forum_id}")
+        logger.info("Recorder(%s) recording %s", forum_id, recording_id)
+        self._changed(info)
+        return info
+
+    def _on_exit(self, forum_id: str, result: FfmpegExit) -> None:
+        if result.stopped:
+            return
+        logger.warning("Recorder(%s) segmenter ended: %s", forum_id, result.describe())
+        if self._free() < self.min_free_bytes or any("No space left" in line for line in result.stderr_tail):
+            asyncio.ensure_future(self.stop(forum_id, alert="the disk is full: recording stopped"))
+
+    async def _watch_disk(self, forum_id: str) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                free = self._free()
+            except OSError as error:
+                free, why = 0, f"the disk failed ({error.strerror}): recording stopped"
+            else:
+                why = "the disk is full: recording stopped"
+            if free < self.min_free_bytes:
+                logger.error("Recorder(%s) %s", forum_id, why)
+                asyncio.ensure_future(self.stop(forum_id, alert=why))
+                return
+
+    async def stop(self, forum_id: str, *, alert: str = "") -> RecordingInfo:
+        """Stop and finalize the forum's recording. Raises RecorderError
+        (not_found) when it is not recording. Idempotent per recording."""
+        active = self._active.pop(forum_id, None)
+        if active is None:
+            raise RecorderError("not_found", f"forum {forum_id!r} is not recording")
+        if active.watch is not None and active.watch is not asyncio.current_task():
+            active.watch.cancel()
+        if active.supervisor is not None:
+            await active.supervisor.stop()
+        await self._outputs.forum(forum_id).release(f"recorder:{active.info.id}")
+        info = active.info
+        info.alert = alert
+        await self._finalize(active.directory, info)
+        return info
+
+    async def _finalize(self, directory: Path, info: RecordingInfo) -> None:
+        info.state = "finalizing"
+        save_meta(directory, info)
+        self._changed(info)
+        segments = complete_segments(directory)
+        target = directory / f"{info.id}.mp4"
+        joined = directory / "joined.ts"
+        try:
+            if not segments:
+                raise RuntimeError("no complete segment")
+            await asyncio.to_thread(join_segments, segments, joined)
+            process = FfmpegProcess(finalize_args(joined, target), name=f"finalize-{info.id}",
+                                    ffmpeg=self._ffmpeg, loglevel="error")
+            await process.start()
+            code = await process.wait()
+            if code != 0:
+                raise RuntimeError(process.result().describe())
+            info.duration_s = await asyncio.to_thread(media_duration, target)
+            info.size = target.stat().st_size
+            info.state = "finalized"
+            for segment in segments:  # the MP4 holds them now
+                segment.unlink(missing_ok=True)
+        except (OSError, RuntimeError) as error:
+            logger.error("Recorder: finalizing %s failed: %s", info.id, error)
+            info.state = "failed"
+            info.alert = info.alert or f"finalizing failed: {error}"[:200]
+        finally:
+            joined.unlink(missing_ok=True)
+        save_meta(directory, info)
+        self._changed(info)
+        logger.info("Recorder: %s %s (%.1f s, %d bytes)", info.id, info.state, info.duration_s, info.size)
+
+    async def recover(self) -> list[RecordingInfo]:
+        """Finalize what a previous run left recording or finalizing."""
+        done = []
+        for directory in self._directories():
+            info = load_meta(directory)
+            if info is None or info.state not in ("recording", "finalizing"):
+                continue
+            if info.forum_id in self._active:
+                continue
+            logger.warning("Recorder: finalizing %s left unfinished by a previous run", info.id)
+            await self._finalize(directory, info)
+            done.append(info)
+        return done
+
+    async def close(self) -> None:
+        """Stop and finalize every recording (server shutdown)."""
+        for forum_id in list(self._active):
+            try:
+                await self.stop(forum_id)
+            except RecorderError:
+                pass

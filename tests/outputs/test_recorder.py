@@ -1,0 +1,120 @@
+"""The recorder on the real server: a recording survives a SIGKILL of the
+server (the next start finalizes it up to the last complete segment), is
+listed and downloads with HTTP ranges; unit pieces with real ffmpeg."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recorder.recording import complete_segments
+from rooms.models import Role
+from tests.eventually import eventually_blocking
+from tests.outputs.helpers import probe
+from tests.server_process import ServerProcess, start_server
+
+FORUM = "main"
+SMALL_ENV = {
+    "FORUMCAST_OUTPUT_WIDTH": "320", "FORUMCAST_OUTPUT_HEIGHT": "180", "FORUMCAST_OUTPUT_FPS": "15",
+    "FORUMCAST_OUTPUT_VIDEO_KBPS": "300", "FORUMCAST_OUTPUT_AUDIO_KBPS": "64",
+    "FORUMCAST_OUTPUT_PRESET": "ultrafast",
+}
+
+
+def request(server: ServerProcess, method: str, path: str, token: str, headers: dict[str, str] | None = None,
+            body: bytes | None = None) -> tuple[int, bytes, dict[str, str]]:
+    req = urllib.request.Request(server.url + path, method=method, data=body,
+                                 headers={"Authorization": f"Bearer {token}", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), dict(error.headers)
+
+
+@pytest.mark.slow
+def test_sigkill_20_s_into_a_recording_then_restart_finalizes_it(tmp_path: Path) -> None:
+    first = start_server(extra_env=SMALL_ENV)
+    op = first.token(Role.OPERATOR, [FORUM])
+    recordings = first.data_dir / "recordings" / FORUM
+    second: ServerProcess | None = None
+    try:
+        status, body, _ = request(first, "POST", f"/api/forums/{FORUM}/recording/start", op)
+        assert status == 201, body
+        started = json.loads(body)
+        assert started["state"] == "recording" and started["forum_id"] == FORUM
+        directory = recordings / started["id"]
+        # 20 s of program in complete segments (2 s each), then the server dies at once
+        eventually_blocking(lambda: len(complete_segments(directory)) >= 10, timeout=180,
+                            what="10 complete segments")
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait()
+        second = start_server(extra_env=SMALL_ENV, secret=first.secret,
+                              extra_args=["--data-dir", str(first.data_dir)])
+
+        def finalized() -> dict[str, Any] | None:
+            status, body, _ = request(second, "GET", "/api/recordings", op)  # type: ignore[arg-type]
+            items = [r for r in json.loads(body)["recordings"] if r["id"] == started["id"]]
+            return items[0] if items and items[0]["state"] == "finalized" else None
+
+        item = eventually_blocking(finalized, timeout=120, what="the recording finalized after the restart")
+        assert item["duration_s"] >= 20 - 2 and item["size"] > 0 and item["session"] == "manual"
+        media = f"/api/recordings/{started['id']}/media"
+        status, head, headers = request(second, "GET", media, op, headers={"Range": "bytes=0-99"})
+        assert status == 206 and len(head) == 100 and headers["Content-Range"].endswith(f"/{item['size']}")
+        status, whole, headers = request(second, "GET", media, op)
+        assert status == 200 and len(whole) == item["size"] and headers["Content-Type"] == "video/mp4"
+        assert whole.find(b"moov") < whole.find(b"mdat")  # +faststart
+        target = tmp_path / "rec.mp4"
+        target.write_bytes(whole)
+        info = probe(target)
+        assert info["video"][:3] == ("h264", 320, 180) and info["audio"] == ("aac", 48000)
+        assert float(info["duration"]) >= 20 - 2  # type: ignore[arg-type]
+        # another operator's forum is not listed; no token is refused
+        other = second.token(Role.OPERATOR, ["entrepreneurs"])
+        assert json.loads(request(second, "GET", "/api/recordings", other)[1])["recordings"] == []
+        assert request(second, "GET", media, "")[0] == 401
+    finally:
+        if second is not None:
+            second.stop()
+        first.cleanup()
+
+
+async def test_a_full_disk_stops_the_recording_with_an_alert(tmp_path: Path) -> None:
+    from recorder.recorder import Recorder, RecorderError
+    from streaming.forum_outputs import ProgramOutputs
+    from tests.eventually import eventually
+    from tests.outputs.helpers import SMALL, program_bus, slate_feed
+
+    feed, slate = await slate_feed("Main Hall", "slate", 320, 180)
+    bus = program_bus()
+    bus.switch_to(feed)
+    outputs = ProgramOutputs(lambda forum_id: bus, SMALL)
+    changes: list[dict[str, object]] = []
+    recorder = Recorder(tmp_path / "rec", outputs, check_interval=0.2, on_change=lambda i: changes.append(i.to_json()))
+    try:
+        recorder.min_free_bytes = 1 << 62  # no disk has that much free
+        with pytest.raises(RecorderError) as refused:
+            await recorder.start("main")
+        assert refused.value.code == "disk_full" and outputs.forum("main").encoder is None
+        recorder.min_free_bytes = 0
+        info = await recorder.start("main", "keynote")
+        directory = tmp_path / "rec" / "main" / info.id
+        await eventually(lambda: len(complete_segments(directory)) >= 2, timeout=60, what="2 segments")
+        recorder.min_free_bytes = 1 << 62  # the disk fills up while recording
+        await eventually(lambda: info.state in ("finalized", "failed"), timeout=60, what="the recording stopped")
+        assert info.alert == "the disk is full: recording stopped"
+        assert info.state == "finalized" and info.duration_s >= 2  # what was recorded is kept
+        assert recorder.active("main") is None and outputs.forum("main").encoder is None
+        assert any(c["alert"] for c in changes)
+    finally:
+        await recorder.close()
+        await outputs.close()
+        await slate.stop()
