@@ -80,6 +80,9 @@ def _forum_values(event: Event, forum: Forum) -> dict[str, str]:
         "FORUM_NAME": html.escape(forum.name.en),
         "FORUM_NAME_ZH": html.escape(forum.name.zh),
         "FORUM_JSON": island,
+        # {en, zh} for the pages' language switch (i18n.js reads data-name)
+        "FORUM_NAME_JSON": html.escape(json.dumps(forum.name.to_json(), ensure_ascii=False)),
+        "EVENT_NAME_JSON": html.escape(json.dumps(event.name.to_json(), ensure_ascii=False)),
     }
 
 

@@ -5,7 +5,7 @@
 // every operator of the forum); uploads go over tus (resumable, tus-js-client)
 // with the same token, and their conversion jobs are pushed as "media_job".
 import {
-  backoff, connect, describe, gatherIce, isFatal, pageData, preferH264, readToken, request, setPill, showMessage,
+  backoff, connect, describe, gatherIce, isFatal, pageData, readToken, receivePeer, request, setPill, showMessage,
 } from "/static/js/common.js";
 
 const data = pageData();
@@ -56,11 +56,7 @@ function el(tag, attrs = {}, ...children) {
 // --- WebRTC: a recvonly peer per watched source, one for the program ------------
 
 async function watchInto(sourceId, onStream) {
-  const pc = new RTCPeerConnection({ iceServers: state.iceServers || [] }); // from the join ack
-  preferH264(pc.addTransceiver("video", { direction: "recvonly" }), "receiver");
-  pc.addTransceiver("audio", { direction: "recvonly" });
-  const stream = new MediaStream();
-  pc.ontrack = (event) => { stream.addTrack(event.track); onStream(stream); };
+  const pc = receivePeer(state.iceServers, onStream);
   await pc.setLocalDescription(await pc.createOffer());
   await gatherIce(pc);
   const payload = { forum_id: forumId, sdp: pc.localDescription.sdp };

@@ -2,7 +2,7 @@
 // States shown to the speaker: connecting -> ready -> sending -> on air,
 // and plain messages for every refusal (expired invite, no camera, ...).
 import {
-  backoff, connect, describe, gatherIce, isFatal, onAirText, pageData, preferH264,
+  backoff, connect, describe, gatherIce, isFatal, mountLanguageSwitch, onAirText, pageData, preferH264,
   readToken, request, setPill, showMessage, viewersText,
 } from "./common.js";
 
@@ -254,6 +254,7 @@ async function join() {
 }
 
 async function main() {
+  mountLanguageSwitch();
   const token = readToken();
   if (!token) return fail({ code: "token_missing" });
   if (!(await openCamera())) return;

@@ -2,8 +2,8 @@
 // what is on air and how many watch, and recover by itself: socket.io
 // reconnects, and a failed media connection is re-watched with backoff.
 import {
-  backoff, connect, describe, gatherIce, isFatal, onAirText, pageData, preferH264,
-  readToken, request, setPill, showMessage, viewersText,
+  applyI18n, backoff, connect, describe, gatherIce, isFatal, localized, mountLanguageSwitch, onAirText,
+  onLanguageChange, pageData, readToken, receivePeer, request, setPill, showMessage, t, viewersText,
 } from "./common.js";
 
 const data = pageData();
@@ -26,9 +26,9 @@ window.forumcastWatch = state; // for tests and support: read-only inspection
 function fail(error) {
   state.fatal = true;
   clearTimeout(state.retryTimer);
-  setPill(ui.status, "bad", "Cannot continue");
+  setPill(ui.status, "bad", t("watch.cannot"));
   showMessage(ui.message, "bad", describe(error));
-  ui.placeholder.textContent = "The stream cannot be shown.";
+  ui.placeholder.textContent = t("watch.cannotShow");
   ui.placeholder.hidden = false;
   ui.unmute.hidden = true;
 }
@@ -36,7 +36,7 @@ function fail(error) {
 function showProgram(program) {
   const text = onAirText(program);
   ui.program.textContent = text;
-  ui.onAirLabel.textContent = program && program.program ? `On air: ${text}` : text;
+  ui.onAirLabel.textContent = program && program.program ? t("watch.onAirPrefix", { name: text }) : text;
 }
 
 function closePeer() {
@@ -53,19 +53,13 @@ async function watch() {
   if (!state.joined || state.fatal) return;
   clearTimeout(state.retryTimer);
   closePeer();
-  const pc = new RTCPeerConnection({ iceServers: state.iceServers || [] }); // from the join ack
-  state.pc = pc;
-  const video = pc.addTransceiver("video", { direction: "recvonly" });
-  preferH264(video, "receiver");
-  pc.addTransceiver("audio", { direction: "recvonly" });
-  const stream = new MediaStream();
-  pc.ontrack = (event) => {
-    stream.addTrack(event.track);
+  const pc = receivePeer(state.iceServers, (stream) => {
     if (ui.video.srcObject !== stream) ui.video.srcObject = stream;
     ui.video.play().catch(() => {}); // muted autoplay is allowed; unmuting needs a click
-  };
+  });
+  state.pc = pc;
   pc.onconnectionstatechange = () => onPeerState(pc);
-  setPill(ui.status, "warn", "Connecting to the stream…");
+  setPill(ui.status, "warn", t("watch.connectingStream"));
   try {
     await pc.setLocalDescription(await pc.createOffer());
     await gatherIce(pc);
@@ -87,12 +81,12 @@ function onPeerState(pc) {
   clearTimeout(state.graceTimer);
   if (pc.connectionState === "connected") {
     state.retry = 0;
-    setPill(ui.status, "ok", "Live");
+    setPill(ui.status, "ok", t("watch.live"));
     showMessage(ui.message, "", "");
   } else if (pc.connectionState === "failed") {
     scheduleRetry({ code: "ice", message: "the stream connection failed" });
   } else if (pc.connectionState === "disconnected") {
-    setPill(ui.status, "warn", "Connection unsteady…");
+    setPill(ui.status, "warn", t("watch.unsteady"));
     state.graceTimer = setTimeout(() => {
       if (pc === state.pc && pc.connectionState !== "connected") {
         scheduleRetry({ code: "ice", message: "the stream connection was lost" });
@@ -104,8 +98,8 @@ function onPeerState(pc) {
 function scheduleRetry(error) {
   if (state.fatal) return;
   const delay = backoff(state.retry++);
-  setPill(ui.status, "warn", "Reconnecting…");
-  showMessage(ui.message, "warn", `${describe(error)} Retrying in ${Math.round(delay / 1000)} s.`);
+  setPill(ui.status, "warn", t("watch.reconnecting"));
+  showMessage(ui.message, "warn", `${describe(error)} ${t("watch.retryIn", { s: Math.round(delay / 1000) })}`);
   clearTimeout(state.retryTimer);
   state.retryTimer = setTimeout(watch, delay);
 }
@@ -131,12 +125,15 @@ async function join() {
 }
 
 function main() {
+  mountLanguageSwitch();
+  document.title = `${localized(data.forum.name)} · ${localized(data.event)}`;
+  onLanguageChange(() => { document.title = `${localized(data.forum.name)} · ${localized(data.event)}`; });
   const token = readToken();
   if (!token && !data.public) return fail({ code: "token_missing" });
   ui.unmute.addEventListener("click", () => {
     ui.video.muted = !ui.video.muted;
     ui.video.play().catch(() => {});
-    ui.unmute.textContent = ui.video.muted ? "Turn sound on" : "Mute";
+    ui.unmute.textContent = t(ui.video.muted ? "watch.sound" : "watch.mute");
   });
   ui.video.addEventListener("playing", () => { ui.placeholder.hidden = true; });
   const socket = connect(token);
@@ -145,11 +142,11 @@ function main() {
   socket.on("disconnect", () => {
     state.joined = false; // the server dropped our viewer with the connection
     closePeer();
-    if (!state.fatal) setPill(ui.status, "warn", "Reconnecting to the server…");
+    if (!state.fatal) setPill(ui.status, "warn", t("watch.serverReconnecting"));
   });
   socket.on("connect_error", (error) => {
     if (error.data && error.data.code) return fail(error.data);
-    setPill(ui.status, "warn", "Cannot reach the server — retrying…");
+    setPill(ui.status, "warn", t("watch.unreachable"));
   });
   socket.on("program", showProgram);
   socket.on("viewers", (counts) => { ui.viewers.textContent = viewersText(counts); });
