@@ -21,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from rooms.agenda import session_json
 from rooms.models import Event, Forum
 from signaling import protocol
 from signaling import vendor
@@ -116,10 +117,21 @@ async def lobby(request: web.Request) -> web.Response:
             f'<a class="watch-link" href="/watch/{html.escape(forum.id)}">'
             f'<span class="name">{html.escape(forum.name.en)}</span>{zh}{room}</a></li>'
         )
+    # the agenda for the page script (times shown in the guest's zone and the venue's);
+    # live/next and viewer counts come from polling GET /api/forums
+    island = json.dumps({
+        "event": {"name": event.name.to_json(), "timezone": event.timezone, "public": event.public,
+                  "days": [day.isoformat() for day in event.days]},
+        "speakers": {sid: s.name.to_json() for sid, s in event.speakers.items()},
+        "forums": [{"id": f.id, "name": f.name.to_json(), "room": f.room.to_json(), "kind": f.kind.value,
+                    "sessions": [session_json(x) for x in f.sessions]} for f in event.forums],
+    }, ensure_ascii=False).replace("<", "\\u003c")
     return _render("lobby.html", {
         "EVENT_NAME": html.escape(event.name.en),
         "EVENT_NAME_ZH": html.escape(event.name.zh),
+        "EVENT_NAME_JSON": html.escape(json.dumps(event.name.to_json(), ensure_ascii=False)),
         "FORUM_ITEMS": "\n".join(items),
+        "LOBBY_JSON": island,
     }, event)
 
 

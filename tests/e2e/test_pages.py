@@ -7,8 +7,10 @@ $FORUMCAST_SCREENSHOTS (or the test's temp dir); each test prints where."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -59,6 +61,55 @@ async def test_a_page_in_chinese_shows_the_chinese_name_and_labels(
         finally:
             await zh_context.close()
         print(f"screenshots: {shots}")
+        assert not [line for line in console if line.startswith("pageerror")], console
+    finally:
+        await context.close()
+
+
+def _clock(iso: str, zone: str) -> str:
+    return dt.datetime.fromisoformat(iso).astimezone(ZoneInfo(zone)).strftime("%H:%M")
+
+
+@pytest.mark.parametrize("zone", ["Europe/Berlin", "America/New_York"])
+async def test_the_lobby_shows_times_in_the_guests_zone_and_the_venues(
+        server: ServerProcess, browser: Any, shots: Path, zone: str) -> None:
+    event = server.get_json("/api/forums")["event"]
+    venue = event["timezone"]
+    assert venue == "Asia/Shanghai"  # the sample event
+    session = server.get_json(f"/api/forums/{FORUM}")["sessions"][0]
+    mine = f"{_clock(session['start'], zone)}–{_clock(session['end'], zone)}"
+    theirs = f"{_clock(session['start'], venue)}–{_clock(session['end'], venue)}"
+    assert mine != theirs  # the zones differ, or the test proves nothing
+    # an invite to two forums: those first, with links; the rest listed without links
+    token = server.token(Role.VIEWER, [FORUM, "ai"], "Guest")
+    context = await browser.new_context(viewport={"width": 1280, "height": 800}, timezone_id=zone, locale="en-US")
+    console: list[str] = []
+    try:
+        page = await context.new_page()
+        collect_console(page, console)
+        await page.goto(f"{server.url}/lobby?token={token}")
+        row = page.locator(f"li.session[data-session='{session['id']}']")
+        await row.wait_for()
+        text = await row.inner_text()
+        assert mine in text and theirs in text and "Shanghai" in text, text
+        assert await page.evaluate("window.forumcastLobby.guestZone") == zone
+
+        first = await page.eval_on_selector_all("#forums li", "els => els.map(e => e.dataset.forum)")
+        assert sorted(first) == sorted([FORUM, "ai"])
+        links = await page.eval_on_selector_all("#forums a.watch-link", "els => els.map(e => e.getAttribute('href'))")
+        assert f"/watch/{FORUM}?token={token}" in links
+        assert await page.eval_on_selector_all("#other-forums li", "els => els.length") >= 1
+        assert await page.eval_on_selector_all("#other-forums a", "els => els.length") == 0
+
+        # a guest starts watching: the lobby's count for that forum follows by itself
+        watch = await context.new_page()
+        await watch.goto(f"{server.url}/watch/{FORUM}?token={server.token(Role.VIEWER, [FORUM], 'W')}")
+        await page.wait_for_function(
+            f"() => Number(document.querySelector(\"#forums li[data-forum='{FORUM}'] .viewers\")"
+            ".dataset.viewers) >= 1", timeout=30_000)
+        path = shots / f"lobby-{zone.replace('/', '-')}.png"
+        await page.screenshot(path=str(path), full_page=True)
+        print(f"screenshot: {path}")
         assert not [line for line in console if line.startswith("pageerror")], console
     finally:
         await context.close()
