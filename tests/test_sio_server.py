@@ -39,7 +39,8 @@ class Client:
         self.sio = socketio.AsyncClient(reconnection=False)
         self.pushes: dict[str, asyncio.Queue[Any]] = {}
         self.connect_errors: asyncio.Queue[Any] = asyncio.Queue()
-        for event in ("program", "sources", "viewers", "error", "preview"):
+        for event in ("program", "sources", "viewers", "error", "preview", "chat_message", "chat_removed",
+                      "moderation"):
             self.pushes[event] = asyncio.Queue()
             self.sio.on(event, self._recorder(event))
         self.sio.on("connect_error", self._on_connect_error)
@@ -142,6 +143,44 @@ async def test_viewer_count_is_pushed_to_the_forum(server: ServerProcess, client
     await second.close()
     gone = await first.next_push("viewers", lambda d: d["viewers"] == before)
     assert gone["total"] >= gone["viewers"]
+
+
+async def test_chat_reaches_everyone_and_questions_the_operators_first(
+        server: ServerProcess, clients: list[Client]) -> None:
+    guest = await connected(server, clients, Role.VIEWER, [FORUM], "Guest <b>")
+    other = await connected(server, clients, Role.VIEWER, [FORUM], "Other")
+    operator = await connected(server, clients, Role.OPERATOR, [FORUM], "Ops")
+    for client in (guest, other, operator):
+        await client.call("join", {"forum_id": FORUM})
+    assert error_code(await guest.call("chat", {"forum_id": OTHER_FORUM, "text": "hi"})) == "not_joined"
+    assert error_code(await guest.call("chat", {"forum_id": FORUM, "text": "  "})) == "invalid"
+    assert error_code(await guest.call("chat", {"forum_id": FORUM, "text": "x" * 501})) == "too_large"
+    assert error_code(await guest.call("chat", {"forum_id": FORUM, "text": "q", "kind": "shout"})) == "invalid"
+    posted = await guest.call("chat", {"forum_id": FORUM, "text": "<i>hello</i>"})
+    chat_id = posted["message"]["id"]
+    seen = await other.next_push("chat_message", lambda m: m["id"] == chat_id)
+    assert seen["text"] == "<i>hello</i>" and seen["name"] == "Guest <b>"  # as sent: pages render text
+    await operator.next_push("moderation", lambda m: m["id"] == chat_id)
+
+    asked = await guest.call("chat", {"forum_id": FORUM, "text": "why?", "kind": "question"})
+    question_id = asked["message"]["id"]
+    queued = await operator.next_push("moderation", lambda m: m["id"] == question_id)
+    assert queued["kind"] == "question" and not queued["public"]
+    history = await other.call("chat_history", {"forum_id": FORUM})
+    assert question_id not in [m["id"] for m in history["messages"]]  # not before it is approved
+    assert question_id in [m["id"] for m in (await operator.call("chat_history", {"forum_id": FORUM}))["messages"]]
+
+    assert error_code(await guest.call("moderate", {"forum_id": FORUM, "message_id": question_id,
+                                                    "action": "approve"})) == "forbidden"
+    assert error_code(await operator.call("moderate", {"forum_id": FORUM, "message_id": question_id,
+                                                       "action": "delete"})) == "invalid"
+    await operator.call("moderate", {"forum_id": FORUM, "message_id": question_id, "action": "approve"})
+    shown = await other.next_push("chat_message", lambda m: m["id"] == question_id)
+    assert shown["approved"] and shown["public"]
+    await operator.call("moderate", {"forum_id": FORUM, "message_id": question_id, "action": "hide"})
+    gone = await other.next_push("chat_removed", lambda m: m["id"] == question_id)
+    assert gone["forum_id"] == FORUM
+    assert other.pushes["moderation"].empty()  # the queue is the operators' only
 
 
 # --- bad payloads: an error ack, and the connection carries on -----------------------
