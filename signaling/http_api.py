@@ -208,6 +208,7 @@ async def get_forum(request: web.Request) -> web.Response:
     if forum is None:
         raise RoomError("not_found", f"there is no forum {forum_id!r} in this event")
     body = forum_detail(forum, event, request.app[AGENDA])
+    body["now"] = request.app[AGENDA].now().isoformat()  # the server's clock, for pages' countdowns
     rooms = request.app.get(ROOMS)
     if rooms is not None:
         # what each input sends and whether it is copied or transcoded (and why)

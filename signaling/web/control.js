@@ -7,6 +7,7 @@
 import {
   backoff, connect, describe, gatherIce, isFatal, pageData, readToken, receivePeer, request, setPill, showMessage,
 } from "/static/js/common.js";
+import { mountQaPanel } from "/static/js/qa_panel.js";
 
 const data = pageData();
 const forumId = data.forum.id;
@@ -381,6 +382,7 @@ async function join() {
     watchProgram();
     refreshLists();
     openIngest(); // opening the control page opens the forum's venue listeners too
+    state.qa.load();
   } catch (error) {
     if (isFatal(error)) return fail(error);
     setTimeout(join, backoff(state.retry++));
@@ -410,6 +412,7 @@ function main() {
   document.addEventListener("keydown", keys);
   const socket = connect(token);
   state.socket = socket;
+  state.qa = mountQaPanel(socket, forumId, $("qa-panel"), flash); // Q&A queue and chat moderation
   socket.on("connect", join);
   socket.on("disconnect", () => {
     state.joined = false;

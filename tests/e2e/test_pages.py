@@ -37,14 +37,14 @@ async def test_a_page_in_chinese_shows_the_chinese_name_and_labels(
         assert await page.evaluate("document.documentElement.lang") == "zh-CN"
         heading = await page.text_content("#forum-name") or ""
         assert heading.startswith(FORUM_ZH), heading
-        assert "在线观看" in (await page.text_content(".bar") or "")
+        assert "在线观看" in (await page.text_content("main") or "")
         assert (await page.text_content("#lang-switch")) == "English"
         await page.screenshot(path=str(shots / "watch-zh.png"))
 
         # switch to English: labels and the name follow, and the choice outlives a reload
         await page.click("#lang-switch")
         assert (await page.text_content("#forum-name") or "").startswith("Youth and Digital Literacy Forum")
-        assert "Watching online" in (await page.text_content(".bar") or "")
+        assert "Watching online" in (await page.text_content("main") or "")
         await page.reload()
         await page.wait_for_function("() => document.getElementById('lang-switch') !== null")
         assert (await page.text_content("#forum-name") or "").startswith("Youth")
@@ -113,3 +113,108 @@ async def test_the_lobby_shows_times_in_the_guests_zone_and_the_venues(
         assert not [line for line in console if line.startswith("pageerror")], console
     finally:
         await context.close()
+
+
+# every visible element's box against the video's: none may overlap the picture
+OVERLAPS = """(videoSelector) => {
+  const video = document.querySelector(videoSelector);
+  const v = video.getBoundingClientRect();
+  const found = [];
+  for (const node of document.body.querySelectorAll('*')) {
+    if (node === video || node.contains(video) || video.contains(node)) continue;
+    const style = getComputedStyle(node);
+    if (style.display === 'none' || style.visibility === 'hidden' || Number(style.opacity) === 0) continue;
+    const r = node.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) continue;
+    const w = Math.min(r.right, v.right) - Math.max(r.left, v.left);
+    const h = Math.min(r.bottom, v.bottom) - Math.max(r.top, v.top);
+    if (w > 0.5 && h > 0.5) found.push(`${node.tagName.toLowerCase()}#${node.id}.${node.className} ${Math.round(w)}x${Math.round(h)}`);
+  }
+  return {video: [v.width, v.height], found};
+}"""
+
+MARKUP = '<b>bold</b> & <img src=x onerror="window.pwned=1">'
+
+
+async def _no_overlap(page: Any, video: str) -> None:
+    result = await page.evaluate(OVERLAPS, video)
+    assert result["video"][0] > 100 and result["video"][1] > 50, result
+    assert result["found"] == [], result
+
+
+async def test_chat_and_questions_go_from_the_watch_page_to_the_control_page(
+        server: ServerProcess, browser: Any, shots: Path) -> None:
+    operator = server.token(Role.OPERATOR, [FORUM], "Ops")
+    desk = await browser.new_context(viewport={"width": 1280, "height": 800})
+    phone = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    laptop = await browser.new_context(viewport={"width": 1280, "height": 800})
+    console: list[str] = []
+    try:
+        control = await desk.new_page()
+        collect_console(control, console)
+        await control.goto(f"{server.url}/control/{FORUM}?token={operator}")
+        await control.wait_for_function("() => document.getElementById('status').textContent === 'Connected'",
+                                        timeout=30_000)
+        watchers = []
+        for context, name in ((phone, "Phone guest"), (laptop, "Laptop guest")):
+            page = await context.new_page()
+            collect_console(page, console)
+            await page.goto(f"{server.url}/watch/{FORUM}?token={server.token(Role.VIEWER, [FORUM], name)}")
+            await page.wait_for_function("() => window.forumcastWatch.joined", timeout=30_000)
+            watchers.append(page)
+        mobile, other = watchers
+
+        # a chat message with markup: shown as the text it is, everywhere
+        await mobile.fill("#say-text", MARKUP)
+        await mobile.click("#say button")
+        for page, selector in ((control, "#qa-chat"), (other, "#chat"), (mobile, "#chat")):
+            item = page.locator(f"{selector} li", has_text="bold")
+            await item.wait_for(timeout=20_000)
+            assert await item.locator(".text").inner_text() == MARKUP
+            assert await page.evaluate(f"document.querySelector('{selector} b, {selector} img') === null")
+            assert await page.evaluate("window.pwned === undefined")
+
+        # a question goes to the operators' queue only
+        await mobile.fill("#ask-text", "Will the slides be shared?")
+        await mobile.click("#ask button")
+        queued = control.locator("#qa-queue li", has_text="slides")
+        await queued.wait_for(timeout=20_000)
+        await mobile.wait_for_function("() => document.getElementById('ask-status').textContent.length > 0")
+        for page in watchers:
+            assert await page.locator("#questions li").count() == 0
+
+        # approved: on every watch page; marked answered there too; dismissed: gone from all
+        await queued.get_by_role("button", name="Approve").click()
+        for page in watchers:
+            await page.locator("#questions li", has_text="slides").wait_for(timeout=20_000)
+        await queued.get_by_role("button", name="Answered").click()
+        for page in watchers:
+            await page.locator("#questions li.answered", has_text="slides").wait_for(timeout=20_000)
+
+        # layouts: the picture plays with nothing over it, on the phone and the desk
+        for page in (mobile, other):
+            await page.wait_for_function("() => document.getElementById('program-video').videoWidth > 0",
+                                         timeout=30_000)
+        await _no_overlap(mobile, "#program-video")
+        await _no_overlap(other, "#program-video")
+        await _no_overlap(control, "#program-video")
+        await _no_overlap(control, "#preview-video")
+        width = await mobile.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the phone page scrolls sideways ({width} px)"
+        # the sample event is in the past: the page says so instead of "starting soon"
+        await mobile.wait_for_function("() => window.forumcastWatch.forumState === 'ended'", timeout=20_000)
+        assert "ended" in (await mobile.text_content("#forum-state") or "")
+        for page, name in ((mobile, "watch-390x844.png"), (other, "watch-1280x800.png"),
+                           (control, "control-1280x800.png")):
+            await page.screenshot(path=str(shots / name), full_page=True)
+        print(f"screenshots: {shots}")
+
+        await queued.get_by_role("button", name="Dismiss").click()
+        for page in watchers:
+            await page.wait_for_function(
+                "() => !document.getElementById('questions').textContent.includes('slides')", timeout=20_000)
+        await queued.wait_for(state="detached", timeout=20_000)
+        assert not [line for line in console if line.startswith("pageerror")], console
+    finally:
+        for context in (desk, phone, laptop):
+            await context.close()

@@ -5,6 +5,7 @@ import {
   applyI18n, backoff, connect, describe, gatherIce, isFatal, localized, mountLanguageSwitch, onAirText,
   onLanguageChange, pageData, readToken, receivePeer, request, setPill, showMessage, t, viewersText,
 } from "./common.js";
+import { MessageList } from "./chat.js";
 
 const data = pageData();
 const forumId = data.forum.id;
@@ -12,8 +13,11 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   status: $("status"), message: $("message"), video: $("program-video"), placeholder: $("placeholder"),
   unmute: $("unmute"), program: $("program"), onAirLabel: $("on-air-label"), viewers: $("viewers"),
-  connection: $("connection"),
+  connection: $("connection"), stage: $("stage"), volume: $("volume"), pip: $("pip"), fullscreen: $("fullscreen"),
+  forumState: $("forum-state"), sessionTitle: $("session-title"), sessionSpeakers: $("session-speakers"),
+  sessionNext: $("session-next"),
 };
+const AGENDA_REFRESH_MS = 30000;
 
 const DISCONNECTED_GRACE_MS = 4000; // "disconnected" often heals by itself; "failed" does not
 
@@ -22,6 +26,132 @@ const state = {
   retry: 0, retryTimer: null, graceTimer: null, watches: 0,
 };
 window.forumcastWatch = state; // for tests and support: read-only inspection
+
+// --- the agenda: what runs now and next, and the forum's state between talks ---
+
+const agenda = { forum: null, offsetMs: 0, reconnecting: false, timer: null };
+state.agenda = agenda;
+
+async function refreshAgenda() {
+  try {
+    const response = await fetch(`/api/forums/${encodeURIComponent(forumId)}`, { cache: "no-store" });
+    if (!response.ok) return;
+    const forum = await response.json();
+    agenda.forum = forum;
+    if (forum.now) agenda.offsetMs = Date.parse(forum.now) - Date.now(); // countdowns use the server's clock
+    showAgenda();
+  } catch (error) { /* informative only: keep the last one */ }
+}
+
+function speakerNames(session) {
+  const speakers = (agenda.forum && agenda.forum.speakers) || [];
+  return session.speakers.map((id) => {
+    const found = speakers.find((s) => s.id === id);
+    return found ? localized(found.name) : id;
+  }).join(", ");
+}
+
+function countdown(ms) {
+  const total = Math.max(0, Math.round(ms / 1000));
+  const days = Math.floor(total / 86400);
+  const clock = [Math.floor((total % 86400) / 3600), Math.floor((total % 3600) / 60), total % 60]
+    .map((n) => String(n).padStart(2, "0")).join(":");
+  return days ? `${days} d ${clock}` : clock;
+}
+
+// "live" | "not_started" | "break" | "ended" | "reconnecting" (and the banner's words)
+function forumState() {
+  if (agenda.reconnecting) return ["reconnecting", t("watch.reconnecting")];
+  const forum = agenda.forum;
+  if (!forum) return ["unknown", ""];
+  if (forum.live) return ["live", ""];
+  const now = Date.now() + agenda.offsetMs;
+  const sessions = forum.sessions || [];
+  const first = sessions.length ? Math.min(...sessions.map((x) => Date.parse(x.start))) : null;
+  if (first !== null && now < first) return ["not_started", t("watch.notStarted", { t: countdown(first - now) })];
+  if (forum.next) {
+    return ["break", t("watch.break", { title: localized(forum.next.title), t: countdown(Date.parse(forum.next.start) - now) })];
+  }
+  return ["ended", t("watch.ended")];
+}
+
+function showAgenda() {
+  const forum = agenda.forum;
+  if (forum) {
+    ui.sessionTitle.textContent = forum.live ? localized(forum.live.title) : "—";
+    ui.sessionSpeakers.textContent = forum.live ? speakerNames(forum.live) || "—" : "—";
+    ui.sessionNext.textContent = forum.next ? localized(forum.next.title) : "—";
+  }
+  const [name, words] = forumState();
+  state.forumState = name;
+  ui.forumState.dataset.state = name;
+  ui.forumState.textContent = words;
+  ui.forumState.hidden = !words;
+  const next = forum && (forum.next || forum.live);
+  const edge = next && Date.parse(forum.live ? forum.live.end : forum.next.start);
+  // a session began or ended: ask again (at most every 5 s, so 1,000 guests do not poll each second)
+  if (edge && Date.now() + agenda.offsetMs >= edge && Date.now() - (agenda.asked || 0) > 5000) {
+    agenda.asked = Date.now();
+    refreshAgenda();
+  }
+}
+
+function setReconnecting(on) {
+  agenda.reconnecting = on;
+  showAgenda();
+}
+
+// --- chat and Q&A ----------------------------------------------------------------
+
+const chat = new MessageList($("chat"), { filter: (m) => m.public && m.kind === "chat" });
+const questions = new MessageList($("questions"), { filter: (m) => m.public && m.kind === "question" });
+state.chat = chat;
+state.questions = questions;
+
+async function loadChat() {
+  try {
+    const ack = await request(state.socket, "chat_history", { forum_id: forumId });
+    chat.replace(ack.messages);
+    questions.replace(ack.messages);
+  } catch (error) { /* the chat is beside the point of watching: try at the next join */ }
+}
+
+function chatForm(form, input, status, kind) {
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = input.value.trim();
+    if (!text || !state.joined) return;
+    status.textContent = "";
+    try {
+      const ack = await request(state.socket, "chat", { forum_id: forumId, text, kind });
+      input.value = "";
+      if (kind === "question") status.textContent = t("qa.sent");
+      else chat.put(ack.message);
+    } catch (error) {
+      status.textContent = describe(error); // rate and length limits come with their reason
+    }
+  });
+}
+
+// --- player controls: sound, volume, picture-in-picture, fullscreen ----------------
+
+function setupControls() {
+  ui.volume.addEventListener("input", () => {
+    ui.video.volume = Number(ui.volume.value);
+    if (ui.video.muted && ui.video.volume > 0) { ui.video.muted = false; ui.video.play().catch(() => {}); }
+    ui.unmute.textContent = t(ui.video.muted ? "watch.sound" : "watch.mute");
+  });
+  if (!document.pictureInPictureEnabled) ui.pip.hidden = true;
+  ui.pip.addEventListener("click", () => {
+    if (document.pictureInPictureElement) document.exitPictureInPicture().catch(() => {});
+    else ui.video.requestPictureInPicture().catch(() => {});
+  });
+  if (!ui.stage.requestFullscreen) ui.fullscreen.hidden = true;
+  ui.fullscreen.addEventListener("click", () => {
+    if (document.fullscreenElement) document.exitFullscreen().catch(() => {});
+    else ui.stage.requestFullscreen().catch(() => {});
+  });
+}
 
 function fail(error) {
   state.fatal = true;
@@ -81,6 +211,7 @@ function onPeerState(pc) {
   clearTimeout(state.graceTimer);
   if (pc.connectionState === "connected") {
     state.retry = 0;
+    setReconnecting(false);
     setPill(ui.status, "ok", t("watch.live"));
     showMessage(ui.message, "", "");
   } else if (pc.connectionState === "failed") {
@@ -99,6 +230,7 @@ function scheduleRetry(error) {
   if (state.fatal) return;
   const delay = backoff(state.retry++);
   setPill(ui.status, "warn", t("watch.reconnecting"));
+  setReconnecting(true);
   showMessage(ui.message, "warn", `${describe(error)} ${t("watch.retryIn", { s: Math.round(delay / 1000) })}`);
   clearTimeout(state.retryTimer);
   state.retryTimer = setTimeout(watch, delay);
@@ -111,6 +243,7 @@ async function join() {
     state.joined = true;
     ui.viewers.textContent = viewersText(ack.viewers);
     showProgram(ack.program);
+    loadChat();
     watch();
   } catch (error) {
     if (isFatal(error)) return fail(error);
@@ -129,6 +262,14 @@ function main() {
   document.title = `${localized(data.forum.name)} · ${localized(data.event)}`;
   onLanguageChange(() => { document.title = `${localized(data.forum.name)} · ${localized(data.event)}`; });
   const token = readToken();
+  if (token) $("lobby-link").href = `/lobby?token=${encodeURIComponent(token)}`;
+  setupControls();
+  chatForm($("say"), $("say-text"), $("say-status"), "chat");
+  chatForm($("ask"), $("ask-text"), $("ask-status"), "question");
+  onLanguageChange(showAgenda);
+  refreshAgenda();
+  agenda.timer = setInterval(showAgenda, 1000); // the countdown
+  setInterval(refreshAgenda, AGENDA_REFRESH_MS);
   if (!token && !data.public) return fail({ code: "token_missing" });
   ui.unmute.addEventListener("click", () => {
     ui.video.muted = !ui.video.muted;
@@ -143,12 +284,15 @@ function main() {
     state.joined = false; // the server dropped our viewer with the connection
     closePeer();
     if (!state.fatal) setPill(ui.status, "warn", t("watch.serverReconnecting"));
+    if (!state.fatal) setReconnecting(true);
   });
   socket.on("connect_error", (error) => {
     if (error.data && error.data.code) return fail(error.data);
     setPill(ui.status, "warn", t("watch.unreachable"));
   });
-  socket.on("program", showProgram);
+  socket.on("program", (program) => { showProgram(program); refreshAgenda(); });
+  socket.on("chat_message", (message) => { chat.put(message); questions.put(message); });
+  socket.on("chat_removed", (gone) => { chat.remove(gone.id); questions.remove(gone.id); });
   socket.on("viewers", (counts) => { ui.viewers.textContent = viewersText(counts); });
   // the server ended this viewer by itself (ICE never completed, the connection was lost): watch again
   socket.on("media_ended", (payload) => {
