@@ -1,4 +1,4 @@
-"""The browser pages: /lobby, /speak/{forum_id}, /watch/{forum_id}, and
+"""The browser pages: /lobby, /speak/{forum_id}, /watch/{forum_id}, /status, and
 their static files under /static/ (signaling/web/static), with third-party
 files such as the socket.io client committed in the package under
 /static/vendor/ (signaling/vendor.py; never a CDN: venue networks and
@@ -26,6 +26,7 @@ from rooms.models import Event, Forum
 from signaling import protocol
 from signaling import vendor
 from signaling.app_keys import EVENT
+from signaling.status_wall import setup_status_wall
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,15 @@ async def lobby(request: web.Request) -> web.Response:
     }, event)
 
 
+async def status_page(request: web.Request) -> web.Response:
+    """The status wall (signaling/status_wall.py); the script checks the token."""
+    event = request.app[EVENT]
+    return _render("status.html", {
+        "EVENT_NAME": html.escape(event.name.en),
+        "EVENT_NAME_JSON": html.escape(json.dumps(event.name.to_json(), ensure_ascii=False)),
+    }, event)
+
+
 async def home(request: web.Request) -> web.StreamResponse:
     """The address `serve` prints: the lobby, keeping an invite's token."""
     query = f"?{request.query_string}" if request.query_string else ""
@@ -146,6 +156,7 @@ def setup_pages(app: web.Application) -> None:
     app.router.add_get("/lobby", lobby)
     app.router.add_get("/speak/{forum_id}", _forum_page("speak.html"))
     app.router.add_get("/watch/{forum_id}", _forum_page("watch.html"))
+    setup_status_wall(app, status_page)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
     for problem in vendor.problems(vendor.load_manifest()):
         # a broken checkout or package: say so once at start, not per request

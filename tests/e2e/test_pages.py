@@ -8,6 +8,8 @@ $FORUMCAST_SCREENSHOTS (or the test's temp dir); each test prints where."""
 from __future__ import annotations
 
 import datetime as dt
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -218,3 +220,48 @@ async def test_chat_and_questions_go_from_the_watch_page_to_the_control_page(
     finally:
         for context in (desk, phone, laptop):
             await context.close()
+
+
+async def test_the_status_wall_shows_every_forum_and_follows_a_speaker(
+        server: ServerProcess, browser: Any, shots: Path) -> None:
+    for token, code in ((None, 401), (server.token(Role.VIEWER, None, "Guest"), 403)):
+        request = urllib.request.Request(f"{server.url}/api/status")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == code and b'"error"' in refused.value.read()
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    console: list[str] = []
+    try:
+        page = await context.new_page()
+        collect_console(page, console)
+        await page.goto(f"{server.url}/status?token={server.token(Role.OPERATOR, None, 'Wall')}")
+        await page.wait_for_function("() => window.forumcastStatus.polls >= 1", timeout=20_000)
+        cards = await page.locator("#wall li.wall-forum").count()
+        assert cards == len(server.get_json("/api/forums")["forums"])
+
+        # a speaker goes live: the wall shows the source live and on air, with what the node receives
+        speak = await context.new_page()
+        collect_console(speak, console)
+        await speak.goto(f"{server.url}/speak/{FORUM}?token={server.token(Role.SPEAKER, [FORUM], 'Wall Speaker')}")
+        await speak.wait_for_function("() => !document.getElementById('go-live').disabled", timeout=20_000)
+        await speak.click("#go-live")
+        card = page.locator(f"li.wall-forum[data-forum='{FORUM}']")
+        await card.locator("li.source.state-live", has_text="Wall Speaker").locator(".track", has_text="kb/s") \
+            .first.wait_for(timeout=30_000)
+        await card.locator(".on-air", has_text="Wall Speaker").wait_for(timeout=30_000)
+        path = shots / "status-1280x800.png"
+        await page.screenshot(path=str(path), full_page=True)
+        print(f"screenshot: {path}")
+        await speak.click("#stop")
+        await card.locator("li.source", has_text="Wall Speaker").wait_for(state="detached", timeout=30_000)
+
+        # a viewer's token gets a plain refusal, not an empty wall
+        refused_page = await context.new_page()
+        await refused_page.goto(f"{server.url}/status?token={server.token(Role.VIEWER, None, 'Guest')}")
+        await refused_page.wait_for_function("() => !document.getElementById('message').hidden", timeout=20_000)
+        assert "operator" in (await refused_page.text_content("#message") or "")
+        assert not [line for line in console if line.startswith("pageerror")], console
+    finally:
+        await context.close()
