@@ -5,7 +5,8 @@
 // every operator of the forum); uploads go over tus (resumable, tus-js-client)
 // with the same token, and their conversion jobs are pushed as "media_job".
 import {
-  backoff, connect, describe, gatherIce, isFatal, pageData, readToken, receivePeer, request, setPill, showMessage,
+  backoff, connect, describe, gatherIce, isFatal, mountLanguageSwitch, pageData, readToken, receivePeer, request,
+  setPill, showMessage,
 } from "/static/js/common.js";
 import { mountQaPanel } from "/static/js/qa_panel.js";
 
@@ -413,6 +414,7 @@ function main() {
   const socket = connect(token);
   state.socket = socket;
   state.qa = mountQaPanel(socket, forumId, $("qa-panel"), flash); // Q&A queue and chat moderation
+  mountLanguageSwitch(); // the EN/ZH choice every page shares (the panels marked data-i18n follow it)
   socket.on("connect", join);
   socket.on("disconnect", () => {
     state.joined = false;

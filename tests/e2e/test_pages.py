@@ -216,6 +216,18 @@ async def test_chat_and_questions_go_from_the_watch_page_to_the_control_page(
             await page.wait_for_function(
                 "() => !document.getElementById('questions').textContent.includes('slides')", timeout=20_000)
         await queued.wait_for(state="detached", timeout=20_000)
+
+        # over the rate limit: the guest is told why and when to try again
+        for i in range(12):
+            await other.fill("#say-text", f"message {i}")
+            await other.click("#say button")
+            await other.wait_for_function(
+                "() => document.getElementById('say-text').value === ''"
+                " || document.getElementById('say-status').textContent !== ''", timeout=20_000)
+            if await other.text_content("#say-status"):
+                break
+        refusal = await other.text_content("#say-status") or ""
+        assert "a minute" in refusal and "try again in" in refusal, refusal
         assert not [line for line in console if line.startswith("pageerror")], console
     finally:
         for context in (desk, phone, laptop):
