@@ -77,6 +77,20 @@ export function gatherIce(pc, timeoutMs = ICE_GATHER_TIMEOUT_MS) {
   });
 }
 
+// The refusals every page handles alike: a connection the server refused
+// (its reason in error.data: fatal) or could not reach (socket.io retries),
+// and an "error" push (token_expired while connected...).
+export function wireRefusals(socket, { fail, status, message }) {
+  socket.on("connect_error", (error) => {
+    if (error.data && error.data.code) return fail(error.data);
+    setPill(status, "warn", t("watch.unreachable"));
+  });
+  socket.on("error", (payload) => {
+    const error = payload && payload.error;
+    if (isFatal(error)) fail(error); else showMessage(message, "warn", describe(error));
+  });
+}
+
 export function setPill(element, kind, text) {
   element.className = `pill ${kind}`;
   element.textContent = text;

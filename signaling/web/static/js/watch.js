@@ -3,7 +3,7 @@
 // reconnects, and a failed media connection is re-watched with backoff.
 import {
   applyI18n, backoff, connect, describe, gatherIce, isFatal, localized, mountLanguageSwitch, onAirText,
-  onLanguageChange, pageData, readToken, receivePeer, request, setPill, showMessage, t, viewersText,
+  onLanguageChange, pageData, readToken, receivePeer, request, setPill, showMessage, t, viewersText, wireRefusals,
 } from "./common.js";
 import { MessageList } from "./chat.js";
 
@@ -286,10 +286,6 @@ function main() {
     if (!state.fatal) setPill(ui.status, "warn", t("watch.serverReconnecting"));
     if (!state.fatal) setReconnecting(true);
   });
-  socket.on("connect_error", (error) => {
-    if (error.data && error.data.code) return fail(error.data);
-    setPill(ui.status, "warn", t("watch.unreachable"));
-  });
   socket.on("program", (program) => { showProgram(program); refreshAgenda(); });
   socket.on("chat_message", (message) => { chat.put(message); questions.put(message); });
   socket.on("chat_removed", (gone) => { chat.remove(gone.id); questions.remove(gone.id); });
@@ -301,10 +297,7 @@ function main() {
     closePeer();
     scheduleRetry(payload.error);
   });
-  socket.on("error", (payload) => {
-    const error = payload && payload.error;
-    if (isFatal(error)) fail(error); else showMessage(ui.message, "warn", describe(error));
-  });
+  wireRefusals(socket, { fail, status: ui.status, message: ui.message });
 }
 
 main();
