@@ -394,3 +394,36 @@ async def test_two_nodes_deliver_each_push_exactly_once(redis_url: str, clients:
             await client.close()  # before the servers stop: they wait for open websockets
         first.cleanup()
         second.cleanup()
+
+
+async def test_chat_and_questions_cross_nodes_once(redis_url: str, clients: list[Client]) -> None:
+    """A guest on one node, an operator and another guest on the other:
+    the question reaches the operator's queue, the approval every guest,
+    each push once."""
+    first = start_server(extra_args=["--redis", redis_url])
+    second = start_server(extra_args=["--redis", redis_url], secret=first.secret)
+    try:
+        forum = "internet-law"
+        guest = await connected(first, clients, Role.VIEWER, [forum], "Guest")
+        operator = await connected(second, clients, Role.OPERATOR, [forum], "Ops")
+        other = await connected(second, clients, Role.VIEWER, [forum], "Other")
+        for client in (guest, operator, other):
+            await client.call("join", {"forum_id": forum})
+        chat_id = (await guest.call("chat", {"forum_id": forum, "text": "hello from node 1"}))["message"]["id"]
+        asked = await guest.call("chat", {"forum_id": forum, "text": "a question", "kind": "question"})
+        question_id = asked["message"]["id"]
+        await operator.next_push("moderation", lambda m: m["id"] == question_id)
+        await operator.call("moderate", {"forum_id": forum, "message_id": question_id, "action": "approve"})
+        await guest.next_push("chat_message", lambda m: m["id"] == question_id)  # back on node 1
+        await other.call("chat", {"forum_id": forum, "text": "last"})
+        # everything before "last" is delivered before it: count what the guest on node 2 got
+        got: list[str] = []
+        while not got or got[-1] != "last":
+            got.append((await asyncio.wait_for(other.pushes["chat_message"].get(), 20))["text"])
+        assert got == ["hello from node 1", "a question", "last"], got
+        assert other.pushes["moderation"].empty()
+    finally:
+        for client in clients:
+            await client.close()
+        first.cleanup()
+        second.cleanup()
