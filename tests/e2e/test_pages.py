@@ -51,6 +51,14 @@ async def test_a_page_in_chinese_shows_the_chinese_name_and_labels(
         await page.wait_for_function("() => document.getElementById('lang-switch') !== null")
         assert (await page.text_content("#forum-name") or "").startswith("Youth")
 
+        # the lobby follows the remembered choice (English now); in Chinese it names forums in Chinese
+        lobby = await context.new_page()
+        await lobby.goto(f"{server.url}/lobby?token={token}")
+        await lobby.locator(f"#forums li[data-forum='{FORUM}']", has_text="Youth and Digital").wait_for()
+        await lobby.click("#lang-switch")
+        await lobby.locator(f"#forums li[data-forum='{FORUM}']", has_text=FORUM_ZH).wait_for()
+        assert "议程" in (await lobby.text_content("main") or "")
+
         # a browser in Chinese with no language in its invite gets Chinese on the speak page
         zh_context = await browser.new_context(locale="zh-CN")
         try:
@@ -60,6 +68,13 @@ async def test_a_page_in_chinese_shows_the_chinese_name_and_labels(
             await speak.wait_for_function("() => document.getElementById('lang-switch') !== null")
             assert (await speak.text_content("#forum-name") or "").startswith(FORUM_ZH)
             assert (await speak.text_content("#go-live")) == "开始直播"
+            # the camera preview with nothing over it, at 1280x800 and on a phone
+            await speak.wait_for_function("() => document.getElementById('preview').videoWidth > 0", timeout=20_000)
+            for width, height in ((1280, 800), (390, 844)):
+                await speak.set_viewport_size({"width": width, "height": height})
+                await _no_overlap(speak, "#preview")
+                path = shots / f"speak-zh-{width}x{height}.png"
+                await speak.screenshot(path=str(path), full_page=True)
         finally:
             await zh_context.close()
         print(f"screenshots: {shots}")
