@@ -18,7 +18,7 @@ import pytest
 
 from rooms.models import Role
 from tests.e2e.test_browser import FORUM, browser, collect_console, server, shots  # noqa: F401 (fixtures)
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, start_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -292,3 +292,66 @@ async def test_the_status_wall_shows_every_forum_and_follows_a_speaker(
         assert not [line for line in console if line.startswith("pageerror")], console
     finally:
         await context.close()
+
+
+def _agenda_now(tmp_path: Path) -> Path:
+    """An event file whose forums are, now: not started, on a break, live."""
+    now = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0)
+
+    def at(minutes: int) -> str:
+        return (now + dt.timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M")
+
+    days = sorted({(now + dt.timedelta(minutes=m)).date().isoformat() for m in (-180, 0, 180)})
+
+    def forum(forum_id: str, sessions: list[tuple[str, int, int]]) -> str:
+        text = (f'[[forums]]\nid = "{forum_id}"\nkind = "sub"\nname = {{ en = "{forum_id}", zh = "{forum_id}" }}\n'
+                f'room = {{ en = "Room", zh = "会议室" }}\ncapacity = 50\n')
+        for session_id, start, end in sessions:
+            text += (f'\n[[forums.sessions]]\nid = "{session_id}"\nstart = "{at(start)}"\nend = "{at(end)}"\n'
+                     f'title = {{ en = "Title {session_id}", zh = "标题 {session_id}" }}\nspeakers = ["ada"]\n')
+        return text + "\n"
+
+    path = tmp_path / "now.toml"
+    path.write_text(
+        f'[event]\nid = "now"\nname = {{ en = "Now", zh = "现在" }}\ntimezone = "UTC"\n'
+        f'days = [{", ".join(days)}]\npublic = false\n\n'
+        '[[speakers]]\nid = "ada"\nname = { en = "Ada Lovelace", zh = "阿达" }\n'
+        'affiliation = { en = "Engines", zh = "引擎" }\nmode = "live"\n\n'
+        + forum("soon", [("soon-1", 120, 180)])
+        + forum("pause", [("pause-1", -120, -60), ("pause-2", 60, 120)])
+        + forum("onair", [("onair-1", -10, 50)]),
+        encoding="utf-8")
+    return path
+
+
+async def test_the_watch_page_says_not_started_on_a_break_or_live(browser: Any, shots: Path, tmp_path: Path) -> None:
+    node = start_server(extra_args=["--event", str(_agenda_now(tmp_path))])
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        token = node.token(Role.VIEWER, None, "Guest")
+        page = await context.new_page()
+        state = "() => window.forumcastWatch.forumState"
+        await page.goto(f"{node.url}/watch/soon?token={token}")
+        await page.wait_for_function(f"{state} === 'not_started'", timeout=20_000)
+        first = await page.text_content("#forum-state") or ""
+        assert "starts in 01:5" in first or "starts in 02:00" in first, first
+        await page.wait_for_function(  # the countdown runs
+            f"() => document.getElementById('forum-state').textContent !== {first!r}", timeout=10_000)
+        assert await page.text_content("#session-next") == "Title soon-1"
+
+        await page.goto(f"{node.url}/watch/pause?token={token}")
+        await page.wait_for_function(f"{state} === 'break'", timeout=20_000)
+        text = await page.text_content("#forum-state") or ""
+        assert "break" in text and "Title pause-2" in text, text
+
+        await page.goto(f"{node.url}/watch/onair?token={token}")
+        await page.wait_for_function(f"{state} === 'live'", timeout=20_000)
+        assert await page.locator("#forum-state").is_hidden()
+        assert await page.text_content("#session-title") == "Title onair-1"
+        assert await page.text_content("#session-speakers") == "Ada Lovelace"
+        path = shots / "watch-live-session.png"
+        await page.screenshot(path=str(path))
+        print(f"screenshot: {path}")
+    finally:
+        await context.close()
+        node.cleanup()
