@@ -209,6 +209,17 @@ BAD_REQUESTS: list[tuple[str, str, tuple[Any, ...], str]] = [
     ("watch source_id wrong type", "watch", ({"forum_id": FORUM, "sdp": "v=0", "source_id": 5},), "invalid"),
     ("unwatch unknown", "unwatch", ({"viewer_id": "x.w9"},), "not_found"),
     ("leave not a dict", "leave", ("now",), "invalid"),
+    ("chat not a dict", "chat", ("hi",), "invalid"),
+    ("chat text not a string", "chat", ({"forum_id": FORUM, "text": 5},), "invalid"),
+    ("chat text huge", "chat", ({"forum_id": FORUM, "text": "x" * 5000},), "too_large"),
+    ("chat control characters", "chat", ({"forum_id": FORUM, "text": "a\x07b"},), "invalid"),
+    ("chat another forum", "chat", ({"forum_id": OTHER_FORUM, "text": "hi"},), "not_joined"),
+    ("chat_history unknown forum", "chat_history", ({"forum_id": "nope"},), "not_joined"),
+    ("moderate no action", "moderate", ({"forum_id": FORUM, "message_id": "m1"},), "invalid"),
+    ("moderate unknown message", "moderate", ({"forum_id": FORUM, "message_id": "m1", "action": "hide"},),
+     "not_found"),
+    ("moderate unknown forum", "moderate", ({"forum_id": "nope", "message_id": "m1", "action": "hide"},),
+     "not_found"),
     ("unknown event", "shout", ({"text": "hi"},), "unknown_event"),
 ]
 
