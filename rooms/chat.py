@@ -28,6 +28,8 @@ class ModerationAction(enum.StrEnum):
     UNANSWER = "unanswer"
     PIN = "pin"
     UNPIN = "unpin"
+    APPROVE = "approve"  # a question: shown to every guest
+    UNAPPROVE = "unapprove"
 
     def changes(self) -> dict[str, bool]:
         """The message fields this action sets."""
@@ -41,10 +43,12 @@ _ACTION_CHANGES: dict[ModerationAction, dict[str, bool]] = {
     ModerationAction.UNANSWER: {"answered": False},
     ModerationAction.PIN: {"pinned": True},
     ModerationAction.UNPIN: {"pinned": False},
+    ModerationAction.APPROVE: {"approved": True},
+    ModerationAction.UNAPPROVE: {"approved": False},
 }
 
 # the only fields moderation may change (Store.update_message refuses others)
-MODERATION_FIELDS = frozenset({"hidden", "answered", "pinned"})
+MODERATION_FIELDS = frozenset({"hidden", "answered", "pinned", "approved"})
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,16 @@ class ChatMessage:
     hidden: bool = False
     answered: bool = False
     pinned: bool = False
+    approved: bool = False  # a question the moderators chose to show to everyone
+
+    @property
+    def public(self) -> bool:
+        """Shown to every guest: a chat message until hidden; a question
+        once approved (until hidden: "dismiss"). Unapproved questions are
+        the operators' queue."""
+        if self.hidden:
+            return False
+        return self.kind is ChatKind.CHAT or self.approved
 
 
 class RateLimiter:

@@ -460,7 +460,9 @@ class RoomService:
         return message
 
     async def messages(self, forum_id: str, grant: Grant, limit: int = 50) -> list[ChatMessage]:
-        """The latest messages, oldest first; hidden ones only for operators."""
+        """The latest messages, oldest first: everything for operators (the
+        Q&A queue, hidden messages), the public ones (ChatMessage.public) for
+        everyone else."""
         forum = self.forum(forum_id)
         self._authorize(forum.id, grant, Role.VIEWER)
         if not isinstance(limit, int) or isinstance(limit, bool):
@@ -468,7 +470,7 @@ class RoomService:
         found = await self.store.messages(forum.id, max(1, min(limit, MAX_HISTORY)))
         if grant.allows(forum.id, Role.OPERATOR):
             return found
-        return [m for m in found if not m.hidden]
+        return [m for m in found if m.public]
 
     # --- events and nodes ----------------------------------------------------
 

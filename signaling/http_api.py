@@ -9,9 +9,11 @@ and unexpected exceptions are JSON too; an unexpected exception answers
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -154,9 +156,35 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "node_id": request.app[SETTINGS].node_id})
 
 
+COUNTS_TTL_S = 2.0  # the lobby polls this list: one store read per forum per TTL, not per guest
+_COUNTS_CACHE: web.AppKey[dict[str, Any]] = web.AppKey("viewer_counts_cache", dict)
+
+
+async def _viewer_counts(app: web.Application, event: Event) -> dict[str, int]:
+    """Guests watching each forum (seats taken, on every node), read at
+    most every COUNTS_TTL_S; {} when this app has no rooms (the API alone)."""
+    rooms = app.get(ROOMS)
+    if rooms is None:
+        return {}
+    cache = app[_COUNTS_CACHE]
+    now = time.monotonic()
+    if "at" in cache and cache["at"] + COUNTS_TTL_S > now:
+        return dict(cache["counts"])
+    found = await asyncio.gather(*(rooms.viewer_count(f.id) for f in event.forums))
+    counts = {f.id: c.viewers for f, c in zip(event.forums, found)}
+    cache.update(at=now, counts=counts)
+    return counts
+
+
 async def list_forums(request: web.Request) -> web.Response:
+    """The event and every forum with its live and next session and
+    `viewers` (guests watching now, null when unknown)."""
     event = request.app[EVENT]
     agenda = request.app[AGENDA]
+    viewers = await _viewer_counts(request.app, event)
+    forums = [forum_summary(forum, agenda) for forum in event.forums]
+    for forum in forums:
+        forum["viewers"] = viewers.get(forum["id"])
     return json_response(
         {
             "event": {
@@ -168,7 +196,7 @@ async def list_forums(request: web.Request) -> web.Response:
                 "demo": event.demo,  # true: the agenda was moved to run now (serve --demo)
             },
             "now": agenda.now().isoformat(),
-            "forums": [forum_summary(forum, agenda) for forum in event.forums],
+            "forums": forums,
         }
     )
 
@@ -180,6 +208,7 @@ async def get_forum(request: web.Request) -> web.Response:
     if forum is None:
         raise RoomError("not_found", f"there is no forum {forum_id!r} in this event")
     body = forum_detail(forum, event, request.app[AGENDA])
+    body["now"] = request.app[AGENDA].now().isoformat()  # the server's clock, for pages' countdowns
     rooms = request.app.get(ROOMS)
     if rooms is not None:
         # what each input sends and whether it is copied or transcoded (and why)
@@ -192,6 +221,7 @@ async def get_forum(request: web.Request) -> web.Response:
 def setup_http_api(app: web.Application) -> None:
     """Register the middleware and the read-only routes."""
     app.middlewares.append(json_errors)
+    app[_COUNTS_CACHE] = {}
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/forums", list_forums)
     app.router.add_get("/api/forums/{forum_id}", get_forum)

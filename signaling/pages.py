@@ -1,4 +1,4 @@
-"""The browser pages: /lobby, /speak/{forum_id}, /watch/{forum_id}, and
+"""The browser pages: /lobby, /speak/{forum_id}, /watch/{forum_id}, /status, and
 their static files under /static/ (signaling/web/static), with third-party
 files such as the socket.io client committed in the package under
 /static/vendor/ (signaling/vendor.py; never a CDN: venue networks and
@@ -21,10 +21,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from rooms.agenda import session_json
 from rooms.models import Event, Forum
 from signaling import protocol
 from signaling import vendor
 from signaling.app_keys import EVENT
+from signaling.status_wall import setup_status_wall
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,9 @@ def _forum_values(event: Event, forum: Forum) -> dict[str, str]:
         "FORUM_NAME": html.escape(forum.name.en),
         "FORUM_NAME_ZH": html.escape(forum.name.zh),
         "FORUM_JSON": island,
+        # {en, zh} for the pages' language switch (i18n.js reads data-name)
+        "FORUM_NAME_JSON": html.escape(json.dumps(forum.name.to_json(), ensure_ascii=False)),
+        "EVENT_NAME_JSON": html.escape(json.dumps(event.name.to_json(), ensure_ascii=False)),
     }
 
 
@@ -113,10 +118,30 @@ async def lobby(request: web.Request) -> web.Response:
             f'<a class="watch-link" href="/watch/{html.escape(forum.id)}">'
             f'<span class="name">{html.escape(forum.name.en)}</span>{zh}{room}</a></li>'
         )
+    # the agenda for the page script (times shown in the guest's zone and the venue's);
+    # live/next and viewer counts come from polling GET /api/forums
+    island = json.dumps({
+        "event": {"name": event.name.to_json(), "timezone": event.timezone, "public": event.public,
+                  "days": [day.isoformat() for day in event.days]},
+        "speakers": {sid: s.name.to_json() for sid, s in event.speakers.items()},
+        "forums": [{"id": f.id, "name": f.name.to_json(), "room": f.room.to_json(), "kind": f.kind.value,
+                    "sessions": [session_json(x) for x in f.sessions]} for f in event.forums],
+    }, ensure_ascii=False).replace("<", "\\u003c")
     return _render("lobby.html", {
         "EVENT_NAME": html.escape(event.name.en),
         "EVENT_NAME_ZH": html.escape(event.name.zh),
+        "EVENT_NAME_JSON": html.escape(json.dumps(event.name.to_json(), ensure_ascii=False)),
         "FORUM_ITEMS": "\n".join(items),
+        "LOBBY_JSON": island,
+    }, event)
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """The status wall (signaling/status_wall.py); the script checks the token."""
+    event = request.app[EVENT]
+    return _render("status.html", {
+        "EVENT_NAME": html.escape(event.name.en),
+        "EVENT_NAME_JSON": html.escape(json.dumps(event.name.to_json(), ensure_ascii=False)),
     }, event)
 
 
@@ -131,6 +156,7 @@ def setup_pages(app: web.Application) -> None:
     app.router.add_get("/lobby", lobby)
     app.router.add_get("/speak/{forum_id}", _forum_page("speak.html"))
     app.router.add_get("/watch/{forum_id}", _forum_page("watch.html"))
+    setup_status_wall(app, status_page)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
     for problem in vendor.problems(vendor.load_manifest()):
         # a broken checkout or package: say so once at start, not per request

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from rooms.chat import ChatMessage
 from rooms.errors import RoomError
 from rooms.events import record_to_json
 from rooms.models import Forum, MediaSource, Participant, ProgramState
@@ -58,7 +59,29 @@ class LeaveRequest:
     pass
 
 
-Request = JoinRequest | PublishRequest | UnpublishRequest | WatchRequest | UnwatchRequest | LeaveRequest
+@dataclass(frozen=True)
+class ChatRequest:
+    """Post to the joined forum's chat, or (kind "question") to its Q&A queue."""
+
+    forum_id: str
+    text: str  # length and characters are checked by RoomService.post_message
+    kind: str  # "chat" | "question"
+
+
+@dataclass(frozen=True)
+class ChatHistoryRequest:
+    forum_id: str
+
+
+@dataclass(frozen=True)
+class ModerateRequest:
+    forum_id: str
+    message_id: str
+    action: str  # rooms.chat.ModerationAction: approve, hide (dismiss), answer, ...
+
+
+Request = (JoinRequest | PublishRequest | UnpublishRequest | WatchRequest | UnwatchRequest | LeaveRequest
+           | ChatRequest | ChatHistoryRequest | ModerateRequest)
 
 
 # --- field checks ------------------------------------------------------------
@@ -161,6 +184,42 @@ def parse_leave(payload: Any) -> LeaveRequest:
     return LeaveRequest()
 
 
+MAX_CHAT_FIELD = 4096  # characters; RoomService.post_message applies the forum's real limit
+
+
+def _text(event: str, data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise RoomError("invalid", f"{event}: {key!r} must be a string")
+    if len(value) > MAX_CHAT_FIELD:
+        raise RoomError("too_large", f"{event}: {key!r} has {len(value)} characters; the limit is {MAX_CHAT_FIELD}")
+    return value
+
+
+def parse_chat(payload: Any) -> ChatRequest:
+    data = _require_dict("chat", payload)
+    forum_id = _identifier("chat", data, "forum_id")
+    kind = data.get("kind", "chat")
+    if kind not in ("chat", "question"):
+        raise RoomError("invalid", "chat: 'kind' is 'chat' or 'question'")
+    return ChatRequest(forum_id, _text("chat", data, "text"), kind)
+
+
+def parse_chat_history(payload: Any) -> ChatHistoryRequest:
+    data = _require_dict("chat_history", payload)
+    return ChatHistoryRequest(_identifier("chat_history", data, "forum_id"))
+
+
+def parse_moderate(payload: Any) -> ModerateRequest:
+    data = _require_dict("moderate", payload)
+    forum_id = _identifier("moderate", data, "forum_id")
+    message_id = _identifier("moderate", data, "message_id")
+    action = data.get("action")
+    if not isinstance(action, str) or len(action) > 32:
+        raise RoomError("invalid", "moderate: 'action' must be a string such as 'approve' or 'hide'")
+    return ModerateRequest(forum_id, message_id, action)
+
+
 def check_forum_id(forum_id: str) -> str:
     """A forum id taken from a URL path (WHIP/WHEP, pages)."""
     if not _ID_RE.fullmatch(forum_id):
@@ -203,6 +262,15 @@ def program_json(program: ProgramState, sources: list[MediaSource] | None = None
     return {"forum_id": program.forum_id, "program": program.program,
             "preview": program.preview, "slate": program.slate,
             "manual": program.manual, "version": program.version, "source": on_air}
+
+
+def message_json(message: ChatMessage) -> dict[str, Any]:
+    """A chat message or question as pages show it. `text` and `name` are
+    the guests' own words: pages render them as text, never as HTML."""
+    return {"id": message.id, "forum_id": message.forum_id, "name": message.name,
+            "text": message.text, "kind": message.kind.value, "ts": message.ts,
+            "hidden": message.hidden, "answered": message.answered, "pinned": message.pinned,
+            "approved": message.approved, "public": message.public}
 
 
 def counts_json(forum_id: str, counts: tuple[int, int]) -> dict[str, Any]:

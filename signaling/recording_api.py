@@ -32,6 +32,7 @@ from rooms.models import Role
 from signaling.app_keys import AGENDA, EVENT, SETTINGS, SIO, TOKENS
 from signaling.http_api import json_response
 from signaling.operator_api import _body, _forum
+from signaling.sio_server import operators_room
 from signaling.restream_api import OUTPUTS
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
         sio = app.get(SIO)
         if sio is None:
             return
-        task = asyncio.ensure_future(sio.emit("recording", info.to_json(), room=f"forum:{info.forum_id}"))
+        task = asyncio.ensure_future(sio.emit("recording", info.to_json(), room=operators_room(info.forum_id)))
         pending.add(task)
         task.add_done_callback(pending.discard)
 

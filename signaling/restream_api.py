@@ -30,6 +30,7 @@ from rooms.errors import RoomError
 from signaling.app_keys import EVENT, MEDIA, SETTINGS, SIO
 from signaling.http_api import json_response
 from signaling.operator_api import _body, _forum
+from signaling.sio_server import operators_room
 from streaming.forum_outputs import ProgramOutputs, RestreamNotFound
 from streaming.program_encoder import OutputProfile
 from streaming.restream import RestreamError, RestreamStatus
@@ -123,7 +124,7 @@ async def _outputs_ctx(app: web.Application) -> AsyncIterator[None]:
         if sio is None:
             return
         task = asyncio.ensure_future(
-            sio.emit("restreams", restreams_json(app, forum_id, urls=False), room=f"forum:{forum_id}"))
+            sio.emit("restreams", restreams_json(app, forum_id, urls=False), room=operators_room(forum_id)))
         pending.add(task)
         task.add_done_callback(pending.discard)
 

@@ -49,11 +49,18 @@ CLOSE_TIMEOUT = 10.0
 MAX_MESSAGE_BYTES = 256 * 1024  # engine.io drops bigger packets; SDP is capped at 64 KiB
 PING_INTERVAL = 20  # engine.io keepalive: a silent peer is dropped after ~40 s
 PING_TIMEOUT = 20
-CLIENT_EVENTS = ("join", "publish", "unpublish", "watch", "unwatch", "leave")
+CLIENT_EVENTS = ("join", "publish", "unpublish", "watch", "unwatch", "leave", "chat", "chat_history", "moderate")
+CHAT_HISTORY = 100  # messages a page gets when it (re)joins
 
 
 def forum_room(forum_id: str) -> str:
     return f"forum:{forum_id}"
+
+
+def operators_room(forum_id: str) -> str:
+    """The forum's operators (and admins): the Q&A queue and every chat
+    message with its moderation state go here, not to the guests."""
+    return f"operators:{forum_id}"
 
 
 
@@ -178,6 +185,12 @@ class Session:
             case protocol.LeaveRequest():
                 await self._leave()
                 return {"ok": True}
+            case protocol.ChatRequest():
+                return await self._chat(request)
+            case protocol.ChatHistoryRequest():
+                return await self._chat_history(request)
+            case protocol.ModerateRequest():
+                return await self._moderate(request)
         raise RoomError("invalid", f"unknown request {type(request).__name__}")
 
     # --- handlers -------------------------------------------------------------
@@ -206,6 +219,8 @@ class Session:
             participant_id = "p-" + uuid.uuid4().hex[:12]
             self.participant = await rooms.join(forum_id, self.grant, participant_id, self.grant.name)
             await self._deps.enter_room(self.sid, forum_room(forum_id))
+            if self.grant.allows(forum_id, Role.OPERATOR):
+                await self._deps.enter_room(self.sid, operators_room(forum_id))
         forum = self._deps.event.forum(forum_id)
         assert forum is not None
         sources = await rooms.sources(forum_id)
@@ -293,6 +308,28 @@ class Session:
                 await self._deps.rooms.leave(participant.forum_id, participant.id)
             with contextlib.suppress(Exception):
                 await self._deps.leave_room(self.sid, forum_room(participant.forum_id))
+            with contextlib.suppress(Exception):
+                await self._deps.leave_room(self.sid, operators_room(participant.forum_id))
+
+    async def _chat(self, request: protocol.ChatRequest) -> Ack:
+        """A chat message (to everyone) or a question (to the operators'
+        queue). rooms refuse too long (too_large), empty or control
+        characters (invalid), too many a minute (rate_limited, saying when)."""
+        participant = self._joined(request.forum_id)
+        message = await self._deps.rooms.post_message(
+            request.forum_id, self.grant, participant.id, request.text, request.kind)
+        return {"message": protocol.message_json(message)}
+
+    async def _chat_history(self, request: protocol.ChatHistoryRequest) -> Ack:
+        self._joined(request.forum_id)
+        messages = await self._deps.rooms.messages(request.forum_id, self.grant, CHAT_HISTORY)
+        return {"messages": [protocol.message_json(m) for m in messages]}
+
+    async def _moderate(self, request: protocol.ModerateRequest) -> Ack:
+        self._known_forum(request.forum_id)
+        message = await self._deps.rooms.moderate(
+            request.forum_id, self.grant, request.message_id, request.action)
+        return {"message": protocol.message_json(message)}
 
     def holds(self, kind: str, peer_id: str) -> bool:
         return peer_id in (self._viewers.values() if kind == "viewer" else self._sources)
@@ -413,6 +450,9 @@ class SocketServer:
             "watch": protocol.parse_watch,
             "unwatch": protocol.parse_unwatch,
             "leave": protocol.parse_leave,
+            "chat": protocol.parse_chat,
+            "chat_history": protocol.parse_chat_history,
+            "moderate": protocol.parse_moderate,
         }
         for name, parser in parsers.items():
             self._sio.on(name, self._handler(name, parser))
@@ -534,8 +574,17 @@ class SocketServer:
                 await self._sio.emit("sources", {"forum_id": forum_id,
                                                  "sources": [protocol.source_json(s) for s in sources]},
                                      room=room)
+            case room_events.ChatPosted() | room_events.ChatUpdated():
+                message = event.message
+                shown = protocol.message_json(message)
+                await self._sio.emit("moderation", shown, room=operators_room(forum_id))
+                if message.public:
+                    await self._sio.emit("chat_message", shown, room=room)
+                elif isinstance(event, room_events.ChatUpdated):
+                    # hidden, dismissed or unapproved: gone from every guest's page
+                    await self._sio.emit("chat_removed", {"forum_id": forum_id, "id": message.id}, room=room)
             case _:
-                pass  # participants and chat are not part of this protocol yet
+                pass  # participants are not part of this protocol yet
 
 
 SOCKETS = web.AppKey("socket_server", SocketServer)

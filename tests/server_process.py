@@ -52,9 +52,10 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def token(self, role: Role | str, forums: list[str] | None = None, name: str = "Test",
-              ttl_seconds: float = 3600) -> str:
-        """A token the server accepts (same secret). `forums=None` opens all."""
-        return self._tokens.issue(role, forums, name, ttl_seconds=ttl_seconds)
+              ttl_seconds: float = 3600, language: str = "") -> str:
+        """A token the server accepts (same secret). `forums=None` opens all;
+        `language` is the invite's (the pages' default language)."""
+        return self._tokens.issue(role, forums, name, ttl_seconds=ttl_seconds, language=language)
 
     def expired_token(self, role: Role | str, forums: list[str] | None = None) -> str:
         """A well-signed token whose expiry is already past."""

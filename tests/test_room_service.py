@@ -279,7 +279,8 @@ async def test_chat_posts_and_limits(service: RoomService, events: Subscription,
     await service.join("main", OPERATOR, "op")
     for i in range(5):  # moderators are not rate-limited
         await service.post_message("main", OPERATOR, "op", f"note {i}")
-    assert len(await service.messages("main", VIEWER)) == 9
+    assert len(await service.messages("main", OPERATOR)) == 9
+    assert len(await service.messages("main", VIEWER)) == 8  # the question waits for approval
 
 
 async def test_moderation(service: RoomService, events: Subscription) -> None:
@@ -298,6 +299,24 @@ async def test_moderation(service: RoomService, events: Subscription) -> None:
     assert pinned.pinned and pinned.hidden
     shown = await service.moderate("main", OPERATOR, msg.id, "show")
     assert await service.messages("main", VIEWER) == [shown]
+
+
+async def test_a_question_is_the_operators_until_approved(service: RoomService) -> None:
+    """Guests see chat messages and approved questions; a new question is
+    only in the operators' queue, and a dismissed (hidden) one leaves again."""
+    await service.join("main", VIEWER, "v1")
+    chat = await service.post_message("main", VIEWER, "v1", "hello")
+    question = await service.post_message("main", VIEWER, "v1", "why?", kind="question")
+    assert not question.public and chat.public
+    assert await service.messages("main", VIEWER) == [chat]
+    assert await service.messages("main", OPERATOR) == [chat, question]
+    approved = await service.moderate("main", OPERATOR, question.id, "approve")
+    assert approved.approved and approved.public
+    assert await service.messages("main", VIEWER) == [chat, approved]
+    answered = await service.moderate("main", OPERATOR, question.id, "answer")
+    assert answered.answered and answered.public
+    dismissed = await service.moderate("main", OPERATOR, question.id, "hide")
+    assert not dismissed.public and await service.messages("main", VIEWER) == [chat]
 
 
 def test_rate_limiter_is_a_sliding_window() -> None:

@@ -39,7 +39,8 @@ class Client:
         self.sio = socketio.AsyncClient(reconnection=False)
         self.pushes: dict[str, asyncio.Queue[Any]] = {}
         self.connect_errors: asyncio.Queue[Any] = asyncio.Queue()
-        for event in ("program", "sources", "viewers", "error", "preview"):
+        for event in ("program", "sources", "viewers", "error", "preview", "chat_message", "chat_removed",
+                      "moderation"):
             self.pushes[event] = asyncio.Queue()
             self.sio.on(event, self._recorder(event))
         self.sio.on("connect_error", self._on_connect_error)
@@ -144,6 +145,44 @@ async def test_viewer_count_is_pushed_to_the_forum(server: ServerProcess, client
     assert gone["total"] >= gone["viewers"]
 
 
+async def test_chat_reaches_everyone_and_questions_the_operators_first(
+        server: ServerProcess, clients: list[Client]) -> None:
+    guest = await connected(server, clients, Role.VIEWER, [FORUM], "Guest <b>")
+    other = await connected(server, clients, Role.VIEWER, [FORUM], "Other")
+    operator = await connected(server, clients, Role.OPERATOR, [FORUM], "Ops")
+    for client in (guest, other, operator):
+        await client.call("join", {"forum_id": FORUM})
+    assert error_code(await guest.call("chat", {"forum_id": OTHER_FORUM, "text": "hi"})) == "not_joined"
+    assert error_code(await guest.call("chat", {"forum_id": FORUM, "text": "  "})) == "invalid"
+    assert error_code(await guest.call("chat", {"forum_id": FORUM, "text": "x" * 501})) == "too_large"
+    assert error_code(await guest.call("chat", {"forum_id": FORUM, "text": "q", "kind": "shout"})) == "invalid"
+    posted = await guest.call("chat", {"forum_id": FORUM, "text": "<i>hello</i>"})
+    chat_id = posted["message"]["id"]
+    seen = await other.next_push("chat_message", lambda m: m["id"] == chat_id)
+    assert seen["text"] == "<i>hello</i>" and seen["name"] == "Guest <b>"  # as sent: pages render text
+    await operator.next_push("moderation", lambda m: m["id"] == chat_id)
+
+    asked = await guest.call("chat", {"forum_id": FORUM, "text": "why?", "kind": "question"})
+    question_id = asked["message"]["id"]
+    queued = await operator.next_push("moderation", lambda m: m["id"] == question_id)
+    assert queued["kind"] == "question" and not queued["public"]
+    history = await other.call("chat_history", {"forum_id": FORUM})
+    assert question_id not in [m["id"] for m in history["messages"]]  # not before it is approved
+    assert question_id in [m["id"] for m in (await operator.call("chat_history", {"forum_id": FORUM}))["messages"]]
+
+    assert error_code(await guest.call("moderate", {"forum_id": FORUM, "message_id": question_id,
+                                                    "action": "approve"})) == "forbidden"
+    assert error_code(await operator.call("moderate", {"forum_id": FORUM, "message_id": question_id,
+                                                       "action": "delete"})) == "invalid"
+    await operator.call("moderate", {"forum_id": FORUM, "message_id": question_id, "action": "approve"})
+    shown = await other.next_push("chat_message", lambda m: m["id"] == question_id)
+    assert shown["approved"] and shown["public"]
+    await operator.call("moderate", {"forum_id": FORUM, "message_id": question_id, "action": "hide"})
+    gone = await other.next_push("chat_removed", lambda m: m["id"] == question_id)
+    assert gone["forum_id"] == FORUM
+    assert other.pushes["moderation"].empty()  # the queue is the operators' only
+
+
 # --- bad payloads: an error ack, and the connection carries on -----------------------
 
 HUGE_SDP = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n" + "a=x-padding:" + "x" * (70 * 1024) + "\r\n"
@@ -170,6 +209,17 @@ BAD_REQUESTS: list[tuple[str, str, tuple[Any, ...], str]] = [
     ("watch source_id wrong type", "watch", ({"forum_id": FORUM, "sdp": "v=0", "source_id": 5},), "invalid"),
     ("unwatch unknown", "unwatch", ({"viewer_id": "x.w9"},), "not_found"),
     ("leave not a dict", "leave", ("now",), "invalid"),
+    ("chat not a dict", "chat", ("hi",), "invalid"),
+    ("chat text not a string", "chat", ({"forum_id": FORUM, "text": 5},), "invalid"),
+    ("chat text huge", "chat", ({"forum_id": FORUM, "text": "x" * 5000},), "too_large"),
+    ("chat control characters", "chat", ({"forum_id": FORUM, "text": "a\x07b"},), "invalid"),
+    ("chat another forum", "chat", ({"forum_id": OTHER_FORUM, "text": "hi"},), "not_joined"),
+    ("chat_history unknown forum", "chat_history", ({"forum_id": "nope"},), "not_joined"),
+    ("moderate no action", "moderate", ({"forum_id": FORUM, "message_id": "m1"},), "invalid"),
+    ("moderate unknown message", "moderate", ({"forum_id": FORUM, "message_id": "m1", "action": "hide"},),
+     "not_found"),
+    ("moderate unknown forum", "moderate", ({"forum_id": "nope", "message_id": "m1", "action": "hide"},),
+     "not_found"),
     ("unknown event", "shout", ({"text": "hi"},), "unknown_event"),
 ]
 
@@ -353,5 +403,38 @@ async def test_two_nodes_deliver_each_push_exactly_once(redis_url: str, clients:
     finally:
         for client in clients:
             await client.close()  # before the servers stop: they wait for open websockets
+        first.cleanup()
+        second.cleanup()
+
+
+async def test_chat_and_questions_cross_nodes_once(redis_url: str, clients: list[Client]) -> None:
+    """A guest on one node, an operator and another guest on the other:
+    the question reaches the operator's queue, the approval every guest,
+    each push once."""
+    first = start_server(extra_args=["--redis", redis_url])
+    second = start_server(extra_args=["--redis", redis_url], secret=first.secret)
+    try:
+        forum = "internet-law"
+        guest = await connected(first, clients, Role.VIEWER, [forum], "Guest")
+        operator = await connected(second, clients, Role.OPERATOR, [forum], "Ops")
+        other = await connected(second, clients, Role.VIEWER, [forum], "Other")
+        for client in (guest, operator, other):
+            await client.call("join", {"forum_id": forum})
+        chat_id = (await guest.call("chat", {"forum_id": forum, "text": "hello from node 1"}))["message"]["id"]
+        asked = await guest.call("chat", {"forum_id": forum, "text": "a question", "kind": "question"})
+        question_id = asked["message"]["id"]
+        await operator.next_push("moderation", lambda m: m["id"] == question_id)
+        await operator.call("moderate", {"forum_id": forum, "message_id": question_id, "action": "approve"})
+        await guest.next_push("chat_message", lambda m: m["id"] == question_id)  # back on node 1
+        await other.call("chat", {"forum_id": forum, "text": "last"})
+        # everything before "last" is delivered before it: count what the guest on node 2 got
+        got: list[str] = []
+        while not got or got[-1] != "last":
+            got.append((await asyncio.wait_for(other.pushes["chat_message"].get(), 20))["text"])
+        assert got == ["hello from node 1", "a question", "last"], got
+        assert other.pushes["moderation"].empty()
+    finally:
+        for client in clients:
+            await client.close()
         first.cleanup()
         second.cleanup()

@@ -5,8 +5,10 @@
 // every operator of the forum); uploads go over tus (resumable, tus-js-client)
 // with the same token, and their conversion jobs are pushed as "media_job".
 import {
-  backoff, connect, describe, gatherIce, isFatal, pageData, preferH264, readToken, request, setPill, showMessage,
+  backoff, connect, describe, gatherIce, isFatal, mountLanguageSwitch, pageData, readToken, receivePeer, request,
+  setPill, showMessage,
 } from "/static/js/common.js";
+import { mountQaPanel } from "/static/js/qa_panel.js";
 
 const data = pageData();
 const forumId = data.forum.id;
@@ -56,11 +58,7 @@ function el(tag, attrs = {}, ...children) {
 // --- WebRTC: a recvonly peer per watched source, one for the program ------------
 
 async function watchInto(sourceId, onStream) {
-  const pc = new RTCPeerConnection({ iceServers: state.iceServers || [] }); // from the join ack
-  preferH264(pc.addTransceiver("video", { direction: "recvonly" }), "receiver");
-  pc.addTransceiver("audio", { direction: "recvonly" });
-  const stream = new MediaStream();
-  pc.ontrack = (event) => { stream.addTrack(event.track); onStream(stream); };
+  const pc = receivePeer(state.iceServers, onStream);
   await pc.setLocalDescription(await pc.createOffer());
   await gatherIce(pc);
   const payload = { forum_id: forumId, sdp: pc.localDescription.sdp };
@@ -385,6 +383,7 @@ async function join() {
     watchProgram();
     refreshLists();
     openIngest(); // opening the control page opens the forum's venue listeners too
+    state.qa.load();
   } catch (error) {
     if (isFatal(error)) return fail(error);
     setTimeout(join, backoff(state.retry++));
@@ -474,6 +473,8 @@ function main() {
   document.addEventListener("keydown", keys);
   const socket = connect(token);
   state.socket = socket;
+  state.qa = mountQaPanel(socket, forumId, $("qa-panel"), flash); // Q&A queue and chat moderation
+  mountLanguageSwitch(); // the EN/ZH choice every page shares (the panels marked data-i18n follow it)
   socket.on("connect", join);
   socket.on("disconnect", () => {
     state.joined = false;

@@ -67,11 +67,14 @@ async def test_add_start_live_push_stop_delete(node: Node, tmp_path: Path,
     base = f"{node.url}/api/forums/{FORUM}/restreams"
     op = node.token(Role.OPERATOR, [FORUM])
     operator = SioClient()
+    guest = SioClient()  # restream states are the operators' business: a guest hears none
     answers: list[Any] = []
     async with aiohttp.ClientSession() as http:
         try:
             await operator.connect(node, op)
             await operator.call("join", {"forum_id": FORUM})
+            await guest.connect(node, node.token(Role.VIEWER, [FORUM]))
+            await guest.call("join", {"forum_id": FORUM})
             status, created = await call(http, "POST", base, op,
                                          json={"name": "Platform", "url": platform.url, "stream_key": KEY})
             assert status == 201 and created["state"] == "idle"
@@ -90,6 +93,7 @@ async def test_add_start_live_push_stop_delete(node: Node, tmp_path: Path,
             push = await operator.next_push("restreams", lambda p: any(r["state"] == "live" for r in p["restreams"]))
             answers.append(push)
             assert "url" not in push["restreams"][0]
+            assert guest.pushes["restreams"].empty()
             status, stopped = await call(http, "POST", f"{base}/{rid}/stop", op)
             assert status == 200 and stopped["state"] == "stopped"
             answers.append(stopped)
@@ -99,6 +103,7 @@ async def test_add_start_live_push_stop_delete(node: Node, tmp_path: Path,
             assert body["restreams"] == []
         finally:
             await operator.sio.disconnect()
+            await guest.sio.disconnect()
             await platform.stop()
     info = probe(target)
     assert info["video"][:3] == ("h264", 320, 180) and info["audio"] == ("aac", 48000)

@@ -1,5 +1,12 @@
-// Shared by the speak and watch pages: the token, the socket, acks with a
-// timeout, ICE gathering, and plain-language status and errors.
+// Shared by every page (lobby, watch, speak, control, status): the token,
+// the socket, acks with a timeout, ICE gathering, the receive-only peer
+// connection, plain-language status and errors (in the page's language,
+// i18n.js).
+import { has, t } from "./i18n.js";
+import { readToken } from "./invite.js";
+
+export { readToken };
+export { t, language, localized, applyI18n, mountLanguageSwitch, onLanguageChange } from "./i18n.js";
 
 export const ACK_TIMEOUT_MS = 20000;
 export const ICE_GATHER_TIMEOUT_MS = 5000;
@@ -9,33 +16,14 @@ export function pageData() {
   return island ? JSON.parse(island.textContent) : {};
 }
 
-export function readToken() {
-  const token = new URLSearchParams(window.location.search).get("token");
-  return token && token.trim() ? token.trim() : null;
-}
-
-// What to tell a person for each error code (the server's message is added).
-const FRIENDLY = {
-  token_missing: "This link has no access token. Please open the invite link you received.",
-  token_invalid: "This invite link is not valid. Please open the exact link you received.",
-  token_expired: "Your invite has expired. Please ask the organizers for a new link.",
-  forbidden: "Your invite does not allow this here.",
-  not_found: "This forum or stream does not exist.",
-  full: "This forum is full right now. Please try again in a few minutes.",
-  too_many_seats: "This invite is already watching on other devices. Close one; the page will retry.",
-  too_many_sources: "You already publish as many streams as allowed. Stop one first.",
-  unavailable: "The server is busy or restarting. The page will retry.",
-  timeout: "The server did not answer in time. The page will retry.",
-  ice_failed: "The media connection could not be set up (a firewall may block UDP).",
-  connection_lost: "The media connection was lost.",
-};
-
 // For these the friendly text says it all; for the others the server's message adds the specifics.
 const SELF_EXPLANATORY = new Set(["token_missing", "token_invalid", "token_expired", "full", "unavailable", "timeout"]);
 
+// What to tell a person for each error code (i18n "error.<code>"; the server's message is added).
 export function describe(error) {
-  if (!error) return "Something went wrong.";
-  const friendly = FRIENDLY[error.code];
+  if (!error) return t("error.generic");
+  const key = `error.${error.code}`;
+  const friendly = has(key) ? t(key) : null;
   if (friendly && (SELF_EXPLANATORY.has(error.code) || !error.message)) return friendly;
   if (friendly) return `${friendly} (${error.message})`;
   return error.message || String(error);
@@ -89,6 +77,20 @@ export function gatherIce(pc, timeoutMs = ICE_GATHER_TIMEOUT_MS) {
   });
 }
 
+// The refusals every page handles alike: a connection the server refused
+// (its reason in error.data: fatal) or could not reach (socket.io retries),
+// and an "error" push (token_expired while connected...).
+export function wireRefusals(socket, { fail, status, message }) {
+  socket.on("connect_error", (error) => {
+    if (error.data && error.data.code) return fail(error.data);
+    setPill(status, "warn", t("watch.unreachable"));
+  });
+  socket.on("error", (payload) => {
+    const error = payload && payload.error;
+    if (isFatal(error)) fail(error); else showMessage(message, "warn", describe(error));
+  });
+}
+
 export function setPill(element, kind, text) {
   element.className = `pill ${kind}`;
   element.textContent = text;
@@ -106,14 +108,26 @@ export function showMessage(element, kind, text) {
 }
 
 export function onAirText(program) {
-  if (!program || !program.program) return "Slate — the session will start soon";
+  if (!program || !program.program) return t("watch.slate");
   if (program.source && program.source.name) return program.source.name;
-  return "Live";
+  return t("watch.live");
 }
 
 export function viewersText(counts) {
   if (!counts) return "—";
   return String(counts.viewers);
+}
+
+// A receive-only peer for a forum's program or one source: video (H.264
+// first) and audio; `onStream(stream)` at each track. The caller sends the
+// offer (after gatherIce) with `watch` and applies the answer.
+export function receivePeer(iceServers, onStream) {
+  const pc = new RTCPeerConnection({ iceServers: iceServers || [] }); // from the join ack
+  preferH264(pc.addTransceiver("video", { direction: "recvonly" }), "receiver");
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  const stream = new MediaStream();
+  pc.ontrack = (event) => { stream.addTrack(event.track); onStream(stream); };
+  return pc;
 }
 
 // Exponential backoff with a cap and a little jitter, so 1,000 guests do not retry in step.

@@ -2,8 +2,8 @@
 // States shown to the speaker: connecting -> ready -> sending -> on air,
 // and plain messages for every refusal (expired invite, no camera, ...).
 import {
-  backoff, connect, describe, gatherIce, isFatal, onAirText, pageData, preferH264,
-  readToken, request, setPill, showMessage, viewersText,
+  backoff, connect, describe, gatherIce, isFatal, mountLanguageSwitch, onAirText, pageData, preferH264,
+  readToken, request, setPill, showMessage, t, viewersText, wireRefusals,
 } from "./common.js";
 
 const data = pageData();
@@ -37,7 +37,7 @@ function fail(error) {
   state.wantLive = false;
   clearTimeout(state.retryTimer);
   closePeer();
-  setPill(ui.status, "bad", "Cannot continue");
+  setPill(ui.status, "bad", t("watch.cannot"));
   showMessage(ui.message, "bad", describe(error));
   ui.goLive.disabled = true;
   ui.stop.disabled = true;
@@ -50,9 +50,9 @@ function showProgram(program) {
   ui.onAir.hidden = !mine;
   ui.onAir.className = mine ? "pill live" : "pill";
   const previewed = program && state.sourceId && program.preview === state.sourceId;
-  if (mine) setPill(ui.status, "live", "You are on air");
+  if (mine) setPill(ui.status, "live", t("speak.youAreOnAir"));
   else if (state.sourceId && state.pc && state.pc.connectionState === "connected") {
-    setPill(ui.status, "ok", previewed ? "In preview — you go on air next" : "Sending — waiting to go on air");
+    setPill(ui.status, "ok", t(previewed ? "speak.inPreview" : "speak.sending"));
   }
 }
 
@@ -65,10 +65,10 @@ async function openCamera() {
   } catch (error) {
     const name = error && error.name;
     const text = name === "NotAllowedError"
-      ? "The browser was not allowed to use your camera and microphone. Allow them (the icon in the address bar) and reload the page."
+      ? t("speak.cameraDenied")
       : name === "NotFoundError"
-        ? "No camera or microphone was found. Connect one and reload the page."
-        : `Your camera or microphone could not be opened (${name || error}).`;
+        ? t("speak.cameraMissing")
+        : t("speak.cameraFailed", { why: name || error });
     fail({ code: "camera", message: text });
     return false;
   }
@@ -186,7 +186,7 @@ async function publish() {
     if (track.kind === "video") preferH264(transceiver, "sender");
   }
   pc.onconnectionstatechange = () => onPeerState(pc);
-  setPill(ui.status, "warn", "Connecting your camera…");
+  setPill(ui.status, "warn", t("speak.connectingCamera"));
   try {
     await pc.setLocalDescription(await pc.createOffer());
     await gatherIce(pc);
@@ -207,7 +207,7 @@ function onPeerState(pc) {
   ui.connection.textContent = pc.connectionState;
   if (pc.connectionState === "connected") {
     state.retry = 0;
-    setPill(ui.status, "ok", "Sending — waiting to go on air");
+    setPill(ui.status, "ok", t("speak.sending"));
   } else if (pc.connectionState === "failed") {
     scheduleRetry({ code: "ice", message: "the media connection failed" });
   }
@@ -216,8 +216,8 @@ function onPeerState(pc) {
 function scheduleRetry(error) {
   if (!state.wantLive || state.fatal) return;
   const delay = backoff(state.retry++);
-  setPill(ui.status, "warn", "Reconnecting…");
-  showMessage(ui.message, "warn", `${describe(error)} Retrying in ${Math.round(delay / 1000)} s.`);
+  setPill(ui.status, "warn", t("watch.reconnecting"));
+  showMessage(ui.message, "warn", `${describe(error)} ${t("watch.retryIn", { s: Math.round(delay / 1000) })}`);
   clearTimeout(state.retryTimer);
   state.retryTimer = setTimeout(publish, delay);
 }
@@ -232,9 +232,9 @@ function stopSending() {
   }
   ui.goLive.disabled = !state.joined;
   ui.stop.disabled = true;
-  ui.connection.textContent = "not sending";
+  ui.connection.textContent = t("speak.notSending");
   ui.onAir.hidden = true;
-  setPill(ui.status, "ok", "Ready — not sending");
+  setPill(ui.status, "ok", t("speak.readyNotSending"));
 }
 
 async function join() {
@@ -246,7 +246,7 @@ async function join() {
     showProgram(ack.program);
     ui.goLive.disabled = state.wantLive;
     if (state.wantLive) publish(); // back after a reconnect: the server ended the old publish
-    else setPill(ui.status, "ok", "Ready — press Go live");
+    else setPill(ui.status, "ok", t("speak.ready"));
   } catch (error) {
     if (isFatal(error)) return fail(error);
     showMessage(ui.message, "warn", describe(error));
@@ -254,6 +254,7 @@ async function join() {
 }
 
 async function main() {
+  mountLanguageSwitch();
   const token = readToken();
   if (!token) return fail({ code: "token_missing" });
   if (!(await openCamera())) return;
@@ -264,11 +265,7 @@ async function main() {
     state.joined = false;
     state.sourceId = null; // the server unpublishes a connection's sources when it goes
     closePeer();
-    if (!state.fatal) setPill(ui.status, "warn", "Reconnecting to the server…");
-  });
-  socket.on("connect_error", (error) => {
-    if (error.data && error.data.code) return fail(error.data); // refused: the server said why
-    setPill(ui.status, "warn", "Cannot reach the server — retrying…");
+    if (!state.fatal) setPill(ui.status, "warn", t("watch.serverReconnecting"));
   });
   socket.on("program", showProgram);
   // a preview push carries no on-air source record: keep the last program's, take the new preview
@@ -280,10 +277,7 @@ async function main() {
     state.sourceId = null;
     if (state.wantLive) scheduleRetry(payload.error);
   });
-  socket.on("error", (payload) => {
-    const error = payload && payload.error;
-    if (isFatal(error)) fail(error); else showMessage(ui.message, "warn", describe(error));
-  });
+  wireRefusals(socket, { fail, status: ui.status, message: ui.message });
   ui.goLive.addEventListener("click", () => {
     state.wantLive = true;
     state.retry = 0;

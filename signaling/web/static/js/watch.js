@@ -2,9 +2,10 @@
 // what is on air and how many watch, and recover by itself: socket.io
 // reconnects, and a failed media connection is re-watched with backoff.
 import {
-  backoff, connect, describe, gatherIce, isFatal, onAirText, pageData, preferH264,
-  readToken, request, setPill, showMessage, viewersText,
+  applyI18n, backoff, connect, describe, gatherIce, isFatal, localized, mountLanguageSwitch, onAirText,
+  onLanguageChange, pageData, readToken, receivePeer, request, setPill, showMessage, t, viewersText, wireRefusals,
 } from "./common.js";
+import { MessageList } from "./chat.js";
 
 const data = pageData();
 const forumId = data.forum.id;
@@ -12,8 +13,11 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   status: $("status"), message: $("message"), video: $("program-video"), placeholder: $("placeholder"),
   unmute: $("unmute"), program: $("program"), onAirLabel: $("on-air-label"), viewers: $("viewers"),
-  connection: $("connection"),
+  connection: $("connection"), stage: $("stage"), volume: $("volume"), pip: $("pip"), fullscreen: $("fullscreen"),
+  forumState: $("forum-state"), sessionTitle: $("session-title"), sessionSpeakers: $("session-speakers"),
+  sessionNext: $("session-next"),
 };
+const AGENDA_REFRESH_MS = 30000;
 
 const DISCONNECTED_GRACE_MS = 4000; // "disconnected" often heals by itself; "failed" does not
 
@@ -23,12 +27,138 @@ const state = {
 };
 window.forumcastWatch = state; // for tests and support: read-only inspection
 
+// --- the agenda: what runs now and next, and the forum's state between talks ---
+
+const agenda = { forum: null, offsetMs: 0, reconnecting: false, timer: null };
+state.agenda = agenda;
+
+async function refreshAgenda() {
+  try {
+    const response = await fetch(`/api/forums/${encodeURIComponent(forumId)}`, { cache: "no-store" });
+    if (!response.ok) return;
+    const forum = await response.json();
+    agenda.forum = forum;
+    if (forum.now) agenda.offsetMs = Date.parse(forum.now) - Date.now(); // countdowns use the server's clock
+    showAgenda();
+  } catch (error) { /* informative only: keep the last one */ }
+}
+
+function speakerNames(session) {
+  const speakers = (agenda.forum && agenda.forum.speakers) || [];
+  return session.speakers.map((id) => {
+    const found = speakers.find((s) => s.id === id);
+    return found ? localized(found.name) : id;
+  }).join(", ");
+}
+
+function countdown(ms) {
+  const total = Math.max(0, Math.round(ms / 1000));
+  const days = Math.floor(total / 86400);
+  const clock = [Math.floor((total % 86400) / 3600), Math.floor((total % 3600) / 60), total % 60]
+    .map((n) => String(n).padStart(2, "0")).join(":");
+  return days ? `${days} d ${clock}` : clock;
+}
+
+// "live" | "not_started" | "break" | "ended" | "reconnecting" (and the banner's words)
+function forumState() {
+  if (agenda.reconnecting) return ["reconnecting", t("watch.reconnecting")];
+  const forum = agenda.forum;
+  if (!forum) return ["unknown", ""];
+  if (forum.live) return ["live", ""];
+  const now = Date.now() + agenda.offsetMs;
+  const sessions = forum.sessions || [];
+  const first = sessions.length ? Math.min(...sessions.map((x) => Date.parse(x.start))) : null;
+  if (first !== null && now < first) return ["not_started", t("watch.notStarted", { t: countdown(first - now) })];
+  if (forum.next) {
+    return ["break", t("watch.break", { title: localized(forum.next.title), t: countdown(Date.parse(forum.next.start) - now) })];
+  }
+  return ["ended", t("watch.ended")];
+}
+
+function showAgenda() {
+  const forum = agenda.forum;
+  if (forum) {
+    ui.sessionTitle.textContent = forum.live ? localized(forum.live.title) : "—";
+    ui.sessionSpeakers.textContent = forum.live ? speakerNames(forum.live) || "—" : "—";
+    ui.sessionNext.textContent = forum.next ? localized(forum.next.title) : "—";
+  }
+  const [name, words] = forumState();
+  state.forumState = name;
+  ui.forumState.dataset.state = name;
+  ui.forumState.textContent = words;
+  ui.forumState.hidden = !words;
+  const next = forum && (forum.next || forum.live);
+  const edge = next && Date.parse(forum.live ? forum.live.end : forum.next.start);
+  // a session began or ended: ask again (at most every 5 s, so 1,000 guests do not poll each second)
+  if (edge && Date.now() + agenda.offsetMs >= edge && Date.now() - (agenda.asked || 0) > 5000) {
+    agenda.asked = Date.now();
+    refreshAgenda();
+  }
+}
+
+function setReconnecting(on) {
+  agenda.reconnecting = on;
+  showAgenda();
+}
+
+// --- chat and Q&A ----------------------------------------------------------------
+
+const chat = new MessageList($("chat"), { filter: (m) => m.public && m.kind === "chat" });
+const questions = new MessageList($("questions"), { filter: (m) => m.public && m.kind === "question" });
+state.chat = chat;
+state.questions = questions;
+
+async function loadChat() {
+  try {
+    const ack = await request(state.socket, "chat_history", { forum_id: forumId });
+    chat.replace(ack.messages);
+    questions.replace(ack.messages);
+  } catch (error) { /* the chat is beside the point of watching: try at the next join */ }
+}
+
+function chatForm(form, input, status, kind) {
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = input.value.trim();
+    if (!text || !state.joined) return;
+    status.textContent = "";
+    try {
+      const ack = await request(state.socket, "chat", { forum_id: forumId, text, kind });
+      input.value = "";
+      if (kind === "question") status.textContent = t("qa.sent");
+      else chat.put(ack.message);
+    } catch (error) {
+      status.textContent = describe(error); // rate and length limits come with their reason
+    }
+  });
+}
+
+// --- player controls: sound, volume, picture-in-picture, fullscreen ----------------
+
+function setupControls() {
+  ui.volume.addEventListener("input", () => {
+    ui.video.volume = Number(ui.volume.value);
+    if (ui.video.muted && ui.video.volume > 0) { ui.video.muted = false; ui.video.play().catch(() => {}); }
+    ui.unmute.textContent = t(ui.video.muted ? "watch.sound" : "watch.mute");
+  });
+  if (!document.pictureInPictureEnabled) ui.pip.hidden = true;
+  ui.pip.addEventListener("click", () => {
+    if (document.pictureInPictureElement) document.exitPictureInPicture().catch(() => {});
+    else ui.video.requestPictureInPicture().catch(() => {});
+  });
+  if (!ui.stage.requestFullscreen) ui.fullscreen.hidden = true;
+  ui.fullscreen.addEventListener("click", () => {
+    if (document.fullscreenElement) document.exitFullscreen().catch(() => {});
+    else ui.stage.requestFullscreen().catch(() => {});
+  });
+}
+
 function fail(error) {
   state.fatal = true;
   clearTimeout(state.retryTimer);
-  setPill(ui.status, "bad", "Cannot continue");
+  setPill(ui.status, "bad", t("watch.cannot"));
   showMessage(ui.message, "bad", describe(error));
-  ui.placeholder.textContent = "The stream cannot be shown.";
+  ui.placeholder.textContent = t("watch.cannotShow");
   ui.placeholder.hidden = false;
   ui.unmute.hidden = true;
 }
@@ -36,7 +166,7 @@ function fail(error) {
 function showProgram(program) {
   const text = onAirText(program);
   ui.program.textContent = text;
-  ui.onAirLabel.textContent = program && program.program ? `On air: ${text}` : text;
+  ui.onAirLabel.textContent = program && program.program ? t("watch.onAirPrefix", { name: text }) : text;
 }
 
 function closePeer() {
@@ -53,19 +183,13 @@ async function watch() {
   if (!state.joined || state.fatal) return;
   clearTimeout(state.retryTimer);
   closePeer();
-  const pc = new RTCPeerConnection({ iceServers: state.iceServers || [] }); // from the join ack
-  state.pc = pc;
-  const video = pc.addTransceiver("video", { direction: "recvonly" });
-  preferH264(video, "receiver");
-  pc.addTransceiver("audio", { direction: "recvonly" });
-  const stream = new MediaStream();
-  pc.ontrack = (event) => {
-    stream.addTrack(event.track);
+  const pc = receivePeer(state.iceServers, (stream) => {
     if (ui.video.srcObject !== stream) ui.video.srcObject = stream;
     ui.video.play().catch(() => {}); // muted autoplay is allowed; unmuting needs a click
-  };
+  });
+  state.pc = pc;
   pc.onconnectionstatechange = () => onPeerState(pc);
-  setPill(ui.status, "warn", "Connecting to the stream…");
+  setPill(ui.status, "warn", t("watch.connectingStream"));
   try {
     await pc.setLocalDescription(await pc.createOffer());
     await gatherIce(pc);
@@ -87,12 +211,13 @@ function onPeerState(pc) {
   clearTimeout(state.graceTimer);
   if (pc.connectionState === "connected") {
     state.retry = 0;
-    setPill(ui.status, "ok", "Live");
+    setReconnecting(false);
+    setPill(ui.status, "ok", t("watch.live"));
     showMessage(ui.message, "", "");
   } else if (pc.connectionState === "failed") {
     scheduleRetry({ code: "ice", message: "the stream connection failed" });
   } else if (pc.connectionState === "disconnected") {
-    setPill(ui.status, "warn", "Connection unsteady…");
+    setPill(ui.status, "warn", t("watch.unsteady"));
     state.graceTimer = setTimeout(() => {
       if (pc === state.pc && pc.connectionState !== "connected") {
         scheduleRetry({ code: "ice", message: "the stream connection was lost" });
@@ -104,8 +229,9 @@ function onPeerState(pc) {
 function scheduleRetry(error) {
   if (state.fatal) return;
   const delay = backoff(state.retry++);
-  setPill(ui.status, "warn", "Reconnecting…");
-  showMessage(ui.message, "warn", `${describe(error)} Retrying in ${Math.round(delay / 1000)} s.`);
+  setPill(ui.status, "warn", t("watch.reconnecting"));
+  setReconnecting(true);
+  showMessage(ui.message, "warn", `${describe(error)} ${t("watch.retryIn", { s: Math.round(delay / 1000) })}`);
   clearTimeout(state.retryTimer);
   state.retryTimer = setTimeout(watch, delay);
 }
@@ -117,6 +243,7 @@ async function join() {
     state.joined = true;
     ui.viewers.textContent = viewersText(ack.viewers);
     showProgram(ack.program);
+    loadChat();
     watch();
   } catch (error) {
     if (isFatal(error)) return fail(error);
@@ -131,12 +258,23 @@ async function join() {
 }
 
 function main() {
+  mountLanguageSwitch();
+  document.title = `${localized(data.forum.name)} · ${localized(data.event)}`;
+  onLanguageChange(() => { document.title = `${localized(data.forum.name)} · ${localized(data.event)}`; });
   const token = readToken();
+  if (token) $("lobby-link").href = `/lobby?token=${encodeURIComponent(token)}`;
+  setupControls();
+  chatForm($("say"), $("say-text"), $("say-status"), "chat");
+  chatForm($("ask"), $("ask-text"), $("ask-status"), "question");
+  onLanguageChange(showAgenda);
+  refreshAgenda();
+  agenda.timer = setInterval(showAgenda, 1000); // the countdown
+  setInterval(refreshAgenda, AGENDA_REFRESH_MS);
   if (!token && !data.public) return fail({ code: "token_missing" });
   ui.unmute.addEventListener("click", () => {
     ui.video.muted = !ui.video.muted;
     ui.video.play().catch(() => {});
-    ui.unmute.textContent = ui.video.muted ? "Turn sound on" : "Mute";
+    ui.unmute.textContent = t(ui.video.muted ? "watch.sound" : "watch.mute");
   });
   ui.video.addEventListener("playing", () => { ui.placeholder.hidden = true; });
   const socket = connect(token);
@@ -145,13 +283,12 @@ function main() {
   socket.on("disconnect", () => {
     state.joined = false; // the server dropped our viewer with the connection
     closePeer();
-    if (!state.fatal) setPill(ui.status, "warn", "Reconnecting to the server…");
+    if (!state.fatal) setPill(ui.status, "warn", t("watch.serverReconnecting"));
+    if (!state.fatal) setReconnecting(true);
   });
-  socket.on("connect_error", (error) => {
-    if (error.data && error.data.code) return fail(error.data);
-    setPill(ui.status, "warn", "Cannot reach the server — retrying…");
-  });
-  socket.on("program", showProgram);
+  socket.on("program", (program) => { showProgram(program); refreshAgenda(); });
+  socket.on("chat_message", (message) => { chat.put(message); questions.put(message); });
+  socket.on("chat_removed", (gone) => { chat.remove(gone.id); questions.remove(gone.id); });
   socket.on("viewers", (counts) => { ui.viewers.textContent = viewersText(counts); });
   // the server ended this viewer by itself (ICE never completed, the connection was lost): watch again
   socket.on("media_ended", (payload) => {
@@ -160,10 +297,7 @@ function main() {
     closePeer();
     scheduleRetry(payload.error);
   });
-  socket.on("error", (payload) => {
-    const error = payload && payload.error;
-    if (isFatal(error)) fail(error); else showMessage(ui.message, "warn", describe(error));
-  });
+  wireRefusals(socket, { fail, status: ui.status, message: ui.message });
 }
 
 main();

@@ -1,0 +1,224 @@
+// The pages' words in English and Chinese, and the language choice every
+// page shares: remembered in localStorage; else the invite's language (the
+// token's `lang` claim); else the browser's (navigator.language).
+// Elements carry data-i18n="key" (their text) or data-i18n-title="key".
+
+import { tokenClaims } from "./invite.js";
+
+export const LANGUAGES = ["en", "zh"];
+const STORAGE_KEY = "forumcast.lang";
+
+const DICT = {
+  en: {
+    "lang.switch": "中文", "lang.switch.title": "切换到中文",
+    "lobby.kicker": "Online forums",
+    "lobby.hint": "Choose a forum to watch. Your invite link opens the forums it grants.",
+    "lobby.yours": "Your forums", "lobby.others": "Other forums (not open to your invite)",
+    "lobby.agenda": "Agenda", "lobby.live": "Live now", "lobby.next": "Next",
+    "lobby.nothing": "Nothing on air", "lobby.watching": "{n} watching",
+    "lobby.yourTime": "your time", "lobby.venueTime": "venue",
+    "lobby.closed": "not open to your invite",
+    "watch.connecting": "Connecting…", "watch.placeholder": "Connecting to the live stream…",
+    "watch.nowOnAir": "Now on air", "watch.watching": "Watching online", "watch.stream": "Stream",
+    "watch.allForums": "All forums", "watch.sound": "Turn sound on", "watch.mute": "Mute",
+    "watch.session": "Session", "watch.nextUp": "Next", "watch.speakers": "Speakers",
+    "watch.notStarted": "The forum starts in {t}", "watch.break": "On a break — next: {title} in {t}",
+    "watch.ended": "This forum has ended. Thank you for watching.",
+    "watch.reconnecting": "Reconnecting…", "watch.live": "Live",
+    "watch.fullscreen": "Fullscreen", "watch.pip": "Picture in picture",
+    "watch.fullscreenShort": "Full screen", "watch.pipShort": "PiP", "watch.volume": "Volume",
+    "watch.unsteady": "Connection unsteady…", "watch.connectingStream": "Connecting to the stream…",
+    "watch.cannot": "Cannot continue", "watch.cannotShow": "The stream cannot be shown.",
+    "watch.serverReconnecting": "Reconnecting to the server…",
+    "watch.unreachable": "Cannot reach the server — retrying…", "watch.retryIn": "Retrying in {s} s.",
+    "watch.slate": "Slate (no one on air)", "watch.onAirPrefix": "On air: {name}",
+    "chat.title": "Chat", "qa.title": "Questions", "chat.send": "Send", "qa.ask": "Ask",
+    "chat.placeholder": "Write a message", "qa.placeholder": "Ask the speakers a question",
+    "qa.sent": "Your question went to the moderators.", "qa.approved": "Approved questions",
+    "qa.queue": "Questions (Q&A queue)", "qa.approve": "Approve", "qa.dismiss": "Dismiss",
+    "qa.answered": "Answered", "qa.empty": "No questions yet.",
+    "speak.kicker": "remote speaker", "speak.starting": "Starting…",
+    "speak.nowOnAir": "Now on air", "speak.watching": "Watching", "speak.connection": "Connection",
+    "speak.goLive": "Go live", "speak.stop": "Stop sending", "speak.devices": "Your devices",
+    "speak.camera": "Camera", "speak.mic": "Microphone", "speak.onAir": "On air",
+    "speak.preview": "Your camera (only you see this preview)",
+    "speak.waitingCamera": "Waiting for your camera and microphone…",
+    "speak.meterHint": "The bar moves when the microphone hears you.",
+    "speak.youAreOnAir": "You are on air", "speak.inPreview": "In preview — you go on air next",
+    "speak.sending": "Sending — waiting to go on air", "speak.connectingCamera": "Connecting your camera…",
+    "speak.notSending": "not sending", "speak.readyNotSending": "Ready — not sending", "speak.ready": "Ready — press Go live",
+    "speak.cameraDenied": "The browser was not allowed to use your camera and microphone. Allow them (the icon in the address bar) and reload the page.",
+    "speak.cameraMissing": "No camera or microphone was found. Connect one and reload the page.",
+    "speak.cameraFailed": "Your camera or microphone could not be opened ({why}).",
+    "speak.step1": "Allow the browser to use your camera and microphone.",
+    "speak.step2": "Check your picture on the left and that the microphone bar moves when you speak.",
+    "speak.step3": "Press Go live. The operators put you on air; the red badge shows when you are.",
+    "speak.keepOpen": "Keep this tab open while you speak. If the network drops, the page reconnects by itself.",
+    "speak.notConnected": "not connected",
+    "speak.recordingHint": "A video or just your voice (a picture is added). If the upload stops, choose the same file again: it goes on where it stopped.",
+    "speak.before": "Before you go live", "speak.recording": "Or send a recording", "speak.send": "Send",
+    "status.kicker": "Status wall", "status.loss": "loss", "status.jitter": "jitter", "status.lost": "Source lost",
+    "error.generic": "Something went wrong.",
+    "error.token_missing": "This link has no access token. Please open the invite link you received.",
+    "error.token_invalid": "This invite link is not valid. Please open the exact link you received.",
+    "error.token_expired": "Your invite has expired. Please ask the organizers for a new link.",
+    "error.forbidden": "Your invite does not allow this here.",
+    "error.not_found": "This forum or stream does not exist.",
+    "error.full": "This forum is full right now. Please try again in a few minutes.",
+    "error.too_many_seats": "This invite is already watching on other devices. Close one; the page will retry.",
+    "error.too_many_sources": "You already publish as many streams as allowed. Stop one first.",
+    "error.unavailable": "The server is busy or restarting. The page will retry.",
+    "error.timeout": "The server did not answer in time. The page will retry.",
+    "error.ice_failed": "The media connection could not be set up (a firewall may block UDP).",
+    "error.connection_lost": "The media connection was lost.",
+    "error.rate_limited": "Slow down a little.",
+    "error.too_large": "That is too long.",
+  },
+  zh: {
+    "lang.switch": "English", "lang.switch.title": "Switch to English",
+    "lobby.kicker": "线上论坛",
+    "lobby.hint": "选择要观看的论坛。您的邀请链接可打开其授权的论坛。",
+    "lobby.yours": "您的论坛", "lobby.others": "其他论坛（您的邀请未开放）",
+    "lobby.agenda": "议程", "lobby.live": "正在直播", "lobby.next": "下一场",
+    "lobby.nothing": "暂无直播", "lobby.watching": "{n} 人观看",
+    "lobby.yourTime": "您的时间", "lobby.venueTime": "会场",
+    "lobby.closed": "您的邀请未开放此论坛",
+    "watch.connecting": "正在连接…", "watch.placeholder": "正在连接直播…",
+    "watch.nowOnAir": "正在播出", "watch.watching": "在线观看", "watch.stream": "视频流",
+    "watch.allForums": "全部论坛", "watch.sound": "打开声音", "watch.mute": "静音",
+    "watch.session": "本场", "watch.nextUp": "下一场", "watch.speakers": "演讲嘉宾",
+    "watch.notStarted": "论坛将于 {t} 后开始", "watch.break": "休息中 — 下一场：{title}，{t} 后开始",
+    "watch.ended": "本论坛已结束，感谢观看。",
+    "watch.reconnecting": "正在重新连接…", "watch.live": "直播中",
+    "watch.fullscreen": "全屏", "watch.pip": "画中画",
+    "watch.fullscreenShort": "全屏", "watch.pipShort": "画中画", "watch.volume": "音量",
+    "watch.unsteady": "连接不稳定…", "watch.connectingStream": "正在连接视频流…",
+    "watch.cannot": "无法继续", "watch.cannotShow": "无法显示直播。",
+    "watch.serverReconnecting": "正在重新连接服务器…",
+    "watch.unreachable": "无法连接服务器 — 正在重试…", "watch.retryIn": "{s} 秒后重试。",
+    "watch.slate": "等待画面（暂无直播）", "watch.onAirPrefix": "正在播出：{name}",
+    "chat.title": "聊天", "qa.title": "提问", "chat.send": "发送", "qa.ask": "提问",
+    "chat.placeholder": "输入消息", "qa.placeholder": "向嘉宾提问",
+    "qa.sent": "您的问题已提交给主持人。", "qa.approved": "已采纳的问题",
+    "qa.queue": "提问（问答队列）", "qa.approve": "采纳", "qa.dismiss": "忽略",
+    "qa.answered": "已回答", "qa.empty": "暂无提问。",
+    "speak.kicker": "远程嘉宾", "speak.starting": "正在启动…",
+    "speak.nowOnAir": "正在播出", "speak.watching": "观看人数", "speak.connection": "连接",
+    "speak.goLive": "开始直播", "speak.stop": "停止发送", "speak.devices": "您的设备",
+    "speak.camera": "摄像头", "speak.mic": "麦克风", "speak.onAir": "直播中",
+    "speak.preview": "您的摄像头（只有您能看到此预览）",
+    "speak.waitingCamera": "正在等待摄像头和麦克风…",
+    "speak.meterHint": "麦克风听到声音时，音量条会移动。",
+    "speak.youAreOnAir": "您正在直播", "speak.inPreview": "预览中 — 下一个上直播",
+    "speak.sending": "正在发送 — 等待上直播", "speak.connectingCamera": "正在连接您的摄像头…",
+    "speak.notSending": "未发送", "speak.readyNotSending": "就绪 — 未发送", "speak.ready": "就绪 — 请按“开始直播”",
+    "speak.cameraDenied": "浏览器未获准使用您的摄像头和麦克风。请在地址栏图标中允许，然后重新加载页面。",
+    "speak.cameraMissing": "未找到摄像头或麦克风。请连接后重新加载页面。",
+    "speak.cameraFailed": "无法打开您的摄像头或麦克风（{why}）。",
+    "speak.step1": "允许浏览器使用您的摄像头和麦克风。",
+    "speak.step2": "检查左侧的画面，并确认说话时麦克风音量条在移动。",
+    "speak.step3": "按“开始直播”。导播会让您上直播；红色标记表示您正在直播。",
+    "speak.keepOpen": "演讲时请保持此页面打开。网络中断时，页面会自动重新连接。",
+    "speak.notConnected": "未连接",
+    "speak.recordingHint": "可以是视频，也可以只是您的声音（会配上画面）。上传中断时，请再次选择同一文件：会从中断处继续。",
+    "speak.before": "开始直播前", "speak.recording": "或发送录像", "speak.send": "发送",
+    "status.kicker": "状态总览", "status.loss": "丢包", "status.jitter": "抖动", "status.lost": "信号丢失",
+    "error.generic": "出错了。",
+    "error.token_missing": "此链接没有访问令牌。请打开您收到的邀请链接。",
+    "error.token_invalid": "此邀请链接无效。请打开您收到的原始链接。",
+    "error.token_expired": "您的邀请已过期。请向主办方索取新链接。",
+    "error.forbidden": "您的邀请不允许此操作。",
+    "error.not_found": "此论坛或视频流不存在。",
+    "error.full": "此论坛当前已满，请几分钟后再试。",
+    "error.too_many_seats": "此邀请已在其他设备上观看。请关闭一个，页面会自动重试。",
+    "error.too_many_sources": "您发布的视频流已达上限，请先停止一个。",
+    "error.unavailable": "服务器繁忙或正在重启，页面会自动重试。",
+    "error.timeout": "服务器未及时响应，页面会自动重试。",
+    "error.ice_failed": "无法建立媒体连接（防火墙可能阻止了 UDP）。",
+    "error.connection_lost": "媒体连接已断开。",
+    "error.rate_limited": "请稍慢一些。",
+    "error.too_large": "内容太长。",
+  },
+};
+
+function tokenLanguage() {
+  const lang = tokenClaims().lang;
+  return typeof lang === "string" ? lang : "";
+}
+
+function normalize(tag) {
+  const lower = String(tag || "").toLowerCase();
+  if (lower.startsWith("zh")) return "zh";
+  if (lower.startsWith("en")) return "en";
+  return "";
+}
+
+let current = null;
+
+export function language() {
+  if (current) return current;
+  let stored = "";
+  try { stored = window.localStorage.getItem(STORAGE_KEY) || ""; } catch (e) { /* storage blocked */ }
+  current = normalize(stored) || normalize(tokenLanguage()) || normalize(navigator.language) || "en";
+  return current;
+}
+
+const listeners = [];
+
+export function onLanguageChange(fn) { listeners.push(fn); }
+
+export function setLanguage(lang) {
+  current = normalize(lang) || "en";
+  try { window.localStorage.setItem(STORAGE_KEY, current); } catch (e) { /* storage blocked */ }
+  applyI18n();
+  for (const fn of listeners) fn(current);
+}
+
+// t("lobby.watching", {n: 3}); an unknown key falls back to English, then to the key
+export function t(key, vars = {}) {
+  const text = DICT[language()][key] ?? DICT.en[key] ?? key;
+  return text.replace(/\{(\w+)\}/g, (_, name) => (name in vars ? String(vars[name]) : `{${name}}`));
+}
+
+export function has(key) { return key in DICT.en; }
+
+// A {en, zh} name from the event file in the page's language (English when no Chinese).
+export function localized(name) {
+  if (!name) return "";
+  if (typeof name === "string") return name;
+  return (language() === "zh" && name.zh) ? name.zh : (name.en || name.zh || "");
+}
+
+export function applyI18n(root = document) {
+  document.documentElement.lang = language() === "zh" ? "zh-CN" : "en";
+  for (const node of root.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+  for (const node of root.querySelectorAll("[data-i18n-title]")) {
+    node.title = t(node.dataset.i18nTitle);
+    node.setAttribute("aria-label", node.title);
+  }
+  for (const node of root.querySelectorAll("[data-i18n-placeholder]")) node.placeholder = t(node.dataset.i18nPlaceholder);
+  // names from the event file: <span data-name='{"en":..,"zh":..}'>
+  for (const node of root.querySelectorAll("[data-name]")) node.textContent = localized(JSON.parse(node.dataset.name));
+  // and the same name in the other language beside it, when there is one
+  for (const node of root.querySelectorAll("[data-name-other]")) {
+    const name = JSON.parse(node.dataset.nameOther);
+    const other = language() === "zh" ? name.en : name.zh;
+    node.textContent = other && other !== localized(name) ? other : "";
+  }
+}
+
+// The EN/ZH button every page puts in its header (id="lang-switch").
+export function mountLanguageSwitch(
+  container = document.querySelector("header.top .header-side") || document.querySelector("header.top"),
+) {
+  if (!container || document.getElementById("lang-switch")) return;
+  const button = document.createElement("button");
+  button.id = "lang-switch";
+  button.type = "button";
+  button.className = "secondary lang-switch";
+  button.dataset.i18n = "lang.switch";
+  button.dataset.i18nTitle = "lang.switch.title";
+  button.addEventListener("click", () => setLanguage(language() === "zh" ? "en" : "zh"));
+  container.append(button);
+  applyI18n();
+}
