@@ -1,0 +1,224 @@
+"""ICE on one UDP port (MediaConfig.udp_port): real aiortc peers on
+127.0.0.1, every server candidate on the same port, demultiplexed by
+STUN USERNAME and remote address (streaming/udp_mux.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+
+import pytest
+from aiortc import sdp
+
+from streaming import aiortc_internals
+from streaming.media_config import MediaConfig
+from streaming.media_plane import MediaPlane
+from streaming.udp_mux import stun_recipient
+from streaming.viewer import WebRtcViewer
+from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer, rtp_header
+from tests.eventually import eventually
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def plane():
+    plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",), udp_port=free_udp_port(),
+                                   keyframe_request_interval=0.5))
+    await plane.start()
+    try:
+        yield plane
+    finally:
+        await plane.stop()
+
+
+def candidate_ports(answer: str) -> set[int]:
+    return {c.port for m in sdp.SessionDescription.parse(answer).media for c in m.ice_candidates}
+
+
+def stun_request(ufrag: str) -> bytes:
+    """A Binding request with USERNAME "ufrag:peer" (no integrity: the
+    demux routes on the name alone, aioice checks the rest)."""
+    name = f"{ufrag}:peer".encode()
+    attr = struct.pack("!HH", 0x0006, len(name)) + name + bytes(-len(name) % 4)
+    return struct.pack("!HHI", 0x0001, len(attr), 0x2112A442) + os.urandom(12) + attr
+
+
+def test_the_stun_username_names_our_ufrag() -> None:
+    assert stun_recipient(stun_request("abcd")) == "abcd"
+    assert stun_recipient(stun_request("abcd")[:24]) is None  # truncated
+    assert stun_recipient(bytes([0x01, 0x01]) + stun_request("abcd")[2:]) is None  # a response
+    assert stun_recipient(os.urandom(3)) is None
+
+
+async def test_publisher_and_viewers_share_one_port_with_srtp_nack_and_pli(plane: MediaPlane) -> None:
+    port = plane.config.udp_port
+    publisher = TestPublisher()
+    viewers = [TestViewer(audio=False), TestViewer(), TestViewer()]  # the first NACKs video only
+    dropped: set[int] = set()
+    resent: set[int] = set()
+    seen = [0]
+
+    def keep(data: bytes) -> bool:  # the first viewer loses a few packets once: it NACKs them
+        header = rtp_header(data)
+        if header is None:
+            return True
+        seq = header[1]
+        seen[0] += 1
+        if seq in dropped:
+            resent.add(seq)
+            return True
+        if seen[0] > 20 and len(dropped) < 3 and seq % 7 == 0:
+            dropped.add(seq)
+            return False
+        return True
+
+    try:
+        answer = await plane.publish("main", "speaker-1", await publisher.offer())
+        assert candidate_ports(answer) == {port}
+        plane.set_program("main", "speaker-1")
+        await publisher.accept(answer)
+        await asyncio.wait_for(publisher.connected.wait(), 10)
+        aiortc_internals.filter_incoming(viewers[0].video.receiver.transport, keep)
+        for i, viewer in enumerate(viewers):
+            assert candidate_ports(await connect_viewer(plane, "main", f"guest-{i}", viewer)) == {port}
+        for viewer in viewers:
+            await viewer.wait_frames(40, timeout=20)
+            numbers = viewer.received.numbers
+            assert numbers == sorted(numbers) and viewer.received.unreadable == 0
+            assert viewer.received.audio_frames > 0 or viewer.audio is None
+        await eventually(lambda: len(dropped) >= 3 and resent == dropped, timeout=20,
+                         what=f"NACKed packets resent (dropped {dropped}, resent {resent})")
+        before = publisher.keyframe_requests
+        viewers[1].send_pli()
+        await eventually(lambda: publisher.keyframe_requests > before, timeout=10,
+                         what="a viewer's PLI reaching the publisher through the shared port")
+        stats = plane.stats()
+        assert stats["decoders_created"] == 0 and stats["retransmitted"] >= 3
+        assert stats["udp_mux_ufrags"] == 4
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+        await publisher.close()
+
+
+async def test_consent_is_per_connection_on_the_shared_port(plane: MediaPlane) -> None:
+    """A viewer that stops answering consent is ended; its neighbour on
+    the same port keeps watching (RFC 7675, judged per agent)."""
+    publisher = TestPublisher(audio=False)
+    mute, other = TestViewer(audio=False), TestViewer(audio=False)
+    silent = [False]
+    gone: list[str] = []
+    plane.add_viewer_closed_listener(gone.append)
+    try:
+        await connect_publisher(plane, "main", "cam", publisher)
+        for ice in aiortc_internals.ice_transports(mute.pc):
+            aiortc_internals.unanswered_checks(ice, lambda: silent[0])
+        for viewer_id, viewer in (("mute", mute), ("other", other)):
+            await connect_viewer(plane, "main", viewer_id, viewer)
+        await mute.wait_frames(10)
+        silent[0] = True
+        await eventually(lambda: "mute" in gone, timeout=60, what="the mute viewer ended by consent")
+        frames = len(other.received.numbers)
+        await other.wait_frames(frames + 30, timeout=20)
+        assert "other" not in gone
+    finally:
+        for viewer in (mute, other):
+            await viewer.close()
+        await publisher.close()
+
+
+async def test_bad_datagrams_on_the_shared_port_are_dropped_and_counted(plane: MediaPlane) -> None:
+    port = plane.config.udp_port
+    publisher = TestPublisher(audio=False)
+    viewer = TestViewer(audio=False)
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind(("127.0.0.1", 0))
+    try:
+        await connect_publisher(plane, "main", "cam", publisher)
+        answer = await connect_viewer(plane, "main", "guest", viewer)
+        ours = next(line.split(":", 1)[1].strip() for line in answer.splitlines() if line.startswith("a=ice-ufrag:"))
+        await viewer.wait_frames(10)
+        bad = {
+            "unclassified": [bytes([b]) + os.urandom(40) for b in (4, 19, 64, 127, 192, 255)] + [b""],
+            "stun_unknown_ufrag": [stun_request("zzzz"), stun_request("")],
+            "unknown_address": [bytes([22, 0xFE, 0xFD, 0]), bytes([0x80, 0x60]) + os.urandom(100),
+                                stun_request(ours)[:24], bytes([1, 1]) + os.urandom(30)],
+        }
+        for datagrams in bad.values():
+            for data in datagrams:
+                stranger.sendto(data, ("127.0.0.1", port))
+        # a request naming the viewer's agent, without integrity: aioice's to refuse
+        stranger.sendto(stun_request(ours), ("127.0.0.1", port))
+        expected = {f"udp_mux_dropped_{reason}": len(datagrams) for reason, datagrams in bad.items()}
+        await eventually(lambda: all(plane.stats().get(k, 0) >= n for k, n in expected.items()), timeout=10,
+                         what=f"drops counted {expected} (got {plane.stats()})")
+        frames = len(viewer.received.numbers)
+        await viewer.wait_frames(frames + 30)
+        publisher_frames_before = plane.stats()["packets_received"]
+        await eventually(lambda: plane.stats()["packets_received"] > publisher_frames_before + 30, timeout=10,
+                         what="the publisher still received")
+        assert plane.stats()["viewers"] == 1 and viewer.pc.connectionState == "connected"
+    finally:
+        stranger.close()
+        await viewer.close()
+        await publisher.close()
+
+
+@pytest.mark.timeout(300)
+async def test_200_joins_and_leaves_return_the_demux_tables_to_baseline(plane: MediaPlane) -> None:
+    from streaming.udp_mux import MuxTransport
+    from tests.streaming.test_viewer_churn import live_objects, udp_sockets
+
+    publisher = TestPublisher(fps=15, audio=False)
+    try:
+        await connect_publisher(plane, "f1", "cam", publisher)
+        base = {k: v for k, v in plane.stats().items() if k in ("udp_mux_ufrags", "udp_mux_addresses")}
+        assert base["udp_mux_ufrags"] == 1
+        base_udp = udp_sockets()
+        for batch in range(10):
+            viewers = [TestViewer(decode=False) for _ in range(20)]
+            ids = [f"b{batch}-v{i}" for i in range(20)]
+            await asyncio.gather(*(connect_viewer(plane, "f1", vid, v) for vid, v in zip(ids, viewers)))
+            assert plane.stats()["udp_mux_ufrags"] == 21
+            await eventually(lambda: plane.stats()["bus_subscribers"] == 40, timeout=20, what="all viewers subscribed")
+            # half leave through the plane, half just close their browser
+            await asyncio.gather(*(plane.leave(vid) for vid in ids[:10]))
+            await asyncio.gather(*(v.close() for v in viewers))
+            await eventually(lambda: plane.stats()["viewers"] == 0, timeout=30, what="closed viewers cleaned up")
+            del viewers
+        await eventually(lambda: {k: plane.stats()[k] for k in base} == base, timeout=20,
+                         what=f"demux tables back to {base}")
+        assert udp_sockets() <= base_udp  # the server side never opened one per viewer
+        import gc
+
+        def transports_left() -> int:
+            gc.collect()
+            return live_objects(MuxTransport)
+
+        await eventually(lambda: transports_left() == 1, timeout=30, interval=1.0,
+                         what="only the publisher's transport left")
+        assert live_objects(WebRtcViewer) == 0
+    finally:
+        await publisher.close()
+
+
+async def test_a_taken_udp_port_fails_the_start_naming_it() -> None:
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",), udp_port=port))
+    try:
+        with pytest.raises(OSError, match=f"udp_port {port} on 127.0.0.1"):
+            await plane.start()
+    finally:
+        taken.close()
+        await plane.stop()
