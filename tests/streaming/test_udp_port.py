@@ -19,19 +19,14 @@ from streaming.udp_mux import stun_recipient
 from streaming.viewer import WebRtcViewer
 from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer, rtp_header
 from tests.eventually import eventually
+from tests.processes import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def plane():
-    plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",), udp_port=free_udp_port(),
+    plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",), udp_port=free_port(socket.SOCK_DGRAM),
                                    keyframe_request_interval=0.5))
     await plane.start()
     try:
