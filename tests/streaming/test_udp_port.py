@@ -5,9 +5,14 @@ STUN USERNAME and remote address (streaming/udp_mux.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import socket
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from aiortc import sdp
@@ -20,6 +25,7 @@ from streaming.viewer import WebRtcViewer
 from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer, rtp_header
 from tests.eventually import eventually
 from tests.processes import free_port
+from tests.test_turn import Namespace, netns_usable
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -217,3 +223,64 @@ async def test_a_taken_udp_port_fails_the_start_naming_it() -> None:
     finally:
         taken.close()
         await plane.stop()
+
+
+def firewall(namespace: str, port: int) -> None:
+    """Inside the viewer's namespace, drop every packet but loopback and
+    UDP to or from `port` (a firewall that opens only the node's udp_port)."""
+    rules = f"""
+table inet fc_firewall {{
+  chain out {{ type filter hook output priority 0; policy drop; oif lo accept; udp dport {port} accept; }}
+  chain in {{ type filter hook input priority 0; policy drop; iif lo accept; udp sport {port} accept; }}
+}}
+"""
+    subprocess.run(["ip", "netns", "exec", namespace, "nft", "-f", "-"], input=rules.encode(),
+                   check=True, capture_output=True, timeout=10)
+
+
+@pytest.mark.skipif(not netns_usable() or shutil.which("nft") is None,
+                    reason="needs root, `ip netns` and nft (Debian's nftables)")
+async def test_through_a_firewall_that_opens_only_udp_port_a_viewer_watches() -> None:
+    namespace = Namespace()
+    viewer = None
+    plane = None
+    publisher = TestPublisher()
+    try:
+        port = free_port(socket.SOCK_DGRAM)
+        firewall(namespace.name, port)
+        plane = MediaPlane(MediaConfig(ice_addresses=(namespace.outer,), udp_port=port))
+        await plane.start()
+        answer = await plane.publish("main", "speaker", await publisher.offer((namespace.outer,)))
+        plane.set_program("main", "speaker")
+        await publisher.accept(answer)
+        await asyncio.wait_for(publisher.connected.wait(), 15)
+        viewer = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", namespace.name, sys.executable, "-m", "tests.netns_viewer",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            cwd=str(Path(__file__).resolve().parent.parent.parent))
+        assert viewer.stdin is not None and viewer.stdout is not None and viewer.stderr is not None
+
+        async def hear() -> dict[str, str]:
+            assert viewer is not None and viewer.stdout is not None and viewer.stderr is not None
+            line = await asyncio.wait_for(viewer.stdout.readline(), 60)
+            if not line:
+                raise AssertionError("the namespaced viewer ended: " + (await viewer.stderr.read()).decode()[-3000:])
+            message: dict[str, str] = json.loads(line)
+            return message
+
+        viewer.stdin.write((json.dumps({"host": namespace.inner}) + "\n").encode())
+        offer = (await hear())["offer"]
+        answer = await plane.watch("main", "guest", offer)
+        assert candidate_ports(answer) == {port}
+        viewer.stdin.write((json.dumps({"answer": answer}) + "\n").encode())
+        await viewer.stdin.drain()
+        result = await hear()
+        assert "frames" in result, result
+    finally:
+        if viewer is not None and viewer.returncode is None:
+            viewer.kill()
+            await viewer.wait()
+        await publisher.close()
+        if plane is not None:
+            await plane.stop()
+        namespace.delete()
