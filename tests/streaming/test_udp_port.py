@@ -284,3 +284,31 @@ async def test_through_a_firewall_that_opens_only_udp_port_a_viewer_watches() ->
         if plane is not None:
             await plane.stop()
         namespace.delete()
+
+
+async def test_three_forums_on_one_port_each_viewer_gets_its_own_forums_stream(plane: MediaPlane) -> None:
+    """3 publishers and 12 viewers (3 forums) share the port: each viewer's
+    numbers come from its own forum's publisher (a misrouted datagram would
+    fail SRTP or show another forum's range)."""
+    offsets = {"f0": 0, "f1": 20000, "f2": 40000}
+    publishers = {forum: TestPublisher(fps=15, offset=offset, audio=False) for forum, offset in offsets.items()}
+    viewers = {forum: [TestViewer(audio=False) for _ in range(4)] for forum in offsets}
+    try:
+        for forum, publisher in publishers.items():
+            await connect_publisher(plane, forum, f"cam-{forum}", publisher)
+        await asyncio.gather(*(connect_viewer(plane, forum, f"{forum}-v{i}", viewer)
+                               for forum, group in viewers.items() for i, viewer in enumerate(group)))
+        assert plane.stats()["udp_mux_ufrags"] == 15
+        for forum, group in viewers.items():
+            for viewer in group:
+                await viewer.wait_frames(15, timeout=30)
+                numbers = viewer.received.numbers
+                assert all(offsets[forum] <= n < offsets[forum] + 20000 for n in numbers), (forum, numbers[:5])
+                assert numbers == sorted(numbers) and viewer.received.unreadable == 0
+        assert plane.stats().get("udp_mux_dropped_unknown_address", 0) == 0
+    finally:
+        for group in viewers.values():
+            for viewer in group:
+                await viewer.close()
+        for publisher in publishers.values():
+            await publisher.close()
