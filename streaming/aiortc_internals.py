@@ -23,6 +23,7 @@ from typing import Any
 
 import aioice
 import aioice.ice
+import aioice.utils
 import aiortc
 import pylibsrtp
 from aiortc import RTCIceTransport, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
@@ -80,6 +81,8 @@ def check() -> None:
         (aioice.ice.Connection, "get_component_candidates"),
         (aioice.ice.Connection, "_protocols"),
         (aioice.ice.Connection, "local_username"),
+        (aioice.ice.Connection, "_local_username"),
+        (aioice.utils, "random_string"),
         (aioice.ice, "StunProtocol"),
         (aioice.ice, "Candidate"),
         (aioice.ice, "candidate_foundation"),
@@ -159,6 +162,11 @@ async def _component_candidates(
         return await _original_component_candidates(self, component, addresses, timeout)
     candidates: list[aioice.Candidate] = []
     rest: list[str] = []
+    served = [shared.muxes[a] for a in addresses if a in shared.muxes]
+    while any(self.local_username in mux.by_ufrag for mux in served):
+        # the ufrag routes first contact: two live agents must not share one (aioice draws
+        # 4 characters, ~1 in 15M; aiortc reads it for the SDP only after gathering)
+        self._local_username = aioice.utils.random_string(4)
     for address in addresses:
         mux = shared.muxes.get(address)
         if mux is None:

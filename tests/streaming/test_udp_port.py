@@ -12,8 +12,10 @@ import socket
 import struct
 import subprocess
 import sys
+import unittest.mock
 from pathlib import Path
 
+import aioice.ice
 import pytest
 from aiortc import sdp
 
@@ -312,3 +314,22 @@ async def test_three_forums_on_one_port_each_viewer_gets_its_own_forums_stream(p
                 await viewer.close()
         for publisher in publishers.values():
             await publisher.close()
+
+
+async def test_an_agent_whose_ufrag_is_taken_on_the_port_draws_another(plane: MediaPlane) -> None:
+    first, second = TestViewer(decode=False), TestViewer(decode=False)
+    publisher = TestPublisher(audio=False)
+    try:
+        await connect_publisher(plane, "main", "cam", publisher)
+        answer = await connect_viewer(plane, "main", "first", first)
+        taken = next(line.split(":", 1)[1].strip() for line in answer.splitlines() if line.startswith("a=ice-ufrag:"))
+        draw = aioice.ice.random_string
+        with unittest.mock.patch("aioice.ice.random_string",  # aioice draws the same ufrag again
+                                 lambda length: taken if length == 4 else draw(length)):
+            answer = await connect_viewer(plane, "main", "second", second)
+        ufrag = next(line.split(":", 1)[1].strip() for line in answer.splitlines() if line.startswith("a=ice-ufrag:"))
+        assert ufrag != taken and plane.stats()["udp_mux_ufrags"] == 3
+    finally:
+        await first.close()
+        await second.close()
+        await publisher.close()
