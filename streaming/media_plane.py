@@ -490,6 +490,7 @@ class MediaPlane:
             retransmitted=self._gone_retransmitted + sum(dt.retransmitted for dt in downtracks),
             dropped_frames=self._gone_dropped_frames + sum(dt.dropped_frames for dt in downtracks),
             send_errors=sum(dt.send_errors for dt in downtracks),
+            udp_port_dropped=self.shared_port.dropped() if self.shared_port is not None else (),
         )
 
 

@@ -237,6 +237,13 @@ class SharedPort:
             mux.close()
         self.muxes.clear()
 
+    def dropped(self) -> tuple[tuple[str, int], ...]:
+        """(reason, datagrams dropped) since start, summed over addresses."""
+        total: Counter[str] = Counter()
+        for mux in self.muxes.values():
+            total.update(mux.dropped)
+        return tuple(sorted(total.items()))
+
     def stats(self) -> dict[str, int]:
         """Demux table sizes and datagrams dropped, summed over addresses."""
         out: Counter[str] = Counter()

@@ -19,6 +19,7 @@ import aioice.ice
 import pytest
 from aiortc import sdp
 
+from signaling.metrics import PlaneCollector
 from streaming import aiortc_internals
 from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaPlane
@@ -164,6 +165,10 @@ async def test_bad_datagrams_on_the_shared_port_are_dropped_and_counted(plane: M
         expected = {f"udp_mux_dropped_{reason}": len(datagrams) for reason, datagrams in bad.items()}
         await eventually(lambda: all(plane.stats().get(k, 0) >= n for k, n in expected.items()), timeout=10,
                          what=f"drops counted {expected} (got {plane.stats()})")
+        scraped = {sample.labels["reason"]: sample.value
+                   for family in PlaneCollector(plane.snapshot).collect() if family.name == "forumcast_udp_port_dropped"
+                   for sample in family.samples}
+        assert all(scraped.get(reason, 0) >= len(datagrams) for reason, datagrams in bad.items()), scraped
         frames = len(viewer.received.numbers)
         await viewer.wait_frames(frames + 30)
         publisher_frames_before = plane.stats()["packets_received"]
