@@ -338,3 +338,38 @@ async def test_an_agent_whose_ufrag_is_taken_on_the_port_draws_another(plane: Me
         await first.close()
         await second.close()
         await publisher.close()
+
+
+async def test_the_server_setting_puts_whip_and_whep_on_the_port() -> None:
+    """FORUMCAST_UDP_PORT reaches the node's media plane: a WHIP speaker and
+    a WHEP guest of the real server get candidates on that port only."""
+    import aiohttp
+
+    from rooms.models import Role
+    from tests.server_process import start_server
+
+    forum, sdp_type = "digital-economy", "application/sdp"
+    port = free_port(socket.SOCK_DGRAM)
+    node = start_server(extra_env={"FORUMCAST_UDP_PORT": str(port)})
+    publisher = TestPublisher(audio=False)
+    viewer = TestViewer(audio=False)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            published = await http.post(f"{node.url}/whip/{forum}", data=await publisher.offer(), headers={
+                "Authorization": f"Bearer {node.token(Role.SPEAKER, [forum])}", "Content-Type": sdp_type})
+            assert published.status == 201, await published.text()
+            answer = await published.text()
+            assert candidate_ports(answer) == {port}
+            await publisher.accept(answer)
+            await asyncio.wait_for(publisher.connected.wait(), 15)
+            watched = await http.post(f"{node.url}/whep/{forum}", data=await viewer.offer(), headers={
+                "Authorization": f"Bearer {node.token(Role.VIEWER, [forum])}", "Content-Type": sdp_type})
+            assert watched.status == 201, await watched.text()
+            answer = await watched.text()
+            assert candidate_ports(answer) == {port}
+            await viewer.accept(answer)
+            await asyncio.wait_for(viewer.connected.wait(), 15)
+    finally:
+        await viewer.close()
+        await publisher.close()
+        node.cleanup()
