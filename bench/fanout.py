@@ -23,6 +23,7 @@ import json
 import os
 import pstats
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -40,6 +41,7 @@ from bench.media import ensure_media
 from tests.processes import free_port
 
 SERVERS = ("forumcast", "baseline")
+ONE_PORT = "forumcast-1port"  # forumcast with udp_port: all viewers on one shared socket
 MEDIA_SECONDS = 300  # each server lives well under this: MediaPlayer must not loop
 
 
@@ -130,15 +132,16 @@ async def run_one(kind: str, viewers: int, args: argparse.Namespace, media: Path
     # without py-spy, cProfile inside the server (slower, Python frames only)
     cprofile = ["--cprofile", str(logdir / "forumcast.pstats")] if profile_out is not None and not spy else []
     try:
-        if kind == "forumcast":
+        if kind in ("forumcast", ONE_PORT):
+            one_port = ["--udp-port", str(free_port(socket.SOCK_DGRAM))] if kind == ONE_PORT else []
             server = await start_module(f"{tag}-server", "bench.forumcast_server",
-                                        ["--port", str(port), "--lifetime", lifetime, *cprofile], logdir)
+                                        ["--port", str(port), "--lifetime", lifetime, *one_port, *cprofile], logdir)
         else:
             server = await start_module(f"{tag}-server", "bench.baseline_server",
                                         ["--port", str(port), "--media", str(media), "--lifetime", lifetime], logdir)
         children.append(server)
         await wait_http(url, server)
-        if kind == "forumcast":
+        if kind in ("forumcast", ONE_PORT):
             publisher = await start_module(f"{tag}-publisher", "bench.publisher",
                                            ["--url", url, "--media", str(media), "--lifetime", lifetime], logdir)
             children.append(publisher)
@@ -319,11 +322,17 @@ async def main_async(args: argparse.Namespace) -> int:
                   f"{'; '.join(run.problems())}", flush=True)
     # each server's full stream rate: what its viewers get when it is not starved (smallest
     # count); forumcast forwards the publisher's packetization, the baseline packetizes itself
-    reference = {kind: runs[(kind, min(counts))].pps if (kind, min(counts)) in runs else 0.0 for kind in SERVERS}
+    reference = {kind: runs[(kind, min(counts))].pps if (kind, min(counts)) in runs else 0.0
+                 for kind in (*SERVERS, ONE_PORT)}
     print(f"\nstream (720p30 H.264 ~1.5 Mbps + Opus 20 ms), RTP packets/s per viewer: "
           f"forumcast {fmt(reference['forumcast'])}, baseline {fmt(reference['baseline'])}; "
           "viewers/core = 1e6 / (us/pkt/viewer * that rate)")
     print(table(runs, counts, reference))
+    for n in counts:
+        fc, one = runs.get(("forumcast", n)), runs.get((ONE_PORT, n))
+        if fc and one and fc.packets and one.packets:
+            print(f"one UDP port, {n} viewers: {one.us_per_packet:.2f} us/pkt/viewer against "
+                  f"{fc.us_per_packet:.2f} with a socket per viewer ({one.us_per_packet / fc.us_per_packet:.2f}x)")
     print()
     print(details(runs, reference))
     (logdir / "runs.json").write_text(json.dumps(
@@ -363,7 +372,8 @@ async def main_async(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--viewers", default="10,50,100,300", help="comma-separated viewer counts")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="forumcast,baseline or one of them")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help=f"forumcast,baseline or one of them; {ONE_PORT}: forumcast with every peer on one UDP port")
     parser.add_argument("--seconds", type=float, default=12.0, help="measurement window per run")
     parser.add_argument("--warmup", type=float, default=4.0, help="after all viewers receive")
     parser.add_argument("--idle-seconds", type=float, default=3.0)

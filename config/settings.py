@@ -79,6 +79,7 @@ class Settings:
     public_url: str = ""  # base of invite links; "" -> http://{host}:{port}
     ffmpeg: str | None = None  # None: imageio-ffmpeg's binary
     ice_addresses: tuple[str, ...] = ()  # empty: every local interface
+    udp_port: int = 0  # one UDP port for all WebRTC media (ICE/DTLS/SRTP) on each ICE address; 0: a port per peer
     keyframe_request_interval_ms: int = 500
     slate_grace_ms: int = 1000
     ice_timeout_s: float = 30.0  # a publisher not connected this long after its answer: ice_failed (viewers: viewer_connect_timeout_s)
@@ -206,6 +207,13 @@ def _port(value: Any) -> int:
     number = _as_int(value)
     if not 1 <= number <= 65535:
         raise ValueError("must be 1-65535")
+    return number
+
+
+def _port_or_zero(value: Any) -> int:
+    number = _as_int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError("must be 0 (off) or 1-65535")
     return number
 
 
@@ -378,6 +386,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "public_url": _public_url,
     "ffmpeg": _ffmpeg,
     "ice_addresses": _ice_addresses,
+    "udp_port": _port_or_zero,
     "keyframe_request_interval_ms": _positive_int,
     "slate_grace_ms": _non_negative_int,
     "ice_timeout_s": _positive_float,

@@ -99,6 +99,14 @@ class PlaneCollector(Collector):
         yield CounterMetricFamily("forumcast_viewer_dropped_frames",
                                   "video frames skipped for viewers whose socket was backed up",
                                   value=snap.dropped_frames)
+        if snap.udp_port_dropped:
+            dropped = CounterMetricFamily(
+                "forumcast_udp_port_dropped", "datagrams the shared udp_port dropped: not STUN/DTLS/RTP "
+                "(unclassified), STUN for no live ICE agent (stun_unknown_ufrag), from no known peer "
+                "(unknown_address), ICMP errors (icmp_error)", labels=["reason"])
+            for reason, count in snap.udp_port_dropped:
+                dropped.add_metric([reason], count)
+            yield dropped
         labels = ["forum", "source", "kind", "source_kind"]
         received = CounterMetricFamily(
             "forumcast_source_packets_received", "RTP packets received from a source track", labels=labels)

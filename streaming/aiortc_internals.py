@@ -23,6 +23,7 @@ from typing import Any
 
 import aioice
 import aioice.ice
+import aioice.utils
 import aiortc
 import pylibsrtp
 from aiortc import RTCIceTransport, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
@@ -32,6 +33,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
+
+from streaming.udp_mux import MuxTransport, SharedPort
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,15 @@ def check() -> None:
         (aioice.ice.StunProtocol, "datagram_received"),
         (RTCDtlsTransport, "_rx_srtp"),
         (RTCDtlsTransport, "_tx_srtp"),
+        (aioice.ice.Connection, "get_component_candidates"),
+        (aioice.ice.Connection, "_protocols"),
+        (aioice.ice.Connection, "local_username"),
+        (aioice.ice.Connection, "_local_username"),
+        (aioice.utils, "random_string"),
+        (aioice.ice, "StunProtocol"),
+        (aioice.ice, "Candidate"),
+        (aioice.ice, "candidate_foundation"),
+        (aioice.ice, "candidate_priority"),
     ]
     for owner, attr in needed:
         if not _has(owner, attr):
@@ -129,6 +141,72 @@ def host_addresses(addresses: tuple[str, ...]) -> Iterator[None]:
         yield
     finally:
         _ice_addresses.reset(token)
+
+
+# --- ICE: one UDP port for every connection ---------------------------------
+
+_shared_port: contextvars.ContextVar[SharedPort | None] = contextvars.ContextVar(
+    "forumcast_shared_port", default=None
+)
+_original_component_candidates = aioice.ice.Connection.get_component_candidates
+
+
+async def _component_candidates(
+    self: aioice.ice.Connection, component: int, addresses: list[str], timeout: int = 5
+) -> list[aioice.Candidate]:
+    """aioice's gathering, except that a host candidate on an address the
+    shared port serves is that port, through a MuxTransport (no socket of
+    its own); other addresses, STUN and TURN go through aioice as before."""
+    shared = _shared_port.get()
+    if shared is None:
+        return await _original_component_candidates(self, component, addresses, timeout)
+    candidates: list[aioice.Candidate] = []
+    rest: list[str] = []
+    served = [shared.muxes[a] for a in addresses if a in shared.muxes]
+    while any(self.local_username in mux.by_ufrag for mux in served):
+        # the ufrag routes first contact: two live agents must not share one (aioice draws
+        # 4 characters, ~1 in 15M; aiortc reads it for the SDP only after gathering)
+        self._local_username = aioice.utils.random_string(4)
+    for address in addresses:
+        mux = shared.muxes.get(address)
+        if mux is None:
+            rest.append(address)
+            continue
+        protocol = aioice.ice.StunProtocol(self)
+        protocol.connection_made(mux.endpoint(self.local_username, protocol))
+        host, port = mux.sockname
+        protocol.local_candidate = aioice.ice.Candidate(
+            foundation=aioice.ice.candidate_foundation("host", "udp", host),
+            component=component,
+            transport="udp",
+            priority=aioice.ice.candidate_priority(component, "host"),
+            host=host,
+            port=port,
+            type="host",
+        )
+        self._protocols.append(protocol)
+        candidates.append(protocol.local_candidate)
+    return candidates + await _original_component_candidates(self, component, rest, timeout)
+
+
+@contextmanager
+def shared_port(port: SharedPort | None) -> Iterator[None]:
+    """Candidates gathered inside this block on an address `port` serves
+    use its shared socket (None: a socket per candidate, aioice's way)."""
+    install()
+    token = _shared_port.set(port)
+    try:
+        yield
+    finally:
+        _shared_port.reset(token)
+
+
+def host_addresses_of(addresses: tuple[str, ...]) -> list[str]:
+    """The addresses ICE gathers on for `ice_addresses` (empty: every
+    interface, as aioice lists them), IPv4 and IPv6."""
+    if addresses:
+        return list(addresses)
+    return _original_get_host_addresses(use_ipv4=True, use_ipv6=True)
 
 
 # --- ICE: liveness instead of consent, for publishers -----------------------
@@ -238,6 +316,7 @@ def install() -> None:
     if _installed:
         return
     aioice.ice.get_host_addresses = _get_host_addresses
+    aioice.ice.Connection.get_component_candidates = _component_candidates  # type: ignore[method-assign]
     _rtcrtpreceiver.decoder_worker = _decoder_worker
     _rtcrtpreceiver.get_decoder = _get_decoder
     _installed = True
@@ -415,7 +494,10 @@ def send_path_for(
 ) -> SendPath:
     """A send path over any outbound SRTP session and datagram transport
     (used by send_path(), and by tests and benchmarks without a peer)."""
-    sock_send = connected_send(transport, remote_addr)
+    if isinstance(transport, MuxTransport):  # the shared port: never connect() it
+        sock_send: Callable[[Any], int] | None = transport.sender_to(remote_addr)
+    else:
+        sock_send = connected_send(transport, remote_addr)
     return SendPath(
         srtp=session._srtp[0],
         cdata=session._cdata,

@@ -19,14 +19,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from streaming import aiortc_internals
+from streaming.udp_mux import SharedPort
 
 logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def gathering_on(addresses: tuple[str, ...]) -> Iterator[None]:
-    """Candidates gathered inside this block are on `addresses` only."""
-    with aiortc_internals.host_addresses(addresses):
+def gathering_on(addresses: tuple[str, ...], shared: SharedPort | None = None) -> Iterator[None]:
+    """Candidates gathered inside this block are on `addresses` only, and
+    on the node's one UDP port if `shared` is given (streaming/udp_mux.py)."""
+    with aiortc_internals.host_addresses(addresses), aiortc_internals.shared_port(shared):
         yield
 
 

@@ -10,6 +10,10 @@ class MediaConfig:
     ice_addresses: tuple[str, ...] = ()
     """Host addresses ICE gathers on and accepts from remotes; () = every
     local interface. Tests pass ("127.0.0.1",)."""
+    udp_port: int = 0
+    """One UDP port for every peer connection's ICE, DTLS and SRTP (bound
+    on each ICE address at start; streaming/udp_mux.py); 0 = a socket per
+    connection on an ephemeral port."""
     keyframe_request_interval: float = 0.5
     """Seconds; keyframe requests sent upstream are coalesced per source."""
     history_packets: int = 1024

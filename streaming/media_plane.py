@@ -46,6 +46,7 @@ from streaming.peer_end import PeerEnd
 from streaming.plane_snapshot import WINDOW_S, ForumSnapshot, PlaneSnapshot, SourceSnapshot
 from streaming.publisher import WebRtcPublisher
 from streaming.rtp_source import SourceFeed
+from streaming.udp_mux import SharedPort
 from streaming.viewer import WebRtcViewer
 
 __all__ = ["MediaError", "MediaPlane", "MediaReport", "SourceChange"]
@@ -113,6 +114,7 @@ class MediaPlane:
         self._gone_retransmitted = 0
         self._gone_dropped_frames = 0
         self._ends: OrderedDict[str, PeerEnd] = OrderedDict()
+        self.shared_port: SharedPort | None = None
 
     # --- lifecycle -----------------------------------------------------
 
@@ -130,6 +132,10 @@ class MediaPlane:
             raise RuntimeError(f"MediaPlane.start() in state {self._state.value}")
         aiortc_internals.check()
         aiortc_internals.install()
+        if self.config.udp_port:
+            shared = SharedPort(self.config.udp_port)
+            await shared.open(aiortc_internals.host_addresses_of(self.config.ice_addresses))
+            self.shared_port = shared
         self._housekeeping = asyncio.create_task(self._run_housekeeping())
         await self._housekeeping_started.wait()
         self._set_state(_State.RUNNING)
@@ -152,6 +158,8 @@ class MediaPlane:
             forum.close()
         self._forums.clear()
         self._feed_forum.clear()
+        if self.shared_port is not None:
+            self.shared_port.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -173,7 +181,7 @@ class MediaPlane:
             await old.stop()  # the speaker reconnected: the new peer replaces the old
         publisher = WebRtcPublisher(
             forum_id, source_id, self.config, self._on_publisher_state, self._decoders,
-            on_media=self._on_publisher_media,
+            on_media=self._on_publisher_media, shared_port=self.shared_port,
         )
         try:
             answer = await publisher.start(offer_sdp)
@@ -355,7 +363,8 @@ class MediaPlane:
         if source_id is not None:
             video = forum.feeds[source_id].video
             needs = video.codec_key if video is not None else None
-        viewer = WebRtcViewer(forum_id, viewer_id, source_id, self.config, self._on_viewer_gone)
+        viewer = WebRtcViewer(forum_id, viewer_id, source_id, self.config, self._on_viewer_gone,
+                               shared_port=self.shared_port)
         self._viewers[viewer_id] = viewer
         try:
             return await viewer.start(offer_sdp, bus, needs=needs)
@@ -442,6 +451,7 @@ class MediaPlane:
             "keyframe_requests": sum(s.keyframe_requests_sent for s in sources),
             "sources_with_clock": sum(1 for s in sources if s.clock_reference is not None),
             "tasks": len(self._tasks),
+            **(self.shared_port.stats() if self.shared_port is not None else {}),
         }
 
     def snapshot(self, now: float | None = None) -> PlaneSnapshot:
@@ -485,6 +495,7 @@ class MediaPlane:
             retransmitted=self._gone_retransmitted + sum(dt.retransmitted for dt in downtracks),
             dropped_frames=self._gone_dropped_frames + sum(dt.dropped_frames for dt in downtracks),
             send_errors=sum(dt.send_errors for dt in downtracks),
+            udp_port_dropped=self.shared_port.dropped() if self.shared_port is not None else (),
         )
 
 

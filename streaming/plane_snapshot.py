@@ -60,3 +60,4 @@ class PlaneSnapshot:
     retransmitted: int  # of packets_out, answers to viewers' NACKs
     dropped_frames: int  # video frames not sent to a viewer whose socket was backed up (DESIGN.md)
     send_errors: int  # packets to live viewers that SRTP or the socket refused (viewers gone before are not kept)
+    udp_port_dropped: tuple[tuple[str, int], ...] = ()  # (reason, datagrams) the shared udp_port dropped (udp_mux.py)

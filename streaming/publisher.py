@@ -46,6 +46,7 @@ from streaming.peer_end import PeerEnd
 from streaming.rtcp_reports import ntp_to_unix
 from streaming.rtp_codecs import codec_key
 from streaming.rtp_source import RtpSource, SourceFeed
+from streaming.udp_mux import SharedPort
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,10 @@ class WebRtcPublisher:
         on_state: Callable[["WebRtcPublisher", str], None],
         decoders: aiortc_internals.DecoderCount,
         on_media: Callable[["WebRtcPublisher"], None] | None = None,
+        shared_port: SharedPort | None = None,
     ) -> None:
         self.forum_id = forum_id
+        self._shared_port = shared_port
         self.source_id = source_id
         self._config = config
         self._on_state = on_state
@@ -167,7 +170,7 @@ class WebRtcPublisher:
             aiortc_internals.liveness_instead_of_consent(ice, self._config.publisher_timeout)
         pc.on("connectionstatechange", self._on_connection_state)
         try:
-            with gathering_on(self._config.ice_addresses):
+            with gathering_on(self._config.ice_addresses, self._shared_port):
                 await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             await self.stop()

@@ -38,6 +38,7 @@ from streaming.program_bus import ProgramBus
 from streaming.publisher import server_configuration
 from streaming.rtcp_reports import sdes_cname
 from streaming.rtp_codecs import codec_key
+from streaming.udp_mux import SharedPort
 from streaming.viewer_rtcp import ViewerRtcp
 
 logger = logging.getLogger(__name__)
@@ -79,8 +80,10 @@ class WebRtcViewer:
         source_id: str | None,
         config: MediaConfig,
         on_gone: Callable[["WebRtcViewer"], None],
+        shared_port: SharedPort | None = None,
     ) -> None:
         self.forum_id = forum_id
+        self._shared_port = shared_port
         self.viewer_id = viewer_id
         self.source_id = source_id
         self._config = config
@@ -176,7 +179,7 @@ class WebRtcViewer:
             aiortc_internals.quiet_sender_rtcp(t.sender)
         pc.on("connectionstatechange", self._on_connection_state)
         try:
-            with gathering_on(self._config.ice_addresses):
+            with gathering_on(self._config.ice_addresses, self._shared_port):
                 await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             await self.stop()

@@ -1,7 +1,8 @@
 """An aiortc viewer run inside a network namespace by tests/test_turn.py
-(`ip netns exec NS python -m tests.netns_viewer`). Line protocol on
-stdin/stdout, one JSON object per line: in {"url", "username",
-"credential", "host"} (the TURN server, the namespace's own address), out {"offer"}; in {"answer"}; out
+and tests/streaming/test_udp_port.py (`ip netns exec NS python -m
+tests.netns_viewer`). Line protocol on stdin/stdout, one JSON object per
+line: in {"url", "username", "credential", "host"} (the TURN server, or
+no "url" for none; the namespace's own address), out {"offer"}; in {"answer"}; out
 {"frames": n} once it decoded 10 frames, or {"error"}."""
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ async def main() -> None:
     read = lambda: loop.run_in_executor(None, sys.stdin.readline)  # noqa: E731
     turn = json.loads(await read())
     viewer = TestViewer(configuration=RTCConfiguration(iceServers=[
-        RTCIceServer(urls=turn["url"], username=turn["username"], credential=turn["credential"])]))
+        RTCIceServer(urls=turn["url"], username=turn["username"], credential=turn["credential"])]
+        if turn.get("url") else []))
     try:
         with gathering_on((turn["host"],)):  # host candidates on the namespace's address, never 127.0.0.1
             await viewer.pc.setLocalDescription(await viewer.pc.createOffer())

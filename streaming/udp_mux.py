@@ -1,0 +1,255 @@
+"""ICE on one UDP port: one socket per host address, shared by every peer
+connection of the node (setting `udp_port`), so a firewall opens one port.
+
+Each ICE agent's local candidate on that address gets a `MuxTransport`, an
+asyncio datagram transport that writes through the shared socket with the
+peer's address. Incoming datagrams are handed to one of them:
+
+- a STUN request names its recipient in USERNAME ("<our ufrag>:<theirs>",
+  RFC 8445 s7.2.2): routed by our ufrag (first contact), and its source
+  address is then remembered for that agent;
+- anything else (STUN responses, DTLS, SRTP/SRTCP) is routed by its source
+  address, known from a STUN request it sent or from a datagram the agent
+  sent to it (its checks, RFC 8445 s7.2.4);
+- the first byte classes the datagram (RFC 7983 s7: 0-3 STUN, 20-63 DTLS,
+  128-191 RTP/RTCP); any other first byte, a STUN request for an unknown
+  ufrag and anything from an unknown address are dropped and counted.
+
+The agent's own handler then splits STUN, DTLS and SRTP as it does on a
+socket of its own. Limits: a remote transport address belongs to one of
+our agents at a time (a peer multiplexing several of its connections onto
+one port towards this node would see only the last one that sent a
+request); no ICE-TCP (RFC 6544).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+_MAGIC_COOKIE = 0x2112A442
+_USERNAME = 0x0006
+SEND_BUFFER = 4 << 20
+"""Bytes of kernel send buffer on a shared socket: every viewer of the
+address queues behind it, so it is the per-connection default times many."""
+
+
+class DatagramReceiver(Protocol):
+    """What a MuxTransport delivers to (an aioice StunProtocol)."""
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+
+def stun_recipient(data: bytes) -> str | None:
+    """Our ufrag from a STUN request's USERNAME ("ours:theirs"), or None
+    if `data` is not a STUN request with one (RFC 8489 s5, s14.3)."""
+    if len(data) < 20 or data[0] > 1 or data[0] & 0x01 or data[1] & 0x10:
+        return None  # not a request (class bits C1/C0 both zero)
+    length, cookie = struct.unpack_from("!HI", data, 2)
+    if cookie != _MAGIC_COOKIE or 20 + length > len(data):
+        return None
+    pos, end = 20, 20 + length
+    while pos + 4 <= end:
+        kind, size = struct.unpack_from("!HH", data, pos)
+        if kind == _USERNAME:
+            if pos + 4 + size > end:
+                return None
+            try:
+                username = data[pos + 4 : pos + 4 + size].decode()
+            except UnicodeDecodeError:
+                return None
+            return username.partition(":")[0]
+        pos += 4 + ((size + 3) & ~3)
+    return None
+
+
+class MuxTransport(asyncio.DatagramTransport):
+    """One ICE agent's view of the shared socket: sendto() goes out of it
+    with the peer's address; close() frees this agent's demux entries."""
+
+    def __init__(self, mux: UdpMux, ufrag: str, receiver: DatagramReceiver) -> None:
+        super().__init__()
+        self._mux = mux
+        self.ufrag = ufrag
+        self.receiver = receiver
+        self.addresses: set[tuple[str, int]] = set()
+        self._closing = False
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closing:
+            return
+        key = (addr[0], addr[1])
+        if key not in self.addresses:
+            self._mux.learn(key, self, override=False)
+        self._mux.transport.sendto(data, key)
+
+    def sender_to(self, addr: tuple[str, int]) -> Callable[[Any], int]:
+        """send(datagram) to `addr` straight on the shared socket (the
+        fast path; raises BlockingIOError when the kernel buffer is full,
+        the caller then goes through sendto())."""
+        sendto = self._mux.sock.sendto
+        key = (addr[0], addr[1])
+        return lambda data: sendto(data, key)  # type: ignore[no-any-return]
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._mux.transport.get_write_buffer_size())  # type: ignore[attr-defined]  # selector transports have it
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return self._mux.sockname
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._mux.forget(self)
+        asyncio.get_running_loop().call_soon(self.receiver.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+class UdpMux(asyncio.DatagramProtocol):
+    """The shared socket of one host address and its demux tables."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport = None  # type: ignore[assignment]
+        self.sock: socket.socket = None  # type: ignore[assignment]
+        self.sockname: tuple[str, int] = ("", 0)
+        self.by_ufrag: dict[str, MuxTransport] = {}
+        self.by_address: dict[tuple[str, int], MuxTransport] = {}
+        self.dropped: Counter[str] = Counter()
+
+    @classmethod
+    async def open(cls, address: str, port: int) -> UdpMux:
+        """Bind (address, port); raises OSError if it is taken."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((address, port))
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SEND_BUFFER)
+        except OSError:
+            sock.close()
+            raise
+        mux = cls()
+        mux.sock = sock  # ours: the fast path sends on it directly
+        await asyncio.get_running_loop().create_datagram_endpoint(lambda: mux, sock=sock)
+        return mux
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        name = transport.get_extra_info("sockname")
+        self.sockname = (name[0], name[1])
+
+    def endpoint(self, ufrag: str, receiver: DatagramReceiver) -> MuxTransport:
+        """The transport of a new local candidate of the agent whose local
+        ufrag is `ufrag` (unique per agent: aioice draws 4 random chars,
+        and a collision is refused rather than misrouted)."""
+        if ufrag in self.by_ufrag:
+            raise OSError(f"ICE ufrag {ufrag!r} already on the shared port")
+        transport = MuxTransport(self, ufrag, receiver)
+        self.by_ufrag[ufrag] = transport
+        return transport
+
+    def learn(self, addr: tuple[str, int], transport: MuxTransport, override: bool) -> None:
+        current = self.by_address.get(addr)
+        if current is transport or (current is not None and not override):
+            return
+        if current is not None:
+            current.addresses.discard(addr)
+        self.by_address[addr] = transport
+        transport.addresses.add(addr)
+
+    def forget(self, transport: MuxTransport) -> None:
+        for addr in transport.addresses:
+            if self.by_address.get(addr) is transport:
+                del self.by_address[addr]
+        transport.addresses.clear()
+        if self.by_ufrag.get(transport.ufrag) is transport:
+            del self.by_ufrag[transport.ufrag]
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        first = data[0] if data else 255
+        key = (addr[0], addr[1])
+        if first < 4:
+            ufrag = stun_recipient(data)
+            if ufrag is not None:
+                target = self.by_ufrag.get(ufrag)
+                if target is None:
+                    self.dropped["stun_unknown_ufrag"] += 1
+                    return
+                self.learn(key, target, override=True)
+                target.receiver.datagram_received(data, key)
+                return
+        elif not (19 < first < 64 or 127 < first < 192):
+            self.dropped["unclassified"] += 1  # RFC 7983: not STUN, DTLS, RTP/RTCP
+            return
+        target = self.by_address.get(key)
+        if target is None:
+            self.dropped["unknown_address"] += 1
+            return
+        target.receiver.datagram_received(data, key)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from one peer must not disturb the others
+        self.dropped["icmp_error"] += 1
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class SharedPort:
+    """The node's shared sockets, one per host address, all on `port`."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.muxes: dict[str, UdpMux] = {}
+
+    async def open(self, addresses: list[str]) -> None:
+        """Bind `port` on each address; raises OSError naming the first
+        that cannot be bound (closing the ones already bound)."""
+        try:
+            for address in addresses:
+                self.muxes[address] = await UdpMux.open(address, self.port)
+        except OSError as exc:
+            self.close()
+            raise OSError(f"udp_port {self.port} on {address}: {exc}") from exc
+        logger.info("ICE on one UDP port: %d on %s", self.port, ", ".join(addresses))
+
+    def close(self) -> None:
+        for mux in self.muxes.values():
+            mux.close()
+        self.muxes.clear()
+
+    def dropped(self) -> tuple[tuple[str, int], ...]:
+        """(reason, datagrams dropped) since start, summed over addresses."""
+        total: Counter[str] = Counter()
+        for mux in self.muxes.values():
+            total.update(mux.dropped)
+        return tuple(sorted(total.items()))
+
+    def stats(self) -> dict[str, int]:
+        """Demux table sizes and datagrams dropped, summed over addresses."""
+        out: Counter[str] = Counter()
+        for mux in self.muxes.values():
+            out["udp_mux_ufrags"] += len(mux.by_ufrag)
+            out["udp_mux_addresses"] += len(mux.by_address)
+            for reason, count in mux.dropped.items():
+                out[f"udp_mux_dropped_{reason}"] += count
+        return dict(out)
