@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import pytest
 
 from rooms.models import Role
 from streaming.ffmpeg_process import FfmpegProcess
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, FORUM, VIDEO, collect_console
+from tests.e2e.chromium import CHROMIUM
+from tests.e2e.test_browser import FORUM, VIDEO, collect_console
 from tests.eventually import eventually
 from tests.server_process import ServerProcess, start_server
 
@@ -32,18 +33,6 @@ def server() -> Iterator[ServerProcess]:
         yield process
     finally:
         process.cleanup()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 def sources(server: ServerProcess) -> list[dict[str, Any]]:

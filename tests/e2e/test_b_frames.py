@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from rooms.models import Role
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, collect_console
+from tests.e2e.chromium import CHROMIUM
+from tests.e2e.test_browser import collect_console
 from tests.eventually import eventually
 from tests.operator_app import Node, running_node
 from tests.test_ingest_media import FORUM, get_json, x264_encoder
@@ -36,18 +37,6 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         pytest.skip("no /usr/bin/chromium")
     async with running_node(tmp_path / "node") as running:
         yield running
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 async def test_chromium_decodes_a_b_frame_venue_feed(node: Node, browser: Any) -> None:

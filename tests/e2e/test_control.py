@@ -22,17 +22,12 @@ from rooms.models import Role
 from rooms.tokens import Grant
 from signaling.app_keys import ROOMS
 from signaling.forum_inputs import INPUTS
+from tests.e2e.chromium import CHROMIUM
 from tests.eventually import eventually
 from tests.operator_app import Node, SioClient, SizedPublisher, running_node
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--allow-loopback-in-peer-connection",
-                 # with a granted media permission chromium offers raw host candidates (127.0.0.1
-                 # among them), not mDNS names, which a loopback-only server refuses
-                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 FORUM = "ai"
 
 
@@ -42,18 +37,6 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         pytest.skip("no /usr/bin/chromium")
     async with running_node(tmp_path / "node") as running:
         yield running
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from rooms.models import Role
-from tests.e2e.test_control import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.chromium import CHROMIUM
 from tests.operator_app import Node, running_node
 from tests.outputs.platforms import Platform
 
@@ -28,18 +28,6 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     async with running_node(tmp_path / "node", output_width=320, output_height=180, output_fps=15,
                             output_video_kbps=300, output_audio_kbps=64, output_preset="ultrafast") as running:
         yield running
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 async def test_restream_and_recording_from_the_control_page(node: Node, browser: Any, tmp_path: Path) -> None:

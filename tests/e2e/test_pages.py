@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from rooms.models import Role
-from tests.e2e.test_browser import FORUM, browser, collect_console, server, shots  # noqa: F401 (fixtures)
+from tests.e2e.test_browser import FORUM, collect_console, server, shots  # noqa: F401 (fixtures)
 from tests.server_process import ServerProcess, start_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
