@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import aiohttp
 import pytest
 
 from tests.processes import RedisServer, start_redis
+from tests.server_process import ServerProcess, start_server
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +28,21 @@ def redis_url(redis_server: RedisServer) -> str:
     client.flushall()
     client.close()
     return redis_server.url
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    """The real server as a child process, one per test module (a module
+    that needs other settings defines its own `server`)."""
+    process = start_server()
+    try:
+        yield process
+    finally:
+        process.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session with a 30 s bound per request."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session

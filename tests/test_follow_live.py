@@ -37,12 +37,6 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         yield running
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
-
-
 async def program(http: aiohttp.ClientSession, node: Node) -> dict[str, Any]:
     """The program as the operator API reports it (with the on-air source)."""
     async with http.get(f"{node.url}/api/forums/{FORUM}/sources",

@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -15,19 +15,10 @@ import pytest
 from rooms.models import Role
 from tests.aiortc_peers import TestPublisher
 from tests.processes import free_port
-from tests.server_process import ServerProcess, start_server
+from tests.server_process import ServerProcess
 
 FORUM = "digital-economy"
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    process = start_server()
-    try:
-        yield process
-    finally:
-        process.cleanup()
 
 
 @pytest.fixture

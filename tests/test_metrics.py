@@ -3,7 +3,6 @@ viewer (aiortc), then a scrape parsed with prometheus_client's parser."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
@@ -16,21 +15,6 @@ from tests.server_process import ServerProcess, start_server
 
 FORUM = "digital-economy"
 SDP = "application/sdp"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    process = start_server()
-    try:
-        yield process
-    finally:
-        process.cleanup()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 def bearer(token: str) -> dict[str, str]:

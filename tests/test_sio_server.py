@@ -6,7 +6,7 @@ and watch with real aiortc peers on loopback."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,15 +21,6 @@ pytestmark = pytest.mark.timeout(120)
 FORUM = "ai"
 OTHER_FORUM = "main"
 ACK_TIMEOUT = 20.0
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    process = start_server()
-    try:
-        yield process
-    finally:
-        process.cleanup()
 
 
 class Client:

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -138,12 +138,6 @@ def server(coturn: Coturn, turn_secret: str) -> Iterator[ServerProcess]:
         yield process
     finally:
         process.cleanup()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 def links(headers: "aiohttp.typedefs.LooseHeaders") -> list[tuple[str, str, str]]:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import re
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -29,21 +29,6 @@ pytestmark = pytest.mark.timeout(180)
 FORUM = "digital-economy"
 SDP = "application/sdp"
 LOCATION_RE = re.compile(r"location=(\S+?),")  # ffmpeg -loglevel verbose: "ICE STUN ok, ... location=URL, ..."
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    process = start_server()
-    try:
-        yield process
-    finally:
-        process.cleanup()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 class FfmpegWhip:
