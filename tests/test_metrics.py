@@ -3,7 +3,6 @@ viewer (aiortc), then a scrape parsed with prometheus_client's parser."""
 
 from __future__ import annotations
 
-
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
