@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import secrets
 import socket
 import subprocess
@@ -36,7 +35,7 @@ from rooms.models import Event, Role
 from rooms.tokens import TokenService
 from signaling.app import build_app
 from signaling.app_keys import AGENDA, EVENT, SIO
-from tests.processes import free_port
+from tests.processes import free_port, free_port_block
 from tests.signaling_peers import PublisherPeer, ViewerPeer
 
 ACK_TIMEOUT = 20.0
@@ -71,24 +70,6 @@ def _wire_missing(app: web.Application) -> None:
         setup_pages(app)
     if operator_api._switchboard_ctx not in app.cleanup_ctx:
         operator_api.setup_operator(app)
-
-
-def free_port_block(count: int) -> int:
-    """A base port whose next `count` ports are free on 127.0.0.1 for TCP and
-    UDP right now (venue listeners take base + 1 + forum index), picked
-    below the ephemeral range so the OS does not hand them out meanwhile."""
-    for _ in range(200):
-        base = random.randrange(20000, 32000 - count)
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(base, base + count + 1):
-                    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
-                        sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError(f"no block of {count} free ports found")
 
 
 @contextlib.asynccontextmanager

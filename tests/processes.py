@@ -3,6 +3,8 @@ port. Each is started by a fixture and always stopped and reaped."""
 
 from __future__ import annotations
 
+import contextlib
+import random
 import shutil
 import socket
 import subprocess
@@ -10,6 +12,25 @@ import tempfile
 from dataclasses import dataclass
 
 from tests.eventually import eventually_blocking
+
+
+def free_port_block(count: int) -> int:
+    """A base port whose next `count` ports are free on 127.0.0.1 for TCP and
+    UDP right now (venue listeners take base + 1 + forum index), picked
+    below the ephemeral range so the OS does not hand them out meanwhile."""
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - count)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count + 1):
+                    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
+                        sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no block of {count} free ports found")
+
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

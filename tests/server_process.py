@@ -29,7 +29,7 @@ from typing import Any
 from rooms.models import Role
 from rooms.tokens import TokenService
 from tests.eventually import NotYet, eventually_blocking
-from tests.processes import free_port
+from tests.processes import free_port, free_port_block
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND_ENV = "FORUMCAST_TEST_SERVER_CMD"  # debugging hook: another entry point than signaling.cli
@@ -113,6 +113,9 @@ def start_server(
     })
     env.pop("FORUMCAST_CONFIG", None)
     env.pop("FORUMCAST_REDIS_URL", None)
+    # venue listeners on ports of their own: servers of parallel test workers never collide
+    env["FORUMCAST_RTMP_PORT"] = str(free_port_block(32))
+    env["FORUMCAST_SRT_PORT"] = str(free_port_block(32))
     env.update(extra_env or {})
     log_path = data_dir / "server.log"
     if command is None and os.environ.get(COMMAND_ENV):

@@ -33,7 +33,7 @@ SDP = "application/sdp"
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    from tests.operator_app import free_port_block
+    from tests.processes import free_port_block
 
     return load_settings(env={}, data_dir=str(tmp_path), node_id="bounds-node", ice_addresses="127.0.0.1",
                          rtmp_port=free_port_block(32), srt_port=free_port_block(32),

@@ -20,7 +20,7 @@ import pytest
 from config.settings import SAMPLE_EVENT
 from rooms.models import Role
 from rooms.tokens import TokenService
-from tests.processes import free_port
+from tests.processes import free_port, free_port_block
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,8 +29,15 @@ def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORUMCAST_")}
     env["FORUMCAST_DATA_DIR"] = str(data_dir)
     env["PYTHONPATH"] = str(ROOT)
+    env.update(venue_ports())
     env.update(extra)
     return env
+
+
+def venue_ports() -> dict[str, str]:
+    """Venue listeners on ports of their own, so servers of parallel test
+    workers never collide on the defaults."""
+    return {"FORUMCAST_RTMP_PORT": str(free_port_block(32)), "FORUMCAST_SRT_PORT": str(free_port_block(32))}
 
 
 def home_env(home: Path, **extra: str) -> dict[str, str]:
@@ -38,6 +45,7 @@ def home_env(home: Path, **extra: str) -> dict[str, str]:
     the real one): the data directory is the per-user default."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FORUMCAST_", "XDG_"))}
     env.update(HOME=str(home), XDG_DATA_HOME=str(home / ".local" / "share"), PYTHONPATH=str(ROOT))
+    env.update(venue_ports())
     env.update(extra)
     return env
 

@@ -94,7 +94,7 @@ def _is_json_route(path: str) -> bool:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    from tests.operator_app import free_port_block
+    from tests.processes import free_port_block
 
     return load_settings(env={}, data_dir=str(tmp_path), node_id="fuzz-node", ice_addresses="127.0.0.1",
                          rtmp_port=free_port_block(32), srt_port=free_port_block(32))

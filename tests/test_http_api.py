@@ -24,7 +24,9 @@ AT_14_10 = dt.datetime(2026, 11, 8, 14, 10, tzinfo=SHANGHAI)
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return load_settings(env={}, data_dir=str(tmp_path), node_id="api-node", ice_addresses="127.0.0.1")
+    # record_sessions off: at 14:10 recorded sessions are live, and an encoder per forum is not what these tests check (it made each teardown 40-58 s)
+    return load_settings(env={}, data_dir=str(tmp_path), node_id="api-node", ice_addresses="127.0.0.1",
+                         record_sessions="false")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.test_cli import serving
+from tests.test_cli import serving, venue_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ["/lobby", "/watch/main", "/speak/main", "/control/main", "/watch/no-such-forum"]
@@ -71,7 +71,7 @@ async def test_the_installed_wheel_serves_every_asset_its_pages_load(tmp_path: P
 
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("FORUMCAST_", "XDG_", "PYTHON", "VIRTUAL_ENV"))}
-    env.update(HOME=str(home), XDG_DATA_HOME=str(home / ".local" / "share"))
+    env.update(HOME=str(home), XDG_DATA_HOME=str(home / ".local" / "share"), **venue_ports())
     async with serving("--demo", env=env, cwd=empty, command=[str(venv / "bin" / "forumcast")]) as server:
         assert str(ROOT) not in "".join(server.log)  # it runs the installed copy
         seen: dict[str, int] = {}
