@@ -236,9 +236,11 @@ class Recorder:
         return done
 
     async def close(self) -> None:
-        """Stop and finalize every recording (server shutdown)."""
-        for forum_id in list(self._active):
-            try:
-                await self.stop(forum_id)
-            except RecorderError:
-                pass
+        """Stop and finalize every recording (server shutdown), all at once:
+        each forum's stop waits for its own children, and one after another
+        a node recording six forums took a minute to stop."""
+        results = await asyncio.gather(*(self.stop(forum_id) for forum_id in list(self._active)),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, RecorderError):
+                logger.error("Recorder: a recording did not stop cleanly: %r", result)
