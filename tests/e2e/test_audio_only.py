@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import ffmpeg
@@ -16,23 +14,11 @@ import pytest
 
 from rooms.models import Role
 from streaming.ffmpeg_process import FfmpegProcess
-from tests.e2e.chromium import CHROMIUM
-from tests.e2e.test_browser import FORUM, VIDEO, collect_console
+from tests.e2e.test_browser import FORUM, VIDEO, collect_console, server  # noqa: F401 (fixture)
 from tests.eventually import eventually
-from tests.server_process import ServerProcess, start_server
+from tests.server_process import ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("no /usr/bin/chromium (bash scripts/test installs it)")
-    process = start_server()
-    try:
-        yield process
-    finally:
-        process.cleanup()
 
 
 def sources(server: ServerProcess) -> list[dict[str, Any]]:
