@@ -1,0 +1,119 @@
+"""The outputs against a real nginx: nginx-rtmp as the platform a forum
+restreams to (it records what it receives), and nginx's proxy_cache in
+front of HLS (a CDN's shape: the token-checked playlist goes to the
+origin every time, each signed segment leaves the origin once)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from rooms.models import Role
+from streaming.forum_outputs import ProgramOutputs
+from tests.eventually import eventually
+from tests.operator_app import Node, running_node
+from tests.outputs.helpers import SMALL, probe, program_bus, slate_feed
+from tests.outputs.nginx import Nginx
+
+pytestmark = pytest.mark.timeout(240)
+KEY = "nginx-live-7c1e9a0b-secret"
+
+
+@pytest.mark.slow
+async def test_restream_to_nginx_rtmp_survives_the_platform_restarting(tmp_path: Path) -> None:
+    nginx = Nginx(tmp_path / "nginx")
+    nginx.start()
+    feed, slate = await slate_feed("Main Hall", "slate", 640, 360)
+    bus = program_bus()
+    bus.switch_to(feed)
+    outputs = ProgramOutputs(lambda forum_id: bus, SMALL)
+    forum = outputs.forum("main")
+    dest = forum.add("nginx platform", nginx.rtmp_url, KEY)
+    try:
+        await forum.start(dest.id)
+        await eventually(lambda: dest.state == "live", timeout=90, what="live on nginx-rtmp")
+        await eventually(lambda: dest.status().uptime_s >= 4, timeout=30, what="4 s streamed")
+        await eventually(lambda: len(nginx.recorded()) == 1 and nginx.recorded()[0].stat().st_size > 0,
+                         timeout=30, what="nginx recording the publish")
+        nginx.kill()
+        await eventually(lambda: dest.state in ("retrying", "connecting"), timeout=30, what="retrying")
+        assert dest.status().to_json()["last_error"]
+        nginx.start()
+        back = time.monotonic()
+        await eventually(lambda: dest.state == "live" and dest.lives == 2, timeout=60, what="live again")
+        print(f"live on nginx again {time.monotonic() - back:.1f} s after its restart")
+        await eventually(lambda: dest.status().uptime_s >= 4, timeout=30, what="4 s streamed again")
+        await forum.stop(dest.id)
+    finally:
+        await outputs.close()
+        await slate.stop()
+        nginx.stop()
+    files = nginx.recorded()
+    assert len(files) == 2, files
+    for path in files:
+        info = probe(path)
+        assert info["video"][:3] == ("h264", SMALL.width, SMALL.height), path
+        assert info["audio"] == ("aac", 48000), path
+        pts = info["video_pts"]
+        assert isinstance(pts, list) and len(pts) > 10
+        assert all(b > a for a, b in zip(pts, pts[1:])), path
+    # the second publish began at a keyframe: nginx-rtmp recorded it from its first packet
+    assert float(probe(files[1])["duration"]) >= 3.0  # type: ignore[arg-type]
+    assert KEY not in repr(dest.status().to_json())
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    async with running_node(tmp_path / "node", output_width=320, output_height=180, output_fps=15,
+                            output_video_kbps=300, output_audio_kbps=64, output_preset="ultrafast") as running:
+        yield running
+
+
+@pytest.mark.slow
+async def test_hls_behind_nginx_proxy_cache(node: Node, tmp_path: Path) -> None:
+    nginx = Nginx(tmp_path / "cache", origin=node.url)
+    nginx.start()
+    forum = "ai"
+    token = node.token(Role.VIEWER, [forum])
+    playlist_url = f"{nginx.http_url}/hls/{forum}/index.m3u8"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            async with http.get(playlist_url) as r:
+                assert r.status == 401  # the token is checked at the origin, through the cache
+
+            async def playlist() -> str:
+                async with http.get(playlist_url, params={"token": token}) as r:
+                    if r.status != 200:
+                        return ""
+                    # private: never stored, so a cache cannot hand one viewer's playlist to another
+                    assert r.headers["X-Cache-Status"] in ("MISS", "BYPASS", "EXPIRED"), r.headers
+                    text = await r.text()
+                    return text if text.count("#EXTINF") >= 2 else ""
+
+            text = await eventually(playlist, timeout=120, interval=0.5, what="2 segments through nginx")
+            assert (await playlist()) != ""  # the second fetch went to the origin too
+            segment = [line for line in text.splitlines() if line and not line.startswith("#")][-1]
+            url = f"{nginx.http_url}/hls/{forum}/{segment}"
+            async with http.get(url) as r:
+                assert r.status == 200
+                assert r.headers["X-Cache-Status"] == "MISS"
+                body = await r.read()
+
+            async def fetch() -> tuple[str, bytes]:
+                async with http.get(url) as r:
+                    assert r.status == 200
+                    return r.headers["X-Cache-Status"], await r.read()
+
+            # 50 more viewers ask for the same segment: all from the cache
+            answers = await asyncio.gather(*(fetch() for _ in range(50)))
+            assert {status for status, _ in answers} == {"HIT"}
+            assert all(data == body for _, data in answers)
+            async with http.get(url.split("?")[0]) as r:
+                assert r.status == 403  # unsigned: refused by the origin, and not cached as a 200
+    finally:
+        nginx.stop()
