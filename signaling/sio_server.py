@@ -36,6 +36,7 @@ from rooms.tokens import Grant, TokenService
 from signaling import protocol
 from signaling.app_keys import EVENT, ICE_SERVERS, ROOMS, SETTINGS, SIO, TOKENS
 from signaling.media_bridge import BRIDGE, MediaBridge
+from signaling.push_coalescer import PushCoalescer
 
 if TYPE_CHECKING:
     from rooms.service import RoomService
@@ -49,6 +50,7 @@ CLOSE_TIMEOUT = 10.0
 MAX_MESSAGE_BYTES = 256 * 1024  # engine.io drops bigger packets; SDP is capped at 64 KiB
 PING_INTERVAL = 20  # engine.io keepalive: a silent peer is dropped after ~40 s
 PING_TIMEOUT = 20
+VIEWER_PUSH_INTERVAL_S = 1.0  # a forum's room hears its viewer count at most once a second (push_coalescer.py)
 CLIENT_EVENTS = ("join", "publish", "unpublish", "watch", "unwatch", "leave", "chat", "chat_history", "moderate")
 CHAT_HISTORY = 100  # messages a page gets when it (re)joins
 
@@ -439,6 +441,7 @@ class SocketServer:
         self._deps: _Deps | None = None
         self._pump: asyncio.Task[None] | None = None
         self._events: Subscription | None = None
+        self._counts = PushCoalescer[tuple[int, int]](self._push_count, VIEWER_PUSH_INTERVAL_S)
 
     def register(self) -> None:
         self._sio.on("connect", self._on_connect)
@@ -477,6 +480,7 @@ class SocketServer:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
+        await self._counts.stop()
 
     def _media_ended(self, kind: str, peer_id: str) -> None:
         for session in list(self._sessions.values()):
@@ -534,6 +538,14 @@ class SocketServer:
 
         return handle
 
+    async def _push_count(self, forum_id: str, counts: tuple[int, int]) -> None:
+        # read at send time: a push that waited out its interval (or came
+        # from another node's slower coalescer) still carries the count now
+        if self._deps is not None:
+            with contextlib.suppress(Exception):
+                counts = await self._deps.rooms.viewer_count(forum_id)
+        await self._sio.emit("viewers", protocol.counts_json(forum_id, counts), room=forum_room(forum_id))
+
     async def _on_unknown(self, event: str, sid: str, *args: Any) -> Ack:
         return RoomError("unknown_event", f"unknown event {event[:64]!r}: the events are listed in "
                          "docs/protocol.md").to_json()
@@ -567,8 +579,7 @@ class SocketServer:
                 sources = await rooms.sources(forum_id)
                 await self._sio.emit("preview", protocol.program_json(event.state, sources), room=room)
             case room_events.ViewerCountChanged():
-                await self._sio.emit("viewers", protocol.counts_json(forum_id, (event.viewers, event.total)),
-                                     room=room)
+                self._counts.offer(forum_id, (event.viewers, event.total))
             case room_events.SourceAdded() | room_events.SourceUpdated() | room_events.SourceRemoved():
                 sources = await rooms.sources(forum_id)
                 await self._sio.emit("sources", {"forum_id": forum_id,
