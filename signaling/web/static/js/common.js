@@ -159,3 +159,27 @@ function baselineRank(codec) {
   const mode = /packetization-mode=1/.test(fmtp) ? 0 : 1;
   return baseline + mode;
 }
+
+// --- times: agenda times in a named zone (the venue's or the viewer's) -------------
+
+export const LOCAL_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone;
+
+// "14:30" for an ISO time in an IANA zone
+export function clockIn(iso, timeZone) {
+  return new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", hourCycle: "h23", timeZone })
+    .format(new Date(iso));
+}
+
+// "Asia/Shanghai" -> "Shanghai" (the city names the zone well enough on a label)
+export function zoneLabel(timeZone) {
+  return String(timeZone || "").split("/").pop().replace(/_/g, " ");
+}
+
+// "1 d 02:03:04" / "02:03:04" for a duration in ms (negative counts as 0)
+export function countdown(ms) {
+  const total = Math.max(0, Math.round(ms / 1000));
+  const days = Math.floor(total / 86400);
+  const clock = [Math.floor((total % 86400) / 3600), Math.floor((total % 3600) / 60), total % 60]
+    .map((n) => String(n).padStart(2, "0")).join(":");
+  return days ? `${days} d ${clock}` : clock;
+}
