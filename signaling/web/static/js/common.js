@@ -93,6 +93,13 @@ export function wireRefusals(socket, { fail, status, message }) {
 
 export function setPill(element, kind, text) {
   element.className = `pill ${kind}`;
+  setText(element, text);
+}
+
+// Text set by the page's state: a language switch must not put the
+// element's initial data-i18n words back over it.
+export function setText(element, text) {
+  delete element.dataset.i18n;
   element.textContent = text;
 }
 
