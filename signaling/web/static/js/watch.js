@@ -26,7 +26,8 @@ const AGENDA_REFRESH_MS = 30000;
 const DISCONNECTED_GRACE_MS = 4000; // "disconnected" often heals by itself; "failed" does not
 // WebRTC not connected this long (first try, or after a drop): a UDP-blocking
 // firewall or proxy; ICE alone would take 30 s to give up
-const FALLBACK_AFTER_MS = 8000;
+// (support and tests may set window.forumcastFallbackMs before this script runs)
+const FALLBACK_AFTER_MS = Number(window.forumcastFallbackMs) || 8000;
 
 const state = {
   socket: null, pc: null, viewerId: null, joined: false, fatal: false,
@@ -207,7 +208,10 @@ async function fallBack(reason) {
   setReconnecting(false);
   ui.connection.textContent = "HLS";
   setPill(ui.status, "warn", t("watch.hlsStarting"));
-  showMessage(ui.message, "warn", t(reason === "blocked" ? "watch.hlsBlocked" : "watch.hlsWhy"));
+  // the last reason WebRTC gave (ICE failed...), when there was one, stays in view
+  const why = reason === "blocked" ? t("watch.hlsBlocked")
+    : state.lastError ? `${describe(state.lastError)} ${t("watch.hlsInstead")}` : t("watch.hlsWhy");
+  showMessage(ui.message, "warn", why);
   try {
     state.hls = await playHls(ui.video, playlistUrl(forumId, readToken()), () => { state.hlsErrors += 1; });
   } catch (error) {
@@ -258,6 +262,7 @@ function onPeerState(pc) {
   clearTimeout(state.graceTimer);
   if (pc.connectionState === "connected") {
     disarmFallback();
+    state.lastError = null;
     state.retry = 0;
     setReconnecting(false);
     setPill(ui.status, "ok", t("watch.live"));
@@ -276,6 +281,7 @@ function onPeerState(pc) {
 
 function scheduleRetry(error) {
   if (state.fatal || state.mode === "hls") return;
+  state.lastError = error;
   armFallback();
   const delay = backoff(state.retry++);
   setPill(ui.status, "warn", t("watch.reconnecting"));
