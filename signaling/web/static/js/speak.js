@@ -8,7 +8,7 @@
 // with a countdown to the speaker's slot, and the backstage channel to
 // the operators. Plain messages for every refusal (expired invite, no camera...).
 import {
-  backoff, clockIn, connect, countdown, describe, gatherIce, isFatal, LOCAL_ZONE, localized, mountLanguageSwitch,
+  backoff, clockIn, connect, countdown, describe, gatherIce, isFatal, language, LOCAL_ZONE, localized, mountLanguageSwitch,
   onAirText, onLanguageChange, pageData, preferH264, readToken, receivePeer, request, setPill, setText, showMessage, t,
   viewersText, wireRefusals, zoneLabel,
 } from "./common.js";
@@ -221,7 +221,9 @@ function renderSchedule() {
     li.className = [mine ? "mine" : "", running ? "running" : ""].filter(Boolean).join(" ");
     const when = document.createElement("span");
     when.className = "when";
-    const local = `${clockIn(session.start, LOCAL_ZONE)}–${clockIn(session.end, LOCAL_ZONE)} ${t("lobby.yourTime")}`;
+    const day = new Intl.DateTimeFormat(language() === "zh" ? "zh-CN" : "en-GB",
+      { month: "short", day: "numeric", timeZone: LOCAL_ZONE }).format(new Date(session.start));
+    const local = `${day} ${clockIn(session.start, LOCAL_ZONE)}–${clockIn(session.end, LOCAL_ZONE)} ${t("lobby.yourTime")}`;
     when.textContent = venue && venue !== LOCAL_ZONE
       ? `${local} · ${clockIn(session.start, venue)}–${clockIn(session.end, venue)} ${zoneLabel(venue)}` : local;
     const title = document.createElement("span");
@@ -312,7 +314,8 @@ async function switchDevice(kind, deviceId) {
   try {
     fresh = (await navigator.mediaDevices.getUserMedia(constraints)).getTracks()[0];
   } catch (error) {
-    showMessage(ui.message, "warn", `That ${kind === "video" ? "camera" : "microphone"} could not be opened (${error.name}).`);
+    showMessage(ui.message, "warn", t(kind === "video" ? "speak.cameraSwitchFailed" : "speak.micSwitchFailed",
+      { why: error.name }));
     return;
   }
   const old = state.stream.getTracks().find((t) => t.kind === kind);
