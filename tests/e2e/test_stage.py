@@ -119,9 +119,11 @@ async def test_a_speaker_goes_from_the_green_room_on_air_and_talks_to_the_operat
         await item.wait_for(timeout=20_000)
         assert await item.locator(".text").inner_text() == MARKUP
         assert await control.evaluate("document.querySelector('#backstage-list b, #backstage-list img') === null")
+        assert "backstage-fresh" in (await control.get_attribute("#backstage", "class") or "")  # catches the eye
         await control.fill("#backstage-text", "You are on in 2 minutes")
         await control.click("#backstage-form button")
         await speak.locator("#backstage-list li", has_text="You are on in 2 minutes").wait_for(timeout=20_000)
+        assert "backstage-fresh" in (await speak.get_attribute("#backstage", "class") or "")
         assert await speak.evaluate("window.pwned === undefined")
         assert "bold" not in (await watch.text_content("main") or "")
 
