@@ -157,7 +157,14 @@ async def test_a_speaker_goes_from_the_green_room_on_air_and_talks_to_the_operat
         node.cleanup()
 
 
-WEBRTC_NEVER_CONNECTS = "RTCPeerConnection.prototype.setRemoteDescription = function () { return Promise.resolve(); };"
+# the answer is not applied (so ICE never starts) until the test sets window.webrtcHealed
+WEBRTC_NEVER_CONNECTS = """
+const apply = RTCPeerConnection.prototype.setRemoteDescription;
+RTCPeerConnection.prototype.setRemoteDescription = function (answer) {
+  return window.webrtcHealed ? apply.call(this, answer) : Promise.resolve();
+};
+window.forumcastUpgradeMs = 3000;
+"""
 WEBRTC_BLOCKED = "delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection;"
 
 
@@ -184,6 +191,14 @@ async def test_the_watch_page_falls_back_to_hls_when_webrtc_cannot_connect(
             path = shots / f"watch-hls-{size[0]}x{size[1]}.png"
             await page.screenshot(path=str(path), full_page=True)
             print(f"screenshot: {path}")
+            if reason == "timeout":  # the network heals: the page goes back to WebRTC by itself
+                await page.evaluate("window.webrtcHealed = true")
+                await page.wait_for_function("() => window.forumcastWatch.mode === 'webrtc'"
+                                             " && window.forumcastWatch.upgrades === 1", timeout=60_000)
+                await page.wait_for_function(
+                    "() => document.getElementById('program-video').srcObject !== null"
+                    " && document.getElementById('status').textContent === 'Live'", timeout=20_000)
+                await _advances(page, "#program-video", 2)
         finally:
             await context.close()
     assert not [line for line in console if line.startswith("pageerror")], console

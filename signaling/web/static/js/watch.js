@@ -28,12 +28,15 @@ const DISCONNECTED_GRACE_MS = 4000; // "disconnected" often heals by itself; "fa
 // firewall or proxy; ICE alone would take 30 s to give up
 // (support and tests may set window.forumcastFallbackMs before this script runs)
 const FALLBACK_AFTER_MS = Number(window.forumcastFallbackMs) || 8000;
+// on HLS after a timeout, WebRTC is tried again this often in the background (the network may
+// have healed); the picture switches back only once the new connection is up
+const UPGRADE_EVERY_MS = Number(window.forumcastUpgradeMs) || 60000;
 
 const state = {
   socket: null, pc: null, viewerId: null, joined: false, fatal: false,
   retry: 0, retryTimer: null, graceTimer: null, watches: 0,
   mode: "webrtc", // "webrtc" | "hls": how the picture reaches this page
-  fallbackTimer: null, fallbackReason: null, hls: null, hlsErrors: 0,
+  fallbackTimer: null, fallbackReason: null, hls: null, hlsErrors: 0, upgradeTimer: null, upgrades: 0,
 };
 window.forumcastWatch = state; // for tests and support: read-only inspection
 
@@ -216,7 +219,50 @@ async function fallBack(reason) {
     state.hls = await playHls(ui.video, playlistUrl(forumId, readToken()), () => { state.hlsErrors += 1; });
   } catch (error) {
     fail({ code: "unsupported", message: String(error.message || error) });
+    return;
   }
+  if (reason !== "blocked") state.upgradeTimer = setTimeout(tryUpgrade, UPGRADE_EVERY_MS);
+}
+
+// Back from HLS to WebRTC: a second peer is set up while HLS plays on; the
+// picture moves over only once it is connected, else it is dropped.
+async function tryUpgrade() {
+  if (state.mode !== "hls" || state.fatal) return;
+  const again = () => { state.upgradeTimer = setTimeout(tryUpgrade, UPGRADE_EVERY_MS); };
+  if (!state.joined) return again();
+  let stream = null;
+  let viewerId = null;
+  const pc = receivePeer(state.iceServers, (s) => { stream = s; });
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    await gatherIce(pc);
+    const ack = await request(state.socket, "watch", { forum_id: forumId, sdp: pc.localDescription.sdp });
+    viewerId = ack.viewer_id;
+    await pc.setRemoteDescription({ type: "answer", sdp: ack.sdp });
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("not connected")), FALLBACK_AFTER_MS);
+      pc.onconnectionstatechange = () => {
+        if (pc.connectionState === "connected") { clearTimeout(timer); resolve(); }
+        if (pc.connectionState === "failed") { clearTimeout(timer); reject(new Error("failed")); }
+      };
+    });
+  } catch (error) {
+    pc.close();
+    if (viewerId) request(state.socket, "unwatch", { viewer_id: viewerId }).catch(() => {});
+    return again();
+  }
+  if (state.mode !== "hls") { pc.close(); return; }
+  if (state.hls) state.hls.stop();
+  state.hls = null;
+  state.mode = "webrtc";
+  state.fallbackReason = null;
+  state.upgrades += 1;
+  state.pc = pc;
+  state.viewerId = viewerId;
+  state.watches += 1;
+  pc.onconnectionstatechange = () => onPeerState(pc);
+  if (stream) { ui.video.srcObject = stream; ui.video.play().catch(() => {}); }
+  onPeerState(pc); // connected: "Live", the message cleared
 }
 
 function webrtcAvailable() {
