@@ -8,7 +8,8 @@
 // with the same token, and their conversion jobs are pushed as "media_job".
 import {
   backoff, clockIn, connect, describe, gatherIce, isFatal, LOCAL_ZONE, localized, mountLanguageSwitch,
-  onLanguageChange, pageData, readToken, receivePeer, request, setPill, showMessage, t, viewersText, zoneLabel,
+  onLanguageChange, pageData, readToken, receivePeer, request, setPill, showMessage, stateWord, t, viewersText,
+  zoneLabel,
 } from "/static/js/common.js";
 import { mountBackstage } from "/static/js/backstage.js";
 import { mountQaPanel } from "/static/js/qa_panel.js";
@@ -32,6 +33,7 @@ window.forumcastControl = state; // for tests and support: read-only inspection
 // --- small helpers -------------------------------------------------------------
 
 function flash(kind, text) { showMessage($("message"), kind, text); }
+
 
 async function act(event, payload) {
   try {
@@ -126,7 +128,7 @@ function renderTileMarks() {
     tile.el.classList.toggle("in-preview", source.id === state.program.preview);
     tile.el.querySelector(".key").textContent = n <= 9 ? String(n) : "";
     const badge = tile.el.querySelector(".badge");
-    badge.textContent = onAir ? t("ctl.onAir") : t(`ctl.state.${source.state}`);
+    badge.textContent = onAir ? t("ctl.onAir") : stateWord("ctl.state", source.state);
     badge.className = `badge ${onAir ? "air" : source.state}`;
   }
 }
@@ -332,7 +334,7 @@ function upload(event) {
 async function openIngest() {
   try {
     const ingest = await api("/ingest"); // opens the forum's venue listeners; no key in the answer
-    $("ingest-state").textContent = ingest.state;
+    $("ingest-state").textContent = stateWord("ctl.state", ingest.state);
   } catch (error) {
     flash("bad", `${t("ctl.venue")}: ${describe(error)}`);
   }
@@ -348,9 +350,9 @@ async function toggleIngest() {
   }
   try {
     const ingest = await api("/ingest?reveal=true");
-    $("ingest-rtmp").textContent = ingest.rtmp_url ?? "(not listening: ask again)";
-    $("ingest-srt").textContent = ingest.srt_url ?? "(not listening: ask again)";
-    $("ingest-state").textContent = ingest.state;
+    $("ingest-rtmp").textContent = ingest.rtmp_url ?? t("ctl.notListening");
+    $("ingest-srt").textContent = ingest.srt_url ?? t("ctl.notListening");
+    $("ingest-state").textContent = stateWord("ctl.state", ingest.state);
     $("ingest").hidden = false;
     $("ingest-show").textContent = t("ctl.ingestHide");
   } catch (error) {
@@ -435,7 +437,7 @@ function applyRestreams(payload) {
     toggle.addEventListener("click", () => restreamCall(`/restreams/${r.id}/${running ? "stop" : "start"}`, "POST"));
     const remove = el("button", {}, t("ctl.remove"));
     remove.addEventListener("click", () => restreamCall(`/restreams/${r.id}`, "DELETE"));
-    let detail = t(`ctl.rs.${r.state}`);
+    let detail = stateWord("ctl.rs", r.state);
     if (r.state === "live") detail += ` ${r.bitrate_kbps} kb/s, ${r.uptime_s} s`;
     if (r.state === "retrying") detail += ` (${t("ctl.attempt", { n: r.attempt })}: ${r.last_error})`;
     list.append(el("li", { "data-restream": r.id, "data-state": r.state },
@@ -470,7 +472,7 @@ function applyRecording(recording) {
   if (recording.forum_id !== forumId) return;
   state.recording = recording.state === "recording" ? recording : null;
   state.lastRecording = recording;
-  let text = t(`ctl.rec.${recording.state}`);
+  let text = stateWord("ctl.rec", recording.state);
   if (recording.alert) text += ` — ${recording.alert}`;
   $("recording-state").textContent = text;
   $("recording-toggle").textContent = t(state.recording ? "ctl.recStop" : "ctl.recStart");

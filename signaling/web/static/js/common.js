@@ -91,6 +91,13 @@ export function wireRefusals(socket, { fail, status, message }) {
   });
 }
 
+// A state word from the server in the page's language ("ctl.state.live"...); an unknown one as sent.
+export function stateWord(prefix, value) {
+  const key = `${prefix}.${value}`;
+  const text = t(key);
+  return text === key ? String(value) : text;
+}
+
 export function setPill(element, kind, text) {
   element.className = `pill ${kind}`;
   setText(element, text);

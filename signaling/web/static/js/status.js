@@ -3,7 +3,9 @@
 // and what this node receives of it (kb/s, loss, jitter), live and next,
 // its restream destinations and recording, and its alerts (source lost,
 // destination retrying, recording failed, disk low), as the server lists them.
-import { describe, localized, mountLanguageSwitch, onLanguageChange, readToken, setPill, showMessage, t } from "./common.js";
+import {
+  describe, localized, mountLanguageSwitch, onLanguageChange, readToken, setPill, showMessage, stateWord, t,
+} from "./common.js";
 
 const POLL_MS = 3000;
 const token = readToken();
@@ -37,7 +39,7 @@ function forumCard(forum) {
   const alerts = (forum.alerts || []).map(alertText);
   const restreams = (forum.restreams || []).map((r) => el("li", { class: `restream state-${r.state}`, "data-restream": r.id },
     el("span", { class: "who" }, r.name), " ",
-    el("span", { class: `pill ${r.state === "live" ? "ok" : r.state === "retrying" ? "bad" : "warn"}` }, t(`ctl.rs.${r.state}`)),
+    el("span", { class: `pill ${r.state === "live" ? "ok" : r.state === "retrying" ? "bad" : "warn"}` }, stateWord("ctl.rs", r.state)),
     r.state === "live" ? el("span", { class: "track" }, `${Math.round(r.bitrate_kbps)} kb/s`) : null));
   const rec = forum.recording;
   return el("li", { class: `wall-forum${alerts.length ? " alert" : ""}`, "data-forum": forum.id },
@@ -50,7 +52,7 @@ function forumCard(forum) {
       forum.live ? localized(forum.live.title) : "—"),
     el("div", { class: "line recording", "data-state": rec ? rec.state : "idle" },
       el("span", { class: "label" }, t("ctl.recording")), " ",
-      el("strong", {}, t(`ctl.rec.${rec ? rec.state : "idle"}`))),
+      el("strong", {}, stateWord("ctl.rec", rec ? rec.state : "idle"))),
     alerts.length ? el("div", { class: "alerts" }, ...alerts.map((text) => el("div", { class: "alert" }, text))) : null,
     el("ul", { class: "sources" }, ...sources),
     restreams.length ? el("ul", { class: "sources restreams" }, ...restreams) : null);
