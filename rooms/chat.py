@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 class ChatKind(enum.StrEnum):
     CHAT = "chat"
     QUESTION = "question"  # goes to the Q&A list the moderators answer from
+    BACKSTAGE = "backstage"  # between the forum's speakers and its operators; never shown to guests
 
 
 class ModerationAction(enum.StrEnum):
@@ -69,10 +70,13 @@ class ChatMessage:
     def public(self) -> bool:
         """Shown to every guest: a chat message until hidden; a question
         once approved (until hidden: "dismiss"). Unapproved questions are
-        the operators' queue."""
+        the operators' queue; backstage messages are never public, even
+        approved."""
         if self.hidden:
             return False
-        return self.kind is ChatKind.CHAT or self.approved
+        if self.kind is ChatKind.QUESTION:
+            return self.approved
+        return self.kind is ChatKind.CHAT
 
 
 class RateLimiter:

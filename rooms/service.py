@@ -404,7 +404,9 @@ class RoomService:
     async def post_message(
         self, forum_id: str, grant: Grant, participant_id: str, text: str, kind: ChatKind | str = ChatKind.CHAT
     ) -> ChatMessage:
-        """Post to the forum's chat (or its Q&A with kind="question"). The
+        """Post to the forum's chat (or its Q&A with kind="question", or
+        the backstage channel between its speakers and operators with
+        kind="backstage": a speaker's grant or more, else `forbidden`). The
         poster must have joined; viewers and speakers are rate-limited per
         participant on this node, moderators are not."""
         forum = self.forum(forum_id)
@@ -415,7 +417,9 @@ class RoomService:
         try:
             chat_kind = ChatKind(kind)
         except ValueError:
-            raise RoomError("invalid", f"a message kind is 'chat' or 'question', not {kind!r}") from None
+            raise RoomError("invalid", f"a message kind is 'chat', 'question' or 'backstage', not {kind!r}") from None
+        if chat_kind is ChatKind.BACKSTAGE and not grant.allows(forum.id, Role.SPEAKER):
+            raise RoomError("forbidden", "the backstage channel is for the forum's speakers and operators")
         if not isinstance(text, str) or not text.strip():
             raise RoomError("invalid", "a message needs some text")
         text = text.strip()
@@ -461,8 +465,9 @@ class RoomService:
 
     async def messages(self, forum_id: str, grant: Grant, limit: int = 50) -> list[ChatMessage]:
         """The latest messages, oldest first: everything for operators (the
-        Q&A queue, hidden messages), the public ones (ChatMessage.public) for
-        everyone else."""
+        Q&A queue, hidden messages), the public ones (ChatMessage.public)
+        plus the backstage ones not hidden for speakers, the public ones
+        for everyone else."""
         forum = self.forum(forum_id)
         self._authorize(forum.id, grant, Role.VIEWER)
         if not isinstance(limit, int) or isinstance(limit, bool):
@@ -470,6 +475,8 @@ class RoomService:
         found = await self.store.messages(forum.id, max(1, min(limit, MAX_HISTORY)))
         if grant.allows(forum.id, Role.OPERATOR):
             return found
+        if grant.allows(forum.id, Role.SPEAKER):
+            return [m for m in found if m.public or (m.kind is ChatKind.BACKSTAGE and not m.hidden)]
         return [m for m in found if m.public]
 
     # --- events and nodes ----------------------------------------------------

@@ -3,7 +3,8 @@
     GET /hls/{forum_id}/index.m3u8?token=...        the live playlist (viewer token of the forum)
     GET /hls/{forum_id}/{segment}?exp=...&sig=...   init-<run>.mp4 / seg-<run>-<n>.m4s
 
-The playlist needs a viewer (or higher) token of the forum and is short-
+The playlist needs a viewer (or higher) token of the forum (none on a
+public event, as for socket.io's guests; a token sent is still checked) and is short-
 lived (`Cache-Control: private, max-age=1`). Its segment URIs are signed:
 `sig` = HMAC-SHA256(node key, "<forum_id>/<exp>") with `exp` (Unix s)
 rounded up to a 10-minute boundary plus 10 minutes, so every viewer in
@@ -124,8 +125,9 @@ def rewrite_playlist(text: str, query: str) -> str:
 
 async def get_playlist(request: web.Request) -> web.Response:
     forum_id = _forum_id(request)
-    grant = request.app[TOKENS].verify(request.query.get("token"))
-    grant.require(forum_id, Role.VIEWER)
+    token = request.query.get("token")
+    if token is not None or not request.app[EVENT].public:  # a public event: watching needs no invite
+        request.app[TOKENS].verify(token).require(forum_id, Role.VIEWER)
     service = request.app[HLS]
     output = await service.ensure(forum_id)
     deadline = time.monotonic() + FIRST_PLAYLIST_WAIT_S

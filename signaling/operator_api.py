@@ -27,7 +27,6 @@ operator events into the app.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -346,19 +345,16 @@ async def restart_playout(request: web.Request) -> web.Response:
 # --- the control page ---------------------------------------------------------------
 
 async def control_page(request: web.Request) -> web.Response:
-    from signaling.pages import PAGE_HEADERS, WEB_DIR, with_demo_badge  # the pages module owns these
+    from signaling.pages import PAGE_HEADERS, WEB_DIR, forum_values, with_demo_badge  # the pages module owns these
 
     event = request.app[EVENT]
     forum_id = request.match_info["forum_id"]
     forum = event.forum(forum_id)
     if forum is None:
         raise web.HTTPNotFound(text=f"there is no forum {forum_id[:64]!r}")
-    island = json.dumps({"forum": protocol.forum_json(forum), "event": event.name.to_json()},
-                        ensure_ascii=False).replace("<", "\\u003c")
     text = (WEB_DIR / "control.html").read_text("utf-8")
-    text = (text.replace("{{FORUM_NAME}}", html.escape(forum.name.en))
-                .replace("{{EVENT_NAME}}", html.escape(event.name.en))
-                .replace("{{FORUM_JSON}}", island))
+    for key, value in forum_values(event, forum).items():  # the same island and names as the other pages
+        text = text.replace("{{" + key + "}}", value)
     text = with_demo_badge(text, event)
     return web.Response(text=text, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS)
 

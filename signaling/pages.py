@@ -72,10 +72,10 @@ def _render(name: str, values: dict[str, str], event: Event, status: int = 200) 
                         headers=PAGE_HEADERS)
 
 
-def _forum_values(event: Event, forum: Forum) -> dict[str, str]:
+def forum_values(event: Event, forum: Forum) -> dict[str, str]:
     # the page script reads the forum from a JSON island, not from HTML
     island = json.dumps({"forum": protocol.forum_json(forum), "event": event.name.to_json(),
-                         "public": event.public}, ensure_ascii=False)
+                         "public": event.public, "timezone": event.timezone}, ensure_ascii=False)
     island = island.replace("<", "\\u003c")  # script text is raw: no tag may close it early
     return {
         "EVENT_NAME": html.escape(event.name.en),
@@ -102,7 +102,7 @@ def _forum_page(template: str) -> Callable[[web.Request], Awaitable[web.Response
         forum = event.forum(forum_id)
         if forum is None:
             return _not_found(event, forum_id)
-        return _render(template, _forum_values(event, forum), event)
+        return _render(template, forum_values(event, forum), event)
 
     return handler
 

@@ -61,11 +61,12 @@ class LeaveRequest:
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """Post to the joined forum's chat, or (kind "question") to its Q&A queue."""
+    """Post to the joined forum's chat, or (kind "question") to its Q&A
+    queue, or (kind "backstage") to its speakers and operators."""
 
     forum_id: str
     text: str  # length and characters are checked by RoomService.post_message
-    kind: str  # "chat" | "question"
+    kind: str  # "chat" | "question" | "backstage"
 
 
 @dataclass(frozen=True)
@@ -200,8 +201,8 @@ def parse_chat(payload: Any) -> ChatRequest:
     data = _require_dict("chat", payload)
     forum_id = _identifier("chat", data, "forum_id")
     kind = data.get("kind", "chat")
-    if kind not in ("chat", "question"):
-        raise RoomError("invalid", "chat: 'kind' is 'chat' or 'question'")
+    if kind not in ("chat", "question", "backstage"):
+        raise RoomError("invalid", "chat: 'kind' is 'chat', 'question' or 'backstage'")
     return ChatRequest(forum_id, _text("chat", data, "text"), kind)
 
 

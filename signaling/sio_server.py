@@ -30,6 +30,7 @@ import socketio
 from aiohttp import web
 
 from rooms import events as room_events
+from rooms.chat import ChatKind
 from rooms.errors import RoomError
 from rooms.models import Event, Participant, Role, SourceKind
 from rooms.tokens import Grant, TokenService
@@ -64,6 +65,11 @@ def operators_room(forum_id: str) -> str:
     message with its moderation state go here, not to the guests."""
     return f"operators:{forum_id}"
 
+
+def backstage_room(forum_id: str) -> str:
+    """The forum's speakers and operators: the backstage channel
+    (`chat` kind "backstage") is pushed here, never to the guests."""
+    return f"backstage:{forum_id}"
 
 
 def new_viewer_id(seq: int) -> str:
@@ -223,6 +229,8 @@ class Session:
             await self._deps.enter_room(self.sid, forum_room(forum_id))
             if self.grant.allows(forum_id, Role.OPERATOR):
                 await self._deps.enter_room(self.sid, operators_room(forum_id))
+            if self.grant.allows(forum_id, Role.SPEAKER):
+                await self._deps.enter_room(self.sid, backstage_room(forum_id))
         forum = self._deps.event.forum(forum_id)
         assert forum is not None
         sources = await rooms.sources(forum_id)
@@ -312,6 +320,8 @@ class Session:
                 await self._deps.leave_room(self.sid, forum_room(participant.forum_id))
             with contextlib.suppress(Exception):
                 await self._deps.leave_room(self.sid, operators_room(participant.forum_id))
+            with contextlib.suppress(Exception):
+                await self._deps.leave_room(self.sid, backstage_room(participant.forum_id))
 
     async def _chat(self, request: protocol.ChatRequest) -> Ack:
         """A chat message (to everyone) or a question (to the operators'
@@ -589,7 +599,10 @@ class SocketServer:
                 message = event.message
                 shown = protocol.message_json(message)
                 await self._sio.emit("moderation", shown, room=operators_room(forum_id))
-                if message.public:
+                if message.kind is ChatKind.BACKSTAGE:
+                    # posted or changed (hidden): the speakers' and operators' pages update it
+                    await self._sio.emit("backstage", shown, room=backstage_room(forum_id))
+                elif message.public:
                     await self._sio.emit("chat_message", shown, room=room)
                 elif isinstance(event, room_events.ChatUpdated):
                     # hidden, dismissed or unapproved: gone from every guest's page

@@ -319,6 +319,32 @@ async def test_a_question_is_the_operators_until_approved(service: RoomService) 
     assert not dismissed.public and await service.messages("main", VIEWER) == [chat]
 
 
+async def test_backstage_is_between_speakers_and_operators(service: RoomService) -> None:
+    """The speakers' channel to the operators: a speaker posts, operators
+    answer; guests never see it (not even approved), and cannot post to it."""
+    await service.join("main", VIEWER, "v1")
+    await service.join("main", SPEAKER, "s1")
+    await service.join("main", OPERATOR, "o1")
+    with pytest.raises(RoomError) as refused:
+        await service.post_message("main", VIEWER, "v1", "let me in", kind="backstage")
+    assert refused.value.code == "forbidden"
+    asked = await service.post_message("main", SPEAKER, "s1", "can you hear me?", kind="backstage")
+    answer = await service.post_message("main", OPERATOR, "o1", "yes, you are next", kind="backstage")
+    assert asked.kind is ChatKind.BACKSTAGE and not asked.public
+    assert await service.messages("main", VIEWER) == []
+    assert await service.messages("main", SPEAKER) == [asked, answer]
+    assert await service.messages("main", OPERATOR) == [asked, answer]
+    approved = await service.moderate("main", OPERATOR, asked.id, "approve")
+    assert not approved.public and await service.messages("main", VIEWER) == []
+    await service.moderate("main", OPERATOR, answer.id, "hide")
+    assert await service.messages("main", SPEAKER) == [approved]
+    for _ in range(2):  # speakers are rate-limited like everyone (3 a minute here)
+        await service.post_message("main", SPEAKER, "s1", "again", kind="backstage")
+    with pytest.raises(RoomError) as limited:
+        await service.post_message("main", SPEAKER, "s1", "again", kind="backstage")
+    assert limited.value.code == "rate_limited"
+
+
 def test_rate_limiter_is_a_sliding_window() -> None:
     clock = Clock(0.0)
     limiter = RateLimiter(2, 10.0, clock=clock)

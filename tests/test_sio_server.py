@@ -31,7 +31,7 @@ class Client:
         self.pushes: dict[str, asyncio.Queue[Any]] = {}
         self.connect_errors: asyncio.Queue[Any] = asyncio.Queue()
         for event in ("program", "sources", "viewers", "error", "preview", "chat_message", "chat_removed",
-                      "moderation"):
+                      "moderation", "backstage"):
             self.pushes[event] = asyncio.Queue()
             self.sio.on(event, self._recorder(event))
         self.sio.on("connect_error", self._on_connect_error)
@@ -172,6 +172,28 @@ async def test_chat_reaches_everyone_and_questions_the_operators_first(
     gone = await other.next_push("chat_removed", lambda m: m["id"] == question_id)
     assert gone["forum_id"] == FORUM
     assert other.pushes["moderation"].empty()  # the queue is the operators' only
+
+
+async def test_backstage_messages_go_between_speakers_and_operators_only(
+        server: ServerProcess, clients: list[Client]) -> None:
+    guest = await connected(server, clients, Role.VIEWER, [FORUM], "Guest")
+    speaker = await connected(server, clients, Role.SPEAKER, [FORUM], "Speaker <i>")
+    operator = await connected(server, clients, Role.OPERATOR, [FORUM], "Ops")
+    for client in (guest, speaker, operator):
+        await client.call("join", {"forum_id": FORUM})
+    assert error_code(await guest.call("chat", {"forum_id": FORUM, "text": "hi", "kind": "backstage"})) == "forbidden"
+    assert error_code(await speaker.call("chat", {"forum_id": FORUM, "text": "x" * 501,
+                                                  "kind": "backstage"})) == "too_large"
+    asked = (await speaker.call("chat", {"forum_id": FORUM, "text": "<b>ready?</b>", "kind": "backstage"}))["message"]
+    seen = await operator.next_push("backstage", lambda m: m["id"] == asked["id"])
+    assert seen["text"] == "<b>ready?</b>" and seen["name"] == "Speaker <i>" and not seen["public"]
+    answer = (await operator.call("chat", {"forum_id": FORUM, "text": "you are next", "kind": "backstage"}))["message"]
+    await speaker.next_push("backstage", lambda m: m["id"] == answer["id"])
+    history = (await speaker.call("chat_history", {"forum_id": FORUM}))["messages"]
+    assert {asked["id"], answer["id"]} <= {m["id"] for m in history}
+    assert not {asked["id"], answer["id"]} & {m["id"] for m in (await guest.call("chat_history",
+                                                                                  {"forum_id": FORUM}))["messages"]}
+    assert guest.pushes["backstage"].empty() and guest.pushes["chat_message"].empty()
 
 
 # --- bad payloads: an error ack, and the connection carries on -----------------------

@@ -1,13 +1,17 @@
 // The operator's vision mixer for one forum: a live tile per source, a
 // preview and a program monitor, TAKE and CUT TO SLATE, the agenda, the
-// venue ingest addresses, the media library and its playouts.
+// venue ingest addresses, the media library and its playouts, the viewer
+// count, the Q&A queue and chat moderation, the backstage channel to the
+// forum's speakers, restreams and recording. EN/ZH like every page (i18n.js).
 // Every action goes over socket.io (acked; the server pushes the result to
 // every operator of the forum); uploads go over tus (resumable, tus-js-client)
 // with the same token, and their conversion jobs are pushed as "media_job".
 import {
-  backoff, connect, describe, gatherIce, isFatal, mountLanguageSwitch, pageData, readToken, receivePeer, request,
-  setPill, showMessage,
+  backoff, clockIn, connect, describe, gatherIce, isFatal, LOCAL_ZONE, localized, mountLanguageSwitch,
+  onLanguageChange, pageData, readToken, receivePeer, request, setPill, showMessage, stateWord, t, viewersText,
+  zoneLabel,
 } from "/static/js/common.js";
+import { mountBackstage } from "/static/js/backstage.js";
 import { mountQaPanel } from "/static/js/qa_panel.js";
 
 const data = pageData();
@@ -21,13 +25,15 @@ const state = {
   sources: [],
   tiles: new Map(), // source id -> { el, video, pc, stream, state }
   programPc: null,
-  takes: 0,
+  takes: 0, slates: 0,
+  agenda: null, lastRecording: null,
 };
 window.forumcastControl = state; // for tests and support: read-only inspection
 
 // --- small helpers -------------------------------------------------------------
 
 function flash(kind, text) { showMessage($("message"), kind, text); }
+
 
 async function act(event, payload) {
   try {
@@ -85,7 +91,7 @@ async function watchProgram() {
   try {
     state.programPc = await watchInto(null, (stream) => play($("program-video"), stream));
   } catch (error) {
-    flash("warn", `Program monitor: ${describe(error)}`);
+    flash("warn", `${t("ctl.programMonitor")}: ${describe(error)}`);
   }
 }
 
@@ -96,15 +102,15 @@ function applyProgram(program) {
   state.program = { ...state.program, ...program };
   $("version").textContent = program.version;
   $("manual").checked = !!program.manual;
-  $("program-name").textContent = program.program ? sourceName(program.program) : "Slate";
+  $("program-name").textContent = program.program ? sourceName(program.program) : t("ctl.slateName");
   $("preview-name").textContent = program.preview ? sourceName(program.preview) : "—";
   const previewed = state.sources.find((s) => s.id === program.preview);
   const live = !!previewed && previewed.state === "live";
   // only a live source can go on air: the server refuses the rest (409 conflict)
   $("take").disabled = !program.preview || program.preview === program.program || !live;
   $("take").title = program.preview && previewed && !live
-    ? `${previewed.name} is ${previewed.state}: only a live source can go on air`
-    : "Put the preview on air (Enter)";
+    ? t("ctl.notLive", { name: previewed.name, state: previewed.state })
+    : t("ctl.takeTitle");
   const tile = program.preview && state.tiles.get(program.preview);
   if (tile && tile.stream) play($("preview-video"), tile.stream);
   else $("preview-video").srcObject = null;
@@ -122,7 +128,7 @@ function renderTileMarks() {
     tile.el.classList.toggle("in-preview", source.id === state.program.preview);
     tile.el.querySelector(".key").textContent = n <= 9 ? String(n) : "";
     const badge = tile.el.querySelector(".badge");
-    badge.textContent = onAir ? "ON AIR" : source.state;
+    badge.textContent = onAir ? t("ctl.onAir") : stateWord("ctl.state", source.state);
     badge.className = `badge ${onAir ? "air" : source.state}`;
   }
 }
@@ -190,7 +196,7 @@ async function startTileWatch(sourceId, tile) {
       if (state.program.preview === sourceId) play($("preview-video"), stream);
     });
   } catch (error) {
-    flash("warn", `Tile ${sourceName(sourceId)}: ${describe(error)}`);
+    flash("warn", `${t("ctl.tile")} ${sourceName(sourceId)}: ${describe(error)}`);
   } finally {
     tile.watching = false;
   }
@@ -212,9 +218,9 @@ function applyMedia(payload) {
   const list = $("media");
   list.replaceChildren();
   for (const item of payload.media || []) {
-    const playButton = el("button", {}, "Play");
+    const playButton = el("button", {}, t("ctl.play"));
     playButton.addEventListener("click", () => act("playout_start", { media: item.id, take: false }));
-    const takeButton = el("button", {}, "Play & take");
+    const takeButton = el("button", {}, t("ctl.playTake"));
     takeButton.addEventListener("click", () => act("playout_start", { media: item.id, take: true }));
     const how = item.processing && item.processing.video ? `, video ${item.processing.video}` : "";
     const row = el("li", { "data-media": item.id }, el("span", { class: "name" },
@@ -243,7 +249,7 @@ async function chooseTrack(mediaId, index) {
       method: "POST", body: JSON.stringify({ audio_track: index }), headers: { "Content-Type": "application/json" },
     });
   } catch (error) {
-    flash("bad", `Audio track: ${describe(error)}`);
+    flash("bad", `${t("ctl.audioTrack")}: ${describe(error)}`);
   }
 }
 
@@ -270,7 +276,7 @@ function applyPlayouts(payload) {
   const list = $("playouts");
   list.replaceChildren();
   for (const playout of payload.playouts || []) {
-    const stop = el("button", {}, "Stop");
+    const stop = el("button", {}, t("ctl.stop"));
     stop.addEventListener("click", () => act("playout_stop", { source_id: playout.source_id }));
     list.append(el("li", {}, el("span", { class: "name" }, `${playout.name} (${playout.state})`), stop));
   }
@@ -307,15 +313,15 @@ function upload(event) {
     chunkSize: 16 * 1024 * 1024,
     retryDelays: [0, 1000, 3000, 5000, 10000],
     removeFingerprintOnSuccess: true,
-    onProgress: (sent, total) => { status.textContent = `Uploading ${Math.floor((sent / total) * 100)}%`; },
+    onProgress: (sent, total) => { status.textContent = t("ctl.uploading", { pct: Math.floor((sent / total) * 100) }); },
     onError: (error) => {
       status.textContent = "";
       const body = error.originalResponse ? error.originalResponse.getBody() : "";
       let message = String(error.message || error);
       try { message = JSON.parse(body).error.message; } catch (_) { /* not our JSON */ }
-      flash("bad", `Upload: ${message}`);
+      flash("bad", `${t("ctl.upload")}: ${message}`);
     },
-    onSuccess: () => { status.textContent = `Uploaded ${file.name}: converting…`; },
+    onSuccess: () => { status.textContent = t("ctl.uploaded", { name: file.name }); },
   });
   sending.findPreviousUploads().then((previous) => {
     if (previous.length) sending.resumeFromPreviousUpload(previous[0]);
@@ -328,9 +334,9 @@ function upload(event) {
 async function openIngest() {
   try {
     const ingest = await api("/ingest"); // opens the forum's venue listeners; no key in the answer
-    $("ingest-state").textContent = ingest.state;
+    $("ingest-state").textContent = stateWord("ctl.state", ingest.state);
   } catch (error) {
-    flash("bad", `Ingest: ${describe(error)}`);
+    flash("bad", `${t("ctl.venue")}: ${describe(error)}`);
   }
 }
 
@@ -339,28 +345,41 @@ async function toggleIngest() {
     $("ingest").hidden = true;
     $("ingest-rtmp").textContent = "";
     $("ingest-srt").textContent = "";
-    $("ingest-show").textContent = "Show ingest addresses";
+    $("ingest-show").textContent = t("ctl.ingestShow");
     return;
   }
   try {
     const ingest = await api("/ingest?reveal=true");
-    $("ingest-rtmp").textContent = ingest.rtmp_url ?? "(not listening: ask again)";
-    $("ingest-srt").textContent = ingest.srt_url ?? "(not listening: ask again)";
-    $("ingest-state").textContent = ingest.state;
+    $("ingest-rtmp").textContent = ingest.rtmp_url ?? t("ctl.notListening");
+    $("ingest-srt").textContent = ingest.srt_url ?? t("ctl.notListening");
+    $("ingest-state").textContent = stateWord("ctl.state", ingest.state);
     $("ingest").hidden = false;
-    $("ingest-show").textContent = "Hide ingest addresses";
+    $("ingest-show").textContent = t("ctl.ingestHide");
   } catch (error) {
-    flash("bad", `Ingest: ${describe(error)}`);
+    flash("bad", `${t("ctl.venue")}: ${describe(error)}`);
   }
+}
+
+// Agenda times in the venue's zone, labelled with it; the operator's own beside them when it differs.
+function sessionText(session) {
+  if (!session) return "—";
+  const venue = data.timezone;
+  const span = (zone) => `${clockIn(session.start, zone)}–${clockIn(session.end, zone)}`;
+  let when = `${span(venue)} ${zoneLabel(venue)}`;
+  if (LOCAL_ZONE !== venue) when += ` · ${span(LOCAL_ZONE)} ${t("lobby.yourTime")}`;
+  return `${localized(session.title)} (${when})`;
+}
+
+function showAgenda() {
+  $("agenda-live").textContent = sessionText(state.agenda && state.agenda.live);
+  $("agenda-next").textContent = sessionText(state.agenda && state.agenda.next);
 }
 
 async function refreshAgenda() {
   try {
     const response = await fetch(`/api/forums/${encodeURIComponent(forumId)}`);
-    const forum = await response.json();
-    const text = (s) => (s ? `${s.title.en} (${s.start.slice(11, 16)}–${s.end.slice(11, 16)})` : "—");
-    $("agenda-live").textContent = text(forum.live);
-    $("agenda-next").textContent = text(forum.next);
+    state.agenda = await response.json();
+    showAgenda();
   } catch (error) { /* the agenda is informative: keep the last one */ }
 }
 
@@ -376,7 +395,8 @@ async function join() {
     }
     state.joined = true;
     state.retry = 0;
-    setPill($("status"), "ok", "Connected");
+    setPill($("status"), "ok", t("ctl.connected"));
+    $("viewers").textContent = viewersText(ack.viewers);
     state.program.version = -1; // a fresh snapshot wins
     applySources(ack.sources);
     applyProgram(ack.program);
@@ -384,6 +404,7 @@ async function join() {
     refreshLists();
     openIngest(); // opening the control page opens the forum's venue listeners too
     state.qa.load();
+    state.backstage.load();
   } catch (error) {
     if (isFatal(error)) return fail(error);
     setTimeout(join, backoff(state.retry++));
@@ -392,13 +413,15 @@ async function join() {
 
 function fail(error) {
   state.fatal = true;
-  setPill($("status"), "bad", "Cannot continue");
+  setPill($("status"), "bad", t("watch.cannot"));
   flash("bad", describe(error));
 }
 
 function keys(event) {
   if (event.target.closest("input, textarea, select")) return;
+  if (event.ctrlKey || event.metaKey || event.altKey) return; // the browser's own shortcuts
   if (event.key === "Enter" && !$("take").disabled) { event.preventDefault(); take(null); }
+  if (event.key === "s" || event.key === "S") { event.preventDefault(); state.slates += 1; act("cut_to_slate", {}); }
   const n = Number(event.key);
   if (n >= 1 && n <= 9 && state.sources[n - 1]) act("preview", { source_id: state.sources[n - 1].id });
 }
@@ -410,13 +433,13 @@ function applyRestreams(payload) {
   list.replaceChildren();
   for (const r of payload.restreams || []) {
     const running = ["connecting", "live", "retrying"].includes(r.state);
-    const toggle = el("button", {}, running ? "Stop" : "Start");
+    const toggle = el("button", {}, t(running ? "ctl.stop" : "ctl.start"));
     toggle.addEventListener("click", () => restreamCall(`/restreams/${r.id}/${running ? "stop" : "start"}`, "POST"));
-    const remove = el("button", {}, "Remove");
+    const remove = el("button", {}, t("ctl.remove"));
     remove.addEventListener("click", () => restreamCall(`/restreams/${r.id}`, "DELETE"));
-    let detail = r.state;
+    let detail = stateWord("ctl.rs", r.state);
     if (r.state === "live") detail += ` ${r.bitrate_kbps} kb/s, ${r.uptime_s} s`;
-    if (r.state === "retrying") detail += ` (attempt ${r.attempt}: ${r.last_error})`;
+    if (r.state === "retrying") detail += ` (${t("ctl.attempt", { n: r.attempt })}: ${r.last_error})`;
     list.append(el("li", { "data-restream": r.id, "data-state": r.state },
       el("span", { class: "name" }, `${r.name}: ${detail}`), toggle, remove));
   }
@@ -440,13 +463,19 @@ async function addRestream(event) {
   await restreamCall("/restreams", "POST", body);
 }
 
+function applyRecordingIdle() {
+  $("recording-state").textContent = t("ctl.rec.idle");
+  $("recording-toggle").textContent = t("ctl.recStart");
+}
+
 function applyRecording(recording) {
   if (recording.forum_id !== forumId) return;
   state.recording = recording.state === "recording" ? recording : null;
-  let text = recording.state;
+  state.lastRecording = recording;
+  let text = stateWord("ctl.rec", recording.state);
   if (recording.alert) text += ` — ${recording.alert}`;
   $("recording-state").textContent = text;
-  $("recording-toggle").textContent = state.recording ? "Stop recording" : "Start recording";
+  $("recording-toggle").textContent = t(state.recording ? "ctl.recStop" : "ctl.recStart");
 }
 
 async function refreshRecording() {
@@ -474,16 +503,24 @@ function main() {
   const socket = connect(token);
   state.socket = socket;
   state.qa = mountQaPanel(socket, forumId, $("qa-panel"), flash); // Q&A queue and chat moderation
+  state.backstage = mountBackstage(socket, forumId, $("backstage"), { canSend: () => state.joined });
   mountLanguageSwitch(); // the EN/ZH choice every page shares (the panels marked data-i18n follow it)
+  applyRecordingIdle();
+  onLanguageChange(() => {
+    showAgenda();
+    applyProgram({ ...state.program });
+    if (state.lastRecording) applyRecording(state.lastRecording); else applyRecordingIdle();
+    restreamCall("/restreams", "GET");
+  });
   socket.on("connect", join);
   socket.on("disconnect", () => {
     state.joined = false;
     for (const tile of state.tiles.values()) { if (tile.pc) tile.pc.close(); tile.pc = null; }
-    if (!state.fatal) setPill($("status"), "warn", "Reconnecting…");
+    if (!state.fatal) setPill($("status"), "warn", t("watch.reconnecting"));
   });
   socket.on("connect_error", (error) => {
     if (error.data && error.data.code) return fail(error.data);
-    setPill($("status"), "warn", "Cannot reach the server — retrying…");
+    setPill($("status"), "warn", t("watch.unreachable"));
   });
   socket.on("program", applyProgram);
   socket.on("preview", applyProgram);
@@ -492,6 +529,7 @@ function main() {
   socket.on("media", applyMedia);
   socket.on("media_job", (job) => applyJobs([job]));
   socket.on("restreams", applyRestreams);
+  socket.on("viewers", (counts) => { if (counts.forum_id === forumId) $("viewers").textContent = viewersText(counts); });
   socket.on("recording", applyRecording);
   restreamCall("/restreams", "GET");
   refreshRecording();

@@ -171,13 +171,15 @@ async def test_the_watch_page_hears_that_ice_failed_and_watches_again(browser: A
     """Issue 14 item 6: a viewer whose ICE never completes is ended by the
     server with a reason the client sees (socket.io media_ended); the watch
     page shows it and watches again. The page's answer is never applied
-    here (setRemoteDescription does nothing), so its ICE never starts."""
+    here (setRemoteDescription does nothing), so its ICE never starts;
+    the page's HLS fallback is put off for this test (test_stage tests it)."""
     node = start_server(extra_env={"FORUMCAST_ICE_TIMEOUT_S": "3"})
     context = await browser.new_context()
     console: list[str] = []
     try:
         await context.add_init_script(
-            "RTCPeerConnection.prototype.setRemoteDescription = function () { return Promise.resolve(); };")
+            "RTCPeerConnection.prototype.setRemoteDescription = function () { return Promise.resolve(); };"
+            "window.forumcastFallbackMs = 600000;")
         page = await context.new_page()
         collect_console(page, console)
         await page.goto(f"{node.url}/watch/{FORUM}?token={node.token(Role.VIEWER, [FORUM], 'Behind a firewall')}")

@@ -3,6 +3,7 @@ segments (~2 s, signed, immutable) decode with libavformat; old ones go."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from config.settings import Settings
+from rooms.event_file import load_event
 from rooms.models import Role
 from signaling.hls_api import HLS
 from tests.eventually import eventually
@@ -88,6 +91,25 @@ async def test_playlist_advances_segments_are_2_s_signed_and_cacheable(node: Nod
     assert info["video"][:3] == ("h264", 320, 180) and info["audio"] == ("aac", 48000)
     output = node.app[HLS].outputs[FORUM]
     assert len(list(output.directory.glob("seg-*.m4s"))) <= 6 + 3  # old segments deleted
+
+
+async def test_a_public_events_playlist_needs_no_token(tmp_path: Path) -> None:
+    """As socket.io lets a public event's guests watch without an invite,
+    so does HLS (the watch page's fallback); a token sent is still checked."""
+    event = dataclasses.replace(load_event(Settings().event_file), public=True)
+    async with running_node(tmp_path / "node", event=event, output_width=320, output_height=180, output_fps=15,
+                            output_video_kbps=300, output_audio_kbps=64, output_preset="ultrafast") as node:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{node.url}/hls/{FORUM}/index.m3u8", params={"token": "garbage"}) as r:
+                assert r.status == 401
+
+            async def playlist() -> str:
+                async with http.get(f"{node.url}/hls/{FORUM}/index.m3u8") as r:
+                    assert r.status in (200, 503), r.status  # 503: the first segments are being made
+                    return await r.text() if r.status == 200 else ""
+
+            text = await eventually(playlist, timeout=120, interval=0.5, what="the playlist")
+            assert "#EXTINF" in text
 
 
 def test_the_dvr_window_setting_lists_enough_segments() -> None:

@@ -91,8 +91,22 @@ export function wireRefusals(socket, { fail, status, message }) {
   });
 }
 
+// A state word from the server in the page's language ("ctl.state.live"...); an unknown one as sent.
+export function stateWord(prefix, value) {
+  const key = `${prefix}.${value}`;
+  const text = t(key);
+  return text === key ? String(value) : text;
+}
+
 export function setPill(element, kind, text) {
   element.className = `pill ${kind}`;
+  setText(element, text);
+}
+
+// Text set by the page's state: a language switch must not put the
+// element's initial data-i18n words back over it.
+export function setText(element, text) {
+  delete element.dataset.i18n;
   element.textContent = text;
 }
 
@@ -158,4 +172,28 @@ function baselineRank(codec) {
   const baseline = /profile-level-id=42e0|profile-level-id=4200/i.test(fmtp) ? 0 : 2;
   const mode = /packetization-mode=1/.test(fmtp) ? 0 : 1;
   return baseline + mode;
+}
+
+// --- times: agenda times in a named zone (the venue's or the viewer's) -------------
+
+export const LOCAL_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone;
+
+// "14:30" for an ISO time in an IANA zone
+export function clockIn(iso, timeZone) {
+  return new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", hourCycle: "h23", timeZone })
+    .format(new Date(iso));
+}
+
+// "Asia/Shanghai" -> "Shanghai" (the city names the zone well enough on a label)
+export function zoneLabel(timeZone) {
+  return String(timeZone || "").split("/").pop().replace(/_/g, " ");
+}
+
+// "1 d 02:03:04" / "02:03:04" for a duration in ms (negative counts as 0)
+export function countdown(ms) {
+  const total = Math.max(0, Math.round(ms / 1000));
+  const days = Math.floor(total / 86400);
+  const clock = [Math.floor((total % 86400) / 3600), Math.floor((total % 3600) / 60), total % 60]
+    .map((n) => String(n).padStart(2, "0")).join(":");
+  return days ? `${days} d ${clock}` : clock;
 }

@@ -1,6 +1,6 @@
 // The control page's Q&A panel: the operators' queue of questions (approve:
 // shown to every guest; dismiss: hidden; mark answered) and the latest chat
-// messages with a hide button. Fed by chat_history at join and the
+// messages with a hide button (a hidden one stays, struck through, with Show). Fed by chat_history at join and the
 // "moderation" pushes (operators only). Texts go in as textContent.
 import { describe, request, t } from "./common.js";
 import { MessageList } from "./chat.js";
@@ -30,9 +30,11 @@ export function mountQaPanel(socket, forumId, root, flash) {
       m.answered ? null : button(t("qa.answered"), () => moderate(m, "answer")),
     ].filter(Boolean),
   });
+  // hidden chat messages stay listed (struck through) so a hide can be undone
   const chat = new MessageList(root.querySelector(".qa-chat"), {
-    filter: (m) => m.kind === "chat" && !m.hidden,
-    actions: (m) => [button(t("qa.dismiss"), () => moderate(m, "hide"))],
+    filter: (m) => m.kind === "chat",
+    actions: (m) => [m.hidden ? button(t("qa.show"), () => moderate(m, "show"))
+      : button(t("qa.dismiss"), () => moderate(m, "hide"))],
   });
   const empty = root.querySelector(".qa-empty");
   const update = () => { empty.hidden = queue.messages.size > 0; };

@@ -1,7 +1,7 @@
 // A speaker sends a recording of their talk from their invite link:
 // a resumable tus upload (tus-js-client) with their own token; the
 // server converts it and, for a recorded speaker, plays it in their slot.
-import { pageData, readToken } from "/static/js/common.js";
+import { pageData, readToken, t } from "/static/js/common.js";
 
 const form = document.getElementById("send-recording");
 const status = document.getElementById("recording-status");
@@ -14,10 +14,10 @@ async function followJob(jobId) {
       { headers: { Authorization: `Bearer ${token}` } });
     const job = await response.json();
     if (!response.ok) { status.textContent = job.error ? job.error.message : `HTTP ${response.status}`; return; }
-    if (job.state === "done") { status.textContent = "Received and ready. Thank you!"; return; }
-    if (job.state === "failed") { status.textContent = `It could not be used: ${job.error}`; return; }
-    const eta = job.eta_s != null ? `, about ${Math.round(job.eta_s)} s left` : "";
-    status.textContent = `Preparing your recording: ${job.percent}%${eta}`;
+    if (job.state === "done") { status.textContent = t("upload.done"); return; }
+    if (job.state === "failed") { status.textContent = t("upload.refused", { why: job.error }); return; }
+    const eta = job.eta_s != null ? t("upload.eta", { s: Math.round(job.eta_s) }) : "";
+    status.textContent = t("upload.preparing", { pct: job.percent, eta });
     await new Promise((resolve) => { setTimeout(resolve, 2000); });
   }
 }
@@ -34,14 +34,14 @@ function send(event) {
     chunkSize: 16 * 1024 * 1024,
     retryDelays: [0, 1000, 3000, 5000, 10000, 20000],
     removeFingerprintOnSuccess: true,
-    onProgress: (sent, total) => { status.textContent = `Sending ${Math.floor((sent / total) * 100)}%`; },
+    onProgress: (sent, total) => { status.textContent = t("upload.sending", { pct: Math.floor((sent / total) * 100) }); },
     onAfterResponse: (_request, response) => { jobId = response.getHeader("Forumcast-Job") || jobId; },
     onError: (error) => {
       let message = String(error.message || error);
       try { message = JSON.parse(error.originalResponse.getBody()).error.message; } catch (_) { /* not ours */ }
-      status.textContent = `Sending failed: ${message}`;
+      status.textContent = t("upload.failed", { why: message });
     },
-    onSuccess: () => { if (jobId) followJob(jobId); else status.textContent = "Sent."; },
+    onSuccess: () => { if (jobId) followJob(jobId); else status.textContent = t("upload.sent"); },
   });
   upload.findPreviousUploads().then((previous) => {
     if (previous.length) upload.resumeFromPreviousUpload(previous[0]);

@@ -1,7 +1,11 @@
 // The status wall: every forum the operator's token opens, polled from
 // GET /api/status every 3 s: what is on air, viewers, each source's state
-// and what this node receives of it (kb/s, loss, jitter), live and next.
-import { describe, localized, mountLanguageSwitch, onLanguageChange, readToken, setPill, showMessage, t } from "./common.js";
+// and what this node receives of it (kb/s, loss, jitter), live and next,
+// its restream destinations and recording, and its alerts (source lost,
+// destination retrying, recording failed, disk low), as the server lists them.
+import {
+  describe, localized, mountLanguageSwitch, onLanguageChange, readToken, setPill, showMessage, stateWord, t,
+} from "./common.js";
 
 const POLL_MS = 3000;
 const token = readToken();
@@ -32,7 +36,12 @@ function forumCard(forum) {
     el("span", { class: `pill ${source.state === "live" ? "ok" : source.state === "lost" ? "bad" : "warn"}` }, source.state),
     source.id === forum.program.program ? el("span", { class: "pill live" }, t("speak.onAir")) : null,
     ...source.tracks.map((track) => el("span", { class: "track" }, trackText(track)))));
-  const alerts = forum.sources.filter((s) => s.state === "lost").map((s) => `${t("status.lost")}: ${s.name}`);
+  const alerts = (forum.alerts || []).map(alertText);
+  const restreams = (forum.restreams || []).map((r) => el("li", { class: `restream state-${r.state}`, "data-restream": r.id },
+    el("span", { class: "who" }, r.name), " ",
+    el("span", { class: `pill ${r.state === "live" ? "ok" : r.state === "retrying" ? "bad" : "warn"}` }, stateWord("ctl.rs", r.state)),
+    r.state === "live" ? el("span", { class: "track" }, `${Math.round(r.bitrate_kbps)} kb/s`) : null));
+  const rec = forum.recording;
   return el("li", { class: `wall-forum${alerts.length ? " alert" : ""}`, "data-forum": forum.id },
     el("h2", {}, localized(forum.name)),
     el("div", { class: "line" }, el("span", { class: "label" }, t("watch.nowOnAir")), " ",
@@ -41,13 +50,25 @@ function forumCard(forum) {
       el("strong", { class: "viewers", "data-viewers": String(forum.viewers.viewers) }, String(forum.viewers.viewers))),
     el("div", { class: "line" }, el("span", { class: "label" }, t("lobby.live")), " ",
       forum.live ? localized(forum.live.title) : "—"),
-    alerts.length ? el("div", { class: "alerts" }, alerts.join(" · ")) : null,
-    el("ul", { class: "sources" }, ...sources));
+    el("div", { class: "line recording", "data-state": rec ? rec.state : "idle" },
+      el("span", { class: "label" }, t("ctl.recording")), " ",
+      el("strong", {}, stateWord("ctl.rec", rec ? rec.state : "idle"))),
+    alerts.length ? el("div", { class: "alerts" }, ...alerts.map((text) => el("div", { class: "alert" }, text))) : null,
+    el("ul", { class: "sources" }, ...sources),
+    restreams.length ? el("ul", { class: "sources restreams" }, ...restreams) : null);
+}
+
+function alertText(alert) {
+  const text = t(`status.alert.${alert.kind}`, { name: alert.name || "" });
+  return alert.detail ? `${text} (${alert.detail})` : text;
 }
 
 function render() {
   if (!state.last) return;
   $("wall").replaceChildren(...state.last.forums.map(forumCard));
+  const disk = state.last.disk;
+  $("disk").hidden = !(disk && disk.low);
+  if (disk && disk.low) $("disk").textContent = t("status.diskLow", { gb: (disk.free_bytes / 1e9).toFixed(1) });
 }
 
 async function poll() {

@@ -1,11 +1,15 @@
 // The guest's page: play the forum's program with sound on request, show
 // what is on air and how many watch, and recover by itself: socket.io
 // reconnects, and a failed media connection is re-watched with backoff.
+// When WebRTC is blocked (no RTCPeerConnection) or does not connect within
+// FALLBACK_AFTER_MS, the page plays the forum's HLS output instead (a few
+// seconds behind) and says so.
 import {
-  applyI18n, backoff, connect, describe, gatherIce, isFatal, localized, mountLanguageSwitch, onAirText,
+  applyI18n, backoff, connect, countdown, describe, gatherIce, isFatal, localized, mountLanguageSwitch, onAirText,
   onLanguageChange, pageData, readToken, receivePeer, request, setPill, showMessage, t, viewersText, wireRefusals,
 } from "./common.js";
 import { MessageList } from "./chat.js";
+import { playHls, playlistUrl } from "./hls_player.js";
 
 const data = pageData();
 const forumId = data.forum.id;
@@ -20,10 +24,19 @@ const ui = {
 const AGENDA_REFRESH_MS = 30000;
 
 const DISCONNECTED_GRACE_MS = 4000; // "disconnected" often heals by itself; "failed" does not
+// WebRTC not connected this long (first try, or after a drop): a UDP-blocking
+// firewall or proxy; ICE alone would take 30 s to give up
+// (support and tests may set window.forumcastFallbackMs before this script runs)
+const FALLBACK_AFTER_MS = Number(window.forumcastFallbackMs) || 8000;
+// on HLS after a timeout, WebRTC is tried again this often in the background (the network may
+// have healed); the picture switches back only once the new connection is up
+const UPGRADE_EVERY_MS = Number(window.forumcastUpgradeMs) || 60000;
 
 const state = {
   socket: null, pc: null, viewerId: null, joined: false, fatal: false,
   retry: 0, retryTimer: null, graceTimer: null, watches: 0,
+  mode: "webrtc", // "webrtc" | "hls": how the picture reaches this page
+  fallbackTimer: null, fallbackReason: null, hls: null, hlsErrors: 0, upgradeTimer: null, upgrades: 0,
 };
 window.forumcastWatch = state; // for tests and support: read-only inspection
 
@@ -49,14 +62,6 @@ function speakerNames(session) {
     const found = speakers.find((s) => s.id === id);
     return found ? localized(found.name) : id;
   }).join(", ");
-}
-
-function countdown(ms) {
-  const total = Math.max(0, Math.round(ms / 1000));
-  const days = Math.floor(total / 86400);
-  const clock = [Math.floor((total % 86400) / 3600), Math.floor((total % 3600) / 60), total % 60]
-    .map((n) => String(n).padStart(2, "0")).join(":");
-  return days ? `${days} d ${clock}` : clock;
 }
 
 // "live" | "not_started" | "break" | "ended" | "reconnecting" (and the banner's words)
@@ -179,14 +184,106 @@ function closePeer() {
   }
 }
 
-async function watch() {
-  if (!state.joined || state.fatal) return;
+// --- HLS fallback -----------------------------------------------------------------
+
+function armFallback() {
+  if (state.fallbackTimer || state.mode === "hls") return;
+  state.fallbackTimer = setTimeout(() => fallBack("timeout"), FALLBACK_AFTER_MS);
+}
+
+function disarmFallback() {
+  clearTimeout(state.fallbackTimer);
+  state.fallbackTimer = null;
+}
+
+// reason: "blocked" (no WebRTC in this browser) or "timeout" (it did not connect)
+async function fallBack(reason) {
+  if (state.mode === "hls" || state.fatal) return;
+  state.mode = "hls";
+  state.fallbackReason = reason;
+  disarmFallback();
   clearTimeout(state.retryTimer);
   closePeer();
-  const pc = receivePeer(state.iceServers, (stream) => {
-    if (ui.video.srcObject !== stream) ui.video.srcObject = stream;
-    ui.video.play().catch(() => {}); // muted autoplay is allowed; unmuting needs a click
-  });
+  if (state.viewerId && state.socket) { // free the WebRTC seat now, not at the server's timeout
+    request(state.socket, "unwatch", { viewer_id: state.viewerId }).catch(() => {});
+    state.viewerId = null;
+  }
+  setReconnecting(false);
+  ui.connection.textContent = "HLS";
+  setPill(ui.status, "warn", t("watch.hlsStarting"));
+  // the last reason WebRTC gave (ICE failed...), when there was one, stays in view
+  const why = reason === "blocked" ? t("watch.hlsBlocked")
+    : state.lastError ? `${describe(state.lastError)} ${t("watch.hlsInstead")}` : t("watch.hlsWhy");
+  showMessage(ui.message, "warn", why);
+  try {
+    state.hls = await playHls(ui.video, playlistUrl(forumId, readToken()), () => { state.hlsErrors += 1; });
+  } catch (error) {
+    fail({ code: "unsupported", message: String(error.message || error) });
+    return;
+  }
+  if (reason !== "blocked") state.upgradeTimer = setTimeout(tryUpgrade, UPGRADE_EVERY_MS);
+}
+
+// Back from HLS to WebRTC: a second peer is set up while HLS plays on; the
+// picture moves over only once it is connected, else it is dropped.
+async function tryUpgrade() {
+  if (state.mode !== "hls" || state.fatal) return;
+  const again = () => { state.upgradeTimer = setTimeout(tryUpgrade, UPGRADE_EVERY_MS); };
+  if (!state.joined) return again();
+  let stream = null;
+  let viewerId = null;
+  const pc = receivePeer(state.iceServers, (s) => { stream = s; });
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    await gatherIce(pc);
+    const ack = await request(state.socket, "watch", { forum_id: forumId, sdp: pc.localDescription.sdp });
+    viewerId = ack.viewer_id;
+    await pc.setRemoteDescription({ type: "answer", sdp: ack.sdp });
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("not connected")), FALLBACK_AFTER_MS);
+      pc.onconnectionstatechange = () => {
+        if (pc.connectionState === "connected") { clearTimeout(timer); resolve(); }
+        if (pc.connectionState === "failed") { clearTimeout(timer); reject(new Error("failed")); }
+      };
+    });
+  } catch (error) {
+    pc.close();
+    if (viewerId) request(state.socket, "unwatch", { viewer_id: viewerId }).catch(() => {});
+    return again();
+  }
+  if (state.mode !== "hls") { pc.close(); return; }
+  if (state.hls) state.hls.stop();
+  state.hls = null;
+  state.mode = "webrtc";
+  state.fallbackReason = null;
+  state.upgrades += 1;
+  state.pc = pc;
+  state.viewerId = viewerId;
+  state.watches += 1;
+  pc.onconnectionstatechange = () => onPeerState(pc);
+  if (stream) { ui.video.srcObject = stream; ui.video.play().catch(() => {}); }
+  onPeerState(pc); // connected: "Live", the message cleared
+}
+
+function webrtcAvailable() {
+  return typeof window.RTCPeerConnection === "function";
+}
+
+async function watch() {
+  if (!state.joined || state.fatal || state.mode === "hls") return;
+  clearTimeout(state.retryTimer);
+  closePeer();
+  if (!webrtcAvailable()) return fallBack("blocked");
+  armFallback();
+  let pc;
+  try {
+    pc = receivePeer(state.iceServers, (stream) => {
+      if (ui.video.srcObject !== stream) ui.video.srcObject = stream;
+      ui.video.play().catch(() => {}); // muted autoplay is allowed; unmuting needs a click
+    });
+  } catch (error) { // a policy or an extension refused the peer connection
+    return fallBack("blocked");
+  }
   state.pc = pc;
   pc.onconnectionstatechange = () => onPeerState(pc);
   setPill(ui.status, "warn", t("watch.connectingStream"));
@@ -206,10 +303,12 @@ async function watch() {
 }
 
 function onPeerState(pc) {
-  if (pc !== state.pc) return;
+  if (pc !== state.pc || state.mode === "hls") return;
   ui.connection.textContent = pc.connectionState;
   clearTimeout(state.graceTimer);
   if (pc.connectionState === "connected") {
+    disarmFallback();
+    state.lastError = null;
     state.retry = 0;
     setReconnecting(false);
     setPill(ui.status, "ok", t("watch.live"));
@@ -227,7 +326,9 @@ function onPeerState(pc) {
 }
 
 function scheduleRetry(error) {
-  if (state.fatal) return;
+  if (state.fatal || state.mode === "hls") return;
+  state.lastError = error;
+  armFallback();
   const delay = backoff(state.retry++);
   setPill(ui.status, "warn", t("watch.reconnecting"));
   setReconnecting(true);
@@ -276,12 +377,16 @@ function main() {
     ui.video.play().catch(() => {});
     ui.unmute.textContent = t(ui.video.muted ? "watch.sound" : "watch.mute");
   });
-  ui.video.addEventListener("playing", () => { ui.placeholder.hidden = true; });
+  ui.video.addEventListener("playing", () => {
+    ui.placeholder.hidden = true;
+    if (state.mode === "hls") setPill(ui.status, "ok", t("watch.hls"));
+  });
   const socket = connect(token);
   state.socket = socket;
   socket.on("connect", () => { join(); });
   socket.on("disconnect", () => {
     state.joined = false; // the server dropped our viewer with the connection
+    if (state.mode === "hls") return; // HLS needs no socket: it plays on
     closePeer();
     if (!state.fatal) setPill(ui.status, "warn", t("watch.serverReconnecting"));
     if (!state.fatal) setReconnecting(true);
@@ -292,7 +397,7 @@ function main() {
   socket.on("viewers", (counts) => { ui.viewers.textContent = viewersText(counts); });
   // the server ended this viewer by itself (ICE never completed, the connection was lost): watch again
   socket.on("media_ended", (payload) => {
-    if (!payload || !payload.viewer_id || payload.viewer_id !== state.viewerId) return;
+    if (!payload || !payload.viewer_id || payload.viewer_id !== state.viewerId || state.mode === "hls") return;
     state.viewerId = null;
     closePeer();
     scheduleRetry(payload.error);
