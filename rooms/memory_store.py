@@ -2,7 +2,10 @@
 
 Atomicity comes free: no method awaits between reading and writing, so
 on one event loop every call is a transaction. Events fan out to this
-process's subscriptions only (it is the only node).
+process's subscriptions only (it is the only node); a request to this
+node calls its handler, to any other node is "unavailable". Heartbeats and
+forum leases expire on the injected `clock` (monotonic seconds), so tests
+move time by hand.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from rooms.models import MediaSource, Participant, ProgramState
 from rooms.store import (
     Admission,
     Counts,
+    JsonObject,
     NodeInfo,
     Reaped,
     Store,
@@ -36,7 +40,7 @@ class MemoryStore(Store):
         node_id: str = "local",
         queue_size: int = 1000,
         chat_keep: int = 500,
-        clock: Callable[[], float] = time.monotonic,  # for heartbeat expiry only
+        clock: Callable[[], float] = time.monotonic,  # heartbeat and lease expiry, in seconds
     ) -> None:
         super().__init__(node_id, queue_size)
         self.chat_keep = chat_keep
@@ -47,6 +51,7 @@ class MemoryStore(Store):
         self._programs: dict[str, ProgramState] = {}
         self._chat: dict[str, OrderedDict[str, ChatMessage]] = {}
         self._nodes: dict[str, tuple[NodeInfo, float]] = {}  # id -> (info, expires at)
+        self._leases: dict[str, tuple[str, float]] = {}  # forum -> (owner, expires at)
         self._started = False
 
     async def start(self) -> None:
@@ -56,6 +61,7 @@ class MemoryStore(Store):
         if self._started:
             logger.debug("MemoryStore(%s) stopping", self.node_id)
         self._started = False
+        self._stop_serving()
         self._fanout.close_all()
 
     # --- participants --------------------------------------------------------
@@ -177,10 +183,48 @@ class MemoryStore(Store):
     async def _publish(self, event: RoomEvent) -> None:
         self._fanout.deliver(event)
 
+    async def _send_request(self, node_id: str, message: JsonObject) -> bool:
+        return False  # this process is the only node: requests to itself never get here
+
+    async def _send_reply(self, node_id: str, message: JsonObject) -> None:
+        self._on_reply(message)
+
+    # --- forum leases ----------------------------------------------------------
+
+    def _live_lease(self, forum_id: str) -> str | None:
+        held = self._leases.get(forum_id)
+        if held is None:
+            return None
+        if held[1] <= self._clock():
+            del self._leases[forum_id]
+            return None
+        return held[0]
+
+    async def acquire_lease(self, forum_id: str, owner: str, ttl_ms: int) -> bool:
+        if self._live_lease(forum_id) not in (None, owner):
+            return False
+        self._leases[forum_id] = (owner, self._clock() + ttl_ms / 1000)
+        return True
+
+    async def renew_lease(self, forum_id: str, owner: str, ttl_ms: int) -> bool:
+        if self._live_lease(forum_id) != owner:
+            return False
+        self._leases[forum_id] = (owner, self._clock() + ttl_ms / 1000)
+        return True
+
+    async def release_lease(self, forum_id: str, owner: str) -> bool:
+        if self._live_lease(forum_id) != owner:
+            return False
+        del self._leases[forum_id]
+        return True
+
+    async def lease_owner(self, forum_id: str) -> str | None:
+        return self._live_lease(forum_id)
+
     # --- nodes ---------------------------------------------------------------
 
-    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float) -> None:
-        info = NodeInfo(node_id, dict(load), time.time())
+    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float, public_url: str = "") -> None:
+        info = NodeInfo(node_id, dict(load), time.time(), public_url)
         self._nodes[node_id] = (info, self._clock() + ttl_s)
 
     async def nodes(self) -> list[NodeInfo]:

@@ -68,6 +68,7 @@ class RoomService:
         seats_per_token: int = 2,
         sources_per_token: int = 4,
         sources_per_forum: int = 32,
+        public_url: str = "",
     ) -> None:
         self.event = event
         self.store = store
@@ -81,6 +82,7 @@ class RoomService:
         if self.heartbeat_interval_s >= heartbeat_ttl_s:
             raise ValueError("the heartbeat interval must be shorter than its TTL")
         self._load = load
+        self.public_url = public_url  # heart-beaten: where other nodes send this node's clients
         # bounds (docs/DESIGN.md "What we promise"); 0 lifts one
         self.seats_per_token = seats_per_token
         self.sources_per_token = sources_per_token
@@ -141,7 +143,7 @@ class RoomService:
         load: dict[str, Any] = {"participants": len(self._local)}
         if self._load is not None:
             load.update(self._load())
-        await self.store.heartbeat(self.node_id, load, self.heartbeat_ttl_s)
+        await self.store.heartbeat(self.node_id, load, self.heartbeat_ttl_s, self.public_url)
 
     # --- helpers -------------------------------------------------------------
 

@@ -138,6 +138,7 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
         seats_per_token=settings.seats_per_token,
         sources_per_token=settings.sources_per_token,
         sources_per_forum=settings.sources_per_forum,
+        public_url=settings.public_url,
     )
     await rooms.start()  # heart-beats once, so the node is known before it serves
     app[ROOMS] = rooms

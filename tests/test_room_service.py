@@ -456,8 +456,8 @@ class CountingStore(MemoryStore):
         self._wanted = beats_wanted
         self.enough = asyncio.Event()
 
-    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float) -> None:
-        await super().heartbeat(node_id, load, ttl_s)
+    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float, public_url: str = "") -> None:
+        await super().heartbeat(node_id, load, ttl_s, public_url)
         self.beats += 1
         if self.beats >= self._wanted:
             self.enough.set()
