@@ -1,0 +1,132 @@
+"""Forum commands run where the forum is hosted: on real Redis, two
+nodes (two RedisStores) with their lease keepers and routers; on the
+memory store, the one node. The lease TTL is short here so takeovers
+happen within the test; the clock is the real one (the pure logic's
+timing is tested clock-free in test_forum_ownership.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from rooms.errors import RoomError
+from rooms.forum_forwarding import ForumRouter
+from rooms.forum_ownership import ForumOwnership, Owner
+from rooms.lease_keeper import LeaseKeeper
+from rooms.memory_store import MemoryStore
+from rooms.store import JsonObject, Store
+from tests.eventually import eventually
+
+DEADLINE_S = 20.0
+
+
+@dataclass
+class Node:
+    store: Store
+    keeper: LeaseKeeper
+    router: ForumRouter
+    ran: list[tuple[str, str, JsonObject]] = field(default_factory=list)
+    hang: asyncio.Event | None = None
+
+    async def local(self, forum_id: str, kind: str, body: JsonObject) -> JsonObject:
+        self.ran.append((forum_id, kind, body))
+        if kind == "refuse":
+            raise RoomError("conflict", f"source {body.get('source')} is not live")
+        if self.hang is not None:
+            await self.hang.wait()
+        return {"ran_on": self.store.node_id, "source": body.get("source")}
+
+
+async def make_node(store: Store, ttl_ms: int = 5000, timeout_s: float = DEADLINE_S) -> Node:
+    await store.start()
+    await store.heartbeat(store.node_id, {}, 30.0, public_url=f"http://127.0.0.1/{store.node_id}")
+    keeper = LeaseKeeper(ForumOwnership(store, store.node_id, ttl_ms, time.monotonic))
+    router = ForumRouter(keeper, store, store, store, timeout_s=timeout_s)
+    node = Node(store, keeper, router)
+    router.set_local(node.local)
+    router.serve()
+    await keeper.start()
+    return node
+
+
+@pytest.fixture
+async def made() -> AsyncIterator[list[Node]]:
+    nodes: list[Node] = []
+    yield nodes
+    for node in nodes:
+        if node.hang is not None:
+            node.hang.set()
+        await node.keeper.stop()
+        await node.store.stop()
+
+
+async def redis_nodes(redis_url: str, made: list[Node], ttl_ms: int = 5000,
+                      timeout_s: float = DEADLINE_S) -> tuple[Node, Node]:
+    from signaling.redis_store import RedisStore
+
+    for name in ("a@00000001", "b@00000001"):
+        made.append(await make_node(RedisStore(redis_url, name, prefix="fwd"), ttl_ms, timeout_s))
+    return made[0], made[1]
+
+
+async def test_a_command_on_another_nodes_forum_runs_there(redis_url: str, made: list[Node]) -> None:
+    a, b = await redis_nodes(redis_url, made)
+    assert await a.router.call("f1", "take", {"source": "cam"}) == {"ran_on": a.store.node_id, "source": "cam"}
+    assert await b.router.where("f1") == Owner(a.store.node_id, f"http://127.0.0.1/{a.store.node_id}")
+    answers = await asyncio.gather(*(b.router.call("f1", "take", {"source": f"cam{i}"}) for i in range(5)))
+    assert answers == [{"ran_on": a.store.node_id, "source": f"cam{i}"} for i in range(5)]
+    assert b.ran == [] and len(a.ran) == 6
+    assert await b.router.where("f2") is None  # nobody hosted f2: b takes it
+    assert await a.router.call("f2", "take", {"source": "x"}) == {"ran_on": b.store.node_id, "source": "x"}
+
+
+async def test_a_refusal_on_the_owner_comes_back_with_its_code(redis_url: str, made: list[Node]) -> None:
+    a, b = await redis_nodes(redis_url, made)
+    assert await a.router.where("f1") is None
+    with pytest.raises(RoomError) as refused:
+        await b.router.call("f1", "refuse", {"source": "cam"})
+    assert (refused.value.code, refused.value.message) == ("conflict", "source cam is not live")
+
+
+async def test_an_owner_that_does_not_answer_is_unavailable(redis_url: str, made: list[Node]) -> None:
+    a, b = await redis_nodes(redis_url, made, timeout_s=0.3)
+    assert await a.router.where("f1") is None
+    a.hang = asyncio.Event()
+    with pytest.raises(RoomError) as late:
+        await b.router.call("f1", "take", {"source": "cam"})
+    assert late.value.code == "unavailable" and "did not answer" in late.value.message
+
+
+async def test_a_dead_owners_forum_is_unavailable_until_its_lease_expires_then_taken_over(
+    redis_url: str, made: list[Node]
+) -> None:
+    a, b = await redis_nodes(redis_url, made, ttl_ms=500)
+    assert await a.router.where("f1") is None
+    await a.store.stop()  # a crashes: its inbox is gone, its lease still runs
+    with pytest.raises(RoomError) as gone:
+        await b.router.call("f1", "take", {"source": "cam"})
+    assert gone.value.code == "unavailable"
+
+    async def taken_over() -> bool:
+        return await b.router.where("f1") is None
+
+    await eventually(taken_over, timeout=DEADLINE_S, what="b to take f1 once a's 500 ms lease expired")
+    assert await b.router.call("f1", "take", {"source": "cam"}) == {"ran_on": b.store.node_id, "source": "cam"}
+
+
+async def test_the_memory_store_runs_every_command_on_its_one_node(made: list[Node]) -> None:
+    node = await make_node(MemoryStore("solo@00000001"))
+    made.append(node)
+    assert await node.router.call("f1", "take", {"source": "cam"}) == {"ran_on": "solo@00000001", "source": "cam"}
+    with pytest.raises(RoomError) as refused:
+        await node.router.call("f1", "refuse", {"source": "cam"})
+    assert refused.value.code == "conflict"
+    # a lease another instance holds (a previous run's, say) cannot be reached: unavailable, not a hang
+    assert await node.store.acquire_lease("f2", "crashed@00000000", 30_000)
+    with pytest.raises(RoomError) as elsewhere:
+        await node.router.call("f2", "take", {"source": "cam"})
+    assert elsewhere.value.code == "unavailable"
