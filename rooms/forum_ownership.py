@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 from rooms.agenda import AgendaClock
 from rooms.errors import RoomError
+from rooms.events import ParticipantJoined, ParticipantLeft, RoomEvent, SourceAdded, SourceRemoved, SourceUpdated
+from rooms.models import SourceKind, SourceState
 from rooms.store import ForumLeases, NodeLiveness
 
 logger = logging.getLogger(__name__)
@@ -222,6 +224,29 @@ class ForumOwnership:
         for forum_id in [f for f, n in self._needs.items()
                          if not n.holders and n.until <= now and f not in self._held]:
             del self._needs[forum_id]
+
+
+# sources that come from outside: the forum's own slate and playouts are the host's, not a need
+_OUTSIDE_SOURCES = frozenset({SourceKind.LIVE, SourceKind.VENUE})
+
+
+def note_event(ownership: ForumOwnership, event: RoomEvent) -> bool:
+    """Hold or drop a need from a room event about a connection on this
+    node (a participant joined or left here, a speaker's or the venue's
+    source came or went here). True when the needs changed."""
+    match event:
+        case ParticipantJoined(participant=p) if p.node_id == ownership.node_id:
+            ownership.hold(p.forum_id, f"participant:{p.id}")
+        case ParticipantLeft(participant=p) if p.node_id == ownership.node_id:
+            ownership.drop(p.forum_id, f"participant:{p.id}")
+        case SourceAdded(source=s) | SourceUpdated(source=s) if s.node_id == ownership.node_id \
+                and s.kind in _OUTSIDE_SOURCES and s.state is not SourceState.ENDED:
+            ownership.hold(s.forum_id, f"source:{s.id}")
+        case SourceRemoved(source=s) | SourceUpdated(source=s) if s.node_id == ownership.node_id:
+            ownership.drop(s.forum_id, f"source:{s.id}")
+        case _:
+            return False
+    return True
 
 
 async def resolve_owner(forum_id: str, leases: ForumLeases, liveness: NodeLiveness) -> Owner | None:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from rooms.forum_ownership import ForumOwnership, OwnershipChange
@@ -49,6 +50,8 @@ class LeaseKeeper:
         self._wake = asyncio.Event()
         self._state = KeeperState.NEW
         self._stopped: asyncio.Future[None] | None = None
+        # called before each tick (the caller refreshes what the agenda needs)
+        self.before_tick: Callable[[], None] | None = None
 
     @property
     def state(self) -> KeeperState:
@@ -103,6 +106,8 @@ class LeaseKeeper:
         async with self._lock:
             if self._state is KeeperState.STOPPED:
                 return OwnershipChange()
+            if self.before_tick is not None:
+                self.before_tick()
             change = await self.ownership.tick()
             await self._tell(change)
             return change

@@ -33,6 +33,7 @@ from signaling.ice_servers import IceServers
 from signaling.media_bridge import setup_media_plane
 from signaling.metrics import setup_metrics
 from signaling.operator_api import setup_operator
+from signaling.ownership import setup_ownership
 from signaling.pages import setup_pages
 from signaling.recording_api import setup_recordings
 from signaling.restream_api import setup_restreams
@@ -72,6 +73,7 @@ def build_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_children_ctx)  # before anything binds a port or spawns a child
     app.cleanup_ctx.append(_store_ctx)  # the store is also the event bus between nodes
     app.cleanup_ctx.append(_rooms_ctx)
+    setup_ownership(app)  # forum leases, commands routed to each forum's owner, /api/cluster
     # Integrators: add, in this order, each registering its own cleanup_ctx:
     #   setup_socketio(app), the media plane; then setup_whip_whep(app), setup_pages(app).
     setup_socketio(app)  # socket.io sessions; they end in on_shutdown, before the media plane

@@ -41,6 +41,7 @@ from signaling.app_keys import EVENT, ICE_SERVERS, ROOMS, TOKENS
 from signaling.ice_servers import IceServer
 from signaling.http_api import bearer_token, error_json_response, malformed_request
 from signaling.media_bridge import BRIDGE, MediaBridge, setup_media_bridge
+from signaling.ownership import forum_owner, redirect_url
 
 if TYPE_CHECKING:
     from rooms.service import RoomService
@@ -255,6 +256,14 @@ class WhipEndpoint(HttpMediaEndpoint):
         grant = self._grant(request)
         forum_id = known_forum(request)
         grant.require(forum_id, Role.SPEAKER)
+        owner = await forum_owner(self._app, forum_id)
+        if owner is not None:
+            # another node hosts the forum: publish there (RFC 9725's load balancing and redirections;
+            # a 307 keeps the method and the offer, RFC 9110 section 15.4.8)
+            headers = dict(CORS_HEADERS)
+            headers["Location"] = redirect_url(owner, request.path_qs)
+            logger.info("WHIP: forum %s is hosted by %s; redirected there", forum_id, owner.node_id)
+            return web.Response(status=307, headers=headers)
         offer = await read_offer(request)
         session_id = uuid.uuid4().hex
         participant_id = "whip-" + session_id[:12]

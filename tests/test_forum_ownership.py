@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -11,7 +12,9 @@ from config.settings import SAMPLE_EVENT
 from rooms.agenda import AgendaClock
 from rooms.errors import RoomError
 from rooms.event_file import load_event
-from rooms.forum_ownership import ForumOwnership, Owner, OwnershipChange, resolve_owner, scheduled_forums
+from rooms.forum_ownership import (
+    ForumOwnership, Owner, OwnershipChange, note_event, resolve_owner, scheduled_forums,
+)
 from rooms.memory_store import MemoryStore
 
 TTL_MS = 5000
@@ -248,3 +251,26 @@ def test_scheduled_forums_are_those_with_a_recorded_slot_soon_or_under_way() -> 
 def test_a_ttl_too_short_to_renew_is_refused(store: MemoryStore, clock: Clock) -> None:
     with pytest.raises(ValueError):
         ForumOwnership(store, "a@1", 10, clock)
+
+
+def test_room_events_about_this_nodes_connections_hold_and_drop_needs(store: MemoryStore, clock: Clock) -> None:
+    from rooms.events import ParticipantJoined, ParticipantLeft, ProgramChanged, SourceAdded, SourceRemoved, SourceUpdated
+    from rooms.models import MediaSource, Participant, ProgramState, Role, SourceKind, SourceState
+
+    a, _ = node(store, clock, "a@1", idle_ms=1000)
+    guest = Participant("p1", "f1", Role.VIEWER, "Guest", "a@1", 0.0)
+    elsewhere = Participant("p2", "f2", Role.VIEWER, "Guest", "b@1", 0.0)
+    speaker = MediaSource("cam", "f3", SourceKind.LIVE, "Speaker", SourceState.LIVE, "a@1")
+    slate = MediaSource("slate", "f4", SourceKind.SLATE, "Slate", SourceState.LIVE, "a@1")
+    assert note_event(a, ParticipantJoined(guest))
+    assert not note_event(a, ParticipantJoined(elsewhere))  # another node's guest: not our need
+    assert note_event(a, SourceAdded(speaker))
+    assert not note_event(a, SourceAdded(slate))  # the host's own slate never keeps a forum
+    assert not note_event(a, ProgramChanged("f5", ProgramState("f5"), "ops"))
+    assert a.needed() == {"f1", "f3"}
+    assert note_event(a, ParticipantLeft(guest))
+    assert note_event(a, SourceUpdated(dataclasses.replace(speaker, state=SourceState.ENDED)))
+    assert a.needed() == set()
+    assert note_event(a, SourceAdded(speaker))
+    assert note_event(a, SourceRemoved(speaker))
+    assert a.needed() == set()
