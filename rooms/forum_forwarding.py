@@ -83,6 +83,10 @@ class ForumRouter:
         owner = await self.where(forum_id)
         if owner is None:
             return await self._run_local(forum_id, kind, body)
+        return await self.forward(owner, forum_id, kind, body)
+
+    async def forward(self, owner: Owner, forum_id: str, kind: str, body: JsonObject) -> JsonObject:
+        """Send `kind` to the owner `where` named; its answer (see `call`)."""
         return await self._bus.request(
             owner.node_id, FORUM_COMMAND, {"forum_id": forum_id, "command": kind, "body": body}, self.timeout_s
         )
