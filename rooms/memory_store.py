@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rooms.chat import ChatMessage
+from rooms.errors import RoomError
 from rooms.events import RoomEvent
 from rooms.models import MediaSource, Participant, ProgramState
 from rooms.store import (
@@ -32,6 +33,11 @@ from rooms.store import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def _check_ttl(ttl_ms: int) -> None:
+    if ttl_ms < 1:
+        raise RoomError("invalid", f"a lease lasts at least 1 ms, not {ttl_ms}")
 
 
 class MemoryStore(Store):
@@ -201,12 +207,14 @@ class MemoryStore(Store):
         return held[0]
 
     async def acquire_lease(self, forum_id: str, owner: str, ttl_ms: int) -> bool:
+        _check_ttl(ttl_ms)
         if self._live_lease(forum_id) not in (None, owner):
             return False
         self._leases[forum_id] = (owner, self._clock() + ttl_ms / 1000)
         return True
 
     async def renew_lease(self, forum_id: str, owner: str, ttl_ms: int) -> bool:
+        _check_ttl(ttl_ms)
         if self._live_lease(forum_id) != owner:
             return False
         self._leases[forum_id] = (owner, self._clock() + ttl_ms / 1000)

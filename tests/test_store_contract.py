@@ -461,6 +461,10 @@ async def test_only_the_owner_renews_or_releases_its_lease(nodes: Nodes) -> None
     assert await b.lease_owner("f1") is None
     assert await b.acquire_lease("f1", "y", 30_000)
     assert await a.lease_owner("f1") == "y"
+    for call in (a.acquire_lease("f2", "x", 0), a.renew_lease("f1", "y", -5)):
+        with pytest.raises(RoomError) as bad:
+            await call
+        assert bad.value.code == "invalid"
 
 
 async def test_an_expired_lease_goes_to_the_next_taker(nodes: Nodes) -> None:
