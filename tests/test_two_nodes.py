@@ -42,6 +42,8 @@ async def test_both_nodes_come_up_see_each_other_and_a_forum_gets_one_owner(
     by_id = {n["node_id"]: n["public_url"] for n in view["nodes"]}
     assert by_id[cluster.node_id("a")] == a.url and by_id[cluster.node_id("b")] == b.url
     assert view["owners"][FORUM] is None  # nobody needed it yet
+    refused = await http.get(f"{a.url}/api/cluster", headers={"Authorization": f"Bearer {a.token(Role.OPERATOR)}"})
+    assert refused.status == 403 and (await refused.json())["error"]["code"] == "forbidden"
 
     # a speaker publishes on both nodes at once: one node takes the forum, the other redirects to it
     peers = [PublisherPeer(), PublisherPeer()]
