@@ -61,7 +61,8 @@ class Cluster:
 
 
 def start_cluster(redis_url: str, names: tuple[str, ...] = ("a", "b"), extra_env: dict[str, str] | None = None,
-                  lease_ttl_ms: int = LEASE_TTL_MS) -> Cluster:
+                  lease_ttl_ms: int = LEASE_TTL_MS, extra_args: list[str] | None = None) -> Cluster:
+    """Start the nodes (`extra_args` to each `serve`, e.g. ["--event", path])."""
     secret = secrets.token_urlsafe(48)
     cluster = Cluster()
     try:
@@ -72,7 +73,7 @@ def start_cluster(redis_url: str, names: tuple[str, ...] = ("a", "b"), extra_env
                 "FORUMCAST_LEASE_TTL_MS": str(lease_ttl_ms),
                 **(extra_env or {}),
             }
-            cluster.nodes[name] = start_server(extra_env=env, secret=secret)
+            cluster.nodes[name] = start_server(extra_env=env, extra_args=extra_args, secret=secret)
 
         def everyone_sees_everyone() -> bool:
             views = {name: cluster.cluster_view(name) for name in names}
