@@ -35,7 +35,8 @@ from rooms.models import Event, Participant, Role, SourceKind
 from rooms.tokens import Grant, TokenService
 from signaling import protocol
 from signaling.app_keys import EVENT, ICE_SERVERS, ROOMS, SETTINGS, SIO, TOKENS
-from signaling.media_bridge import BRIDGE, MediaBridge
+from signaling.media_bridge import BRIDGE
+from streaming.media_bridge import MediaBridge
 
 if TYPE_CHECKING:
     from rooms.service import RoomService
