@@ -10,9 +10,12 @@ calls for every operator command.
   event (a source connects, someone joins, an operator acts) hosts it;
   program and source events go to its switcher, in order, each one's
   writes landing before the next event.
-- Which forums a node hosts is decided here today (every forum it hears
-  of); with several nodes the owner of a forum's lease hosts it and the
-  others forward (rooms/forum_control.py's Protocol stays the seam).
+- Which forums a node hosts: every forum it needs, unless `may_host`
+  (injected; e.g. "this node holds the forum's lease") says no: then
+  `host()` refuses (RoomError unavailable), the pump leaves the forum's
+  events alone and the agenda's slots play on the node that hosts it. A
+  node that does not host a forum puts a forwarding ForumControl in front
+  of this one (rooms/forum_control.py's Protocol stays the seam).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from rooms import events as room_events
@@ -52,6 +55,15 @@ class RecordingPort(Protocol):
 
 
 SettingsFor = Callable[[str], HostSettings]  # forum id -> that forum's host settings
+MayHost = Callable[[str], Awaitable[bool]]  # forum id -> may this node host it now
+
+
+class NotHostedHere(RoomError):
+    """This node may not host the forum now (another node does)."""
+
+    def __init__(self, forum_id: str) -> None:
+        super().__init__("unavailable", f"forum {forum_id} is hosted by another node")
+        self.forum_id = forum_id
 
 
 class ForumHosts:
@@ -59,7 +71,8 @@ class ForumHosts:
 
     def __init__(self, rooms: RoomService, plane: HostPlane, bridge: MediaBridge, library: MediaLibrary,
                  outputs: ProgramOutputs, settings_for: SettingsFor, notifier: ForumNotifier,
-                 agenda: AgendaClock | None = None, *, environ: Mapping[str, str] | None = None) -> None:
+                 agenda: AgendaClock | None = None, *, environ: Mapping[str, str] | None = None,
+                 may_host: MayHost | None = None) -> None:
         self._rooms = rooms
         self._plane = plane
         self._bridge = bridge
@@ -69,6 +82,7 @@ class ForumHosts:
         self._notifier = notifier
         self._agenda = agenda
         self._environ = os.environ if environ is None else environ
+        self.may_host = may_host
         self.recordings: RecordingPort | None = None  # set once the recorder exists (it needs `outputs`)
         self._hosts: dict[str, ForumHost] = {}
         self._starting: dict[str, asyncio.Future[ForumHost]] = {}
@@ -105,13 +119,16 @@ class ForumHosts:
     async def host(self, forum_id: str) -> ForumHost:
         """The forum's running host, created and started on first need.
         RoomError: not_found (no such forum), unavailable (the node is
-        stopping, or the host failed to start: the next call tries again)."""
+        stopping, or the host failed to start: the next call tries again),
+        NotHostedHere (a RoomError unavailable: `may_host` said no)."""
         found = self._hosts.get(forum_id)
         if found is not None:
             return found
         forum = self._rooms.forum(forum_id)
         if self._closed:
             raise RoomError("unavailable", "this node is shutting down")
+        if self.may_host is not None and not await self.may_host(forum.id):
+            raise NotHostedHere(forum.id)
         pending = self._starting.get(forum.id)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -152,9 +169,12 @@ class ForumHosts:
             await host.stop()
 
     async def slot_host(self, forum_id: str) -> ForumHost | None:
-        """The agenda's host for a due slot (AgendaScheduler's SlotHosts):
-        this node hosts every forum it needs today."""
-        return await self.host(forum_id)
+        """The agenda's host for a due slot (AgendaScheduler's SlotHosts);
+        None when another node hosts the forum."""
+        try:
+            return await self.host(forum_id)
+        except NotHostedHere:
+            return None
 
     def slot_hosts(self) -> list[ForumHost]:
         return list(self._hosts.values())
@@ -170,6 +190,8 @@ class ForumHosts:
     async def _need(self, forum_id: str) -> None:
         try:
             await self.host(forum_id)
+        except NotHostedHere:
+            pass
         except RoomError as exc:
             logger.warning("ForumHosts: %s not hosted: %s", forum_id, exc.message)
 
@@ -211,7 +233,10 @@ class ForumHosts:
                 host.switcher.on_source_removed(event.source.id)
                 await host.switcher.idle()
             return
-        host = await self.host(forum_id)  # the forum's first event hosts it
+        try:
+            host = await self.host(forum_id)  # the forum's first event hosts it
+        except NotHostedHere:
+            return  # its host is on another node
         match event:
             case room_events.ProgramChanged() | room_events.PreviewChanged():
                 host.switcher.on_program_changed(event.state, event.by)

@@ -23,7 +23,7 @@ from rooms.models import (Event, Forum, ForumKind, MediaSource, ProgramState, Re
 from rooms.service import RoomService
 from rooms.tokens import Grant
 from streaming.forum_host import ForumHost, HostSettings, HostState, slate_id
-from streaming.forum_hosts import ForumHosts
+from streaming.forum_hosts import ForumHosts, NotHostedHere
 from streaming.forum_outputs import OutputProfile, ProgramOutputs
 from streaming.media_bridge import MediaBridge
 from streaming.media_config import MediaConfig
@@ -253,3 +253,25 @@ async def test_event_destinations_load_when_an_output_came_first(rig: Rig) -> No
     again = await rig.hosts.restreams(OTHER, OPERATOR)
     assert [r["id"] for r in again["restreams"]] == ["yt"]  # type: ignore[index, union-attr]
     assert "event-file-key" not in repr(again) and "event-file-key" not in repr(rig.pushes.log)
+
+
+async def test_a_forum_another_node_hosts_is_not_hosted_here(rig: Rig) -> None:
+    asked: list[str] = []
+
+    async def only_ai(forum_id: str) -> bool:
+        asked.append(forum_id)
+        return forum_id == FORUM
+
+    rig.hosts.may_host = only_ai
+    with pytest.raises(NotHostedHere) as refused:
+        await rig.hosts.take(OTHER, OPERATOR, None)
+    assert refused.value.code == "unavailable" and refused.value.forum_id == OTHER
+    assert await rig.hosts.slot_host(OTHER) is None
+    # its room events are left to the node that hosts it; ours still host ours
+    await rig.rooms.register_source(OTHER, OPERATOR, MediaSource("w", OTHER, SourceKind.VENUE, "W",
+                                                                 state=SourceState.LIVE))
+    await rig.rooms.register_source(FORUM, OPERATOR, MediaSource("a", FORUM, SourceKind.VENUE, "A",
+                                                                 state=SourceState.LIVE))
+    await eventually(lambda: rig.hosts.get(FORUM) is not None, timeout=60, what="our forum hosted")
+    assert rig.hosts.hosted() == [FORUM] and asked.count(OTHER) >= 3
+    assert rig.plane.cuts(OTHER) == [], "nothing of the other node's forum on this plane"
