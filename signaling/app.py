@@ -28,6 +28,7 @@ from rooms.store import Store, new_instance_id
 from rooms.tokens import TokenService
 from signaling.app_keys import AGENDA, EVENT, ICE_SERVERS, ROOMS, SETTINGS, STORE, TOKENS
 from signaling.hls_api import setup_hls
+from signaling.hosting import setup_hosting
 from signaling.http_api import setup_http_api
 from signaling.ice_servers import IceServers
 from signaling.media_bridge import setup_media_plane
@@ -38,7 +39,7 @@ from signaling.pages import setup_pages
 from signaling.recording_api import setup_recordings
 from signaling.restream_api import setup_restreams
 from signaling.sio_server import setup_socketio
-from signaling.whip import setup_whip_whep
+from signaling.whep import setup_whip_whep
 from streaming.child_processes import ChildRegistry, remove_dead_runs
 from streaming.child_processes import install as install_children
 
@@ -78,12 +79,13 @@ def build_app(settings: Settings) -> web.Application:
     #   setup_socketio(app), the media plane; then setup_whip_whep(app), setup_pages(app).
     setup_socketio(app)  # socket.io sessions; they end in on_shutdown, before the media plane
     setup_media_plane(app)  # app[MEDIA]: the node's MediaPlane (MediaConfig from Settings)
-    setup_whip_whep(app)  # WHIP/WHEP and the media bridge (publishers -> rooms, program follows)
+    setup_whip_whep(app)  # WHIP/WHEP and the media bridge (publishers -> rooms, media states -> rooms)
     setup_pages(app)  # /lobby, /speak, /watch, /static
-    setup_restreams(app)  # program outputs: encoder on demand, restream destinations (REST + "restreams" pushes)
+    setup_hosting(app)  # the forum hosts (slate, venue, playouts, switcher, outputs) behind app[CONTROL], agenda
+    setup_restreams(app)  # restream destinations REST (the hosts push "restreams")
     setup_hls(app)  # /hls/{forum_id}/index.m3u8: fMP4 segments from the program encoder, signed segment URLs
     setup_recordings(app)  # recorder: segments + finalize, crash recovery, /api/recordings
-    setup_operator(app)  # switchboard, slates/venue/library/playouts, agenda runner, operator REST + events, /control
+    setup_operator(app)  # operator REST + socket.io events (all through app[CONTROL]), library, /control
     setup_metrics(app)  # /metrics (Prometheus), read from the plane's counters at scrape time
     return app
 

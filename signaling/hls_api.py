@@ -33,8 +33,7 @@ from aiohttp import web
 from config.settings import ffmpeg_path
 from rooms.errors import RoomError
 from rooms.models import Role
-from signaling.app_keys import EVENT, SETTINGS, TOKENS
-from signaling.restream_api import OUTPUTS
+from signaling.app_keys import EVENT, OUTPUTS, SETTINGS, TOKENS
 from streaming.hls_output import HlsOutput, window_segments
 
 logger = logging.getLogger(__name__)

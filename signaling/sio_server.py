@@ -31,13 +31,14 @@ from aiohttp import web
 
 from rooms import events as room_events
 from rooms.errors import RoomError
+from rooms.forum_ownership import Owner
 from rooms.models import Event, Participant, Role, SourceKind
 from rooms.tokens import Grant, TokenService
 from signaling import protocol
 from signaling.app_keys import EVENT, ICE_SERVERS, ROOMS, SETTINGS, SIO, TOKENS
-from signaling.media_bridge import BRIDGE, MediaBridge
+from signaling.media_bridge import BRIDGE
 from signaling.ownership import forum_owner, redirect_url
-from rooms.forum_ownership import Owner
+from streaming.media_bridge import MediaBridge
 
 if TYPE_CHECKING:
     from rooms.service import RoomService

@@ -13,7 +13,9 @@ publish into a forum with one HTTP POST.
 A WHIP session is a participant of the forum (a speaker) that holds one
 live source; the MediaBridge registers the source and follows its state.
 Every refusal is JSON {"error": {"code", "message"}}. The helpers at the
-top are shared with WHEP (signaling/whep.py), which has the same shape.
+top are shared with WHEP (signaling/whep.py), which has the same shape;
+whep imports them and also holds `setup_whip_whep`, so this module never
+imports whep.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ from signaling import protocol
 from signaling.app_keys import EVENT, ICE_SERVERS, ROOMS, TOKENS
 from signaling.ice_servers import IceServer
 from signaling.http_api import bearer_token, error_json_response, malformed_request
-from signaling.media_bridge import BRIDGE, MediaBridge, setup_media_bridge
+from signaling.media_bridge import BRIDGE, setup_media_bridge
 from signaling.ownership import forum_owner, redirect_url
+from streaming.media_bridge import MediaBridge
 
 if TYPE_CHECKING:
     from rooms.service import RoomService
@@ -365,12 +368,3 @@ def setup_whip(app: web.Application) -> None:
     app.router.add_route("GET", "/whip/{forum_id}/{session_id}", edge(endpoint.show))
     app.cleanup_ctx.append(_whip_ctx)
     app.on_shutdown.append(_whip_shutdown)
-
-
-def setup_whip_whep(app: web.Application) -> None:
-    """WHIP and WHEP routes, the media bridge and their cleanup contexts.
-    Call it after the room service and media plane contexts are registered."""
-    from signaling.whep import setup_whep  # whep imports this module's helpers
-
-    setup_whip(app)
-    setup_whep(app)
