@@ -109,9 +109,21 @@ class RoomService:
                                "if another process runs under this name, give each node its own node_id",
                                self.node_id, node_id)
         await self._reap(previous)
+        await self._free_leases(previous)
         await self._beat()
         self._stopping.clear()
         self._upkeep = asyncio.create_task(self._run_upkeep(), name=f"RoomService({self.node_id}) upkeep")
+
+    async def _free_leases(self, crashed: list[str]) -> None:
+        """Give up the forum leases earlier runs of this name held: they
+        are dead (see `start`), so their forums are taken over now, not
+        after the lease TTL (a restarted node would otherwise forward its
+        own forums' commands to its crashed run)."""
+        for node_id in crashed:
+            freed = [f.id for f in self.event.forums if await self.store.release_lease(f.id, node_id)]
+            if freed:
+                logger.warning("RoomService(%s) freed the forum leases of %s, an earlier run: %s",
+                               self.node_id, node_id, freed)
 
     async def stop(self) -> None:
         """Stop the upkeep. Idempotent. Participants stay in the store: the

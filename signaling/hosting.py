@@ -27,6 +27,7 @@ from rooms.models import Event
 from signaling.app_keys import (AGENDA, CONTROL, EVENT, HOSTS, LIBRARY, MEDIA, NOTIFIER, OUTPUTS, ROOMS,
                                 SCHEDULER, SETTINGS, SIO)
 from signaling.media_bridge import BRIDGE
+from signaling.ownership import bind_hosts, unbind_hosts
 from signaling.sio_server import operators_room
 from signaling.tus_uploads import TUS, TusStore
 from streaming.agenda_scheduler import AgendaScheduler
@@ -151,8 +152,9 @@ async def _hosting_ctx(app: web.Application) -> AsyncIterator[None]:
                                app[AGENDA])
             await hosts.start()
             app[HOSTS] = hosts
-            app[CONTROL] = hosts
             scheduler = AgendaScheduler(app[AGENDA], library, hosts)
+            # several nodes: only a forum's lease owner hosts it, commands go there (signaling/ownership.py)
+            app[CONTROL] = await bind_hosts(app, hosts, scheduler)
             await scheduler.start()
             app[SCHEDULER] = scheduler
         else:
@@ -165,6 +167,7 @@ async def _hosting_ctx(app: web.Application) -> AsyncIterator[None]:
         if scheduler is not None:
             await scheduler.stop()
         await library.stop()
+        await unbind_hosts(app)
         if hosts is not None:
             await hosts.stop()
         await outputs.close()

@@ -35,6 +35,7 @@ from rooms.forum_control import JsonObject
 from signaling.app_keys import AGENDA, EVENT, HOSTS, NOTIFIER, OUTPUTS, SETTINGS, TOKENS
 from signaling.http_api import json_response
 from signaling.operator_common import control_of, operator_forum, read_body
+from signaling.ownership import hosts_forum
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,8 @@ async def _follow_agenda(app: web.Application, recorder: Recorder, interval: flo
     await asyncio.sleep(0)
     running: dict[str, str] = {}
     while True:
-        due = due_recordings(app[EVENT], app[AGENDA])
+        # several nodes: the forum's lease owner records it (signaling/ownership.py)
+        due = {f: s for f, s in due_recordings(app[EVENT], app[AGENDA]).items() if hosts_forum(app, f)}
         stop, start = plan(due, running)
         for forum_id in stop:
             running.pop(forum_id, None)

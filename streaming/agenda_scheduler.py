@@ -107,6 +107,18 @@ class AgendaScheduler:
         """Look at the clock now (after a test moved it, or a settings change)."""
         self._poke.set()
 
+    def join_under_way(self, forum_id: str) -> None:
+        """This node just took the forum over (its lease): play the forum's
+        slot under way, from where it should be now (as a node that starts
+        mid-slot does); a slot this node already plays is not started twice."""
+        now = self._agenda.now()
+        for under_way in self._agenda.recorded_starts(now - LONGEST_SLOT, now + dt.timedelta(microseconds=1)):
+            if under_way.forum_id == forum_id and under_way.until is not None and under_way.until > now \
+                    and under_way not in self._joining:
+                self._prepare(under_way)
+                self._joining.append(under_way)
+        self.poke()
+
     async def _run(self) -> None:
         while True:
             try:
@@ -157,6 +169,8 @@ class AgendaScheduler:
                 logger.info("AgendaScheduler: %s in %s plays on the node hosting the forum",
                             playout.speaker_id, playout.forum_id)
                 return
+            if any(playing.playout == playout for playing in host.slots()):
+                return  # already playing here (joined at start and again at a takeover)
             # the speaker's own upload (from their invite link) replaces the event file's video
             uploaded = self._library.speaker_item(playout.forum_id, playout.speaker_id)
             item = uploaded if uploaded is not None else await asyncio.shield(self._prepare(playout))

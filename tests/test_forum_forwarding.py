@@ -130,3 +130,23 @@ async def test_the_memory_store_runs_every_command_on_its_one_node(made: list[No
     with pytest.raises(RoomError) as elsewhere:
         await node.router.call("f2", "take", {"source": "cam"})
     assert elsewhere.value.code == "unavailable"
+
+
+async def test_a_forwarded_command_that_does_not_fit_is_refused_before_it_runs() -> None:
+    from rooms.routed_control import run_command
+
+    class Untouched:
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"{name} must not run")
+
+    grant = {"role": "operator", "forums": ["f1"], "name": "Ops", "subject": "ops", "expires_at": 2e9}
+    cases: list[tuple[str, JsonObject]] = [
+        ("drop_database", {"grant": grant, "args": {}}),  # not a ForumControl command
+        ("take", {"grant": grant, "args": {"source_id": "cam", "sudo": True}}),  # an argument take has not
+        ("take", {"grant": {"role": "god"}, "args": {}}),  # not a grant
+        ("take", {"args": {}}),  # no grant at all
+    ]
+    for command, body in cases:
+        with pytest.raises(RoomError) as refused:
+            await run_command(Untouched(), "f1", command, body)  # type: ignore[arg-type]
+        assert refused.value.code == "invalid", (command, body)
