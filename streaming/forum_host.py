@@ -62,6 +62,7 @@ SYSTEM_GRANT_TTL_S = 10 * 365 * 24 * 3600.0
 SLATE_SIZE = (960, 540)
 SLATE_LOOP_S = 0.2  # 3 frames at 15 fps (~200 kbit/s of IDRs): a cut to the slate waits at most this for its IDR
 SLATE_RETRY_S = 30
+SLATE_ENCODE_TIMEOUT_S = 30.0  # ~1 s on a quiet machine; a hung encoder must not hold the host's start
 MAX_PLAYOUTS_PER_FORUM = 8  # each costs a paced task; more is a mistake, not a need
 LIVE_WAIT_S = 5.0  # a playout's first packets arrive within milliseconds; this is a generous bound
 AGENDA_BY = policy.AGENDA_BY
@@ -178,7 +179,8 @@ class ForumHost:
         self._live: dict[str, asyncio.Event] = {}  # playout source -> set once the rooms hold it live
         self._slots: dict[str, SlotPlaying] = {}  # source id -> the agenda slot it plays
         self._grant = system_grant("inputs")
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # playouts ending: awaited at stop, never cut short
+        self._slate_retry: asyncio.Task[None] | None = None
         self._state = HostState.NEW
         self._stopped: asyncio.Future[None] | None = None
         self.started = asyncio.Event()
@@ -212,7 +214,7 @@ class ForumHost:
         self._set_state(HostState.STARTING)
         try:
             if not await self._start_slate():
-                self._spawn(self._retry_slate())
+                self._slate_retry = asyncio.create_task(self._retry_slate(), name=f"slate-retry-{self.forum_id}")
             await self.switcher.start()
             # outputs: the forum's encoder starts with its first running output (ForumOutputs)
         except BaseException:
@@ -237,10 +239,12 @@ class ForumHost:
             self._stopped.set_result(None)
 
     async def _stop_parts(self) -> None:
-        tasks, self._tasks = list(self._tasks), set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        retry, self._slate_retry = self._slate_retry, None
+        if retry is not None:
+            retry.cancel()
+            await asyncio.gather(retry, return_exceptions=True)
+        # a playout that is ending finishes (its source unregistered), then the rest end
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._close_outputs is not None:
             await _logged(self._close_outputs(self.forum_id), f"ForumHost({self.forum_id}) outputs")
         self._slots.clear()
@@ -276,8 +280,10 @@ class ForumHost:
         try:
             # a short loop: each loop opens with the slate's only IDR, and a cut to
             # the slate waits for one (Slate cannot make one on request)
-            loop = await encode_slate(title, ffmpeg_path=self._settings.ffmpeg, width=SLATE_SIZE[0],
-                                      height=SLATE_SIZE[1], fps=15, seconds=SLATE_LOOP_S)
+            loop = await asyncio.wait_for(
+                encode_slate(title, ffmpeg_path=self._settings.ffmpeg, width=SLATE_SIZE[0], height=SLATE_SIZE[1],
+                             fps=15, seconds=SLATE_LOOP_S),
+                SLATE_ENCODE_TIMEOUT_S)
             slate = Slate(title, video, audio, source_id=slate_id(self.forum_id), loop=loop)
             await slate.start()
         except asyncio.CancelledError:
