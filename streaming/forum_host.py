@@ -34,10 +34,10 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from rooms import program_policy as policy
 from rooms.agenda import ScheduledPlayout
@@ -158,7 +158,7 @@ class ForumHost:
                  library: MediaLibrary, outputs: ForumOutputs, settings: HostSettings, *,
                  on_playouts: Callable[[str, JsonObject], None] | None = None,
                  on_state: Callable[[str, HostState], None] | None = None,
-                 close_outputs: Callable[[str], Coroutine[Any, Any, None]] | None = None) -> None:
+                 close_outputs: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.forum = forum
         self.forum_id = forum.id
         self._rooms = rooms
@@ -525,13 +525,13 @@ class ForumHost:
 
     # --- tasks -------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(_logged(coro, f"ForumHost({self.forum_id}) task"))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
 
-async def _logged(coro: Coroutine[Any, Any, Any], what: str) -> None:
+async def _logged(coro: Awaitable[None], what: str) -> None:
     """Await `coro`; log (not raise) what it raises, so one part's failure
     never keeps the others from stopping."""
     try:

@@ -171,7 +171,11 @@ class ForumHosts:
         return sorted(self._hosts)
 
     async def release(self, forum_id: str) -> None:
-        """Stop the forum's host and forget it (idempotent)."""
+        """Stop the forum's host and forget it (idempotent); a host still
+        starting is released once its start ends."""
+        pending = self._starting.get(forum_id)
+        if pending is not None:
+            await asyncio.gather(asyncio.shield(pending), return_exceptions=True)
         host = self._hosts.pop(forum_id, None)
         if host is not None:
             await host.stop()

@@ -287,3 +287,12 @@ async def test_stopping_the_node_while_a_host_starts_leaves_none_running(rig: Ri
     assert rig.hosts.hosted() == [] and rig.plane.feed(slate_id(FORUM)) is None
     with pytest.raises(RoomError):
         await rig.hosts.host(FORUM)  # a stopped registry hosts nothing more
+
+
+async def test_a_host_released_while_it_starts_is_stopped(rig: Rig) -> None:
+    starting = asyncio.ensure_future(rig.hosts.host(FORUM))
+    await eventually(lambda: FORUM in rig.hosts._starting, timeout=20, interval=0.001, what="the start under way")
+    await rig.hosts.release(FORUM)
+    host = await starting
+    assert host.state is HostState.STOPPED and rig.hosts.hosted() == []
+    assert rig.plane.feed(slate_id(FORUM)) is None
