@@ -12,11 +12,13 @@ encoder, restreams; the recorder and HLS hold that encoder too).
 Lifecycle (STYLE.md item 5): `state` is NEW -> STARTING -> RUNNING ->
 STOPPING -> STOPPED, each change through `_set_state` (logged, and told to
 `on_state`). `start()` brings the parts up in one order: slate first (the
-program is never empty), then the switcher, the agenda's slots, the
-outputs; the venue listeners start lazily (`ensure_venue`). `stop()`
-takes them down in the reverse order; it is idempotent and every
-concurrent caller awaits the same stop. `started`/`exited` are set once
-each.
+program is never empty), then the switcher (its first cut); agenda slots
+come from the scheduler once it runs; the outputs are handed over at
+creation (idle: the encoder starts with the first output); the venue
+listeners start lazily (`ensure_venue`). `stop()` takes them down in the
+reverse order (outputs, slots and playouts, venue, switcher, slate); it
+is idempotent and every concurrent caller awaits the same stop.
+`started`/`exited` are set once each.
 
 Media states of the host's sources reach the rooms through the node's
 MediaBridge (`adopt`), the one applier; room events reach the switcher
@@ -204,9 +206,11 @@ class ForumHost:
                 logger.exception("ForumHost(%s): a state listener failed", self.forum_id)
 
     async def start(self) -> None:
-        """Slate, switcher, agenda slots (empty until the scheduler hands
-        one), outputs. A slate that fails to encode is retried in the
-        background (the forum still works, with an empty program meanwhile).
+        """Slate, then switcher (agenda slots and outputs need nothing
+        started: the scheduler hands slots to a running host, the encoder
+        starts with the first output). A slate that fails to encode is
+        retried in the background (the forum works, with an empty program
+        meanwhile).
         RuntimeError when not NEW; whatever the switcher's first read of
         the rooms raises (the host is then stopped)."""
         if self._state is not HostState.NEW:
@@ -216,7 +220,6 @@ class ForumHost:
             if not await self._start_slate():
                 self._slate_retry = asyncio.create_task(self._retry_slate(), name=f"slate-retry-{self.forum_id}")
             await self.switcher.start()
-            # outputs: the forum's encoder starts with its first running output (ForumOutputs)
         except BaseException:
             await self.stop()
             raise
