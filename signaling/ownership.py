@@ -141,13 +141,6 @@ async def forum_owner(app: web.Application, forum_id: str) -> Owner | None:
     return None if router is None else await router.where(forum_id)
 
 
-def hosts_forum(app: web.Application, forum_id: str) -> bool:
-    """Whether this node hosts the forum now (its lease); True on an app
-    without ownership."""
-    keeper = app.get(KEEPER)
-    return keeper is None or keeper.owns(forum_id)
-
-
 def redirect_url(owner: Owner, path_qs: str) -> str:
     """The owner's URL for the same path; RoomError("unavailable") while
     the owner's address is unknown (its heartbeat expired: it is dying and

@@ -35,7 +35,8 @@ from rooms.forum_control import JsonObject
 from signaling.app_keys import AGENDA, EVENT, HOSTS, NOTIFIER, OUTPUTS, SETTINGS, TOKENS
 from signaling.http_api import json_response
 from signaling.operator_common import control_of, operator_forum, read_body
-from signaling.ownership import hosts_forum
+from streaming.forum_host import system_grant
+from streaming.forum_hosts import NotHostedHere
 
 logger = logging.getLogger(__name__)
 
@@ -110,26 +111,34 @@ async def post_stop(request: web.Request) -> web.Response:
     return json_response(await control_of(request.app).stop_recording(forum_id, grant))
 
 
-async def _follow_agenda(app: web.Application, recorder: Recorder, interval: float = 5.0) -> None:
+async def _follow_agenda(app: web.Application, interval: float = 5.0) -> None:
     """Record each session of a forum marked `recorded` while it is live
-    (recorder/schedule.py decides; manual recordings are left alone)."""
+    (recorder/schedule.py decides; manual recordings are left alone), on
+    the node that hosts the forum: through this node's ForumHosts, so the
+    forum is hosted (its slate on) first and a forum another node hosts is
+    left to that node."""
     await asyncio.sleep(0)
+    hosts = app.get(HOSTS)
+    if hosts is None:
+        return  # no media plane here: nothing to record
+    grant = system_grant("recorder")
     running: dict[str, str] = {}
     while True:
-        # several nodes: the forum's lease owner records it (signaling/ownership.py)
-        due = {f: s for f, s in due_recordings(app[EVENT], app[AGENDA]).items() if hosts_forum(app, f)}
+        due = due_recordings(app[EVENT], app[AGENDA])
         stop, start = plan(due, running)
         for forum_id in stop:
             running.pop(forum_id, None)
             try:
-                await recorder.stop(forum_id)
-            except RecorderError:
+                await hosts.stop_recording(forum_id, grant)
+            except RoomError:
                 pass  # an operator stopped it already
         for forum_id, session in start:
             try:
-                await recorder.start(forum_id, session)
+                await hosts.start_recording(forum_id, grant, session)
                 running[forum_id] = session
-            except RecorderError as error:
+            except NotHostedHere:
+                logger.debug("recording %s/%s: the forum is hosted by another node", forum_id, session)
+            except RoomError as error:
                 logger.warning("recording %s/%s not started: %s", forum_id, session, error.message)
             except Exception:
                 logger.exception("recording %s/%s failed to start", forum_id, session)
@@ -152,7 +161,7 @@ async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
         hosts.recordings = RecorderPort(recorder)
     recovery = asyncio.create_task(recorder.recover(), name="recorder-recover")
     schedule = asyncio.create_task(
-        _follow_agenda(app, recorder) if settings.record_sessions else asyncio.sleep(0), name="recorder-agenda")
+        _follow_agenda(app) if settings.record_sessions else asyncio.sleep(0), name="recorder-agenda")
     try:
         yield
     finally:

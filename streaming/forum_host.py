@@ -12,11 +12,13 @@ encoder, restreams; the recorder and HLS hold that encoder too).
 Lifecycle (STYLE.md item 5): `state` is NEW -> STARTING -> RUNNING ->
 STOPPING -> STOPPED, each change through `_set_state` (logged, and told to
 `on_state`). `start()` brings the parts up in one order: slate first (the
-program is never empty), then the switcher, the agenda's slots, the
-outputs; the venue listeners start lazily (`ensure_venue`). `stop()`
-takes them down in the reverse order; it is idempotent and every
-concurrent caller awaits the same stop. `started`/`exited` are set once
-each.
+program is never empty), then the switcher (its first cut); agenda slots
+come from the scheduler once it runs; the outputs are handed over at
+creation (idle: the encoder starts with the first output); the venue
+listeners start lazily (`ensure_venue`). `stop()` takes them down in the
+reverse order (outputs, slots and playouts, venue, switcher, slate); it
+is idempotent and every concurrent caller awaits the same stop.
+`started`/`exited` are set once each.
 
 Media states of the host's sources reach the rooms through the node's
 MediaBridge (`adopt`), the one applier; room events reach the switcher
@@ -34,10 +36,10 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from rooms import program_policy as policy
 from rooms.agenda import ScheduledPlayout
@@ -62,6 +64,7 @@ SYSTEM_GRANT_TTL_S = 10 * 365 * 24 * 3600.0
 SLATE_SIZE = (960, 540)
 SLATE_LOOP_S = 0.2  # 3 frames at 15 fps (~200 kbit/s of IDRs): a cut to the slate waits at most this for its IDR
 SLATE_RETRY_S = 30
+SLATE_ENCODE_TIMEOUT_S = 30.0  # ~1 s on a quiet machine; a hung encoder must not hold the host's start
 MAX_PLAYOUTS_PER_FORUM = 8  # each costs a paced task; more is a mistake, not a need
 LIVE_WAIT_S = 5.0  # a playout's first packets arrive within milliseconds; this is a generous bound
 AGENDA_BY = policy.AGENDA_BY
@@ -157,7 +160,7 @@ class ForumHost:
                  library: MediaLibrary, outputs: ForumOutputs, settings: HostSettings, *,
                  on_playouts: Callable[[str, JsonObject], None] | None = None,
                  on_state: Callable[[str, HostState], None] | None = None,
-                 close_outputs: Callable[[str], Coroutine[Any, Any, None]] | None = None) -> None:
+                 close_outputs: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.forum = forum
         self.forum_id = forum.id
         self._rooms = rooms
@@ -178,7 +181,8 @@ class ForumHost:
         self._live: dict[str, asyncio.Event] = {}  # playout source -> set once the rooms hold it live
         self._slots: dict[str, SlotPlaying] = {}  # source id -> the agenda slot it plays
         self._grant = system_grant("inputs")
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # playouts ending: awaited at stop, never cut short
+        self._slate_retry: asyncio.Task[None] | None = None
         self._state = HostState.NEW
         self._stopped: asyncio.Future[None] | None = None
         self.started = asyncio.Event()
@@ -202,9 +206,11 @@ class ForumHost:
                 logger.exception("ForumHost(%s): a state listener failed", self.forum_id)
 
     async def start(self) -> None:
-        """Slate, switcher, agenda slots (empty until the scheduler hands
-        one), outputs. A slate that fails to encode is retried in the
-        background (the forum still works, with an empty program meanwhile).
+        """Slate, then switcher (agenda slots and outputs need nothing
+        started: the scheduler hands slots to a running host, the encoder
+        starts with the first output). A slate that fails to encode is
+        retried in the background (the forum works, with an empty program
+        meanwhile).
         RuntimeError when not NEW; whatever the switcher's first read of
         the rooms raises (the host is then stopped)."""
         if self._state is not HostState.NEW:
@@ -212,9 +218,8 @@ class ForumHost:
         self._set_state(HostState.STARTING)
         try:
             if not await self._start_slate():
-                self._spawn(self._retry_slate())
+                self._slate_retry = asyncio.create_task(self._retry_slate(), name=f"slate-retry-{self.forum_id}")
             await self.switcher.start()
-            # outputs: the forum's encoder starts with its first running output (ForumOutputs)
         except BaseException:
             await self.stop()
             raise
@@ -237,10 +242,12 @@ class ForumHost:
             self._stopped.set_result(None)
 
     async def _stop_parts(self) -> None:
-        tasks, self._tasks = list(self._tasks), set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        retry, self._slate_retry = self._slate_retry, None
+        if retry is not None:
+            retry.cancel()
+            await asyncio.gather(retry, return_exceptions=True)
+        # a playout that is ending finishes (its source unregistered), then the rest end
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._close_outputs is not None:
             await _logged(self._close_outputs(self.forum_id), f"ForumHost({self.forum_id}) outputs")
         self._slots.clear()
@@ -276,8 +283,10 @@ class ForumHost:
         try:
             # a short loop: each loop opens with the slate's only IDR, and a cut to
             # the slate waits for one (Slate cannot make one on request)
-            loop = await encode_slate(title, ffmpeg_path=self._settings.ffmpeg, width=SLATE_SIZE[0],
-                                      height=SLATE_SIZE[1], fps=15, seconds=SLATE_LOOP_S)
+            loop = await asyncio.wait_for(
+                encode_slate(title, ffmpeg_path=self._settings.ffmpeg, width=SLATE_SIZE[0], height=SLATE_SIZE[1],
+                             fps=15, seconds=SLATE_LOOP_S),
+                SLATE_ENCODE_TIMEOUT_S)
             slate = Slate(title, video, audio, source_id=slate_id(self.forum_id), loop=loop)
             await slate.start()
         except asyncio.CancelledError:
@@ -519,13 +528,13 @@ class ForumHost:
 
     # --- tasks -------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(_logged(coro, f"ForumHost({self.forum_id}) task"))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
 
-async def _logged(coro: Coroutine[Any, Any, Any], what: str) -> None:
+async def _logged(coro: Awaitable[None], what: str) -> None:
     """Await `coro`; log (not raise) what it raises, so one part's failure
     never keeps the others from stopping."""
     try:

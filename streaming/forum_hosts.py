@@ -113,6 +113,8 @@ class ForumHosts:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # hosts still starting register (or fail) first, so none is left running
+        await asyncio.gather(*list(self._starting.values()), return_exceptions=True)
         for forum_id in list(self._hosts):
             await self.release(forum_id)
 
@@ -151,6 +153,12 @@ class ForumHosts:
             logger.exception("ForumHosts: the host of %s failed to start", forum.id)
             raise failed from None
         self._starting.pop(forum.id, None)
+        if self._closed:  # the node began stopping meanwhile: this host must not outlive it
+            await host.stop()
+            closing = RoomError("unavailable", "this node is shutting down")
+            future.set_exception(closing)
+            future.exception()
+            raise closing
         self._hosts[forum.id] = host
         future.set_result(host)
         return host
@@ -163,7 +171,11 @@ class ForumHosts:
         return sorted(self._hosts)
 
     async def release(self, forum_id: str) -> None:
-        """Stop the forum's host and forget it (idempotent)."""
+        """Stop the forum's host and forget it (idempotent); a host still
+        starting is released once its start ends."""
+        pending = self._starting.get(forum_id)
+        if pending is not None:
+            await asyncio.gather(asyncio.shield(pending), return_exceptions=True)
         host = self._hosts.pop(forum_id, None)
         if host is not None:
             await host.stop()

@@ -275,3 +275,24 @@ async def test_a_forum_another_node_hosts_is_not_hosted_here(rig: Rig) -> None:
     await eventually(lambda: rig.hosts.get(FORUM) is not None, timeout=60, what="our forum hosted")
     assert rig.hosts.hosted() == [FORUM] and asked.count(OTHER) >= 3
     assert rig.plane.cuts(OTHER) == [], "nothing of the other node's forum on this plane"
+
+
+async def test_stopping_the_node_while_a_host_starts_leaves_none_running(rig: Rig) -> None:
+    starting = asyncio.ensure_future(rig.hosts.host(FORUM))
+    await eventually(lambda: FORUM in rig.hosts._starting, timeout=20, interval=0.001, what="the start under way")
+    await rig.hosts.stop()
+    with pytest.raises(RoomError) as refused:
+        await starting
+    assert refused.value.code == "unavailable"
+    assert rig.hosts.hosted() == [] and rig.plane.feed(slate_id(FORUM)) is None
+    with pytest.raises(RoomError):
+        await rig.hosts.host(FORUM)  # a stopped registry hosts nothing more
+
+
+async def test_a_host_released_while_it_starts_is_stopped(rig: Rig) -> None:
+    starting = asyncio.ensure_future(rig.hosts.host(FORUM))
+    await eventually(lambda: FORUM in rig.hosts._starting, timeout=20, interval=0.001, what="the start under way")
+    await rig.hosts.release(FORUM)
+    host = await starting
+    assert host.state is HostState.STOPPED and rig.hosts.hosted() == []
+    assert rig.plane.feed(slate_id(FORUM)) is None
