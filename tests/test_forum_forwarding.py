@@ -150,3 +150,31 @@ async def test_a_forwarded_command_that_does_not_fit_is_refused_before_it_runs()
         with pytest.raises(RoomError) as refused:
             await run_command(Untouched(), "f1", command, body)  # type: ignore[arg-type]
         assert refused.value.code == "invalid", (command, body)
+
+
+async def test_the_keeper_tells_its_listener_and_a_stop_gives_every_lease_up() -> None:
+    store = MemoryStore("solo@00000001")
+    await store.start()
+    told: list[tuple[str, str]] = []
+
+    class Listener:
+        async def acquired(self, forum_id: str) -> None:
+            told.append(("acquired", forum_id))
+
+        async def lost(self, forum_id: str) -> None:
+            told.append(("lost", forum_id))
+
+    keeper = LeaseKeeper(ForumOwnership(store, store.node_id, 5000, time.monotonic), Listener())
+    await keeper.start()
+    try:
+        assert await keeper.claim("f1") and await keeper.claim("f2")
+        assert await keeper.claim("f1")  # already ours: nothing new to tell
+        assert told == [("acquired", "f1"), ("acquired", "f2")]
+        assert await store.acquire_lease("f3", "other@00000001", 30_000)
+        assert not await keeper.claim("f3")  # another's: not ours, nothing told
+    finally:
+        await asyncio.gather(keeper.stop(), keeper.stop())  # concurrent stops: one release
+        await store.stop()
+    assert told == [("acquired", "f1"), ("acquired", "f2"), ("lost", "f1"), ("lost", "f2")]
+    assert await store.lease_owner("f1") is None and await store.lease_owner("f2") is None
+    assert await store.lease_owner("f3") == "other@00000001"
