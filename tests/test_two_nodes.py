@@ -116,3 +116,20 @@ async def test_a_killed_owners_forum_is_taken_by_the_node_that_needs_it_within_t
         for guest in guests:
             if guest.connected:
                 await guest.disconnect()
+
+
+async def test_a_graceful_stop_gives_the_leases_up_before_the_node_exits(cluster: Cluster) -> None:
+    a = cluster["a"]
+    guest = socketio.AsyncClient(reconnection=False)
+    try:
+        await guest.connect(a.url, auth={"token": a.token(Role.VIEWER, [FORUM], "Guest")},
+                            transports=["websocket"], wait_timeout=10)
+        assert "error" not in await guest.call("join", {"forum_id": FORUM}, timeout=ACK_TIMEOUT)
+        a_id = cluster.node_id("a")
+        await eventually(lambda: cluster.owner(FORUM, "b") == a_id, timeout=20, what="a to own the forum")
+    finally:
+        if guest.connected:
+            await guest.disconnect()
+    assert a.stop() == 0  # SIGTERM: a graceful stop
+    # its lease would run ~3 s more had it not been released: it is gone the moment a has exited
+    assert cluster.owner(FORUM, "b") != a_id
