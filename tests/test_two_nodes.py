@@ -133,3 +133,23 @@ async def test_a_graceful_stop_gives_the_leases_up_before_the_node_exits(cluster
     assert a.stop() == 0  # SIGTERM: a graceful stop
     # its lease would run ~3 s more had it not been released: it is gone the moment a has exited
     assert cluster.owner(FORUM, "b") != a_id
+
+
+async def test_an_hls_playlist_asked_of_the_other_node_is_redirected_to_the_owner(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    a, b = cluster["a"], cluster["b"]
+    peer = PublisherPeer()
+    try:
+        token = a.token(Role.SPEAKER, [FORUM], "Speaker")
+        created = await whip_post(http, f"{a.url}/whip/{FORUM}", token, await peer.offer())
+        assert created.status == 201, await created.text()  # a hosts the forum now
+        viewer = b.token(Role.VIEWER, [FORUM], "Guest")
+        path = f"/hls/{FORUM}/index.m3u8?token={viewer}"
+        moved = await http.get(b.url + path, allow_redirects=False)
+        assert moved.status == 307 and moved.headers["Location"] == a.url + path
+        refused = await http.get(f"{b.url}/hls/{FORUM}/index.m3u8?token={b.token(Role.VIEWER, ['ai'])}",
+                                 allow_redirects=False)
+        assert refused.status == 403  # the token is checked before anyone is redirected
+    finally:
+        await peer.close()
