@@ -562,7 +562,8 @@ class Store(abc.ABC):
         request_id, sender, kind, body = message.get("id"), message.get("from"), message.get("kind"), message.get("body")
         if not (isinstance(request_id, str) and isinstance(sender, str) and isinstance(kind, str)
                 and isinstance(body, dict)):
-            logger.warning("Store(%s) ignored a malformed request: %.200r", self.node_id, message)
+            # its fields' names only: a body may hold a secret (a restream's stream key)
+            logger.warning("Store(%s) ignored a malformed request (fields %s)", self.node_id, sorted(message))
             return
         answer: JsonObject
         try:
