@@ -8,7 +8,8 @@ for `idle_ms` after it) or an agenda slot within its lead time
 (`set_scheduled`, from `scheduled_forums`). `tick()` then takes the lease
 of each needed forum nobody holds, renews the leases it holds once a third
 of their TTL has passed (so two renewals may fail before one expires),
-gives up those no longer needed, and says what changed: `acquired` (start
+gives up those no longer needed (nor `busy`: an output or a playout
+still runs), and says what changed: `acquired` (start
 hosting), `lost` (stop hosting: another node holds it now, or this node
 could not renew before its own lease ran out) and `released`.
 
@@ -108,6 +109,9 @@ class ForumOwnership:
         self._scheduled: frozenset[str] = frozenset()
         self._held: dict[str, _Held] = {}
         self._last_try: dict[str, float] = {}  # forum -> clock of the last acquire attempt
+        # whether an owned forum still works for nobody in particular (a restream, a
+        # recording, a playout running): such a forum is never idle; the hosts say
+        self.busy: Callable[[str], bool] | None = None
 
     @property
     def tick_interval_s(self) -> float:
@@ -166,7 +170,7 @@ class ForumOwnership:
                 del self._held[forum_id]
                 lost.append(forum_id)
                 continue
-            if forum_id not in needed:
+            if forum_id not in needed and not (self.busy is not None and self.busy(forum_id)):
                 need = self._needs.setdefault(forum_id, _Need())
                 if need.idle_since is None:
                     need.idle_since = now

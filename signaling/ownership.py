@@ -114,7 +114,14 @@ async def bind_hosts(app: web.Application, hosts: ForumHosts, scheduler: AgendaS
     async def may_host(forum_id: str) -> bool:
         return keeper.owns(forum_id)
 
+    def busy(forum_id: str) -> bool:
+        """An output (restream, recording, HLS) or a playout still runs: not idle."""
+        outputs = hosts.outputs.forums.get(forum_id)
+        host = hosts.get(forum_id)
+        return (outputs is not None and outputs.encoder is not None) or (host is not None and bool(host.playouts()))
+
     hosts.may_host = may_host
+    keeper.ownership.busy = busy
     listener = HostsOnLease(hosts, scheduler)
     app[_LISTENER] = listener
     keeper.set_listener(listener)

@@ -274,3 +274,22 @@ def test_room_events_about_this_nodes_connections_hold_and_drop_needs(store: Mem
     assert note_event(a, SourceAdded(speaker))
     assert note_event(a, SourceRemoved(speaker))
     assert a.needed() == set()
+
+
+async def test_a_busy_forum_is_never_given_up_for_idleness(store: MemoryStore, clock: Clock) -> None:
+    a, _ = node(store, clock, "a@1", idle_ms=1000)
+    running = {"f1"}  # a restream still runs in f1 after everyone left
+    a.busy = lambda forum_id: forum_id in running
+    a.touch("f1")
+    a.touch("f2")
+    assert await a.tick() == OwnershipChange(acquired=("f1", "f2"))
+    for _ in range(10):
+        clock.advance(1.0)
+        change = await a.tick()
+        if change:
+            assert change == OwnershipChange(released=("f2",))
+    assert a.owned() == ["f1"]
+    running.clear()  # the restream stopped
+    await a.tick()
+    clock.advance(1.0)
+    assert await a.tick() == OwnershipChange(released=("f1",))
