@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rooms.models import Role
-from signaling.forum_inputs import INPUTS
+from signaling.app_keys import LIBRARY
 from tests.operator_app import Node, RecordingViewer, SioClient, SizedPublisher, make_video, running_node
 
 FORUM = "ai"
@@ -57,7 +57,7 @@ async def _speakers(node: Node, closers: list[Any]) -> dict[str, str]:
 
 async def _playouts(node: Node, op: SioClient, tmp: Path) -> dict[str, str]:
     """Two recorded videos (normalized: an IDR every 2 s) playing as sources."""
-    library = node.app[INPUTS].library
+    library = node.app[LIBRARY]
     ids: dict[str, str] = {}
     for name, (width, height) in SIZES.items():
         video = await asyncio.to_thread(make_video, tmp / f"{name}.mp4", 300, f"{width}x{height}")

@@ -97,6 +97,10 @@ class Settings:
     chat_rate_per_minute: int = 10
     heartbeat_interval_s: float = 2.0
     node_ttl_s: float = 6.0
+    # one owner per forum (rooms/forum_ownership.py): a dead owner's forum is taken over
+    # within lease_ttl_ms + lease_ttl_ms/10; a forum nobody needed for forum_idle_s is given up
+    lease_ttl_ms: int = 5000
+    forum_idle_s: float = 60.0
     public_event: bool | None = None  # None: what the event file says
     demo: bool = False  # True: the event is moved to run now (rooms/demo.py), labelled "Demo"
     # bounds per token holder and per forum (docs/DESIGN.md "Bounds"); 0 lifts one
@@ -402,6 +406,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "chat_rate_per_minute": _positive_int,
     "heartbeat_interval_s": _positive_float,
     "node_ttl_s": _positive_float,
+    "lease_ttl_ms": _positive_int,
+    "forum_idle_s": _positive_float,
     "public_event": _as_optional_bool,
     "demo": _as_bool,
     "seats_per_token": _non_negative_int,
@@ -498,6 +504,8 @@ def load_settings(
             f"node_ttl_s={settings.node_ttl_s} must be longer than "
             f"heartbeat_interval_s={settings.heartbeat_interval_s}, or live nodes expire"
         )
+    if settings.lease_ttl_ms < 300:
+        raise SettingsError(f"lease_ttl_ms={settings.lease_ttl_ms}: under 300 ms a renewal cannot keep up")
     if settings.port == settings.rtmp_port:
         raise SettingsError(
             f"rtmp_port={settings.rtmp_port}: the same TCP port as port={settings.port}"

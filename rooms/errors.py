@@ -21,6 +21,7 @@ HTTP_STATUS = {
     "too_many_seats": 429,  # the token's holder has its seats already
     "too_many_sources": 429,  # the token's holder, or the forum, has its sources already
     "rate_limited": 429,
+    "moved": 307,  # another node hosts the forum: the answer carries its URL (signaling/ownership.py)
     "unavailable": 503,
     "internal": 500,  # a bug of ours, never the input's fault (the fuzz test keeps inputs from it)
 }

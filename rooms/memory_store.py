@@ -2,7 +2,10 @@
 
 Atomicity comes free: no method awaits between reading and writing, so
 on one event loop every call is a transaction. Events fan out to this
-process's subscriptions only (it is the only node).
+process's subscriptions only (it is the only node); a request to this
+node calls its handler, to any other node is "unavailable". Heartbeats and
+forum leases expire on the injected `clock` (monotonic seconds), so tests
+move time by hand.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from collections.abc import Callable
 from typing import Any
 
 from rooms.chat import ChatMessage
+from rooms.errors import RoomError
 from rooms.events import RoomEvent
 from rooms.models import MediaSource, Participant, ProgramState
 from rooms.store import (
     Admission,
     Counts,
+    JsonObject,
     NodeInfo,
     Reaped,
     Store,
@@ -30,13 +35,18 @@ from rooms.store import (
 logger = logging.getLogger(__name__)
 
 
+def _check_ttl(ttl_ms: int) -> None:
+    if ttl_ms < 1:
+        raise RoomError("invalid", f"a lease lasts at least 1 ms, not {ttl_ms}")
+
+
 class MemoryStore(Store):
     def __init__(
         self,
         node_id: str = "local",
         queue_size: int = 1000,
         chat_keep: int = 500,
-        clock: Callable[[], float] = time.monotonic,  # for heartbeat expiry only
+        clock: Callable[[], float] = time.monotonic,  # heartbeat and lease expiry, in seconds
     ) -> None:
         super().__init__(node_id, queue_size)
         self.chat_keep = chat_keep
@@ -47,6 +57,7 @@ class MemoryStore(Store):
         self._programs: dict[str, ProgramState] = {}
         self._chat: dict[str, OrderedDict[str, ChatMessage]] = {}
         self._nodes: dict[str, tuple[NodeInfo, float]] = {}  # id -> (info, expires at)
+        self._leases: dict[str, tuple[str, float]] = {}  # forum -> (owner, expires at)
         self._started = False
 
     async def start(self) -> None:
@@ -56,6 +67,7 @@ class MemoryStore(Store):
         if self._started:
             logger.debug("MemoryStore(%s) stopping", self.node_id)
         self._started = False
+        self._stop_serving()
         self._fanout.close_all()
 
     # --- participants --------------------------------------------------------
@@ -177,10 +189,50 @@ class MemoryStore(Store):
     async def _publish(self, event: RoomEvent) -> None:
         self._fanout.deliver(event)
 
+    async def _send_request(self, node_id: str, message: JsonObject) -> bool:
+        return False  # this process is the only node: requests to itself never get here
+
+    async def _send_reply(self, node_id: str, message: JsonObject) -> None:
+        self._on_reply(message)
+
+    # --- forum leases ----------------------------------------------------------
+
+    def _live_lease(self, forum_id: str) -> str | None:
+        held = self._leases.get(forum_id)
+        if held is None:
+            return None
+        if held[1] <= self._clock():
+            del self._leases[forum_id]
+            return None
+        return held[0]
+
+    async def acquire_lease(self, forum_id: str, owner: str, ttl_ms: int) -> bool:
+        _check_ttl(ttl_ms)
+        if self._live_lease(forum_id) not in (None, owner):
+            return False
+        self._leases[forum_id] = (owner, self._clock() + ttl_ms / 1000)
+        return True
+
+    async def renew_lease(self, forum_id: str, owner: str, ttl_ms: int) -> bool:
+        _check_ttl(ttl_ms)
+        if self._live_lease(forum_id) != owner:
+            return False
+        self._leases[forum_id] = (owner, self._clock() + ttl_ms / 1000)
+        return True
+
+    async def release_lease(self, forum_id: str, owner: str) -> bool:
+        if self._live_lease(forum_id) != owner:
+            return False
+        del self._leases[forum_id]
+        return True
+
+    async def lease_owner(self, forum_id: str) -> str | None:
+        return self._live_lease(forum_id)
+
     # --- nodes ---------------------------------------------------------------
 
-    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float) -> None:
-        info = NodeInfo(node_id, dict(load), time.time())
+    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float, public_url: str = "") -> None:
+        info = NodeInfo(node_id, dict(load), time.time(), public_url)
         self._nodes[node_id] = (info, self._clock() + ttl_s)
 
     async def nodes(self) -> list[NodeInfo]:

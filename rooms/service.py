@@ -68,6 +68,7 @@ class RoomService:
         seats_per_token: int = 2,
         sources_per_token: int = 4,
         sources_per_forum: int = 32,
+        public_url: str = "",
     ) -> None:
         self.event = event
         self.store = store
@@ -81,6 +82,7 @@ class RoomService:
         if self.heartbeat_interval_s >= heartbeat_ttl_s:
             raise ValueError("the heartbeat interval must be shorter than its TTL")
         self._load = load
+        self.public_url = public_url  # heart-beaten: where other nodes send this node's clients
         # bounds (docs/DESIGN.md "What we promise"); 0 lifts one
         self.seats_per_token = seats_per_token
         self.sources_per_token = sources_per_token
@@ -107,9 +109,21 @@ class RoomService:
                                "if another process runs under this name, give each node its own node_id",
                                self.node_id, node_id)
         await self._reap(previous)
+        await self._free_leases(previous)
         await self._beat()
         self._stopping.clear()
         self._upkeep = asyncio.create_task(self._run_upkeep(), name=f"RoomService({self.node_id}) upkeep")
+
+    async def _free_leases(self, crashed: list[str]) -> None:
+        """Give up the forum leases earlier runs of this name held: they
+        are dead (see `start`), so their forums are taken over now, not
+        after the lease TTL (a restarted node would otherwise forward its
+        own forums' commands to its crashed run)."""
+        for node_id in crashed:
+            freed = [f.id for f in self.event.forums if await self.store.release_lease(f.id, node_id)]
+            if freed:
+                logger.warning("RoomService(%s) freed the forum leases of %s, an earlier run: %s",
+                               self.node_id, node_id, freed)
 
     async def stop(self) -> None:
         """Stop the upkeep. Idempotent. Participants stay in the store: the
@@ -141,7 +155,7 @@ class RoomService:
         load: dict[str, Any] = {"participants": len(self._local)}
         if self._load is not None:
             load.update(self._load())
-        await self.store.heartbeat(self.node_id, load, self.heartbeat_ttl_s)
+        await self.store.heartbeat(self.node_id, load, self.heartbeat_ttl_s, self.public_url)
 
     # --- helpers -------------------------------------------------------------
 

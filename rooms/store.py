@@ -1,10 +1,22 @@
-"""The state seam: what every store backend must do.
+"""The store seam: what every store backend must do, as its three jobs.
 
-One node alone uses `MemoryStore` (rooms/memory_store.py); several nodes
-share a `RedisStore` (signaling/redis_store.py). Like python-socketio's
-managers, this base class holds the protocol (validation, the
-compare-and-set loop, the local fan-out of events to subscribers) and the
-backends add only storage and transport.
+- `StateStore`: the forums' shared runtime state (participants, sources,
+  program state, chat), every change atomic across nodes.
+- `EventBus`: room events to every node (publish / subscribe), and
+  request/reply to one node (`request` / `serve`), which carries an
+  operator's command to the node that owns the forum.
+- `NodeLiveness`: which nodes are alive (heartbeats with a TTL, and each
+  node's public URL), reaping what dead ones held; and `ForumLeases`, one
+  owner per forum (a lease with a TTL that only its owner renews or
+  releases; rooms/forum_ownership.py decides when to take and give up).
+
+Callers ask for the job they use (rooms/forum_ownership.py takes
+`ForumLeases`, rooms/forum_forwarding.py an `EventBus`). One node alone uses
+`MemoryStore` (rooms/memory_store.py); several nodes share a `RedisStore`
+(signaling/redis_store.py); both do all three. Like python-socketio's
+managers, the `Store` base class holds the protocol (validation, the
+compare-and-set loop, the local fan-out of events to subscribers, the
+request/reply bookkeeping) and the backends add only storage and transport.
 
 Capacity rule (`admit`): a forum's capacity counts its *viewers* only.
 Speakers, operators and admins are always admitted to a forum they hold a
@@ -20,8 +32,10 @@ import dataclasses
 import enum
 import logging
 import secrets
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar, Union
 
 from rooms.chat import MODERATION_FIELDS, ChatMessage
 from rooms.errors import RoomError
@@ -95,6 +109,27 @@ class NodeInfo:
     node_id: str
     load: dict[str, Any]  # whatever the node reports (viewers, cpu, ...)
     last_seen: float  # unix seconds, the node's own clock
+    public_url: str = ""  # where clients reach it (publishers are redirected there); "" unknown
+
+
+# a value that crosses the bus as JSON
+Json = Union[str, int, float, bool, None, list["Json"], dict[str, "Json"]]
+JsonObject = dict[str, Json]
+
+
+@dataclass(frozen=True)
+class BusRequest:
+    """One request over the bus to one node: `kind` names the command,
+    `body` its plain-data arguments; `sender` is the asking node's id."""
+
+    kind: str
+    body: JsonObject
+    sender: str
+
+
+# a node's answer to requests: a JSON object, or RoomError (its code and
+# message travel back to the asker); anything else comes back as "internal"
+RequestHandler = Callable[[BusRequest], Awaitable[JsonObject]]
 
 
 @dataclass(frozen=True)
@@ -218,8 +253,65 @@ class EventFanout:
         return len(self._subscriptions)
 
 
+class StateStore(Protocol):
+    """The forums' shared runtime state (the Store's first job)."""
+
+    async def admit(self, participant: Participant, capacity: int, seats_per_holder: int = 0) -> Admission: ...
+    async def remove_participant(self, forum_id: str, participant_id: str) -> Participant | None: ...
+    async def participants(self, forum_id: str) -> list[Participant]: ...
+    async def get_participant(self, forum_id: str, participant_id: str) -> Participant | None: ...
+    async def counts(self, forum_id: str) -> Counts: ...
+    async def put_source(self, source: MediaSource) -> MediaSource | None: ...
+    async def add_source(self, source: MediaSource, per_forum: int = 0, per_holder: int = 0) -> Admission: ...
+    async def remove_source(self, forum_id: str, source_id: str) -> MediaSource | None: ...
+    async def sources(self, forum_id: str) -> list[MediaSource]: ...
+    async def get_source(self, forum_id: str, source_id: str) -> MediaSource | None: ...
+    async def get_program(self, forum_id: str) -> ProgramState: ...
+    async def update_program(
+        self, forum_id: str, expected_version: int | None = None, **changes: Any
+    ) -> ProgramState: ...
+    async def append_message(self, message: ChatMessage) -> None: ...
+    async def messages(self, forum_id: str, limit: int = 50) -> list[ChatMessage]: ...
+    async def update_message(self, forum_id: str, message_id: str, **changes: bool) -> ChatMessage: ...
+
+
+class EventBus(Protocol):
+    """Events to every node, requests to one (the Store's second job)."""
+
+    @property
+    def node_id(self) -> str: ...
+    async def publish(self, event: RoomEvent) -> None: ...
+    def subscribe(self) -> Subscription: ...
+    def serve(self, handler: RequestHandler | None) -> None: ...
+    async def request(self, node_id: str, kind: str, body: JsonObject, timeout_s: float) -> JsonObject: ...
+
+
+class NodeLiveness(Protocol):
+    """Which nodes are alive and where (the Store's third job)."""
+
+    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float, public_url: str = "") -> None: ...
+    async def nodes(self) -> list[NodeInfo]: ...
+    async def dead_nodes(self) -> list[str]: ...
+    async def previous_instances(self, node_id: str) -> list[str]: ...
+    async def reap_node(self, node_id: str) -> Reaped: ...
+
+
+class ForumLeases(Protocol):
+    """One owner per forum: a lease that expires unless its owner renews
+    it. `owner` is a node's instance id; TTLs in ms. Every call is atomic
+    across nodes (Redis: SET NX PX and compare-and-pexpire /
+    compare-and-del scripts; the memory store on its injected clock)."""
+
+    async def acquire_lease(self, forum_id: str, owner: str, ttl_ms: int) -> bool: ...
+    async def renew_lease(self, forum_id: str, owner: str, ttl_ms: int) -> bool: ...
+    async def release_lease(self, forum_id: str, owner: str) -> bool: ...
+    async def lease_owner(self, forum_id: str) -> str | None: ...
+
+
 class Store(abc.ABC):
-    """Shared runtime state of the forums, and the event bus between nodes.
+    """Shared runtime state of the forums, and the event bus between nodes:
+    one class per backend doing the three jobs above (`StateStore`,
+    `EventBus`, `NodeLiveness` with `ForumLeases`).
 
     All methods are coroutines, safe to call concurrently; the ones marked
     atomic stay correct when many nodes call them at once.
@@ -228,6 +320,9 @@ class Store(abc.ABC):
     def __init__(self, node_id: str, queue_size: int = 1000) -> None:
         self.node_id = node_id
         self._fanout = EventFanout(queue_size)
+        self._handler: RequestHandler | None = None
+        self._pending: dict[str, asyncio.Future[JsonObject]] = {}  # request id -> its reply
+        self._serving: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -394,11 +489,139 @@ class Store(abc.ABC):
         (call `close()` or leave its `async with` to stop)."""
         return self._fanout.subscribe()
 
+    # --- request/reply ---------------------------------------------------------
+
+    def serve(self, handler: RequestHandler | None) -> None:
+        """Answer the requests sent to this node with `handler` (one per
+        node; None: stop answering, askers then get "unavailable")."""
+        self._handler = handler
+
+    async def request(self, node_id: str, kind: str, body: JsonObject, timeout_s: float) -> JsonObject:
+        """Ask node `node_id` (an instance id) and return its answer.
+        Raises the RoomError the handler raised (same code and message),
+        RoomError("unavailable") when no such node listens or it does not
+        answer within `timeout_s` seconds. A request to this node itself
+        calls the local handler (no transport)."""
+        if node_id == self.node_id:
+            return await self._answer_locally(BusRequest(kind, body, self.node_id), timeout_s)
+        request_id = uuid.uuid4().hex
+        reply: asyncio.Future[JsonObject] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = reply
+        try:
+            message: JsonObject = {"id": request_id, "from": self.node_id, "kind": kind, "body": body}
+            if not await self._send_request(node_id, message):
+                raise RoomError("unavailable", f"node {node_id} is not listening (gone, or never started)")
+            try:
+                return await asyncio.wait_for(reply, timeout_s)
+            except asyncio.TimeoutError:
+                raise RoomError(
+                    "unavailable", f"node {node_id} did not answer {kind!r} within {timeout_s:g} s"
+                ) from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _answer_locally(self, request: BusRequest, timeout_s: float) -> JsonObject:
+        try:
+            return await asyncio.wait_for(self._handle(request), timeout_s)
+        except asyncio.TimeoutError:
+            raise RoomError(
+                "unavailable", f"node {self.node_id} did not answer {request.kind!r} within {timeout_s:g} s"
+            ) from None
+
+    async def _handle(self, request: BusRequest) -> JsonObject:
+        """The handler's answer; its RoomError as is, any other failure as
+        RoomError("internal") (logged here, never sent: it may say too much)."""
+        handler = self._handler
+        if handler is None:
+            raise RoomError("unavailable", f"node {self.node_id} does not answer requests")
+        try:
+            return await handler(request)
+        except RoomError:
+            raise
+        except Exception:
+            logger.exception("Store(%s) failed answering %r from %s", self.node_id, request.kind, request.sender)
+            raise RoomError("internal", f"node {self.node_id} failed answering {request.kind!r}") from None
+
+    @abc.abstractmethod
+    async def _send_request(self, node_id: str, message: JsonObject) -> bool:
+        """Transport hook: get `message` to node `node_id`'s `_on_request`;
+        False when no such node listens."""
+
+    @abc.abstractmethod
+    async def _send_reply(self, node_id: str, message: JsonObject) -> None:
+        """Transport hook: get `message` to node `node_id`'s `_on_reply`."""
+
+    def _on_request(self, message: JsonObject) -> None:
+        """A request arrived: answer it in a task of its own (the transport's
+        listener never waits for a handler)."""
+        task = asyncio.get_running_loop().create_task(self._reply_to(message))
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+
+    async def _reply_to(self, message: JsonObject) -> None:
+        request_id, sender, kind, body = message.get("id"), message.get("from"), message.get("kind"), message.get("body")
+        if not (isinstance(request_id, str) and isinstance(sender, str) and isinstance(kind, str)
+                and isinstance(body, dict)):
+            # its fields' names only: a body may hold a secret (a restream's stream key)
+            logger.warning("Store(%s) ignored a malformed request (fields %s)", self.node_id, sorted(message))
+            return
+        answer: JsonObject
+        try:
+            answer = {"id": request_id, "result": await self._handle(BusRequest(kind, body, sender))}
+        except RoomError as exc:
+            answer = {"id": request_id, "error": {"code": exc.code, "message": exc.message}}
+        try:
+            await self._send_reply(sender, answer)
+        except RoomError as exc:
+            logger.warning("Store(%s) could not reply to %s: %s", self.node_id, sender, exc.message)
+
+    def _on_reply(self, message: JsonObject) -> None:
+        reply = self._pending.get(str(message.get("id")))
+        if reply is None or reply.done():
+            return  # the asker gave up (timeout) or a stranger's message
+        error = message.get("error")
+        result = message.get("result")
+        if isinstance(error, dict):
+            reply.set_exception(RoomError(str(error.get("code", "internal")), str(error.get("message", ""))))
+        elif isinstance(result, dict):
+            reply.set_result(result)
+        else:
+            reply.set_exception(RoomError("internal", "a malformed reply came back over the bus"))
+
+    def _stop_serving(self) -> None:
+        for task in list(self._serving):
+            task.cancel()
+        for reply in self._pending.values():
+            if not reply.done():
+                reply.set_exception(RoomError("unavailable", f"store {self.node_id} stopped"))
+
+    # --- forum leases ----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def acquire_lease(self, forum_id: str, owner: str, ttl_ms: int) -> bool:
+        """Atomic: take the forum's lease for `ttl_ms` if nobody holds it
+        (or its holder's lease expired); true too if `owner` holds it
+        already, which renews it. False: another owner holds it."""
+
+    @abc.abstractmethod
+    async def renew_lease(self, forum_id: str, owner: str, ttl_ms: int) -> bool:
+        """Atomic: extend the lease to `ttl_ms` from now only if `owner`
+        still holds it; false if it expired or another took it."""
+
+    @abc.abstractmethod
+    async def release_lease(self, forum_id: str, owner: str) -> bool:
+        """Atomic: drop the lease only if `owner` holds it (true then)."""
+
+    @abc.abstractmethod
+    async def lease_owner(self, forum_id: str) -> str | None:
+        """Who holds the forum's lease now; None if nobody (or expired)."""
+
     # --- nodes ---------------------------------------------------------------
 
     @abc.abstractmethod
-    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float) -> None:
-        """Register the node as alive for `ttl_s` more seconds."""
+    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float, public_url: str = "") -> None:
+        """Register the node as alive for `ttl_s` more seconds, reachable
+        by clients at `public_url`."""
 
     @abc.abstractmethod
     async def nodes(self) -> list[NodeInfo]:
@@ -421,3 +644,8 @@ class Store(abc.ABC):
         """Atomic: forget the node and remove the participants and sources
         it held, whether or not it is still alive (the caller decides).
         Two nodes reaping at once split nothing: one gets it all."""
+
+
+def _does_every_job(store: Store) -> tuple[StateStore, EventBus, NodeLiveness, ForumLeases]:
+    """mypy checks here that a Store is each of its jobs' Protocols."""
+    return store, store, store, store

@@ -28,16 +28,18 @@ from rooms.store import Store, new_instance_id
 from rooms.tokens import TokenService
 from signaling.app_keys import AGENDA, EVENT, ICE_SERVERS, ROOMS, SETTINGS, STORE, TOKENS
 from signaling.hls_api import setup_hls
+from signaling.hosting import setup_hosting
 from signaling.http_api import setup_http_api
 from signaling.ice_servers import IceServers
 from signaling.media_bridge import setup_media_plane
 from signaling.metrics import setup_metrics
 from signaling.operator_api import setup_operator
+from signaling.ownership import setup_ownership
 from signaling.pages import setup_pages
 from signaling.recording_api import setup_recordings
 from signaling.restream_api import setup_restreams
 from signaling.sio_server import setup_socketio
-from signaling.whip import setup_whip_whep
+from signaling.whep import setup_whip_whep
 from streaming.child_processes import ChildRegistry, remove_dead_runs
 from streaming.child_processes import install as install_children
 
@@ -72,16 +74,18 @@ def build_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_children_ctx)  # before anything binds a port or spawns a child
     app.cleanup_ctx.append(_store_ctx)  # the store is also the event bus between nodes
     app.cleanup_ctx.append(_rooms_ctx)
+    setup_ownership(app)  # forum leases, commands routed to each forum's owner, /api/cluster
     # Integrators: add, in this order, each registering its own cleanup_ctx:
     #   setup_socketio(app), the media plane; then setup_whip_whep(app), setup_pages(app).
     setup_socketio(app)  # socket.io sessions; they end in on_shutdown, before the media plane
     setup_media_plane(app)  # app[MEDIA]: the node's MediaPlane (MediaConfig from Settings)
-    setup_whip_whep(app)  # WHIP/WHEP and the media bridge (publishers -> rooms, program follows)
+    setup_whip_whep(app)  # WHIP/WHEP and the media bridge (publishers -> rooms, media states -> rooms)
     setup_pages(app)  # /lobby, /speak, /watch, /static
-    setup_restreams(app)  # program outputs: encoder on demand, restream destinations (REST + "restreams" pushes)
+    setup_hosting(app)  # the forum hosts (slate, venue, playouts, switcher, outputs) behind app[CONTROL], agenda
+    setup_restreams(app)  # restream destinations REST (the hosts push "restreams")
     setup_hls(app)  # /hls/{forum_id}/index.m3u8: fMP4 segments from the program encoder, signed segment URLs
     setup_recordings(app)  # recorder: segments + finalize, crash recovery, /api/recordings
-    setup_operator(app)  # switchboard, slates/venue/library/playouts, agenda runner, operator REST + events, /control
+    setup_operator(app)  # operator REST + socket.io events (all through app[CONTROL]), library, /control
     setup_metrics(app)  # /metrics (Prometheus), read from the plane's counters at scrape time
     return app
 
@@ -138,6 +142,7 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
         seats_per_token=settings.seats_per_token,
         sources_per_token=settings.sources_per_token,
         sources_per_forum=settings.sources_per_forum,
+        public_url=settings.public_url,
     )
     await rooms.start()  # heart-beats once, so the node is known before it serves
     app[ROOMS] = rooms

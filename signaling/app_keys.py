@@ -17,8 +17,13 @@ from signaling.ice_servers import IceServers
 if TYPE_CHECKING:  # their modules may import aiohttp pieces; keep this file a leaf
     import socketio
 
+    from rooms.forum_control import ForumControl, ForumNotifier
     from rooms.service import RoomService
     from rooms.store import Store
+    from streaming.agenda_scheduler import AgendaScheduler
+    from streaming.forum_hosts import ForumHosts
+    from streaming.forum_outputs import ProgramOutputs
+    from streaming.media_library import MediaLibrary
 
 SETTINGS = web.AppKey("settings", Settings)
 EVENT = web.AppKey("event", Event)
@@ -29,3 +34,11 @@ STORE: web.AppKey["Store"] = web.AppKey("store")
 ROOMS: web.AppKey["RoomService"] = web.AppKey("rooms")
 MEDIA: web.AppKey[Any] = web.AppKey("media")  # the node's media plane (streaming/)
 SIO: web.AppKey["socketio.AsyncServer"] = web.AppKey("sio")
+# the forums' side (signaling/hosting.py sets them): every operator command goes
+# through CONTROL, the facade (rooms/forum_control.py); HOSTS is this node's registry
+CONTROL: web.AppKey["ForumControl"] = web.AppKey("forum_control")
+HOSTS: web.AppKey["ForumHosts"] = web.AppKey("forum_hosts")
+NOTIFIER: web.AppKey["ForumNotifier"] = web.AppKey("forum_notifier")
+LIBRARY: web.AppKey["MediaLibrary"] = web.AppKey("media_library")
+OUTPUTS: web.AppKey["ProgramOutputs"] = web.AppKey("program_outputs")
+SCHEDULER: web.AppKey["AgendaScheduler"] = web.AppKey("agenda_scheduler")

@@ -14,7 +14,9 @@ reused). A forum's HLS runs while its playlist is requested (it starts
 the program encoder on the first request and stops after 60 s without
 one). Errors are http_api's JSON: 401/403 token, 403 `forbidden` bad or
 expired signature, 404, 503 `unavailable` while the first segments are
-being made (with Retry-After).
+being made (with Retry-After). With several nodes the playlist is made by
+the node hosting the forum: another node answers 307 to it (its segment
+URIs are relative, so they are fetched there too).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from aiohttp import web
 from config.settings import ffmpeg_path
 from rooms.errors import RoomError
 from rooms.models import Role
-from signaling.app_keys import EVENT, SETTINGS, TOKENS
-from signaling.restream_api import OUTPUTS
+from signaling.app_keys import EVENT, OUTPUTS, SETTINGS, TOKENS
+from signaling.ownership import forum_owner, redirect_url
 from streaming.hls_output import HlsOutput, window_segments
 
 logger = logging.getLogger(__name__)
@@ -128,6 +130,9 @@ async def get_playlist(request: web.Request) -> web.Response:
     token = request.query.get("token")
     if token is not None or not request.app[EVENT].public:  # a public event: watching needs no invite
         request.app[TOKENS].verify(token).require(forum_id, Role.VIEWER)
+    owner = await forum_owner(request.app, forum_id)
+    if owner is not None:  # another node hosts the forum and encodes its program: its playlist is there
+        raise web.HTTPTemporaryRedirect(redirect_url(owner, request.path_qs))
     service = request.app[HLS]
     output = await service.ensure(forum_id)
     deadline = time.monotonic() + FIRST_PLAYLIST_WAIT_S

@@ -6,7 +6,8 @@
 Each viewer POSTs a recvonly offer to `/whep/{forum}` (RFC 9725), completes
 ICE and DTLS like any client and is then counted off its socket by
 streaming/light_viewer.py (one reader thread per worker process, no asyncio
-per packet; sampled packets SRTP-verified). Viewers start evenly over
+per packet; sampled packets SRTP-verified); the workers are
+`python -m streaming.load_viewers` processes, this module only coordinates. Viewers start evenly over
 `--ramp` seconds and all stop `--duration` seconds after the last one
 started; they are spread over `--workers` processes. Each viewer DELETEs
 its session at the end.
@@ -42,12 +43,12 @@ import os
 import sys
 import time
 import urllib.parse
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import aiohttp
 
 from signaling import procstat
+from streaming.load_viewers import ViewerResult, error_text
 
 EXIT_OK, EXIT_VIEWERS_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
 WORKER_GRACE_S = 90.0  # beyond ramp + duration + connect timeout, before a worker is killed
@@ -55,120 +56,6 @@ WORKER_GRACE_S = 90.0  # beyond ramp + duration + connect timeout, before a work
 
 class LoadtestError(Exception):
     """The run cannot start; the message says why (exit code 2)."""
-
-
-@dataclass(frozen=True)
-class ViewerResult:
-    viewer_id: str
-    error: str = ""
-    joined_ms: float | None = None
-    first_video_ms: float | None = None
-    packets: int = 0
-    bytes: int = 0
-    video: int = 0
-    audio: int = 0
-    expected: int = 0
-    lost: int = 0
-    checked: int = 0
-    auth_failures: int = 0
-    seconds: float = 0.0  # connected until the end of the run
-
-    @property
-    def kbps(self) -> float:
-        return self.bytes * 8 / 1000 / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def loss_ratio(self) -> float:
-        return self.lost / self.expected if self.expected else 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.error and self.video > 0 and self.audio > 0 and self.auth_failures == 0
-
-
-# --- one worker process -----------------------------------------------------
-
-
-def _error_text(status: int, body: str) -> str:
-    try:
-        error = json.loads(body)["error"]
-        return f"{status} {error['code']}: {error['message']}"
-    except (ValueError, KeyError, TypeError):
-        return f"{status}: {body[:200]}"
-
-
-async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
-    from streaming.light_viewer import LightViewer, ViewerPool  # aiortc: only in workers
-
-    url, forum = spec["url"], spec["forum"]
-    pool = ViewerPool(sample_every=spec["sample_every"], concurrency=10_000,
-                      ice_addresses=tuple(spec["ice_addresses"]))
-    sessions: dict[str, str] = {}
-    errors: dict[str, str] = {}
-    viewers: dict[str, LightViewer] = {}
-    loop = asyncio.get_running_loop()
-    mono_at = loop.time() - time.time()  # wall -> loop clock
-
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=spec["connect_timeout"])) as http:
-
-        async def one(viewer_id: str, token: str | None, start_at: float) -> None:
-            await asyncio.sleep(max(0.0, start_at + mono_at - loop.time()))
-
-            async def signal(_: str, offer: str) -> str:
-                headers = {"Content-Type": "application/sdp"}
-                if token:
-                    headers["Authorization"] = f"Bearer {token}"
-                async with http.post(f"{url}/whep/{forum}", data=offer, headers=headers) as response:
-                    body = await response.text()
-                    if response.status != 201:
-                        raise ConnectionError("WHEP " + _error_text(response.status, body))
-                    sessions[viewer_id] = urllib.parse.urljoin(url + "/", response.headers.get("Location", ""))
-                    return body
-
-            before = len(pool.errors)
-            viewer = await pool.connect_one(viewer_id, signal, spec["connect_timeout"])
-            if viewer is None:
-                errors[viewer_id] = pool.errors[before] if len(pool.errors) > before else "failed"
-            else:
-                viewers[viewer_id] = viewer
-
-        tasks = [asyncio.create_task(one(v["id"], v["token"], v["start_at"])) for v in spec["viewers"]]
-        await asyncio.sleep(max(0.0, spec["end_at"] + mono_at - loop.time()))
-        for task in tasks:
-            task.cancel()  # a viewer still connecting at the end is reported as such
-        await asyncio.gather(*tasks, return_exceptions=True)
-        end = time.monotonic()
-        results = []
-        for v in spec["viewers"]:
-            viewer_id = v["id"]
-            viewer = viewers.get(viewer_id)
-            if viewer is None:
-                results.append(ViewerResult(viewer_id, error=errors.get(viewer_id, "not connected by the end")))
-                continue
-            c = viewer.counts()
-            first = viewer.first_video_s
-            results.append(ViewerResult(
-                viewer_id, joined_ms=(viewer.joined_s or 0.0) * 1000,
-                first_video_ms=first * 1000 if first is not None else None,
-                packets=c.rtp, bytes=c.rtp_bytes, video=c.video, audio=c.audio,
-                expected=c.expected, lost=c.lost, checked=c.checked, auth_failures=c.auth_failures,
-                seconds=end - viewer.started_at - (viewer.joined_s or 0.0),
-            ))
-        for location in sessions.values():
-            try:
-                async with http.delete(location):
-                    pass
-            except (aiohttp.ClientError, TimeoutError):
-                pass  # the seat also comes back when the peer closes
-        await pool.close()
-    return {"viewers": [asdict(r) for r in results], "cpu_s": procstat.cpu_seconds(os.getpid())}
-
-
-def worker_main() -> int:
-    """`python -m signaling.loadtest --worker`: the spec on stdin, the results on stdout."""
-    spec = json.loads(sys.stdin.read())
-    print(json.dumps(asyncio.run(_worker(spec))), flush=True)
-    return EXIT_OK
 
 
 # --- the coordinator ----------------------------------------------------------
@@ -211,7 +98,7 @@ async def _preflight(url: str, forum: str, token: str | None) -> None:
                                  headers=headers) as response:
                 if response.status != 415:
                     raise LoadtestError("the node refused the viewers' token: WHEP "
-                                        + _error_text(response.status, await response.text()))
+                                        + error_text(response.status, await response.text()))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise LoadtestError(f"cannot reach {url}: {exc or type(exc).__name__}") from None
 
@@ -297,7 +184,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         spec = {"url": url, "forum": args.forum, "viewers": plan[w::workers], "end_at": end_at,
                 "ice_addresses": ice, "sample_every": args.sample_every, "connect_timeout": args.connect_timeout}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "signaling.loadtest", "--worker",
+            sys.executable, "-m", "streaming.load_viewers",  # a process: the packet path is never imported here
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         procs.append((proc, json.dumps(spec).encode()))
     outputs: list[dict[str, Any]] = []
@@ -398,10 +285,3 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     report = asyncio.run(run(args))
     print(json.dumps(report) if args.json else _text(report), flush=True)
     return EXIT_OK if report["receiving"] == report["viewers"] else EXIT_VIEWERS_FAILED
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--worker"]:
-        sys.exit(worker_main())
-    print("use `forumcast loadtest` (this module runs workers with --worker)", file=sys.stderr)
-    sys.exit(EXIT_CANNOT_RUN)

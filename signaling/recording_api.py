@@ -10,8 +10,11 @@ A <recording> is {"id", "forum_id", "session", "start" (Unix s),
 "finalized" | "failed", "alert"}. Operator token (`Authorization:
 Bearer`, or `?token=` on the media URL so a browser link works); errors
 are http_api's JSON. Every change is pushed as the socket.io event
-"recording" (<recording>) to the forum's room. Sessions of forums marked
-`recorded` are recorded while live by the agenda (checked every 5 s).
+"recording" (<recording>) to the forum's operators' room (the
+ForumNotifier). Starts and stops go through the ForumControl facade
+(app[CONTROL]), which reaches the recorder through `RecorderPort`. Sessions
+of forums marked `recorded` are recorded while live by the agenda
+(checked every 5 s).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
@@ -29,11 +31,12 @@ from recorder.recording import RecordingInfo
 from recorder.schedule import due_recordings, plan
 from rooms.errors import RoomError
 from rooms.models import Role
-from signaling.app_keys import AGENDA, EVENT, SETTINGS, SIO, TOKENS
+from rooms.forum_control import JsonObject
+from signaling.app_keys import AGENDA, EVENT, HOSTS, NOTIFIER, OUTPUTS, SETTINGS, TOKENS
 from signaling.http_api import json_response
-from signaling.operator_api import _body, _forum
-from signaling.sio_server import operators_room
-from signaling.restream_api import OUTPUTS
+from signaling.operator_common import control_of, operator_forum, read_body
+from streaming.forum_host import system_grant
+from streaming.forum_hosts import NotHostedHere
 
 logger = logging.getLogger(__name__)
 
@@ -73,40 +76,52 @@ async def get_media(request: web.Request) -> web.StreamResponse:
     })
 
 
-async def start_recording(app: web.Application, forum_id: str, session: object) -> dict[str, object]:
-    """Start a manual recording (REST and the socket.io event
-    "recording_start"); <recording> or RoomError."""
-    if session is not None and not isinstance(session, str):
-        raise RoomError("invalid", "session must be a string")
-    try:
-        return (await app[RECORDER].start(forum_id, session)).to_json()
-    except RecorderError as error:
-        raise _error(error) from None
+class RecorderPort:
+    """The Recorder as the forum hosts' facade sees it
+    (streaming/forum_hosts.py RecordingPort): <recording> JSON, and
+    RecorderError turned into the RoomError every edge knows."""
 
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
 
-async def stop_recording(app: web.Application, forum_id: str) -> dict[str, object]:
-    """Stop and finalize (REST and "recording_stop"); <recording> or RoomError."""
-    try:
-        return (await app[RECORDER].stop(forum_id)).to_json()
-    except RecorderError as error:
-        raise _error(error) from None
+    async def start(self, forum_id: str, session: str | None) -> JsonObject:
+        try:
+            return dict((await self._recorder.start(forum_id, session)).to_json())
+        except RecorderError as error:
+            raise _error(error) from None
+
+    async def stop(self, forum_id: str) -> JsonObject:
+        try:
+            return dict((await self._recorder.stop(forum_id)).to_json())
+        except RecorderError as error:
+            raise _error(error) from None
 
 
 async def post_start(request: web.Request) -> web.Response:
-    forum_id, _ = _forum(request)
-    body = await _body(request) if request.can_read_body else {}
-    return json_response(await start_recording(request.app, forum_id, body.get("session")), status=201)
+    forum_id, grant = operator_forum(request)
+    body = await read_body(request) if request.can_read_body else {}
+    session = body.get("session")
+    if session is not None and not isinstance(session, str):
+        raise RoomError("invalid", "session must be a string")
+    return json_response(await control_of(request.app).start_recording(forum_id, grant, session), status=201)
 
 
 async def post_stop(request: web.Request) -> web.Response:
-    forum_id, _ = _forum(request)
-    return json_response(await stop_recording(request.app, forum_id))
+    forum_id, grant = operator_forum(request)
+    return json_response(await control_of(request.app).stop_recording(forum_id, grant))
 
 
-async def _follow_agenda(app: web.Application, recorder: Recorder, interval: float = 5.0) -> None:
+async def _follow_agenda(app: web.Application, interval: float = 5.0) -> None:
     """Record each session of a forum marked `recorded` while it is live
-    (recorder/schedule.py decides; manual recordings are left alone)."""
+    (recorder/schedule.py decides; manual recordings are left alone), on
+    the node that hosts the forum: through this node's ForumHosts, so the
+    forum is hosted (its slate on) first and a forum another node hosts is
+    left to that node."""
     await asyncio.sleep(0)
+    hosts = app.get(HOSTS)
+    if hosts is None:
+        return  # no media plane here: nothing to record
+    grant = system_grant("recorder")
     running: dict[str, str] = {}
     while True:
         due = due_recordings(app[EVENT], app[AGENDA])
@@ -114,14 +129,16 @@ async def _follow_agenda(app: web.Application, recorder: Recorder, interval: flo
         for forum_id in stop:
             running.pop(forum_id, None)
             try:
-                await recorder.stop(forum_id)
-            except RecorderError:
+                await hosts.stop_recording(forum_id, grant)
+            except RoomError:
                 pass  # an operator stopped it already
         for forum_id, session in start:
             try:
-                await recorder.start(forum_id, session)
+                await hosts.start_recording(forum_id, grant, session)
                 running[forum_id] = session
-            except RecorderError as error:
+            except NotHostedHere:
+                logger.debug("recording %s/%s: the forum is hosted by another node", forum_id, session)
+            except RoomError as error:
                 logger.warning("recording %s/%s not started: %s", forum_id, session, error.message)
             except Exception:
                 logger.exception("recording %s/%s failed to start", forum_id, session)
@@ -130,34 +147,34 @@ async def _follow_agenda(app: web.Application, recorder: Recorder, interval: flo
 
 async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    pending: set[asyncio.Future[Any]] = set()
 
     def on_change(info: RecordingInfo) -> None:
-        sio = app.get(SIO)
-        if sio is None:
-            return
-        task = asyncio.ensure_future(sio.emit("recording", info.to_json(), room=operators_room(info.forum_id)))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+        notifier = app.get(NOTIFIER)
+        if notifier is not None:
+            notifier.recording(info.forum_id, dict(info.to_json()))
 
     recorder = Recorder(settings.data_dir / "recordings", app[OUTPUTS], ffmpeg_path=ffmpeg_path(settings),
                         on_change=on_change)
     app[RECORDER] = recorder
+    hosts = app.get(HOSTS)
+    if hosts is not None:
+        hosts.recordings = RecorderPort(recorder)
     recovery = asyncio.create_task(recorder.recover(), name="recorder-recover")
     schedule = asyncio.create_task(
-        _follow_agenda(app, recorder) if settings.record_sessions else asyncio.sleep(0), name="recorder-agenda")
+        _follow_agenda(app) if settings.record_sessions else asyncio.sleep(0), name="recorder-agenda")
     try:
         yield
     finally:
         for task in (recovery, schedule):
             task.cancel()
         await asyncio.gather(recovery, schedule, return_exceptions=True)
+        if hosts is not None:
+            hosts.recordings = None
         await recorder.close()
-        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def setup_recordings(app: web.Application) -> None:
-    """Routes and the Recorder's cleanup context (after setup_restreams)."""
+    """Routes and the Recorder's cleanup context (after setup_hosting)."""
     app.cleanup_ctx.append(_recorder_ctx)
     r = app.router
     r.add_get("/api/recordings", get_recordings)

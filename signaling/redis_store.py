@@ -15,7 +15,10 @@ under a configurable prefix P:
     P:nodes                  set   every node that ever beat and was not reaped
     P:node:N:participants    set   ["F","id"] of the participants N holds
     P:node:N:sources         set   ["F","id"] of the sources N holds
+    P:lease:F                string  the instance id owning forum F, expires (PX) = its lease
     P:events                 pub/sub channel of {"type","node_id","data"}
+    P:inbox:N                pub/sub channel of node N's requests and replies
+                             ({"id","from","kind","body"} / {"id","result"|"error"})
 
 Scripts build some keys from the prefix (the per-node indexes, reaping),
 so this wants a single Redis, not a Redis Cluster. Liveness uses Redis's
@@ -45,6 +48,7 @@ from rooms.store import (
     UNBOUNDED_SOURCE_KINDS,
     Admission,
     Counts,
+    JsonObject,
     NodeInfo,
     Reaped,
     Store,
@@ -195,6 +199,34 @@ return {participants, sources, registered}
 """
 
 
+# forum leases: KEYS: the lease key; ARGV: owner, ttl ms
+# take if free (SET NX PX), or renew if already ours; 1 ours, 0 another's
+_ACQUIRE_LEASE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# compare-and-pexpire: only the owner extends its lease
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# compare-and-del: only the owner gives its lease up
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 def _redis_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """A Redis outage reaches callers as RoomError("unavailable"), which
     every edge already answers cleanly (HTTP 503, a socket.io error ack)."""
@@ -207,6 +239,12 @@ def _redis_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[An
             raise RoomError("unavailable", f"the shared state store (Redis) failed: {exc}") from exc
 
     return guarded
+
+
+def _ttl(ttl_ms: int) -> int:
+    if ttl_ms < 1:
+        raise RoomError("invalid", f"a lease lasts at least 1 ms, not {ttl_ms}")
+    return int(ttl_ms)
 
 
 def _dumps(value: Any) -> str:
@@ -235,6 +273,7 @@ class RedisStore(Store):
         self.retry_max_s = retry_max_s
         self.max_connections = max_connections
         self.channel = f"{prefix}:events"
+        self.inbox = self._inbox(node_id)
         self._client: aioredis.Redis | None = None
         self._pubsub: Any = None
         self._listener: asyncio.Task[None] | None = None
@@ -263,6 +302,7 @@ class RedisStore(Store):
         for name, text in (
             ("admit", _ADMIT), ("remove", _REMOVE), ("put_source", _PUT_SOURCE),
             ("cas", _CAS_FIELD), ("add_source", _ADD_SOURCE), ("append_chat", _APPEND_CHAT), ("reap", _REAP),
+            ("acquire_lease", _ACQUIRE_LEASE), ("renew_lease", _RENEW_LEASE), ("release_lease", _RELEASE_LEASE),
         ):
             self._scripts[name] = client.register_script(text)
         self._listener = asyncio.create_task(self._listen_with_retries(), name=f"RedisStore({self.node_id}) listener")
@@ -281,6 +321,7 @@ class RedisStore(Store):
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+        self._stop_serving()
         self._fanout.close_all()
         logger.info("RedisStore(%s) stopped", self.node_id)
 
@@ -446,15 +487,19 @@ class RedisStore(Store):
                 logger.warning("RedisStore(%s) publish failed (%s); retrying once", self.node_id, exc)
 
     async def _subscribe(self, client: aioredis.Redis) -> Any:
-        """A pubsub on our channel, returned once Redis confirmed it (so
-        what is published after start() reaches us)."""
+        """A pubsub on the events channel and this node's inbox, returned
+        once Redis confirmed both (so what is published after start()
+        reaches us)."""
         pubsub = client.pubsub()
         try:
-            await pubsub.subscribe(self.channel)
-            for _ in range(100):  # bounded: the confirmation is the first reply
+            await pubsub.subscribe(self.channel, self.inbox)
+            confirmed = 0
+            for _ in range(100):  # bounded: the confirmations are the first replies
                 message = await pubsub.get_message(timeout=0.1)
                 if message is not None and message["type"] == "subscribe":
-                    return pubsub
+                    confirmed += 1
+                    if confirmed == 2:
+                        return pubsub
             raise RoomError("unavailable", f"Redis did not confirm the subscription to {self.channel}")
         except BaseException:
             await pubsub.aclose()
@@ -478,7 +523,10 @@ class RedisStore(Store):
                 async for message in self._pubsub.listen():
                     if message.get("type") == "message":
                         backoff = self.retry_min_s
-                        self._deliver(message.get("data"))
+                        if message.get("channel") == self.inbox:
+                            self._deliver_to_inbox(message.get("data"))
+                        else:
+                            self._deliver(message.get("data"))
                 raise ConnectionError("the subscription ended")
             except asyncio.CancelledError:
                 raise
@@ -496,11 +544,59 @@ class RedisStore(Store):
             return
         self._fanout.deliver(event)
 
+    # --- request/reply -------------------------------------------------------
+
+    def _inbox(self, node_id: str) -> str:
+        return self._key("inbox", node_id)
+
+    def _deliver_to_inbox(self, data: Any) -> None:
+        try:
+            message = json.loads(data)
+            if not isinstance(message, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            logger.warning("RedisStore(%s) ignored a bad message on %s: %s", self.node_id, self.inbox, exc)
+            return
+        if "kind" in message:
+            self._on_request(message)
+        else:
+            self._on_reply(message)
+
+    async def _send_request(self, node_id: str, message: JsonObject) -> bool:
+        # PUBLISH answers how many subscribers got it: 0 means nobody listens
+        return await self._send(node_id, message) > 0
+
+    async def _send_reply(self, node_id: str, message: JsonObject) -> None:
+        await self._send(node_id, message)
+
+    @_redis_errors
+    async def _send(self, node_id: str, message: JsonObject) -> int:
+        payload = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+        return int(await self._redis.publish(self._inbox(node_id), payload))
+
+    # --- forum leases ----------------------------------------------------------
+
+    @_redis_errors
+    async def acquire_lease(self, forum_id: str, owner: str, ttl_ms: int) -> bool:
+        return bool(await self._run("acquire_lease", [self._key("lease", forum_id)], [owner, _ttl(ttl_ms)]))
+
+    @_redis_errors
+    async def renew_lease(self, forum_id: str, owner: str, ttl_ms: int) -> bool:
+        return bool(await self._run("renew_lease", [self._key("lease", forum_id)], [owner, _ttl(ttl_ms)]))
+
+    @_redis_errors
+    async def release_lease(self, forum_id: str, owner: str) -> bool:
+        return bool(await self._run("release_lease", [self._key("lease", forum_id)], [owner]))
+
+    @_redis_errors
+    async def lease_owner(self, forum_id: str) -> str | None:
+        return cast(str | None, await self._redis.get(self._key("lease", forum_id)))
+
     # --- nodes ---------------------------------------------------------------
 
     @_redis_errors
-    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float) -> None:
-        info = NodeInfo(node_id, dict(load), time.time())
+    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float, public_url: str = "") -> None:
+        info = NodeInfo(node_id, dict(load), time.time(), public_url)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._key("node", node_id), _dumps(info), px=max(1, int(ttl_s * 1000)))
             pipe.sadd(self._key("nodes"), node_id)

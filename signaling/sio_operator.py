@@ -28,14 +28,16 @@ from aiohttp import web
 
 from rooms.errors import RoomError
 from rooms.tokens import Grant
-from signaling.operator_api import (
+from signaling.sio_server import SOCKETS
+from signaling.operator_common import (
+    control_of,
     forum_of,
     optional_source,
     program_answer,
     require_operator,
     start_playout,
     stop_playout,
-    switcher_of,
+    version_arg,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,8 +49,8 @@ OPERATOR_EVENTS = ("take", "preview", "cut_to_slate", "set_manual", "playout_sta
 
 async def _take(app: web.Application, forum_id: str, grant: Grant, payload: dict[str, Any]) -> Ack:
     source = optional_source(payload.get("source_id"), "source_id")
-    expected = payload.get("expected_version")
-    state = await (await switcher_of(app, forum_id)).take(grant, source, expected)
+    expected = version_arg(payload.get("expected_version"))
+    state = await control_of(app).take(forum_id, grant, source, expected)
     return {"program": await program_answer(app, state)}
 
 
@@ -56,12 +58,12 @@ async def _preview(app: web.Application, forum_id: str, grant: Grant, payload: d
     if "source_id" not in payload:
         raise RoomError("invalid", "preview: source_id is required (null clears the preview)")
     source = optional_source(payload["source_id"], "source_id")
-    state = await (await switcher_of(app, forum_id)).set_preview(grant, source)
+    state = await control_of(app).set_preview(forum_id, grant, source)
     return {"program": await program_answer(app, state)}
 
 
 async def _cut_to_slate(app: web.Application, forum_id: str, grant: Grant, payload: dict[str, Any]) -> Ack:
-    state = await (await switcher_of(app, forum_id)).cut_to_slate(grant)
+    state = await control_of(app).cut_to_slate(forum_id, grant)
     return {"program": await program_answer(app, state)}
 
 
@@ -69,7 +71,7 @@ async def _set_manual(app: web.Application, forum_id: str, grant: Grant, payload
     manual = payload.get("manual")
     if not isinstance(manual, bool):
         raise RoomError("invalid", "set_manual: manual must be true or false")
-    state = await (await switcher_of(app, forum_id)).set_manual(grant, manual)
+    state = await control_of(app).set_manual(forum_id, grant, manual)
     return {"program": await program_answer(app, state)}
 
 
@@ -84,15 +86,14 @@ async def _playout_stop(app: web.Application, forum_id: str, grant: Grant, paylo
 
 
 async def _recording_start(app: web.Application, forum_id: str, grant: Grant, payload: dict[str, Any]) -> Ack:
-    from signaling.recording_api import start_recording
-
-    return {"recording": await start_recording(app, forum_id, payload.get("session"))}
+    session = payload.get("session")
+    if session is not None and not isinstance(session, str):
+        raise RoomError("invalid", "session must be a string")
+    return {"recording": await control_of(app).start_recording(forum_id, grant, session)}
 
 
 async def _recording_stop(app: web.Application, forum_id: str, grant: Grant, payload: dict[str, Any]) -> Ack:
-    from signaling.recording_api import stop_recording
-
-    return {"recording": await stop_recording(app, forum_id)}
+    return {"recording": await control_of(app).stop_recording(forum_id, grant)}
 
 
 ACTIONS: dict[str, Action] = {
@@ -110,8 +111,6 @@ ACTIONS: dict[str, Action] = {
 def register_operator_events(app: web.Application, sio: socketio.AsyncServer) -> None:
     """Register the operator events on the node's socket.io server; grants
     come from sio_server's SocketServer (the token each socket connected with)."""
-    from signaling.sio_server import SOCKETS
-
     def grant_of(sid: str) -> Grant | None:
         server = app.get(SOCKETS)
         return server.grant_of(sid) if server is not None else None

@@ -32,12 +32,15 @@ from aiohttp import web
 from rooms import events as room_events
 from rooms.chat import ChatKind
 from rooms.errors import RoomError
+from rooms.forum_ownership import Owner
 from rooms.models import Event, Participant, Role, SourceKind
 from rooms.tokens import Grant, TokenService
 from signaling import protocol
 from signaling.app_keys import EVENT, ICE_SERVERS, ROOMS, SETTINGS, SIO, TOKENS
-from signaling.media_bridge import BRIDGE, MediaBridge
+from signaling.media_bridge import BRIDGE
+from signaling.ownership import forum_owner, redirect_url
 from signaling.push_coalescer import PushCoalescer
+from streaming.media_bridge import MediaBridge
 
 if TYPE_CHECKING:
     from rooms.service import RoomService
@@ -250,6 +253,12 @@ class Session:
         self._known_forum(request.forum_id)
         self.grant.require(request.forum_id, Role.SPEAKER)
         participant = self._joined(request.forum_id)
+        owner = await self._deps.forum_owner(request.forum_id)
+        if owner is not None:
+            # another node hosts the forum: the client publishes there (until edge nodes exist)
+            url = redirect_url(owner, "/")
+            return {"error": {"code": "moved", "url": url,
+                              "message": f"forum {request.forum_id!r} is hosted by another node: publish at {url}"}}
         published = await self._deps.bridge().publish(
             request.forum_id, self.grant, participant.name, participant.id, request.sdp)
         self._sources.add(published.source_id)
@@ -412,6 +421,10 @@ class _Deps:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def forum_owner(self, forum_id: str) -> Owner | None:
+        """None when this node hosts the forum, else its owner (signaling/ownership.py)."""
+        return await forum_owner(self._app, forum_id)
 
     def bridge(self) -> MediaBridge:
         bridge = self.bridge_or_none()

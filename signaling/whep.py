@@ -43,6 +43,7 @@ from signaling.whip import (
     preflight,
     read_offer,
     sdp_created,
+    setup_whip,
     trickle_refusal,
 )
 
@@ -185,3 +186,10 @@ def setup_whep(app: web.Application) -> None:
     app.router.add_route("PATCH", "/whep/{forum_id}/{session_id}", edge(endpoint.patch))
     app.router.add_route("GET", "/whep/{forum_id}/{session_id}", edge(endpoint.show))
     app.on_shutdown.append(_whep_shutdown)
+
+
+def setup_whip_whep(app: web.Application) -> None:
+    """WHIP and WHEP routes, the media bridge and their cleanup contexts.
+    Call it after the room service and media plane contexts are registered."""
+    setup_whip(app)
+    setup_whep(app)

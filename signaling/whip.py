@@ -13,7 +13,9 @@ publish into a forum with one HTTP POST.
 A WHIP session is a participant of the forum (a speaker) that holds one
 live source; the MediaBridge registers the source and follows its state.
 Every refusal is JSON {"error": {"code", "message"}}. The helpers at the
-top are shared with WHEP (signaling/whep.py), which has the same shape.
+top are shared with WHEP (signaling/whep.py), which has the same shape;
+whep imports them and also holds `setup_whip_whep`, so this module never
+imports whep.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ from signaling import protocol
 from signaling.app_keys import EVENT, ICE_SERVERS, ROOMS, TOKENS
 from signaling.ice_servers import IceServer
 from signaling.http_api import bearer_token, error_json_response, malformed_request
-from signaling.media_bridge import BRIDGE, MediaBridge, setup_media_bridge
+from signaling.media_bridge import BRIDGE, setup_media_bridge
+from signaling.ownership import forum_owner, redirect_url
+from streaming.media_bridge import MediaBridge
 
 if TYPE_CHECKING:
     from rooms.service import RoomService
@@ -255,6 +259,14 @@ class WhipEndpoint(HttpMediaEndpoint):
         grant = self._grant(request)
         forum_id = known_forum(request)
         grant.require(forum_id, Role.SPEAKER)
+        owner = await forum_owner(self._app, forum_id)
+        if owner is not None:
+            # another node hosts the forum: publish there (RFC 9725's load balancing and redirections;
+            # a 307 keeps the method and the offer, RFC 9110 section 15.4.8)
+            headers = dict(CORS_HEADERS)
+            headers["Location"] = redirect_url(owner, request.path_qs)
+            logger.info("WHIP: forum %s is hosted by %s; redirected there", forum_id, owner.node_id)
+            return web.Response(status=307, headers=headers)
         offer = await read_offer(request)
         session_id = uuid.uuid4().hex
         participant_id = "whip-" + session_id[:12]
@@ -356,12 +368,3 @@ def setup_whip(app: web.Application) -> None:
     app.router.add_route("GET", "/whip/{forum_id}/{session_id}", edge(endpoint.show))
     app.cleanup_ctx.append(_whip_ctx)
     app.on_shutdown.append(_whip_shutdown)
-
-
-def setup_whip_whep(app: web.Application) -> None:
-    """WHIP and WHEP routes, the media bridge and their cleanup contexts.
-    Call it after the room service and media plane contexts are registered."""
-    from signaling.whep import setup_whep  # whep imports this module's helpers
-
-    setup_whip(app)
-    setup_whep(app)

@@ -20,6 +20,8 @@ from streaming.program_bus import ProgramBus
 from streaming.program_encoder import OutputProfile, ProgramEncoder
 from streaming.restream import Restream, RestreamError, RestreamStatus
 
+__all__ = ["ForumOutputs", "OutputProfile", "ProgramOutputs", "RestreamNotFound", "StatusListener"]
+
 logger = logging.getLogger(__name__)
 
 StatusListener = Callable[[str, RestreamStatus | None, str], None]  # (forum_id, status|None=removed, id)
@@ -180,6 +182,12 @@ class ProgramOutputs:
                 continue
             self.forum(forum_id).add(destination.name, destination.url, key, destination.id)
         return skipped
+
+    async def close_forum(self, forum_id: str) -> None:
+        """Stop one forum's outputs and forget them (its host stopped)."""
+        outputs = self.forums.pop(forum_id, None)
+        if outputs is not None:
+            await outputs.close()
 
     async def close(self) -> None:
         await asyncio.gather(*(f.close() for f in self.forums.values()))

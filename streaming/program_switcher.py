@@ -14,11 +14,13 @@ Operators act through `take`, `take_preview`, `cut_to_slate`,
 policy hears what they accepted); the agenda through `take_system`
 (refused in manual mode). Source states and other writers' program
 changes arrive as room events (`on_source`, `on_source_state`,
-`on_source_removed`, `on_program_changed`) through the `Switchboard`.
+`on_source_removed`, `on_program_changed`) from the node's one room-event
+pump (streaming/forum_hosts.py). The switcher is part of its forum's
+ForumHost (streaming/forum_host.py), the only owner of a forum's program.
 
-With several nodes every node runs a switcher per forum (each drives its
-own media plane), but only the node that holds a source writes the
-policy's covers, returns and follows for it, so each happens once. Every
+A switcher runs where its forum is hosted; should two nodes host one
+forum, only the node that holds a source writes the policy's covers,
+returns and follows for it, so each happens once. Every
 write goes through one lock per forum and is made only if the policy
 still wants it when the lock is got: a take that lands meanwhile wins.
 """
@@ -33,20 +35,18 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from rooms import events as room_events
 from rooms import program_policy as policy
 from rooms.errors import RoomError
 from rooms.models import MediaSource, ProgramState, SourceState
 from rooms.program_policy import Claim, Phase
 from rooms.service import RoomService
-from rooms.store import Subscription
 from rooms.tokens import Grant
 
 logger = logging.getLogger(__name__)
 
 SYSTEM = policy.SYSTEM  # `by` of the covers, returns and follows the policy makes
 
-__all__ = ["Phase", "ProgramSwitcher", "ProgramTarget", "Switchboard", "SYSTEM"]
+__all__ = ["Phase", "ProgramSwitcher", "ProgramTarget", "SYSTEM"]
 
 
 class Cancellable(Protocol):
@@ -344,93 +344,3 @@ class ProgramSwitcher:
         """Wait for pending writes (covers, returns, follows) to finish."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-
-class Switchboard:
-    """The switchers of the forums this node hosts, fed by the room events.
-
-    One task reads `rooms.events()` and hands each event to its forum's
-    switcher; switchers are made on first use."""
-
-    def __init__(self, rooms: RoomService, media: ProgramTarget | None, *, slate_grace: float = 1.0,
-                 call_later: CallLater | None = None) -> None:
-        self._rooms = rooms
-        self._media = media
-        self._slate_grace = slate_grace
-        self._call_later = call_later
-        self._switchers: dict[str, ProgramSwitcher] = {}
-        self._starting: dict[str, asyncio.Future[ProgramSwitcher]] = {}
-        self._pump: asyncio.Task[None] | None = None
-        self._events: Subscription | None = None
-
-    async def start(self) -> None:
-        self._events = self._rooms.events()  # now, so nothing between start and the loop is lost
-        self._pump = asyncio.create_task(self._run(self._events), name="switchboard")
-
-    async def stop(self) -> None:
-        if self._events is not None:
-            self._events.close()
-        pump, self._pump = self._pump, None
-        if pump is not None:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-        switchers, self._switchers = list(self._switchers.values()), {}
-        for switcher in switchers:
-            await switcher.stop()
-
-    async def switcher(self, forum_id: str) -> ProgramSwitcher:
-        """The forum's switcher (RoomError not_found for an unknown forum)."""
-        found = self._switchers.get(forum_id)
-        if found is not None:
-            return found
-        self._rooms.forum(forum_id)
-        pending = self._starting.get(forum_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[ProgramSwitcher] = asyncio.get_running_loop().create_future()
-        self._starting[forum_id] = future
-        switcher = ProgramSwitcher(forum_id, self._rooms, self._media, slate_grace=self._slate_grace,
-                                   call_later=self._call_later, node_id=self._rooms.node_id)
-        try:
-            await switcher.start()
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: nobody else may be waiting
-            raise
-        finally:
-            self._starting.pop(forum_id, None)
-        self._switchers[forum_id] = switcher
-        future.set_result(switcher)
-        return switcher
-
-    def get(self, forum_id: str) -> ProgramSwitcher | None:
-        return self._switchers.get(forum_id)
-
-    async def _run(self, events: "Subscription") -> None:
-        async for event in events:
-            try:
-                await self._route(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("Switchboard: %s failed", type(event).__name__)
-
-    async def _route(self, event: room_events.RoomEvent) -> None:
-        forum_id = room_events.forum_of(event)
-        if forum_id is None or self._rooms.event.forum(forum_id) is None:
-            return
-        match event:
-            case room_events.ProgramChanged() | room_events.PreviewChanged():
-                (await self.switcher(forum_id)).on_program_changed(event.state, event.by)
-            case room_events.SourceAdded() | room_events.SourceUpdated():
-                (await self.switcher(forum_id)).on_source(event.source)
-            case room_events.SourceRemoved():
-                switcher = self._switchers.get(forum_id)
-                if switcher is not None:
-                    switcher.on_source_removed(event.source.id)
-            case _:
-                return
-        switcher = self._switchers.get(forum_id)
-        if switcher is not None:
-            await switcher.idle()  # its writes land (and bump the version) before the next event

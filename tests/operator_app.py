@@ -57,18 +57,19 @@ class Node:
 
 
 def _wire_missing(app: web.Application) -> None:
-    from signaling import media_bridge, operator_api
+    from signaling import hosting, media_bridge, operator_api
 
     if SIO not in app:
         from signaling.pages import setup_pages
         from signaling.sio_server import setup_socketio
-        from signaling.whip import setup_whip_whep
+        from signaling.whep import setup_whip_whep
 
         setup_socketio(app)
         media_bridge.setup_media_plane(app)
         setup_whip_whep(app)
         setup_pages(app)
-    if operator_api._switchboard_ctx not in app.cleanup_ctx:
+    if hosting._hosting_ctx not in app.cleanup_ctx:
+        hosting.setup_hosting(app)
         operator_api.setup_operator(app)
 
 

@@ -18,7 +18,7 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 
 from rooms.models import Role
-from signaling.forum_inputs import INPUTS
+from signaling.app_keys import HOSTS
 from streaming import aiortc_internals
 from streaming.ffmpeg_process import FfmpegProcess
 from tests.aiortc_peers import rtp_header
@@ -134,7 +134,7 @@ async def test_a_venue_feed_with_b_frames_plays_at_viewers(node: Node, clients: 
                          what=f"80% of {sent} sent frames decoded (last {decoded()})")
         assert headers.backwards == 0
 
-        venue = node.app[INPUTS]._venues[FORUM]
+        venue = node.app[HOSTS].get(FORUM).venue
         assert venue.transcoders_started == 1  # one encode for the feed, whoever watches
         forum = await get_json(f"{node.url}/api/forums/{FORUM}")
         media = next(s for s in forum["sources"] if s["id"] == ingest["source_id"])["media"]
@@ -168,7 +168,7 @@ async def test_a_baseline_venue_feed_is_copied(node: Node, clients: list[Any]) -
         assert media["sent_profile_level_id"] == media["profile_level_id"]
         assert media["profile_level_id"].startswith("42") and media["b_frames"] is False
         await viewer.wait_size(SIZE, timeout=40)
-        venue = node.app[INPUTS]._venues[FORUM]
+        venue = node.app[HOSTS].get(FORUM).venue
         assert venue.transcoders_started == 0 and len(venue.processes()) == 2  # the two listeners only
         assert headers.backwards == 0
         # a viewer joining now is told the profile it gets (aiortc alone answers 42e01f)
@@ -180,7 +180,7 @@ async def test_a_baseline_venue_feed_is_copied(node: Node, clients: list[Any]) -
 
 # --- item 5: a source without video, or without audio ---------------------------------
 
-SLATE_SIZE = (960, 540)  # forum_inputs.SLATE_SIZE: the forum's slate picture
+SLATE_SIZE = (960, 540)  # forum_host.SLATE_SIZE: the forum's slate picture
 
 
 class ListeningViewer(RecordingViewer):

@@ -21,7 +21,7 @@ from rooms.models import Role, SourceKind, SourceState
 from rooms.service import RoomService
 from rooms.store import Subscription
 from rooms.tokens import TokenService
-from signaling.media_bridge import MediaBridge
+from streaming.media_bridge import MediaBridge
 from streaming.media_error import MediaError
 from streaming.media_plane import SourceChange
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from rooms.models import Role
-from signaling.forum_inputs import INPUTS
+from signaling.app_keys import LIBRARY
 from signaling.tus_uploads import TUS
 from streaming.ffmpeg_process import ffmpeg_binary
 from tests.eventually import eventually
@@ -139,7 +139,7 @@ async def test_a_speaker_uploads_resumably_and_operators_follow_the_conversion(
 async def test_an_oversized_upload_is_refused_from_its_headers(node: Node, http: aiohttp.ClientSession) -> None:
     base = f"{node.url}/api/forums/{FORUM}"
     op = node.token(Role.OPERATOR, [FORUM])
-    library = node.app[INPUTS].library
+    library = node.app[LIBRARY]
     status, _ = await create(http, base, op, 6 << 20)  # over the 5 MiB setting
     assert status == 413
     assert list(node.app[TUS].root.iterdir()) == []
@@ -160,7 +160,7 @@ async def test_an_oversized_upload_is_refused_from_its_headers(node: Node, http:
 async def test_conversions_are_bounded_per_token_and_per_forum(node: Node, http: aiohttp.ClientSession,
                                                                tmp_path: Path) -> None:
     base = f"{node.url}/api/forums/{FORUM}"
-    library = node.app[INPUTS].library
+    library = node.app[LIBRARY]
     data = interpretation_video(tmp_path / "talk.mkv").read_bytes()
     tokens = [node.token(Role.SPEAKER, [FORUM], name) for name in ("A", "B", "C")]
     ops = [node.token(Role.OPERATOR, [FORUM], f"op{n}") for n in range(2)]
@@ -216,7 +216,7 @@ async def test_tus_refusals_are_json(node: Node, http: aiohttp.ClientSession) ->
     assert response.status == 415
     async with http.delete(url, headers={**bearer(speaker), **TUS_HEADERS}) as deleted:
         assert deleted.status == 404  # a refused upload is gone
-    assert list(node.app[TUS].root.iterdir()) == [] and list(node.app[INPUTS].library.tmp_dir.iterdir()) == []
+    assert list(node.app[TUS].root.iterdir()) == [] and list(node.app[LIBRARY].tmp_dir.iterdir()) == []
 
 
 async def test_malformed_requests_to_the_upload_routes_never_get_a_5xx(node: Node, http: aiohttp.ClientSession) -> None:
@@ -247,7 +247,7 @@ async def test_malformed_requests_to_the_upload_routes_never_get_a_5xx(node: Nod
 async def test_a_complete_upload_is_converted_after_a_restart(tmp_path: Path, http: aiohttp.ClientSession) -> None:
     data = interpretation_video(tmp_path / "talk.mkv").read_bytes()
     async with running_node(tmp_path / "node") as first:
-        library = first.app[INPUTS].library
+        library = first.app[LIBRARY]
         await library._running.acquire()  # busy: the job waits while the server stops
         speaker = first.token(Role.SPEAKER, [FORUM], "Ana")
         status, location = await create(http, f"{first.url}/api/forums/{FORUM}", speaker, len(data))
@@ -255,7 +255,7 @@ async def test_a_complete_upload_is_converted_after_a_restart(tmp_path: Path, ht
         response = await patch(http, first.url + location, speaker, 0, data)
         assert response.status == 204 and library.items(FORUM) == []
     async with running_node(tmp_path / "node") as second:
-        library = second.app[INPUTS].library
+        library = second.app[LIBRARY]
         await eventually(lambda: library.items(FORUM), timeout=60, what="the upload converted after the restart")
         [item] = library.items(FORUM)
         assert item.uploaded_by == "Ana"

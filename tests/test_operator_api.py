@@ -18,7 +18,7 @@ import ffmpeg
 import pytest
 
 from rooms.models import Role
-from signaling.forum_inputs import INPUTS
+from signaling.app_keys import HOSTS, LIBRARY
 from streaming.ffmpeg_process import FfmpegProcess
 from tests.eventually import eventually
 from tests.operator_app import (
@@ -120,7 +120,7 @@ async def test_ingest_addresses_venue_feed_and_its_states(node: Node, http: aioh
     assert again["rtmp_url"] == ai["rtmp_url"]
     status, sources = await call(http, "GET", f"{node.url}/api/forums/{FORUM}/sources", op)
     assert [s["kind"] for s in sources["sources"]] == ["venue"]
-    venue = node.app[INPUTS]._venues[FORUM]
+    venue = node.app[HOSTS].get(FORUM).venue
     assert venue.processes(), "the venue listeners run"
     # another forum gets another key and other ports
     status, main = await call(http, "GET", f"{node.url}/api/forums/main/ingest?reveal=true", op)
@@ -221,7 +221,7 @@ async def test_upload_playout_take_and_stop(node: Node, http: aiohttp.ClientSess
     form.add_field("file", data, filename="again.mp4", content_type="video/mp4")
     again = await upload_converted(http, base, op, form)
     assert again["id"] == item["id"]
-    assert node.app[INPUTS].library.normalizations == 1, "normalized once"
+    assert node.app[LIBRARY].normalizations == 1, "normalized once"
 
     other = SioClient()
     clients.append(other)

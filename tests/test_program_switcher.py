@@ -3,7 +3,6 @@ a recording stand-in for the media plane and a hand-moved timer."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -14,8 +13,7 @@ from rooms.memory_store import MemoryStore
 from rooms.models import Event, Forum, ForumKind, MediaSource, Role, SourceKind, SourceState, Text
 from rooms.service import RoomService
 from rooms.tokens import Grant
-from streaming.program_switcher import Phase, ProgramSwitcher, Switchboard
-from tests.eventually import eventually
+from streaming.program_switcher import Phase, ProgramSwitcher
 
 FORUM = "ai"
 EVENT = Event(id="summit", name=Text("Summit"), timezone="UTC", days=(),
@@ -212,32 +210,7 @@ async def test_source_removed_while_covered_leaves_the_slate(rig: tuple) -> None
     assert switcher.phase is Phase.SLATE and media.calls[-1] is None
 
 
-async def test_switchboard_follows_room_events_from_other_writers() -> None:
-    store = MemoryStore(node_id="n1")
-    await store.start()
-    rooms = RoomService(EVENT, store, "n1")
-    media = FakeMedia()
-    board = Switchboard(rooms, media, slate_grace=0.05)
-    await board.start()
-    try:
-        switcher = await board.switcher(FORUM)
-        await rooms.register_source(FORUM, OPERATOR, MediaSource("a", FORUM, SourceKind.VENUE, "A",
-                                                                  state=SourceState.LIVE))
-        await rooms.take(FORUM, OPERATOR, "a")  # another node's operator: only the event tells us
-        # polling: the event pump has no hook
-        await eventually(lambda: media.calls[-1:] == ["a"], timeout=20, interval=0.01, what="the cut to a")
-        await rooms.update_source_state(FORUM, "a", SourceState.LOST)
-
-        async def slate_on_air() -> bool:
-            return (await rooms.program(FORUM)).slate
-
-        await eventually(slate_on_air, timeout=20, interval=0.02, what="the slate covering a")
-        assert switcher.phase is Phase.COVERED
-        with pytest.raises(RoomError):
-            await board.switcher("nope")
-    finally:
-        await board.stop()
-        await store.stop()
+# the room-event pump's test (other writers' takes and covers) is in test_forum_hosts.py
 
 
 async def test_only_the_node_holding_the_source_covers_it(rig: tuple) -> None:

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from rooms.errors import RoomError
 from rooms.events import ViewerCountChanged
 from rooms.models import Participant, Role
+from rooms.store import BusRequest, JsonObject
 from signaling.redis_store import RedisStore
 from tests.processes import free_port, start_redis
 
@@ -111,3 +112,40 @@ async def test_losing_redis_mid_flight_is_unavailable_not_a_crash() -> None:
     finally:
         await store.stop()
         server.stop()
+
+
+async def test_bad_messages_in_a_nodes_inbox_are_ignored_and_requests_go_on(
+    store: RedisStore, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def answer(request: BusRequest) -> JsonObject:
+        return {"ok": request.kind}
+
+    store.serve(answer)
+    asker = RedisStore(redis_url, "node-b", prefix="t")
+    raw = aioredis.Redis.from_url(redis_url)
+    await asker.start()
+    try:
+        for junk in (b"not json", b"[1, 2]", json.dumps({"kind": "take"}).encode(),  # a request missing its id
+                     json.dumps({"id": "nobody-asked", "result": {}}).encode()):  # a reply to no request
+            await raw.publish(store.inbox, junk)
+        assert await asker.request(store.node_id, "take", {}, timeout_s=DEADLINE_S) == {"ok": "take"}
+        assert [r for r in caplog.records if "ignored a" in r.getMessage()]
+    finally:
+        await raw.aclose()
+        await asker.stop()
+
+
+async def test_a_lease_lives_in_redis_with_its_ttl(store: RedisStore, redis_url: str) -> None:
+    """SET NX PX: the key holds the owner and expires by Redis's own clock."""
+    raw = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert await store.acquire_lease("f1", "node-a@1", 4000)
+        assert await raw.get("t:lease:f1") == "node-a@1"
+        assert 0 < await raw.pttl("t:lease:f1") <= 4000
+        assert await store.renew_lease("f1", "node-a@1", 60_000)
+        assert 4000 < await raw.pttl("t:lease:f1") <= 60_000
+        with pytest.raises(RoomError) as bad:
+            await store.acquire_lease("f1", "node-a@1", 0)
+        assert bad.value.code == "invalid"
+    finally:
+        await raw.aclose()

@@ -402,6 +402,8 @@ async def test_a_run_restarted_under_the_same_name_reaps_the_crashed_run_at_star
         await crashed.join("main", VIEWER, pid)
     cam = await crashed.register_source("main", SPEAKER, source("cam"))
     await crashed.take("main", OPERATOR, "cam")
+    assert await store.acquire_lease("main", "hall@run1", 30_000)  # it hosted the forum
+    assert await store.acquire_lease("ai", "other@run1", 30_000)  # another node's forum
     await crashed.stop()  # the crash: nothing left, nothing expired
     assert await store.counts("main") == Counts(2, 2)
     restarted = RoomService(EVENT, store, "hall@run2", now=clock, heartbeat_ttl_s=30.0)
@@ -416,6 +418,8 @@ async def test_a_run_restarted_under_the_same_name_reaps_the_crashed_run_at_star
         assert [(e.lost_node_id, e.participants, e.sources) for e in got if isinstance(e, NodeLost)] == [
             ("hall@run1", 2, 1)]
         await restarted.join("main", VIEWER, "v3")  # the seats are free again
+        assert await store.lease_owner("main") is None  # its forum is free to take now, not after the TTL
+        assert await store.lease_owner("ai") == "other@run1"
         assert [n.node_id for n in await store.nodes()] == ["hall@run2"]
     finally:
         await restarted.stop()
@@ -482,8 +486,8 @@ class CountingStore(MemoryStore):
         self._wanted = beats_wanted
         self.enough = asyncio.Event()
 
-    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float) -> None:
-        await super().heartbeat(node_id, load, ttl_s)
+    async def heartbeat(self, node_id: str, load: dict[str, Any], ttl_s: float, public_url: str = "") -> None:
+        await super().heartbeat(node_id, load, ttl_s, public_url)
         self.beats += 1
         if self.beats >= self._wanted:
             self.enough.set()

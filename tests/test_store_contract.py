@@ -20,7 +20,7 @@ from rooms.errors import RoomError
 from rooms.events import ProgramChanged, ViewerCountChanged
 from rooms.memory_store import MemoryStore
 from rooms.models import MediaSource, Participant, ProgramState, Role, SourceKind, SourceMedia, SourceState
-from rooms.store import Admission, Counts, Store
+from rooms.store import Admission, BusRequest, Counts, JsonObject, Store
 from tests.eventually import eventually
 
 Nodes = Callable[..., Awaitable[list[Store]]]
@@ -422,3 +422,119 @@ async def test_a_name_restarted_after_a_crash_finds_its_previous_instances(nodes
     assert await fresh.counts("f1") == Counts(viewers=1, total=1)
     assert await fresh.sources("f1") == []
     assert {n.node_id for n in await fresh.nodes()} == {"hall-2@00000001", "hall@00000002"}
+
+
+async def test_a_heartbeat_carries_the_nodes_public_url(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    await a.heartbeat("hall@00000001", {"viewers": 1}, ttl_s=30, public_url="http://127.0.0.1:8081")
+    await a.heartbeat("hall@00000002", {}, ttl_s=30)
+    found = {n.node_id: n.public_url for n in await b.nodes()}
+    assert found == {"hall@00000001": "http://127.0.0.1:8081", "hall@00000002": ""}
+
+
+# --- forum leases ----------------------------------------------------------------
+
+
+async def test_a_forums_lease_has_one_owner_among_concurrent_takers(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    owners = [f"n{i}@0000000{i % 10}" for i in range(20)]
+    taken = await asyncio.gather(
+        *((a if i % 2 else b).acquire_lease("f1", owner, 30_000) for i, owner in enumerate(owners))
+    )
+    assert sum(taken) == 1
+    winner = owners[taken.index(True)]
+    assert await a.lease_owner("f1") == winner == await b.lease_owner("f1")
+    assert await a.lease_owner("f2") is None  # one lease per forum
+
+
+async def test_only_the_owner_renews_or_releases_its_lease(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    assert await a.acquire_lease("f1", "x", 30_000)
+    assert await a.acquire_lease("f1", "x", 30_000)  # already ours: true, renewed
+    assert not await b.acquire_lease("f1", "y", 30_000)
+    assert not await b.renew_lease("f1", "y", 30_000)
+    assert not await b.release_lease("f1", "y")
+    assert await b.lease_owner("f1") == "x"
+    assert await a.renew_lease("f1", "x", 30_000)
+    assert await a.release_lease("f1", "x")
+    assert not await a.release_lease("f1", "x")  # gone already
+    assert await b.lease_owner("f1") is None
+    assert await b.acquire_lease("f1", "y", 30_000)
+    assert await a.lease_owner("f1") == "y"
+    for call in (a.acquire_lease("f2", "x", 0), a.renew_lease("f1", "y", -5)):
+        with pytest.raises(RoomError) as bad:
+            await call
+        assert bad.value.code == "invalid"
+
+
+async def test_an_expired_lease_goes_to_the_next_taker(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    assert await a.acquire_lease("f1", "x", 100)
+
+    async def expired() -> bool:
+        return await b.lease_owner("f1") is None
+
+    await eventually(expired, timeout=DEADLINE_S, what="the 100 ms lease to expire")  # only time ends a lease
+    assert not await a.renew_lease("f1", "x", 30_000)  # too late: an expired lease is not renewed
+    assert await b.acquire_lease("f1", "y", 30_000)
+    assert not await a.acquire_lease("f1", "x", 30_000)
+    assert await a.lease_owner("f1") == "y"
+
+
+# --- request/reply -----------------------------------------------------------------
+
+
+async def test_a_request_reaches_its_node_and_the_answer_comes_back(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    seen: list[BusRequest] = []
+
+    async def answer(request: BusRequest) -> JsonObject:
+        seen.append(request)
+        return {"took": request.body.get("source"), "on": b.node_id}
+
+    b.serve(answer)
+    answers = await asyncio.gather(
+        *(a.request(b.node_id, "take", {"source": f"cam{i}"}, timeout_s=DEADLINE_S) for i in range(5))
+    )
+    assert answers == [{"took": f"cam{i}", "on": b.node_id} for i in range(5)]
+    assert sorted(str(r.body["source"]) for r in seen) == [f"cam{i}" for i in range(5)]
+    assert {(r.kind, r.sender) for r in seen} == {("take", a.node_id)}
+
+
+async def test_a_refusal_comes_back_as_the_same_room_error(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+
+    async def refuse(request: BusRequest) -> JsonObject:
+        if request.kind == "take":
+            raise RoomError("conflict", "source cam is not live")
+        raise ValueError("a bug of ours")
+
+    b.serve(refuse)
+    with pytest.raises(RoomError) as refused:
+        await a.request(b.node_id, "take", {}, timeout_s=DEADLINE_S)
+    assert (refused.value.code, refused.value.message) == ("conflict", "source cam is not live")
+    with pytest.raises(RoomError) as failed:
+        await a.request(b.node_id, "crash", {}, timeout_s=DEADLINE_S)
+    assert failed.value.code == "internal"
+
+
+async def test_a_node_that_does_not_answer_is_unavailable(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    never = asyncio.Event()
+
+    async def hang(request: BusRequest) -> JsonObject:
+        await never.wait()
+        return {}
+
+    b.serve(hang)
+    with pytest.raises(RoomError) as late:
+        await a.request(b.node_id, "take", {}, timeout_s=0.2)
+    assert late.value.code == "unavailable" and "did not answer" in late.value.message
+    with pytest.raises(RoomError) as nobody:
+        await a.request("gone@00000000", "take", {}, timeout_s=DEADLINE_S)
+    assert nobody.value.code == "unavailable"
+    b.serve(None)
+    with pytest.raises(RoomError) as closed:
+        await a.request(b.node_id, "take", {}, timeout_s=DEADLINE_S)
+    assert closed.value.code == "unavailable"
+    never.set()

@@ -20,8 +20,7 @@ import pytest
 
 from rooms.models import Role
 from rooms.tokens import Grant
-from signaling.app_keys import ROOMS
-from signaling.forum_inputs import INPUTS
+from signaling.app_keys import CONTROL, LIBRARY, ROOMS
 from tests.e2e.chromium import CHROMIUM
 from tests.eventually import eventually
 from tests.operator_app import Node, SioClient, SizedPublisher, running_node
@@ -103,7 +102,7 @@ async def test_operator_takes_a_source_from_the_control_page(node: Node, browser
         # opening the page opens the venue listeners (the venue source appears, connecting)
         # but the stream key stays hidden until the operator asks for it
         venue = await _venue_tile(page)
-        key = (await node.app[INPUTS].ingest(FORUM, OPERATOR_GRANT, reveal=True))["stream_key"]
+        key = (await node.app[CONTROL].ingest(FORUM, OPERATOR_GRANT, reveal=True))["stream_key"]
         assert await page.is_hidden("#ingest")
         assert key not in (await page.content())
         await page.click("#ingest-show")
@@ -173,7 +172,7 @@ async def test_operator_uploads_from_the_control_page_and_picks_the_language(nod
         except Exception:
             raise AssertionError(f"no item: {await page.text_content('#upload-status')!r} "
                                  f"{await page.text_content('#message')!r} {console}") from None
-        library = node.app[INPUTS].library
+        library = node.app[LIBRARY]
         [item] = library.items(FORUM)
         assert [t["language"] for t in item.audio_tracks] == ["eng", "fra"] and item.audio_track == 0
         assert "copied" in (await page.text_content("#media li") or "")
@@ -207,7 +206,7 @@ async def test_a_speaker_sends_a_recording_from_the_speak_page(node: Node, brows
         await page.click("#send-recording button[type=submit]")
         await page.wait_for_function(
             "() => document.getElementById('recording-status').textContent.includes('ready')", timeout=60_000)
-        [item] = node.app[INPUTS].library.items(FORUM)
+        [item] = node.app[LIBRARY].items(FORUM)
         assert item.uploaded_by == "Ana" and item.processing["video_mode"] == "card"
     finally:
         await context.close()

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from recorder.recording import complete_segments
-from rooms.models import Role
-from signaling.app_keys import SETTINGS
+from recorder.recording import RecordingInfo, complete_segments
+from rooms.models import Event, Forum, ForumKind, Role, Session, Text
+from signaling.app_keys import HOSTS, SETTINGS
+from signaling.recording_api import RECORDER
 from tests.eventually import eventually
 from tests.operator_app import Node, SioClient, running_node
 
@@ -50,3 +52,28 @@ async def test_recording_start_push_stop_over_socketio(node: Node) -> None:
     finally:
         await operator.sio.disconnect()
         await viewer.sio.disconnect()
+
+
+async def test_a_live_session_of_a_recorded_forum_records_through_its_host(tmp_path: Path) -> None:
+    """Sessions of `recorded` forums record while live (record_sessions),
+    through the node's ForumHosts: the forum is hosted (slate on) and the
+    recording carries the session's id; the other forum is neither."""
+    start = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.timezone.utc)
+
+    def forum(forum_id: str, recorded: bool) -> Forum:
+        return Forum(forum_id, Text(forum_id.upper()), ForumKind.SUB, capacity=10, recorded=recorded,
+                     sessions=(Session(f"{forum_id}-s1", Text("Talk"), start, start + dt.timedelta(hours=1), ()),))
+
+    event = Event(id="rec", name=Text("Rec"), timezone="UTC", days=(start.date(),),
+                  forums=(forum("kept", True), forum("other", False)))
+    async with running_node(tmp_path / "node", event=event, agenda_now=lambda: start + dt.timedelta(minutes=5),
+                            record_sessions=True, output_width=320, output_height=180, output_fps=15,
+                            output_video_kbps=300, output_audio_kbps=64, output_preset="ultrafast") as node:
+        def recordings() -> list[RecordingInfo]:
+            return node.app[RECORDER].recordings()
+
+        await eventually(lambda: [r.session for r in recordings() if r.state == "recording"] == ["kept-s1"],
+                         timeout=90, what="the live session recording")
+        assert node.app[HOSTS].hosted() == ["kept"]
+        host = node.app[HOSTS].get("kept")
+        assert host is not None and host.slate is not None

@@ -16,9 +16,7 @@ from typing import Any
 import pytest
 
 from rooms.models import Event, Forum, ForumKind, Role, Session, Speaker, SpeakerMode, Text
-from signaling.agenda_runner import RUNNER
-from signaling.app_keys import ROOMS
-from signaling.forum_inputs import INPUTS
+from signaling.app_keys import HOSTS, LIBRARY, ROOMS, SCHEDULER
 from tests.machine_time import RunQueueWait
 from tests.eventually import eventually
 from tests.operator_app import Node, RecordingViewer, SioClient, make_video, running_node
@@ -78,10 +76,10 @@ async def test_recorded_session_starts_at_its_slot_on_air_in_real_time(tmp_path:
     clock = MovedClock(T0)
     event = simulive_event(video)
     async with running_node(tmp_path / "node", event=event, agenda_now=clock) as node:
-        runner = node.app[RUNNER]
+        runner = node.app[SCHEDULER]
         client, viewer = await _viewer(node, "sim", clients)
         await runner.step()  # the unmoved clock: nothing is due
-        assert node.app[INPUTS].playouts("sim") == []
+        assert node.app[HOSTS].running_playouts("sim") == []
 
         clock.now = T0 + dt.timedelta(minutes=1, milliseconds=100)
         runner.poke()
@@ -107,7 +105,7 @@ async def test_recorded_session_starts_at_its_slot_on_air_in_real_time(tmp_path:
         clock.now = T0 + dt.timedelta(minutes=1) + SLOT
         runner.poke()
         await client.next_push("program", lambda p: p["program"] is None and p["slate"], timeout=10)
-        assert node.app[INPUTS].playouts("sim") == []
+        assert node.app[HOSTS].running_playouts("sim") == []
 
 
 async def test_manual_forum_plays_the_video_but_does_not_take_it(tmp_path: Path, video: Path,
@@ -121,10 +119,10 @@ async def test_manual_forum_plays_the_video_but_does_not_take_it(tmp_path: Path,
         await op.call("join", {"forum_id": "manual"})
         assert (await op.call("set_manual", {"forum_id": "manual", "manual": True}))["program"]["manual"]
         clock.now = T0 + dt.timedelta(minutes=1, seconds=1)
-        node.app[RUNNER].poke()
+        node.app[SCHEDULER].poke()
         started = {}
         for _ in range(2):
-            running = await asyncio.wait_for(node.app[RUNNER].started.get(), 60)
+            running = await asyncio.wait_for(node.app[SCHEDULER].started.get(), 60)
             started[running.playout.forum_id] = running
         assert started["manual"].on_air is False and started["sim"].on_air is True
         source_id = started["manual"].source_id
@@ -142,7 +140,7 @@ async def test_manual_forum_plays_the_video_but_does_not_take_it(tmp_path: Path,
         assert next(s["name"] for s in sources["sources"] if s["id"] == source_id) == label
         assert ack["program"]["source"]["name"] == label
         assert (await op.call("join", {"forum_id": "manual"}))["program"]["source"]["name"] == label
-        [playout] = node.app[INPUTS].playouts("manual")
+        [playout] = node.app[HOSTS].running_playouts("manual")
         assert playout.to_json()["name"] == label and playout.to_json()["file"] == "talk.mp4"
         # the operator plays the same talk from the library: labelled the same
         again = await op.call("playout_start", {"forum_id": "manual", "media": playout.item.id})
@@ -160,7 +158,7 @@ async def test_a_node_started_mid_slot_joins_the_talk_where_it_is(tmp_path: Path
     event = simulive_event(video)
     async with running_node(tmp_path / "node", event=event, agenda_now=clock) as node:
         client, viewer = await _viewer(node, "sim", clients)
-        runner = node.app[RUNNER]
+        runner = node.app[SCHEDULER]
         poked = time.monotonic()
         runner.poke()
         started = {}
@@ -168,7 +166,7 @@ async def test_a_node_started_mid_slot_joins_the_talk_where_it_is(tmp_path: Path
             running = await asyncio.wait_for(runner.started.get(), 60)  # includes normalizing once
             started[running.playout.forum_id] = running
         assert started["sim"].on_air is True
-        playout = next(p for p in node.app[INPUTS].playouts("sim") if p.source_id == started["sim"].source_id)
+        playout = next(p for p in node.app[HOSTS].running_playouts("sim") if p.source_id == started["sim"].source_id)
         await client.next_push("program", lambda p: p["program"] == started["sim"].source_id)
         await viewer.wait_size((320, 240), timeout=30)
         assert playout.player.position >= 12.0  # the file's 24 s, joined at its keyframe at 12 s
@@ -201,15 +199,15 @@ async def test_a_recorded_speakers_own_upload_plays_in_their_slot(tmp_path: Path
             assert response.status == 204
         done = await operator.next_push("media_job", lambda j: j["state"] == "done" and j["name"] == "my-talk.mp4",
                                       timeout=60)
-        item = node.app[INPUTS].library.get(done["media"])
+        item = node.app[LIBRARY].get(done["media"])
         assert item.speaker_id == "rec" and item.uploaded_by == "Rec Orded" and item.width == 240
 
         clock.now = T0 + dt.timedelta(minutes=1, milliseconds=100)
-        node.app[RUNNER].poke()
-        await node.app[RUNNER].started.get()
+        node.app[SCHEDULER].poke()
+        await node.app[SCHEDULER].started.get()
 
         def playing_in_sim() -> list[str]:
-            return [p.item.id for p in node.app[INPUTS].playouts("sim")]
+            return [p.item.id for p in node.app[HOSTS].running_playouts("sim")]
 
         await eventually(playing_in_sim, timeout=60, what="the slot starts in forum sim")
         assert playing_in_sim() == [item.id]

@@ -1,0 +1,155 @@
+"""Two forumcast nodes (two server processes) on one real Redis: one
+owner per forum, publishers sent to it (tests/cluster.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+import socketio
+
+from rooms.models import Role
+from tests.cluster import LEASE_TTL_MS, Cluster, start_cluster
+from tests.eventually import eventually
+from tests.signaling_peers import PublisherPeer
+
+FORUM = "digital-economy"
+ACK_TIMEOUT = 20.0
+
+
+@pytest.fixture
+def cluster(redis_url: str) -> Iterator[Cluster]:
+    started = start_cluster(redis_url)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+async def whip_post(http: aiohttp.ClientSession, url: str, token: str, offer: str) -> aiohttp.ClientResponse:
+    return await http.post(url, data=offer, allow_redirects=False,
+                           headers={"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"})
+
+
+async def test_both_nodes_come_up_see_each_other_and_a_forum_gets_one_owner(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    a, b = cluster["a"], cluster["b"]
+    view = cluster.cluster_view("b")
+    by_id = {n["node_id"]: n["public_url"] for n in view["nodes"]}
+    assert by_id[cluster.node_id("a")] == a.url and by_id[cluster.node_id("b")] == b.url
+    assert view["owners"][FORUM] is None  # nobody needed it yet
+    refused = await http.get(f"{a.url}/api/cluster", headers={"Authorization": f"Bearer {a.token(Role.OPERATOR)}"})
+    assert refused.status == 403 and (await refused.json())["error"]["code"] == "forbidden"
+
+    # a speaker publishes on both nodes at once: one node takes the forum, the other redirects to it
+    peers = [PublisherPeer(), PublisherPeer()]
+    try:
+        offers = [await peer.offer() for peer in peers]
+        token = a.token(Role.SPEAKER, [FORUM], "Speaker")
+        responses = await asyncio.gather(*(
+            whip_post(http, f"{node.url}/whip/{FORUM}", token, offer) for node, offer in zip((a, b), offers)))
+        statuses = sorted(r.status for r in responses)
+        assert statuses == [201, 307], [await r.text() for r in responses]
+        hosting, redirecting = (a, b) if responses[0].status == 201 else (b, a)
+        moved = next(r for r in responses if r.status == 307)
+        assert moved.headers["Location"] == f"{hosting.url}/whip/{FORUM}"
+        owner = cluster.owner(FORUM, "a")
+        assert owner == cluster.owner(FORUM, "b") == cluster.node_id("a" if hosting is a else "b")
+        # the redirect followed: the second publish lands on the owner too
+        again = await whip_post(http, moved.headers["Location"], token, offers[1 if responses[1].status == 307 else 0])
+        assert again.status == 201, await again.text()
+    finally:
+        for peer in peers:
+            await peer.close()
+
+
+async def test_a_socketio_publish_on_the_other_node_is_answered_with_the_owners_url(cluster: Cluster) -> None:
+    a, b = cluster["a"], cluster["b"]
+    sio_a, sio_b = socketio.AsyncClient(reconnection=False), socketio.AsyncClient(reconnection=False)
+    peer = PublisherPeer()
+    try:
+        token = a.token(Role.SPEAKER, [FORUM], "Speaker")
+        await sio_a.connect(a.url, auth={"token": token}, transports=["websocket"], wait_timeout=10)
+        assert "error" not in await sio_a.call("join", {"forum_id": FORUM}, timeout=ACK_TIMEOUT)
+        offer = await peer.offer()
+        published = await sio_a.call("publish", {"forum_id": FORUM, "sdp": offer}, timeout=ACK_TIMEOUT)
+        assert "source_id" in published, published
+        assert cluster.owner(FORUM, "b") == cluster.node_id("a")
+
+        await sio_b.connect(b.url, auth={"token": token}, transports=["websocket"], wait_timeout=10)
+        assert "error" not in await sio_b.call("join", {"forum_id": FORUM}, timeout=ACK_TIMEOUT)
+        moved = await sio_b.call("publish", {"forum_id": FORUM, "sdp": offer}, timeout=ACK_TIMEOUT)
+        assert moved["error"]["code"] == "moved" and moved["error"]["url"] == a.url + "/", moved
+    finally:
+        await peer.close()
+        for client in (sio_a, sio_b):
+            if client.connected:
+                await client.disconnect()
+
+
+async def test_a_killed_owners_forum_is_taken_by_the_node_that_needs_it_within_the_lease_and_2_s(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster["a"], cluster["b"]
+    guests = [socketio.AsyncClient(reconnection=False), socketio.AsyncClient(reconnection=False)]
+    try:
+        for guest, node in zip(guests, (a, b)):
+            await guest.connect(node.url, auth={"token": node.token(Role.VIEWER, [FORUM], "Guest")},
+                                transports=["websocket"], wait_timeout=10)
+        assert "error" not in await guests[0].call("join", {"forum_id": FORUM}, timeout=ACK_TIMEOUT)
+        a_id, b_id = cluster.node_id("a"), cluster.node_id("b")
+        await eventually(lambda: cluster.owner(FORUM, "b") == a_id, timeout=20, what="a to own the forum")
+        assert "error" not in await guests[1].call("join", {"forum_id": FORUM}, timeout=ACK_TIMEOUT)
+        assert cluster.owner(FORUM, "b") == a_id  # b needs it too, but a holds it
+
+        killed_at = time.monotonic()
+        cluster.kill("a")
+        await eventually(lambda: cluster.owner(FORUM, "b") == b_id, timeout=60, what="b to take the forum over")
+        took_s = time.monotonic() - killed_at
+        print(f"takeover after SIGKILL: {took_s:.2f} s (lease {LEASE_TTL_MS} ms)")
+        assert took_s <= LEASE_TTL_MS / 1000 + 2.0
+    finally:
+        for guest in guests:
+            if guest.connected:
+                await guest.disconnect()
+
+
+async def test_a_graceful_stop_gives_the_leases_up_before_the_node_exits(cluster: Cluster) -> None:
+    a = cluster["a"]
+    guest = socketio.AsyncClient(reconnection=False)
+    try:
+        await guest.connect(a.url, auth={"token": a.token(Role.VIEWER, [FORUM], "Guest")},
+                            transports=["websocket"], wait_timeout=10)
+        assert "error" not in await guest.call("join", {"forum_id": FORUM}, timeout=ACK_TIMEOUT)
+        a_id = cluster.node_id("a")
+        await eventually(lambda: cluster.owner(FORUM, "b") == a_id, timeout=20, what="a to own the forum")
+    finally:
+        if guest.connected:
+            await guest.disconnect()
+    assert a.stop() == 0  # SIGTERM: a graceful stop
+    # its lease would run ~3 s more had it not been released: it is gone the moment a has exited
+    assert cluster.owner(FORUM, "b") != a_id
+
+
+async def test_an_hls_playlist_asked_of_the_other_node_is_redirected_to_the_owner(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    a, b = cluster["a"], cluster["b"]
+    peer = PublisherPeer()
+    try:
+        token = a.token(Role.SPEAKER, [FORUM], "Speaker")
+        created = await whip_post(http, f"{a.url}/whip/{FORUM}", token, await peer.offer())
+        assert created.status == 201, await created.text()  # a hosts the forum now
+        viewer = b.token(Role.VIEWER, [FORUM], "Guest")
+        path = f"/hls/{FORUM}/index.m3u8?token={viewer}"
+        moved = await http.get(b.url + path, allow_redirects=False)
+        assert moved.status == 307 and moved.headers["Location"] == a.url + path
+        refused = await http.get(f"{b.url}/hls/{FORUM}/index.m3u8?token={b.token(Role.VIEWER, ['ai'])}",
+                                 allow_redirects=False)
+        assert refused.status == 403  # the token is checked before anyone is redirected
+    finally:
+        await peer.close()
