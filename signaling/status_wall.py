@@ -42,10 +42,9 @@ from rooms.agenda import session_json
 from rooms.errors import RoomError
 from rooms.models import Forum, Role
 from signaling import protocol
-from signaling.app_keys import AGENDA, EVENT, MEDIA, ROOMS, TOKENS
+from signaling.app_keys import AGENDA, EVENT, HOSTS, MEDIA, ROOMS, TOKENS
 from signaling.http_api import bearer_token, json_response
 from signaling.recording_api import RECORDER
-from signaling.restream_api import OUTPUTS, restreams_json
 from streaming.plane_snapshot import PlaneSnapshot
 
 DISK_LOW_FACTOR = 4  # warn at 4x the recorder's minimum free space (1 GiB by default), before it stops
@@ -117,8 +116,9 @@ async def _forum_status(request: web.Request, forum: Forum, tracks: dict[str, li
         rooms.sources(forum.id), rooms.program(forum.id), rooms.viewer_count(forum.id))
     status = request.app[AGENDA].status(forum.id)
     shown = [{**protocol.source_json(s), "tracks": tracks.get(s.id, [])} for s in sources]
-    restreams = (restreams_json(request.app, forum.id, urls=False)["restreams"]
-                 if request.app.get(OUTPUTS) is not None else [])
+    hosts = request.app.get(HOSTS)  # the restreams of the forums this node hosts
+    listed = hosts.restreams_json(forum.id, urls=False)["restreams"] if hosts is not None else []
+    restreams = [dict(item) for item in listed if isinstance(item, dict)] if isinstance(listed, list) else []
     recording = recordings.get(forum.id)
     return {
         "id": forum.id, "name": forum.name.to_json(), "room": forum.room.to_json(),
