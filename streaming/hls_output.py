@@ -98,11 +98,12 @@ class HlsOutput(Lifecycle[_State]):
         self._set_state(_State.RUNNING)
 
     async def stop(self) -> None:
-        """Stop ffmpeg (reaped) and delete the segments. Idempotent."""
+        """Stop ffmpeg (reaped) and delete the segments. Idempotent. Concurrent callers
+        await one stop."""
         await super().stop()
 
     def _stop_begins(self) -> None:
-        self._set_state(_State.STOPPED)
+        self._set_state(_State.STOPPED)  # at once, as before: nothing new is taken on
 
     async def _stop(self) -> None:
         if self._supervisor is not None:

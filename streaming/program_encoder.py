@@ -249,11 +249,12 @@ class ProgramEncoder(Lifecycle[_State]):
         self._set_state(_State.RUNNING)
 
     async def stop(self) -> None:
-        """Leave the bus, stop ffmpeg (reaped), close the tee. Idempotent."""
+        """Leave the bus, stop ffmpeg (reaped), close the tee. Idempotent. Concurrent callers
+        await one stop."""
         await super().stop()
 
     def _stop_begins(self) -> None:
-        self._set_state(_State.STOPPED)
+        self._set_state(_State.STOPPED)  # at once, as before: nothing new is taken on
 
     async def _stop(self) -> None:
         # ffmpeg first, while packets still flow: blocked on a silent

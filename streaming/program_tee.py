@@ -233,11 +233,12 @@ class ProgramTee(Lifecycle[_State]):
             stats.sent += len(data)
 
     async def stop(self) -> None:
-        """Close both servers and every connection. Idempotent."""
+        """Close both servers and every connection. Idempotent. Concurrent callers
+        await one stop."""
         await super().stop()
 
     def _stop_begins(self) -> None:
-        self._set_state(_State.STOPPED)
+        self._set_state(_State.STOPPED)  # at once, as before: nothing new is taken on
 
     async def _stop(self) -> None:
         for server in (self._ingest_server, self._out_server):

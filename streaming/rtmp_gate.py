@@ -135,11 +135,12 @@ class RtmpKeyGate(Lifecycle[_State]):
         self._set_state(_State.LISTENING)
 
     async def stop(self) -> None:
-        """Close the port and any session. Idempotent."""
+        """Close the port and any session. Idempotent. Concurrent callers
+        await one stop."""
         await super().stop()
 
     def _stop_begins(self) -> None:
-        self._set_state(_State.STOPPED)
+        self._set_state(_State.STOPPED)  # at once, as before: nothing new is taken on
 
     async def _stop(self) -> None:
         if self._server is not None:
