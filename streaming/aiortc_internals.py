@@ -10,12 +10,13 @@ MediaPlane.start() and raises RuntimeError naming whatever moved.
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import contextvars
 import logging
 import queue
-import threading
 import time
 import weakref
+from asyncio.selector_events import _SelectorDatagramTransport  # type: ignore[attr-defined]
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ import aioice.ice
 import aioice.utils
 import aiortc
 import pylibsrtp
-from aiortc import RTCIceTransport, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+import pylibsrtp._binding
+from aiortc import RTCIceTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import rtcrtpreceiver as _rtcrtpreceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -39,10 +41,154 @@ from streaming.udp_mux import MuxTransport, SharedPort
 logger = logging.getLogger(__name__)
 
 TESTED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
+"""The versions this module was tested with; pyproject.toml pins exactly
+these (tests/streaming/test_aiortc_internals.py holds the two together)."""
+
+
+@dataclass(frozen=True)
+class PrivateName:
+    """One private name this module or wire_path.py (the load tester's
+    light viewer) reads, replaces or calls, and what for. `owner` is a
+    module or a class (probed on a real instance, `_instances()`, since
+    many names are set in __init__)."""
+
+    owner: object
+    name: str
+    why: str
+
+
+_mangled_receiver = "_RTCRtpReceiver__"
+_mangled_sender = "_RTCRtpSender__"
+
+PRIVATE_NAMES: tuple[PrivateName, ...] = (
+    # ICE (aioice)
+    PrivateName(aioice.ice, "get_host_addresses", "restricts gathering to ice_addresses"),
+    PrivateName(aioice.ice, "Connection", "the ICE agent (aioice.ice, not its public re-export)"),
+    PrivateName(aioice.ice, "StunProtocol", "the shared port's host candidates"),
+    PrivateName(aioice.ice, "Candidate", "the shared port's host candidates"),
+    PrivateName(aioice.ice, "candidate_foundation", "the shared port's host candidates"),
+    PrivateName(aioice.ice, "candidate_priority", "the shared port's host candidates"),
+    PrivateName(aioice.utils, "random_string", "a fresh ufrag when two agents drew the same"),
+    PrivateName(aioice.ice.StunProtocol, "datagram_received", "viewers' SRTCP straight to ViewerRtcp"),
+    PrivateName(aioice.ice.Connection, "get_component_candidates", "the shared port's host candidates"),
+    PrivateName(aioice.ice.Connection, "local_username", "the ufrag that routes first contact"),
+    PrivateName(aioice.ice.Connection, "_local_username", "a fresh ufrag"),
+    PrivateName(aioice.ice.Connection, "_protocols", "the shared port's host candidates"),
+    PrivateName(aioice.ice.Connection, "_nominated", "the nominated pair a viewer is sent on"),
+    PrivateName(aioice.ice.Connection, "query_consent", "publisher liveness instead of RFC 7675 consent"),
+    PrivateName(aioice.ice.Connection, "_query_consent_task", "publisher liveness"),
+    PrivateName(aioice.ice.Connection, "data_received", "publisher liveness"),
+    PrivateName(aioice.ice.Connection, "request_received", "publisher liveness"),
+    PrivateName(RTCIceTransport, "_connection", "the ICE connection under an aiortc transport"),
+    # DTLS / SRTP (aiortc, pylibsrtp)
+    PrivateName(RTCDtlsTransport, "_tx_srtp", "the SRTP session viewers' packets are protected with"),
+    PrivateName(RTCDtlsTransport, "_rx_srtp", "unprotecting viewers' SRTCP"),
+    PrivateName(pylibsrtp.Session, "_srtp", "srtp_protect called without pylibsrtp's wrapper"),
+    PrivateName(pylibsrtp.Session, "_cdata", "the session's buffer, protected in place"),
+    PrivateName(pylibsrtp.Session, "_buffer", "the session's buffer, protected in place"),
+    PrivateName(pylibsrtp, "_binding", "pylibsrtp's cffi binding of libsrtp"),
+    PrivateName(pylibsrtp._binding, "lib", "libsrtp's C functions"),
+    PrivateName(pylibsrtp._binding, "ffi", "libsrtp's C types"),
+    PrivateName(_srtp_lib, "srtp_protect", "SRTP protect, per packet per viewer"),
+    PrivateName(_srtp_lib, "srtp_protect_rtcp", "SRTCP protect of our sender reports"),
+    PrivateName(_srtp_ffi, "new", "the length argument of srtp_protect"),
+    # receivers (publishers): taken before the jitter buffer, never decoded
+    PrivateName(RTCRtpReceiver, _mangled_receiver + "jitter_buffer", "publishers' packets are taken at its door"),
+    PrivateName(RTCRtpReceiver, _mangled_receiver + "decoder_queue", "marks a receiver that must never decode"),
+    PrivateName(RTCRtpReceiver, _mangled_receiver + "stop_decoder", "the light viewer stops aiortc's decoder"),
+    PrivateName(RTCRtpReceiver, "_handle_rtcp_packet", "publishers' sender reports (capture clock)"),
+    PrivateName(RTCRtpReceiver, "_send_rtcp_pli", "keyframe requests to a publisher"),
+    PrivateName(_rtcrtpreceiver, "decoder_worker", "the decoder thread's body, refused for our receivers"),
+    # senders (viewers): forumcast sends, aiortc only negotiates
+    PrivateName(RTCRtpSender, "_ssrc", "the SSRC in the answer"),
+    PrivateName(RTCRtpSender, "_handle_rtcp_packet", "NACK and PLI from viewers"),
+    PrivateName(RTCRtpSender, "_run_rtcp", "aiortc's per-sender RTCP task, replaced"),
+    PrivateName(RTCRtpSender, _mangled_sender + "rtcp_started", "the replaced RTCP task's events"),
+    PrivateName(RTCRtpSender, _mangled_sender + "rtcp_exited", "the replaced RTCP task's events"),
+    PrivateName(RTCRtpTransceiver, "_codecs", "the negotiated codecs"),
+    # asyncio: the nominated pair's socket, connect()ed
+    PrivateName(asyncio.selector_events, "_SelectorDatagramTransport", "the UDP transport under aioice"),
+    PrivateName(_SelectorDatagramTransport, "_sock", "the socket send() goes through"),
+    PrivateName(_SelectorDatagramTransport, "_loop", "the light viewer's reader"),
+    PrivateName(asyncio.selector_events.BaseSelectorEventLoop, "_remove_reader", "the light viewer takes the socket"),
+)
+
+
+def _instances() -> dict[type, object]:
+    """Real objects of the probed classes: names assigned in __init__ exist
+    only on instances. No network; aiortc wants an event loop (its
+    futures), so a sync caller gets a short-lived one."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(_async_instances())
+        finally:
+            loop.close()
+    return _build_instances()
+
+
+async def _async_instances() -> dict[type, object]:
+    return _build_instances()
+
+
+def _build_instances() -> dict[type, object]:
+    pc = RTCPeerConnection()
+    transceiver = pc.addTransceiver("video")
+    dtls = transceiver.receiver.transport
+    ice = dtls.transport
+    return {
+        RTCRtpTransceiver: transceiver,
+        RTCRtpReceiver: transceiver.receiver,
+        RTCRtpSender: transceiver.sender,
+        RTCDtlsTransport: dtls,
+        RTCIceTransport: ice,
+        aioice.ice.Connection: ice._connection,
+        pylibsrtp.Session: pylibsrtp.Session(),
+    }
+
+
+def _present(owner: object, name: str, instances: dict[type, object]) -> bool:
+    if not isinstance(owner, type):
+        return hasattr(owner, name)
+    probe = instances.get(owner)
+    if probe is not None:
+        return hasattr(probe, name)
+    # only the owner's own package counts: StunProtocol.datagram_received must be
+    # aioice's override, not asyncio.DatagramProtocol's empty one
+    package = owner.__module__.split(".")[0]
+    mro = [cls for cls in owner.__mro__ if cls.__module__.split(".")[0] == package]
+    if any(name in vars(cls) for cls in mro):
+        return True
+    # no probe (asyncio's transport needs a loop and a socket): assigned in an __init__
+    return any(name in getattr(vars(cls).get("__init__"), "__code__", _NO_CODE).co_names for cls in mro)
+
+
+_NO_CODE = (lambda: None).__code__
+
+
+def _owner_name(owner: object) -> str:
+    if isinstance(owner, type):
+        return f"{owner.__module__}.{owner.__qualname__}"
+    return getattr(owner, "__name__", repr(owner))
+
+
+def missing_names() -> list[PrivateName]:
+    """The PRIVATE_NAMES the installed aiortc/aioice/pylibsrtp lack."""
+    try:
+        instances = _instances()
+    except Exception:  # a moved name broke aiortc's own constructors: read the classes' code instead
+        logger.exception("could not build aiortc objects to probe")
+        instances = {}
+    return [p for p in PRIVATE_NAMES if not _present(p.owner, p.name, instances)]
 
 
 def check() -> None:
-    """Fail loudly if the installed versions or private names moved."""
+    """Fail loudly if the installed versions or private names moved: runs
+    at MediaPlane.start(), so a node never serves on internals it was not
+    tested with. Raises RuntimeError naming every missing name (and what
+    it is for) or the version that differs."""
     versions = {
         "aiortc": aiortc.__version__,
         "aioice": aioice.__version__,
@@ -52,68 +198,13 @@ def check() -> None:
         if versions[name] != tested:
             raise RuntimeError(
                 f"streaming.aiortc_internals was tested with {name} {tested}, "
-                f"found {versions[name]}: re-check the private names it uses"
+                f"found {versions[name]}: re-check the private names it uses (PRIVATE_NAMES) "
+                f"and the pin in pyproject.toml"
             )
-    needed: list[tuple[object, str]] = [
-        (aioice.ice, "get_host_addresses"),
-        (aioice.ice.Connection, "_nominated"),
-        (aioice.ice.Connection, "query_consent"),
-        (aioice.ice.Connection, "_query_consent_task"),
-        (aioice.ice.Connection, "data_received"),
-        (aioice.ice.Connection, "request_received"),
-        (RTCIceTransport, "_connection"),
-        (_rtcrtpreceiver, "decoder_worker"),
-        (_rtcrtpreceiver, "get_decoder"),
-        (RTCRtpReceiver, "_send_rtcp_pli"),
-        (RTCRtpReceiver, "_handle_rtcp_packet"),
-        (RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder"),
-        (RTCRtpSender, "_handle_rtcp_packet"),
-        (RTCRtpSender, "_send_keyframe"),
-        (RTCRtpSender, "_run_rtcp"),
-        (RTCRtpSender, "_RTCRtpSender__rtcp_started"),
-        (RTCRtpSender, "_RTCRtpSender__rtcp_exited"),
-        (RTCRtpTransceiver, "_codecs"),
-        (RTCRtpSender, "_ssrc"),
-        (_srtp_lib, "srtp_protect"),
-        (aioice.ice.StunProtocol, "datagram_received"),
-        (RTCDtlsTransport, "_rx_srtp"),
-        (RTCDtlsTransport, "_tx_srtp"),
-        (aioice.ice.Connection, "get_component_candidates"),
-        (aioice.ice.Connection, "_protocols"),
-        (aioice.ice.Connection, "local_username"),
-        (aioice.ice.Connection, "_local_username"),
-        (aioice.utils, "random_string"),
-        (aioice.ice, "StunProtocol"),
-        (aioice.ice, "Candidate"),
-        (aioice.ice, "candidate_foundation"),
-        (aioice.ice, "candidate_priority"),
-    ]
-    for owner, attr in needed:
-        if not _has(owner, attr):
-            raise RuntimeError(f"aiortc internals moved: {owner!r} has no {attr}")
-    # Instance attributes are only visible on instances: probe fresh objects.
-    session = pylibsrtp.Session()
-    for attr in ("_cdata", "_buffer", "_srtp"):
-        if not hasattr(session, attr):
-            raise RuntimeError(f"pylibsrtp.Session has no {attr}")
-    conn = aioice.ice.Connection(ice_controlling=False)
-    if not hasattr(conn, "_nominated"):
-        raise RuntimeError("aioice.Connection has no _nominated")
-    from asyncio.selector_events import _SelectorDatagramTransport  # type: ignore[attr-defined]
-
-    if "_sock" not in _SelectorDatagramTransport.__init__.__code__.co_names and not hasattr(
-        _SelectorDatagramTransport, "_sock"
-    ):
-        raise RuntimeError("asyncio's datagram transport has no _sock")
-
-
-def _has(owner: object, attr: str) -> bool:
-    if hasattr(owner, attr):
-        return True
-    # dataclass-less attributes assigned in __init__ (e.g. transceiver._codecs)
-    init = getattr(owner, "__init__", None)
-    code = getattr(init, "__code__", None)
-    return code is not None and attr in code.co_names
+    missing = missing_names()
+    if missing:
+        listed = "; ".join(f"{_owner_name(p.owner)} has no {p.name} ({p.why})" for p in missing)
+        raise RuntimeError(f"aiortc internals moved: {listed}")
 
 
 # --- ICE: host addresses ----------------------------------------------------
@@ -253,20 +344,6 @@ def liveness_instead_of_consent(ice: RTCIceTransport, timeout: float) -> None:
     connection.query_consent = liveness  # type: ignore[method-assign]
 
 
-def unanswered_checks(ice: RTCIceTransport, ignore: Callable[[], bool]) -> None:
-    """While ignore() is true, STUN requests reaching `ice` are dropped
-    unanswered (fault injection for tests: a peer that, like ffmpeg's WHIP
-    muxer, answers no consent checks once connected)."""
-    connection = ice._connection
-    request_received = connection.request_received
-
-    def on_request(message: Any, addr: tuple[str, int], protocol: Any) -> None:
-        if not ignore():
-            request_received(message, addr, protocol)
-
-    connection.request_received = on_request  # type: ignore[method-assign]
-
-
 def ice_transports(pc: Any) -> list[RTCIceTransport]:
     """The distinct ICE transports of a peer connection's transceivers
     (after setRemoteDescription, so BUNDLE has merged them)."""
@@ -281,44 +358,45 @@ def ice_transports(pc: Any) -> list[RTCIceTransport]:
 
 
 class DecoderCount:
-    """How many decoders the receivers marked with it created (one per
-    MediaPlane; must stay 0)."""
+    """Encoded frames that reached the decoder thread of a receiver marked
+    with it (one per MediaPlane; must stay 0): each one is a publisher
+    whose packets went past our tap. Such a frame is dropped, never
+    decoded."""
 
     def __init__(self) -> None:
         self.value = 0
 
 
 _server_queues: weakref.WeakKeyDictionary[queue.Queue[Any], DecoderCount] = weakref.WeakKeyDictionary()
-_thread_state = threading.local()
 _original_decoder_worker = _rtcrtpreceiver.decoder_worker
-_original_get_decoder = _rtcrtpreceiver.get_decoder
 _installed = False
 
 
 def _decoder_worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:
-    _thread_state.count = _server_queues.get(input_q)
-    _original_decoder_worker(loop, input_q, output_q, decode_error)
-
-
-def _get_decoder(codec: RTCRtpCodecParameters) -> Any:
-    count = getattr(_thread_state, "count", None)
-    if count is not None:
-        count.value += 1  # a server-side receiver is about to decode: a bug
-        logger.error("a decoder was created for a forwarded %s track", codec.mimeType)
-    return _original_get_decoder(codec)
+    count = _server_queues.get(input_q)
+    if count is None:  # not ours (a test peer's receiver): aiortc's own decoding
+        _original_decoder_worker(loop, input_q, output_q, decode_error)
+        return
+    # a receiver we only forward: its thread never decodes. aiortc starts it
+    # for every receiver; it waits for the stop sentinel, and any frame that
+    # arrives (our tap was bypassed) is counted and dropped
+    while (task := input_q.get()) is not None:
+        count.value += 1
+        codec = task[0]
+        logger.error("a forwarded %s track reached aiortc's decoder: frame dropped", codec.mimeType)
 
 
 def install() -> None:
-    """Put the seams in place (idempotent): host address restriction and
-    decoder counting. Both fall through to aiortc's own behaviour for
-    anything forumcast did not mark."""
+    """Put the seams in place (idempotent): host address restriction, the
+    shared port's candidates and decoder threads that never decode for our
+    receivers. Each falls through to aiortc's own behaviour for anything
+    forumcast did not mark."""
     global _installed
     if _installed:
         return
     aioice.ice.get_host_addresses = _get_host_addresses
     aioice.ice.Connection.get_component_candidates = _component_candidates  # type: ignore[method-assign]
     _rtcrtpreceiver.decoder_worker = _decoder_worker
-    _rtcrtpreceiver.get_decoder = _get_decoder
     _installed = True
 
 
@@ -343,14 +421,25 @@ class _Tap:
 def tap_receiver(
     receiver: RTCRtpReceiver, sink: Callable[[RtpPacket], None], count: DecoderCount
 ) -> None:
-    """Route `receiver`'s packets to `sink` (call before receive() runs)."""
+    """Route `receiver`'s packets to `sink` (call before receive() runs)
+    and mark it as never decoding. Raises RuntimeError (the publisher's
+    start fails) if aiortc's receiver has no jitter buffer or decoder queue
+    under the names we replace: assigning them would then tap nothing and
+    aiortc would decode the publisher."""
+    names = receiver.__dict__
+    for name in ("jitter_buffer", "decoder_queue"):
+        if _mangled_receiver + name not in names:
+            raise RuntimeError(f"aiortc internals moved: RTCRtpReceiver has no __{name}: "
+                               "a forwarded publisher would be decoded")
+    if not isinstance(names[_mangled_receiver + "decoder_queue"], queue.Queue):
+        raise RuntimeError("aiortc internals moved: RTCRtpReceiver.__decoder_queue is not a queue.Queue")
     receiver._RTCRtpReceiver__jitter_buffer = _Tap(sink)  # type: ignore[attr-defined]
     mark_server_receiver(receiver, count)
 
 
 def mark_server_receiver(receiver: RTCRtpReceiver, count: DecoderCount) -> None:
-    """Count any decoder this receiver's decoder thread creates in `count`
-    (tap_receiver does this; a test uses it alone to show the count works)."""
+    """The decoder thread of `receiver` never decodes; a frame that reaches
+    it anyway is counted in `count` (tap_receiver does this)."""
     install()
     _server_queues[receiver._RTCRtpReceiver__decoder_queue] = count  # type: ignore[attr-defined]
 
@@ -371,24 +460,6 @@ def on_sender_report(receiver: RTCRtpReceiver, callback: Callable[[int, int], No
 
 def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:
     return receiver._send_rtcp_pli(media_ssrc)  # type: ignore[no-any-return]
-
-
-def remote_ssrcs(receiver: RTCRtpReceiver) -> list[int]:
-    """SSRCs this receiver has seen packets from."""
-    return list(receiver._RTCRtpReceiver__remote_streams)  # type: ignore[attr-defined]
-
-
-def filter_incoming(dtls: RTCDtlsTransport, keep: Callable[[bytes], bool]) -> None:
-    """Datagrams reaching this transport pass only if keep(data) (fault
-    injection for tests: SRTP headers are in the clear)."""
-    connection = dtls.transport._connection
-    original = connection.data_received
-
-    def data_received(data: bytes, component: int) -> None:
-        if keep(data):
-            original(data, component)
-
-    connection.data_received = data_received  # type: ignore[method-assign]
 
 
 # --- senders: RTCP in, sender-report counters ------------------------------
@@ -424,18 +495,6 @@ def quiet_sender_rtcp(sender: RTCRtpSender) -> None:
             exited.set()
 
     sender._run_rtcp = run_rtcp  # type: ignore[method-assign]
-
-
-def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
-    """Call `callback` whenever aiortc's sender is asked for a keyframe
-    (used by test peers to count PLIs/FIRs reaching a publisher)."""
-    original = sender._send_keyframe
-
-    def send_keyframe() -> None:
-        callback()
-        original()
-
-    sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
 
 
 def sender_ssrc(sender: RTCRtpSender) -> int:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from config.redaction import mask_secrets
 from streaming.child_processes import child_environment, die_with_parent, installed
+from streaming.lifecycle import Lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class _State(enum.Enum):
     STOPPED = "stopped"  # ended because stop() asked
 
 
-class FfmpegProcess:
+class FfmpegProcess(Lifecycle[_State]):
     """Owns one ffmpeg child.
 
     `args` are ffmpeg's arguments without the binary (ffmpeg-python's
@@ -108,7 +109,10 @@ class FfmpegProcess:
     stderr line (it must not block). With `feed_stdin`, ffmpeg reads its
     input from stdin (`-i pipe:0`): the caller writes with `feed()`, and
     stop() closes stdin (end of input) instead of sending 'q'.
+    `started` is set once the child is spawned, `exited` once it is reaped.
     """
+
+    _STATE_LOG_LEVEL = logging.DEBUG
 
     def __init__(
         self,
@@ -122,21 +126,20 @@ class FfmpegProcess:
         on_line: Callable[[str], None] | None = None,
         feed_stdin: bool = False,
     ) -> None:
+        super().__init__(_State.NEW, f"FfmpegProcess({name})")
         self.name = name
         self.feed_stdin = feed_stdin
         self.command: list[str] = [
             ffmpeg_binary(ffmpeg), "-hide_banner", "-nostats", "-loglevel", loglevel, *args,
         ]
         self._tail: collections.deque[str] = collections.deque(maxlen=stderr_lines)
-        self._on_state = on_state
+        if on_state is not None:
+            self.add_state_listener(lambda state: on_state(state.value))
         self._on_line = on_line
-        self._state = _State.NEW
         self._process: asyncio.subprocess.Process | None = None
         self._stderr_task: asyncio.Task[None] | None = None
-        self._stop_future: asyncio.Future[None] | None = None
         self._started_at = 0.0
         self._ended_at = 0.0
-        self.exited = asyncio.Event()  # set once the child is reaped
 
     @property
     def state(self) -> str:
@@ -153,17 +156,6 @@ class FfmpegProcess:
     @property
     def stderr_tail(self) -> tuple[str, ...]:
         return tuple(self._tail)
-
-    def _set_state(self, state: _State) -> None:
-        if state is self._state:
-            return
-        logger.debug("FfmpegProcess(%s) %s -> %s", self.name, self._state.value, state.value)
-        self._state = state
-        if self._on_state is not None:
-            try:
-                self._on_state(state.value)
-            except Exception:
-                logger.exception("FfmpegProcess(%s) state callback failed", self.name)
 
     async def start(self) -> None:
         """Start the child. Raises OSError if the binary cannot run."""
@@ -185,8 +177,9 @@ class FfmpegProcess:
         if registry is not None:
             registry.record(self._process.pid, self.name)
         self._started_at = time.monotonic()
+        self.started.set()
         self._stderr_task = asyncio.create_task(self._drain_stderr(), name=f"{self.name}-stderr")
-        if self._stop_future is not None:
+        if self.stop_requested:
             # stop() ran while we were spawning: nobody wants this child
             self._process.kill()
             await self.exited.wait()
@@ -256,15 +249,9 @@ class FfmpegProcess:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Quit gracefully ('q'), after `grace` s SIGTERM, then SIGKILL;
-        always reaped. Idempotent; concurrent callers await one future."""
-        if self._stop_future is None:
-            self._stop_future = asyncio.get_running_loop().create_future()
-            try:
-                await self._stop(grace)
-            finally:
-                self._stop_future.set_result(None)
-        else:
-            await asyncio.shield(self._stop_future)
+        always reaped. Idempotent; concurrent callers await one stop (the
+        first caller's `grace` holds)."""
+        await self._stop_once(lambda: self._stop(grace))
 
     async def kill(self) -> None:
         """SIGKILL now and reap: for a child with nothing to finalize that
@@ -280,7 +267,7 @@ class FfmpegProcess:
             await self.exited.wait()
         await self.stop(grace=0.0)
 
-    async def _stop(self, grace: float) -> None:
+    async def _stop(self, grace: float = 5.0) -> None:
         process = self._process
         if process is None:
             self._set_state(_State.STOPPED)
@@ -343,7 +330,7 @@ class _SupervisorState(enum.Enum):
     STOPPED = "stopped"
 
 
-class Supervisor:
+class Supervisor(Lifecycle[_SupervisorState]):
     """Keeps an ffmpeg command running.
 
     `make_args()` is called before each start (a caller can choose fresh
@@ -366,6 +353,7 @@ class Supervisor:
         on_state: Callable[[str], None] | None = None,
         on_line: Callable[[str], None] | None = None,
     ) -> None:
+        super().__init__(_SupervisorState.NEW, f"Supervisor({name})")
         self.name = name
         self.policy = policy
         self._make_args = make_args
@@ -374,12 +362,11 @@ class Supervisor:
         self._stop_grace = stop_grace
         self._on_start = on_start
         self._on_exit = on_exit
-        self._on_state = on_state
+        if on_state is not None:
+            self.add_state_listener(lambda state: on_state(state.value))
         self._on_line = on_line
-        self._state = _SupervisorState.NEW
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._stop_future: asyncio.Future[None] | None = None
         self.current: FfmpegProcess | None = None
         self.starts = 0  # children started so far
         self.last_exit: FfmpegExit | None = None
@@ -389,21 +376,10 @@ class Supervisor:
     def state(self) -> str:
         return self._state.value
 
-    def _set_state(self, state: _SupervisorState) -> None:
-        if state is self._state:
-            return
-        logger.info("Supervisor(%s) %s -> %s", self.name, self._state.value, state.value)
-        self._state = state
-        if self._on_state is not None:
-            try:
-                self._on_state(state.value)
-            except Exception:
-                logger.exception("Supervisor(%s) state callback failed", self.name)
-
     async def start(self) -> None:
         assert self._state is _SupervisorState.NEW, f"Supervisor({self.name}) started twice"
         self._set_state(_SupervisorState.RUNNING)
-        self._task = asyncio.create_task(self._run(), name=f"supervisor-{self.name}")
+        self._task = self._start_task(self._run(), name=f"supervisor-{self.name}")
 
     async def _run(self) -> None:
         delay = 0.0
@@ -456,17 +432,13 @@ class Supervisor:
 
     async def stop(self) -> None:
         """Stop the running child (gracefully) and restart no more.
-        Idempotent; concurrent callers await one future."""
-        if self._stop_future is None:
-            self._stop_future = asyncio.get_running_loop().create_future()
-            try:
-                self._stopping.set()
-                if self.current is not None:
-                    await self.current.stop(self._stop_grace)
-                if self._task is not None:
-                    await self._task
-                self._set_state(_SupervisorState.STOPPED)
-            finally:
-                self._stop_future.set_result(None)
-        else:
-            await asyncio.shield(self._stop_future)
+        Idempotent; concurrent callers await one stop."""
+        await super().stop()
+
+    async def _stop(self) -> None:
+        self._stopping.set()
+        if self.current is not None:
+            await self.current.stop(self._stop_grace)
+        if self._task is not None:
+            await self._task
+        self._set_state(_SupervisorState.STOPPED)

@@ -23,6 +23,7 @@ from pathlib import Path
 import ffmpeg
 
 from streaming.ffmpeg_process import RestartPolicy, Supervisor
+from streaming.lifecycle import Lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +60,18 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-class HlsOutput:
+class HlsOutput(Lifecycle[_State]):
     """`directory` is emptied at start and removed at stop."""
 
     def __init__(self, forum_id: str, directory: Path, source_url: str, *, ffmpeg_path: str = "",
                  segment_s: int = 2, window: int = 6) -> None:
+        super().__init__(_State.NEW, f"HlsOutput({forum_id})")
         self.forum_id = forum_id
         self.directory = directory
         self._source_url = source_url
         self._ffmpeg = ffmpeg_path
         self.segment_s = segment_s
         self.window = window
-        self._state = _State.NEW
         self._supervisor: Supervisor | None = None
         self.last_request = time.monotonic()
 
@@ -81,11 +82,6 @@ class HlsOutput:
     @property
     def playlist(self) -> Path:
         return self.directory / PLAYLIST
-
-    def _set_state(self, state: _State) -> None:
-        if state is not self._state:
-            logger.info("HlsOutput(%s) %s -> %s", self.forum_id, self._state.value, state.value)
-            self._state = state
 
     def _args(self) -> list[str]:
         stamp = f"{int(time.time() * 1000):x}"  # a new run never reuses a name
@@ -102,10 +98,14 @@ class HlsOutput:
         self._set_state(_State.RUNNING)
 
     async def stop(self) -> None:
-        """Stop ffmpeg (reaped) and delete the segments. Idempotent."""
-        if self._state is _State.STOPPED:
-            return
-        self._set_state(_State.STOPPED)
+        """Stop ffmpeg (reaped) and delete the segments. Idempotent. Concurrent callers
+        await one stop."""
+        await super().stop()
+
+    def _stop_begins(self) -> None:
+        self._set_state(_State.STOPPED)  # at once, as before: nothing new is taken on
+
+    async def _stop(self) -> None:
         if self._supervisor is not None:
             await self._supervisor.stop()
         shutil.rmtree(self.directory, ignore_errors=True)

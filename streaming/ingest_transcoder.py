@@ -40,6 +40,7 @@ import ffmpeg
 from streaming.ffmpeg_process import FfmpegProcess
 from streaming.h264_sps import H264Sps
 from streaming.ingest_check import transcode_options
+from streaming.lifecycle import Lifecycle
 from streaming.rtp_udp_ingest import rtp_output_options
 
 logger = logging.getLogger(__name__)
@@ -182,22 +183,30 @@ def transcoder_args(rtp_path: str, sps: H264Sps | None) -> list[str]:
     return stream.output(url, **options, **rtp).get_args()
 
 
-class IngestTranscoder:
+class _State(enum.Enum):
+    NEW = "new"
+    ENCODING = "encoding"
+    FAILED = "failed"  # the encoder ended by itself while wanted
+    STOPPED = "stopped"
+
+
+class IngestTranscoder(Lifecycle[_State]):
     """One ffmpeg encoding one leg's video; fed by `tap` through its stdin,
     writing RTP to the Unix datagram socket `rtp_path`. start() returns
     once the tap relays to it (the OSError of a child that cannot start
     propagates); `on_failed(description)` is called if the encoder ends by
-    itself while wanted; stop() is idempotent and reaps the child."""
+    itself while wanted; stop() is idempotent and reaps the child.
+    States: new -> encoding -> failed | stopped."""
 
     def __init__(self, name: str, tap: TsTap, rtp_path: str, sps: H264Sps | None, *, ffmpeg_path: str = "",
                  on_failed: Callable[[str], None] | None = None) -> None:
+        super().__init__(_State.NEW, f"IngestTranscoder({name})")
         self.name = name
         self._tap = tap
         self._rtp_path = rtp_path
         self._sps = sps
         self._ffmpeg = ffmpeg_path
         self.process: FfmpegProcess | None = None
-        self._stopped = False
         self._on_failed = on_failed
         self.started_at = 0.0
         # datagrams on their way to stdin; full: the encoder fell far behind and
@@ -206,16 +215,21 @@ class IngestTranscoder:
         self._pump: asyncio.Task[None] | None = None
         self.dropped = 0
 
+    @property
+    def state(self) -> str:
+        return self._state.value
+
     async def start(self) -> None:
         self._tap.relay_pending()
         self.process = FfmpegProcess(transcoder_args(self._rtp_path, self._sps), name=self.name,
-                                     ffmpeg=self._ffmpeg, loglevel="error", on_state=self._state, feed_stdin=True)
+                                     ffmpeg=self._ffmpeg, loglevel="error", on_state=self._process_state, feed_stdin=True)
         self.started_at = time.monotonic()
         await self.process.start()
-        if self._stopped:
+        if self.stop_requested or self._state is _State.FAILED:
             return
-        self._pump = asyncio.create_task(self._feed(self.process), name=f"{self.name}-stdin")
+        self._pump = self._start_task(self._feed(self.process), name=f"{self.name}-stdin")
         self._tap.relay(self)
+        self._set_state(_State.ENCODING)
         logger.info("IngestTranscoder(%s) encoding (started in %.2f s)", self.name,
                     time.monotonic() - self.started_at)
 
@@ -239,18 +253,25 @@ class IngestTranscoder:
             try:
                 await process.feed(data)
             except ConnectionError:
-                return  # the child is gone: _state reports it
+                return  # the child is gone: _process_state reports it
 
-    def _state(self, state: str) -> None:
-        if state == "exited" and not self._stopped and self._on_failed is not None and self.process is not None:
-            self._stopped = True
+    def _process_state(self, state: str) -> None:
+        if state != "exited" or self.stop_requested or self._state is _State.FAILED or self.process is None:
+            return
+        self._set_state(_State.FAILED)
+        if self._on_failed is not None:
             self._on_failed(self.process.result().describe())
 
     async def stop(self) -> None:
-        self._stopped = True
+        """Stop feeding and reap the child. Idempotent; concurrent callers
+        await one stop."""
+        await super().stop()
+
+    async def _stop(self) -> None:
         self.close()
         if self._pump is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
         if self.process is not None:
             await self.process.stop(grace=0.5)  # stdin closed: ffmpeg flushes and exits
+        self._set_state(_State.STOPPED)

@@ -39,6 +39,7 @@ from typing import Any
 from rooms.models import SourceMedia, SourceState
 from streaming import aiortc_internals
 from streaming.forum_media import ForumMedia
+from streaming.lifecycle import Lifecycle
 from streaming.program_bus import ProgramBus
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
@@ -85,7 +86,7 @@ ViewerListener = Callable[[str], Awaitable[None] | None]
 MediaListener = Callable[[MediaReport], Awaitable[None] | None]
 
 
-class MediaPlane:
+class MediaPlane(Lifecycle[_State]):
     """One per node. Source listeners (sync or async) hear every source
     state change: live when media flows, lost when the peer fails or media
     stops, ended on unpublish/remove_feed. Viewer-closed listeners hear the
@@ -93,20 +94,17 @@ class MediaPlane:
     so the edge that admitted it can give its seat back."""
 
     def __init__(self, config: MediaConfig) -> None:
+        super().__init__(_State.NEW, "MediaPlane")
         self.config = config
         self._source_listeners: list[SourceListener] = []
         self._viewer_listeners: list[ViewerListener] = []
         self._media_listeners: list[MediaListener] = []
-        self._state = _State.NEW
         self._forums: dict[str, ForumMedia] = {}
         self._publishers: dict[str, WebRtcPublisher] = {}
         self._feed_forum: dict[str, str] = {}  # source_id -> forum_id
         self._viewers: dict[str, WebRtcViewer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._housekeeping: asyncio.Task[None] | None = None
-        self._housekeeping_started = asyncio.Event()
-        self._housekeeping_exited = asyncio.Event()
-        self._stopped: asyncio.Future[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None  # `started`/`exited` frame it
         # totals of peers already gone
         self._decoders = aiortc_internals.DecoderCount()
         self._gone_packets = 0
@@ -122,11 +120,6 @@ class MediaPlane:
     def state(self) -> str:
         return self._state.value
 
-    def _set_state(self, state: _State) -> None:
-        if state != self._state:
-            logger.info("MediaPlane %s -> %s", self._state.value, state.value)
-            self._state = state
-
     async def start(self) -> None:
         if self._state != _State.NEW:
             raise RuntimeError(f"MediaPlane.start() in state {self._state.value}")
@@ -136,20 +129,22 @@ class MediaPlane:
             shared = SharedPort(self.config.udp_port)
             await shared.open(aiortc_internals.host_addresses_of(self.config.ice_addresses))
             self.shared_port = shared
-        self._housekeeping = asyncio.create_task(self._run_housekeeping())
-        await self._housekeeping_started.wait()
+        self._housekeeping = self._start_task(self._run_housekeeping(), name="plane-housekeeping")
+        await self.started.wait()
         self._set_state(_State.RUNNING)
 
     async def stop(self) -> None:
-        """Close every peer and forget every forum (idempotent)."""
-        if self._stopped is not None:
-            await self._stopped
-            return
-        self._stopped = asyncio.get_running_loop().create_future()
-        self._set_state(_State.STOPPING)
+        """Close every peer and forget every forum (idempotent; concurrent
+        callers await one stop)."""
+        await super().stop()
+
+    def _stop_begins(self) -> None:
+        self._set_state(_State.STOPPING)  # publish/watch refuse from now on
+
+    async def _stop(self) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
-            await self._housekeeping_exited.wait()
+            await self.exited.wait()
         viewers = list(self._viewers)
         await asyncio.gather(*(self.leave(v) for v in viewers), return_exceptions=True)
         publishers = list(self._publishers)
@@ -165,7 +160,6 @@ class MediaPlane:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         self._set_state(_State.STOPPED)
-        self._stopped.set_result(None)
 
     def _require_running(self) -> None:
         if self._state != _State.RUNNING:
@@ -405,7 +399,6 @@ class MediaPlane:
     # --- housekeeping --------------------------------------------------
 
     async def _run_housekeeping(self) -> None:
-        self._housekeeping_started.set()
         try:
             while True:
                 await asyncio.sleep(HOUSEKEEPING_INTERVAL)
@@ -414,8 +407,6 @@ class MediaPlane:
             pass
         except Exception:
             logger.exception("MediaPlane housekeeping failed")
-        finally:
-            self._housekeeping_exited.set()
 
     def _housekeep(self, now: float) -> None:
         # a function of its own: loop variables must not outlive the tick

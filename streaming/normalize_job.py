@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from streaming.lifecycle import StateMachine
+
 logger = logging.getLogger(__name__)
 
 PROGRESS_STEP = 0.01
@@ -30,7 +32,7 @@ class JobState(enum.Enum):
 
 
 @dataclass
-class NormalizeJob:
+class NormalizeJob(StateMachine[JobState]):
     """A normalization of one upload or event-file video into a forum's library."""
 
     id: str
@@ -50,6 +52,10 @@ class NormalizeJob:
     _converting_since: float = 0.0
     ended: asyncio.Event = field(default_factory=asyncio.Event)  # set once done or failed
 
+    def __post_init__(self) -> None:
+        StateMachine.__init__(self, self._state, f"NormalizeJob({self.id})")
+        self.add_state_listener(self._on_state)
+
     @property
     def state(self) -> str:
         return self._state.value
@@ -58,11 +64,7 @@ class NormalizeJob:
     def finished(self) -> bool:
         return self._state in (JobState.DONE, JobState.FAILED)
 
-    def _set_state(self, state: JobState) -> None:
-        if state is self._state:
-            return
-        logger.info("NormalizeJob(%s) %s -> %s", self.id, self._state.value, state.value)
-        self._state = state
+    def _on_state(self, state: JobState) -> None:
         if self.finished:
             self.ended.set()
         if state is JobState.CONVERTING:

@@ -38,6 +38,7 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.rtp import RtpPacket
 
 from rooms.errors import RoomError
+from streaming.lifecycle import Lifecycle
 from streaming.rtp_udp_ingest import PacketSink, h264_codec, opus_codec
 
 logger = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-class FilePlayout:
+class FilePlayout(Lifecycle[_State]):
     """Plays a normalized file as a source: RTP into `video` and `audio`
     sinks (the media plane's RtpSources), in real time.
 
@@ -210,6 +211,9 @@ class FilePlayout:
         on_state: Callable[[str], None] | None = None,
         audio_track: int = 0,
     ) -> None:
+        super().__init__(_State.NEW, f"FilePlayout({source_id})")
+        if on_state is not None:
+            self.add_state_listener(lambda state: on_state(state.value))
         self.path = Path(path)
         self.audio_track = audio_track  # which of the file's audio tracks is sent
         self.source_id = source_id
@@ -219,10 +223,7 @@ class FilePlayout:
         self.video_codec = self.tracks["video"].codec
         self.audio_codec = opus_codec()
         self._on_ended = on_ended
-        self._on_state = on_state
-        self._state = _State.NEW
         self._task: asyncio.Task[None] | None = None
-        self._stop_future: asyncio.Future[None] | None = None
         self._first_start = 0.0
         self.position = 0.0  # seconds of media sent in the current run
         self.runs = 0
@@ -231,17 +232,6 @@ class FilePlayout:
     @property
     def state(self) -> str:
         return self._state.value
-
-    def _set_state(self, state: _State) -> None:
-        if state is self._state:
-            return
-        logger.info("FilePlayout(%s) %s -> %s", self.source_id, self._state.value, state.value)
-        self._state = state
-        if self._on_state is not None:
-            try:
-                self._on_state(state.value)
-            except Exception:
-                logger.exception("FilePlayout(%s) state callback failed", self.source_id)
 
     def request_keyframe(self) -> None:
         """No-op: the file has an IDR every 2 s (normalized that way)."""
@@ -268,7 +258,7 @@ class FilePlayout:
         self.position = 0.0
         self.ended.clear()
         self._set_state(_State.PLAYING)
-        self._task = asyncio.create_task(self._run(now, offsets, start_at), name=f"playout-{self.source_id}")
+        self._task = self._start_task(self._run(now, offsets, start_at), name=f"playout-{self.source_id}")
 
     async def _run(self, start: float, offsets: dict[str, int], start_at: float = 0.0) -> None:
         def advance(unit: MediaUnit) -> None:
@@ -317,13 +307,9 @@ class FilePlayout:
             self._task = None
 
     async def stop(self) -> None:
-        """Stop sending. Idempotent; concurrent callers await one future."""
-        if self._stop_future is None:
-            self._stop_future = asyncio.get_running_loop().create_future()
-            try:
-                await self._cancel()
-                self._set_state(_State.STOPPED)
-            finally:
-                self._stop_future.set_result(None)
-        else:
-            await asyncio.shield(self._stop_future)
+        """Stop sending. Idempotent; concurrent callers await one stop."""
+        await super().stop()
+
+    async def _stop(self) -> None:
+        await self._cancel()
+        self._set_state(_State.STOPPED)

@@ -37,6 +37,7 @@ from pathlib import Path
 import ffmpeg
 
 from streaming.ffmpeg_process import RestartPolicy, Supervisor
+from streaming.lifecycle import Lifecycle
 from streaming.program_bus import Lane, ProgramBus
 from streaming.program_tee import ProgramTee
 from streaming.rtp_codecs import H264, OPUS
@@ -195,18 +196,18 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-class ProgramEncoder:
+class ProgramEncoder(Lifecycle[_State]):
     """One forum's program encoder. States: new -> running -> stopped.
     After `start()`, outputs read the program at `tcp://127.0.0.1:{port}`."""
 
     def __init__(self, forum_id: str, bus: ProgramBus, profile: OutputProfile, *,
                  ffmpeg_path: str = "") -> None:
+        super().__init__(_State.NEW, f"ProgramEncoder({forum_id})")
         self.forum_id = forum_id
         self.bus = bus
         self.profile = profile
         self._ffmpeg = ffmpeg_path
         self.tee = ProgramTee(f"{forum_id}/program")
-        self._state = _State.NEW
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._video: RtpEgress | None = None
         self._audio: RtpEgress | None = None
@@ -229,11 +230,6 @@ class ProgramEncoder:
     def restarts(self) -> int:
         return max(0, self._supervisor.starts - 1) if self._supervisor else 0
 
-    def _set_state(self, state: _State) -> None:
-        if state is not self._state:
-            logger.info("ProgramEncoder(%s) %s -> %s", self.forum_id, self._state.value, state.value)
-            self._state = state
-
     async def start(self) -> None:
         assert self._state is _State.NEW, "started twice"
         await self.tee.start()
@@ -253,10 +249,14 @@ class ProgramEncoder:
         self._set_state(_State.RUNNING)
 
     async def stop(self) -> None:
-        """Leave the bus, stop ffmpeg (reaped), close the tee. Idempotent."""
-        if self._state is _State.STOPPED:
-            return
-        self._set_state(_State.STOPPED)
+        """Leave the bus, stop ffmpeg (reaped), close the tee. Idempotent. Concurrent callers
+        await one stop."""
+        await super().stop()
+
+    def _stop_begins(self) -> None:
+        self._set_state(_State.STOPPED)  # at once, as before: nothing new is taken on
+
+    async def _stop(self) -> None:
         # ffmpeg first, while packets still flow: blocked on a silent
         # input it would not see 'q'
         if self._supervisor is not None:

@@ -23,6 +23,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from streaming.lifecycle import Lifecycle
+
 logger = logging.getLogger(__name__)
 
 TS_PACKET = 188
@@ -103,16 +105,16 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-class ProgramTee:
+class ProgramTee(Lifecycle[_State]):
     """States: new -> running -> stopped. `port` and `ingest_port` are set
     by `start()` (127.0.0.1, kernel-chosen)."""
 
     def __init__(self, name: str = "tee", *, max_buffer: int = 8 * 1024 * 1024) -> None:
+        super().__init__(_State.NEW, f"ProgramTee({name})")
         self.name = name
         self.max_buffer = max_buffer
         self.port = 0
         self.ingest_port = 0
-        self._state = _State.NEW
         self._ingest_server: asyncio.Server | None = None
         self._out_server: asyncio.Server | None = None
         self._consumers: list[_Consumer] = []
@@ -129,11 +131,6 @@ class ProgramTee:
     @property
     def state(self) -> str:
         return self._state.value
-
-    def _set_state(self, state: _State) -> None:
-        if state is not self._state:
-            logger.info("ProgramTee(%s) %s -> %s", self.name, self._state.value, state.value)
-            self._state = state
 
     async def start(self) -> None:
         assert self._state is _State.NEW, "started twice"
@@ -236,10 +233,14 @@ class ProgramTee:
             stats.sent += len(data)
 
     async def stop(self) -> None:
-        """Close both servers and every connection. Idempotent."""
-        if self._state is _State.STOPPED:
-            return
-        self._set_state(_State.STOPPED)
+        """Close both servers and every connection. Idempotent. Concurrent callers
+        await one stop."""
+        await super().stop()
+
+    def _stop_begins(self) -> None:
+        self._set_state(_State.STOPPED)  # at once, as before: nothing new is taken on
+
+    async def _stop(self) -> None:
         for server in (self._ingest_server, self._out_server):
             if server is not None:
                 server.close()

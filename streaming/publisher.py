@@ -38,6 +38,7 @@ from rooms.models import SourceKind, SourceMedia
 from streaming import aiortc_internals, peer_end
 from streaming.ice_policy import gathering_on, usable_offer
 from streaming.ingest_check import Verdict, check_sps, source_media
+from streaming.lifecycle import Lifecycle
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
 from streaming.offer_answer import CodecFormat, offer_for_aiortc, shape_answer, tolerated
@@ -68,9 +69,10 @@ def server_configuration() -> RTCConfiguration:
     return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.BALANCED)  # aiortc 1.16 MAX_BUNDLE gathers nothing when the offer's m-line order differs from ours (ffmpeg WHIP: audio first)
 
 
-class WebRtcPublisher:
+class WebRtcPublisher(Lifecycle[_State]):
     """`on_state(publisher, state)` is called with "connected", "failed"
-    and "closed" (the latter only when the peer went away by itself)."""
+    and "closed" (the latter only when the peer went away by itself).
+    States: new -> connecting -> connected -> failed | closed."""
 
     def __init__(
         self,
@@ -82,6 +84,7 @@ class WebRtcPublisher:
         on_media: Callable[["WebRtcPublisher"], None] | None = None,
         shared_port: SharedPort | None = None,
     ) -> None:
+        super().__init__(_State.NEW, f"Publisher({source_id})")
         self.forum_id = forum_id
         self._shared_port = shared_port
         self.source_id = source_id
@@ -89,7 +92,6 @@ class WebRtcPublisher:
         self._on_state = on_state
         self._decoders = decoders
         self._pc: RTCPeerConnection | None = None
-        self._state = _State.NEW
         self._closing = False
         self.feed = SourceFeed(source_id=source_id, video=None, audio=None, kind=SourceKind.LIVE)
         self.media: SourceMedia | None = None  # what it sends, once negotiated
@@ -102,11 +104,6 @@ class WebRtcPublisher:
     @property
     def state(self) -> str:
         return self._state.value
-
-    def _set_state(self, state: _State) -> None:
-        if state != self._state:
-            logger.info("Publisher(%s) %s -> %s", self.source_id, self._state.value, state.value)
-            self._state = state
 
     async def start(self, offer_sdp: str) -> str:
         """Apply the offer; returns the complete answer (ICE gathered)."""
@@ -243,11 +240,11 @@ class WebRtcPublisher:
 
     async def stop(self) -> None:
         """Close the peer and forget the sources (idempotent; irreversible;
-        concurrent callers all wait for aiortc's one close)."""
-        if self._closing:
-            if self._pc is not None:
-                await self._pc.close()
-            return
+        concurrent callers all wait for the one close)."""
+        await super().stop()
+
+    def _stop_begins(self) -> None:
+        # at once: no keyframe request, no state report, no packet from now on
         self._closing = True
         if self._deadline is not None:
             self._deadline.cancel()
@@ -255,9 +252,12 @@ class WebRtcPublisher:
             source.close()
         for task in list(self._pli_tasks):
             task.cancel()
+        if self._pc is not None:
+            self._pc.remove_all_listeners("connectionstatechange")
+
+    async def _stop(self) -> None:
         pc = self._pc
         if pc is not None:
-            pc.remove_all_listeners("connectionstatechange")
             await pc.close()
         self._pli_tasks.clear()
         self._set_state(_State.CLOSED)

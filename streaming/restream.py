@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from streaming.ffmpeg_process import FfmpegExit, FfmpegProcess, RestartPolicy, Supervisor
+from streaming.lifecycle import Lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class RestreamBackoff(RestartPolicy):
 BACKOFF = RestreamBackoff(initial=1.0, maximum=10.0, factor=2.0, stable_after=10.0)
 
 
-class Restream:
+class Restream(Lifecycle[RestreamState]):
     """One destination. `source_url()` gives the tee's URL at each start;
     `on_status(status)` is called on every change and each second while
     live (it must not block)."""
@@ -121,6 +122,7 @@ class Restream:
         on_status: Callable[[RestreamStatus], None] | None = None,
         policy: RestartPolicy = BACKOFF,
     ) -> None:
+        super().__init__(RestreamState.IDLE, f"Restream({restream_id})")
         self.id = restream_id
         self.name = name
         self.url = check_url(url)
@@ -128,7 +130,6 @@ class Restream:
         self._source_url = source_url
         self._on_status = on_status
         self._policy = policy
-        self._state = RestreamState.IDLE
         self._supervisor: Supervisor | None = None
         self._keydir: tempfile.TemporaryDirectory[str] | None = None
         self._live_since = 0.0
@@ -160,10 +161,8 @@ class Restream:
         )
 
     def _set_state(self, state: RestreamState) -> None:
-        if state is not self._state:
-            logger.info("Restream(%s) %s -> %s", self.id, self._state.value, state.value)
-            self._state = state
-        self._emit()
+        super()._set_state(state)
+        self._emit()  # also without a change: bitrate and errors are news too
 
     def _emit(self) -> None:
         if self._on_status is not None:
@@ -204,6 +203,7 @@ class Restream:
         """Connect and keep connected until stop(). No-op while running."""
         if self.running:
             return
+        await self._rearm()  # a stop under way ends first; the next stop() runs anew
         self.attempt = 0
         self.last_error = ""
         self._set_state(RestreamState.CONNECTING)
@@ -249,10 +249,16 @@ class Restream:
         self._set_state(RestreamState.RETRYING)
 
     async def stop(self) -> None:
-        """Stop pushing (the child writes its trailer); idempotent."""
-        supervisor, self._supervisor = self._supervisor, None
+        """Stop pushing (the child writes its trailer); idempotent,
+        concurrent callers await one stop; start() may follow."""
+        await super().stop()
+
+    def _stop_begins(self) -> None:
         if self._state is not RestreamState.IDLE:
             self._set_state(RestreamState.STOPPED)
+
+    async def _stop(self) -> None:
+        supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
             await supervisor.stop()
 

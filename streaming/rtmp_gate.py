@@ -35,6 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from streaming.lifecycle import Lifecycle
 from streaming.rtmp_codec import (
     ACKNOWLEDGEMENT,
     AUDIO,
@@ -88,7 +89,7 @@ class _Refused(Exception):
     pass
 
 
-class RtmpKeyGate:
+class RtmpKeyGate(Lifecycle[_State]):
     """Listens on `host`:`port` for one RTMP publisher at a time. A
     publisher whose stream name is `stream_key` gets `on_publish()`'s sink
     (awaited once the key is checked) and its media goes there as FLV.
@@ -106,6 +107,7 @@ class RtmpKeyGate:
         on_refused: Callable[[str], None] | None = None,
         host: str = "127.0.0.1",
     ) -> None:
+        super().__init__(_State.NEW, f"RtmpKeyGate({name})")
         self.host = host
         self.port = port
         self.name = name
@@ -115,7 +117,6 @@ class RtmpKeyGate:
         self._on_refused = on_refused
         self._server: asyncio.Server | None = None
         self._session: asyncio.Task[None] | None = None
-        self._state = _State.NEW
         self.refused = 0
         self.accepted = 0
 
@@ -127,11 +128,6 @@ class RtmpKeyGate:
     def listening(self) -> bool:
         return self._state is _State.LISTENING
 
-    def _set_state(self, state: _State) -> None:
-        if state is not self._state:
-            logger.info("RtmpKeyGate(%s) %s -> %s", self.name, self._state.value, state.value)
-            self._state = state
-
     async def start(self) -> None:
         """Bind the port. Raises OSError (e.g. the address is in use)."""
         assert self._state is _State.NEW
@@ -139,10 +135,14 @@ class RtmpKeyGate:
         self._set_state(_State.LISTENING)
 
     async def stop(self) -> None:
-        """Close the port and any session. Idempotent."""
-        if self._state is _State.STOPPED:
-            return
-        self._set_state(_State.STOPPED)
+        """Close the port and any session. Idempotent. Concurrent callers
+        await one stop."""
+        await super().stop()
+
+    def _stop_begins(self) -> None:
+        self._set_state(_State.STOPPED)  # at once, as before: nothing new is taken on
+
+    async def _stop(self) -> None:
         if self._server is not None:
             self._server.close()
         if self._session is not None:

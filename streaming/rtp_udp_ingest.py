@@ -35,6 +35,7 @@ from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket, is_rtcp
 
 from rooms.models import SourceKind
+from streaming.lifecycle import Lifecycle
 from streaming.media_config import MediaConfig
 from streaming.rtp_source import RtpSource, SourceFeed
 
@@ -173,7 +174,7 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-class RtpUdpIngest(asyncio.DatagramProtocol):
+class RtpUdpIngest(Lifecycle[_State], asyncio.DatagramProtocol):
     """Receives one RTP stream on 127.0.0.1:`port` (0: a free one, see
     `port` after start()), or on the Unix datagram socket `path` (its
     directory must be private; the socket is removed on stop), and pushes
@@ -182,6 +183,8 @@ class RtpUdpIngest(asyncio.DatagramProtocol):
     `on_packet` (optional) is called after each push; keep it cheap.
     States: new -> receiving -> stopped.
     """
+
+    _STATE_LOG_LEVEL = logging.DEBUG
 
     def __init__(
         self,
@@ -195,6 +198,7 @@ class RtpUdpIngest(asyncio.DatagramProtocol):
         path: str | None = None,
     ) -> None:
         assert kind in ("video", "audio")
+        super().__init__(_State.NEW, f"RtpUdpIngest({name})")
         self.path = path
         self.kind = kind
         self.name = name
@@ -204,8 +208,6 @@ class RtpUdpIngest(asyncio.DatagramProtocol):
         self._requested_port = port
         self._on_packet = on_packet
         self._transport: asyncio.DatagramTransport | None = None
-        self._state = _State.NEW
-        self._stop_future: asyncio.Future[None] | None = None
         self.port = 0
         self.received = 0
         self.malformed = 0
@@ -215,11 +217,6 @@ class RtpUdpIngest(asyncio.DatagramProtocol):
     @property
     def state(self) -> str:
         return self._state.value
-
-    def _set_state(self, state: _State) -> None:
-        if state is not self._state:
-            logger.debug("RtpUdpIngest(%s) %s -> %s", self.name, self._state.value, state.value)
-            self._state = state
 
     async def start(self) -> None:
         assert self._state is _State.NEW, f"RtpUdpIngest({self.name}) started twice"
@@ -268,14 +265,17 @@ class RtpUdpIngest(asyncio.DatagramProtocol):
         logger.debug("RtpUdpIngest(%s) socket error: %s", self.name, exc)
 
     async def stop(self) -> None:
-        """Close the socket. Idempotent."""
-        if self._stop_future is None:
-            self._stop_future = asyncio.get_running_loop().create_future()
-            if self._transport is not None:
-                self._transport.close()
-            if self.path is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.path)
-            self._set_state(_State.STOPPED)
-            self._stop_future.set_result(None)
-        await self._stop_future
+        """Close the socket. Idempotent; concurrent callers await one stop."""
+        await super().stop()
+
+    def _stop_begins(self) -> None:
+        # at once, as before: not one more packet is pushed
+        if self._transport is not None:
+            self._transport.close()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        self._set_state(_State.STOPPED)
+
+    async def _stop(self) -> None:
+        pass  # all done in _stop_begins: closing a datagram socket does not block

@@ -27,6 +27,7 @@ from pathlib import Path
 import ffmpeg
 
 from streaming.ffmpeg_process import FfmpegProcess
+from streaming.lifecycle import Lifecycle
 from streaming.playout import AUDIO_CLOCK, VIDEO_CLOCK, MediaUnit, RtpTrack, demux_units, pace, time_ordered
 from streaming.rtp_udp_ingest import PacketSink
 
@@ -151,7 +152,7 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-class Slate:
+class Slate(Lifecycle[_State]):
     """Loops a forum's slate into `video`/`audio` sinks in real time.
 
     States: new -> playing -> stopped. `on_loop(n)` is called as loop n
@@ -172,6 +173,7 @@ class Slate:
         fps: int = 15,
         on_loop: Callable[[int], None] | None = None,
     ) -> None:
+        super().__init__(_State.NEW, f"Slate({source_id})")
         self.title = title
         self.source_id = source_id
         self.loop = loop
@@ -180,19 +182,12 @@ class Slate:
             self.tracks["audio"] = RtpTrack("audio", audio)
         self._encode_options = {"ffmpeg_path": ffmpeg_path, "width": width, "height": height, "fps": fps}
         self._on_loop = on_loop
-        self._state = _State.NEW
         self._task: asyncio.Task[None] | None = None
-        self._stop_future: asyncio.Future[None] | None = None
         self.loops = 0
 
     @property
     def state(self) -> str:
         return self._state.value
-
-    def _set_state(self, state: _State) -> None:
-        if state is not self._state:
-            logger.info("Slate(%s) %s -> %s", self.source_id, self._state.value, state.value)
-            self._state = state
 
     def request_keyframe(self) -> None:
         """No-op: every loop starts with an IDR."""
@@ -201,11 +196,11 @@ class Slate:
         assert self._state is _State.NEW, f"Slate({self.source_id}) started twice"
         if self.loop is None:
             self.loop = await encode_slate(self.title, **self._encode_options)  # type: ignore[arg-type]
-        if self._stop_future is not None:
+        if self.stop_requested:
             return  # stopped while encoding
         start = asyncio.get_running_loop().time()
         self._set_state(_State.PLAYING)
-        self._task = asyncio.create_task(
+        self._task = self._start_task(
             pace(self._units(self.loop), self.tracks, start, {kind: 0 for kind in self.tracks}),
             name=f"slate-{self.source_id}",
         )
@@ -227,18 +222,14 @@ class Slate:
                 logger.exception("Slate(%s) loop callback failed", self.source_id)
 
     async def stop(self) -> None:
-        """Stop looping. Idempotent; concurrent callers await one future."""
-        if self._stop_future is None:
-            self._stop_future = asyncio.get_running_loop().create_future()
+        """Stop looping. Idempotent; concurrent callers await one stop."""
+        await super().stop()
+
+    async def _stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
             try:
-                if self._task is not None:
-                    self._task.cancel()
-                    try:
-                        await self._task
-                    except asyncio.CancelledError:
-                        pass
-                self._set_state(_State.STOPPED)
-            finally:
-                self._stop_future.set_result(None)
-        else:
-            await asyncio.shield(self._stop_future)
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._set_state(_State.STOPPED)

@@ -78,6 +78,7 @@ from streaming.ffmpeg_process import FfmpegExit, FfmpegProcess, RestartPolicy, S
 from streaming.h264_sps import H264Sps, SpsError, parse_sps, sps_from_rtp
 from streaming.ingest_check import B_FRAMES_SEEN, Verdict, check_sps, source_media
 from streaming.ingest_transcoder import IngestTranscoder, TsTap, tap_output
+from streaming.lifecycle import Lifecycle
 from streaming.rtmp_gate import FlvSink, RtmpKeyGate
 from streaming.rtp_udp_ingest import PacketSink, RtpContinuity, RtpUdpIngest, rtp_output_options
 
@@ -322,7 +323,7 @@ class _RtmpLeg(_Leg):
 
     async def open(self) -> FlvSink:
         """Start this publish's ffmpeg (the gate accepted the key)."""
-        if self.venue._stopped:
+        if self.venue.stop_requested:
             raise RuntimeError("the venue ingest is stopping")
         if self.process is not None:
             await self.process.stop(grace=0.3)  # the previous publish's, if still flushing
@@ -348,7 +349,7 @@ class _RtmpLeg(_Leg):
         await super().stop()
 
 
-class VenueIngest:
+class VenueIngest(Lifecycle[SourceState]):
     """The venue feed of one forum: RTMP on `listen_host`:`rtmp_port` and SRT
     on `listen_host`:`srt_port`, both keyed by `stream_key`, into
     `video`/`audio`. Nothing else listens: the RTMP port is the key gate's,
@@ -381,6 +382,7 @@ class VenueIngest:
     ) -> None:
         if not _KEY.match(stream_key):
             raise RoomError("invalid", "a venue stream key is 10-79 letters, digits, '-' or '_'")
+        super().__init__(SourceState.CONNECTING, f"VenueIngest({forum_id})")
         self.forum_id = forum_id
         self.source_id = source_id or f"venue-{forum_id}"
         self.rtmp_port = rtmp_port
@@ -392,11 +394,9 @@ class VenueIngest:
         self.media_timeout = media_timeout
         self.sinks: dict[str, PacketSink] = {"video": video, "audio": audio}
         self.continuity = {"video": RtpContinuity(90000), "audio": RtpContinuity(48000)}
-        self._on_state = on_state
-        self._state = SourceState.CONNECTING
+        if on_state is not None:
+            self.add_state_listener(on_state)
         self._started = False
-        self._stopped = False
-        self._stop_future: asyncio.Future[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._active: _Leg | None = None
         self.profile_level_id: str | None = None  # the encoder's, from its SPS (e.g. "42c01e")
@@ -421,17 +421,6 @@ class VenueIngest:
         """The protocol on air ("rtmp" | "srt"), if live."""
         return self._active.protocol if self._active is not None else None
 
-    def _set_state(self, state: SourceState) -> None:
-        if state is self._state:
-            return
-        logger.info("VenueIngest(%s) %s -> %s", self.forum_id, self._state.value, state.value)
-        self._state = state
-        if self._on_state is not None:
-            try:
-                self._on_state(state)
-            except Exception:
-                logger.exception("VenueIngest(%s) state callback failed", self.forum_id)
-
     def private_dir(self) -> Path:
         """This ingest's directory for files holding the key (0700; removed on stop)."""
         if self._private is None:
@@ -453,7 +442,7 @@ class VenueIngest:
         it starts: polled, there is nothing to await); False on timeout."""
         deadline = time.monotonic() + timeout
         while not all(self.listening().values()):
-            if time.monotonic() > deadline or self._stopped:
+            if time.monotonic() > deadline or self.stop_requested:
                 return False
             await asyncio.sleep(0.05)
         return True
@@ -486,12 +475,12 @@ class VenueIngest:
         except BaseException:
             await self.stop()
             raise
-        self._watchdog = asyncio.create_task(self._watch(), name=f"venue-{self.forum_id}-watchdog")
+        self._watchdog = self._start_task(self._watch(), name=f"venue-{self.forum_id}-watchdog")
         logger.info("VenueIngest(%s) waiting: RTMP %s:%d, SRT %s:%d", self.forum_id,
                     self.listen_host, self.rtmp_port, self.listen_host, self.srt_port)
 
     def _forward(self, leg: _Leg, kind: str, packet: RtpPacket, transcoded: bool = False) -> None:
-        if self._stopped:
+        if self.stop_requested:
             return
         if packet.ssrc in leg.stale_ssrcs:
             return  # a run that was cut off, flushing: not a publisher coming back
@@ -620,7 +609,7 @@ class VenueIngest:
         if self._active is leg:
             others = [other for other in self.legs.values() if other.live]
             self._active = others[0] if others else None
-            if self._active is None and not self._stopped:
+            if self._active is None and not self.stop_requested:
                 self._set_state(SourceState.LOST)
 
     async def _watch(self) -> None:
@@ -628,7 +617,7 @@ class VenueIngest:
         media_timeout is lost: it is cut off (its ffmpeg restarted at once)
         so that the encoder reconnects, as a dead SRT caller would otherwise
         hold the listener for its 5 s peer idle timeout."""
-        while not self._stopped:
+        while not self.stop_requested:
             await asyncio.sleep(self.media_timeout / 4)  # a periodic check: nothing to await
             now = time.monotonic()
             for leg in self.legs.values():
@@ -655,25 +644,20 @@ class VenueIngest:
     async def stop(self) -> None:
         """Stop listening, stop the ffmpegs (legs and encodes), close the
         ports and sockets. Idempotent;
-        concurrent callers await one future."""
-        if self._stop_future is None:
-            self._stop_future = asyncio.get_running_loop().create_future()
-            try:
-                self._stopped = True
-                if self._watchdog is not None:
-                    self._watchdog.cancel()
-                await self.gate.stop()
-                await asyncio.gather(*(leg.stop() for leg in self.legs.values()))
-                if self._tasks:
-                    await asyncio.gather(*self._tasks, return_exceptions=True)
-                if self._private is not None:
-                    shutil.rmtree(self._private, ignore_errors=True)  # the files holding the key
-                self._active = None
-                self._set_state(SourceState.ENDED)
-            finally:
-                self._stop_future.set_result(None)
-        else:
-            await asyncio.shield(self._stop_future)
+        concurrent callers await one stop."""
+        await super().stop()
+
+    async def _stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        await self.gate.stop()
+        await asyncio.gather(*(leg.stop() for leg in self.legs.values()))
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)  # the files holding the key
+        self._active = None
+        self._set_state(SourceState.ENDED)
 
     def processes(self) -> list[FfmpegProcess]:
         """The ffmpeg children running now (for status pages and tests)."""

@@ -29,6 +29,7 @@ from streaming import aiortc_internals, peer_end
 from streaming.answer_profile import format_for_profile
 from streaming.downtrack import Downtrack
 from streaming.ice_policy import gathering_on, usable_offer
+from streaming.lifecycle import Lifecycle
 from streaming.media_config import MediaConfig
 from streaming.media_error import MediaError
 from streaming.offer_answer import CodecFormat, offer_for_aiortc, shape_answer, tolerated
@@ -70,8 +71,11 @@ class _IdleTrack(MediaStreamTrack):
         super().stop()
 
 
-class WebRtcViewer:
-    """`on_gone(viewer)` is called when the peer fails or closes by itself."""
+class WebRtcViewer(Lifecycle[_State]):
+    """`on_gone(viewer)` is called when the peer fails or closes by itself.
+    States: new -> connecting -> watching -> closed (closed only by stop())."""
+
+    _STATE_LOG_LEVEL = logging.DEBUG  # thousands per node
 
     def __init__(
         self,
@@ -82,6 +86,7 @@ class WebRtcViewer:
         on_gone: Callable[["WebRtcViewer"], None],
         shared_port: SharedPort | None = None,
     ) -> None:
+        super().__init__(_State.NEW, f"Viewer({viewer_id})")
         self.forum_id = forum_id
         self._shared_port = shared_port
         self.viewer_id = viewer_id
@@ -89,7 +94,6 @@ class WebRtcViewer:
         self._config = config
         self._on_gone = on_gone
         self._pc: RTCPeerConnection | None = None
-        self._state = _State.NEW
         self._bus: ProgramBus | None = None
         self.video: Downtrack | None = None
         self.audio: Downtrack | None = None
@@ -105,11 +109,6 @@ class WebRtcViewer:
     @property
     def state(self) -> str:
         return self._state.value
-
-    def _set_state(self, state: _State) -> None:
-        if state != self._state:
-            logger.debug("Viewer(%s) %s -> %s", self.viewer_id, self._state.value, state.value)
-            self._state = state
 
     @property
     def bus(self) -> ProgramBus | None:
@@ -312,11 +311,11 @@ class WebRtcViewer:
 
     async def stop(self) -> None:
         """Unsubscribe and close the peer (idempotent; concurrent callers all
-        wait for aiortc's one close)."""
-        if self._state == _State.CLOSED:
-            if self._pc is not None:
-                await self._pc.close()
-            return
+        wait for the one close)."""
+        await super().stop()
+
+    def _stop_begins(self) -> None:
+        # at once: no packet goes out, connection-state callbacks are ignored
         self._set_state(_State.CLOSED)
         if self._deadline is not None:
             self._deadline.cancel()
@@ -325,5 +324,9 @@ class WebRtcViewer:
         pc = self._pc
         if pc is not None:
             pc.remove_all_listeners("connectionstatechange")
+
+    async def _stop(self) -> None:
+        pc = self._pc
+        if pc is not None:
             await pc.close()
         self._senders.clear()

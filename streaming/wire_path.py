@@ -1,8 +1,9 @@
 """The one place the load tester (light viewers) reaches aiortc/aioice private names.
 
-Tested on aiortc 1.16 and aioice 0.13 only: any other minor fails loudly at
-import, and a missing name fails loudly at first use, rather than letting
-the load tester silently measure nothing.
+Tested on aiortc_internals.TESTED's versions only: any other fails loudly
+at import, and a missing name fails loudly at first use (and in
+aiortc_internals.check()), rather than letting the load tester silently
+measure nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from aioice.ice import StunProtocol
 from aiortc import RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
-_TESTED = {"aiortc": "1.16.", "aioice": "0.13."}
-for _name, _prefix in _TESTED.items():
-    if not version(_name).startswith(_prefix):
-        raise RuntimeError(f"streaming/wire_path.py was written for {_name} {_prefix}x, found {version(_name)}")
+from streaming.aiortc_internals import TESTED
+
+# the server's pins (one list: streaming/aiortc_internals.py; its PRIVATE_NAMES cover this module too)
+for _name in ("aiortc", "aioice"):
+    if version(_name) != TESTED[_name]:
+        raise RuntimeError(f"streaming/wire_path.py was written for {_name} {TESTED[_name]}, found {version(_name)}")
 
 DatagramHandler = Callable[[bytes, tuple[Any, ...]], None]
 

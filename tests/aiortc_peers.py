@@ -24,6 +24,7 @@ from av import AudioFrame, VideoFrame
 from streaming import aiortc_internals
 from streaming.ice_policy import gathering_on
 from streaming.offer_check import capabilities_for
+from tests import aiortc_faults
 from tests.eventually import eventually
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class TestPublisher:
         self.video = self.pc.addTransceiver(self.video_track, direction="sendonly")
         self.video.setCodecPreferences(capabilities_for("video", codec))
         self.keyframe_requests = 0
-        aiortc_internals.on_keyframe_request(self.video.sender, self._count_request)
+        aiortc_faults.on_keyframe_request(self.video.sender, self._count_request)
         self.connected = asyncio.Event()
         if audio:
             self.pc.addTransceiver(ToneTrack(), direction="sendonly")
@@ -238,7 +239,7 @@ class TestViewer:
         """Ask the server for a keyframe (as a browser does on loss)."""
         assert self.video is not None
         receiver = self.video.receiver
-        ssrcs = aiortc_internals.remote_ssrcs(receiver)
+        ssrcs = aiortc_faults.remote_ssrcs(receiver)
         for ssrc in ssrcs:
             asyncio.ensure_future(aiortc_internals.send_pli(receiver, ssrc))
 

@@ -19,8 +19,8 @@ from aiortc.mediastreams import MediaStreamError
 
 from rooms.models import Role
 from signaling.app_keys import HOSTS
-from streaming import aiortc_internals
 from streaming.ffmpeg_process import FfmpegProcess
+from tests import aiortc_faults
 from tests.aiortc_peers import rtp_header
 from tests.eventually import eventually
 from tests.operator_app import Node, RecordingViewer, SioClient, running_node
@@ -105,7 +105,7 @@ async def watch(node: Node, clients: list[Any]) -> tuple[RecordingViewer, VideoH
     headers.payload_types = {int(pt) for pt in re.findall(r"a=rtpmap:(\d+) H264/90000", answer["sdp"])}
     assert headers.payload_types
     video = next(t for t in viewer.pc.getTransceivers() if t.kind == "video")
-    aiortc_internals.filter_incoming(video.receiver.transport, headers.see)
+    aiortc_faults.filter_incoming(video.receiver.transport, headers.see)
     await viewer.accept(answer["sdp"])
     return viewer, headers, answer["sdp"]
 

@@ -9,9 +9,9 @@ import time
 import pytest
 from aiortc import sdp
 
-from streaming import aiortc_internals
 from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaPlane
+from tests import aiortc_faults
 from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer, rtp_header
 from tests.eventually import eventually
 
@@ -87,7 +87,7 @@ async def test_a_nacked_packet_is_resent_from_history_with_the_viewers_header(pl
 
     try:
         await connect_publisher(plane, "f1", "cam", publisher)
-        aiortc_internals.filter_incoming(viewer.video.receiver.transport, keep)
+        aiortc_faults.filter_incoming(viewer.video.receiver.transport, keep)
         answer = await connect_viewer(plane, "f1", "v0", viewer)
         video = next(m for m in sdp.SessionDescription.parse(answer).media if m.kind == "video")
         viewer_ssrc = video.ssrc[0].ssrc

@@ -83,33 +83,6 @@ def test_check_names_a_missing_private(monkeypatch: pytest.MonkeyPatch) -> None:
         aiortc_internals.check()
 
 
-async def test_the_decoder_count_sees_a_server_receiver_that_decodes() -> None:
-    """Proof the counter can fail: a receiver marked as the server's but
-    not tapped decodes, and its DecoderCount goes up."""
-    from aiortc import RTCSessionDescription
-
-    from tests.aiortc_peers import LOOPBACK
-
-    publisher = TestPublisher(audio=False)
-    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    count = aiortc_internals.DecoderCount()
-    try:
-        server.addTransceiver("video", direction="recvonly")
-        await server.setRemoteDescription(RTCSessionDescription(sdp=await publisher.offer(), type="offer"))
-        aiortc_internals.mark_server_receiver(server.getTransceivers()[0].receiver, count)
-        with gathering_on(LOOPBACK):
-            await server.setLocalDescription(await server.createAnswer())
-        await publisher.accept(server.localDescription.sdp)
-        track = server.getTransceivers()[0].receiver.track
-        import asyncio
-
-        await asyncio.wait_for(track.recv(), 10)
-        assert count.value == 1
-    finally:
-        await publisher.close()
-        await server.close()
-
-
 @pytest.mark.parametrize("name", ["query_consent", "request_received", "data_received"])
 def test_check_covers_the_liveness_seam(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """liveness_instead_of_consent replaces these aioice names: a version

@@ -9,9 +9,9 @@ import logging
 import pytest
 from aiortc import sdp
 
-from streaming import aiortc_internals
 from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaPlane
+from tests import aiortc_faults
 from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer, rtp_header
 
 pytestmark = pytest.mark.timeout(60)
@@ -63,7 +63,7 @@ async def test_second_live_source_takes_the_program_at_a_keyframe(
 
     try:
         await connect_publisher(plane, "f1", "first", first)
-        aiortc_internals.filter_incoming(viewers[0].video.receiver.transport, keep)
+        aiortc_faults.filter_incoming(viewers[0].video.receiver.transport, keep)
         answers = []
         for i, viewer in enumerate(viewers):
             answers.append(await connect_viewer(plane, "f1", f"v{i}", viewer))

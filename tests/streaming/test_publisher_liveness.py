@@ -15,6 +15,7 @@ import pytest
 from streaming import aiortc_internals
 from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaPlane
+from tests import aiortc_faults
 from tests.aiortc_peers import LOOPBACK, TestPublisher, TestViewer, connect_publisher, connect_viewer
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,7 +36,7 @@ async def test_a_publisher_that_answers_no_consent_checks_stays_live(quick_conse
     connected = [False]
     try:
         for ice in aiortc_internals.ice_transports(publisher.pc):
-            aiortc_internals.unanswered_checks(ice, lambda: connected[0])
+            aiortc_faults.unanswered_checks(ice, lambda: connected[0])
         await connect_publisher(plane, "f1", "ffmpeg-like", publisher)
         connected[0] = True  # from now on it answers no STUN request, as ffmpeg
         await connect_viewer(plane, "f1", "guest", viewer)
@@ -64,7 +65,7 @@ async def test_liveness_replaces_consent_only_for_publishers(quick_consent: None
     try:
         await connect_publisher(plane, "f1", "speaker", publisher)
         for ice in aiortc_internals.ice_transports(viewer.pc):
-            aiortc_internals.unanswered_checks(ice, lambda: deaf[0])
+            aiortc_faults.unanswered_checks(ice, lambda: deaf[0])
         await connect_viewer(plane, "f1", "guest", viewer)
         await viewer.wait_frames(10, timeout=30)
         deaf[0] = True

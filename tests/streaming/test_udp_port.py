@@ -25,6 +25,7 @@ from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaPlane
 from streaming.udp_mux import stun_recipient
 from streaming.viewer import WebRtcViewer
+from tests import aiortc_faults
 from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer, rtp_header
 from tests.eventually import eventually
 from tests.processes import free_port
@@ -91,7 +92,7 @@ async def test_publisher_and_viewers_share_one_port_with_srtp_nack_and_pli(plane
         plane.set_program("main", "speaker-1")
         await publisher.accept(answer)
         await asyncio.wait_for(publisher.connected.wait(), 10)
-        aiortc_internals.filter_incoming(viewers[0].video.receiver.transport, keep)
+        aiortc_faults.filter_incoming(viewers[0].video.receiver.transport, keep)
         for i, viewer in enumerate(viewers):
             assert candidate_ports(await connect_viewer(plane, "main", f"guest-{i}", viewer)) == {port}
         for viewer in viewers:
@@ -125,7 +126,7 @@ async def test_consent_is_per_connection_on_the_shared_port(plane: MediaPlane) -
     try:
         await connect_publisher(plane, "main", "cam", publisher)
         for ice in aiortc_internals.ice_transports(mute.pc):
-            aiortc_internals.unanswered_checks(ice, lambda: silent[0])
+            aiortc_faults.unanswered_checks(ice, lambda: silent[0])
         for viewer_id, viewer in (("mute", mute), ("other", other)):
             await connect_viewer(plane, "main", viewer_id, viewer)
         await mute.wait_frames(10)

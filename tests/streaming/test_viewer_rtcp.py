@@ -16,11 +16,11 @@ import aioice.ice
 import pytest
 
 from bench.aiortc_reach import wire_path
-from streaming import aiortc_internals
 from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaPlane
 from streaming.viewer import WebRtcViewer
 from streaming.viewer_rtcp import ViewerRtcp
+from tests import aiortc_faults
 from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer, rtp_header
 from tests.eventually import eventually
 
@@ -228,7 +228,7 @@ async def test_a_nack_read_on_the_lean_path_is_answered_from_history(plane: Medi
 
     try:
         await connect_publisher(plane, "f1", "cam", publisher)
-        aiortc_internals.filter_incoming(viewer.video.receiver.transport, keep)  # type: ignore[union-attr]
+        aiortc_faults.filter_incoming(viewer.video.receiver.transport, keep)  # type: ignore[union-attr]
         answer = await connect_viewer(plane, "f1", "v0", viewer)
         await viewer.wait_frames(10)
         rtcp = server_viewer(plane, "v0").feedback
