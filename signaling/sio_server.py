@@ -256,9 +256,7 @@ class Session:
         owner = await self._deps.forum_owner(request.forum_id)
         if owner is not None:
             # another node hosts the forum: the client publishes there (until edge nodes exist)
-            url = redirect_url(owner, "/")
-            return {"error": {"code": "moved", "url": url,
-                              "message": f"forum {request.forum_id!r} is hosted by another node: publish at {url}"}}
+            return _moved(request.forum_id, redirect_url(owner, "/"), "publish")
         published = await self._deps.bridge().publish(
             request.forum_id, self.grant, participant.name, participant.id, request.sdp)
         self._sources.add(published.source_id)
@@ -293,6 +291,10 @@ class Session:
         needed = Role.OPERATOR if request.source_id is not None else Role.VIEWER
         self.grant.require(request.forum_id, needed)
         self._joined(request.forum_id)
+        owner = await self._deps.forum_owner(request.forum_id)
+        if owner is not None:
+            # another node hosts the forum and its program: the client watches there (until edge nodes exist)
+            return _moved(request.forum_id, redirect_url(owner, "/"), "watch")
         bridge = self._deps.bridge()
         previous = self._viewers.pop(request.source_id, None)
         if previous is not None:  # a re-watch (ICE failed, page retried) replaces the old one
@@ -452,6 +454,12 @@ class _Deps:
 
     async def disconnect(self, sid: str) -> None:
         await self._sio.disconnect(sid)
+
+
+def _moved(forum_id: str, url: str, what: str) -> Ack:
+    """The `moved` error ack: the forum is hosted at `url` (the pages go there)."""
+    return {"error": {"code": "moved", "url": url,
+                      "message": f"forum {forum_id!r} is hosted by another node: {what} at {url}"}}
 
 
 class SocketServer:

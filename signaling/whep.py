@@ -34,6 +34,7 @@ from rooms.tokens import Grant
 from signaling.app_keys import EVENT, ICE_SERVERS, TOKENS
 from signaling.http_api import bearer_token
 from signaling.media_bridge import BRIDGE, setup_media_bridge
+from signaling.ownership import forum_owner, redirect_url
 from signaling.whip import (
     CORS_HEADERS,
     EndedSessions,
@@ -82,6 +83,13 @@ class WhepEndpoint(HttpMediaEndpoint):
         forum_id = known_forum(request)
         grant = self._grant(request, forum_id)
         grant.require(forum_id, Role.VIEWER)
+        owner = await forum_owner(self._app, forum_id)
+        if owner is not None:
+            # another node hosts the forum and its program: watch there until edge nodes
+            # exist (RFC 9725 s4.5 lets a WHEP server redirect; 307 keeps the POST and its offer)
+            headers = dict(CORS_HEADERS)
+            headers["Location"] = redirect_url(owner, request.path_qs)
+            return web.Response(status=307, headers=headers)
         offer = await read_offer(request)
         session_id = uuid.uuid4().hex
         viewer_id = "whep-" + session_id[:16]

@@ -14,7 +14,7 @@ import socketio
 from rooms.models import Role
 from tests.cluster import LEASE_TTL_MS, Cluster, start_cluster
 from tests.eventually import eventually
-from tests.signaling_peers import PublisherPeer
+from tests.signaling_peers import PublisherPeer, ViewerPeer
 
 FORUM = "digital-economy"
 ACK_TIMEOUT = 20.0
@@ -86,6 +86,33 @@ async def test_a_socketio_publish_on_the_other_node_is_answered_with_the_owners_
         assert moved["error"]["code"] == "moved" and moved["error"]["url"] == a.url + "/", moved
     finally:
         await peer.close()
+        for client in (sio_a, sio_b):
+            if client.connected:
+                await client.disconnect()
+
+
+async def test_a_viewer_on_the_other_node_is_sent_to_the_owner(cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    """Until edge nodes exist, only the owner has the forum's program: a
+    viewer elsewhere got nothing at all (no host, no slate there)."""
+    a, b = cluster["a"], cluster["b"]
+    sio_a, sio_b = socketio.AsyncClient(reconnection=False), socketio.AsyncClient(reconnection=False)
+    viewer = ViewerPeer()
+    try:
+        token = a.token(Role.VIEWER, [FORUM], "Guest")
+        await sio_a.connect(a.url, auth={"token": token}, transports=["websocket"], wait_timeout=10)
+        assert "error" not in await sio_a.call("join", {"forum_id": FORUM}, timeout=ACK_TIMEOUT)
+        await eventually(lambda: cluster.owner(FORUM, "b") == cluster.node_id("a"), timeout=20,
+                         what="a to own the forum")
+        await sio_b.connect(b.url, auth={"token": token}, transports=["websocket"], wait_timeout=10)
+        assert "error" not in await sio_b.call("join", {"forum_id": FORUM}, timeout=ACK_TIMEOUT)
+        offer = await viewer.offer()
+        moved = await sio_b.call("watch", {"forum_id": FORUM, "sdp": offer}, timeout=ACK_TIMEOUT)
+        assert moved["error"]["code"] == "moved" and moved["error"]["url"] == a.url + "/", moved
+        whep = await http.post(f"{b.url}/whep/{FORUM}", data=offer, allow_redirects=False,
+                               headers={"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"})
+        assert whep.status == 307 and whep.headers["Location"] == f"{a.url}/whep/{FORUM}"
+    finally:
+        await viewer.close()
         for client in (sio_a, sio_b):
             if client.connected:
                 await client.disconnect()

@@ -56,6 +56,10 @@ export function request(socket, event, payload, timeoutMs = ACK_TIMEOUT_MS) {
   return new Promise((resolve, reject) => {
     socket.timeout(timeoutMs).emit(event, payload, (err, ack) => {
       if (err) return reject(new ServerError("timeout", `no answer to ${event} in ${timeoutMs / 1000} s`));
+      if (ack && ack.error && ack.error.code === "moved" && ack.error.url) {
+        // another node hosts this forum: the same page (and token) there
+        window.location.assign(new URL(location.pathname + location.search + location.hash, ack.error.url).href);
+      }
       if (ack && ack.error) return reject(new ServerError(ack.error.code, ack.error.message));
       resolve(ack);
     });
