@@ -9,15 +9,16 @@ now (the node's AgendaScheduler, streaming/agenda_scheduler.py, hands it
 each due slot) and the forum's program outputs (its `ForumOutputs`:
 encoder, restreams; the recorder and HLS hold that encoder too).
 
-Lifecycle (STYLE.md item 5): `state` is NEW -> STARTING -> RUNNING ->
-STOPPING -> STOPPED, each change through `_set_state` (logged, and told to
-`on_state`). `start()` brings the parts up in one order: slate first (the
+Lifecycle (STYLE.md item 5; the shared base, streaming/lifecycle.py):
+`state` is NEW -> STARTING -> RUNNING -> STOPPING -> STOPPED, each change
+through `_set_state` (logged, and told to the listeners: `on_state`). `start()` brings the parts up in one order: slate first (the
 program is never empty), then the switcher (its first cut); agenda slots
 come from the scheduler once it runs; the outputs are handed over at
 creation (idle: the encoder starts with the first output); the venue
 listeners start lazily (`ensure_venue`). `stop()` takes them down in the
 reverse order (outputs, slots and playouts, venue, switcher, slate); it
-is idempotent and every concurrent caller awaits the same stop.
+is idempotent and every concurrent caller awaits the same stop, run as
+one task (a caller cancelled mid-stop does not cut it short).
 `started`/`exited` are set once each.
 
 Media states of the host's sources reach the rooms through the node's
@@ -49,6 +50,7 @@ from rooms.models import Forum, MediaSource, ProgramState, Role, SourceKind, Sou
 from rooms.service import RoomService
 from rooms.tokens import Grant
 from streaming.forum_outputs import ForumOutputs
+from streaming.lifecycle import Lifecycle
 from streaming.media_bridge import MediaBridge
 from streaming.media_library import MediaItem, MediaLibrary
 from streaming.playout import FilePlayout
@@ -120,7 +122,7 @@ class HostPlane(Protocol):
     def set_program(self, forum_id: str, source_id: str | None) -> None: ...
 
 
-class HostState(enum.Enum):
+class HostState(str, enum.Enum):  # str: compares with its value, as the other media states read
     NEW = "new"
     STARTING = "starting"
     RUNNING = "running"
@@ -153,7 +155,7 @@ class SlotPlaying:
     on_air: bool = False
 
 
-class ForumHost:
+class ForumHost(Lifecycle[HostState]):
     """One forum on the node that hosts it (see the module docstring)."""
 
     def __init__(self, forum: Forum, rooms: RoomService, plane: HostPlane, bridge: MediaBridge,
@@ -161,6 +163,7 @@ class ForumHost:
                  on_playouts: Callable[[str, JsonObject], None] | None = None,
                  on_state: Callable[[str, HostState], None] | None = None,
                  close_outputs: Callable[[str], Awaitable[None]] | None = None) -> None:
+        super().__init__(HostState.NEW, f"ForumHost({forum.id})")
         self.forum = forum
         self.forum_id = forum.id
         self._rooms = rooms
@@ -170,7 +173,8 @@ class ForumHost:
         self.outputs = outputs
         self._settings = settings
         self._on_playouts = on_playouts
-        self._on_state = on_state
+        if on_state is not None:
+            self.add_state_listener(lambda state: on_state(forum.id, state))
         self._close_outputs = close_outputs
         self.switcher = ProgramSwitcher(forum.id, rooms, plane, slate_grace=settings.slate_grace,
                                         node_id=rooms.node_id)
@@ -183,27 +187,12 @@ class ForumHost:
         self._grant = system_grant("inputs")
         self._tasks: set[asyncio.Task[None]] = set()  # playouts ending: awaited at stop, never cut short
         self._slate_retry: asyncio.Task[None] | None = None
-        self._state = HostState.NEW
-        self._stopped: asyncio.Future[None] | None = None
-        self.started = asyncio.Event()
-        self.exited = asyncio.Event()
 
     # --- lifecycle -----------------------------------------------------------
 
     @property
     def state(self) -> HostState:
         return self._state
-
-    def _set_state(self, state: HostState) -> None:
-        if state is self._state:
-            return
-        logger.info("ForumHost(%s) %s -> %s", self.forum_id, self._state.value, state.value)
-        self._state = state
-        if self._on_state is not None:
-            try:
-                self._on_state(self.forum_id, state)
-            except Exception:
-                logger.exception("ForumHost(%s): a state listener failed", self.forum_id)
 
     async def start(self) -> None:
         """Slate, then switcher (agenda slots and outputs need nothing
@@ -226,20 +215,17 @@ class ForumHost:
         self._set_state(HostState.RUNNING)
         self.started.set()
 
-    async def stop(self) -> None:
+    def _stop_begins(self) -> None:
+        self._set_state(HostState.STOPPING)  # at once: nothing new starts on a stopping host
+
+    async def _stop(self) -> None:
         """Outputs, agenda slots and playouts, venue, switcher, slate: the
-        reverse of start. Idempotent; concurrent callers await one stop."""
-        if self._stopped is not None:
-            await asyncio.shield(self._stopped)
-            return
-        self._stopped = asyncio.get_running_loop().create_future()
-        self._set_state(HostState.STOPPING)
+        reverse of start (the one stop every stop() caller awaits)."""
         try:
             await self._stop_parts()
         finally:
             self._set_state(HostState.STOPPED)
             self.exited.set()
-            self._stopped.set_result(None)
 
     async def _stop_parts(self) -> None:
         retry, self._slate_retry = self._slate_retry, None

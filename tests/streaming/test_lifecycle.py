@@ -20,14 +20,21 @@ from typing import Any
 import ffmpeg
 import pytest
 
-import streaming
-from rooms.models import SourceState
+from config.settings import Settings, ffmpeg_path
+from rooms.memory_store import MemoryStore
+from rooms.models import Event, Forum, ForumKind, SourceState, Text
+from rooms.service import RoomService
 from streaming import aiortc_internals
+import streaming
 from streaming.ffmpeg_process import FfmpegProcess, RestartPolicy, Supervisor
+from streaming.forum_host import ForumHost, HostSettings
+from streaming.forum_outputs import ProgramOutputs
 from streaming.hls_output import HlsOutput
 from streaming.ingest_transcoder import IngestTranscoder, TsTap
 from streaming.lifecycle import Lifecycle
+from streaming.media_bridge import MediaBridge
 from streaming.media_config import MediaConfig
+from streaming.media_library import MediaLibrary
 from streaming.media_plane import MediaPlane
 from streaming.playout import FilePlayout
 from streaming.program_bus import ProgramBus
@@ -152,6 +159,19 @@ async def _restream(_: Path) -> Lifecycle[Any]:
     return restream
 
 
+async def _forum_host(tmp: Path) -> Lifecycle[Any]:
+    forum = Forum("lifecycle", Text("Lifecycle"), ForumKind.SUB, capacity=10)
+    rooms = RoomService(Event(id="e", name=Text("E"), timezone="UTC", days=(), forums=(forum,)),
+                        MemoryStore(node_id="n1"), "n1")
+    plane = MediaPlane(CONFIG)
+    ffmpeg = ffmpeg_path(Settings())
+    settings = HostSettings(ffmpeg=ffmpeg, slate_grace=0.05, ingest_host="127.0.0.1", public_host="127.0.0.1",
+                            rtmp_port=free_port(), srt_port=free_port(), venue_secret="test-secret",
+                            secrets_dir=tmp / "secrets")
+    return ForumHost(forum, rooms, plane, MediaBridge(plane, rooms, "n1"), MediaLibrary(tmp / "media", ffmpeg=ffmpeg),
+                     ProgramOutputs(plane.program_bus, OutputProfile(preset="ultrafast")).forum(forum.id), settings)
+
+
 async def _rtp_ingest(_: Path) -> Lifecycle[Any]:
     ingest = RtpUdpIngest(_video(), kind="video", name="lifecycle")
     await ingest.start()
@@ -174,6 +194,7 @@ CASES = [
     Case(HlsOutput, _hls, "stopped"),
     Case(Restream, _restream, "stopped"),
     Case(RtpUdpIngest, _rtp_ingest, "stopped"),
+    Case(ForumHost, _forum_host, "stopped"),
 ]
 
 
