@@ -27,7 +27,7 @@ from recorder.recording import (
     save_meta, segment_args,
 )
 from streaming.ffmpeg_process import FfmpegExit, FfmpegProcess, RestartPolicy, Supervisor
-from streaming.forum_outputs import ProgramOutputs
+from streaming.forum_outputs import ProgramOutputs, end_reader
 
 logger = logging.getLogger(__name__)
 
@@ -181,9 +181,7 @@ class Recorder:
             raise RecorderError("not_found", f"forum {forum_id!r} is not recording")
         if active.watch is not None and active.watch is not asyncio.current_task():
             active.watch.cancel()
-        if active.supervisor is not None:
-            await active.supervisor.stop()
-        await self._outputs.forum(forum_id).release(f"recorder:{active.info.id}")
+        await end_reader(active.supervisor, self._outputs.forum(forum_id).release(f"recorder:{active.info.id}"))
         info = active.info
         info.alert = alert
         await self._finalize(active.directory, info)

@@ -35,6 +35,7 @@ from rooms.errors import RoomError
 from rooms.models import Role
 from signaling.app_keys import EVENT, SETTINGS, TOKENS
 from signaling.restream_api import OUTPUTS
+from streaming.forum_outputs import end_reader
 from streaming.hls_output import HlsOutput, window_segments
 
 logger = logging.getLogger(__name__)
@@ -83,8 +84,8 @@ class HlsService:
         async with self._lock:
             output = self.outputs.pop(forum_id, None)
             if output is not None:
+                await end_reader(output.supervisor, self._app[OUTPUTS].forum(forum_id).release("hls"))
                 await output.stop()
-                await self._app[OUTPUTS].forum(forum_id).release("hls")
 
     async def reap_idle(self) -> None:
         while True:

@@ -13,9 +13,10 @@ import asyncio
 import logging
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from rooms.models import RestreamDestination
+from streaming.ffmpeg_process import Supervisor
 from streaming.program_bus import ProgramBus
 from streaming.program_encoder import OutputProfile, ProgramEncoder
 from streaming.restream import Restream, RestreamError, RestreamStatus
@@ -28,6 +29,24 @@ _NAME = re.compile(r"^.{1,80}$")
 
 class RestreamNotFound(KeyError):
     """No destination with that id in that forum."""
+
+
+async def end_reader(supervisor: Supervisor | None, release: Awaitable[None]) -> None:
+    """Stop an output's ffmpeg by the end of its input: its supervisor is
+    told first (so the end is not a crash to restart from; ffmpeg gets its
+    'q'), then `release` (ForumOutputs.release) closes its tee output and
+    ffmpeg, at end of input, finishes its files and exits by itself.
+    ('q' alone did not end it: a reader blocked on its input let the grace
+    run out into SIGTERM and SIGKILL, 7-10 s per ffmpeg.)"""
+    if supervisor is None:
+        await release
+        return
+    stopping = asyncio.ensure_future(supervisor.stop())
+    await asyncio.sleep(0)  # the supervisor's first step marks its child as stopping
+    try:
+        await release
+    finally:
+        await stopping
 
 
 class ForumOutputs:
@@ -44,7 +63,7 @@ class ForumOutputs:
         self._on_status = on_status
         self.encoder: ProgramEncoder | None = None
         self.restreams: dict[str, Restream] = {}
-        self.users: set[str] = set()  # other outputs holding the encoder (recorder, HLS)
+        self.users: dict[str, str] = {}  # other outputs holding the encoder (recorder, HLS) -> their tee output
         self._lock = asyncio.Lock()
 
     def _source_url(self) -> str:
@@ -64,15 +83,23 @@ class ForumOutputs:
             await encoder.stop()
 
     async def acquire(self, user: str) -> str:
-        """Hold the encoder for another output; the tee's URL to read."""
+        """Hold the encoder for another output; the URL of a tee output of
+        its own to read (a Unix socket in the encoder's private directory)."""
         async with self._lock:
-            self.users.add(user)
+            output = self.users.get(user) or f"u{secrets.token_hex(4)}"
+            self.users[user] = output
             await self._need_encoder()
-            return self._source_url()
+            assert self.encoder is not None
+            return await self.encoder.tee.open_output(output)
 
     async def release(self, user: str) -> None:
+        """Let go of the encoder: the user's tee output ends first (its
+        reader sees end of input), then the encoder stops if nobody else
+        needs it. Idempotent."""
         async with self._lock:
-            self.users.discard(user)
+            output = self.users.pop(user, None)
+            if output is not None and self.encoder is not None:
+                self.encoder.tee.close_output(output)
             await self._maybe_stop_encoder()
 
     def _status(self, status: RestreamStatus) -> None:

@@ -79,6 +79,10 @@ class HlsOutput:
         return self._state.value
 
     @property
+    def supervisor(self) -> Supervisor | None:
+        return self._supervisor
+
+    @property
     def playlist(self) -> Path:
         return self.directory / PLAYLIST
 
