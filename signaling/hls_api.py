@@ -84,7 +84,7 @@ class HlsService:
         async with self._lock:
             output = self.outputs.pop(forum_id, None)
             if output is not None:
-                await end_reader(output.supervisor, self._app[OUTPUTS].forum(forum_id).release("hls"))
+                await end_reader(output.supervisor.stop() if output.supervisor else None, self._app[OUTPUTS].forum(forum_id).release("hls"))
                 await output.stop()
 
     async def reap_idle(self) -> None:

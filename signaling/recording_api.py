@@ -29,7 +29,7 @@ from recorder.recording import RecordingInfo
 from recorder.schedule import due_recordings, plan
 from rooms.errors import RoomError
 from rooms.models import Role
-from signaling.app_keys import AGENDA, EVENT, SETTINGS, SIO, TOKENS
+from signaling.app_keys import AGENDA, EVENT, MEDIA, SETTINGS, SIO, TOKENS
 from signaling.http_api import json_response
 from signaling.operator_api import _body, _forum
 from signaling.sio_server import operators_room
@@ -140,8 +140,9 @@ async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
         pending.add(task)
         task.add_done_callback(pending.discard)
 
+    plane = app[MEDIA]
     recorder = Recorder(settings.data_dir / "recordings", app[OUTPUTS], ffmpeg_path=ffmpeg_path(settings),
-                        on_change=on_change)
+                        on_change=on_change, iso=settings.record_iso, feeds_of=plane.feeds)
     app[RECORDER] = recorder
     recovery = asyncio.create_task(recorder.recover(), name="recorder-recover")
     schedule = asyncio.create_task(

@@ -10,13 +10,13 @@ the environment variable `key_env`) and from operators at run time.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 
 from rooms.models import RestreamDestination
-from streaming.ffmpeg_process import Supervisor
 from streaming.program_bus import ProgramBus
 from streaming.program_encoder import OutputProfile, ProgramEncoder
 from streaming.restream import Restream, RestreamError, RestreamStatus
@@ -31,22 +31,27 @@ class RestreamNotFound(KeyError):
     """No destination with that id in that forum."""
 
 
-async def end_reader(supervisor: Supervisor | None, release: Awaitable[None]) -> None:
-    """Stop an output's ffmpeg by the end of its input: its supervisor is
-    told first (so the end is not a crash to restart from; ffmpeg gets its
-    'q'), then `release` (ForumOutputs.release) closes its tee output and
-    ffmpeg, at end of input, finishes its files and exits by itself.
-    ('q' alone did not end it: a reader blocked on its input let the grace
-    run out into SIGTERM and SIGKILL, 7-10 s per ffmpeg.)"""
-    if supervisor is None:
-        await release
+async def end_reader(stop: Awaitable[None] | None, end_input: Awaitable[None]) -> None:
+    """Stop an output's ffmpeg by the end of its input: `stop` (its
+    Supervisor's or Restream's stop()) is started first, so the end is not
+    a crash to restart from (ffmpeg gets its 'q'), then `end_input` (e.g.
+    ForumOutputs.release) closes its tee output and ffmpeg, at end of
+    input, finishes its files and exits by itself. ('q' alone did not end
+    a reader blocked on a silent input, at a node's shutdown: its grace
+    ran out into SIGTERM and SIGKILL, 7-10 s per ffmpeg.)"""
+    if stop is None:
+        await end_input
         return
-    stopping = asyncio.ensure_future(supervisor.stop())
-    await asyncio.sleep(0)  # the supervisor's first step marks its child as stopping
+    stopping = asyncio.ensure_future(stop)
+    await asyncio.sleep(0)  # stop()'s first step marks the child as stopping
     try:
-        await release
+        await end_input
     finally:
         await stopping
+
+
+def _output_name(restream_id: str) -> str:
+    return "r" + hashlib.sha256(restream_id.encode()).hexdigest()[:12]
 
 
 class ForumOutputs:
@@ -64,6 +69,7 @@ class ForumOutputs:
         self.encoder: ProgramEncoder | None = None
         self.restreams: dict[str, Restream] = {}
         self.users: dict[str, str] = {}  # other outputs holding the encoder (recorder, HLS) -> their tee output
+        self._restream_outputs: dict[str, str] = {}  # restream id -> its tee output's URL
         self._lock = asyncio.Lock()
 
     def _source_url(self) -> str:
@@ -116,7 +122,8 @@ class ForumOutputs:
         restream_id = restream_id or secrets.token_hex(4)
         if restream_id in self.restreams:
             raise RestreamError(f"a restream {restream_id!r} exists in this forum")
-        restream = Restream(restream_id, name, url, stream_key, source_url=self._source_url,
+        restream = Restream(restream_id, name, url, stream_key,
+                            source_url=lambda: self._restream_outputs.get(restream_id) or self._source_url(),
                             on_status=self._status)
         self.restreams[restream_id] = restream
         self._status(restream.status())
@@ -132,13 +139,25 @@ class ForumOutputs:
         restream = self.get(restream_id)
         async with self._lock:
             await self._need_encoder()
+            assert self.encoder is not None
+            if not restream.running:
+                self._restream_outputs[restream_id] = await self.encoder.tee.open_output(_output_name(restream_id))
             await restream.start()
         return restream
+
+    async def _stop_restream(self, restream: Restream, *, close: bool = False) -> None:
+        """Its push ends by the end of its input (its own tee output)."""
+
+        async def end_input() -> None:
+            if self._restream_outputs.pop(restream.id, None) is not None and self.encoder is not None:
+                self.encoder.tee.close_output(_output_name(restream.id))
+
+        await end_reader(restream.close() if close else restream.stop(), end_input())
 
     async def stop(self, restream_id: str) -> Restream:
         restream = self.get(restream_id)
         async with self._lock:
-            await restream.stop()
+            await self._stop_restream(restream)
             await self._maybe_stop_encoder()
         return restream
 
@@ -146,7 +165,7 @@ class ForumOutputs:
         restream = self.get(restream_id)
         async with self._lock:
             del self.restreams[restream_id]
-            await restream.close()
+            await self._stop_restream(restream, close=True)
             await self._maybe_stop_encoder()
         if self._on_status is not None:
             self._on_status(self.forum_id, None, restream_id)
@@ -157,7 +176,7 @@ class ForumOutputs:
     async def close(self) -> None:
         async with self._lock:
             self.users.clear()
-            await asyncio.gather(*(r.close() for r in self.restreams.values()))
+            await asyncio.gather(*(self._stop_restream(r, close=True) for r in self.restreams.values()))
             await self._maybe_stop_encoder()
 
 

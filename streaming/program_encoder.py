@@ -5,7 +5,7 @@ program once, for every output (restream, HLS, recording).
 of the forum's program bus: the lane's packets, already continuous across
 cuts (RFC 3550 5.1 numbering kept by the bus), are rebuilt into frames
 (H.264 access units per RFC 6184, Opus packets as they are; nothing is
-decoded in Python) and written as live Matroska to a `ProgramFeed`, a
+decoded in Python) and written as live Matroska to an `MkvFeed` (streaming/mkv_feed.py), a
 Unix socket in the encoder's private (0700) directory that the encoder's
 ffmpeg reads. Not plain RTP on a loopback UDP port: any local user could
 send forged packets into a forum's outputs there (ffmpeg's RTP demuxer
@@ -37,13 +37,11 @@ from pathlib import Path
 
 import ffmpeg
 
-from streaming import live_mkv
 from streaming.ffmpeg_process import RestartPolicy, Supervisor
-from streaming.h264_depacketize import H264Depacketizer
-from streaming.program_bus import Lane, ProgramBus
+from streaming.mkv_feed import FeedEgress, MkvFeed
+from streaming.program_bus import ProgramBus
 from streaming.program_tee import ProgramTee
 from streaming.rtp_codecs import H264, OPUS
-from streaming.rtp_source import ForwardPacket
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +67,7 @@ class OutputProfile:
 
 def encoder_args(input_path: Path, tee_path: Path, profile: OutputProfile) -> list[str]:
     """ffmpeg's arguments: live Matroska from the Unix socket `input_path`
-    (a ProgramFeed), one MPEG-TS to the tee's Unix socket `tee_path`."""
+    (an MkvFeed), one MPEG-TS to the tee's Unix socket `tee_path`."""
     source = ffmpeg.input(
         f"unix:{input_path}", format="matroska",
         fflags="+genpts+discardcorrupt", analyzeduration=500_000, probesize=500_000,
@@ -102,133 +100,6 @@ def encoder_args(input_path: Path, tee_path: Path, profile: OutputProfile) -> li
     return list(out.get_args())
 
 
-class ProgramFeed:
-    """The encoder's input: a Unix stream server at `path` (in a private
-    0700 directory) to which the encoder's ffmpeg connects, reading the
-    program as live Matroska (streaming/live_mkv.py). Each connection (a
-    restarted ffmpeg makes a new one) gets the header, then video from the
-    next IDR (a CFR output would otherwise fill from 0 to the first
-    picture) and audio from then on; timestamps start at 0 on both tracks.
-    `end()` closes the connection: end of input, ffmpeg flushes and exits.
-    A reader `max_buffer` bytes behind is dropped (its ffmpeg restarts)."""
-
-    def __init__(self, path: Path, *, max_buffer: int = 8 * 1024 * 1024) -> None:
-        self.path = path
-        self.max_buffer = max_buffer
-        self._server: asyncio.Server | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self.video_started = False
-        self._clock: dict[int, tuple[int, int]] = {}  # track -> (last RTP ts, ticks since the first)
-        self.frames = 0
-        self.connections = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_unix_server(self._on_connect, path=str(self.path))
-
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._server is None:
-            writer.close()
-            return
-        self._drop()
-        self._writer = writer
-        self.connections += 1
-        self.video_started = False
-        self._clock.clear()
-        writer.write(live_mkv.header())
-        try:
-            await reader.read()  # ffmpeg sends nothing: EOF when it goes
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            if self._writer is writer:
-                self._drop()
-
-    def _drop(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-
-    def _ms(self, track: int, ts: int, clock: int) -> int:
-        last = self._clock.get(track)
-        if last is None:
-            ticks = 0
-        else:
-            step = (ts - last[0]) & 0xFFFFFFFF
-            ticks = last[1] + (step - (1 << 32) if step >= 1 << 31 else step)
-        self._clock[track] = (ts, ticks)
-        return ticks * 1000 // clock
-
-    def _write(self, data: bytes) -> None:
-        writer = self._writer
-        if writer is None or writer.transport.is_closing():
-            return
-        if writer.transport.get_write_buffer_size() > self.max_buffer:
-            logger.warning("ProgramFeed(%s) encoder too far behind: dropped", self.path.name)
-            self._drop()
-            return
-        writer.write(data)
-        self.frames += 1
-
-    def video(self, ts: int, access_unit: bytes, idr: bool) -> None:
-        if self._writer is None or not (self.video_started or idr):
-            return
-        self.video_started = True
-        self._write(live_mkv.frame(live_mkv.VIDEO, self._ms(live_mkv.VIDEO, ts, 90_000), access_unit, idr))
-
-    def audio(self, ts: int, packet: bytes) -> None:
-        if self._writer is None or not self.video_started:
-            return
-        self._write(live_mkv.frame(live_mkv.AUDIO, self._ms(live_mkv.AUDIO, ts, 48_000), packet, True))
-
-    def end(self) -> None:
-        """End of input for the encoder; no new connection is taken."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        self._drop()
-
-
-class FeedEgress:
-    """A `ProgramSink` on one lane that hands its frames to a ProgramFeed:
-    H.264 access units rebuilt from RTP (h264_depacketize.py), Opus
-    packets as they are. Takes only codec family `codec`."""
-
-    __slots__ = ("kind", "codec", "ssrc", "lane", "active", "primed", "feed", "packets", "_depacketizer")
-
-    def __init__(self, kind: str, codec: str, feed: ProgramFeed) -> None:
-        self.kind = kind
-        self.codec = codec
-        self.ssrc = 0  # nothing goes out as RTP
-        self.lane: Lane | None = None
-        self.active = False
-        self.primed = False  # video: has seen a keyframe's first packet
-        self.feed = feed
-        self.packets = 0
-        self._depacketizer = H264Depacketizer()
-
-    def set_codec(self, key: str | None) -> None:
-        self.active = key == self.codec
-
-    def forward(self, fp: ForwardPacket, seq: int, ts: int) -> None:
-        if not self.active or fp.late:
-            return  # the encoder does its own concealment; no retransmissions
-        self.packets += 1
-        if self.kind == "audio":
-            self.feed.audio(ts, fp.payload)
-            return
-        if not self.primed:
-            if not fp.key:
-                return
-            self.primed = True
-            for i, head in enumerate(fp.head):  # the keyframe's earlier packets (SPS, PPS)
-                self._push(head, (seq - len(fp.head) + i) & 0xFFFF, ts)
-        self._push(fp, seq, ts)
-
-    def _push(self, fp: ForwardPacket, seq: int, ts: int) -> None:
-        for unit_ts, access_unit, idr in self._depacketizer.push(fp.payload, seq, ts, bool(fp.marker)):
-            self.feed.video(unit_ts, access_unit, idr)
-
-
 class _State(enum.Enum):
     NEW = "new"
     RUNNING = "running"
@@ -254,7 +125,7 @@ class ProgramEncoder:
         self._ffmpeg = ffmpeg_path
         self.directory = private_directory(f"p-{forum_id[:16]}-")
         self.tee = ProgramTee(f"{forum_id}/program", self.directory)
-        self.feed = ProgramFeed(self.directory / "encoder-in.sock")
+        self.feed = MkvFeed(self.directory / "encoder-in.sock")
         self._state = _State.NEW
         self._video: FeedEgress | None = None
         self._audio: FeedEgress | None = None
