@@ -5,11 +5,12 @@
 
 The playlist needs a viewer (or higher) token of the forum and is short-
 lived (`Cache-Control: private, max-age=1`). Its segment URIs are signed:
-`sig` = HMAC-SHA256(node key, "<forum_id>/<exp>") with `exp` (Unix s)
+`sig` = HMAC-SHA256(key, "<forum_id>/<exp>") with `exp` (Unix s)
 rounded up to a 10-minute boundary plus 10 minutes, so every viewer in
 the same window gets the same URLs and a cache serves one copy to all;
 segments are `public, max-age=31536000, immutable` (a name is never
-reused). A forum's HLS runs while its playlist is requested (it starts
+reused). The key is derived from the token secret (HKDF, RFC 5869), so
+every node of one event signs and accepts the same URLs. A forum's HLS runs while its playlist is requested (it starts
 the program encoder on the first request and stops after 60 s without
 one). Errors are http_api's JSON: 401/403 token, 403 `forbidden` bad or
 expired signature, 404, 503 `unavailable` while the first segments are
@@ -24,7 +25,6 @@ import hashlib
 import hmac
 import logging
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator
 
@@ -52,7 +52,9 @@ class HlsService:
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
-        self._key = secrets.token_bytes(32)  # per node: a cluster would share one (not yet)
+        # the same on every node of the event (derived from the token secret): a playlist
+        # from one node signs segment URLs that any other node, or a CDN in front of all, accepts
+        self._key = app[TOKENS].derive_key("hls-segment-urls")
         self.outputs: dict[str, HlsOutput] = {}
         self._lock = asyncio.Lock()
 

@@ -59,6 +59,8 @@ class OutputProfile:
     preset: str = "veryfast"  # x264
     h264_profile: str = "high"  # or "main"
     keyframe_s: float = 2.0  # GOP length (s); no scene-cut keyframes
+    threads: int = 0  # decoder and x264 threads per forum; 0: ffmpeg's choice (one per core and more)
+    tune: str = "zerolatency"  # x264 tune ("" for none): no lookahead, no B-frames
 
     @property
     def gop(self) -> int:
@@ -71,6 +73,7 @@ def encoder_args(input_path: Path, tee_path: Path, profile: OutputProfile) -> li
     source = ffmpeg.input(
         f"unix:{input_path}", format="matroska",
         fflags="+genpts+discardcorrupt", analyzeduration=500_000, probesize=500_000,
+        **({"threads": profile.threads} if profile.threads else {}),
     )
     w, h = profile.width, profile.height
     video = (
@@ -86,7 +89,9 @@ def encoder_args(input_path: Path, tee_path: Path, profile: OutputProfile) -> li
     out = ffmpeg.output(
         video, audio, f"unix:{tee_path}",
         format="mpegts",
-        vcodec="libx264", preset=profile.preset, tune="zerolatency",
+        vcodec="libx264", preset=profile.preset,
+        **({"tune": profile.tune} if profile.tune else {}),
+        **({"threads": profile.threads} if profile.threads else {}),
         **{
             "profile:v": profile.h264_profile,
             "b:v": f"{kbps}k", "maxrate": f"{kbps}k", "bufsize": f"{2 * kbps}k",
