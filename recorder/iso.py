@@ -26,7 +26,7 @@ from pathlib import Path
 from recorder.recording import RecordingInfo, save_meta, segment_args
 from streaming import live_mkv
 from streaming.ffmpeg_process import FfmpegExit, RestartPolicy, Supervisor
-from streaming.forum_outputs import end_reader
+from streaming.end_of_input import end_reader
 from streaming.mkv_feed import FeedEgress, MkvFeed
 from streaming.program_encoder import private_directory
 from streaming.rtp_codecs import H264, OPUS

@@ -30,7 +30,8 @@ from recorder.recording import (
 )
 from streaming.ffmpeg_process import FfmpegExit, FfmpegProcess, RestartPolicy, Supervisor
 from rooms.models import SourceKind
-from streaming.forum_outputs import ProgramOutputs, end_reader
+from streaming.end_of_input import end_reader
+from streaming.forum_outputs import ProgramOutputs
 from streaming.rtp_source import SourceFeed
 
 logger = logging.getLogger(__name__)

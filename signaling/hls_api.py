@@ -35,7 +35,7 @@ from rooms.errors import RoomError
 from rooms.models import Role
 from signaling.app_keys import EVENT, SETTINGS, TOKENS
 from signaling.restream_api import OUTPUTS
-from streaming.forum_outputs import end_reader
+from streaming.end_of_input import end_reader
 from streaming.hls_output import HlsOutput, window_segments
 
 logger = logging.getLogger(__name__)

@@ -136,7 +136,9 @@ async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
         sio = app.get(SIO)
         if sio is None:
             return
-        task = asyncio.ensure_future(sio.emit("recording", info.to_json(), room=operators_room(info.forum_id)))
+        # an iso recording's changes have their own event: "recording" is the forum's program state
+        event = "iso_recording" if info.source else "recording"
+        task = asyncio.ensure_future(sio.emit(event, info.to_json(), room=operators_room(info.forum_id)))
         pending.add(task)
         task.add_done_callback(pending.discard)
 

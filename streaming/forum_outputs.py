@@ -14,9 +14,10 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from rooms.models import RestreamDestination
+from streaming.end_of_input import end_reader
 from streaming.program_bus import ProgramBus
 from streaming.program_encoder import OutputProfile, ProgramEncoder
 from streaming.restream import Restream, RestreamError, RestreamStatus
@@ -29,25 +30,6 @@ _NAME = re.compile(r"^.{1,80}$")
 
 class RestreamNotFound(KeyError):
     """No destination with that id in that forum."""
-
-
-async def end_reader(stop: Awaitable[None] | None, end_input: Awaitable[None]) -> None:
-    """Stop an output's ffmpeg by the end of its input: `stop` (its
-    Supervisor's or Restream's stop()) is started first, so the end is not
-    a crash to restart from (ffmpeg gets its 'q'), then `end_input` (e.g.
-    ForumOutputs.release) closes its tee output and ffmpeg, at end of
-    input, finishes its files and exits by itself. ('q' alone did not end
-    a reader blocked on a silent input, at a node's shutdown: its grace
-    ran out into SIGTERM and SIGKILL, 7-10 s per ffmpeg.)"""
-    if stop is None:
-        await end_input
-        return
-    stopping = asyncio.ensure_future(stop)
-    await asyncio.sleep(0)  # stop()'s first step marks the child as stopping
-    try:
-        await end_input
-    finally:
-        await stopping
 
 
 def _output_name(restream_id: str) -> str:

@@ -38,13 +38,22 @@ class MkvFeed:
     picture) and audio from then on (at once without a video track);
     timestamps start at 0 on both tracks.
     `end()` closes the connection: end of input, ffmpeg flushes and exits.
-    A reader `max_buffer` bytes behind is dropped (its ffmpeg restarts)."""
+
+    A reader that falls behind (more than `max_lag` bytes wait for it:
+    about 1 s of a 3 Mb/s source, on top of the socket's own buffer) loses
+    frames instead of piling up latency: audio until it catches up, video
+    until the next IDR once it has (a loopback RTP port dropped packets
+    the same way, corrupting frames instead). One `max_buffer` bytes
+    behind is dropped (its ffmpeg restarts)."""
 
     def __init__(self, path: Path, *, tracks: tuple[live_mkv.Track, ...] = live_mkv.PROGRAM_TRACKS,
-                 max_buffer: int = 8 * 1024 * 1024) -> None:
+                 max_lag: int = 384 * 1024, max_buffer: int = 8 * 1024 * 1024) -> None:
         self.path = path
         self.tracks = tracks
+        self.max_lag = max_lag
         self.max_buffer = max_buffer
+        self._skipping = False  # video waits for an IDR after frames were dropped
+        self.skipped = 0  # frames dropped because the reader was behind
         self._has_video = any(t.number == live_mkv.VIDEO for t in tracks)
         self._server: asyncio.Server | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -64,6 +73,7 @@ class MkvFeed:
         self._writer = writer
         self.connections += 1
         self.video_started = False
+        self._skipping = False
         self._clock.clear()
         writer.write(live_mkv.header(self.tracks))
         try:
@@ -100,14 +110,26 @@ class MkvFeed:
         writer.write(data)
         self.frames += 1
 
+    def _behind(self) -> bool:
+        writer = self._writer
+        return writer is not None and writer.transport.get_write_buffer_size() > self.max_lag
+
     def video(self, ts: int, access_unit: bytes, idr: bool) -> None:
         if self._writer is None or not (self.video_started or idr):
             return
+        if self._behind() or (self._skipping and not idr):
+            self._skipping = True
+            self.skipped += 1
+            return
+        self._skipping = False
         self.video_started = True
         self._write(live_mkv.frame(live_mkv.VIDEO, self._ms(live_mkv.VIDEO, ts, 90_000), access_unit, idr))
 
     def audio(self, ts: int, packet: bytes) -> None:
         if self._writer is None or (self._has_video and not self.video_started):
+            return
+        if self._behind():
+            self.skipped += 1
             return
         self._write(live_mkv.frame(live_mkv.AUDIO, self._ms(live_mkv.AUDIO, ts, 48_000), packet, True))
 

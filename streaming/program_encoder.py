@@ -27,7 +27,6 @@ air its video lane sends nothing and the encoder repeats its last frame.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import shutil
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import ffmpeg
 
+from streaming.end_of_input import end_reader
 from streaming.ffmpeg_process import RestartPolicy, Supervisor
 from streaming.mkv_feed import FeedEgress, MkvFeed
 from streaming.program_bus import ProgramBus
@@ -181,11 +181,10 @@ class ProgramEncoder:
             return
         self._set_state(_State.STOPPED)
         self.bus.unsubscribe(self._video, self._audio)
-        if self._supervisor is not None:
-            stopping = asyncio.ensure_future(self._supervisor.stop())  # restarts no more
-            await asyncio.sleep(0)
-            self.feed.end()  # end of input: ffmpeg ends within its grace, no signal needed
-            await stopping
-        self.feed.end()
+
+        async def end_input() -> None:
+            self.feed.end()  # ffmpeg flushes its last frames into the tee and exits
+
+        await end_reader(self._supervisor.stop() if self._supervisor else None, end_input())
         await self.tee.stop()
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -10,7 +10,8 @@ from pathlib import Path
 from recorder.recorder import Recorder
 from recorder.recording import complete_segments
 from streaming.ffmpeg_process import FfmpegExit, Supervisor
-from streaming.forum_outputs import ProgramOutputs, end_reader
+from streaming.end_of_input import end_reader
+from streaming.forum_outputs import ProgramOutputs
 from streaming.hls_output import HlsOutput
 from tests.eventually import eventually
 from tests.outputs.helpers import SMALL, program_bus, slate_feed
