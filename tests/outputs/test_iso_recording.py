@@ -6,14 +6,22 @@ recorded from then on; the slate is not."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import aiohttp
+import ffmpeg
+import pytest
 
 from recorder.recorder import Recorder
 from recorder.recording import complete_segments
-from rooms.models import SourceKind
+from rooms.models import Role, SourceKind
+from streaming.ffmpeg_process import FfmpegProcess
 from streaming.forum_outputs import ProgramOutputs
 from streaming.rtp_source import SourceFeed
 from tests.eventually import eventually
 from tests.outputs.helpers import SMALL, probe, program_bus, slate_feed
+from tests.outputs.test_recorder import FORUM, SMALL_ENV
+from tests.server_process import start_server
 
 
 async def test_each_live_source_is_recorded_copy_only_next_to_the_program(tmp_path: Path) -> None:
@@ -57,3 +65,69 @@ async def test_each_live_source_is_recorded_copy_only_next_to_the_program(tmp_pa
         assert found["video"][:3] == ("h264", *size)  # type: ignore[index]
         assert found["audio"] == ("opus", 48000)
     assert listed[""].to_json()["source"] is None
+
+
+@pytest.mark.slow
+async def test_the_server_lists_a_venue_feeds_iso_recording_with_its_source(tmp_path: Path) -> None:
+    """On the real server (record_iso on): a venue encoder publishes over
+    RTMP, a recording starts and stops; GET /api/recordings lists the
+    program (source null) and the venue's iso (its source id), whose MP4
+    is the venue's own 320x240 picture, copied."""
+    server = start_server(extra_env={**SMALL_ENV, "FORUMCAST_RECORD_ISO": "true"})
+    op = server.token(Role.OPERATOR, [FORUM])
+    headers = {"Authorization": f"Bearer {op}"}
+    venue: FfmpegProcess | None = None
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def ingest() -> dict[str, Any]:
+                async with http.get(f"{server.url}/api/forums/{FORUM}/ingest?reveal=true", headers=headers) as r:
+                    body: dict[str, Any] = await r.json()
+                    assert r.status == 200, body
+                    return body
+
+            url = (await ingest())["rtmp_url"]
+            video = ffmpeg.input("testsrc=s=320x240:r=15", f="lavfi", re=None)
+            audio = ffmpeg.input("sine=r=44100", f="lavfi", re=None)
+            venue = FfmpegProcess(ffmpeg.output(video, audio, url, t=120, vcodec="libx264", preset="ultrafast",
+                                                pix_fmt="yuv420p", g=30, bf=0, acodec="aac", f="flv",
+                                                **{"profile:v": "baseline"}).get_args(),
+                                  name="venue", loglevel="error")
+            await venue.start()
+
+            async def live() -> bool:
+                return (await ingest())["state"] == "live"
+
+            await eventually(live, timeout=60, what="the venue feed live")
+            async with http.post(f"{server.url}/api/forums/{FORUM}/recording/start", headers=headers) as r:
+                assert r.status == 201, await r.text()
+
+            async def listed() -> list[dict[str, Any]]:
+                async with http.get(f"{server.url}/api/recordings", headers=headers) as r:
+                    items: list[dict[str, Any]] = (await r.json())["recordings"]
+                    return items
+
+            async def iso_with_segments() -> bool:
+                isos = [i for i in await listed() if i["source"]]
+                return bool(isos) and all(len(complete_segments(d)) >= 2
+                                          for d in (server.data_dir / "recordings" / FORUM).glob("*--iso-*"))
+
+            await eventually(iso_with_segments, timeout=90, what="the venue's iso recording with 2 segments")
+            async with http.post(f"{server.url}/api/forums/{FORUM}/recording/stop", headers=headers) as r:
+                assert r.status == 200, await r.text()
+            items = await listed()
+            program = [i for i in items if i["source"] is None]
+            isos = [i for i in items if i["source"]]
+            assert len(program) == 1 and len(isos) == 1, items
+            iso = isos[0]
+            assert iso["state"] == "finalized" and iso["forum_id"] == FORUM and iso["duration_s"] >= 2, iso
+            async with http.get(f"{server.url}/api/recordings/{iso['id']}/media", headers=headers) as r:
+                assert r.status == 200
+                target = tmp_path / "iso.mp4"
+                target.write_bytes(await r.read())
+        found = probe(target)
+        assert found["video"][:3] == ("h264", 320, 240)  # the venue's own picture (the program is 320x180)
+        assert found["audio"] == ("opus", 48000)
+    finally:
+        if venue is not None:
+            await venue.kill()
+        server.cleanup()
