@@ -62,10 +62,15 @@ def private_dir_of(url: str) -> Path:
     assert url.startswith("unix:"), f"the program is read at {url}, not a Unix socket"
     directory = Path(url[5:]).parent
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert Path(url[5:]).is_socket()
     return directory
 
 
-async def test_the_program_reaches_the_encoder_without_a_loopback_port() -> None:
+async def _encoder_sockets(protocol: str) -> tuple[list[str], list[str], bool]:
+    """Run a forum's encoder until its first keyframe reaches the tee: the
+    encoder ffmpeg's inet sockets of `protocol` ("udp"/"tcp"), those this
+    process gained, and whether outputs read a Unix socket in a 0700
+    directory."""
     feed, slate = await slate_feed("Main Hall", "slate", 320, 180)
     bus = program_bus()
     bus.switch_to(feed)
@@ -76,16 +81,25 @@ async def test_the_program_reaches_the_encoder_without_a_loopback_port() -> None
         encoder = outputs.forum("main").encoder
         assert encoder is not None
         await eventually(lambda: encoder.tee.keyframes >= 1, timeout=60, what="the encoder's first keyframe")
-        # the program goes in (hop 1) and comes out (hop 2) without any inet socket
-        assert inet_of(pid_of(encoder._supervisor)) == []
-        gained = set(inet_of(os.getpid())) - mine_before
-        assert not [s for s in gained if s.startswith("udp")], gained  # hop 1: no RTP port
-        assert not [s for s in gained if s.startswith("tcp")], gained  # hop 2: no TS port
-        directory = private_dir_of(url)
-        assert any(p.is_socket() for p in directory.iterdir())
+        theirs = [s for s in inet_of(pid_of(encoder._supervisor)) if s.startswith(protocol)]
+        gained = [s for s in set(inet_of(os.getpid())) - mine_before if s.startswith(protocol)]
+        private = url.startswith("unix:") and Path(url[5:]).is_socket() and \
+            stat.S_IMODE(Path(url[5:]).parent.stat().st_mode) == 0o700
+        return theirs, gained, private
     finally:
         await outputs.close()
         await slate.stop()
+
+
+async def test_the_program_reaches_the_encoder_without_a_loopback_port() -> None:
+    theirs, gained, _ = await _encoder_sockets("udp")
+    assert theirs == [] and gained == []  # no RTP port in the encoder nor in the server
+
+
+async def test_the_encoder_reaches_the_tee_without_a_loopback_port() -> None:
+    theirs, gained, private = await _encoder_sockets("tcp")
+    assert theirs == [] and gained == []  # no TS port
+    assert private  # the tee's output: a Unix socket in a 0700 directory
 
 
 async def test_the_recorder_and_hls_read_the_tee_without_a_loopback_port(tmp_path: Path) -> None:
