@@ -49,7 +49,8 @@ class IsoRecording:
     """`feed`'s tracks copied into `directory` (which holds `info`'s
     meta.json)."""
 
-    def __init__(self, info: RecordingInfo, directory: Path, feed: SourceFeed, *, ffmpeg_path: str = "") -> None:
+    def __init__(self, info: RecordingInfo, directory: Path, feed: SourceFeed, *, ffmpeg_path: str = "",
+                 private_root: Path | None = None) -> None:
         self.info = info
         self.directory = directory
         self.source = feed
@@ -59,7 +60,7 @@ class IsoRecording:
         audio = feed.audio if feed.audio is not None and _family(feed.audio.codec.mimeType) == OPUS else None
         tracks = tuple(t for t in live_mkv.PROGRAM_TRACKS
                        if (t.kind == "video" and video is not None) or (t.kind == "audio" and audio is not None))
-        self._private = private_directory(f"i-{feed.source_id[:16]}-")
+        self._private = private_directory(f"i-{feed.source_id[:16]}-", private_root)
         self._feed = MkvFeed(self._private / "iso-in.sock", tracks=tracks)
         self._sinks: list[tuple[RtpSource, FeedEgress]] = []
         for source, codec in ((video, H264), (audio, OPUS)):

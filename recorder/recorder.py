@@ -192,7 +192,8 @@ class Recorder:
             iso_id = f"{main.id}--iso-{_SAFE.sub('-', source_id)[:48]}-{int(time.time()) % 100000:05d}"
             directory = self.root / forum_id / iso_id
             info = RecordingInfo(iso_id, forum_id, main.session, time.time(), source=source_id)
-            iso = IsoRecording(info, directory, feed, ffmpeg_path=self._ffmpeg)
+            iso = IsoRecording(info, directory, feed, ffmpeg_path=self._ffmpeg,
+                               private_root=self._outputs.private_root)
             if iso.empty:
                 logger.warning("Recorder(%s) source %s has no H.264 or Opus track: no iso recording",
                                forum_id, source_id)

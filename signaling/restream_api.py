@@ -31,6 +31,7 @@ from signaling.app_keys import EVENT, MEDIA, SETTINGS, SIO
 from signaling.http_api import json_response
 from signaling.operator_api import _body, _forum
 from signaling.sio_server import operators_room
+from streaming.child_processes import run_id
 from streaming.forum_outputs import ProgramOutputs, RestreamNotFound
 from streaming.program_encoder import OutputProfile
 from streaming.restream import RestreamError, RestreamStatus
@@ -113,7 +114,8 @@ async def _outputs_ctx(app: web.Application) -> AsyncIterator[None]:
             inputs.ensure_slate(forum_id)
 
     outputs = ProgramOutputs(lambda forum_id: app[MEDIA].program_bus(forum_id), profile,
-                             ffmpeg_path=ffmpeg_path(settings), on_need=need)
+                             ffmpeg_path=ffmpeg_path(settings), on_need=need,
+                             private_root=settings.data_dir / "run" / "secrets" / run_id())
     for forum in app[EVENT].forums:
         if forum.restreams:
             outputs.load_event_destinations(forum.id, forum.restreams, os.environ)

@@ -15,6 +15,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from rooms.models import RestreamDestination
 from streaming.end_of_input import end_reader
@@ -41,8 +42,9 @@ class ForumOutputs:
 
     def __init__(self, forum_id: str, bus: ProgramBus, profile: OutputProfile, *,
                  ffmpeg_path: str = "", on_status: StatusListener | None = None,
-                 on_need: Callable[[str], None] | None = None) -> None:
+                 on_need: Callable[[str], None] | None = None, private_root: Path | None = None) -> None:
         self.forum_id = forum_id
+        self._private_root = private_root
         self._on_need = on_need
         self.bus = bus
         self.profile = profile
@@ -62,7 +64,8 @@ class ForumOutputs:
         if self.encoder is None:
             if self._on_need is not None:
                 self._on_need(self.forum_id)  # e.g. start the forum's slate: the program is never empty
-            self.encoder = ProgramEncoder(self.forum_id, self.bus, self.profile, ffmpeg_path=self._ffmpeg)
+            self.encoder = ProgramEncoder(self.forum_id, self.bus, self.profile, ffmpeg_path=self._ffmpeg,
+                                          private_root=self._private_root)
             await self.encoder.start()
 
     async def _maybe_stop_encoder(self) -> None:
@@ -106,7 +109,7 @@ class ForumOutputs:
             raise RestreamError(f"a restream {restream_id!r} exists in this forum")
         restream = Restream(restream_id, name, url, stream_key,
                             source_url=lambda: self._restream_outputs.get(restream_id) or self._source_url(),
-                            on_status=self._status)
+                            on_status=self._status, private_root=self._private_root)
         self.restreams[restream_id] = restream
         self._status(restream.status())
         return restream
@@ -167,7 +170,9 @@ class ProgramOutputs:
     forum's program bus (MediaPlane.program_bus)."""
 
     def __init__(self, bus_for: Callable[[str], ProgramBus], profile: OutputProfile, *,
-                 ffmpeg_path: str = "", on_need: Callable[[str], None] | None = None) -> None:
+                 ffmpeg_path: str = "", on_need: Callable[[str], None] | None = None,
+                 private_root: Path | None = None) -> None:
+        self.private_root = private_root  # where encoders make their private directories (see private_directory)
         self._bus_for = bus_for
         self._on_need = on_need
         self.profile = profile
@@ -189,7 +194,8 @@ class ProgramOutputs:
         outputs = self.forums.get(forum_id)
         if outputs is None:
             outputs = ForumOutputs(forum_id, self._bus_for(forum_id), self.profile,
-                                   ffmpeg_path=self._ffmpeg, on_status=self._notify, on_need=self._on_need)
+                                   ffmpeg_path=self._ffmpeg, on_status=self._notify, on_need=self._on_need,
+                                   private_root=self.private_root)
             self.forums[forum_id] = outputs
         return outputs
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -111,10 +112,20 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-def private_directory(prefix: str) -> Path:
-    """A new directory only this user can enter (0700, mkdtemp), in the
-    system temp dir: a Unix socket path holds at most 107 bytes."""
-    return Path(tempfile.mkdtemp(prefix=prefix[:24]))
+_MAX_PARENT = 56  # + "/p-<16>-<8>/out-r<12>.sock" (50) stays under a Unix socket path's 108 bytes
+
+
+def private_directory(prefix: str, parent: Path | None = None) -> Path:
+    """A new directory only this user can enter (0700, mkdtemp) under
+    `parent` (the run's secrets directory: a dead run's is removed at the
+    next start, child_processes.remove_dead_runs), or the system temp dir
+    when there is none or its path is too long for a Unix socket's."""
+    if parent is not None and len(str(parent)) > _MAX_PARENT:
+        parent = None
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(parent, 0o700)
+    return Path(tempfile.mkdtemp(prefix=prefix[:24], dir=parent))
 
 
 class ProgramEncoder:
@@ -123,12 +134,12 @@ class ProgramEncoder:
     socket in the encoder's private 0700 directory (`directory`)."""
 
     def __init__(self, forum_id: str, bus: ProgramBus, profile: OutputProfile, *,
-                 ffmpeg_path: str = "") -> None:
+                 ffmpeg_path: str = "", private_root: Path | None = None) -> None:
         self.forum_id = forum_id
         self.bus = bus
         self.profile = profile
         self._ffmpeg = ffmpeg_path
-        self.directory = private_directory(f"p-{forum_id[:16]}-")
+        self.directory = private_directory(f"p-{forum_id[:16]}-", private_root)
         self.tee = ProgramTee(f"{forum_id}/program", self.directory)
         self.feed = MkvFeed(self.directory / "encoder-in.sock")
         self._state = _State.NEW
