@@ -104,6 +104,7 @@ async def run(seconds: float, profile: OutputProfile) -> None:
         full = await _measure(pids, seconds)
         pace = (encoder.tee.keyframes - keys) * profile.keyframe_s / seconds
         tee = encoder.tee
+        skipped = encoder.feed.skipped
     finally:
         if hls is not None:
             await hls.stop()
@@ -123,7 +124,7 @@ async def run(seconds: float, profile: OutputProfile) -> None:
     print(f"{'per forum':<14}{per_forum:>14.1f}   (encode + 2 restreams + HLS + recorder; the server's own")
     print(f"{'':<14}{'':>14}    tee/fan-in work is in the server process, not counted here)")
     print(f"forums per core: {100 / per_forum:.2f}; tee got {tee.bytes_in / 1e6:.1f} MB, "
-          f"dropped consumers {tee.dropped_consumers}")
+          f"dropped consumers {tee.dropped_consumers}, input frames skipped (encoder behind) {skipped}")
     print(f"pace (media s encoded per wall s, +-{profile.keyframe_s / seconds:.2f}): encode alone {pace_alone:.2f}, "
           f"forum {pace:.2f}; per forum at real time {per_forum / max(pace, 0.01):.1f} % "
           f"-> {100 * max(pace, 0.01) / per_forum:.2f} forums per core")

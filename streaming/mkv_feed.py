@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+SOCKET_BUFFER = 64 * 1024  # bytes in flight to the reader before our own queue grows
+
 
 class MkvFeed:
     """An ffmpeg's input: a Unix stream server at `path` (in a private
@@ -39,15 +42,15 @@ class MkvFeed:
     timestamps start at 0 on both tracks.
     `end()` closes the connection: end of input, ffmpeg flushes and exits.
 
-    A reader that falls behind (more than `max_lag` bytes wait for it:
-    about 1 s of a 3 Mb/s source, on top of the socket's own buffer) loses
-    frames instead of piling up latency: audio until it catches up, video
-    until the next IDR once it has (a loopback RTP port dropped packets
-    the same way, corrupting frames instead). One `max_buffer` bytes
-    behind is dropped (its ffmpeg restarts)."""
+    A reader that falls behind (more than `max_lag` bytes wait for it
+    beyond a `SOCKET_BUFFER` socket buffer: about 0.5 s of a 3 Mb/s
+    source, what a loopback UDP port's receive buffer held before it
+    dropped packets, corrupting frames) loses frames instead of piling up
+    latency: audio until it catches up, video until the next IDR once it
+    has. One `max_buffer` bytes behind is dropped (its ffmpeg restarts)."""
 
     def __init__(self, path: Path, *, tracks: tuple[live_mkv.Track, ...] = live_mkv.PROGRAM_TRACKS,
-                 max_lag: int = 384 * 1024, max_buffer: int = 8 * 1024 * 1024) -> None:
+                 max_lag: int = 128 * 1024, max_buffer: int = 8 * 1024 * 1024) -> None:
         self.path = path
         self.tracks = tracks
         self.max_lag = max_lag
@@ -75,6 +78,9 @@ class MkvFeed:
         self.video_started = False
         self._skipping = False
         self._clock.clear()
+        sock = writer.get_extra_info("socket")
+        if sock is not None:  # a small socket buffer: a lag shows in our queue, where frames can be chosen
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         writer.write(live_mkv.header(self.tracks))
         try:
             await reader.read()  # ffmpeg sends nothing: EOF when it goes
