@@ -8,7 +8,7 @@ veryfast, 3000 kb/s, AAC 128 kb/s); then two restream destinations
 the recorder are added. Each child's CPU is read from /proc over the
 same wall-clock window.
 
-    python3 -m bench.outputs [--seconds 20] [--preset veryfast] [--kbps 3000]
+    python3 -m bench.outputs [--seconds 20] [--preset veryfast] [--kbps 3000] [--threads 0] [--tune zerolatency]
 
 Prints one table (percent of one core) and the forums per core.
 """
@@ -70,7 +70,11 @@ async def run(seconds: float, profile: OutputProfile) -> None:
         assert encoder is not None
         while encoder.tee.keyframes < 2:
             await asyncio.sleep(0.1)
+        keys = encoder.tee.keyframes
         encode_only = await _measure({"encode": _pid(encoder._supervisor)}, seconds)
+        # media seconds encoded per wall second (the tee sees one keyframe per GOP): on a loaded
+        # machine an encoder that falls behind uses less CPU per wall second, not less per frame
+        pace_alone = (encoder.tee.keyframes - keys) * profile.keyframe_s / seconds
 
         for n in range(2):
             import socket
@@ -96,8 +100,11 @@ async def run(seconds: float, profile: OutputProfile) -> None:
                 "recorder": _pid(recorder._active["bench"].supervisor)}
         for n, restream in enumerate(forum.restreams.values()):
             pids[f"restream {n + 1}"] = _pid(restream._supervisor)
+        keys = encoder.tee.keyframes
         full = await _measure(pids, seconds)
+        pace = (encoder.tee.keyframes - keys) * profile.keyframe_s / seconds
         tee = encoder.tee
+        skipped = encoder.feed.skipped
     finally:
         if hls is not None:
             await hls.stop()
@@ -108,6 +115,7 @@ async def run(seconds: float, profile: OutputProfile) -> None:
         await player.stop()
     per_forum = sum(full.values())
     print(f"profile: {profile.width}x{profile.height}@{profile.fps} x264 {profile.preset} "
+          f"tune {profile.tune or 'none'} threads {profile.threads or 'auto'} "
           f"{profile.video_kbps} kb/s + AAC {profile.audio_kbps} kb/s; {seconds:.0f} s windows")
     print(f"{'process':<14}{'% of one core':>14}")
     print(f"{'encode alone':<14}{encode_only['encode']:>14.1f}")
@@ -116,7 +124,10 @@ async def run(seconds: float, profile: OutputProfile) -> None:
     print(f"{'per forum':<14}{per_forum:>14.1f}   (encode + 2 restreams + HLS + recorder; the server's own")
     print(f"{'':<14}{'':>14}    tee/fan-in work is in the server process, not counted here)")
     print(f"forums per core: {100 / per_forum:.2f}; tee got {tee.bytes_in / 1e6:.1f} MB, "
-          f"dropped consumers {tee.dropped_consumers}")
+          f"dropped consumers {tee.dropped_consumers}, input frames skipped (encoder behind) {skipped}")
+    print(f"pace (media s encoded per wall s, +-{profile.keyframe_s / seconds:.2f}): encode alone {pace_alone:.2f}, "
+          f"forum {pace:.2f}; per forum at real time {per_forum / max(pace, 0.01):.1f} % "
+          f"-> {100 * max(pace, 0.01) / per_forum:.2f} forums per core")
 
 
 def main() -> None:
@@ -127,10 +138,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=OutputProfile.threads, help="0: ffmpeg's choice")
+    parser.add_argument("--tune", default=OutputProfile.tune, help="x264 tune; '' for none")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     profile = OutputProfile(width=args.width, height=args.height, fps=args.fps, video_kbps=args.kbps,
-                            preset=args.preset)
+                            preset=args.preset, threads=args.threads, tune=args.tune)
     asyncio.run(run(args.seconds, profile))
 
 

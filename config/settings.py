@@ -123,6 +123,7 @@ class Settings:
     output_audio_kbps: int = 128
     output_preset: str = "veryfast"  # x264
     record_sessions: bool = True  # record sessions of forums marked `recorded` while live
+    record_iso: bool = False  # also record each live source of a recording forum, copy only (an "iso")
     hls_dvr_window_s: int = 0  # 0: a 12 s live window; else the seconds of rewind the HLS playlist offers
 
     def __post_init__(self) -> None:
@@ -425,6 +426,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "output_audio_kbps": _positive_int,
     "output_preset": _x264_preset,
     "record_sessions": _as_bool,
+    "record_iso": _as_bool,
     "hls_dvr_window_s": _non_negative_int,
 }
 _PATH_KEYS = {"event_file", "data_dir"}

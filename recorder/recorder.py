@@ -14,6 +14,7 @@ States of a recording: recording -> finalizing -> finalized | failed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -22,16 +23,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from recorder.iso import IsoRecording
 from recorder.recording import (
     RecordingInfo, complete_segments, finalize_args, join_segments, load_meta, media_duration,
     save_meta, segment_args,
 )
 from streaming.ffmpeg_process import FfmpegExit, FfmpegProcess, RestartPolicy, Supervisor
+from rooms.models import SourceKind
+from streaming.end_of_input import end_reader
 from streaming.forum_outputs import ProgramOutputs
+from streaming.rtp_source import SourceFeed
 
 logger = logging.getLogger(__name__)
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_ISO_KINDS = (SourceKind.LIVE, SourceKind.VENUE)  # raw sources: not the slate, not a playout of a file
 
 
 class RecorderError(Exception):
@@ -50,15 +56,23 @@ class _Active:
         self.directory = directory
         self.supervisor: Supervisor | None = None
         self.watch: asyncio.Task[None] | None = None
+        self.isos: dict[str, IsoRecording] = {}  # source id -> its iso recording
 
 
 class Recorder:
-    """`on_change(info)` is called on every state change (must not block)."""
+    """`on_change(info)` is called on every state change (must not block).
+    With `iso`, each live source (`feeds_of(forum_id)`: remote speakers and
+    venue feeds, not the slate or playouts) of a recording forum is also
+    recorded copy only (recorder/iso.py), checked every `check_interval` s
+    so a source that joins later is recorded from then on."""
 
     def __init__(self, root: Path, outputs: ProgramOutputs, *, ffmpeg_path: str = "",
                  min_free_bytes: int = 256 * 1024 * 1024, check_interval: float = 2.0,
-                 on_change: Callable[[RecordingInfo], None] | None = None) -> None:
+                 on_change: Callable[[RecordingInfo], None] | None = None, iso: bool = False,
+                 feeds_of: Callable[[str], list[SourceFeed]] | None = None) -> None:
         self.root = root
+        self.iso = iso
+        self._feeds_of = feeds_of
         self._outputs = outputs
         self._ffmpeg = ffmpeg_path
         self.min_free_bytes = min_free_bytes
@@ -77,13 +91,14 @@ class Recorder:
     def recordings(self) -> list[RecordingInfo]:
         """Every recording on this node, oldest first."""
         infos = []
+        live = {a.info.id: a.info for a in self._active.values()}
+        live.update({i.info.id: i.info for a in self._active.values() for i in a.isos.values()})
         for directory in self._directories():
             info = load_meta(directory)
             if info is None:
                 continue
-            active = self._active.get(info.forum_id)
-            if active is not None and active.info.id == info.id:
-                info = active.info
+            if info.id in live and info.state == "recording":
+                info = live[info.id]
                 info.size = sum(p.stat().st_size for p in directory.glob("seg-*.ts"))
                 info.duration_s = time.time() - info.started_at
             infos.append(info)
@@ -147,6 +162,7 @@ class Recorder:
                 on_exit=lambda result: self._on_exit(forum_id, result),
             )
             await active.supervisor.start()
+            await self._sync_isos(forum_id, active)
             active.watch = asyncio.create_task(self._watch_disk(forum_id), name=f"recorder-disk-{forum_id}")
         logger.info("Recorder(%s) recording %s", forum_id, recording_id)
         self._changed(info)
@@ -159,9 +175,46 @@ class Recorder:
         if self._free() < self.min_free_bytes or any("No space left" in line for line in result.stderr_tail):
             asyncio.ensure_future(self.stop(forum_id, alert="the disk is full: recording stopped"))
 
+    async def _sync_isos(self, forum_id: str, active: _Active) -> None:
+        """Start an iso recording for each live source that has none; stop
+        and finalize those whose source left."""
+        if not self.iso or self._feeds_of is None:
+            return
+        feeds = {f.source_id: f for f in self._feeds_of(forum_id) if f.kind in _ISO_KINDS}
+        for source_id, iso in list(active.isos.items()):
+            if feeds.get(source_id) is not iso.source:
+                del active.isos[source_id]
+                await self._end_iso(iso)
+        for source_id, feed in feeds.items():
+            if source_id in active.isos:
+                continue
+            main = active.info
+            iso_id = f"{main.id}--iso-{_SAFE.sub('-', source_id)[:48]}-{int(time.time()) % 100000:05d}"
+            directory = self.root / forum_id / iso_id
+            info = RecordingInfo(iso_id, forum_id, main.session, time.time(), source=source_id)
+            iso = IsoRecording(info, directory, feed, ffmpeg_path=self._ffmpeg,
+                               private_root=self._outputs.private_root)
+            if iso.empty:
+                logger.warning("Recorder(%s) source %s has no H.264 or Opus track: no iso recording",
+                               forum_id, source_id)
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
+            save_meta(directory, info)
+            active.isos[source_id] = iso
+            await iso.start()
+            logger.info("Recorder(%s) iso recording %s", forum_id, iso_id)
+            self._changed(info)
+
+    async def _end_iso(self, iso: IsoRecording) -> None:
+        await iso.stop()
+        await self._finalize(iso.directory, iso.info)
+
     async def _watch_disk(self, forum_id: str) -> None:
         while True:
             await asyncio.sleep(self._interval)
+            active = self._active.get(forum_id)
+            if active is not None:
+                await self._sync_isos(forum_id, active)
             try:
                 free = self._free()
             except OSError as error:
@@ -181,12 +234,16 @@ class Recorder:
             raise RecorderError("not_found", f"forum {forum_id!r} is not recording")
         if active.watch is not None and active.watch is not asyncio.current_task():
             active.watch.cancel()
-        if active.supervisor is not None:
-            await active.supervisor.stop()
-        await self._outputs.forum(forum_id).release(f"recorder:{active.info.id}")
+            with contextlib.suppress(asyncio.CancelledError):
+                await active.watch
+        isos = list(active.isos.values())
+        active.isos.clear()
+        ending = asyncio.gather(*(self._end_iso(iso) for iso in isos), return_exceptions=True)
+        await end_reader(active.supervisor.stop() if active.supervisor else None, self._outputs.forum(forum_id).release(f"recorder:{active.info.id}"))
         info = active.info
         info.alert = alert
         await self._finalize(active.directory, info)
+        await ending
         return info
 
     async def _finalize(self, directory: Path, info: RecordingInfo) -> None:

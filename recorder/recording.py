@@ -5,8 +5,9 @@ player starts before the download ends, ISO/IEC 14496-12).
 
 On disk, under `<root>/<forum_id>/<id>/`:
 - `meta.json`: {"id", "forum_id", "session", "started_at" (Unix s),
-  "state", "runs", "alert"}; state: recording | finalizing | finalized |
-  failed.
+  "state", "runs", "alert", "source"}; state: recording | finalizing |
+  finalized | failed; source: the raw source of an iso recording
+  (recorder/iso.py), "" for the program.
 - `seg-<run>-<n>.ts`: segments; ffmpeg's segment muxer lists a segment
   in `index-<run>.csv` only once it is complete, so after a crash the
   index names exactly the complete ones (a restarted child starts a new
@@ -46,12 +47,13 @@ class RecordingInfo:
     duration_s: float = 0.0
     size: int = 0  # bytes of the MP4 (or of the segments while recording)
     alert: str = ""  # why it stopped early (disk full, ...)
+    source: str = ""  # an iso recording's source id; "" for the forum's program
 
     def to_json(self) -> dict[str, object]:
         return {
             "id": self.id, "forum_id": self.forum_id, "session": self.session,
             "start": self.started_at, "duration_s": round(self.duration_s, 2), "size": self.size,
-            "state": self.state, "alert": self.alert,
+            "state": self.state, "alert": self.alert, "source": self.source or None,
         }
 
 
@@ -70,11 +72,12 @@ def load_meta(directory: Path) -> RecordingInfo | None:
         return None
 
 
-def segment_args(source_url: str, directory: Path, run: int) -> list[str]:
-    """ffmpeg: the program (MPEG-TS from the tee) copied into segments of
-    this run, each listed in index-<run>.csv when complete."""
+def segment_args(source_url: str, directory: Path, run: int, *, input_format: str = "mpegts") -> list[str]:
+    """ffmpeg: the program (MPEG-TS from the tee), or a raw source (live
+    Matroska, an iso recording), copied into segments of this run, each
+    listed in index-<run>.csv when complete."""
     return list(
-        ffmpeg.input(source_url, format="mpegts")
+        ffmpeg.input(source_url, format=input_format)
         .output(
             str(directory / f"seg-{run:03d}-%05d.ts"), format="segment", c="copy",
             segment_time=SEGMENT_S, segment_format="mpegts", reset_timestamps=0,

@@ -107,6 +107,17 @@ class TokenService:
             claims["lang"] = language
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
+    def derive_key(self, purpose: str, length: int = 32) -> bytes:
+        """A key for one other `purpose` (e.g. "hls-segment-urls"), derived
+        from the token secret with HKDF-SHA256 (RFC 5869; `purpose` is its
+        info): every node holding the same secret derives the same key,
+        and the key tells nothing about the secret or other purposes."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=f"forumcast {purpose}".encode())
+        return hkdf.derive(self._secret.encode())
+
     def verify(self, token: str | None) -> Grant:
         """The grant a token carries, or RoomError (token_missing,
         token_expired, token_invalid)."""

@@ -6,11 +6,12 @@
 The playlist needs a viewer (or higher) token of the forum (none on a
 public event, as for socket.io's guests; a token sent is still checked) and is short-
 lived (`Cache-Control: private, max-age=1`). Its segment URIs are signed:
-`sig` = HMAC-SHA256(node key, "<forum_id>/<exp>") with `exp` (Unix s)
+`sig` = HMAC-SHA256(key, "<forum_id>/<exp>") with `exp` (Unix s)
 rounded up to a 10-minute boundary plus 10 minutes, so every viewer in
 the same window gets the same URLs and a cache serves one copy to all;
 segments are `public, max-age=31536000, immutable` (a name is never
-reused). A forum's HLS runs while its playlist is requested (it starts
+reused). The key is derived from the token secret (HKDF, RFC 5869), so
+every node of one event signs and accepts the same URLs. A forum's HLS runs while its playlist is requested (it starts
 the program encoder on the first request and stops after 60 s without
 one). Errors are http_api's JSON: 401/403 token, 403 `forbidden` bad or
 expired signature, 404, 503 `unavailable` while the first segments are
@@ -27,7 +28,6 @@ import hashlib
 import hmac
 import logging
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator
 
@@ -38,6 +38,7 @@ from rooms.errors import RoomError
 from rooms.models import Role
 from signaling.app_keys import EVENT, OUTPUTS, SETTINGS, TOKENS
 from signaling.ownership import forum_owner, redirect_url
+from streaming.end_of_input import end_reader
 from streaming.hls_output import HlsOutput, window_segments
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,9 @@ class HlsService:
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
-        self._key = secrets.token_bytes(32)  # per node: a cluster would share one (not yet)
+        # the same on every node of the event (derived from the token secret): a playlist
+        # from one node signs segment URLs that any other node, or a CDN in front of all, accepts
+        self._key = app[TOKENS].derive_key("hls-segment-urls")
         self.outputs: dict[str, HlsOutput] = {}
         self._lock = asyncio.Lock()
 
@@ -86,8 +89,8 @@ class HlsService:
         async with self._lock:
             output = self.outputs.pop(forum_id, None)
             if output is not None:
+                await end_reader(output.supervisor.stop() if output.supervisor else None, self._app[OUTPUTS].forum(forum_id).release("hls"))
                 await output.stop()
-                await self._app[OUTPUTS].forum(forum_id).release("hls")
 
     async def reap_idle(self) -> None:
         while True:

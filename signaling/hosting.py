@@ -83,7 +83,8 @@ class SioNotifier:
         self._emit("restreams", body, operators_room(forum_id))
 
     def recording(self, forum_id: str, body: JsonObject) -> None:
-        self._emit("recording", body, operators_room(forum_id))
+        # an iso recording (one source's) has its own event: "recording" is the forum's program's
+        self._emit("iso_recording" if body.get("source") else "recording", body, operators_room(forum_id))
 
     def media_job(self, forum_id: str, body: JsonObject, finished: bool) -> None:
         self._emit("media_job", body, forum_room(forum_id))
@@ -141,7 +142,8 @@ async def _hosting_ctx(app: web.Application) -> AsyncIterator[None]:
             hosts.need(forum_id)
 
     outputs = ProgramOutputs(lambda forum_id: app[MEDIA].program_bus(forum_id), output_profile(settings),
-                             ffmpeg_path=ffmpeg_path(settings), on_need=need)
+                             ffmpeg_path=ffmpeg_path(settings), on_need=need,
+                             private_root=settings.data_dir / "run" / "secrets" / run_id())
     app[OUTPUTS] = outputs
     scheduler: AgendaScheduler | None = None
     uploads = TusStore(settings.data_dir / "media" / "uploads", library)

@@ -32,7 +32,7 @@ from recorder.schedule import due_recordings, plan
 from rooms.errors import RoomError
 from rooms.models import Role
 from rooms.forum_control import JsonObject
-from signaling.app_keys import AGENDA, EVENT, HOSTS, NOTIFIER, OUTPUTS, SETTINGS, TOKENS
+from signaling.app_keys import AGENDA, EVENT, HOSTS, MEDIA, NOTIFIER, OUTPUTS, SETTINGS, TOKENS
 from signaling.http_api import json_response
 from signaling.operator_common import control_of, operator_forum, read_body
 from streaming.forum_host import system_grant
@@ -153,8 +153,9 @@ async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
         if notifier is not None:
             notifier.recording(info.forum_id, dict(info.to_json()))
 
+    plane = app[MEDIA]
     recorder = Recorder(settings.data_dir / "recordings", app[OUTPUTS], ffmpeg_path=ffmpeg_path(settings),
-                        on_change=on_change)
+                        on_change=on_change, iso=settings.record_iso, feeds_of=plane.feeds)
     app[RECORDER] = recorder
     hosts = app.get(HOSTS)
     if hosts is not None:

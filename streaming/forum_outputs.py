@@ -10,12 +10,15 @@ the environment variable `key_env`) and from operators at run time.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import secrets
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from rooms.models import RestreamDestination
+from streaming.end_of_input import end_reader
 from streaming.program_bus import ProgramBus
 from streaming.program_encoder import OutputProfile, ProgramEncoder
 from streaming.restream import Restream, RestreamError, RestreamStatus
@@ -32,13 +35,18 @@ class RestreamNotFound(KeyError):
     """No destination with that id in that forum."""
 
 
+def _output_name(restream_id: str) -> str:
+    return "r" + hashlib.sha256(restream_id.encode()).hexdigest()[:12]
+
+
 class ForumOutputs:
     """One forum's encoder and destinations. `bus` is the forum's program."""
 
     def __init__(self, forum_id: str, bus: ProgramBus, profile: OutputProfile, *,
                  ffmpeg_path: str = "", on_status: StatusListener | None = None,
-                 on_need: Callable[[str], None] | None = None) -> None:
+                 on_need: Callable[[str], None] | None = None, private_root: Path | None = None) -> None:
         self.forum_id = forum_id
+        self._private_root = private_root
         self._on_need = on_need
         self.bus = bus
         self.profile = profile
@@ -46,7 +54,8 @@ class ForumOutputs:
         self._on_status = on_status
         self.encoder: ProgramEncoder | None = None
         self.restreams: dict[str, Restream] = {}
-        self.users: set[str] = set()  # other outputs holding the encoder (recorder, HLS)
+        self.users: dict[str, str] = {}  # other outputs holding the encoder (recorder, HLS) -> their tee output
+        self._restream_outputs: dict[str, str] = {}  # restream id -> its tee output's URL
         self._lock = asyncio.Lock()
 
     def _source_url(self) -> str:
@@ -57,7 +66,8 @@ class ForumOutputs:
         if self.encoder is None:
             if self._on_need is not None:
                 self._on_need(self.forum_id)  # e.g. start the forum's slate: the program is never empty
-            self.encoder = ProgramEncoder(self.forum_id, self.bus, self.profile, ffmpeg_path=self._ffmpeg)
+            self.encoder = ProgramEncoder(self.forum_id, self.bus, self.profile, ffmpeg_path=self._ffmpeg,
+                                          private_root=self._private_root)
             await self.encoder.start()
 
     async def _maybe_stop_encoder(self) -> None:
@@ -66,15 +76,23 @@ class ForumOutputs:
             await encoder.stop()
 
     async def acquire(self, user: str) -> str:
-        """Hold the encoder for another output; the tee's URL to read."""
+        """Hold the encoder for another output; the URL of a tee output of
+        its own to read (a Unix socket in the encoder's private directory)."""
         async with self._lock:
-            self.users.add(user)
+            output = self.users.get(user) or f"u{secrets.token_hex(4)}"
+            self.users[user] = output
             await self._need_encoder()
-            return self._source_url()
+            assert self.encoder is not None
+            return await self.encoder.tee.open_output(output)
 
     async def release(self, user: str) -> None:
+        """Let go of the encoder: the user's tee output ends first (its
+        reader sees end of input), then the encoder stops if nobody else
+        needs it. Idempotent."""
         async with self._lock:
-            self.users.discard(user)
+            output = self.users.pop(user, None)
+            if output is not None and self.encoder is not None:
+                self.encoder.tee.close_output(output)
             await self._maybe_stop_encoder()
 
     def _status(self, status: RestreamStatus) -> None:
@@ -91,8 +109,9 @@ class ForumOutputs:
         restream_id = restream_id or secrets.token_hex(4)
         if restream_id in self.restreams:
             raise RestreamError(f"a restream {restream_id!r} exists in this forum")
-        restream = Restream(restream_id, name, url, stream_key, source_url=self._source_url,
-                            on_status=self._status)
+        restream = Restream(restream_id, name, url, stream_key,
+                            source_url=lambda: self._restream_outputs.get(restream_id) or self._source_url(),
+                            on_status=self._status, private_root=self._private_root)
         self.restreams[restream_id] = restream
         self._status(restream.status())
         return restream
@@ -107,13 +126,25 @@ class ForumOutputs:
         restream = self.get(restream_id)
         async with self._lock:
             await self._need_encoder()
+            assert self.encoder is not None
+            if not restream.running:
+                self._restream_outputs[restream_id] = await self.encoder.tee.open_output(_output_name(restream_id))
             await restream.start()
         return restream
+
+    async def _stop_restream(self, restream: Restream, *, close: bool = False) -> None:
+        """Its push ends by the end of its input (its own tee output)."""
+
+        async def end_input() -> None:
+            if self._restream_outputs.pop(restream.id, None) is not None and self.encoder is not None:
+                self.encoder.tee.close_output(_output_name(restream.id))
+
+        await end_reader(restream.close() if close else restream.stop(), end_input())
 
     async def stop(self, restream_id: str) -> Restream:
         restream = self.get(restream_id)
         async with self._lock:
-            await restream.stop()
+            await self._stop_restream(restream)
             await self._maybe_stop_encoder()
         return restream
 
@@ -121,7 +152,7 @@ class ForumOutputs:
         restream = self.get(restream_id)
         async with self._lock:
             del self.restreams[restream_id]
-            await restream.close()
+            await self._stop_restream(restream, close=True)
             await self._maybe_stop_encoder()
         if self._on_status is not None:
             self._on_status(self.forum_id, None, restream_id)
@@ -132,7 +163,7 @@ class ForumOutputs:
     async def close(self) -> None:
         async with self._lock:
             self.users.clear()
-            await asyncio.gather(*(r.close() for r in self.restreams.values()))
+            await asyncio.gather(*(self._stop_restream(r, close=True) for r in self.restreams.values()))
             await self._maybe_stop_encoder()
 
 
@@ -141,7 +172,9 @@ class ProgramOutputs:
     forum's program bus (MediaPlane.program_bus)."""
 
     def __init__(self, bus_for: Callable[[str], ProgramBus], profile: OutputProfile, *,
-                 ffmpeg_path: str = "", on_need: Callable[[str], None] | None = None) -> None:
+                 ffmpeg_path: str = "", on_need: Callable[[str], None] | None = None,
+                 private_root: Path | None = None) -> None:
+        self.private_root = private_root  # where encoders make their private directories (see private_directory)
         self._bus_for = bus_for
         self._on_need = on_need
         self.profile = profile
@@ -163,7 +196,8 @@ class ProgramOutputs:
         outputs = self.forums.get(forum_id)
         if outputs is None:
             outputs = ForumOutputs(forum_id, self._bus_for(forum_id), self.profile,
-                                   ffmpeg_path=self._ffmpeg, on_status=self._notify, on_need=self._on_need)
+                                   ffmpeg_path=self._ffmpeg, on_status=self._notify, on_need=self._on_need,
+                                   private_root=self.private_root)
             self.forums[forum_id] = outputs
         return outputs
 

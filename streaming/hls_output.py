@@ -80,6 +80,10 @@ class HlsOutput(Lifecycle[_State]):
         return self._state.value
 
     @property
+    def supervisor(self) -> Supervisor | None:
+        return self._supervisor
+
+    @property
     def playlist(self) -> Path:
         return self.directory / PLAYLIST
 

@@ -268,6 +268,11 @@ class MediaPlane(Lifecycle[_State]):
         forum = self._forums.get(self._feed_forum.get(source_id, ""))
         return forum.feeds.get(source_id) if forum is not None else None
 
+    def feeds(self, forum_id: str) -> list[SourceFeed]:
+        """The forum's feeds on this node (every kind, slate included)."""
+        forum = self._forums.get(forum_id)
+        return list(forum.feeds.values()) if forum is not None else []
+
     def set_program(self, forum_id: str, source_id: str | None) -> None:
         """None = the slate. Viewers switch at the new source's next keyframe."""
         self._forum(forum_id).set_program(source_id)

@@ -5,7 +5,7 @@ its current source to its sinks, already rewritten into the lane's
 continuous numbering (sequence numbers +1 per packet across cuts, 32-bit
 RTP timestamps advanced by the wall-clock gap at a cut, RFC 3550 5.1).
 WebRTC viewers' `Downtrack`s are sinks today; the program encoder's
-`RtpEgress` (streaming/program_encoder.py) is one more, with no special
+`FeedEgress` (streaming/program_encoder.py) is one more, with no special
 path in the bus.
 """
 

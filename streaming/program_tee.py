@@ -1,9 +1,15 @@
-"""The in-process tee of a forum's encoded program (MPEG-TS over loopback TCP).
+"""The in-process tee of a forum's encoded program (MPEG-TS over Unix sockets).
 
-The program encoder (one ffmpeg) connects to `ingest_port` and writes
-one MPEG-TS stream (ISO/IEC 13818-1). Every output (each restream
-destination, HLS, the recorder) connects to `port` as a TCP client
-(`tcp://127.0.0.1:port`) and receives its own copy, starting clean: the
+All its sockets are Unix stream sockets in the encoder's private (0700)
+directory, never loopback TCP ports, which any local user could connect
+to (reading a forum's outputs) or write to (injecting into them).
+
+The program encoder (one ffmpeg) connects to `ingest_path` and writes
+one MPEG-TS stream (ISO/IEC 13818-1). Every output connects as a client
+(ffmpeg's `unix:` protocol) to the shared `url` (restream destinations)
+or to an output of its own (`open_output(name)`: HLS, the recorder, so
+that `close_output(name)` ends exactly its input: ffmpeg then finishes
+its files and exits by itself) and receives its own copy, starting clean: the
 current PAT and PMT, then the stream from the next video random access
 point (a TS packet with payload_unit_start on the video PID and the
 adaptation field's random_access_indicator, 13818-1 2.4.3.5), so every
@@ -18,10 +24,13 @@ for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from streaming.lifecycle import Lifecycle
 
@@ -94,8 +103,9 @@ class TeeConsumerStats:
 
 
 class _Consumer:
-    def __init__(self, writer: asyncio.StreamWriter, peer: str) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, peer: str, output: str) -> None:
         self.writer = writer
+        self.output = output
         self.stats = TeeConsumerStats(peer, time.time())
 
 
@@ -106,17 +116,17 @@ class _State(enum.Enum):
 
 
 class ProgramTee(Lifecycle[_State]):
-    """States: new -> running -> stopped. `port` and `ingest_port` are set
-    by `start()` (127.0.0.1, kernel-chosen)."""
+    """States: new -> running -> stopped. `directory` must be private
+    (0700); the tee's sockets are created in it by `start()`."""
 
-    def __init__(self, name: str = "tee", *, max_buffer: int = 8 * 1024 * 1024) -> None:
+    def __init__(self, name: str, directory: Path, *, max_buffer: int = 8 * 1024 * 1024) -> None:
         super().__init__(_State.NEW, f"ProgramTee({name})")
         self.name = name
+        self.directory = directory
         self.max_buffer = max_buffer
-        self.port = 0
-        self.ingest_port = 0
+        self.ingest_path = directory / "tee-in.sock"
         self._ingest_server: asyncio.Server | None = None
-        self._out_server: asyncio.Server | None = None
+        self._outputs: dict[str, asyncio.Server] = {}  # output name -> its server
         self._consumers: list[_Consumer] = []
         self._ingest_tasks: set[asyncio.Task[None]] = set()
         self._pat: bytes | None = None
@@ -132,24 +142,51 @@ class ProgramTee(Lifecycle[_State]):
     def state(self) -> str:
         return self._state.value
 
+    @property
+    def url(self) -> str:
+        """The shared output (ffmpeg/libavformat URL)."""
+        return f"unix:{self._path('program')}"
+
+    def _path(self, output: str) -> Path:
+        return self.directory / f"out-{output}.sock"
+
     async def start(self) -> None:
         assert self._state is _State.NEW, "started twice"
-        self._ingest_server = await asyncio.start_server(self._on_ingest, "127.0.0.1", 0)
-        self._out_server = await asyncio.start_server(self._on_consumer, "127.0.0.1", 0)
-        self.ingest_port = self._ingest_server.sockets[0].getsockname()[1]
-        self.port = self._out_server.sockets[0].getsockname()[1]
+        self._ingest_server = await asyncio.start_unix_server(self._on_ingest, path=str(self.ingest_path))
         self._set_state(_State.RUNNING)
+        await self.open_output("program")
+
+    async def open_output(self, name: str) -> str:
+        """An output of its own for one consumer (`name`: letters, digits,
+        '-', '_'); its URL. Idempotent."""
+        assert name.replace("-", "").replace("_", "").isalnum(), f"bad output name {name!r}"
+        if name not in self._outputs and self._state is _State.RUNNING:
+            self._outputs[name] = await asyncio.start_unix_server(
+                lambda r, w: self._on_consumer(r, w, name), path=str(self._path(name)))
+        return f"unix:{self._path(name)}"
+
+    def close_output(self, name: str) -> None:
+        """End the output `name`: its consumers see end of input, no new
+        connection is taken. Idempotent."""
+        server = self._outputs.pop(name, None)
+        if server is not None:
+            server.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self._path(name))
+        for consumer in tuple(self._consumers):
+            if consumer.output == name:
+                self._drop(consumer, "ended")
 
     @property
     def consumers(self) -> list[TeeConsumerStats]:
         return [c.stats for c in self._consumers]
 
-    async def _on_consumer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._state is not _State.RUNNING:
+    async def _on_consumer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, output: str) -> None:
+        if self._state is not _State.RUNNING or output not in self._outputs:
             writer.close()
             return
-        peer = "%s:%s" % writer.get_extra_info("peername")[:2]
-        consumer = _Consumer(writer, peer)
+        peer = f"{output}#{id(writer) & 0xFFFF:04x}"
+        consumer = _Consumer(writer, peer, output)
         self._consumers.append(consumer)
         logger.info("ProgramTee(%s) consumer %s connected", self.name, peer)
         try:
@@ -241,9 +278,10 @@ class ProgramTee(Lifecycle[_State]):
         self._set_state(_State.STOPPED)  # at once, as before: nothing new is taken on
 
     async def _stop(self) -> None:
-        for server in (self._ingest_server, self._out_server):
-            if server is not None:
-                server.close()
+        if self._ingest_server is not None:
+            self._ingest_server.close()
+        for name in list(self._outputs):
+            self.close_output(name)
         for consumer in tuple(self._consumers):
             self._drop(consumer, "closed")
         for task in tuple(self._ingest_tasks):

@@ -121,6 +121,7 @@ class Restream(Lifecycle[RestreamState]):
         source_url: Callable[[], str],
         on_status: Callable[[RestreamStatus], None] | None = None,
         policy: RestartPolicy = BACKOFF,
+        private_root: Path | None = None,
     ) -> None:
         super().__init__(RestreamState.IDLE, f"Restream({restream_id})")
         self.id = restream_id
@@ -132,6 +133,7 @@ class Restream(Lifecycle[RestreamState]):
         self._policy = policy
         self._supervisor: Supervisor | None = None
         self._keydir: tempfile.TemporaryDirectory[str] | None = None
+        self._private_root = private_root  # the run's secrets directory: a SIGKILLed run's is removed at the next start
         self._live_since = 0.0
         self._sent = 0
         self._sent_at = 0.0
@@ -177,7 +179,9 @@ class Restream(Lifecycle[RestreamState]):
 
     def _private_dir(self) -> Path:
         if self._keydir is None:
-            self._keydir = tempfile.TemporaryDirectory(prefix="forumcast-restream-")  # 0700
+            if self._private_root is not None:
+                self._private_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._keydir = tempfile.TemporaryDirectory(prefix="forumcast-restream-", dir=self._private_root)  # 0700
         return Path(self._keydir.name)
 
     def _launcher(self) -> str:

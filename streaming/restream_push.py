@@ -106,7 +106,7 @@ def main(argv: list[str]) -> int:
         words = _redact(f"{type(error).__name__}: {error}", key)
         print(f"push: error {words}", file=sys.stderr, flush=True)
         return 1
-    if not quit_asked.is_set():
+    if not quit_asked.wait(0.5):  # a stop closes our input just after its 'q'
         print("push: error the program ended", file=sys.stderr, flush=True)
         return 1
     return 0

@@ -76,7 +76,7 @@ def _wire_missing(app: web.Application) -> None:
 @contextlib.asynccontextmanager
 async def running_node(tmp: Path, *, event: Event | None = None, agenda_now: Callable[..., Any] | None = None,
                        slate_grace_ms: int = 1000, **settings_overrides: Any) -> AsyncIterator[Node]:
-    secret = secrets.token_urlsafe(48)
+    secret = settings_overrides.pop("token_secret", None) or secrets.token_urlsafe(48)  # nodes of one event share it
     settings_overrides.setdefault("record_sessions", False)  # no encoder behind other tests' agendas
     settings = Settings(host="127.0.0.1", port=free_port(), data_dir=tmp, token_secret=secret,
                         ice_addresses=("127.0.0.1",), rtmp_port=free_port_block(32), srt_port=free_port_block(32),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -120,3 +122,18 @@ def test_the_dvr_window_setting_lists_enough_segments() -> None:
     assert window_segments(0) == 6 and window_segments(5) == 6 and window_segments(121) == 61
     args = hls_args("tcp://127.0.0.1:1", P("/tmp/x"), "ab", segment_s=2, window=window_segments(600))
     assert args[args.index("-hls_list_size") + 1] == "300"
+
+
+async def test_nodes_of_one_event_accept_each_others_segment_urls(tmp_path: Path) -> None:
+    """The signing key is derived from the event's token secret: a playlist
+    from one node signs URLs every node of the event (or a CDN in front of
+    them) accepts; a node with another secret refuses them."""
+    secret = secrets.token_urlsafe(48)
+    async with running_node(tmp_path / "a", token_secret=secret) as a, \
+            running_node(tmp_path / "b", token_secret=secret) as b, running_node(tmp_path / "c") as c:
+        query = a.app[HLS].signed_query(FORUM, time.time())
+        assert query == b.app[HLS].signed_query(FORUM, time.time())
+        async with aiohttp.ClientSession() as http:
+            for node, status in ((a, 404), (b, 404), (c, 403)):  # 404: signed right, no such segment here
+                async with http.get(f"{node.url}/hls/{FORUM}/seg-ab-00001.m4s?{query}") as r:
+                    assert r.status == status, (node.url, await r.text())
