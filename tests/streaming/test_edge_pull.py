@@ -1,0 +1,138 @@
+"""An edge pulls a forum's program from a real origin process over WHEP
+(streaming/edge_pull.py) and fans it out to its own viewers: real
+processes, real aiortc peers on loopback.
+
+The origin is `forumcast serve` (tests/server_process.py) whose forum has
+its slate on air; the edge is an in-process MediaPlane, as an edge node's
+would be, with the EdgePull as the source of the forum's program."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from rooms.models import Role
+from streaming.edge_pull import EdgePull, EdgeState
+from streaming.media_config import MediaConfig
+from streaming.media_plane import MediaPlane
+from tests.aiortc_peers import TestViewer, connect_viewer
+from tests.eventually import eventually
+from tests.server_process import ServerProcess, start_server
+
+pytestmark = pytest.mark.timeout(300)
+
+FORUM = "digital-economy"
+EDGE_VIEWERS = 5
+
+
+def decoded(viewer: TestViewer) -> int:
+    """Video frames this viewer decoded (the slate carries no number)."""
+    return len(viewer.received.numbers) + viewer.received.unreadable
+
+
+async def whep_viewers(http: aiohttp.ClientSession, origin: ServerProcess) -> int:
+    """The origin's WebRTC viewers of FORUM, from its /metrics."""
+    headers = {"Authorization": f"Bearer {origin.token(Role.ADMIN)}"}
+    async with http.get(origin.url + "/metrics", headers=headers) as response:
+        text = await response.text()
+    assert response.status == 200, text
+    found = re.search(r'^forumcast_viewers\{forum="%s"\} (\S+)$' % re.escape(FORUM), text, re.M)
+    return int(float(found.group(1))) if found else 0
+
+
+@pytest.fixture
+async def edge() -> AsyncIterator[MediaPlane]:
+    plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",)))
+    await plane.start()
+    try:
+        yield plane
+    finally:
+        await plane.stop()
+
+
+async def test_an_edge_pulls_once_serves_its_viewers_and_survives_an_origin_restart(
+        edge: MediaPlane) -> None:
+    origin = start_server()
+    secret, port = origin.secret, origin.port
+    viewers = [TestViewer(audio=True) for _ in range(EDGE_VIEWERS)]
+    states: list[EdgeState] = []
+    pull = EdgePull(
+        FORUM, f"{origin.url}/whep/{FORUM}", origin.token(Role.VIEWER, [FORUM], "Edge node"),
+        edge, edge.config, edge.decoders,
+        on_state=lambda _, state: states.append(state), media_timeout=3.0,
+    )
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            await pull.start()
+            edge.set_program(FORUM, pull.source_id)  # what the edge's forum carries: the pull
+            await eventually(lambda: pull.state == EdgeState.LIVE, timeout=30,
+                             what=f"the pull live (state {pull.state}, {pull.reason!r})")
+            for index, viewer in enumerate(viewers):
+                await connect_viewer(edge, FORUM, f"edge-viewer-{index}", viewer, timeout=20)
+            for viewer in viewers:
+                await eventually(lambda v=viewer: decoded(v) >= 5, timeout=30,  # type: ignore[misc]
+                                 what="decoded frames at an edge viewer")
+            # the origin serves the edge once, whatever the edge's audience
+            assert await whep_viewers(http, origin) == 1
+            assert edge.stats()["decoders_created"] == 0  # the pull never decodes
+            stats = await pull.stats()
+            assert stats.connections == 1 and stats.packets_received > 0 and stats.kbps_in > 0
+
+            # the origin dies: the pull says why and keeps trying
+            origin.process.send_signal(signal.SIGKILL)
+            origin.process.wait()
+            await eventually(lambda: pull.state == EdgeState.RETRYING, timeout=30,
+                             what="the pull retrying after the origin died")
+            assert pull.reason, "a retrying pull says why"
+            before = [decoded(v) for v in viewers]
+
+            # the origin is back on the same port: the pull is live again, viewers see frames
+            origin.cleanup()
+            origin = start_server(secret=secret, port=port)
+            await eventually(lambda: pull.state == EdgeState.LIVE, timeout=60,
+                             what=f"the pull live again (state {pull.state}, {pull.reason!r})")
+            for viewer, count in zip(viewers, before):
+                await eventually(lambda v=viewer, c=count: decoded(v) >= c + 5, timeout=30,  # type: ignore[misc]
+                                 what="frames at an edge viewer after the origin restarted")
+            assert await whep_viewers(http, origin) == 1
+            assert (await pull.stats()).connections >= 2
+            assert states[:2] == [EdgeState.LIVE, EdgeState.RETRYING] and states[-1] == EdgeState.LIVE
+
+            await pull.stop()
+            await asyncio.gather(pull.stop(), pull.stop())  # idempotent, concurrent callers too
+            assert pull.state == EdgeState.STOPPED
+            # stop() DELETEd the WHEP session: the origin's viewer is gone
+            await eventually(lambda: _zero(http, origin), timeout=20, what="the origin's WHEP viewer gone")
+    finally:
+        await pull.stop()
+        for viewer in viewers:
+            await viewer.close()
+        origin.cleanup()
+
+
+async def _zero(http: aiohttp.ClientSession, origin: ServerProcess) -> bool:
+    return await whep_viewers(http, origin) == 0
+
+
+async def test_a_refused_pull_retries_with_backoff_and_says_why(edge: MediaPlane) -> None:
+    """A token the origin refuses: the pull never goes live, keeps trying
+    (1 s, then 2 s...) and its reason carries the origin's answer."""
+    origin = start_server()
+    pull = EdgePull(FORUM, f"{origin.url}/whep/{FORUM}", "not-a-token", edge, edge.config,
+                    edge.decoders)
+    try:
+        await pull.start()
+        await eventually(lambda: pull.state == EdgeState.RETRYING, timeout=20, what="retrying")
+        assert "refused" in pull.reason and "401" in pull.reason, pull.reason
+        assert "next try in 1 s" in pull.reason
+        await eventually(lambda: "next try in 2 s" in pull.reason, timeout=20, what="the backoff doubling")
+        assert pull.feed is None
+    finally:
+        await pull.stop()
+        origin.cleanup()
+
