@@ -20,7 +20,7 @@ from rooms.models import Role
 from streaming.edge_pull import EdgePull, EdgeState
 from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaPlane
-from tests.aiortc_peers import TestViewer, connect_viewer
+from tests.aiortc_peers import TestPublisher, TestViewer, connect_viewer
 from tests.eventually import eventually
 from tests.server_process import ServerProcess, start_server
 
@@ -136,3 +136,46 @@ async def test_a_refused_pull_retries_with_backoff_and_says_why(edge: MediaPlane
         await pull.stop()
         origin.cleanup()
 
+
+
+async def test_a_speaker_on_the_origin_reaches_edge_viewers_and_their_keyframe_requests_reach_the_speaker(
+        edge: MediaPlane) -> None:
+    """A real publisher (WHIP) on the origin goes on air; edge viewers read
+    its numbered frames. A viewer joining the edge later needs a keyframe:
+    the edge asks the origin (PLI), the origin asks the speaker, and aiortc's
+    encoder (no periodic keyframe to wait for soon) makes one."""
+    origin = start_server()
+    publisher = TestPublisher()
+    first, late = TestViewer(), TestViewer()
+    pull = EdgePull(FORUM, f"{origin.url}/whep/{FORUM}", origin.token(Role.VIEWER, [FORUM], "Edge node"),
+                    edge, edge.config, edge.decoders)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            speaker = origin.token(Role.SPEAKER, [FORUM], "Speaker")
+            async with http.post(f"{origin.url}/whip/{FORUM}", data=await publisher.offer(),
+                                 headers={"Authorization": f"Bearer {speaker}",
+                                          "Content-Type": "application/sdp"}) as response:
+                answer = await response.text()
+                assert response.status == 201, answer
+            await publisher.accept(answer)
+            await asyncio.wait_for(publisher.connected.wait(), 20)
+            await pull.start()
+            edge.set_program(FORUM, pull.source_id)
+            await connect_viewer(edge, FORUM, "edge-first", first, timeout=20)
+            await first.wait_frames(10, timeout=40)  # the speaker's numbered picture, through the edge
+            feed = pull.feed
+            assert feed is not None and feed.video is not None
+            requests_at_origin = publisher.keyframe_requests
+            sent_by_edge = feed.video.keyframe_requests_sent
+            await connect_viewer(edge, FORUM, "edge-late", late, timeout=20)
+            await eventually(lambda: publisher.keyframe_requests > requests_at_origin, timeout=20,
+                             what="the speaker asked for a keyframe")
+            assert feed.video.keyframe_requests_sent > sent_by_edge  # the late viewer's want went upstream
+            await late.wait_frames(5, timeout=40)
+            assert edge.stats()["decoders_created"] == 0
+    finally:
+        await pull.stop()
+        for peer in (first, late):
+            await peer.close()
+        await publisher.close()
+        origin.cleanup()
