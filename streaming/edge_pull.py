@@ -179,6 +179,12 @@ class EdgePull:
         return self._state
 
     @property
+    def ice_servers(self) -> list[RTCIceServer]:
+        """The STUN/TURN servers the origin listed (RFC 9725 s4.6), used
+        for the next connection's gathering ([] = host candidates only)."""
+        return list(self._ice_servers)
+
+    @property
     def feed(self) -> SourceFeed | None:
         """The feed of the current connection (None before the first)."""
         return self._feed

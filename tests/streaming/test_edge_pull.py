@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import socket
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -22,6 +24,7 @@ from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaPlane
 from tests.aiortc_peers import TestPublisher, TestViewer, connect_viewer
 from tests.eventually import eventually
+from tests.processes import free_port
 from tests.server_process import ServerProcess, start_server
 
 pytestmark = pytest.mark.timeout(300)
@@ -178,4 +181,32 @@ async def test_a_speaker_on_the_origin_reaches_edge_viewers_and_their_keyframe_r
         for peer in (first, late):
             await peer.close()
         await publisher.close()
+        origin.cleanup()
+
+
+async def test_the_pull_gathers_with_the_ice_servers_the_origin_lists(edge: MediaPlane) -> None:
+    """RFC 9725 s4.6: the origin's OPTIONS (with the token) lists STUN/TURN
+    servers as Link headers, TURN with coturn REST-API credentials; the
+    pull reads them (quoted values included) and gathers with them. Nothing
+    listens on those ports here: gathering gives up on them and the host
+    pair still connects."""
+    stun_port, turn_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    origin = start_server(extra_env={
+        "FORUMCAST_ICE_SERVERS": f"stun:127.0.0.1:{stun_port},turn:127.0.0.1:{turn_port}?transport=udp",
+        "FORUMCAST_TURN_SECRET": "edge-test-secret",
+    })
+    pull = EdgePull(FORUM, f"{origin.url}/whep/{FORUM}", origin.token(Role.VIEWER, [FORUM], "Edge node"),
+                    edge, edge.config, edge.decoders)
+    try:
+        await pull.start()
+        await eventually(lambda: pull.state == EdgeState.LIVE, timeout=60,
+                         what=f"the pull live (state {pull.state}, {pull.reason!r})")
+        servers = {s.urls: s for s in pull.ice_servers}
+        assert set(servers) == {f"stun:127.0.0.1:{stun_port}", f"turn:127.0.0.1:{turn_port}?transport=udp"}
+        turn = servers[f"turn:127.0.0.1:{turn_port}?transport=udp"]
+        assert turn.username and turn.credential
+        expiry, _, holder = turn.username.partition(":")
+        assert int(expiry) > time.time() and holder
+    finally:
+        await pull.stop()
         origin.cleanup()
