@@ -185,6 +185,12 @@ class EdgePull:
         return list(self._ice_servers)
 
     @property
+    def session_url(self) -> str | None:
+        """The current WHEP session resource at the origin (absolute), or None."""
+        session = self._session
+        return session.location if session is not None else None
+
+    @property
     def feed(self) -> SourceFeed | None:
         """The feed of the current connection (None before the first)."""
         return self._feed
@@ -279,8 +285,10 @@ class EdgePull:
             # judged by what we hear, like a publisher (see liveness_instead_of_consent)
             aiortc_internals.liveness_instead_of_consent(ice, self.media_timeout)
         self.connections += 1
-        self._feed = session.feed
-        self._target.add_feed(self.forum_id, session.feed)
+        old, self._feed = self._feed, session.feed
+        self._target.add_feed(self.forum_id, session.feed)  # replaces the last connection's feed
+        for source in old.sources() if old is not None else ():
+            source.close()  # its deferred keyframe request, its sinks
         return await self._watch(session)
 
     async def _watch(self, session: _Session) -> str:

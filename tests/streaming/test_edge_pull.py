@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+from aiohttp import web
 import pytest
 
 from rooms.models import Role
@@ -209,4 +210,48 @@ async def test_the_pull_gathers_with_the_ice_servers_the_origin_lists(edge: Medi
         assert int(expiry) > time.time() and holder
     finally:
         await pull.stop()
+        origin.cleanup()
+
+
+async def test_the_pull_follows_a_307_and_deletes_its_session_at_the_origin(edge: MediaPlane) -> None:
+    """RFC 9725 s4.5: the URL the edge is given may redirect (placement
+    answers a 307 to the forum's origin); the offer is POSTed again there,
+    and the session's relative Location is the origin's, so stop()'s
+    DELETE reaches the origin and frees its viewer."""
+    origin = start_server()
+    redirects = 0
+
+    async def redirect(request: web.Request) -> web.Response:
+        nonlocal redirects
+        redirects += 1
+        raise web.HTTPTemporaryRedirect(f"{origin.url}/whep/{request.match_info['forum']}")
+
+    app = web.Application()
+    app.router.add_post("/whep/{forum}", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    pull = EdgePull(FORUM, f"http://127.0.0.1:{port}/whep/{FORUM}",
+                    origin.token(Role.VIEWER, [FORUM], "Edge node"), edge, edge.config, edge.decoders)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            await pull.start()
+            await eventually(lambda: pull.state == EdgeState.LIVE, timeout=30,
+                             what=f"the pull live through the redirect ({pull.reason!r})")
+            assert redirects == 1
+            assert await whep_viewers(http, origin) == 1
+            session = pull.session_url
+            assert session is not None and session.startswith(origin.url + f"/whep/{FORUM}/"), session
+            async with http.get(session) as response:
+                assert response.status == 200
+            await pull.stop()
+            # 404, not 410 "connection_lost": the session was DELETEd, not dropped
+            async with http.get(session) as response:
+                assert response.status == 404, await response.text()
+            await eventually(lambda: _zero(http, origin), timeout=20, what="the origin's WHEP viewer gone")
+    finally:
+        await pull.stop()
+        await runner.cleanup()
         origin.cleanup()
