@@ -25,6 +25,7 @@ program bus cuts to it at its first keyframe, as when a speaker reconnects.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import functools
 import json
@@ -162,6 +163,8 @@ class EdgePull:
         self._state = EdgeState.CONNECTING
         self.reason = ""
         """Why the pull is not live, in words ("" while live)."""
+        self.recent_reasons: collections.deque[str] = collections.deque(maxlen=16)
+        """The last reasons, oldest first (why an edge flapped)."""
         self._task: asyncio.Task[None] | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._session: _Session | None = None
@@ -197,6 +200,8 @@ class EdgePull:
 
     def _set_state(self, state: EdgeState, reason: str = "") -> None:
         changed_reason, self.reason = reason != self.reason, reason
+        if changed_reason and reason:
+            self.recent_reasons.append(reason)
         if state == self._state:
             if changed_reason and reason:
                 logger.info("EdgePull(%s) still %s: %s", self.forum_id, state.value, reason)
@@ -258,6 +263,8 @@ class EdgePull:
                     why = f"the origin refused the pull: {exc}"
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     why = f"the origin did not answer: {exc.__class__.__name__} {exc}".strip()
+                except ValueError as exc:  # aiortc refusing the answer's SDP
+                    why = f"the origin's answer is unusable: {exc}"
                 except Exception as exc:  # a bad answer must not end the pull for good
                     logger.exception("EdgePull(%s) attempt failed", self.forum_id)
                     why = f"the pull failed: {exc}"

@@ -255,3 +255,62 @@ async def test_the_pull_follows_a_307_and_deletes_its_session_at_the_origin(edge
         await pull.stop()
         await runner.cleanup()
         origin.cleanup()
+
+
+async def test_an_unusable_answer_or_unreachable_candidates_mean_a_retry_with_the_reason(
+        edge: MediaPlane) -> None:
+    """Between the edge and the origin, an HTTP proxy spoils the origin's
+    answers: first a body that is not SDP, then an answer whose candidates
+    point at a closed port (ICE cannot connect). Each attempt fails with
+    its reason in words; the next one, passed through untouched, is live."""
+    origin = start_server()
+    closed = free_port(socket.SOCK_DGRAM)
+    spoil = ["garbage", "candidates"]
+    reasons: list[str] = []
+
+    def unreachable(sdp: str) -> str:
+        return re.sub(r"(a=candidate:\S+ \d+ udp \d+ 127\.0\.0\.1 )\d+", rf"\g<1>{closed}", sdp)
+
+    async def proxy(request: web.Request) -> web.Response:
+        offer = await request.text()
+        if spoil and spoil[0] == "candidates":
+            offer = unreachable(offer)  # both ways, or ICE learns the real address from the other's checks
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{origin.url}/whep/{FORUM}", data=offer,
+                                 headers={k: v for k, v in request.headers.items()
+                                          if k in ("Authorization", "Content-Type")}) as response:
+                body = await response.text()
+                location = origin.url + response.headers.get("Location", "")
+                status = response.status
+        how = spoil.pop(0) if spoil else "pass"
+        if how == "garbage":
+            body = "this is not an answer"
+        elif how == "candidates":
+            body = unreachable(body)
+        return web.Response(status=status, text=body, headers={"Location": location},
+                            content_type="application/sdp")
+
+    app = web.Application()
+    app.router.add_post("/whep/{forum}", proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    config = MediaConfig(ice_addresses=("127.0.0.1",), connect_timeout=3.0)
+    pull = EdgePull(FORUM, f"http://127.0.0.1:{port}/whep/{FORUM}",
+                    origin.token(Role.VIEWER, [FORUM], "Edge node"), edge, config, edge.decoders,
+                    backoff_initial=0.2, backoff_max=0.4)
+    try:
+        await pull.start()
+        await eventually(lambda: pull.state == EdgeState.LIVE, timeout=60,
+                         what=f"the pull live after two spoilt answers ({pull.reason!r})")
+        await eventually(lambda: not spoil, timeout=1, what="both spoilt answers used")
+        assert pull.connections == 2  # the garbage never made a connection; the bad candidates did
+    finally:
+        await pull.stop()
+        await runner.cleanup()
+        origin.cleanup()
+    reasons = list(pull.recent_reasons)
+    assert any(r.startswith("the origin's answer is unusable") for r in reasons), reasons
+    assert any(r.startswith("not connected to the origin within 3 s") or r.startswith("ICE/DTLS with the origin failed")
+               for r in reasons), reasons
