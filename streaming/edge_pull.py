@@ -365,13 +365,15 @@ class EdgePull:
         session, self._session = self._session, None
         if session is None:
             return
-        for receiver in session.receivers:
-            self._lost_before += await _packets_lost(receiver)
         self._received_before += sum(s.packets_received for s in session.feed.sources())
-        if session.location is not None:
-            await self._delete(http, session.location)
-        session.pc.remove_all_listeners()
-        await session.pc.close()
+        try:
+            for receiver in session.receivers:
+                self._lost_before += await _packets_lost(receiver)
+            if session.location is not None:
+                await self._delete(http, session.location)
+        finally:  # a stop() cancelling the DELETE still closes the peer
+            session.pc.remove_all_listeners()
+            await session.pc.close()
 
     async def _delete(self, http: aiohttp.ClientSession | None, location: str) -> None:
         """RFC 9725 s4.2: DELETE the session resource (best effort: a dead
