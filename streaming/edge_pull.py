@@ -123,18 +123,22 @@ class _Session:
     receivers: list[RTCRtpReceiver]
     inbound: dict[int, _Inbound]  # id(transceiver) -> its tap's sink
     location: str | None = None
+    token: str | None = None  # the one the POST carried: the session's holder
 
 
 class EdgePull:
     """Pulls `whep_url` (the origin's /whep/{forum_id}) into `target`
-    under `source_id` (default "edge:<forum_id>"). `on_state(pull, state)`
-    hears every change. Construct, `start()`, `stop()`."""
+    under `source_id` (default "edge:<forum_id>"). `token` is the Bearer
+    token, or a function called for each request (so a long-lived pull
+    can present a fresh one: the origin ends a WHEP session when its
+    token expires). `on_state(pull, state)` hears every change.
+    Construct, `start()`, `stop()`."""
 
     def __init__(
         self,
         forum_id: str,
         whep_url: str,
-        token: str | None,
+        token: str | Callable[[], str | None] | None,
         target: FeedTarget,
         config: MediaConfig,
         decoders: aiortc_internals.DecoderCount,
@@ -285,7 +289,8 @@ class EdgePull:
         pc = session.pc
         with gathering_on(self._config.ice_addresses, self._shared_port):
             await pc.setLocalDescription(await pc.createOffer())
-        answer, session.location = await self._post(http, pc.localDescription.sdp)
+        session.token = self._current_token()
+        answer, session.location = await self._post(http, pc.localDescription.sdp, session.token)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         self._bind_sources(session)
         for ice in aiortc_internals.ice_transports(pc):
@@ -324,12 +329,16 @@ class EdgePull:
 
     # --- WHEP over HTTP ------------------------------------------------
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+    def _current_token(self) -> str | None:
+        return self._token() if callable(self._token) else self._token
+
+    @staticmethod
+    def _headers(token: str | None, content_type: str | None = None) -> dict[str, str]:
         headers: dict[str, str] = {}
         if content_type is not None:
             headers["Content-Type"] = content_type
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         return headers
 
     async def _read_ice_servers(self, http: aiohttp.ClientSession) -> None:
@@ -337,19 +346,19 @@ class EdgePull:
         servers as `Link: rel="ice-server"`; none (or an error) = host
         candidates only. Kept for the next attempts if the OPTIONS fails."""
         try:
-            async with http.options(self.whep_url, headers=self._headers()) as response:
+            async with http.options(self.whep_url, headers=self._headers(self._current_token())) as response:
                 if response.status >= 300:
                     return
                 self._ice_servers = ice_servers_from_links(response)
         except (aiohttp.ClientError, OSError, TimeoutError):
             return
 
-    async def _post(self, http: aiohttp.ClientSession, offer: str) -> tuple[str, str | None]:
+    async def _post(self, http: aiohttp.ClientSession, offer: str, token: str | None) -> tuple[str, str | None]:
         """POST the offer (following 307/308, RFC 9725 s4.5); returns the
         answer and the session resource's absolute URL."""
         url = self.whep_url
         for _ in range(MAX_REDIRECTS + 1):
-            async with http.post(url, data=offer.encode(), headers=self._headers(SDP_TYPE),
+            async with http.post(url, data=offer.encode(), headers=self._headers(token, SDP_TYPE),
                                  allow_redirects=False) as response:
                 if response.status in (307, 308) and "Location" in response.headers:
                     url = urllib.parse.urljoin(url, response.headers["Location"])
@@ -370,21 +379,21 @@ class EdgePull:
             for receiver in session.receivers:
                 self._lost_before += await _packets_lost(receiver)
             if session.location is not None:
-                await self._delete(http, session.location)
+                await self._delete(http, session.location, session.token)
         finally:  # a stop() cancelling the DELETE still closes the peer
             session.pc.remove_all_listeners()
             await session.pc.close()
 
-    async def _delete(self, http: aiohttp.ClientSession | None, location: str) -> None:
-        """RFC 9725 s4.2: DELETE the session resource (best effort: a dead
-        origin has forgotten it anyway)."""
+    async def _delete(self, http: aiohttp.ClientSession | None, location: str, token: str | None) -> None:
+        """RFC 9725 s4.2: DELETE the session resource with the token that
+        created it (best effort: a dead origin has forgotten it anyway)."""
         try:
             if http is None or http.closed:
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as own:
-                    async with own.delete(location, headers=self._headers()):
+                    async with own.delete(location, headers=self._headers(token)):
                         pass
             else:
-                async with http.delete(location, headers=self._headers(),
+                async with http.delete(location, headers=self._headers(token),
                                        timeout=aiohttp.ClientTimeout(total=3)):
                     pass
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:

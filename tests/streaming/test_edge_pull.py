@@ -233,14 +233,22 @@ async def test_the_pull_follows_a_307_and_deletes_its_session_at_the_origin(edge
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    pull = EdgePull(FORUM, f"http://127.0.0.1:{port}/whep/{FORUM}",
-                    origin.token(Role.VIEWER, [FORUM], "Edge node"), edge, edge.config, edge.decoders)
+    minted = 0
+
+    def fresh_token() -> str:  # a token per request, as a node minting its own would
+        nonlocal minted
+        minted += 1
+        return origin.token(Role.VIEWER, [FORUM], "Edge node", ttl_seconds=60)
+
+    pull = EdgePull(FORUM, f"http://127.0.0.1:{port}/whep/{FORUM}", fresh_token, edge, edge.config,
+                    edge.decoders)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             await pull.start()
             await eventually(lambda: pull.state == EdgeState.LIVE, timeout=30,
                              what=f"the pull live through the redirect ({pull.reason!r})")
             assert redirects == 1
+            assert minted >= 2  # OPTIONS and each POST asked for one
             assert await whep_viewers(http, origin) == 1
             session = pull.session_url
             assert session is not None and session.startswith(origin.url + f"/whep/{FORUM}/"), session
