@@ -161,6 +161,12 @@ class MediaPlane(Lifecycle[_State]):
             await asyncio.wait(list(self._tasks), timeout=5)
         self._set_state(_State.STOPPED)
 
+    @property
+    def decoders(self) -> aiortc_internals.DecoderCount:
+        """The decoder count every server-side receiver of this node is
+        marked with (an edge's pull too: streaming/edge_pull.py); stays 0."""
+        return self._decoders
+
     def _require_running(self) -> None:
         if self._state != _State.RUNNING:
             raise MediaError("unavailable", f"the media plane is {self._state.value}")

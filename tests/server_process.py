@@ -97,12 +97,14 @@ def start_server(
     timeout: float = 30.0,
     command: list[str] | None = None,
     secret: str | None = None,
+    port: int | None = None,
 ) -> ServerProcess:
     """Start the server and wait until /healthz answers 200. `command`
-    replaces `python -m signaling.cli` (e.g. a wrapper for a debug build)."""
+    replaces `python -m signaling.cli` (e.g. a wrapper for a debug build);
+    `port` (default: a free one) lets a test restart a node where it was."""
     data_dir = Path(tempfile.mkdtemp(prefix="forumcast-server-"))
     secret = secret or secrets.token_urlsafe(48)  # nodes of one cluster share theirs
-    port = free_port()
+    port = port or free_port()
     env = dict(os.environ)
     env.update({
         "FORUMCAST_TOKEN_SECRET": secret,
