@@ -38,7 +38,7 @@ from streaming.media_library import MediaLibrary
 from streaming.media_plane import MediaPlane
 from streaming.playout import FilePlayout
 from streaming.program_bus import ProgramBus
-from streaming.program_encoder import OutputProfile, ProgramEncoder
+from streaming.program_encoder import OutputProfile, ProgramEncoder, private_directory
 from streaming.program_tee import ProgramTee
 from streaming.publisher import WebRtcPublisher
 from streaming.restream import Restream
@@ -140,8 +140,8 @@ async def _encoder(_: Path) -> Lifecycle[Any]:
     return encoder
 
 
-async def _tee(_: Path) -> Lifecycle[Any]:
-    tee = ProgramTee("lifecycle")
+async def _tee(tmp: Path) -> Lifecycle[Any]:
+    tee = ProgramTee("lifecycle", private_directory("tee-", tmp / "run"))
     await tee.start()
     return tee
 
@@ -252,8 +252,9 @@ async def test_one_stop_for_every_caller(case: Case, tmp_path: Path, caplog: pyt
     assert len(transitions) >= len(heard)
 
 
-async def test_a_listener_that_raises_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
-    tee = ProgramTee("listeners")
+async def test_a_listener_that_raises_does_not_stop_the_others(caplog: pytest.LogCaptureFixture,
+                                                               tmp_path: Path) -> None:
+    tee = ProgramTee("listeners", private_directory("tee-", tmp_path / "run"))
     heard: list[str] = []
 
     def broken(state: object) -> None:
