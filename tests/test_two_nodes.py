@@ -297,3 +297,60 @@ async def test_an_hls_playlist_asked_of_the_other_node_is_redirected_to_the_owne
         assert refused.status == 403  # the token is checked before anyone is redirected
     finally:
         await peer.close()
+
+
+@pytest.fixture
+def small_cluster(redis_url: str) -> Iterator[Cluster]:
+    """Nodes that are full at one WebRTC viewer (placement's threshold); CPU
+    never fills them (this test must not depend on the machine's speed)."""
+    started = start_cluster(redis_url, extra_env={"FORUMCAST_NODE_MAX_VIEWERS": "1",
+                                                  "FORUMCAST_NODE_MAX_CPU": "1000"})
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+async def test_placement_answers_the_owner_while_it_has_room_then_the_node_with_the_most(
+    small_cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    cluster = small_cluster
+    a, b = cluster["a"], cluster["b"]
+    speaker, viewer = PublisherPeer(), ViewerPeer()
+    token = b.token(Role.VIEWER, [FORUM], "Guest")
+
+    async def placement(node: ServerProcess) -> dict[str, Any]:
+        response = await http.get(f"{node.url}/api/forums/{FORUM}/placement",
+                                  headers={"Authorization": f"Bearer {token}"})
+        assert response.status == 200, await response.text()
+        body: dict[str, Any] = await response.json()
+        return body
+
+    try:
+        created = await whip_post(http, f"{a.url}/whip/{FORUM}", a.token(Role.SPEAKER, [FORUM], "Speaker"),
+                                  await speaker.offer())
+        assert created.status == 201, await created.text()  # a owns the forum
+        await speaker.accept(await created.text())
+        a_id, b_id = cluster.node_id("a"), cluster.node_id("b")
+        for asked in (a, b):  # any node answers the same: the owner, it has room
+            assert await placement(asked) == {"node_id": a_id, "url": a.url}
+
+        whep = await http.post(f"{a.url}/whep/{FORUM}", data=await viewer.offer(), allow_redirects=False,
+                               headers={"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"})
+        assert whep.status == 201, await whep.text()
+        await viewer.accept(await whep.text())
+
+        async def moved_to_b() -> bool:  # a's next heartbeat reports its one viewer: a is full
+            return await placement(b) == {"node_id": b_id, "url": b.url}
+
+        await eventually(moved_to_b, timeout=30, what="placement to answer b once a is full")
+
+        refused = await http.get(f"{b.url}/api/forums/{FORUM}/placement",
+                                 headers={"Authorization": f"Bearer {b.token(Role.VIEWER, ['ai'])}"})
+        assert refused.status == 403 and (await refused.json())["error"]["code"] == "forbidden"
+        unknown = await http.get(f"{b.url}/api/forums/no-such-forum/placement",
+                                 headers={"Authorization": f"Bearer {token}"})
+        assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "not_found"
+    finally:
+        await viewer.close()
+        await speaker.close()
