@@ -256,7 +256,7 @@ class Session:
         participant = self._joined(request.forum_id)
         owner = await self._deps.forum_owner(request.forum_id)
         if owner is not None:
-            # another node hosts the forum: the client publishes there (until edge nodes exist)
+            # another node hosts the forum: sources connect to its origin, the client publishes there
             return _moved(request.forum_id, redirect_url(owner, "/"), "publish")
         published = await self._deps.bridge().publish(
             request.forum_id, self.grant, participant.name, participant.id, request.sdp)
