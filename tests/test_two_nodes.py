@@ -119,7 +119,7 @@ async def test_program_viewers_on_the_other_node_are_served_through_one_edge_pul
     on b reaches b's viewers; their leaving ends the pull."""
     a, b = cluster["a"], cluster["b"]
     speaker = SizedPublisher(*SPEAKER_SIZE)
-    viewer, whep_viewer = RecordingViewer(), RecordingViewer()
+    viewer, whep_viewer, origin_viewer = RecordingViewer(), RecordingViewer(), RecordingViewer()
     sio_b, ops_a = socketio.AsyncClient(reconnection=False), socketio.AsyncClient(reconnection=False)
     try:
         created = await whip_post(http, f"{a.url}/whip/{FORUM}", a.token(Role.SPEAKER, [FORUM], "Speaker"),
@@ -155,12 +155,22 @@ async def test_program_viewers_on_the_other_node_are_served_through_one_edge_pul
                             transports=["websocket"], wait_timeout=10)
         joined = await ops_a.call("join", {"forum_id": FORUM}, timeout=ACK_TIMEOUT)
         assert joined["viewers"]["viewers"] == 2  # b's two guests took seats; the edge link took none
+        # a viewer on the origin too, to compare how soon a cut reaches each (printed, not asserted)
+        direct = await http.post(f"{a.url}/whep/{FORUM}", data=await origin_viewer.offer(), allow_redirects=False,
+                                 headers={"Authorization": f"Bearer {a.token(Role.VIEWER, [FORUM], 'On A')}",
+                                          "Content-Type": "application/sdp"})
+        assert direct.status == 201, await direct.text()
+        await origin_viewer.accept(await direct.text())
+        await origin_viewer.wait_size(SPEAKER_SIZE, timeout=30)
 
         # an operator's cut on b (run on a, the owner) reaches b's viewers through the pull
         asked = time.monotonic()
         cut = await http.post(f"{b.url}/api/forums/{FORUM}/program", json={"slate": True}, headers=operator)
         assert cut.status == 200, await cut.text()
-        await viewer.wait_size(SLATE_SIZE, timeout=30, after=asked)
+        on_edge = (await viewer.wait_size(SLATE_SIZE, timeout=30, after=asked)).at - asked
+        on_origin = (await origin_viewer.wait_size(SLATE_SIZE, timeout=30, after=asked)).at - asked
+        print(f"cut to the slate asked on b -> first slate frame: origin viewer {on_origin * 1000:.0f} ms, "
+              f"edge viewer {on_edge * 1000:.0f} ms")
         asked = time.monotonic()
         taken = await http.post(f"{b.url}/api/forums/{FORUM}/program", json={"source": source_id}, headers=operator)
         assert taken.status == 200, await taken.text()
@@ -177,7 +187,7 @@ async def test_program_viewers_on_the_other_node_are_served_through_one_edge_pul
 
         await eventually(pull_ended, timeout=30, what="b's pull and a's edge link to end")
     finally:
-        for peer in (viewer, whep_viewer, speaker):
+        for peer in (viewer, whep_viewer, origin_viewer, speaker):
             await peer.close()
         for client in (sio_b, ops_a):
             if client.connected:
