@@ -6,6 +6,10 @@ owner while it has room, else the live node with the most room). A viewer
 token for the forum (none on a public event); 404 for an unknown forum,
 503 `unavailable` when no node can be reached.
 
+A node that is full (no room by its own heartbeat) sends new program
+viewers to the placement (`elsewhere`): WHEP answers 307 (RFC 9725 s4.5),
+socket.io `watch` acks `moved`; viewers already watching stay.
+
 `NodeLoadMeter` is the RoomService's `load`: {"viewers": this node's
 WebRTC viewers (edge links served included), "cpu": this process's CPU
 time over wall time since the last heartbeat, a share of one core (its
@@ -20,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from rooms.models import Role
-from rooms.placement import place
+from rooms.placement import Placement, place, room
 from signaling.app_keys import EVENT, MEDIA, SETTINGS, STORE, TOKENS
 from signaling.http_api import bearer_token, json_response
 from signaling.whip import known_forum
@@ -60,6 +64,23 @@ async def get_placement(request: web.Request) -> web.Response:
     chosen = place(await store.lease_owner(forum_id), await store.nodes(),
                    settings.node_max_viewers, settings.node_max_cpu)
     return json_response({"node_id": chosen.node_id, "url": chosen.url})
+
+
+async def elsewhere(app: web.Application, forum_id: str) -> Placement | None:
+    """Where a new viewer of the forum should go instead of this node: None
+    while this node has room (or its own heartbeat is not in yet), else the
+    placement when it names another node (WHEP answers it 307, socket.io
+    `watch` acks `moved`)."""
+    store = app.get(STORE)
+    if store is None:
+        return None
+    settings = app[SETTINGS]
+    nodes = await store.nodes()
+    me = next((n for n in nodes if n.node_id == store.node_id), None)
+    if me is None or room(me, settings.node_max_viewers, settings.node_max_cpu) > 0:
+        return None
+    chosen = place(await store.lease_owner(forum_id), nodes, settings.node_max_viewers, settings.node_max_cpu)
+    return None if chosen.node_id == store.node_id else chosen
 
 
 def setup_placement(app: web.Application) -> None:

@@ -33,12 +33,14 @@ from rooms import events as room_events
 from rooms.chat import ChatKind
 from rooms.errors import RoomError
 from rooms.forum_ownership import Owner
+from rooms.placement import Placement
 from rooms.models import Event, Participant, Role, SourceKind
 from rooms.tokens import Grant, TokenService
 from signaling import protocol
 from signaling.app_keys import EVENT, ICE_SERVERS, ROOMS, SETTINGS, SIO, TOKENS
 from signaling.media_bridge import BRIDGE
 from signaling.edges import edge_for
+from signaling.placement import elsewhere
 from signaling.ownership import forum_owner, redirect_url
 from signaling.push_coalescer import PushCoalescer
 from streaming.media_bridge import MediaBridge
@@ -296,6 +298,8 @@ class Session:
         if owner is not None and request.source_id is not None:
             # an operator's preview tile of one source: only its host has it
             return _moved(request.forum_id, redirect_url(owner, "/"), "watch")
+        if request.source_id is None and (better := await self._deps.elsewhere(request.forum_id)) is not None:
+            return _moved(request.forum_id, better.url.rstrip("/") + "/", "watch")  # this node is full
         await self._deps.edge_for(request.forum_id, owner)  # the program: through this node's pull
         bridge = self._deps.bridge()
         previous = self._viewers.pop(request.source_id, None)
@@ -429,6 +433,10 @@ class _Deps:
     async def forum_owner(self, forum_id: str) -> Owner | None:
         """None when this node hosts the forum, else its owner (signaling/ownership.py)."""
         return await forum_owner(self._app, forum_id)
+
+    async def elsewhere(self, forum_id: str) -> Placement | None:
+        """Where a new program viewer goes when this node is full (signaling/placement.py)."""
+        return await elsewhere(self._app, forum_id)
 
     async def edge_for(self, forum_id: str, owner: Owner | None) -> None:
         """Serve the forum's program here (a pull of the owner's) when

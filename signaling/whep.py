@@ -43,6 +43,7 @@ from signaling.http_api import bearer_token
 from signaling.edges import SERVED, edge_for, setup_edges
 from signaling.media_bridge import BRIDGE, setup_media_bridge
 from signaling.ownership import forum_owner, redirect_url
+from signaling.placement import elsewhere
 from signaling.whip import (
     CORS_HEADERS,
     EndedSessions,
@@ -97,6 +98,11 @@ class WhepEndpoint(HttpMediaEndpoint):
             # RFC 9725 s4.5 lets a WHEP server redirect; 307 keeps the POST and its offer
             headers = dict(CORS_HEADERS)
             headers["Location"] = redirect_url(owner, request.path_qs)
+            return web.Response(status=307, headers=headers)
+        if not grant.edge_link and (better := await elsewhere(self._app, forum_id)) is not None:
+            # this node is full: the placement's node serves the viewer (RFC 9725 s4.5)
+            headers = dict(CORS_HEADERS)
+            headers["Location"] = better.url.rstrip("/") + request.path_qs
             return web.Response(status=307, headers=headers)
         await edge_for(self._app, forum_id, owner)  # another node hosts it: serve it here through a pull
         offer = await read_offer(request)
