@@ -97,6 +97,10 @@ class Settings:
     chat_rate_per_minute: int = 10
     heartbeat_interval_s: float = 2.0
     node_ttl_s: float = 6.0
+    # placement (rooms/placement.py): a node is full at this many WebRTC viewers or this
+    # share of one core (its process's CPU over the last heartbeat)
+    node_max_viewers: int = 500
+    node_max_cpu: float = 0.8
     # one owner per forum (rooms/forum_ownership.py): a dead owner's forum is taken over
     # within lease_ttl_ms + lease_ttl_ms/10; a forum nobody needed for forum_idle_s is given up
     lease_ttl_ms: int = 5000
@@ -407,6 +411,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "chat_rate_per_minute": _positive_int,
     "heartbeat_interval_s": _positive_float,
     "node_ttl_s": _positive_float,
+    "node_max_viewers": _positive_int,
+    "node_max_cpu": _positive_float,
     "lease_ttl_ms": _positive_int,
     "forum_idle_s": _positive_float,
     "public_event": _as_optional_bool,

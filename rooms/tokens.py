@@ -28,6 +28,7 @@ AUDIENCE = "forumcast"
 ALGORITHM = "HS256"
 DEFAULT_TTL_SECONDS = 7 * 24 * 3600
 ALL_FORUMS = "*"
+EDGE_LINK_TTL_SECONDS = 60.0
 MAX_TOKEN_LENGTH = 8192  # ours are ~400 bytes; refuse to parse megabytes of junk
 
 
@@ -41,6 +42,9 @@ class Grant:
     subject: str  # stable id of the holder (the token's `sub`)
     expires_at: float  # unix seconds
     language: str = ""  # preferred UI / caption language, e.g. "zh"
+    edge_link: bool = False
+    """A node's pull of the forum's program (`issue_edge_link`): WHEP takes
+    no seat for it and does not end it at the token's expiry."""
 
     def allows(self, forum_id: str, at_least: Role) -> bool:
         return self.role.at_least(at_least) and (self.forums is None or forum_id in self.forums)
@@ -80,6 +84,8 @@ class TokenService:
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
         subject: str | None = None,
         language: str = "",
+        *,
+        edge_link: bool = False,
     ) -> str:
         """A signed token. `forums=None` opens every forum. RoomError
         ("invalid") for a role, name or forum list rooms/validation.py
@@ -105,7 +111,19 @@ class TokenService:
         }
         if language:
             claims["lang"] = language
+        if edge_link:
+            claims["edge"] = True
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def issue_edge_link(self, forum_id: str, node_id: str, ttl_seconds: float = EDGE_LINK_TTL_SECONDS) -> str:
+        """A node's credential for pulling one forum's program from its
+        origin over WHEP (streaming/edge_links.py mints one per request):
+        the viewer role in `forum_id` only, marked `edge_link`, expiring
+        in `ttl_seconds` (60 s: only a request must fit in it, the pull's
+        session outlives it). Only holders of the shared secret (the
+        nodes) can mint it. RoomError("invalid") for a bad forum id."""
+        return self.issue(Role.VIEWER, [forum_id], "Edge node", ttl_seconds=ttl_seconds,
+                          subject=f"edge-link:{node_id}", edge_link=True)
 
     def derive_key(self, purpose: str, length: int = 32) -> bytes:
         """A key for one other `purpose` (e.g. "hls-segment-urls"), derived
@@ -195,4 +213,5 @@ class TokenService:
             subject=str(claims["sub"]),
             expires_at=float(exp),
             language=language if isinstance(language, str) else "",
+            edge_link=claims.get("edge") is True,
         )

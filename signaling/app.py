@@ -35,6 +35,7 @@ from signaling.media_bridge import setup_media_plane
 from signaling.metrics import setup_metrics
 from signaling.operator_api import setup_operator
 from signaling.ownership import setup_ownership
+from signaling.placement import NodeLoadMeter, setup_placement
 from signaling.pages import setup_pages
 from signaling.recording_api import setup_recordings
 from signaling.restream_api import setup_restreams
@@ -87,6 +88,7 @@ def build_app(settings: Settings) -> web.Application:
     setup_recordings(app)  # recorder: segments + finalize, crash recovery, /api/recordings
     setup_operator(app)  # operator REST + socket.io events (all through app[CONTROL]), library, /control
     setup_metrics(app)  # /metrics (Prometheus), read from the plane's counters at scrape time
+    setup_placement(app)  # /api/forums/{forum_id}/placement: the node a viewer should use
     return app
 
 
@@ -143,6 +145,7 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
         sources_per_token=settings.sources_per_token,
         sources_per_forum=settings.sources_per_forum,
         public_url=settings.public_url,
+        load=NodeLoadMeter(app),  # viewers and CPU in each heartbeat: placement reads them
     )
     await rooms.start()  # heart-beats once, so the node is known before it serves
     app[ROOMS] = rooms

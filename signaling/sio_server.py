@@ -33,11 +33,14 @@ from rooms import events as room_events
 from rooms.chat import ChatKind
 from rooms.errors import RoomError
 from rooms.forum_ownership import Owner
+from rooms.placement import Placement
 from rooms.models import Event, Participant, Role, SourceKind
 from rooms.tokens import Grant, TokenService
 from signaling import protocol
 from signaling.app_keys import EVENT, ICE_SERVERS, ROOMS, SETTINGS, SIO, TOKENS
 from signaling.media_bridge import BRIDGE
+from signaling.edges import edge_for
+from signaling.placement import elsewhere
 from signaling.ownership import forum_owner, redirect_url
 from signaling.push_coalescer import PushCoalescer
 from streaming.media_bridge import MediaBridge
@@ -255,7 +258,7 @@ class Session:
         participant = self._joined(request.forum_id)
         owner = await self._deps.forum_owner(request.forum_id)
         if owner is not None:
-            # another node hosts the forum: the client publishes there (until edge nodes exist)
+            # another node hosts the forum: sources connect to its origin, the client publishes there
             return _moved(request.forum_id, redirect_url(owner, "/"), "publish")
         published = await self._deps.bridge().publish(
             request.forum_id, self.grant, participant.name, participant.id, request.sdp)
@@ -292,9 +295,12 @@ class Session:
         self.grant.require(request.forum_id, needed)
         self._joined(request.forum_id)
         owner = await self._deps.forum_owner(request.forum_id)
-        if owner is not None:
-            # another node hosts the forum and its program: the client watches there (until edge nodes exist)
+        if owner is not None and request.source_id is not None:
+            # an operator's preview tile of one source: only its host has it
             return _moved(request.forum_id, redirect_url(owner, "/"), "watch")
+        if request.source_id is None and (better := await self._deps.elsewhere(request.forum_id)) is not None:
+            return _moved(request.forum_id, better.url.rstrip("/") + "/", "watch")  # this node is full
+        await self._deps.edge_for(request.forum_id, owner)  # the program: through this node's pull
         bridge = self._deps.bridge()
         previous = self._viewers.pop(request.source_id, None)
         if previous is not None:  # a re-watch (ICE failed, page retried) replaces the old one
@@ -427,6 +433,15 @@ class _Deps:
     async def forum_owner(self, forum_id: str) -> Owner | None:
         """None when this node hosts the forum, else its owner (signaling/ownership.py)."""
         return await forum_owner(self._app, forum_id)
+
+    async def elsewhere(self, forum_id: str) -> Placement | None:
+        """Where a new program viewer goes when this node is full (signaling/placement.py)."""
+        return await elsewhere(self._app, forum_id)
+
+    async def edge_for(self, forum_id: str, owner: Owner | None) -> None:
+        """Serve the forum's program here (a pull of the owner's) when
+        another node hosts it (signaling/edges.py)."""
+        await edge_for(self._app, forum_id, owner)
 
     def bridge(self) -> MediaBridge:
         bridge = self.bridge_or_none()

@@ -15,6 +15,13 @@ A WHEP viewer is a participant: it takes one of the forum's seats, so a
 full forum answers 429 "full". A player that vanishes without a DELETE
 (its ICE consent or DTLS fails) gives its seat back when the media plane
 closes its peer.
+
+On a node that does not host the forum, the viewer is served here through
+the node's one pull of the owner's program (signaling/edges.py). An edge
+link (a node's pull, `Grant.edge_link`) takes no seat, is not ended at
+its token's expiry (the edge mints one per request), and is redirected
+(307, RFC 9725 s4.5) to the owner when it reaches a node that does not
+host the forum: edges pull from the origin, never from each other.
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ from rooms.models import Role
 from rooms.tokens import Grant
 from signaling.app_keys import EVENT, ICE_SERVERS, TOKENS
 from signaling.http_api import bearer_token
+from signaling.edges import SERVED, edge_for, setup_edges
 from signaling.media_bridge import BRIDGE, setup_media_bridge
 from signaling.ownership import forum_owner, redirect_url
+from signaling.placement import elsewhere
 from signaling.whip import (
     CORS_HEADERS,
     EndedSessions,
@@ -58,7 +67,7 @@ class WhepSession:
     id: str
     forum_id: str
     viewer_id: str
-    participant_id: str
+    participant_id: str  # "" for an edge link (no seat)
     subject: str  # who may end it besides operators
 
 
@@ -84,26 +93,38 @@ class WhepEndpoint(HttpMediaEndpoint):
         grant = self._grant(request, forum_id)
         grant.require(forum_id, Role.VIEWER)
         owner = await forum_owner(self._app, forum_id)
-        if owner is not None:
-            # another node hosts the forum and its program: watch there until edge nodes
-            # exist (RFC 9725 s4.5 lets a WHEP server redirect; 307 keeps the POST and its offer)
+        if owner is not None and grant.edge_link:
+            # an edge pulls from the origin itself, never through another edge (no loops);
+            # RFC 9725 s4.5 lets a WHEP server redirect; 307 keeps the POST and its offer
             headers = dict(CORS_HEADERS)
             headers["Location"] = redirect_url(owner, request.path_qs)
             return web.Response(status=307, headers=headers)
+        if not grant.edge_link and (better := await elsewhere(self._app, forum_id)) is not None:
+            # this node is full: the placement's node serves the viewer (RFC 9725 s4.5)
+            headers = dict(CORS_HEADERS)
+            headers["Location"] = better.url.rstrip("/") + request.path_qs
+            return web.Response(status=307, headers=headers)
+        await edge_for(self._app, forum_id, owner)  # another node hosts it: serve it here through a pull
         offer = await read_offer(request)
         session_id = uuid.uuid4().hex
         viewer_id = "whep-" + session_id[:16]
-        participant = await self._rooms.join(forum_id, grant, viewer_id, grant.name)
+        # an edge link takes no seat: the edge's own viewers took theirs on the edge
+        participant_id = "" if grant.edge_link else (
+            await self._rooms.join(forum_id, grant, viewer_id, grant.name)).id
         try:
             answer = await self._bridge().watch(forum_id, viewer_id, offer)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await self._rooms.leave(forum_id, participant.id)
+            if participant_id:
+                with contextlib.suppress(Exception):
+                    await self._rooms.leave(forum_id, participant_id)
             raise
-        session = WhepSession(session_id, forum_id, viewer_id, participant.id, grant.subject)
+        session = WhepSession(session_id, forum_id, viewer_id, participant_id, grant.subject)
         self._sessions[session_id] = session
         self._by_viewer[viewer_id] = session
-        self._end_at_expiry(session_id, grant.expires_at, lambda: self._end(session))
+        if grant.edge_link:
+            self._app[SERVED].add(forum_id)  # lasts until DELETE or ICE fails: minted per request
+        else:
+            self._end_at_expiry(session_id, grant.expires_at, lambda: self._end(session))
         logger.info("WHEP %s: %s watches %s", session_id, grant.name, forum_id)
         return sdp_created(answer, f"/whep/{forum_id}/{session_id}", self._app[ICE_SERVERS].for_holder(grant.subject))
 
@@ -155,8 +176,11 @@ class WhepEndpoint(HttpMediaEndpoint):
         bridge = self._app.get(BRIDGE)
         if bridge is not None:
             await bridge.stop_watching(session.viewer_id)
-        with contextlib.suppress(RoomError):
-            await self._rooms.leave(session.forum_id, session.participant_id)
+        if session.participant_id:
+            with contextlib.suppress(RoomError):
+                await self._rooms.leave(session.forum_id, session.participant_id)
+        else:
+            self._app[SERVED].remove(session.forum_id)
         logger.info("WHEP %s ended", session.id)
 
     async def close(self) -> None:
@@ -201,3 +225,4 @@ def setup_whip_whep(app: web.Application) -> None:
     Call it after the room service and media plane contexts are registered."""
     setup_whip(app)
     setup_whep(app)
+    setup_edges(app)  # after the media plane and the bridge: the pulls stop before them

@@ -50,6 +50,7 @@ from aiortc.rtp import RtpPacket
 from rooms.models import SourceKind
 from streaming import aiortc_internals
 from streaming.ice_policy import gathering_on
+from streaming.lifecycle import Lifecycle
 from streaming.media_config import MediaConfig
 from streaming.offer_check import capabilities_for
 from streaming.rtcp_reports import ntp_to_unix
@@ -126,13 +127,14 @@ class _Session:
     token: str | None = None  # the one the POST carried: the session's holder
 
 
-class EdgePull:
+class EdgePull(Lifecycle[EdgeState]):
     """Pulls `whep_url` (the origin's /whep/{forum_id}) into `target`
     under `source_id` (default "edge:<forum_id>"). `token` is the Bearer
     token, or a function called for each request (so a long-lived pull
     can present a fresh one: the origin ends a WHEP session when its
     token expires). `on_state(pull, state)` hears every change.
-    Construct, `start()`, `stop()`."""
+    Construct, `start()`, `stop()` (the shared Lifecycle: state listeners,
+    one stop awaited by every caller, `started`/`exited` around its task)."""
 
     def __init__(
         self,
@@ -151,6 +153,7 @@ class EdgePull:
         http_timeout: float = 10.0,
         shared_port: SharedPort | None = None,
     ) -> None:
+        super().__init__(EdgeState.CONNECTING, f"EdgePull({forum_id})")
         self.forum_id = forum_id
         self.whep_url = whep_url
         self.source_id = source_id or f"edge:{forum_id}"
@@ -158,19 +161,17 @@ class EdgePull:
         self._target = target
         self._config = config
         self._decoders = decoders
-        self._on_state = on_state
+        if on_state is not None:
+            self.add_state_listener(lambda state: on_state(self, state))
         self.media_timeout = media_timeout
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._http_timeout = http_timeout
         self._shared_port = shared_port
-        self._state = EdgeState.CONNECTING
         self.reason = ""
         """Why the pull is not live, in words ("" while live)."""
         self.recent_reasons: collections.deque[str] = collections.deque(maxlen=16)
         """The last reasons, oldest first (why an edge flapped)."""
-        self._task: asyncio.Task[None] | None = None
-        self._stopped: asyncio.Future[None] | None = None
         self._session: _Session | None = None
         self._feed: SourceFeed | None = None
         self._ice_servers: list[RTCIceServer] = []
@@ -203,55 +204,41 @@ class EdgePull:
         return self._feed
 
     def _set_state(self, state: EdgeState, reason: str = "") -> None:
+        """The base's change (logged, told to the listeners), with why in words."""
         changed_reason, self.reason = reason != self.reason, reason
         if changed_reason and reason:
             self.recent_reasons.append(reason)
-        if state == self._state:
-            if changed_reason and reason:
-                logger.info("EdgePull(%s) still %s: %s", self.forum_id, state.value, reason)
-            return
-        if reason:
-            logger.info("EdgePull(%s) %s -> %s: %s", self.forum_id, self._state.value, state.value, reason)
-        else:
-            logger.info("EdgePull(%s) %s -> %s", self.forum_id, self._state.value, state.value)
-        self._state = state
-        if self._on_state is not None:
-            try:
-                self._on_state(self, state)
-            except Exception:
-                logger.exception("EdgePull(%s) state callback failed", self.forum_id)
+            logger.info("EdgePull(%s) %s: %s", self.forum_id, state.value, reason)
+        super()._set_state(state)
 
     async def start(self) -> None:
         """Begin pulling (returns at once; the first connection is made in
         the background). Raises RuntimeError if already started."""
-        if self._task is not None or self._stopped is not None:
+        if self._own_task is not None or self.stop_requested:
             raise RuntimeError("EdgePull.start() called twice")
         aiortc_internals.install()
-        self._task = asyncio.create_task(self._run(), name=f"edge-pull-{self.forum_id}")
+        self._start_task(self._run(), f"edge-pull-{self.forum_id}")
 
     async def stop(self) -> None:
         """End the pull: DELETE the WHEP session, close the peer, take the
         feed out of the target (idempotent; concurrent callers all wait
         for the one stop)."""
-        if self._stopped is not None:
-            await self._stopped
-            return
-        self._stopped = asyncio.get_running_loop().create_future()
-        try:
-            if self._task is not None:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
-            for task in list(self._pli_tasks):
-                task.cancel()
-            await self._end_session()
-            if self._feed is not None:
-                for source in self._feed.sources():
-                    source.close()
-                self._target.remove_feed(self.forum_id, self.source_id)
-                self._feed = None
-            self._set_state(EdgeState.STOPPED, "stopped")
-        finally:
-            self._stopped.set_result(None)
+        await super().stop()
+
+    async def _stop(self) -> None:
+        task = self._own_task
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for pli in list(self._pli_tasks):
+            pli.cancel()
+        await self._end_session()
+        if self._feed is not None:
+            for source in self._feed.sources():
+                source.close()
+            self._target.remove_feed(self.forum_id, self.source_id)
+            self._feed = None
+        self._set_state(EdgeState.STOPPED, "stopped")
 
     # --- the retry loop ------------------------------------------------
 
@@ -444,7 +431,7 @@ class EdgePull:
             inbound.source = source
 
     def _send_pli(self, receiver: RTCRtpReceiver, source: RtpSource) -> None:
-        if source.ssrc is None or self._stopped is not None:
+        if source.ssrc is None or self.stop_requested:
             return
         task = asyncio.ensure_future(aiortc_internals.send_pli(receiver, source.ssrc))
         self._pli_tasks.add(task)

@@ -288,6 +288,12 @@ class MediaPlane(Lifecycle[_State]):
         forum = self._forums.get(forum_id)
         return forum.program.on_air if forum is not None else None
 
+    def program_viewers(self, forum_id: str) -> int:
+        """How many viewers of this node follow the forum's program (an
+        edge's pull stops when it reaches 0: streaming/edge_links.py)."""
+        forum = self._forums.get(forum_id)
+        return forum.program.viewers if forum is not None else 0
+
     def program_bus(self, forum_id: str) -> ProgramBus:
         """The forum's program bus, for program outputs (streaming/forum_outputs.py)."""
         return self._forum(forum_id).program

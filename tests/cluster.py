@@ -74,6 +74,9 @@ def start_cluster(redis_url: str, names: tuple[str, ...] = ("a", "b"), extra_env
                 "FORUMCAST_REDIS_URL": redis_url,
                 "FORUMCAST_NODE_ID": f"node-{name}",
                 "FORUMCAST_LEASE_TTL_MS": str(lease_ttl_ms),
+                # a busy shared machine must not make a node "full" and move viewers (placement's
+                # CPU criterion is tested in tests/test_placement.py)
+                "FORUMCAST_NODE_MAX_CPU": "1000",
                 **(extra_env or {}),
             }
             cluster.nodes[name] = start_server(extra_env=env, extra_args=extra_args, secret=secret)

@@ -57,6 +57,10 @@ class ServerProcess:
         `language` is the invite's (the pages' default language)."""
         return self._tokens.issue(role, forums, name, ttl_seconds=ttl_seconds, language=language)
 
+    def edge_link_token(self, forum_id: str, node_id: str = "test-edge") -> str:
+        """A node's grant for pulling the forum's program (an edge link)."""
+        return self._tokens.issue_edge_link(forum_id, node_id)
+
     def expired_token(self, role: Role | str, forums: list[str] | None = None) -> str:
         """A well-signed token whose expiry is already past."""
         past = TokenService(self.secret, now=lambda: time.time() - 7200)

@@ -22,6 +22,7 @@ from config.settings import Settings, load_settings
 from rooms.models import Role
 from signaling.app import build_app
 from signaling.app_keys import ROOMS, TOKENS
+from signaling.edges import SERVED
 from tests.eventually import eventually
 from tests.signaling_peers import PublisherPeer, ViewerPeer
 
@@ -184,6 +185,37 @@ async def test_whip_and_whep_sessions_end_when_their_token_expires(
     finally:
         await watcher.close()
         await publisher.close()
+
+
+async def test_an_edge_link_takes_no_seat_and_outlives_its_token(
+        client: TestClient[web.Request, web.Application]) -> None:
+    """A node's pull (an edge-link grant, minted per request) is not a
+    guest: no seat, counted as an edge link, and not ended when the token
+    it was opened with expires (the guest's WHEP session beside it is)."""
+    assert client.app is not None
+    rooms, tokens, served = client.app[ROOMS], client.app[TOKENS], client.app[SERVED]
+    link = tokens.issue_edge_link(FORUM, "edge-node", ttl_seconds=4)
+    guest = tokens.issue(Role.VIEWER, [FORUM], "Short guest", ttl_seconds=4)
+    edge, watcher = ViewerPeer(), ViewerPeer()
+    try:
+        status, answer = await _post(client, f"/whep/{FORUM}", link, await edge.offer())
+        assert status == 201, answer
+        await edge.accept(answer)
+        assert (await rooms.viewer_count(FORUM)).viewers == 0 and served.counts() == {FORUM: 1}
+        location = await _location(client, f"/whep/{FORUM}", guest, await watcher.offer())
+        assert (await rooms.viewer_count(FORUM)).viewers == 1  # the guest took the seat
+
+        async def guest_ended() -> bool:
+            return (await rooms.viewer_count(FORUM)).total == 0
+
+        await eventually(guest_ended, timeout=60, what="the guest's session to end at its token's expiry")
+        async with client.get(location) as response:
+            assert response.status in (404, 410)
+        assert served.counts() == {FORUM: 1}  # the edge link outlived the same expiry
+        await edge.wait_video(1)
+    finally:
+        await edge.close()
+        await watcher.close()
 
 
 async def _location(client: TestClient[web.Request, web.Application], path: str, token: str,

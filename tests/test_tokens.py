@@ -157,3 +157,23 @@ def test_issue_refuses_bad_requests(tokens: TokenService) -> None:
         tokens.issue(Role.VIEWER, [], "X")
     with pytest.raises(RoomError, match="must be positive"):
         tokens.issue(Role.VIEWER, ["ai"], "X", ttl_seconds=0)
+
+
+def test_an_edge_link_grant_opens_one_forum_to_a_node_and_is_short_lived(tokens: TokenService, clock: Clock) -> None:
+    grant = tokens.verify(tokens.issue_edge_link("main", "node-b@1234abcd"))
+    assert grant.edge_link and grant.role is Role.VIEWER and grant.forums == frozenset({"main"})
+    assert grant.subject == "edge-link:node-b@1234abcd"
+    assert grant.expires_at == clock.now + 60
+    assert not grant.allows("other", Role.VIEWER)
+    assert not tokens.verify(tokens.issue(Role.ADMIN, None, "Admin")).edge_link  # only issue_edge_link marks it
+    old = tokens.issue_edge_link("main", "b")
+    clock.now += 61
+    assert refused(tokens, old).code == "token_expired"  # a request must fit in its minute
+    assert tokens.verify(tokens.issue_edge_link("main", "b")).edge_link  # the pull mints one per request
+
+
+def test_an_edge_claim_needs_the_shared_secret(tokens: TokenService) -> None:
+    """Only a node (holder of the secret) can mint an edge link: a claim
+    added by anyone else breaks the signature."""
+    forged = TokenService("another-secret-that-is-long-enough-too").issue_edge_link("main", "x")
+    assert refused(tokens, forged).code == "token_invalid"

@@ -26,6 +26,8 @@ from rooms.models import Event, Forum, ForumKind, SourceState, Text
 from rooms.service import RoomService
 from streaming import aiortc_internals
 import streaming
+from streaming.edge_links import EdgeLinks
+from streaming.edge_pull import EdgePull
 from streaming.ffmpeg_process import FfmpegProcess, RestartPolicy, Supervisor
 from streaming.forum_host import ForumHost, HostSettings
 from streaming.forum_outputs import ProgramOutputs
@@ -178,6 +180,24 @@ async def _rtp_ingest(_: Path) -> Lifecycle[Any]:
     return ingest
 
 
+async def _edge_pull(_: Path) -> Lifecycle[Any]:
+    plane = MediaPlane(CONFIG)  # nothing reaches it: the origin never answers
+    pull = EdgePull("f", f"http://127.0.0.1:{free_port()}/whep/f", None, plane, CONFIG, plane.decoders,
+                    backoff_initial=0.05)
+    await pull.start()
+    await eventually(lambda: pull.state == "retrying", what="the pull to retry an origin that is not there")
+    return pull
+
+
+async def _edge_links(_: Path) -> Lifecycle[Any]:
+    async def locate(forum_id: str) -> str | None:
+        return None
+
+    links = EdgeLinks(MediaPlane(CONFIG), locate, lambda forum_id: "token", check_interval_s=0.05)
+    await links.start()
+    return links
+
+
 CASES = [
     Case(FfmpegProcess, _ffmpeg, "stopped"),
     Case(Supervisor, _supervisor, "stopped"),
@@ -195,6 +215,8 @@ CASES = [
     Case(Restream, _restream, "stopped"),
     Case(RtpUdpIngest, _rtp_ingest, "stopped"),
     Case(ForumHost, _forum_host, "stopped"),
+    Case(EdgePull, _edge_pull, "stopped"),
+    Case(EdgeLinks, _edge_links, "stopped"),
 ]
 
 

@@ -1,0 +1,87 @@
+"""Placement over HTTP, and the load each node's heartbeat carries.
+
+`GET /api/forums/{forum_id}/placement` answers `{"node_id", "url"}`: the
+node a viewer of the forum should use (rooms/placement.py: the forum's
+owner while it has room, else the live node with the most room). A viewer
+token for the forum (none on a public event); 404 for an unknown forum,
+503 `unavailable` when no node can be reached.
+
+A node that is full (no room by its own heartbeat) sends new program
+viewers to the placement (`elsewhere`): WHEP answers 307 (RFC 9725 s4.5),
+socket.io `watch` acks `moved`; viewers already watching stay.
+
+`NodeLoadMeter` is the RoomService's `load`: {"viewers": this node's
+WebRTC viewers (edge links served included), "cpu": this process's CPU
+time over wall time since the last heartbeat, a share of one core (its
+ffmpeg children not included)}.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from rooms.models import Role
+from rooms.placement import Placement, place, room
+from signaling.app_keys import EVENT, MEDIA, SETTINGS, STORE, TOKENS
+from signaling.http_api import bearer_token, json_response
+from signaling.whip import known_forum
+
+
+MIN_WINDOW_S = 0.5  # a CPU share over less is noise (the first beat runs at start-up)
+
+
+class NodeLoadMeter:
+    """Called once per heartbeat (see the module docstring)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._last = (time.monotonic(), time.process_time())
+        self._share = 0.0
+
+    def __call__(self) -> dict[str, Any]:
+        now, cpu = time.monotonic(), time.process_time()
+        then, cpu_then = self._last
+        if now - then >= MIN_WINDOW_S:  # the start-up beat's instant is no measure
+            self._share = (cpu - cpu_then) / (now - then)
+            self._last = (now, cpu)
+        share = self._share
+        plane = self._app.get(MEDIA)
+        viewers = int(plane.stats()["viewers"]) if plane is not None else 0
+        return {"viewers": viewers, "cpu": round(share, 3)}
+
+
+async def get_placement(request: web.Request) -> web.Response:
+    """See the module docstring."""
+    forum_id = known_forum(request)
+    token = bearer_token(request)
+    if token is not None or not request.app[EVENT].public:
+        request.app[TOKENS].verify(token).require(forum_id, Role.VIEWER)
+    store = request.app[STORE]
+    settings = request.app[SETTINGS]
+    chosen = place(await store.lease_owner(forum_id), await store.nodes(),
+                   settings.node_max_viewers, settings.node_max_cpu)
+    return json_response({"node_id": chosen.node_id, "url": chosen.url})
+
+
+async def elsewhere(app: web.Application, forum_id: str) -> Placement | None:
+    """Where a new viewer of the forum should go instead of this node: None
+    while this node has room (or its own heartbeat is not in yet), else the
+    placement when it names another node (WHEP answers it 307, socket.io
+    `watch` acks `moved`)."""
+    store = app.get(STORE)
+    if store is None:
+        return None
+    settings = app[SETTINGS]
+    nodes = await store.nodes()
+    me = next((n for n in nodes if n.node_id == store.node_id), None)
+    if me is None or room(me, settings.node_max_viewers, settings.node_max_cpu) > 0:
+        return None
+    chosen = place(await store.lease_owner(forum_id), nodes, settings.node_max_viewers, settings.node_max_cpu)
+    return None if chosen.node_id == store.node_id else chosen
+
+
+def setup_placement(app: web.Application) -> None:
+    app.router.add_get("/api/forums/{forum_id}/placement", get_placement)
