@@ -2,7 +2,8 @@
 media: a browser's or an encoder's WebRTC/WHIP publish
 (streaming/publisher.py), the venue's RTMP/SRT ingest
 (streaming/venue_ingest.py), a recorded video's playout
-(streaming/playout.py) and the forum's slate (streaming/slate.py).
+(streaming/playout.py), the forum's slate (streaming/slate.py), and an
+edge's pull of another node's program (streaming/edge_pull.py).
 
 Each has its rooms id, a lifecycle (streaming/lifecycle.py: `state`, state
 listeners, one idempotent `stop()`), and hands the media plane its
@@ -30,9 +31,10 @@ class SourceInput(Protocol):
 
 
 if TYPE_CHECKING:  # mypy checks each kind of source has the shape; nothing is imported at run time
+    from streaming.edge_pull import EdgePull
     from streaming.playout import FilePlayout
     from streaming.publisher import WebRtcPublisher
     from streaming.slate import Slate
     from streaming.venue_ingest import VenueIngest
 
-    _KINDS: tuple[type[SourceInput], ...] = (WebRtcPublisher, VenueIngest, FilePlayout, Slate)
+    _KINDS: tuple[type[SourceInput], ...] = (WebRtcPublisher, VenueIngest, FilePlayout, Slate, EdgePull)
