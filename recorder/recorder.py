@@ -40,6 +40,24 @@ _SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _ISO_KINDS = (SourceKind.LIVE, SourceKind.VENUE)  # raw sources: not the slate, not a playout of a file
 
 
+def new_directory(parent: Path, name: str, tries: int = 100) -> tuple[str, Path]:
+    """A directory of its own for a new recording: `name`, or `name-2`,
+    `name-3`... when a recording of the same name exists (names are
+    stamped to the second: a recording stopped and started again within
+    one, or a source reconnecting within one, must never write into
+    another's segments). Returns (the name taken, its directory)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, tries + 1):
+        taken = name if n == 1 else f"{name}-{n}"
+        directory = parent / taken
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue
+        return taken, directory
+    raise RecorderError("conflict", f"{tries} recordings named {name!r} already: try again in a second")
+
+
 class RecorderError(Exception):
     """A refused recorder request: `code` ("conflict", "not_found",
     "disk_full") and a message a person can act on."""
@@ -142,9 +160,8 @@ class Recorder:
             now = time.time()
             stamp = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             session_name = _SAFE.sub("-", session or "manual")[:64]
-            recording_id = f"{_SAFE.sub('-', forum_id)}--{session_name}--{stamp}"
-            directory = self.root / forum_id / recording_id
-            directory.mkdir(parents=True, exist_ok=False)
+            recording_id, directory = new_directory(self.root / forum_id,
+                                                    f"{_SAFE.sub('-', forum_id)}--{session_name}--{stamp}")
             info = RecordingInfo(recording_id, forum_id, session_name, now)
             save_meta(directory, info)
             active = _Active(info, directory)
@@ -189,8 +206,8 @@ class Recorder:
             if source_id in active.isos:
                 continue
             main = active.info
-            iso_id = f"{main.id}--iso-{_SAFE.sub('-', source_id)[:48]}-{int(time.time()) % 100000:05d}"
-            directory = self.root / forum_id / iso_id
+            iso_id, directory = new_directory(
+                self.root / forum_id, f"{main.id}--iso-{_SAFE.sub('-', source_id)[:48]}-{int(time.time()) % 100000:05d}")
             info = RecordingInfo(iso_id, forum_id, main.session, time.time(), source=source_id)
             iso = IsoRecording(info, directory, feed, ffmpeg_path=self._ffmpeg,
                                private_root=self._outputs.private_root)
@@ -198,7 +215,6 @@ class Recorder:
                 logger.warning("Recorder(%s) source %s has no H.264 or Opus track: no iso recording",
                                forum_id, source_id)
                 continue
-            directory.mkdir(parents=True, exist_ok=True)
             save_meta(directory, info)
             active.isos[source_id] = iso
             await iso.start()

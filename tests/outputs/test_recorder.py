@@ -118,3 +118,38 @@ async def test_a_full_disk_stops_the_recording_with_an_alert(tmp_path: Path) -> 
         await recorder.close()
         await outputs.close()
         await slate.stop()
+
+
+async def test_a_recording_started_again_within_the_same_second_gets_a_name_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names are stamped to the second: a stop and a start within one
+    answered 500 (the directory existed), and an iso recording of a source
+    that reconnected within one would have written into the other's."""
+    import recorder.recorder as recorder_module
+    from recorder.recorder import Recorder, new_directory
+    from streaming.forum_outputs import ProgramOutputs
+    from tests.outputs.helpers import SMALL, program_bus, slate_feed
+
+    taken = [new_directory(tmp_path / "names", "main--manual--20261130T120000Z")[0] for _ in range(3)]
+    assert taken == ["main--manual--20261130T120000Z", "main--manual--20261130T120000Z-2",
+                     "main--manual--20261130T120000Z-3"]
+
+    frozen = 1_796_040_000.0  # one second, whatever the machine's speed
+    monkeypatch.setattr(recorder_module.time, "time", lambda: frozen)
+    feed, slate = await slate_feed("Main Hall", "slate", 320, 180)
+    bus = program_bus()
+    bus.switch_to(feed)
+    outputs = ProgramOutputs(lambda forum_id: bus, SMALL)
+    recorder = Recorder(tmp_path / "rec", outputs)
+    try:
+        first = await recorder.start("main")
+        await recorder.stop("main")
+        second = await recorder.start("main")
+        await recorder.stop("main")
+        assert first.id != second.id and second.id == first.id + "-2"
+        assert (tmp_path / "rec" / "main" / second.id).is_dir()
+    finally:
+        await recorder.close()
+        await outputs.close()
+        await slate.stop()
