@@ -151,6 +151,11 @@ async def home(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/lobby" + query)
 
 
+async def favicon(_: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "favicon.svg", headers={
+        "Content-Type": "image/svg+xml", "Cache-Control": "public, max-age=86400"})
+
+
 def setup_pages(app: web.Application) -> None:
     app.router.add_get("/", home)
     app.router.add_get("/lobby", lobby)
@@ -158,6 +163,7 @@ def setup_pages(app: web.Application) -> None:
     app.router.add_get("/watch/{forum_id}", _forum_page("watch.html"))
     setup_status_wall(app, status_page)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+    app.router.add_get("/favicon.ico", favicon)  # browsers ask every page for it
     for problem in vendor.problems(vendor.load_manifest()):
         # a broken checkout or package: say so once at start, not per request
         logger.error("vendored browser file: %s (pages will not connect)", problem)

@@ -27,6 +27,25 @@ import threading
 import time
 
 
+def in_words(error: BaseException) -> str:
+    """What went wrong, as an operator reads it on the control page (not
+    a Python class name). PyAV's errors subclass the builtin ones."""
+    detail = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    if isinstance(error, ConnectionRefusedError):
+        return f"the platform refused the connection: nothing answers at that address and port ({detail})"
+    if isinstance(error, TimeoutError):
+        return f"the platform did not answer in time ({detail})"
+    if isinstance(error, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+        return f"the platform closed the connection: check the stream key, or the platform ended the stream ({detail})"
+    if isinstance(error, PermissionError):
+        return f"the platform refused the stream: check the stream key and that the stream is enabled ({detail})"
+    if "resolve" in detail.lower() or "name or service not known" in detail.lower():
+        return f"the platform's host name does not resolve ({detail})"
+    if "ssl" in type(error).__name__.lower() or "tls" in detail.lower() or "certificate" in detail.lower():
+        return f"the secure (RTMPS) connection failed ({detail})"
+    return f"the push failed: {detail}"
+
+
 def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
 
@@ -103,7 +122,7 @@ def main(argv: list[str]) -> int:
                     print(f"push: done {media_s:.2f} s of media in {time.monotonic() - live_at:.2f} s",
                           file=sys.stderr, flush=True)
     except Exception as error:  # report in words, key redacted, then exit non-zero
-        words = _redact(f"{type(error).__name__}: {error}", key)
+        words = _redact(in_words(error), key)
         print(f"push: error {words}", file=sys.stderr, flush=True)
         return 1
     if not quit_asked.wait(0.5):  # a stop closes our input just after its 'q'

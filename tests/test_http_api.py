@@ -82,6 +82,12 @@ async def test_healthz(client: TestClient[web.Request, web.Application]) -> None
     assert await response.json() == {"status": "ok", "node_id": "api-node"}
 
 
+async def test_the_favicon_every_browser_asks_for_is_served(client: TestClient[web.Request, web.Application]) -> None:
+    response = await client.get("/favicon.ico")  # was a 404 in every page's console
+    assert response.status == 200 and response.headers["Content-Type"] == "image/svg+xml"
+    assert (await response.text()).startswith("<svg")
+
+
 async def test_forums_list_with_live_and_next(client: TestClient[web.Request, web.Application]) -> None:
     response = await client.get("/api/forums")
     assert response.status == 200

@@ -20,7 +20,7 @@ import pytest
 from tests.test_cli import serving, venue_ports
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["/lobby", "/watch/main", "/speak/main", "/control/main", "/watch/no-such-forum"]
+PAGES = ["/lobby", "/watch/main", "/speak/main", "/control/main", "/favicon.ico", "/watch/no-such-forum"]
 _HTML_REFS = re.compile(r"""<(?:script|link|img)\b[^>]*?\b(?:src|href)="([^"]+)\"""")
 _JS_IMPORTS = re.compile(r"""(?:\bfrom\s*|\bimport\s*\(?\s*)["']([^"']+\.js)["']""")
 _CSS_URLS = re.compile(r"""url\(\s*["']?([^"')]+)["']?\s*\)""")

@@ -508,6 +508,8 @@ function main() {
   applyRecordingIdle();
   onLanguageChange(() => {
     showAgenda();
+    if (state.sources) applySources(state.sources); // tiles' badges, then the program
+    if (state.joined) refreshLists(); // media list and playouts (their buttons)
     applyProgram({ ...state.program });
     if (state.lastRecording) applyRecording(state.lastRecording); else applyRecordingIdle();
     restreamCall("/restreams", "GET");

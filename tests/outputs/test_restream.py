@@ -131,3 +131,16 @@ def test_event_file_destinations_take_their_key_from_the_environment(caplog: pyt
     assert [(s["id"], s["state"], s["url"]) for s in statuses] == [
         ("webcast", "idle", "rtmps://live.example.com:443/app")]
     assert "FORUMCAST_KEY_MAIN_VIDEO" in caplog.text and KEY_A not in caplog.text + repr(statuses)
+
+
+def test_a_push_failure_is_told_in_words_not_as_a_python_exception() -> None:
+    """The control page showed 'ConnectionRefusedError: [Errno 111] Connection refused'."""
+    import av
+
+    from streaming.restream_push import in_words
+
+    refused = in_words(av.error.ConnectionRefusedError(111, "Connection refused"))
+    assert refused.startswith("the platform refused the connection") and "Error" not in refused
+    assert in_words(ConnectionResetError(104, "Connection reset by peer")).startswith("the platform closed")
+    assert in_words(TimeoutError("timed out")).startswith("the platform did not answer")
+    assert "Error" not in in_words(RuntimeError("odd"))

@@ -2,7 +2,7 @@
 // shown to every guest; dismiss: hidden; mark answered) and the latest chat
 // messages with a hide button (a hidden one stays, struck through, with Show). Fed by chat_history at join and the
 // "moderation" pushes (operators only). Texts go in as textContent.
-import { describe, request, t } from "./common.js";
+import { describe, onLanguageChange, request, t } from "./common.js";
 import { MessageList } from "./chat.js";
 
 function button(text, onClick) {
@@ -38,6 +38,11 @@ export function mountQaPanel(socket, forumId, root, flash) {
   });
   const empty = root.querySelector(".qa-empty");
   const update = () => { empty.hidden = queue.messages.size > 0; };
+  // the buttons are drawn in the language of the moment: draw them again on a switch
+  onLanguageChange(() => {
+    queue.replace([...queue.messages.values()]);
+    chat.replace([...chat.messages.values()]);
+  });
   socket.on("moderation", (message) => {
     if (message.forum_id !== forumId) return;
     queue.put(message);
