@@ -52,6 +52,7 @@ from signaling.whip import (
     known_forum,
     preflight,
     read_offer,
+    redirected,
     sdp_created,
     setup_whip,
     trickle_refusal,
@@ -96,14 +97,10 @@ class WhepEndpoint(HttpMediaEndpoint):
         if owner is not None and grant.edge_link:
             # an edge pulls from the origin itself, never through another edge (no loops);
             # RFC 9725 s4.5 lets a WHEP server redirect; 307 keeps the POST and its offer
-            headers = dict(CORS_HEADERS)
-            headers["Location"] = redirect_url(owner, request.path_qs)
-            return web.Response(status=307, headers=headers)
+            return redirected(redirect_url(owner, request.path_qs))
         if not grant.edge_link and (better := await elsewhere(self._app, forum_id)) is not None:
             # this node is full: the placement's node serves the viewer (RFC 9725 s4.5)
-            headers = dict(CORS_HEADERS)
-            headers["Location"] = better.url.rstrip("/") + request.path_qs
-            return web.Response(status=307, headers=headers)
+            return redirected(better.url.rstrip("/") + request.path_qs)
         await edge_for(self._app, forum_id, owner)  # another node hosts it: serve it here through a pull
         offer = await read_offer(request)
         session_id = uuid.uuid4().hex

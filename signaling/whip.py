@@ -170,6 +170,12 @@ class EndedSessions:
             raise RoomError(why.code, why.message)
 
 
+def redirected(location: str) -> web.Response:
+    """307 to `location`: the method and the offer are kept (RFC 9110
+    s15.4.8), as RFC 9725 s4.5 lets a WHIP/WHEP endpoint redirect."""
+    return web.Response(status=307, headers={**CORS_HEADERS, "Location": location})
+
+
 def trickle_refusal() -> web.Response:
     # RFC 9725 section 4.3.1: a server without trickle ICE answers PATCH with 405
     error = RoomError("trickle_unsupported",
@@ -263,10 +269,8 @@ class WhipEndpoint(HttpMediaEndpoint):
         if owner is not None:
             # another node hosts the forum: publish there (RFC 9725's load balancing and redirections;
             # a 307 keeps the method and the offer, RFC 9110 section 15.4.8)
-            headers = dict(CORS_HEADERS)
-            headers["Location"] = redirect_url(owner, request.path_qs)
             logger.info("WHIP: forum %s is hosted by %s; redirected there", forum_id, owner.node_id)
-            return web.Response(status=307, headers=headers)
+            return redirected(redirect_url(owner, request.path_qs))
         offer = await read_offer(request)
         session_id = uuid.uuid4().hex
         participant_id = "whip-" + session_id[:12]

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from rooms.models import SourceKind
 from streaming.ffmpeg_process import ffmpeg_binary
+from streaming.forum_outputs import ProgramOutputs
 from streaming.program_bus import ProgramBus
 from streaming.program_encoder import OutputProfile
 from streaming.rtp_source import SourceFeed
@@ -71,3 +74,19 @@ async def slate_feed(title: str, source_id: str, width: int, height: int) -> tup
 
 def program_bus(name: str = "forum/program") -> ProgramBus:
     return ProgramBus(name)
+
+
+@contextlib.asynccontextmanager
+async def slate_program(title: str = "Main Hall", width: int = 320,
+                        height: int = 180) -> AsyncIterator[tuple[ProgramBus, ProgramOutputs]]:
+    """A forum program showing a real slate, and the outputs (SMALL
+    profile) that read it; on exit the outputs close, then the slate stops."""
+    feed, slate = await slate_feed(title, "slate", width, height)
+    bus = program_bus()
+    bus.switch_to(feed)
+    outputs = ProgramOutputs(lambda forum_id: bus, SMALL)
+    try:
+        yield bus, outputs
+    finally:
+        await outputs.close()
+        await slate.stop()

@@ -14,10 +14,9 @@ import aiohttp
 import pytest
 
 from rooms.models import Role
-from streaming.forum_outputs import ProgramOutputs
 from tests.eventually import eventually
 from tests.operator_app import Node, running_node
-from tests.outputs.helpers import SMALL, probe, program_bus, slate_feed
+from tests.outputs.helpers import SMALL, probe, slate_program
 from tests.outputs.nginx import Nginx
 
 pytestmark = pytest.mark.timeout(240)
@@ -28,31 +27,26 @@ KEY = "nginx-live-7c1e9a0b-secret"
 async def test_restream_to_nginx_rtmp_survives_the_platform_restarting(tmp_path: Path) -> None:
     nginx = Nginx(tmp_path / "nginx")
     nginx.start()
-    feed, slate = await slate_feed("Main Hall", "slate", 640, 360)
-    bus = program_bus()
-    bus.switch_to(feed)
-    outputs = ProgramOutputs(lambda forum_id: bus, SMALL)
-    forum = outputs.forum("main")
-    dest = forum.add("nginx platform", nginx.rtmp_url, KEY)
     try:
-        await forum.start(dest.id)
-        await eventually(lambda: dest.state == "live", timeout=90, what="live on nginx-rtmp")
-        await eventually(lambda: dest.status().uptime_s >= 4, timeout=30, what="4 s streamed")
-        await eventually(lambda: len(nginx.recorded()) == 1 and nginx.recorded()[0].stat().st_size > 0,
-                         timeout=30, what="nginx recording the publish")
-        nginx.kill()
-        await eventually(lambda: dest.state in ("retrying", "connecting"), timeout=30, what="retrying")
-        assert dest.status().to_json()["last_error"]
-        nginx.start()
-        back = time.monotonic()
-        await eventually(lambda: dest.state == "live" and dest.lives == 2, timeout=60, what="live again")
-        print(f"live on nginx again {time.monotonic() - back:.1f} s after its restart")
-        await eventually(lambda: dest.status().uptime_s >= 4, timeout=30, what="4 s streamed again")
-        await forum.stop(dest.id)
+        async with slate_program(width=640, height=360) as (_, outputs):
+            forum = outputs.forum("main")
+            dest = forum.add("nginx platform", nginx.rtmp_url, KEY)
+            await forum.start(dest.id)
+            await eventually(lambda: dest.state == "live", timeout=90, what="live on nginx-rtmp")
+            await eventually(lambda: dest.status().uptime_s >= 4, timeout=30, what="4 s streamed")
+            await eventually(lambda: len(nginx.recorded()) == 1 and nginx.recorded()[0].stat().st_size > 0,
+                             timeout=30, what="nginx recording the publish")
+            nginx.kill()
+            await eventually(lambda: dest.state in ("retrying", "connecting"), timeout=30, what="retrying")
+            assert dest.status().to_json()["last_error"]
+            nginx.start()
+            back = time.monotonic()
+            await eventually(lambda: dest.state == "live" and dest.lives == 2, timeout=60, what="live again")
+            print(f"live on nginx again {time.monotonic() - back:.1f} s after its restart")
+            await eventually(lambda: dest.status().uptime_s >= 4, timeout=30, what="4 s streamed again")
+            await forum.stop(dest.id)
     finally:
-        await outputs.close()
-        await slate.stop()
-        nginx.stop()
+        nginx.stop()  # after the outputs closed, as before
     files = nginx.recorded()
     assert len(files) == 2, files
     for path in files:

@@ -15,10 +15,9 @@ from pathlib import Path
 
 from recorder.recorder import Recorder
 from streaming.ffmpeg_process import Supervisor
-from streaming.forum_outputs import ProgramOutputs
 from streaming.hls_output import HlsOutput
 from tests.eventually import eventually
-from tests.outputs.helpers import SMALL, program_bus, slate_feed
+from tests.outputs.helpers import slate_program
 from tests.outputs.platforms import Platform
 
 
@@ -71,12 +70,8 @@ async def _encoder_sockets(protocol: str) -> tuple[list[str], list[str], bool]:
     encoder ffmpeg's inet sockets of `protocol` ("udp"/"tcp"), those this
     process gained, and whether outputs read a Unix socket in a 0700
     directory."""
-    feed, slate = await slate_feed("Main Hall", "slate", 320, 180)
-    bus = program_bus()
-    bus.switch_to(feed)
-    outputs = ProgramOutputs(lambda forum_id: bus, SMALL)
-    mine_before = set(inet_of(os.getpid()))
-    try:
+    async with slate_program() as (_, outputs):
+        mine_before = set(inet_of(os.getpid()))
         url = await outputs.forum("main").acquire("test")
         encoder = outputs.forum("main").encoder
         assert encoder is not None
@@ -86,9 +81,6 @@ async def _encoder_sockets(protocol: str) -> tuple[list[str], list[str], bool]:
         private = url.startswith("unix:") and Path(url[5:]).is_socket() and \
             stat.S_IMODE(Path(url[5:]).parent.stat().st_mode) == 0o700
         return theirs, gained, private
-    finally:
-        await outputs.close()
-        await slate.stop()
 
 
 async def test_the_program_reaches_the_encoder_without_a_loopback_port() -> None:
@@ -103,51 +95,41 @@ async def test_the_encoder_reaches_the_tee_without_a_loopback_port() -> None:
 
 
 async def test_the_recorder_and_hls_read_the_tee_without_a_loopback_port(tmp_path: Path) -> None:
-    feed, slate = await slate_feed("Main Hall", "slate", 320, 180)
-    bus = program_bus()
-    bus.switch_to(feed)
-    outputs = ProgramOutputs(lambda forum_id: bus, SMALL)
-    recorder = Recorder(tmp_path / "rec", outputs, min_free_bytes=0)
-    hls: HlsOutput | None = None
-    try:
-        info = await recorder.start("main", "keynote")
-        url = await outputs.forum("main").acquire("hls")
-        private_dir_of(url)
-        hls = HlsOutput("main", tmp_path / "hls", url)
-        await hls.start()
-        await eventually(lambda: hls is not None and hls.playlist.exists(), timeout=90, what="an HLS playlist")
-        await eventually(lambda: info.size > 0 or any((tmp_path / "rec").rglob("seg-*.ts")), timeout=60,
-                         what="a recording segment")
-        active = recorder._active["main"]
-        assert inet_of(pid_of(active.supervisor)) == []  # hop 3: tee -> recorder
-        assert inet_of(pid_of(hls._supervisor)) == []  # hop 3: tee -> HLS
-    finally:
-        if hls is not None:
-            await hls.stop()
-        await recorder.close()
-        await outputs.close()
-        await slate.stop()
+    async with slate_program() as (_, outputs):
+        recorder = Recorder(tmp_path / "rec", outputs, min_free_bytes=0)
+        hls: HlsOutput | None = None
+        try:
+            info = await recorder.start("main", "keynote")
+            url = await outputs.forum("main").acquire("hls")
+            private_dir_of(url)
+            hls = HlsOutput("main", tmp_path / "hls", url)
+            await hls.start()
+            await eventually(lambda: hls is not None and hls.playlist.exists(), timeout=90, what="an HLS playlist")
+            await eventually(lambda: info.size > 0 or any((tmp_path / "rec").rglob("seg-*.ts")), timeout=60,
+                             what="a recording segment")
+            active = recorder._active["main"]
+            assert inet_of(pid_of(active.supervisor)) == []  # hop 3: tee -> recorder
+            assert inet_of(pid_of(hls._supervisor)) == []  # hop 3: tee -> HLS
+        finally:
+            if hls is not None:
+                await hls.stop()
+            await recorder.close()
 
 
 async def test_a_restream_push_reads_the_tee_without_a_loopback_port(tmp_path: Path) -> None:
     platform = Platform("plain", tmp_path, "key-1234")
     await platform.start()
-    feed, slate = await slate_feed("Main Hall", "slate", 320, 180)
-    bus = program_bus()
-    bus.switch_to(feed)
-    outputs = ProgramOutputs(lambda forum_id: bus, SMALL)
-    forum = outputs.forum("main")
-    restream = forum.add("Plain", platform.url, "key-1234")
     try:
-        await forum.start(restream.id)
-        await eventually(lambda: restream.state == "live", timeout=90, what="the destination live")
-        assert forum.encoder is not None
-        private_dir_of(forum.encoder.url)
-        sockets = inet_of(pid_of(restream._supervisor))
-        platform_port = f":{platform.port:04X} "
-        # its one inet socket is its connection to the platform (hop 3: the tee is not on one)
-        assert len(sockets) == 1 and platform_port in sockets[0] + " ", sockets
+        async with slate_program() as (_, outputs):
+            forum = outputs.forum("main")
+            restream = forum.add("Plain", platform.url, "key-1234")
+            await forum.start(restream.id)
+            await eventually(lambda: restream.state == "live", timeout=90, what="the destination live")
+            assert forum.encoder is not None
+            private_dir_of(forum.encoder.url)
+            sockets = inet_of(pid_of(restream._supervisor))
+            platform_port = f":{platform.port:04X} "
+            # its one inet socket is its connection to the platform (hop 3: the tee is not on one)
+            assert len(sockets) == 1 and platform_port in sockets[0] + " ", sockets
     finally:
-        await outputs.close()
-        await slate.stop()
-        await platform.stop()
+        await platform.stop()  # after the outputs closed, as before

@@ -89,35 +89,30 @@ def test_sigkill_20_s_into_a_recording_then_restart_finalizes_it(tmp_path: Path)
 
 async def test_a_full_disk_stops_the_recording_with_an_alert(tmp_path: Path) -> None:
     from recorder.recorder import Recorder, RecorderError
-    from streaming.forum_outputs import ProgramOutputs
     from tests.eventually import eventually
-    from tests.outputs.helpers import SMALL, program_bus, slate_feed
+    from tests.outputs.helpers import slate_program
 
-    feed, slate = await slate_feed("Main Hall", "slate", 320, 180)
-    bus = program_bus()
-    bus.switch_to(feed)
-    outputs = ProgramOutputs(lambda forum_id: bus, SMALL)
-    changes: list[dict[str, object]] = []
-    recorder = Recorder(tmp_path / "rec", outputs, check_interval=0.2, on_change=lambda i: changes.append(i.to_json()))
-    try:
-        recorder.min_free_bytes = 1 << 62  # no disk has that much free
-        with pytest.raises(RecorderError) as refused:
-            await recorder.start("main")
-        assert refused.value.code == "disk_full" and outputs.forum("main").encoder is None
-        recorder.min_free_bytes = 0
-        info = await recorder.start("main", "keynote")
-        directory = tmp_path / "rec" / "main" / info.id
-        await eventually(lambda: len(complete_segments(directory)) >= 2, timeout=60, what="2 segments")
-        recorder.min_free_bytes = 1 << 62  # the disk fills up while recording
-        await eventually(lambda: info.state in ("finalized", "failed"), timeout=60, what="the recording stopped")
-        assert info.alert == "the disk is full: recording stopped"
-        assert info.state == "finalized" and info.duration_s >= 2  # what was recorded is kept
-        assert recorder.active("main") is None and outputs.forum("main").encoder is None
-        assert any(c["alert"] for c in changes)
-    finally:
-        await recorder.close()
-        await outputs.close()
-        await slate.stop()
+    async with slate_program() as (_, outputs):
+        changes: list[dict[str, object]] = []
+        recorder = Recorder(tmp_path / "rec", outputs, check_interval=0.2,
+                            on_change=lambda i: changes.append(i.to_json()))
+        try:
+            recorder.min_free_bytes = 1 << 62  # no disk has that much free
+            with pytest.raises(RecorderError) as refused:
+                await recorder.start("main")
+            assert refused.value.code == "disk_full" and outputs.forum("main").encoder is None
+            recorder.min_free_bytes = 0
+            info = await recorder.start("main", "keynote")
+            directory = tmp_path / "rec" / "main" / info.id
+            await eventually(lambda: len(complete_segments(directory)) >= 2, timeout=60, what="2 segments")
+            recorder.min_free_bytes = 1 << 62  # the disk fills up while recording
+            await eventually(lambda: info.state in ("finalized", "failed"), timeout=60, what="the recording stopped")
+            assert info.alert == "the disk is full: recording stopped"
+            assert info.state == "finalized" and info.duration_s >= 2  # what was recorded is kept
+            assert recorder.active("main") is None and outputs.forum("main").encoder is None
+            assert any(c["alert"] for c in changes)
+        finally:
+            await recorder.close()
 
 
 async def test_a_recording_started_again_within_the_same_second_gets_a_name_of_its_own(
@@ -128,8 +123,7 @@ async def test_a_recording_started_again_within_the_same_second_gets_a_name_of_i
     that reconnected within one would have written into the other's."""
     import recorder.recorder as recorder_module
     from recorder.recorder import Recorder, new_directory
-    from streaming.forum_outputs import ProgramOutputs
-    from tests.outputs.helpers import SMALL, program_bus, slate_feed
+    from tests.outputs.helpers import slate_program
 
     taken = [new_directory(tmp_path / "names", "main--manual--20261130T120000Z")[0] for _ in range(3)]
     assert taken == ["main--manual--20261130T120000Z", "main--manual--20261130T120000Z-2",
@@ -137,19 +131,14 @@ async def test_a_recording_started_again_within_the_same_second_gets_a_name_of_i
 
     frozen = 1_796_040_000.0  # one second, whatever the machine's speed
     monkeypatch.setattr(recorder_module.time, "time", lambda: frozen)
-    feed, slate = await slate_feed("Main Hall", "slate", 320, 180)
-    bus = program_bus()
-    bus.switch_to(feed)
-    outputs = ProgramOutputs(lambda forum_id: bus, SMALL)
-    recorder = Recorder(tmp_path / "rec", outputs)
-    try:
-        first = await recorder.start("main")
-        await recorder.stop("main")
-        second = await recorder.start("main")
-        await recorder.stop("main")
-        assert first.id != second.id and second.id == first.id + "-2"
-        assert (tmp_path / "rec" / "main" / second.id).is_dir()
-    finally:
-        await recorder.close()
-        await outputs.close()
-        await slate.stop()
+    async with slate_program() as (_, outputs):
+        recorder = Recorder(tmp_path / "rec", outputs)
+        try:
+            first = await recorder.start("main")
+            await recorder.stop("main")
+            second = await recorder.start("main")
+            await recorder.stop("main")
+            assert first.id != second.id and second.id == first.id + "-2"
+            assert (tmp_path / "rec" / "main" / second.id).is_dir()
+        finally:
+            await recorder.close()

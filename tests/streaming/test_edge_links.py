@@ -11,7 +11,6 @@ node it asks the forum's lease (signaling/edges.py)."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -19,7 +18,6 @@ import pytest
 from rooms.models import Role
 from rooms.tokens import TokenService
 from streaming.edge_links import EdgeLinks
-from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaPlane
 from tests.aiortc_peers import TestViewer, connect_viewer
 from tests.eventually import eventually
@@ -45,13 +43,9 @@ async def served(http: aiohttp.ClientSession, origin: ServerProcess) -> dict[str
 
 
 @pytest.fixture
-async def edge() -> AsyncIterator[MediaPlane]:
-    plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",)))
-    await plane.start()
-    try:
-        yield plane
-    finally:
-        await plane.stop()
+def edge(plane: MediaPlane) -> MediaPlane:
+    """The edge node's media plane (tests/streaming/conftest.py's `plane`)."""
+    return plane
 
 
 async def test_the_pull_follows_the_owner_ends_when_hosted_here_and_after_the_last_viewer(

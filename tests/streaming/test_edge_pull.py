@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -50,13 +49,9 @@ async def whep_viewers(http: aiohttp.ClientSession, origin: ServerProcess) -> in
 
 
 @pytest.fixture
-async def edge() -> AsyncIterator[MediaPlane]:
-    plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",)))
-    await plane.start()
-    try:
-        yield plane
-    finally:
-        await plane.stop()
+def edge(plane: MediaPlane) -> MediaPlane:
+    """The edge node's media plane (tests/streaming/conftest.py's `plane`)."""
+    return plane
 
 
 async def test_an_edge_pulls_once_serves_its_viewers_and_survives_an_origin_restart(

@@ -8,7 +8,6 @@ import contextlib
 import pytest
 
 from rooms.models import SourceState
-from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaPlane, SourceChange
 from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer
 from tests.eventually import NotYet, eventually
@@ -36,16 +35,6 @@ async def sender_reports(viewer: TestViewer, at_least: int, timeout: float = 20.
     with contextlib.suppress(NotYet):
         await eventually(both_past, timeout=timeout, interval=0.1, what="sender reports of both kinds")
     return found
-
-
-@pytest.fixture
-async def plane():
-    plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",)))
-    await plane.start()
-    try:
-        yield plane
-    finally:
-        await plane.stop()
 
 
 async def test_three_viewers_get_decodable_frames_in_order_without_server_decoders(plane: MediaPlane) -> None:

@@ -8,7 +8,6 @@ from aiortc import RTCPeerConnection, RTCConfiguration
 
 from streaming import aiortc_internals
 from streaming.ice_policy import candidate_address, gathering_on
-from tests.aiortc_peers import TestPublisher
 
 pytestmark = pytest.mark.timeout(60)
 

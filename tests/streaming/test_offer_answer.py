@@ -8,30 +8,19 @@ own transports. Real aiortc peers on loopback whose SDP is edited."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from aiortc import sdp
 
-from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaError, MediaPlane
 from streaming.offer_answer import CodecFormat, offer_for_aiortc, shape_answer, split
-from tests.aiortc_peers import LOOPBACK, TestPublisher, TestViewer, connect_viewer
+from tests.aiortc_peers import TestPublisher, TestViewer, connect_viewer
 from tests.eventually import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
 Edit = Callable[[str], str]
-
-
-@pytest.fixture
-async def plane() -> AsyncIterator[MediaPlane]:
-    plane = MediaPlane(MediaConfig(ice_addresses=LOOPBACK))
-    await plane.start()
-    try:
-        yield plane
-    finally:
-        await plane.stop()
 
 
 def h264_only(profile_level_id: str, mode: int = 1) -> Edit:
