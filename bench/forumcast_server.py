@@ -9,6 +9,7 @@ GET  /stats                     (MediaPlane.stats())
 from __future__ import annotations
 
 import argparse
+import logging
 import asyncio
 import cProfile
 
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--no-batch", action="store_true", help="one Python call per viewer per packet (fanout_batch off)")
     parser.add_argument("--cprofile", default="", help="write cProfile stats here at exit")
     args = parser.parse_args()
+    # viewers ended (never connected, consent lost) show in the child's log
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.cprofile:
         asyncio.run(serve(args.port, args.lifetime, args.udp_port, not args.no_batch))
         return

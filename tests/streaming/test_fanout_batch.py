@@ -22,7 +22,7 @@ from streaming.rtp_source import RtpSource, SourceFeed
 from streaming.udp_mux import UdpMux
 from tests.streaming.test_downtrack import H264, IDR, OPUS, VIEWER_PT, Camera, contiguous, srtp_sessions
 
-pytestmark = pytest.mark.skipif(not fanout_batch.available(), reason="streaming._fanout not built")
+needs_c = pytest.mark.skipif(not fanout_batch.available(), reason="streaming._fanout not built")
 
 
 class Quiet:
@@ -69,6 +69,7 @@ async def shared_seat(mux: UdpMux, index: int, kind: str = "video") -> Seat:
     return Seat(dt, sock, rx)
 
 
+@needs_c
 async def test_fifty_viewers_on_the_shared_port_get_one_sendmmsg_per_packet_each_with_its_own_srtp(
     shared_port: UdpMux,
 ) -> None:
@@ -98,6 +99,7 @@ async def test_fifty_viewers_on_the_shared_port_get_one_sendmmsg_per_packet_each
         seat.sock.close()
 
 
+@needs_c
 async def test_a_viewer_whose_socket_would_block_drops_video_to_the_next_keyframe_and_the_others_go_on() -> None:
     video, audio = RtpSource("video", H264), RtpSource("audio", OPUS)
     requests: list[int] = []
@@ -162,6 +164,7 @@ async def test_a_viewer_whose_socket_would_block_drops_video_to_the_next_keyfram
             s.close()
 
 
+@needs_c
 async def test_one_viewer_the_kernel_refuses_is_counted_and_the_others_in_its_batch_still_get_the_packet(
     shared_port: UdpMux,
 ) -> None:
@@ -193,6 +196,7 @@ async def test_one_viewer_the_kernel_refuses_is_counted_and_the_others_in_its_ba
         seat.sock.close()
 
 
+@needs_c
 async def test_a_batched_socket_closed_underneath_cannot_be_replaced_by_another_file() -> None:
     """aioice may close a viewer's socket before the lane hears of it: the
     batch holds its own descriptor, so a socket opened meanwhile (which
@@ -233,6 +237,7 @@ async def test_a_batched_socket_closed_underneath_cannot_be_replaced_by_another_
             s.close()
 
 
+@needs_c
 async def test_a_codec_the_viewer_lacks_takes_it_out_of_the_batch_and_the_next_one_it_has_brings_it_back(
     shared_port: UdpMux,
 ) -> None:
@@ -257,3 +262,16 @@ async def test_a_codec_the_viewer_lacks_takes_it_out_of_the_batch_and_the_next_o
     assert len(got) == 3 and contiguous(got)
     vp8_only.close()
     seat.sock.close()
+
+
+def test_the_c_fanout_is_built_wherever_a_compiler_and_the_python_headers_are() -> None:
+    """scripts/test installs gcc and the headers, so in CI the batch must run:
+    a build config that lost the extension would otherwise pass silently on
+    the Python path."""
+    import shutil
+    import sysconfig
+    from pathlib import Path
+
+    if shutil.which("cc") is None or not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
+        pytest.skip("no C compiler or Python headers here: the Python path is the expected one")
+    assert fanout_batch.available(), "streaming._fanout not built: run pip install -e . (setup.py builds it)"
