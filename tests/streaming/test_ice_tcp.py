@@ -243,6 +243,8 @@ async def test_with_udp_port_answers_carry_a_passive_tcp_candidate_on_that_port_
     try:
         answer = await plane.publish("main", "cam", await publisher.offer())
         [candidate] = tcp_candidates(answer)
+        # UDP first: a client that reads only the first candidate (ffmpeg's WHIP muxer) stays on UDP
+        assert next(line for line in answer.splitlines() if line.startswith("a=candidate:")).split()[2] == "udp"
         plane.set_program("main", "cam")
         await publisher.accept(answer)
         assert (candidate.ip, candidate.port, candidate.type, candidate.tcpType) == ("127.0.0.1", port, "host",
