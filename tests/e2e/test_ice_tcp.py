@@ -12,6 +12,7 @@ wants a secure context)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -81,7 +82,11 @@ table inet fc_firewall {{
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no /usr/bin/chromium")
 @pytest.mark.skipif(not netns_usable() or shutil.which("nft") is None,
                     reason="needs root, `ip netns` and nft (Debian's nftables)")
-async def test_a_browser_whose_network_drops_udp_publishes_and_watches_over_ice_tcp(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hold_s", [0, pytest.param(40, marks=pytest.mark.slow, id="past-consent")])
+async def test_a_browser_whose_network_drops_udp_publishes_and_watches_over_ice_tcp(
+        tmp_path: Path, hold_s: int) -> None:
+    """hold_s 40: the watcher still plays after aioice's RFC 7675 consent
+    would have ended it (6 unanswered checks, ~30 s): consent runs over TCP."""
     from playwright.async_api import async_playwright
 
     namespace = Namespace()
@@ -120,6 +125,10 @@ async def test_a_browser_whose_network_drops_udp_publishes_and_watches_over_ice_
                     return path
 
                 watch = await eventually(watched, timeout=90, what="the watcher decodes 30 frames")
+                if hold_s:
+                    await asyncio.sleep(hold_s)  # nothing to wait on: time must pass for consent to run
+                    later = await page.evaluate(PATH, "watch")
+                    assert later["state"] == "connected" and later["frames"] > watch["frames"] + 10 * hold_s, later
                 publish = await page.evaluate(PATH, "publish")
                 for path in (watch, publish):
                     assert path["state"] == "connected"
