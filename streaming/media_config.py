@@ -14,6 +14,10 @@ class MediaConfig:
     """One UDP port for every peer connection's ICE, DTLS and SRTP (bound
     on each ICE address at start; streaming/udp_mux.py); 0 = a socket per
     connection on an ephemeral port."""
+    ice_tcp: bool = True
+    """With `udp_port`: also listen for ICE-TCP (RFC 6544 passive host
+    candidates) on the same port number, for peers whose network drops UDP
+    (streaming/ice_tcp.py). No effect without `udp_port`."""
     keyframe_request_interval: float = 0.5
     """Seconds; keyframe requests sent upstream are coalesced per source."""
     history_packets: int = 1024
