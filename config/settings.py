@@ -81,6 +81,7 @@ class Settings:
     ice_addresses: tuple[str, ...] = ()  # empty: every local interface
     udp_port: int = 7882  # one UDP port for all WebRTC media (ICE/DTLS/SRTP) on each ICE address (the firewall's one rule); 0: a port per peer
     fanout_batch: bool = True  # viewers' packets protected and sent in one C call per packet (streaming/fanout_batch.py); false: one Python call per viewer
+    ice_tcp: bool = True  # with udp_port: ICE-TCP (RFC 6544, passive) on the same port number, for peers without UDP
     keyframe_request_interval_ms: int = 500
     slate_grace_ms: int = 1000
     ice_timeout_s: float = 30.0  # a publisher not connected this long after its answer: ice_failed (viewers: viewer_connect_timeout_s)
@@ -398,6 +399,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "ice_addresses": _ice_addresses,
     "udp_port": _port_or_zero,
     "fanout_batch": _as_bool,
+    "ice_tcp": _as_bool,
     "keyframe_request_interval_ms": _positive_int,
     "slate_grace_ms": _non_negative_int,
     "ice_timeout_s": _positive_float,

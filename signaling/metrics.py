@@ -103,7 +103,8 @@ class PlaneCollector(Collector):
             dropped = CounterMetricFamily(
                 "forumcast_udp_port_dropped", "datagrams the shared udp_port dropped: not STUN/DTLS/RTP "
                 "(unclassified), STUN for no live ICE agent (stun_unknown_ufrag), from no known peer "
-                "(unknown_address), ICMP errors (icmp_error)", labels=["reason"])
+                "(unknown_address), ICMP errors (icmp_error); tcp_*: ICE-TCP connections refused and frames "
+                "dropped on the same port number", labels=["reason"])
             for reason, count in snap.udp_port_dropped:
                 dropped.add_metric([reason], count)
             yield dropped

@@ -36,6 +36,8 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from streaming import ice_tcp
+from streaming.ice_tcp import TcpEndpoint
 from streaming.udp_mux import MuxTransport, SharedPort
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,8 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     PrivateName(aioice.ice.Connection, "local_username", "the ufrag that routes first contact"),
     PrivateName(aioice.ice.Connection, "_local_username", "a fresh ufrag"),
     PrivateName(aioice.ice.Connection, "_protocols", "the shared port's host candidates"),
+    PrivateName(aioice.ice.Connection, "check_incoming", "ICE-TCP: a check on a connection pairs its "
+                "peer-reflexive address with the passive candidate (we rely on its behaviour)"),
     PrivateName(aioice.ice.Connection, "_nominated", "the nominated pair a viewer is sent on"),
     PrivateName(aioice.ice.Connection, "query_consent", "publisher liveness instead of RFC 7675 consent"),
     PrivateName(aioice.ice.Connection, "_query_consent_task", "publisher liveness"),
@@ -249,17 +253,22 @@ async def _component_candidates(
 ) -> list[aioice.Candidate]:
     """aioice's gathering, except that a host candidate on an address the
     shared port serves is that port, through a MuxTransport (no socket of
-    its own); other addresses, STUN and TURN go through aioice as before."""
+    its own), followed by a passive ICE-TCP candidate on the same port
+    number where the port listens for TCP (a TcpEndpoint); other
+    addresses, STUN and TURN go through aioice as before."""
     shared = _shared_port.get()
     if shared is None:
         return await _original_component_candidates(self, component, addresses, timeout)
     candidates: list[aioice.Candidate] = []
     rest: list[str] = []
     served = [shared.muxes[a] for a in addresses if a in shared.muxes]
-    while any(self.local_username in mux.by_ufrag for mux in served):
+    served_tcp = [shared.listeners[a] for a in addresses if a in shared.listeners]
+    while any(self.local_username in mux.by_ufrag for mux in served) or any(
+            self.local_username in listener.by_ufrag for listener in served_tcp):
         # the ufrag routes first contact: two live agents must not share one (aioice draws
         # 4 characters, ~1 in 15M; aiortc reads it for the SDP only after gathering)
         self._local_username = aioice.utils.random_string(4)
+    tcp_candidates: list[aioice.Candidate] = []
     for address in addresses:
         mux = shared.muxes.get(address)
         if mux is None:
@@ -279,6 +288,26 @@ async def _component_candidates(
         )
         self._protocols.append(protocol)
         candidates.append(protocol.local_candidate)
+        listener = shared.listeners.get(address)
+        if listener is not None:
+            # ICE-TCP (RFC 6544): a passive host candidate on the same port number. A
+            # peer's check on a connection reaches this protocol; aioice's check_incoming
+            # then learns the peer-reflexive address and pairs it with this candidate
+            tcp = aioice.ice.StunProtocol(self)
+            tcp.connection_made(listener.endpoint(self.local_username, tcp))
+            tcp.local_candidate = aioice.ice.Candidate(
+                foundation=aioice.ice.candidate_foundation("host", "tcp", host),
+                component=component,
+                transport="tcp",
+                priority=ice_tcp.candidate_priority(component),
+                host=host,
+                port=listener.sockname[1],
+                type="host",
+                tcptype="passive",
+            )
+            self._protocols.append(tcp)
+            tcp_candidates.append(tcp.local_candidate)
+    candidates += tcp_candidates  # after UDP: the answer's c= line names the UDP host
     return candidates + await _original_component_candidates(self, component, rest, timeout)
 
 
@@ -526,13 +555,16 @@ class SendPath:
     protect: Callable[[Any, Any, Any], int]
     protect_rtcp: Callable[[Any, Any, Any], int]
     transport: Any  # asyncio.DatagramTransport
-    sock_send: Callable[[Any], int] | None  # send() of the socket, connected to remote_addr
+    sock_send: Callable[[Any], Any] | None  # send() of the socket, connected to remote_addr
     remote_addr: tuple[str, int]
     relayed: bool
     session: pylibsrtp.Session  # keeps cdata/srtp alive
     srtp_address: int = 0  # the srtp_t as an address, for streaming._fanout (0: none)
     fd: int = -1  # the socket's descriptor for streaming._fanout (-1: none, e.g. TURN)
     shared: bool = False  # fd is the shared UDP port's socket: send with remote_addr, never connect()
+    framed: bool = False
+    """An ICE-TCP pair: `sock_send` is not a socket's send() but a framed
+    write (RFC 4571) through asyncio's transport; no socket to batch on."""
 
 
 def send_path(dtls: RTCDtlsTransport) -> SendPath | None:
@@ -558,9 +590,12 @@ def send_path_for(
 ) -> SendPath:
     """A send path over any outbound SRTP session and datagram transport
     (used by send_path(), and by tests and benchmarks without a peer)."""
-    fd = -1
-    if isinstance(transport, MuxTransport):  # the shared port: never connect() it
-        sock_send: Callable[[Any], int] | None = transport.sender_to(remote_addr)
+    fd = -1  # the C fan-out's socket: none for ICE-TCP (framed writes stay in Python)
+    framed = isinstance(transport, TcpEndpoint)
+    if framed:  # ICE-TCP: each datagram a frame on the peer's connection (asyncio buffers)
+        sock_send: Callable[[Any], Any] | None = transport.sender_to(remote_addr)
+    elif isinstance(transport, MuxTransport):  # the shared port: never connect() it
+        sock_send = transport.sender_to(remote_addr)
         fd = transport.fileno()
     else:
         sock_send = connected_send(transport, remote_addr)
@@ -581,6 +616,7 @@ def send_path_for(
         srtp_address=int(_srtp_ffi.cast("uintptr_t", session._srtp[0])),
         fd=fd,
         shared=isinstance(transport, MuxTransport),
+        framed=framed,
     )
 
 

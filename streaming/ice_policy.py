@@ -32,17 +32,26 @@ def gathering_on(addresses: tuple[str, ...], shared: SharedPort | None = None) -
         yield
 
 
-def candidate_address(line: str) -> str | None:
-    """The connection address of an `a=candidate:` line, or None."""
+def _candidate_fields(line: str) -> list[str] | None:
     body = line.strip()
     if body.startswith("a="):
         body = body[2:]
     if not body.startswith("candidate:"):
         return None
     parts = body.split()
-    if len(parts) < 6:
-        return None
-    return parts[4]
+    return parts if len(parts) >= 6 else None
+
+
+def candidate_address(line: str) -> str | None:
+    """The connection address of an `a=candidate:` line, or None."""
+    parts = _candidate_fields(line)
+    return parts[4] if parts is not None else None
+
+
+def candidate_transport(line: str) -> str | None:
+    """The transport ("udp", "tcp") of an `a=candidate:` line, or None."""
+    parts = _candidate_fields(line)
+    return parts[2].lower() if parts is not None else None
 
 
 def usable_offer(sdp: str) -> str:
@@ -56,6 +65,10 @@ def usable_offer(sdp: str) -> str:
       the peer's checks (peer-reflexive candidates) when none of the
       listed candidates can be paired, instead of failing at once; the
       wait is bounded by `MediaConfig.ice_timeout`.
+    - TCP candidates are dropped: the server's ICE-TCP candidates are
+      passive only (streaming/ice_tcp.py) and it never connects out; a
+      peer's active candidate (port 9, RFC 6544 s4.5) reaches us through
+      its checks on the connection it opens, as a peer-reflexive one.
     """
     out: list[str] = []
     dropped = 0
@@ -63,6 +76,8 @@ def usable_offer(sdp: str) -> str:
         address = candidate_address(line)
         if address is not None and address.lower().endswith(".local"):
             dropped += 1
+            continue
+        if candidate_transport(line) == "tcp":
             continue
         if line.strip() == "a=end-of-candidates":
             continue

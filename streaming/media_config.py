@@ -18,6 +18,10 @@ class MediaConfig:
     """Steady-state viewers are sent to in one C call per packet (header,
     SRTP protect, send/sendmmsg: streaming/fanout_batch.py) when the
     extension is built; False: one Python call per viewer per packet."""
+    ice_tcp: bool = True
+    """With `udp_port`: also listen for ICE-TCP (RFC 6544 passive host
+    candidates) on the same port number, for peers whose network drops UDP
+    (streaming/ice_tcp.py). No effect without `udp_port`."""
     keyframe_request_interval: float = 0.5
     """Seconds; keyframe requests sent upstream are coalesced per source."""
     history_packets: int = 1024

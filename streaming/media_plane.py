@@ -126,7 +126,7 @@ class MediaPlane(Lifecycle[_State]):
         aiortc_internals.check()
         aiortc_internals.install()
         if self.config.udp_port:
-            shared = SharedPort(self.config.udp_port)
+            shared = SharedPort(self.config.udp_port, tcp=self.config.ice_tcp)
             await shared.open(aiortc_internals.host_addresses_of(self.config.ice_addresses))
             self.shared_port = shared
         self._housekeeping = self._start_task(self._run_housekeeping(), name="plane-housekeeping")

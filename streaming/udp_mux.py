@@ -19,7 +19,8 @@ The agent's own handler then splits STUN, DTLS and SRTP as it does on a
 socket of its own. Limits: a remote transport address belongs to one of
 our agents at a time (a peer multiplexing several of its connections onto
 one port towards this node would see only the last one that sent a
-request); no ICE-TCP (RFC 6544).
+request). The same port number also takes ICE-TCP (RFC 6544) passive
+connections when `SharedPort(tcp=True)`: streaming/ice_tcp.py.
 """
 
 from __future__ import annotations
@@ -27,49 +28,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
+
+from streaming.ice_tcp import IceTcpListener
+from streaming.stun_demux import DatagramReceiver, stun_recipient
+
+__all__ = ["DatagramReceiver", "MuxTransport", "SharedPort", "UdpMux", "stun_recipient"]
 
 logger = logging.getLogger(__name__)
 
-_MAGIC_COOKIE = 0x2112A442
-_USERNAME = 0x0006
 SEND_BUFFER = 4 << 20
 """Bytes of kernel send buffer on a shared socket: every viewer of the
 address queues behind it, so it is the per-connection default times many."""
-
-
-class DatagramReceiver(Protocol):
-    """What a MuxTransport delivers to (an aioice StunProtocol)."""
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None: ...
-
-    def connection_lost(self, exc: Exception | None) -> None: ...
-
-
-def stun_recipient(data: bytes) -> str | None:
-    """Our ufrag from a STUN request's USERNAME ("ours:theirs"), or None
-    if `data` is not a STUN request with one (RFC 8489 s5, s14.3)."""
-    if len(data) < 20 or data[0] > 1 or data[0] & 0x01 or data[1] & 0x10:
-        return None  # not a request (class bits C1/C0 both zero)
-    length, cookie = struct.unpack_from("!HI", data, 2)
-    if cookie != _MAGIC_COOKIE or 20 + length > len(data):
-        return None
-    pos, end = 20, 20 + length
-    while pos + 4 <= end:
-        kind, size = struct.unpack_from("!HH", data, pos)
-        if kind == _USERNAME:
-            if pos + 4 + size > end:
-                return None
-            try:
-                username = data[pos + 4 : pos + 4 + size].decode()
-            except UnicodeDecodeError:
-                return None
-            return username.partition(":")[0]
-        pos += 4 + ((size + 3) & ~3)
-    return None
 
 
 class MuxTransport(asyncio.DatagramTransport):
@@ -219,41 +191,61 @@ class UdpMux(asyncio.DatagramProtocol):
 
 
 class SharedPort:
-    """The node's shared sockets, one per host address, all on `port`."""
+    """The node's shared sockets, one per host address, all on `port`:
+    UDP, and with `tcp` an ICE-TCP listener on the same number."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tcp: bool = False) -> None:
         self.port = port
+        self.tcp = tcp
         self.muxes: dict[str, UdpMux] = {}
+        self.listeners: dict[str, IceTcpListener] = {}
 
     async def open(self, addresses: list[str]) -> None:
-        """Bind `port` on each address; raises OSError naming the first
-        that cannot be bound (closing the ones already bound)."""
+        """Bind `port` on each address (UDP, and TCP with `tcp`); raises
+        OSError naming the first that cannot be bound (closing the ones
+        already bound)."""
+        kind = "udp_port"
         try:
             for address in addresses:
+                kind = "udp_port"
                 self.muxes[address] = await UdpMux.open(address, self.port)
+                if self.tcp:
+                    kind = "ICE-TCP port"
+                    self.listeners[address] = await IceTcpListener.open(address, self.port)
         except OSError as exc:
             self.close()
-            raise OSError(f"udp_port {self.port} on {address}: {exc}") from exc
-        logger.info("ICE on one UDP port: %d on %s", self.port, ", ".join(addresses))
+            raise OSError(f"{kind} {self.port} on {address}: {exc}") from exc
+        logger.info("ICE on one UDP port%s: %d on %s", " and ICE-TCP" if self.tcp else "", self.port,
+                    ", ".join(addresses))
 
     def close(self) -> None:
         for mux in self.muxes.values():
             mux.close()
         self.muxes.clear()
+        for listener in self.listeners.values():
+            listener.close()
+        self.listeners.clear()
 
     def dropped(self) -> tuple[tuple[str, int], ...]:
-        """(reason, datagrams dropped) since start, summed over addresses."""
+        """(reason, datagrams or TCP connections dropped) since start,
+        summed over addresses; ICE-TCP reasons start with "tcp_"."""
         total: Counter[str] = Counter()
         for mux in self.muxes.values():
             total.update(mux.dropped)
+        for listener in self.listeners.values():
+            total.update({f"tcp_{reason}": count for reason, count in listener.dropped.items()})
         return tuple(sorted(total.items()))
 
     def stats(self) -> dict[str, int]:
-        """Demux table sizes and datagrams dropped, summed over addresses."""
+        """Demux table sizes and what was dropped, summed over addresses."""
         out: Counter[str] = Counter()
         for mux in self.muxes.values():
             out["udp_mux_ufrags"] += len(mux.by_ufrag)
             out["udp_mux_addresses"] += len(mux.by_address)
             for reason, count in mux.dropped.items():
                 out[f"udp_mux_dropped_{reason}"] += count
+        for listener in self.listeners.values():
+            out.update(listener.stats())
+            for reason, count in listener.dropped.items():
+                out[f"ice_tcp_dropped_{reason}"] += count
         return dict(out)

@@ -28,7 +28,7 @@ from streaming.viewer import WebRtcViewer
 from tests import aiortc_faults
 from tests.aiortc_peers import TestPublisher, TestViewer, connect_publisher, connect_viewer, rtp_header
 from tests.eventually import eventually
-from tests.processes import free_port
+from tests.processes import free_port_block
 from tests.test_turn import Namespace, netns_usable
 
 pytestmark = pytest.mark.timeout(90)
@@ -36,7 +36,8 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture
 async def plane():
-    plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",), udp_port=free_port(socket.SOCK_DGRAM),
+    # free_port_block: free in UDP and TCP (ICE-TCP listens on the same number)
+    plane = MediaPlane(MediaConfig(ice_addresses=("127.0.0.1",), udp_port=free_port_block(0),
                                    keyframe_request_interval=0.5))
     await plane.start()
     try:
@@ -184,14 +185,16 @@ async def test_bad_datagrams_on_the_shared_port_are_dropped_and_counted(plane: M
 
 @pytest.mark.timeout(300)
 async def test_200_joins_and_leaves_return_the_demux_tables_to_baseline(plane: MediaPlane) -> None:
+    from streaming.ice_tcp import TcpEndpoint
     from streaming.udp_mux import MuxTransport
     from tests.streaming.test_viewer_churn import live_objects, udp_sockets
 
     publisher = TestPublisher(fps=15, audio=False)
     try:
         await connect_publisher(plane, "f1", "cam", publisher)
-        base = {k: v for k, v in plane.stats().items() if k in ("udp_mux_ufrags", "udp_mux_addresses")}
-        assert base["udp_mux_ufrags"] == 1
+        base = {k: v for k, v in plane.stats().items()
+                if k in ("udp_mux_ufrags", "udp_mux_addresses", "ice_tcp_ufrags", "ice_tcp_connections")}
+        assert base["udp_mux_ufrags"] == 1 and base["ice_tcp_ufrags"] == 1
         base_udp = udp_sockets()
         for batch in range(10):
             viewers = [TestViewer(decode=False) for _ in range(20)]
@@ -211,10 +214,10 @@ async def test_200_joins_and_leaves_return_the_demux_tables_to_baseline(plane: M
 
         def transports_left() -> int:
             gc.collect()
-            return live_objects(MuxTransport)
+            return live_objects(MuxTransport) + live_objects(TcpEndpoint)
 
-        await eventually(lambda: transports_left() == 1, timeout=30, interval=1.0,
-                         what="only the publisher's transport left")
+        await eventually(lambda: transports_left() == 2, timeout=30, interval=1.0,
+                         what="only the publisher's transports left (UDP and TCP)")
         assert live_objects(WebRtcViewer) == 0
     finally:
         await publisher.close()
@@ -254,7 +257,7 @@ async def test_through_a_firewall_that_opens_only_udp_port_a_viewer_watches() ->
     plane = None
     publisher = TestPublisher()
     try:
-        port = free_port(socket.SOCK_DGRAM)
+        port = free_port_block(0)
         firewall(namespace.name, port)
         plane = MediaPlane(MediaConfig(ice_addresses=(namespace.outer,), udp_port=port))
         await plane.start()
@@ -350,7 +353,7 @@ async def test_the_server_setting_puts_whip_and_whep_on_the_port() -> None:
     from tests.server_process import start_server
 
     forum, sdp_type = "digital-economy", "application/sdp"
-    port = free_port(socket.SOCK_DGRAM)
+    port = free_port_block(0)
     node = start_server(extra_env={"FORUMCAST_UDP_PORT": str(port)})
     publisher = TestPublisher(audio=False)
     viewer = TestViewer(audio=False)
