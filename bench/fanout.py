@@ -42,6 +42,15 @@ from tests.processes import free_port
 
 SERVERS = ("forumcast", "baseline")
 ONE_PORT = "forumcast-1port"  # forumcast with udp_port: all viewers on one shared socket
+FORUMCAST_KINDS = {
+    # the default: the C batch (protect + send per viewer in one call per packet), a socket per viewer
+    "forumcast": [],
+    # the C batch on one shared socket: one sendmmsg per packet for all viewers
+    ONE_PORT: ["--udp-port"],
+    # the per-packet Python path (fanout_batch off), socket per viewer / one port
+    "forumcast-py": ["--no-batch"],
+    "forumcast-1port-py": ["--udp-port", "--no-batch"],
+}
 MEDIA_SECONDS = 300  # each server lives well under this: MediaPlayer must not loop
 
 
@@ -132,16 +141,17 @@ async def run_one(kind: str, viewers: int, args: argparse.Namespace, media: Path
     # without py-spy, cProfile inside the server (slower, Python frames only)
     cprofile = ["--cprofile", str(logdir / "forumcast.pstats")] if profile_out is not None and not spy else []
     try:
-        if kind in ("forumcast", ONE_PORT):
-            one_port = ["--udp-port", str(free_port(socket.SOCK_DGRAM))] if kind == ONE_PORT else []
+        if kind in FORUMCAST_KINDS:
+            flags = [f for flag in FORUMCAST_KINDS[kind]
+                     for f in ([flag, str(free_port(socket.SOCK_DGRAM))] if flag == "--udp-port" else [flag])]
             server = await start_module(f"{tag}-server", "bench.forumcast_server",
-                                        ["--port", str(port), "--lifetime", lifetime, *one_port, *cprofile], logdir)
+                                        ["--port", str(port), "--lifetime", lifetime, *flags, *cprofile], logdir)
         else:
             server = await start_module(f"{tag}-server", "bench.baseline_server",
                                         ["--port", str(port), "--media", str(media), "--lifetime", lifetime], logdir)
         children.append(server)
         await wait_http(url, server)
-        if kind in ("forumcast", ONE_PORT):
+        if kind in FORUMCAST_KINDS:
             publisher = await start_module(f"{tag}-publisher", "bench.publisher",
                                            ["--url", url, "--media", str(media), "--lifetime", lifetime], logdir)
             children.append(publisher)
@@ -323,7 +333,7 @@ async def main_async(args: argparse.Namespace) -> int:
     # each server's full stream rate: what its viewers get when it is not starved (smallest
     # count); forumcast forwards the publisher's packetization, the baseline packetizes itself
     reference = {kind: runs[(kind, min(counts))].pps if (kind, min(counts)) in runs else 0.0
-                 for kind in (*SERVERS, ONE_PORT)}
+                 for kind in (*SERVERS, *FORUMCAST_KINDS)}
     print(f"\nstream (720p30 H.264 ~1.5 Mbps + Opus 20 ms), RTP packets/s per viewer: "
           f"forumcast {fmt(reference['forumcast'])}, baseline {fmt(reference['baseline'])}; "
           "viewers/core = 1e6 / (us/pkt/viewer * that rate)")
@@ -340,11 +350,27 @@ async def main_async(args: argparse.Namespace) -> int:
          for (k, n), r in runs.items()], indent=1))
     # the floor in the same run: what sendto and SRTP protect cost alone on this machine now
     sendto_us = floor.sendto_us()  # blocks the loop ~1 s, with no child running: nothing to serve
-    send_us = floor.sendto_us(connected=True)  # what the fan-out does: connected sockets
+    send_us = floor.sendto_us(connected=True)  # what the per-packet path does: connected sockets
     protect_us = floor.protect_us(pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
+    c_connected, c_shared = floor.c_batch_us(shared=False), floor.c_batch_us(shared=True)
+    py_floor = send_us + protect_us
     print(f"\nfloor now (python -m bench.floor): send on a connected socket on lo {send_us:.2f} us "
           f"(sendto {sendto_us:.2f}) + SRTP AES-GCM protect {protect_us:.2f} us = "
-          f"{send_us + protect_us:.2f} us per packet per viewer before any other work")
+          f"{py_floor:.2f} us per packet per viewer from Python")
+    if c_connected is not None and c_shared is not None:
+        print(f"C floor (header + protect + send in C, 300 viewers, no lane): connected send() "
+              f"{c_connected:.2f} us, one socket + sendmmsg {c_shared:.2f} us")
+    cheapest = min(x for x in (py_floor, c_connected, c_shared) if x is not None)
+    kinds = [k for k in FORUMCAST_KINDS if any((k, n) in runs for n in counts)]
+    if kinds:
+        print(f"\nforumcast's send paths against the cheapest floor ({cheapest:.2f} us):")
+        print("viewers | " + " | ".join(f"{k} us (x floor)" for k in kinds))
+        for n in counts:
+            cells = []
+            for k in kinds:
+                r = runs.get((k, n))
+                cells.append(f"{r.us_per_packet:.2f} ({r.us_per_packet / cheapest:.2f}x)" if r and r.packets else "-")
+            print(f"{n:7d} | " + " | ".join(cells))
     if args.profile:
         raw = logdir / "forumcast-profile.txt"
         print(f"\nprofiling forumcast's server at {args.profile_viewers} viewers (py-spy) ...", flush=True)
@@ -373,7 +399,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--viewers", default="10,50,100,300", help="comma-separated viewer counts")
     parser.add_argument("--servers", default=",".join(SERVERS),
-                        help=f"forumcast,baseline or one of them; {ONE_PORT}: forumcast with every peer on one UDP port")
+                        help=f"comma-separated: baseline, {', '.join(FORUMCAST_KINDS)} "
+                             f"({ONE_PORT}: every peer on one UDP port; -py: the per-packet Python path)")
     parser.add_argument("--seconds", type=float, default=12.0, help="measurement window per run")
     parser.add_argument("--warmup", type=float, default=4.0, help="after all viewers receive")
     parser.add_argument("--idle-seconds", type=float, default=3.0)

@@ -106,11 +106,77 @@ def protect_us(profile: int) -> float:
     return 1e6 * (time.process_time() - start) / count
 
 
+def c_batch_us(shared: bool, profile: int = pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM) -> float | None:
+    """The floor of the C fan-out (streaming._fanout): per viewer the header,
+    libsrtp protect and the send, all in C, for 300 viewers each with its
+    own SRTP session; shared: one socket and one sendmmsg per packet, else
+    a connected socket and one send() per viewer. None if not built."""
+    from streaming import fanout_batch
+    from streaming.aiortc_internals import SRTP_PROTECT_ADDRESS
+
+    if not fanout_batch.available():
+        return None
+    from streaming import _fanout
+
+    key_len = {pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM: 28,
+               pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80: 30}[profile]
+    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(VIEWERS)]
+    for r in receivers:
+        r.bind(("127.0.0.1", 0))
+        r.setblocking(False)
+    child = os.fork()
+    if child == 0:
+        try:
+            _drain(receivers, 30)
+        finally:
+            os._exit(0)
+    senders: list[socket.socket] = []
+    try:
+        from pylibsrtp._binding import ffi
+
+        sessions = [pylibsrtp.Session(pylibsrtp.Policy(key=bytes(range(key_len)), srtp_profile=profile,
+                                                       ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+                    for _ in range(VIEWERS)]
+        batch = _fanout.Fanout(SRTP_PROTECT_ADDRESS)
+        if shared:
+            one = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            one.bind(("127.0.0.1", 0))
+            one.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            senders.append(one)
+        for i, (session, r) in enumerate(zip(sessions, receivers)):
+            address = int(ffi.cast("uintptr_t", session._srtp[0]))
+            if shared:
+                batch.add(i, address, senders[0].fileno(), r.getsockname(), 0x1000 + i, 102, i)
+            else:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind(("127.0.0.1", 0))
+                s.connect(r.getsockname())
+                senders.append(s)
+                batch.add(i, address, s.fileno(), None, 0x1000 + i, 102, i)
+        payload = bytes(SIZE - 12)
+        start = procstat.cpu_seconds(os.getpid())
+        for n in range(ROUNDS):
+            batch.send(payload, 0, n, n * 3000)
+            time.sleep(0.004)
+        cost = procstat.cpu_seconds(os.getpid()) - start
+        return 1e6 * cost / (ROUNDS * VIEWERS)
+    finally:
+        os.kill(child, 15)
+        os.waitpid(child, 0)
+        for sock in (*senders, *receivers):
+            sock.close()
+
+
 def main() -> None:
     print(f"sendto {SIZE} B on lo, one socket per viewer: {sendto_us():.2f} us")
     print(f"send {SIZE} B on lo, connected sockets:      {sendto_us(connected=True):.2f} us")
     print(f"SRTP protect AES-128-GCM:     {protect_us(pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM):.2f} us")
     print(f"SRTP protect AES-CM-SHA1-80:  {protect_us(pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80):.2f} us")
+    for shared in (False, True):
+        us = c_batch_us(shared)
+        label = "one socket, sendmmsg" if shared else "connected sockets, send()"
+        print(f"C fan-out (header + AES-GCM protect + send in C), {label}: "
+              + (f"{us:.2f} us" if us is not None else "not built"))
 
 
 if __name__ == "__main__":

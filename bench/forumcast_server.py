@@ -9,6 +9,7 @@ GET  /stats                     (MediaPlane.stats())
 from __future__ import annotations
 
 import argparse
+import logging
 import asyncio
 import cProfile
 
@@ -46,10 +47,10 @@ class Harness:
         return web.json_response(self.plane.stats())
 
 
-async def serve(port: int, lifetime: float, udp_port: int = 0) -> None:
+async def serve(port: int, lifetime: float, udp_port: int = 0, batch: bool = True) -> None:
     restrict_ice_to_loopback()  # belt and braces: MediaConfig.ice_addresses says the same
     plane = MediaPlane(MediaConfig(ice_addresses=(LOOPBACK,), ffmpeg=imageio_ffmpeg.get_ffmpeg_exe(),
-                                   udp_port=udp_port))
+                                   udp_port=udp_port, fanout_batch=batch))
     await plane.start()
     harness = Harness(plane)
     app = web.Application()
@@ -64,15 +65,18 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--lifetime", type=float, default=600.0)
     parser.add_argument("--udp-port", type=int, default=0, help="all WebRTC media on this UDP port (0: a port per peer)")
+    parser.add_argument("--no-batch", action="store_true", help="one Python call per viewer per packet (fanout_batch off)")
     parser.add_argument("--cprofile", default="", help="write cProfile stats here at exit")
     args = parser.parse_args()
+    # viewers ended (never connected, consent lost) show in the child's log
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.cprofile:
-        asyncio.run(serve(args.port, args.lifetime, args.udp_port))
+        asyncio.run(serve(args.port, args.lifetime, args.udp_port, not args.no_batch))
         return
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        asyncio.run(serve(args.port, args.lifetime, args.udp_port))
+        asyncio.run(serve(args.port, args.lifetime, args.udp_port, not args.no_batch))
     finally:
         profiler.disable()
         profiler.dump_stats(args.cprofile)

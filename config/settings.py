@@ -79,7 +79,8 @@ class Settings:
     public_url: str = ""  # base of invite links; "" -> http://{host}:{port}
     ffmpeg: str | None = None  # None: imageio-ffmpeg's binary
     ice_addresses: tuple[str, ...] = ()  # empty: every local interface
-    udp_port: int = 0  # one UDP port for all WebRTC media (ICE/DTLS/SRTP) on each ICE address; 0: a port per peer
+    udp_port: int = 7882  # one UDP port for all WebRTC media (ICE/DTLS/SRTP) on each ICE address (the firewall's one rule); 0: a port per peer
+    fanout_batch: bool = True  # viewers' packets protected and sent in one C call per packet (streaming/fanout_batch.py); false: one Python call per viewer
     ice_tcp: bool = True  # with udp_port: ICE-TCP (RFC 6544, passive) on the same port number, for peers without UDP
     keyframe_request_interval_ms: int = 500
     slate_grace_ms: int = 1000
@@ -223,7 +224,7 @@ def _port(value: Any) -> int:
 def _port_or_zero(value: Any) -> int:
     number = _as_int(value)
     if not 0 <= number <= 65535:
-        raise ValueError("must be 0 (off) or 1-65535")
+        raise ValueError("must be 0 (off: a port per peer) or 1-65535")
     return number
 
 
@@ -397,6 +398,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "ffmpeg": _ffmpeg,
     "ice_addresses": _ice_addresses,
     "udp_port": _port_or_zero,
+    "fanout_batch": _as_bool,
     "ice_tcp": _as_bool,
     "keyframe_request_interval_ms": _positive_int,
     "slate_grace_ms": _non_negative_int,

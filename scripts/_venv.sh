@@ -24,3 +24,13 @@ if [ ! -x "$PYTHON" ]; then
   fi
   python3 -m venv "$VENV"
 fi
+
+# The C fan-out (streaming/_fanout.c) builds when a C compiler and the
+# Python headers are there; without them the package installs anyway and
+# the per-packet Python path runs (slower). Root installs them.
+need_build=()
+command -v cc >/dev/null || need_build+=(gcc libc6-dev)
+[ -f "$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || need_build+=(python3-dev)
+if [ ${#need_build[@]} -gt 0 ]; then
+  apt_install "${need_build[@]}" || echo "forumcast: without a C compiler the fan-out runs its slower Python path" >&2
+fi

@@ -49,6 +49,7 @@ async def _media_plane_ctx(app: web.Application) -> AsyncIterator[None]:
     config = MediaConfig(
         ice_addresses=settings.ice_addresses,
         udp_port=settings.udp_port,
+        fanout_batch=settings.fanout_batch,
         ice_tcp=settings.ice_tcp,
         keyframe_request_interval=settings.keyframe_request_interval_ms / 1000,
         ffmpeg=ffmpeg_path(settings),

@@ -96,6 +96,8 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     PrivateName(_srtp_lib, "srtp_protect", "SRTP protect, per packet per viewer"),
     PrivateName(_srtp_lib, "srtp_protect_rtcp", "SRTCP protect of our sender reports"),
     PrivateName(_srtp_ffi, "new", "the length argument of srtp_protect"),
+    PrivateName(_srtp_ffi, "addressof", "srtp_protect's address for the C fan-out (streaming._fanout)"),
+    PrivateName(_srtp_ffi, "cast", "an srtp_t's address for the C fan-out"),
     # receivers (publishers): taken before the jitter buffer, never decoded
     PrivateName(RTCRtpReceiver, _mangled_receiver + "jitter_buffer", "publishers' packets are taken at its door"),
     PrivateName(RTCRtpReceiver, _mangled_receiver + "decoder_queue", "marks a receiver that must never decode"),
@@ -557,6 +559,9 @@ class SendPath:
     remote_addr: tuple[str, int]
     relayed: bool
     session: pylibsrtp.Session  # keeps cdata/srtp alive
+    srtp_address: int = 0  # the srtp_t as an address, for streaming._fanout (0: none)
+    fd: int = -1  # the socket's descriptor for streaming._fanout (-1: none, e.g. TURN)
+    shared: bool = False  # fd is the shared UDP port's socket: send with remote_addr, never connect()
     framed: bool = False
     """An ICE-TCP pair: `sock_send` is not a socket's send() but a framed
     write (RFC 4571) through asyncio's transport; no socket to batch on."""
@@ -585,13 +590,17 @@ def send_path_for(
 ) -> SendPath:
     """A send path over any outbound SRTP session and datagram transport
     (used by send_path(), and by tests and benchmarks without a peer)."""
+    fd = -1  # the C fan-out's socket: none for ICE-TCP (framed writes stay in Python)
     framed = isinstance(transport, TcpEndpoint)
     if framed:  # ICE-TCP: each datagram a frame on the peer's connection (asyncio buffers)
         sock_send: Callable[[Any], Any] | None = transport.sender_to(remote_addr)
     elif isinstance(transport, MuxTransport):  # the shared port: never connect() it
         sock_send = transport.sender_to(remote_addr)
+        fd = transport.fileno()
     else:
         sock_send = connected_send(transport, remote_addr)
+        if sock_send is not None:
+            fd = transport._sock.fileno()
     return SendPath(
         srtp=session._srtp[0],
         cdata=session._cdata,
@@ -604,8 +613,17 @@ def send_path_for(
         remote_addr=remote_addr,
         relayed=relayed or sock_send is None,
         session=session,
+        srtp_address=int(_srtp_ffi.cast("uintptr_t", session._srtp[0])),
+        fd=fd,
+        shared=isinstance(transport, MuxTransport),
         framed=framed,
     )
+
+
+SRTP_PROTECT_ADDRESS = int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
+"""libsrtp's srtp_protect (the one pylibsrtp links), for streaming._fanout:
+int srtp_protect(srtp_t ctx, void *rtp_hdr, int *len_ptr), libsrtp 2's
+signature (pylibsrtp 1.0.0 is pinned, TESTED)."""
 
 
 def connected_send(transport: Any, remote_addr: tuple[str, int]) -> Callable[[Any], int] | None:

@@ -8,6 +8,12 @@ and sends it with send() on the nominated pair's socket, connected to the
 viewer (no address per packet; see aiortc_internals.connected_send). No
 task, no coroutine, no packetizing, no header extensions.
 
+In the steady state (forwarding, a direct send path) the lane sends to
+the viewer through its LaneBatch instead (streaming/fanout_batch.py: the
+same steps for every viewer in one C call); this class is then only the
+viewer's state and counts, and the path below runs for the rest (waiting
+for a keyframe, dropping, late packets, or `batched` off).
+
 A viewer starts at a keyframe; its sequence offset is chosen then, so its
 stream has no gap. When its socket backs up, its video stops until the next
 keyframe (one is requested) and the offset is re-based so the skipped
@@ -27,6 +33,7 @@ from streaming.rtcp_reports import sender_report
 from streaming.rtp_source import MAX_PACKET_SIZE, ForwardPacket
 
 if TYPE_CHECKING:
+    from streaming.fanout_batch import LaneBatch
     from streaming.program_bus import Lane
 
 logger = logging.getLogger(__name__)
@@ -48,13 +55,15 @@ class Downtrack:
 
     __slots__ = (
         "kind", "ssrc", "pt_by_codec", "pt", "state", "seq_off", "next_out",
-        "start_lane_seq", "lane", "write_limit", "packets", "octets",
-        "skipped", "dropped_frames", "retransmitted", "send_errors",
+        "start_lane_seq", "lane", "write_limit", "_packets", "_octets",
+        "_skipped", "dropped_frames", "retransmitted", "_send_errors", "batched", "batch",
         "_buf", "_length", "_protect", "_srtp", "_cdata", "_sendto",
         "_addr", "_buffer_size", "_sock_send", "path", "sdes", "reports",
     )
 
-    def __init__(self, kind: str, ssrc: int, pt_by_codec: dict[str, int], write_limit: int) -> None:
+    def __init__(
+        self, kind: str, ssrc: int, pt_by_codec: dict[str, int], write_limit: int, batched: bool = True
+    ) -> None:
         self.kind = kind
         self.ssrc = ssrc
         self.pt_by_codec = pt_by_codec
@@ -67,12 +76,14 @@ class Downtrack:
         self.start_lane_seq = 0
         self.lane: Lane | None = None
         self.write_limit = write_limit
-        self.packets = 0
-        self.octets = 0
-        self.skipped = 0
+        self._packets = 0
+        self._octets = 0
+        self._skipped = 0
         self.dropped_frames = 0
         self.retransmitted = 0
-        self.send_errors = 0
+        self._send_errors = 0
+        self.batched = batched  # may join its lane's LaneBatch (setting fanout_batch)
+        self.batch: LaneBatch | None = None  # the lane's batch while in it
         self.path: SendPath | None = None
         self.sdes = b""  # this SSRC's SDES CNAME, appended to sender reports
         self.reports = 0
@@ -86,10 +97,51 @@ class Downtrack:
         self._buffer_size: Any = None
         self._sock_send: Any = None
 
+    # --- counts (the batch's while batched, plus this object's) -------------
+
+    @property
+    def packets(self) -> int:
+        """RTP packets sent (RFC 3550 SR sender's packet count)."""
+        return self._packets + (self.batch.counts(self)[0] if self.batch is not None else 0)
+
+    @property
+    def octets(self) -> int:
+        """RTP payload octets sent (RFC 3550 SR sender's octet count)."""
+        return self._octets + (self.batch.counts(self)[1] if self.batch is not None else 0)
+
+    @property
+    def send_errors(self) -> int:
+        return self._send_errors + (self.batch.counts(self)[2] if self.batch is not None else 0)
+
+    @property
+    def skipped(self) -> int:
+        """Packets not sent: not ready yet, or the socket would block."""
+        return self._skipped + (self.batch.counts(self)[3] if self.batch is not None else 0)
+
+    def add_counts(self, packets: int, octets: int, errors: int, would_block: int) -> None:
+        """What the batch sent for this viewer (when it leaves it)."""
+        self._packets += packets
+        self._octets += octets
+        self._send_errors += errors
+        self._skipped += would_block
+
+    def can_batch(self) -> bool:
+        """Forwarding normally over a direct path: the lane may batch it."""
+        path = self.path
+        return (
+            self.batched and self.batch is None and self.state == DowntrackState.FORWARDING
+            and self.pt is not None and path is not None and path.fd >= 0 and not path.relayed
+        )
+
     # --- wiring ------------------------------------------------------------
 
     def connect(self, path: SendPath) -> None:
-        """Bind the send path (after DTLS connected); hoists every lookup."""
+        """Bind the send path (after DTLS connected); hoists every lookup.
+        A batched viewer leaves the batch (its socket may have changed) and
+        rejoins at the lane's next packet."""
+        lane = self.lane
+        if self.batch is not None and lane is not None:
+            lane.unbatch(self)
         self.path = path
         self._buf = path.buffer
         self._length = path.length
@@ -106,8 +158,13 @@ class Downtrack:
         cannot take it waits for a keyframe of one it can, with its
         sequence kept continuous."""
         pt = self.pt_by_codec.get(key) if key is not None else None
+        lane = self.lane
+        if self.batch is not None:
+            if pt is None and lane is not None:
+                lane.unbatch(self)
+            elif pt is not None:
+                self.batch.set_pt(self, pt)
         if pt is None and self.state == DowntrackState.FORWARDING:
-            lane = self.lane
             if lane is not None:
                 self.next_out = (lane.next_seq + self.seq_off) & 0xFFFF
             self.state = DowntrackState.WAITING
@@ -131,23 +188,23 @@ class Downtrack:
         try:
             buf[12:n] = fp.payload
         except TypeError:  # not connected (no buffer yet)
-            self.skipped += 1
+            self._skipped += 1
             return
         _pack_header(buf, 0, 0x80, fp.marker | pt, (seq + self.seq_off) & 0xFFFF, ts, self.ssrc)
         length = self._length
         length[0] = n
         if self._protect(self._srtp, self._cdata, length):
-            self.send_errors += 1
+            self._send_errors += 1
             return
         try:
             self._sock_send(buf[: length[0]])  # connected: no address per packet
         except (BlockingIOError, InterruptedError):
             self._sendto(buf[: length[0]], self._addr)  # asyncio buffers a copy
         except OSError:
-            self.send_errors += 1
+            self._send_errors += 1
             return
-        self.packets += 1
-        self.octets += n - 12
+        self._packets += 1
+        self._octets += n - 12
 
     def _forward_queued(self, fp: ForwardPacket, seq: int, ts: int, pt: int) -> None:
         """The socket has a backlog: video drops to the next keyframe once
@@ -158,17 +215,17 @@ class Downtrack:
         buf = self._buf
         n = fp.size
         if buf is None or n > _MAX_PACKET:
-            self.skipped += 1
+            self._skipped += 1
             return
         buf[12:n] = fp.payload
         _pack_header(buf, 0, 0x80, fp.marker | pt, (seq + self.seq_off) & 0xFFFF, ts, self.ssrc)
         self._length[0] = n
         if self._protect(self._srtp, self._cdata, self._length):
-            self.send_errors += 1
+            self._send_errors += 1
             return
         self._sendto(buf[: self._length[0]], self._addr)
-        self.packets += 1
-        self.octets += n - 12
+        self._packets += 1
+        self._octets += n - 12
 
     def _admit(self, fp: ForwardPacket, seq: int, ts: int) -> bool:
         """Slow path: not forwarding yet, or a late packet."""
@@ -176,7 +233,7 @@ class Downtrack:
             # a retransmission from upstream: only if inside this viewer's stream
             return ((seq - self.start_lane_seq) & 0xFFFF) < 0x8000
         if not fp.key or fp.late or self.pt is None or self._buf is None:
-            self.skipped += 1
+            self._skipped += 1
             return False
         # start (or resume) at this keyframe: the frame's first packet gets
         # next_out, so the viewer sees no gap
@@ -188,7 +245,16 @@ class Downtrack:
         if fp.head and lane is not None:
             for h in fp.head:
                 self.forward(h, (h.seq + lane.seq_off) & 0xFFFF, ts)
+        if lane is not None and self.batched:
+            lane.ready(self)  # batched from the lane's next packet
         return True
+
+    def blocked(self, seq: int) -> None:
+        """The batch could not send lane packet `seq` (the socket would
+        block): video drops to the next keyframe as on the Python path
+        (the lane has taken it out of the batch); audio goes on."""
+        if self.kind == "video":
+            self._start_dropping(seq)
 
     def _start_dropping(self, seq: int) -> None:
         self.state = DowntrackState.DROPPING
@@ -224,7 +290,7 @@ class Downtrack:
         length = self._length
         length[0] = n
         if path.protect_rtcp(self._srtp, self._cdata, length):
-            self.send_errors += 1
+            self._send_errors += 1
             return False
         self._sendto(buf[: length[0]], self._addr)  # through asyncio: rare, keeps order
         return True
@@ -254,7 +320,7 @@ class Downtrack:
             _pack_header(buf, 0, 0x80, fp.marker | self.pt, out, ts, self.ssrc)
             self._length[0] = n
             if self._protect(self._srtp, self._cdata, self._length):
-                self.send_errors += 1
+                self._send_errors += 1
                 continue
             self._sendto(buf[: self._length[0]], self._addr)
             resent += 1

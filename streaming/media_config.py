@@ -14,6 +14,10 @@ class MediaConfig:
     """One UDP port for every peer connection's ICE, DTLS and SRTP (bound
     on each ICE address at start; streaming/udp_mux.py); 0 = a socket per
     connection on an ephemeral port."""
+    fanout_batch: bool = True
+    """Steady-state viewers are sent to in one C call per packet (header,
+    SRTP protect, send/sendmmsg: streaming/fanout_batch.py) when the
+    extension is built; False: one Python call per viewer per packet."""
     ice_tcp: bool = True
     """With `udp_port`: also listen for ICE-TCP (RFC 6544 passive host
     candidates) on the same port number, for peers whose network drops UDP

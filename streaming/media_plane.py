@@ -456,6 +456,8 @@ class MediaPlane(Lifecycle[_State]):
             "packets_forwarded": self._gone_packets + sum(dt.packets for dt in downtracks),
             "retransmitted": self._gone_retransmitted + sum(dt.retransmitted for dt in downtracks),
             "dropped_frames": self._gone_dropped_frames + sum(dt.dropped_frames for dt in downtracks),
+            # viewers' tracks sent to by the C batch now (streaming/fanout_batch.py), the rest one by one
+            "batched_downtracks": sum(1 for dt in downtracks if dt.batch is not None),
             "keyframe_requests": sum(s.keyframe_requests_sent for s in sources),
             "sources_with_clock": sum(1 for s in sources if s.clock_reference is not None),
             "tasks": len(self._tasks),

@@ -28,9 +28,15 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from streaming import fanout_batch
+from streaming.fanout_batch import LaneBatch
 from streaming.program_sink import ProgramSink
 from streaming.rtp_source import ForwardPacket, RtpSource, SourceFeed
+
+if TYPE_CHECKING:
+    from streaming.downtrack import Downtrack
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,9 @@ class Lane:
         self.pending: RtpSource | None = None
         self.armed = True  # audio waits for the video cut before cutting
         self.downtracks: tuple[ProgramSink, ...] = ()  # viewers and outputs
+        self.slow: tuple[ProgramSink, ...] = ()  # those not in the batch: called one by one
+        self.batch: LaneBatch | None = None  # the viewers sent to in one C call (made on first use)
+        self._ready: list[Downtrack] = []  # to batch after the current packet
         self.seq_off = 0
         self.ts_off = 0
         self.floor = 0  # first source seq of the current source
@@ -118,23 +127,59 @@ class Lane:
 
     def on_packet(self, fp: ForwardPacket) -> None:
         """Sink on the current source: rewrite once for the lane, then
-        hand the packet to every downtrack."""
+        hand the packet to every downtrack: the batched ones in one call,
+        the others one by one."""
         seq = (fp.seq + self.seq_off) & 0xFFFF
         ts = (fp.timestamp + self.ts_off) & 0xFFFFFFFF
         if fp.late:
             if ((fp.seq - self.floor) & 0xFFFF) >= 0x8000:
                 return  # belongs to before the cut
+            sinks = self.downtracks  # an upstream retransmission: each decides (rare)
         else:
             self.next_seq = (seq + 1) & 0xFFFF
             self.last_ts = ts
             self.last_wall = fp.arrival
             self.packets += 1
-        for dt in self.downtracks:
+            sinks = self.slow
+        for dt in sinks:
             try:
                 dt.forward(fp, seq, ts)
             except Exception:  # one broken viewer must not stop the others
                 logger.exception("Lane(%s) downtrack %#x failed: removed", self.name, dt.ssrc)
                 self.remove(dt)
+        batch = self.batch
+        if batch is not None and batch.members and not fp.late:
+            for dt in batch.send(fp, seq, ts):
+                self.unbatch(dt)
+                dt.blocked(seq)
+        if self._ready:
+            self._join_ready()
+
+    def ready(self, dt: Downtrack) -> None:
+        """`dt` now forwards normally: batch it after the current packet."""
+        if fanout_batch.available():
+            self._ready.append(dt)
+
+    def _join_ready(self) -> None:
+        ready, self._ready = self._ready, []
+        for dt in ready:
+            if dt.lane is not self or not dt.can_batch():
+                continue
+            if self.batch is None:
+                self.batch = LaneBatch()
+            self.batch.join(dt)
+        self._split()
+
+    def unbatch(self, dt: Downtrack) -> None:
+        """Back to the per-packet path (it may rejoin via ready())."""
+        if self.batch is not None and dt.batch is self.batch:
+            self.batch.leave(dt)
+            self._split()
+
+    def _split(self) -> None:
+        batch = self.batch
+        members = batch.members if batch is not None else {}
+        self.slow = tuple(d for d in self.downtracks if id(d) not in members)
 
     # --- viewers -------------------------------------------------------
 
@@ -142,11 +187,16 @@ class Lane:
         dt.lane = self
         dt.set_codec(self.codec_key)
         self.downtracks = self.downtracks + (dt,)
+        self.slow = self.slow + (dt,)
         self.request_keyframe()
 
     def remove(self, dt: ProgramSink) -> None:
-        # a new tuple: on_packet may be iterating the old one right now
+        batch = self.batch
+        if batch is not None and id(dt) in batch.members:
+            batch.leave(batch.members[id(dt)])
+        # new tuples: on_packet may be iterating the old ones right now
         self.downtracks = tuple(d for d in self.downtracks if d is not dt)
+        self.slow = tuple(d for d in self.slow if d is not dt)
         dt.lane = None
 
     def request_keyframe(self) -> None:
@@ -188,9 +238,14 @@ class Lane:
 
     def close(self) -> None:
         self.prepare(None)
+        if self.batch is not None:
+            self.batch.close()
+            self.batch = None
         for dt in self.downtracks:
             dt.lane = None
         self.downtracks = ()
+        self.slow = ()
+        self._ready = []
 
 
 class ProgramBus:

@@ -72,6 +72,10 @@ class MuxTransport(asyncio.DatagramTransport):
         key = (addr[0], addr[1])
         return lambda data: sendto(data, key)  # type: ignore[no-any-return]
 
+    def fileno(self) -> int:
+        """The shared socket's descriptor (the C fan-out sends on it with sendmmsg)."""
+        return self._mux.sock.fileno()
+
     def get_write_buffer_size(self) -> int:
         return int(self._mux.transport.get_write_buffer_size())  # type: ignore[attr-defined]  # selector transports have it
 

@@ -171,7 +171,10 @@ class WebRtcViewer(Lifecycle[_State]):
                 if codec.payloadType is not None:
                     pts.setdefault(codec_key(codec), codec.payloadType)
             pts.pop("rtx", None)
-            dt = Downtrack(kind, aiortc_internals.sender_ssrc(t.sender), pts, self._config.write_buffer_limit)
+            dt = Downtrack(
+                kind, aiortc_internals.sender_ssrc(t.sender), pts, self._config.write_buffer_limit,
+                batched=self._config.fanout_batch,
+            )
             setattr(self, kind, dt)
             self._senders[kind] = t.sender
             aiortc_internals.intercept_sender_rtcp(t.sender, self._rtcp_handler(dt))

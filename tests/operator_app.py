@@ -80,6 +80,7 @@ async def running_node(tmp: Path, *, event: Event | None = None, agenda_now: Cal
     settings_overrides.setdefault("record_sessions", False)  # no encoder behind other tests' agendas
     settings = Settings(host="127.0.0.1", port=free_port(), data_dir=tmp, token_secret=secret,
                         ice_addresses=("127.0.0.1",), rtmp_port=free_port_block(32), srt_port=free_port_block(32),
+                        udp_port=settings_overrides.pop("udp_port", free_port_block(1)),
                         node_id=f"op-test-{secrets.token_hex(3)}", slate_grace_ms=slate_grace_ms,
                         **settings_overrides)
     app = build_app(settings)

@@ -120,6 +120,9 @@ def start_server(
     env.pop("FORUMCAST_CONFIG", None)
     env.pop("FORUMCAST_REDIS_URL", None)
     # venue listeners on ports of their own: servers of parallel test workers never collide
+    # one port for WebRTC (UDP, and ICE-TCP on the same number) as in production, but a free one:
+    # tests run side by side
+    env["FORUMCAST_UDP_PORT"] = str(free_port_block(1))
     env["FORUMCAST_RTMP_PORT"] = str(free_port_block(32))
     env["FORUMCAST_SRT_PORT"] = str(free_port_block(32))
     env.update(extra_env or {})

@@ -83,7 +83,7 @@ def test_relative_paths_in_file_are_relative_to_it(tmp_path: Path) -> None:
     [
         ({"FORUMCAST_PORT": "abc"}, "FORUMCAST_PORT='abc': not an integer"),
         ({"FORUMCAST_PORT": "0"}, "FORUMCAST_PORT='0': must be 1-65535"),
-        ({"FORUMCAST_UDP_PORT": "70000"}, "FORUMCAST_UDP_PORT='70000': must be 0 (off) or 1-65535"),
+        ({"FORUMCAST_UDP_PORT": "70000"}, "FORUMCAST_UDP_PORT='70000': must be 0 (off: a port per peer) or 1-65535"),
         ({"FORUMCAST_CHAT_RATE_PER_MINUTE": "-3"}, "FORUMCAST_CHAT_RATE_PER_MINUTE='-3': must be a positive integer"),
         ({"FORUMCAST_ICE_ADDRESSES": "127.0.0.1,nowhere"}, "FORUMCAST_ICE_ADDRESSES='127.0.0.1,nowhere': 'nowhere' is not an IP address"),
         ({"FORUMCAST_REDIS_URL": "http://x"}, "FORUMCAST_REDIS_URL='http://x': must start with redis://"),

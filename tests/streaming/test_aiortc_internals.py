@@ -113,7 +113,7 @@ def _hide(monkeypatch: pytest.MonkeyPatch, private: PrivateName) -> None:
 # libsrtp's cffi objects are C-level (nothing to delete); asyncio's transport
 # has no probe instance without a loop and a socket (checked from its source);
 # without _remove_reader no event loop closes (the check's own included)
-UNHIDEABLE = {"srtp_protect", "srtp_protect_rtcp", "new", "_sock", "_loop", "_remove_reader"}
+UNHIDEABLE = {"srtp_protect", "srtp_protect_rtcp", "new", "addressof", "cast", "_sock", "_loop", "_remove_reader"}
 
 
 @pytest.mark.parametrize("private", [p for p in PRIVATE_NAMES if p.name not in UNHIDEABLE],

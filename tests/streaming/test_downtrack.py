@@ -1,6 +1,10 @@
 """The per-packet path without peers: real SRTP sessions, real UDP sockets
 on 127.0.0.1, a source fed by hand. What each viewer receives is
-unprotected with its keys and checked header by header."""
+unprotected with its keys and checked header by header.
+
+Each test runs twice: with the lane's C batch (streaming/fanout_batch.py)
+and with the Python per-viewer path only (`fanout_batch = false`); two
+tests that fake the Python path's own backlog and socket run on it alone."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from aiortc.rtp import RtpPacket
 from pylibsrtp import Policy, Session
 
 from streaming.aiortc_internals import send_path_for
+from streaming import fanout_batch
 from streaming.downtrack import Downtrack, DowntrackState
 from streaming.program_bus import ProgramBus
 from streaming.rtp_source import RtpSource, SourceFeed
@@ -84,11 +89,19 @@ class Screen:
             return n
 
 
+MODES = ["batched", "per_packet"] if fanout_batch.available() else ["per_packet"]
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def screens() -> AsyncIterator[Any]:
+async def screens(mode: str) -> AsyncIterator[Any]:
     made: list[tuple[socket.socket, Any]] = []
 
-    async def make(kind: str = "video", limit: int = 10_000) -> Screen:
+    async def make(kind: str = "video", limit: int = 10_000, batched: bool | None = None) -> Screen:
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.1", 0))
@@ -97,7 +110,8 @@ async def screens() -> AsyncIterator[Any]:
         made.append((sock, transport))
         tx, rx = srtp_sessions()
         backlog = Backlog(transport)
-        dt = Downtrack(kind, ssrc=0x1000 + len(made), pt_by_codec=VIEWER_PT, write_limit=limit)
+        batched = mode == "batched" if batched is None else batched
+        dt = Downtrack(kind, ssrc=0x1000 + len(made), pt_by_codec=VIEWER_PT, write_limit=limit, batched=batched)
         dt.connect(send_path_for(tx, backlog, sock.getsockname()))
         return Screen(dt, sock, rx, backlog)
 
@@ -133,7 +147,7 @@ def contiguous(packets: list[RtpPacket]) -> bool:
     return all(((b - a) & 0xFFFF) == 1 for a, b in zip(seqs, seqs[1:]))
 
 
-async def test_each_viewer_gets_its_own_header_and_starts_at_a_keyframe(screens: Any) -> None:
+async def test_each_viewer_gets_its_own_header_and_starts_at_a_keyframe(screens: Any, mode: str) -> None:
     source = RtpSource("video", H264)
     requests: list[int] = []
     source.set_keyframe_requester(lambda: requests.append(1))
@@ -151,6 +165,9 @@ async def test_each_viewer_gets_its_own_header_and_starts_at_a_keyframe(screens:
     assert {p.ssrc for p in got_a} == {a.downtrack.ssrc}
     assert {p.payload_type for p in got_a} == {VIEWER_PT["h264"]}
     assert [p.marker for p in got_a] == [0, 0, 1, 0, 0, 1]
+    # batched from the packet after its keyframe, not before
+    assert (a.downtrack.batch is not None) == (mode == "batched")
+    assert a.downtrack.packets == 6
     # b joins mid-GOP: a keyframe is asked for, b waits for it
     before = len(requests)
     bus.subscribe(b.downtrack, None)
@@ -165,6 +182,7 @@ async def test_each_viewer_gets_its_own_header_and_starts_at_a_keyframe(screens:
     # same lane timestamps, each viewer its own sequence space
     assert [p.timestamp for p in got_a] == [p.timestamp for p in got_b]
     assert contiguous(got_b)
+    assert b.downtrack.packets == 3 and b.downtrack.octets == sum(len(p.payload) for p in got_b)
     source.close()
 
 
@@ -176,8 +194,9 @@ async def test_a_backed_up_viewer_drops_video_to_the_next_keyframe_without_a_gap
     bus = ProgramBus()
     bus.switch_to(SourceFeed("cam", video, audio))
     camera = Camera(video)
-    slow, fast = await screens(limit=1000), await screens()
-    slow_audio = await screens(kind="audio")
+    # the Python path's asyncio backlog (the batch's EAGAIN: tests/streaming/test_fanout_batch.py)
+    slow, fast = await screens(limit=1000, batched=False), await screens()
+    slow_audio = await screens(kind="audio", batched=False)
     slow_audio.transport.backlog = 5000  # same congested socket: audio still goes
     bus.subscribe(slow.downtrack, slow_audio.downtrack)
     bus.subscribe(fast.downtrack, None)
@@ -279,7 +298,7 @@ async def test_a_failing_viewer_is_removed_and_the_others_keep_going(screens: An
     bus = ProgramBus()
     bus.switch_to(SourceFeed("cam", source, None))
     camera = Camera(source)
-    broken, fine = await screens(), await screens()
+    broken, fine = await screens(batched=False), await screens()
     bus.subscribe(broken.downtrack, None)
     bus.subscribe(fine.downtrack, None)
     camera.frame(key=True)

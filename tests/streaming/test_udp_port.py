@@ -14,13 +14,14 @@ import subprocess
 import sys
 import unittest.mock
 from pathlib import Path
+from typing import Any
 
 import aioice.ice
 import pytest
 from aiortc import sdp
 
 from signaling.metrics import PlaneCollector
-from streaming import aiortc_internals
+from streaming import aiortc_internals, fanout_batch
 from streaming.media_config import MediaConfig
 from streaming.media_plane import MediaPlane
 from streaming.udp_mux import stun_recipient
@@ -377,3 +378,41 @@ async def test_the_server_setting_puts_whip_and_whep_on_the_port() -> None:
         await viewer.close()
         await publisher.close()
         node.cleanup()
+
+
+@pytest.mark.skipif(not fanout_batch.available(), reason="streaming._fanout not built")
+async def test_fifty_viewers_and_three_publishers_on_one_port_through_the_batch_get_their_own_srtp(
+    plane: MediaPlane,
+) -> None:
+    """Issue 13's shape: 3 publishers (3 forums) and 50 light viewers (the
+    load tester's, SRTP-checked on a sample with each viewer's own keys)
+    on one port; once forwarding, every viewer track is in its lane's C
+    batch, i.e. one sendmmsg per packet for the forum's viewers."""
+    from streaming.light_viewer import ViewerPool
+
+    forums = ["f0", "f1", "f2"]
+    publishers = {forum: TestPublisher(fps=15, offset=20000 * i, audio=True) for i, forum in enumerate(forums)}
+    pool = ViewerPool(sample_every=5, rr_interval=1.0, ice_addresses=("127.0.0.1",))
+    try:
+        for forum, publisher in publishers.items():
+            await connect_publisher(plane, forum, f"cam-{forum}", publisher)
+
+        def signal_for(index: int) -> Any:
+            async def signal(viewer_id: str, offer: str) -> str:
+                return str(await plane.watch(forums[index % 3], viewer_id, offer))
+            return signal
+
+        await asyncio.gather(*(pool.connect_one(f"v{i}", signal_for(i), timeout=30) for i in range(50)))
+        assert pool.errors == [] and len(pool.viewers) == 50
+        assert await pool.wait_receiving(timeout=40) == 50
+        await eventually(lambda: plane.stats()["batched_downtracks"] == 100, timeout=20,
+                         what=f"all 100 viewer tracks batched (stats {plane.stats()})")
+        before = [v.counts() for v in pool.viewers]
+        await eventually(lambda: all((v.counts() - b).checked >= 3 for v, b in zip(pool.viewers, before)),
+                         timeout=30, what="3 more SRTP-checked packets per viewer after batching")
+        assert sum(v.counts().auth_failures for v in pool.viewers) == 0
+        assert plane.stats()["udp_mux_ufrags"] == 53
+    finally:
+        await pool.close()
+        for publisher in publishers.values():
+            await publisher.close()
