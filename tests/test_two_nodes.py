@@ -355,7 +355,14 @@ async def test_placement_answers_the_owner_while_it_has_room_then_the_node_with_
 
         await eventually(moved_to_b, timeout=30, what="placement to answer b once a is full")
 
-        # a, full, sends the next program viewers to b (WHEP: 307; socket.io: moved), which serves them
+        # a, full, sends the next program viewers to b (socket.io: moved; WHEP: 307), which serves them.
+        # socket.io first: it leaves no viewer on b, so b still has room when the WHEP one comes (b is
+        # full at one too: asked after b's heartbeat counted that viewer, a would rightly keep it)
+        await sio_a.connect(a.url, auth={"token": b.token(Role.VIEWER, [FORUM], "Third")},
+                            transports=["websocket"], wait_timeout=10)
+        assert "error" not in await sio_a.call("join", {"forum_id": FORUM}, timeout=ACK_TIMEOUT)
+        moved = await sio_a.call("watch", {"forum_id": FORUM, "sdp": await third.offer()}, timeout=ACK_TIMEOUT)
+        assert moved["error"]["code"] == "moved" and moved["error"]["url"] == b.url + "/", moved
         other = b.token(Role.VIEWER, [FORUM], "Second guest")
         offer = await second.offer()
         sent = await http.post(f"{a.url}/whep/{FORUM}", data=offer, allow_redirects=False,
@@ -366,11 +373,6 @@ async def test_placement_answers_the_owner_while_it_has_room_then_the_node_with_
         assert served_on_b.status == 201, await served_on_b.text()  # b's edge pull, b not full
         await second.accept(await served_on_b.text())
         await second.wait_video(3, timeout=30)
-        await sio_a.connect(a.url, auth={"token": b.token(Role.VIEWER, [FORUM], "Third")},
-                            transports=["websocket"], wait_timeout=10)
-        assert "error" not in await sio_a.call("join", {"forum_id": FORUM}, timeout=ACK_TIMEOUT)
-        moved = await sio_a.call("watch", {"forum_id": FORUM, "sdp": await third.offer()}, timeout=ACK_TIMEOUT)
-        assert moved["error"]["code"] == "moved" and moved["error"]["url"] == b.url + "/", moved
 
         refused = await http.get(f"{b.url}/api/forums/{FORUM}/placement",
                                  headers={"Authorization": f"Bearer {b.token(Role.VIEWER, ['ai'])}"})
