@@ -51,8 +51,8 @@ def _template(name: str) -> str:
     return (TEMPLATES / name).read_text(encoding="utf-8")
 
 
-DEMO_BADGE = ('<div class="demo-badge" role="note"><strong>Demo</strong> '
-              'the sample agenda, moved to run now</div>')
+DEMO_BADGE = ('<div class="demo-badge" role="note"><strong data-i18n="demo.badge">Demo</strong> '
+              '<span data-i18n="demo.note">the sample agenda, moved to run now</span></div>')
 
 
 def with_demo_badge(page: str, event: Event) -> str:

@@ -8,6 +8,7 @@ $FORUMCAST_SCREENSHOTS (or the test's temp dir); each test prints where."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,6 +24,7 @@ from tests.server_process import ServerProcess, start_server
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 FORUM_ZH = "青少年数字素养论坛"
+CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 async def test_a_page_in_chinese_shows_the_chinese_name_and_labels(
@@ -43,9 +45,16 @@ async def test_a_page_in_chinese_shows_the_chinese_name_and_labels(
         assert (await page.text_content("#lang-switch")) == "English"
         await page.screenshot(path=str(shots / "watch-zh.png"))
 
-        # switch to English: labels and the name follow, and the choice outlives a reload
+        # the status pill, set by the page's state (not the template), is in Chinese too
+        await page.wait_for_function("() => document.getElementById('status').dataset.i18n !== 'watch.connecting'")
+        state_key = await page.evaluate("document.getElementById('status').dataset.i18n")
+        assert CJK.search(await page.text_content("#status") or ""), state_key
+
+        # switch to English: labels, the name and the state pill follow, and the choice outlives a reload
         await page.click("#lang-switch")
         assert (await page.text_content("#forum-name") or "").startswith("Youth and Digital Literacy Forum")
+        pill = await page.text_content("#status") or ""
+        assert pill and not CJK.search(pill), (state_key, pill)  # it stayed Chinese before
         assert "Watching online" in (await page.text_content("main") or "")
         await page.reload()
         await page.wait_for_function("() => document.getElementById('lang-switch') !== null")

@@ -2,7 +2,7 @@
 // the socket, acks with a timeout, ICE gathering, the receive-only peer
 // connection, plain-language status and errors (in the page's language,
 // i18n.js).
-import { has, t } from "./i18n.js";
+import { has, phraseOf, t } from "./i18n.js";
 import { readToken } from "./invite.js";
 
 export { readToken };
@@ -107,21 +107,31 @@ export function setPill(element, kind, text) {
   setText(element, text);
 }
 
-// Text set by the page's state: a language switch must not put the
-// element's initial data-i18n words back over it.
+// Text set by the page's state. One phrase of the dictionary keeps its key
+// (and values), so a language switch says it again in the new language;
+// anything else (a name, a server's message) stays as it is, and the
+// element's initial data-i18n words never come back over it.
 export function setText(element, text) {
-  delete element.dataset.i18n;
+  const phrase = text ? phraseOf(text) : undefined;
+  if (phrase) {
+    element.dataset.i18n = phrase[0];
+    if (Object.keys(phrase[1]).length) element.dataset.i18nVars = JSON.stringify(phrase[1]);
+    else delete element.dataset.i18nVars;
+  } else {
+    delete element.dataset.i18n;
+    delete element.dataset.i18nVars;
+  }
   element.textContent = text;
 }
 
 export function showMessage(element, kind, text) {
   if (!text) {
     element.hidden = true;
-    element.textContent = "";
+    setText(element, "");
     return;
   }
   element.className = `message ${kind}`;
-  element.textContent = text;
+  setText(element, text);
   element.hidden = false;
 }
 

@@ -34,6 +34,7 @@ const DICT = {
     "watch.slate": "Slate (no one on air)", "watch.onAirPrefix": "On air: {name}",
     "chat.title": "Chat", "qa.title": "Questions", "chat.send": "Send", "qa.ask": "Ask",
     "chat.placeholder": "Write a message", "qa.placeholder": "Ask the speakers a question",
+    "demo.badge": "Demo", "demo.note": "the sample agenda, moved to run now",
     "qa.sent": "Your question went to the moderators.", "qa.approved": "Approved questions",
     "qa.queue": "Questions (Q&A queue)", "qa.approve": "Approve", "qa.dismiss": "Dismiss",
     "qa.answered": "Answered", "qa.empty": "No questions yet.",
@@ -149,6 +150,7 @@ const DICT = {
     "watch.slate": "等待画面（暂无直播）", "watch.onAirPrefix": "正在播出：{name}",
     "chat.title": "聊天", "qa.title": "提问", "chat.send": "发送", "qa.ask": "提问",
     "chat.placeholder": "输入消息", "qa.placeholder": "向嘉宾提问",
+    "demo.badge": "演示", "demo.note": "示例议程，已移到现在开始",
     "qa.sent": "您的问题已提交给主持人。", "qa.approved": "已采纳的问题",
     "qa.queue": "提问（问答队列）", "qa.approve": "采纳", "qa.dismiss": "忽略",
     "qa.answered": "已回答", "qa.empty": "暂无提问。",
@@ -274,11 +276,22 @@ export function setLanguage(lang) {
   for (const fn of listeners) fn(current);
 }
 
+// The phrases t() made lately, by their text: a page that shows one as its
+// state (a pill, a status line) keeps its key, so a language switch says it
+// again in the new language (common.js setText). Bounded: pages call t() often.
+const made = new Map();
+
 // t("lobby.watching", {n: 3}); an unknown key falls back to English, then to the key
 export function t(key, vars = {}) {
-  const text = DICT[language()][key] ?? DICT.en[key] ?? key;
-  return text.replace(/\{(\w+)\}/g, (_, name) => (name in vars ? String(vars[name]) : `{${name}}`));
+  const text = (DICT[language()][key] ?? DICT.en[key] ?? key)
+    .replace(/\{(\w+)\}/g, (_, name) => (name in vars ? String(vars[name]) : `{${name}}`));
+  if (made.size > 1000) made.clear();
+  made.set(text, [key, vars]);
+  return text;
 }
+
+// [key, vars] of a text t() made, or undefined (a name, a server message, a sentence of several)
+export function phraseOf(text) { return made.get(text); }
 
 export function has(key) { return key in DICT.en; }
 
@@ -291,7 +304,9 @@ export function localized(name) {
 
 export function applyI18n(root = document) {
   document.documentElement.lang = language() === "zh" ? "zh-CN" : "en";
-  for (const node of root.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+  for (const node of root.querySelectorAll("[data-i18n]")) {
+    node.textContent = t(node.dataset.i18n, node.dataset.i18nVars ? JSON.parse(node.dataset.i18nVars) : {});
+  }
   for (const node of root.querySelectorAll("[data-i18n-title]")) {
     node.title = t(node.dataset.i18nTitle);
     node.setAttribute("aria-label", node.title);

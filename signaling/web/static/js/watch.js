@@ -6,7 +6,7 @@
 // seconds behind) and says so.
 import {
   applyI18n, backoff, connect, countdown, describe, gatherIce, isFatal, localized, mountLanguageSwitch, onAirText,
-  onLanguageChange, pageData, readToken, receivePeer, request, setPill, showMessage, t, viewersText, wireRefusals,
+  onLanguageChange, pageData, readToken, receivePeer, request, setPill, setText, showMessage, t, viewersText, wireRefusals,
 } from "./common.js";
 import { MessageList } from "./chat.js";
 import { playHls, playlistUrl } from "./hls_player.js";
@@ -126,14 +126,14 @@ function chatForm(form, input, status, kind) {
     event.preventDefault();
     const text = input.value.trim();
     if (!text || !state.joined) return;
-    status.textContent = "";
+    setText(status, "");
     try {
       const ack = await request(state.socket, "chat", { forum_id: forumId, text, kind });
       input.value = "";
-      if (kind === "question") status.textContent = t("qa.sent");
+      if (kind === "question") setText(status, t("qa.sent"));
       else chat.put(ack.message);
     } catch (error) {
-      status.textContent = describe(error); // rate and length limits come with their reason
+      setText(status, describe(error)); // rate and length limits come with their reason
     }
   });
 }
