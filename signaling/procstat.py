@@ -51,27 +51,25 @@ def _children(pid: int) -> list[int]:
 
 def descendants(pid: int) -> list[int]:
     """Every live descendant of `pid` (children, theirs...)."""
-    if _HAS_CHILDREN_LISTS:
-        found: list[int] = []
-        todo = [pid]
-        while todo:
-            for child in _children(todo.pop()):
-                found.append(child)
-                todo.append(child)
-        return found
+    children_of = _children if _HAS_CHILDREN_LISTS else _children_table().get
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children_of(todo.pop()) or []:
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _children_table() -> dict[int, list[int]]:
+    """Parent pid -> its children, from every process's stat (the slow way)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             fields = _stat_fields(int(entry))
             if fields is not None:
                 children.setdefault(int(fields[1]), []).append(int(entry))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    return children
 
 
 def _with_reaped(pid: int) -> tuple[float, float]:
