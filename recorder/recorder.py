@@ -32,7 +32,7 @@ from recorder.recording import (
 )
 from streaming.ffmpeg_process import FfmpegExit, FfmpegProcess, RestartPolicy, Supervisor
 from rooms.models import SourceKind
-from streaming.child_processes import run_id, start_ticks
+from streaming.child_processes import run_alive, run_id
 from streaming.end_of_input import end_reader
 from streaming.forum_outputs import ProgramOutputs
 from streaming.rtp_source import SourceFeed
@@ -59,12 +59,6 @@ def new_directory(parent: Path, name: str, tries: int = 100) -> tuple[str, Path]
             continue
         return taken, directory
     raise RecorderError("conflict", f"{tries} recordings named {name!r} already: try again in a second")
-
-
-def _running(writer: str) -> bool:
-    """The server run `writer` ("<pid>-<start ticks>") is alive (not a recycled pid)."""
-    pid, _, ticks = writer.partition("-")
-    return pid.isdigit() and ticks.isdigit() and start_ticks(int(pid)) == int(ticks)
 
 
 @contextlib.contextmanager
@@ -334,13 +328,13 @@ class Recorder:
             info = load_meta(directory)
             if info is None or info.state not in ("recording", "finalizing"):
                 continue
-            if info.forum_id in self._active or _running(info.writer):
+            if info.forum_id in self._active or run_alive(info.writer):
                 continue
             with _claim(directory) as claimed:
                 if not claimed:
                     continue  # another node finalizes it right now
                 info = load_meta(directory)  # again, now that it is ours: maybe finalized meanwhile
-                if info is None or info.state not in ("recording", "finalizing") or _running(info.writer):
+                if info is None or info.state not in ("recording", "finalizing") or run_alive(info.writer):
                     continue
                 logger.warning("Recorder: finalizing %s left unfinished by a previous run", info.id)
                 info.writer = run_id()
