@@ -247,7 +247,7 @@ def _announce(plans: Sequence[WorkerPlan], redis_url: str, local: bool) -> None:
     where = "a local redis-server (supervised, stopped last)" if local else "Redis"
     print(f"forumcast: {len(plans)} workers on {where} at {redact_url(redis_url)}", flush=True)
     for plan in plans:
-        udp = f", ICE UDP port {plan.udp_port}" if plan.udp_port else ""
+        udp = f" (ICE UDP port {plan.udp_port})" if plan.udp_port else ""
         print(f"worker {plan.node_id}: {plan.public_url}{udp}", flush=True)
     if plans[0].udp_port:
         print(f"open UDP ports {plans[0].udp_port}-{plans[-1].udp_port} in the firewall (one per worker)",

@@ -164,7 +164,8 @@ def _started(workers: Workers) -> bool:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Workers]:
-    workers = start_workers(tmp_path)
+    # one shared ICE UDP port per worker (bound at the node's start: the same one twice would not start)
+    workers = start_workers(tmp_path, env={"FORUMCAST_UDP_PORT": str(free_port_block(3))})
     yield workers
     workers.stop()
 
@@ -235,6 +236,9 @@ def test_workers_form_one_cluster_with_one_owner_per_forum_and_placement(cluster
     announced = cluster.announced()
     assert list(announced.values()) == [cluster.url(0), cluster.url(1)], cluster.output()
     assert "/lobby" in cluster.output()
+    udp = [int(port) for port in re.findall(r"ICE UDP port (\d+)", cluster.output())]
+    assert len(udp) == 2 and udp[1] == udp[0] + 1, cluster.output()
+    assert f"open UDP ports {udp[0]}-{udp[1]}" in cluster.output()
     ids = eventually_blocking(lambda: _both_registered(cluster), timeout=60, what="each worker to see both")
     forum = cluster.get(0, "/api/forums", role=None)["forums"][0]["id"]
     cluster.post(1, f"/api/forums/{forum}/manual", {"manual": True})  # an operator's command: the forum is needed
@@ -351,3 +355,26 @@ def test_demo_now_fixes_the_moved_agenda(tmp_path: Path) -> None:
     moment = dt.datetime(2026, 12, 1, 9, 30, 15, tzinfo=dt.timezone.utc)
     settings = Settings(demo=True, demo_now=moment.timestamp(), data_dir=tmp_path)
     assert load_app_event(settings) == demo_event(load_event(settings.event_file), moment)
+
+
+@pytest.mark.slow
+def test_with_redis_given_no_local_one_and_a_sigkilled_parent_takes_its_workers(tmp_path: Path,
+                                                                               redis_url: str) -> None:
+    workers = start_workers(tmp_path, args=["--redis", redis_url])
+    try:
+        eventually_blocking(lambda: _both_registered(workers), timeout=60, what="both registered")
+        assert workers.redis_pid() is None and "at redis://127.0.0.1" in workers.output()
+        tree = {pid: start_ticks(pid) for pid in procstat.descendants(workers.process.pid)}
+        assert len(workers.worker_pids()) == 2
+        workers.process.kill()  # a crash of the parent: the parent-death signal ends the workers
+        workers.process.wait()
+
+        def all_gone() -> bool:  # a zombie waiting for init to reap it runs nothing
+            alive = [pid for pid, ticks in tree.items() if start_ticks(pid) == ticks
+                     and (procstat._stat_fields(pid) or ["Z"])[0] not in ("Z", "X")]
+            assert not alive, alive
+            return True
+
+        eventually_blocking(all_gone, timeout=60, what="every worker and child of the SIGKILLed parent gone")
+    finally:
+        workers.stop()
