@@ -18,6 +18,7 @@ Layout under `root`:
                       an flock of index.lock: the nodes of `serve --workers`
                       share the library, each reads it again when it changed)
     media/<hash>.ts   normalized videos
+    locks/<hash>.lock held while one process converts that content
     tmp/<run>/        uploads and normalizations in progress of one server
                       run (child_processes.run_id; a dead run's are removed)
 A refused or failed file touches nothing outside tmp/, and its temp files
@@ -32,6 +33,7 @@ node, the others wait queued.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -56,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 _INDEX_VERSION = 2
 _PROGRESS_LINE = re.compile(r"^[a-z_0-9]+=\S*$")  # ffmpeg's -progress key=value lines, not its words
+LOCK_POLL_S = 0.2  # how often a node waiting for another's conversion of the same content looks again
 MAX_JOBS_KEPT = 200  # finished jobs remembered (for the API), oldest forgotten first
 
 
@@ -394,9 +397,10 @@ class MediaLibrary:
                     info = replace(info, video=replace(info.video, size_changes=True))
                     chosen = plan(info, self.rules)
             job.converting(info.duration, chosen.to_json())
-            if not target.is_file():
-                async with self._running:
-                    await self._normalize(source, target, chosen, name, job)
+            async with self._exclusive(content_hash):  # another node on this library may convert it now
+                if not target.is_file():
+                    async with self._running:
+                        await self._normalize(source, target, chosen, name, job)
             result = await asyncio.to_thread(probe, target)
             item = MediaItem(
                 id=item_id, forum_id=forum_id, name=name, duration=round(result.duration, 3),
@@ -409,6 +413,26 @@ class MediaLibrary:
             logger.info("MediaLibrary added %s (%s, %.1fs, video %s) to forum %s", item_id, name, item.duration,
                         chosen.video, forum_id)
             return item
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, content_hash: str) -> AsyncIterator[None]:
+        """Hold an flock(2) of locks/<hash>.lock: the nodes of `serve
+        --workers` (one library) convert the same content once (each
+        prepares the agenda's upcoming videos). Polled without blocking, so
+        a cancelled wait leaves nothing behind; released when closed."""
+        locks = self.root / "locks"
+        locks.mkdir(exist_ok=True)
+        fd = os.open(locks / f"{content_hash}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(LOCK_POLL_S)
+            yield
+        finally:
+            os.close(fd)
 
     async def _normalize(self, source: Path, target: Path, chosen: NormalizePlan, name: str,
                          job: NormalizeJob) -> None:

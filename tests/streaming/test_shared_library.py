@@ -90,3 +90,21 @@ async def test_a_node_starting_takes_over_only_the_uploads_of_a_dead_run(tmp_pat
         await library.stop()
         other.kill()
         other.wait()
+
+
+async def test_nodes_preparing_the_same_video_convert_it_once(tmp_path: Path) -> None:
+    """Every node prepares the agenda's upcoming videos: with one library
+    shared by the workers, each converted the same file at once."""
+    import asyncio
+
+    from tests.streaming.test_media_library import make_video
+
+    video = make_video(tmp_path / "talk.mp4", 2)  # H.264 High with B-frames: converted, not copied
+    nodes = [MediaLibrary(tmp_path / "library") for _ in range(2)]  # two flock holders, as two processes
+    try:
+        items = await asyncio.gather(*(node.add_file("main", video) for node in nodes))
+        assert items[0].file == items[1].file
+        assert sum(node.normalizations for node in nodes) == 1
+    finally:
+        for node in nodes:
+            await node.stop()
