@@ -204,6 +204,8 @@ async def serve_workers(settings: Settings, count: int, passed: PassThrough,
         print("forumcast: stopping the workers", file=sys.stderr, flush=True)
     except ChildStartError as error:
         raise WorkersError(str(error)) from None
+    except OSError as error:  # a binary that cannot run
+        raise WorkersError(f"cannot start a child process: {error}") from None
     except _Stopped:
         pass  # a signal during start-up: stop what started
     finally:

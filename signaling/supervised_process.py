@@ -119,6 +119,9 @@ class SupervisedProcess(Lifecycle[_State]):
             await self._end(process)
             self._set_state(_State.FAILED)
             raise
+        if self._stopping.is_set():  # stop() came while it was starting: nobody wants it
+            await self._end(process)
+            return
         self._set_state(_State.RUNNING)
         self._start_task(self._supervise(process), name=f"supervise-{self.name}")
 

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from signaling import procstat
-from signaling.placement import NodeLoadMeter
+from signaling.placement import MIN_WINDOW_S, NodeLoadMeter
 from streaming.ffmpeg_process import FfmpegProcess
 from tests.eventually import eventually
 
@@ -25,11 +25,13 @@ def _busy_ffmpeg() -> FfmpegProcess:
 
 
 async def _spend(child: FfmpegProcess) -> tuple[float, float]:
-    """Wait until the child has spent BUSY_CPU_S more CPU; (its CPU spent, at start)."""
+    """Wait until the child has spent BUSY_CPU_S more CPU and the meter's
+    shortest window has passed; (its CPU spent, at start)."""
     assert child.pid is not None
     pid = child.pid
-    start = procstat.cpu_seconds(pid)
-    await eventually(lambda: procstat.cpu_seconds(pid) - start >= BUSY_CPU_S, timeout=120,
+    start, began = procstat.cpu_seconds(pid), time.monotonic()
+    await eventually(lambda: procstat.cpu_seconds(pid) - start >= BUSY_CPU_S
+                     and time.monotonic() - began > 2 * MIN_WINDOW_S, timeout=120,
                      what=f"ffmpeg to spend {BUSY_CPU_S} CPU seconds")
     return procstat.cpu_seconds(pid) - start, start
 
