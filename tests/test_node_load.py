@@ -85,3 +85,23 @@ def test_the_tree_is_found_with_and_without_the_kernels_children_lists(
     finally:
         shell.kill()
         shell.wait()
+
+
+async def test_metrics_give_the_nodes_cpu_with_its_ffmpeg_children() -> None:
+    """/metrics' process_cpu_seconds_total is the Python process only; the
+    node's figure counts the encoders it runs."""
+    from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from signaling.metrics import NodeCpuCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    registry.register(NodeCpuCollector())
+    child = _busy_ffmpeg()
+    await child.start()
+    spent, at_start = await _spend(child)
+    await child.stop(grace=0.5)
+    samples = {s.name: s.value for family in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in family.samples}
+    assert samples["forumcast_node_cpu_seconds_total"] >= samples["process_cpu_seconds_total"] + spent + at_start - 0.05
