@@ -49,7 +49,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
@@ -88,6 +87,7 @@ class TusUpload:
     # the server run holding it (child_processes.run_id): the nodes of `serve --workers`
     # share this directory; a node takes over only what a dead run held
     run: str = ""
+    node: str = ""  # the node that created it (settings' node_id): its client resumes it at that node's URL
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -130,7 +130,7 @@ def _int_header(request: web.Request, name: str) -> int:
 class TusStore:
     """The uploads in progress of one node, on disk under `root`."""
 
-    def __init__(self, root: Path, library: MediaLibrary) -> None:
+    def __init__(self, root: Path, library: MediaLibrary, node: str = "") -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.library = library
@@ -138,42 +138,42 @@ class TusStore:
         self._busy: set[str] = set()  # uploads with a PATCH in progress
         self._watchers: set[asyncio.Task[None]] = set()
         self._run = run_id()
-        now = time.time()
+        self._node = node
         for meta in self.root.glob("*.json"):
-            with self._claim(meta) as upload:
-                if upload is None:
-                    continue  # unreadable (removed), or another live node's
-                if now - meta.stat().st_mtime > EXPIRE_S or (upload.job is not None and not self._data(upload.id).exists()):
-                    self._remove_files(upload.id)
-                else:
-                    self._uploads[upload.id] = upload
+            upload = self._claim(meta)
+            if upload is not None:
+                self._uploads[upload.id] = upload
 
-    @contextlib.contextmanager
-    def _claim(self, meta: Path) -> Iterator[TusUpload | None]:
-        """The upload `meta` describes, made this run's unless a live run
-        holds it (None then, or when unreadable: removed). Under an
-        flock(2) of the file, so nodes starting at once never both take
-        one over and convert it twice."""
+    def _claim(self, meta: Path) -> TusUpload | None:
+        """The upload `meta` describes, made this run's; None when it is
+        not to be ours: unreadable or expired (removed), held by a live
+        run, or unfinished and created by another node (its client resumes
+        it at that node's URL: that node takes it back when it restarts).
+        Under an flock(2) of the record, so nodes starting at once never
+        both take one over and convert it twice."""
         try:
             handle = meta.open("r+", encoding="utf-8")
         except OSError:
-            yield None
-            return
-        with handle:
+            return None
+        with handle:  # closing it lets the lock go
             fcntl.flock(handle, fcntl.LOCK_EX)  # held for a read and a write: never long
             try:
                 upload = TusUpload(**json.loads(handle.read()))
             except (ValueError, TypeError):
                 if time.time() - meta.stat().st_mtime > 60:  # else maybe being created right now
                     meta.unlink(missing_ok=True)
-                yield None
-                return
+                return None
             if upload.run != self._run and run_alive(upload.run):
-                yield None
-                return
+                return None
+            if time.time() - meta.stat().st_mtime > EXPIRE_S or (
+                    upload.job is not None and not self._data(upload.id).exists()):
+                self._remove_files(upload.id)
+                return None
+            if upload.job is None and upload.node not in ("", self._node):
+                return None
             upload.run = self._run  # ours now: written before the lock is let go
             _write(handle, upload)
-            yield upload
+            return upload
 
     def start(self) -> None:
         """Resume the conversions a stopped server left: a complete upload
@@ -261,7 +261,7 @@ class TusStore:
             raise RoomError("rate_limited", f"{self.library.max_jobs_per_forum} uploads to this forum are "
                                             "unfinished: wait for one to finish")
         upload = TusUpload(uuid.uuid4().hex, forum_id, grant.subject, grant.name, filename or "video", length,
-                           time.time(), speaker_id=speaker_id, run=self._run)
+                           time.time(), speaker_id=speaker_id, run=self._run, node=self._node)
         self._data(upload.id).touch()
         self._save(upload)
         self._uploads[upload.id] = upload
