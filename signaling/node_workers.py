@@ -19,9 +19,11 @@ reaped. A worker that cannot start stops the whole cluster: exit 2.
 Secrets stay off argv: the Redis URL goes to the workers in their
 environment (FORUMCAST_REDIS_URL), the token secret is in the data dir
 (or the environment the workers inherit). All workers share the data dir;
-what in it is per process is per run (run/secrets/<run>, run/children pid
-files naming their server, the media library's tmp/<run>, recordings
-stamped with the run writing them).
+what in it is per process is per server run (run/secrets/<run>,
+run/children pid files naming their server, media/tmp/<run>, hls/<run>;
+recordings and tus uploads name the run writing them, a start takes over
+only a dead run's; the media library's index and conversions are under
+flocks): docs/DESIGN.md "Several nodes".
 """
 
 from __future__ import annotations
