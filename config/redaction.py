@@ -38,4 +38,7 @@ def redact_url(url: str) -> str:
         if parts.port is not None:
             host = f"{host}:{parts.port}"
         parts = parts._replace(netloc=f"{user}:{MASK}@{host}")
-    return _SECRET_PARTS.sub(lambda match: match.group(1) + MASK, urlunsplit(parts))
+    text = urlunsplit(parts)
+    if not parts.netloc and url.startswith(f"{parts.scheme}://"):
+        text = f"{parts.scheme}://{text[len(parts.scheme) + 1:]}"  # unix:///path: urlunsplit drops the //
+    return _SECRET_PARTS.sub(lambda match: match.group(1) + MASK, text)

@@ -109,6 +109,10 @@ class Settings:
     forum_idle_s: float = 60.0
     public_event: bool | None = None  # None: what the event file says
     demo: bool = False  # True: the event is moved to run now (rooms/demo.py), labelled "Demo"
+    # demo mode's "now" (Unix s); 0: when the node starts. Nodes of one cluster must agree
+    # on it or each runs its own agenda (a restarted node would replay the recorded talk):
+    # `serve --workers` sets one for all its workers
+    demo_now: float = 0.0
     # bounds per token holder and per forum (docs/DESIGN.md "Bounds"); 0 lifts one
     seats_per_token: int = 2  # viewer seats one invite holds at once in a forum (a phone and a laptop)
     sources_per_token: int = 4  # live sources one token publishes at once in a forum
@@ -246,6 +250,13 @@ def _positive_float(value: Any) -> float:
     number = _as_float(value)
     if not number > 0:
         raise ValueError("must be a positive number")
+    return number
+
+
+def _non_negative_float(value: Any) -> float:
+    number = _as_float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be 0 or a positive number")
     return number
 
 
@@ -421,6 +432,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "forum_idle_s": _positive_float,
     "public_event": _as_optional_bool,
     "demo": _as_bool,
+    "demo_now": _non_negative_float,
     "seats_per_token": _non_negative_int,
     "sources_per_token": _non_negative_int,
     "sources_per_forum": _non_negative_int,

@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import logging
+import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from recorder.iso import IsoRecording
@@ -30,6 +32,7 @@ from recorder.recording import (
 )
 from streaming.ffmpeg_process import FfmpegExit, FfmpegProcess, RestartPolicy, Supervisor
 from rooms.models import SourceKind
+from streaming.child_processes import run_alive, run_id
 from streaming.end_of_input import end_reader
 from streaming.forum_outputs import ProgramOutputs
 from streaming.rtp_source import SourceFeed
@@ -56,6 +59,28 @@ def new_directory(parent: Path, name: str, tries: int = 100) -> tuple[str, Path]
             continue
         return taken, directory
     raise RecorderError("conflict", f"{tries} recordings named {name!r} already: try again in a second")
+
+
+@contextlib.contextmanager
+def _claim(directory: Path) -> Iterator[bool]:
+    """An exclusive flock(2) on the recording's directory while held: the
+    nodes on one data dir starting at once (serve --workers after a crash)
+    finalize a recording once, not each at the same time. Yields False
+    when another process holds it; released when the holder exits."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class RecorderError(Exception):
@@ -162,7 +187,7 @@ class Recorder:
             session_name = _SAFE.sub("-", session or "manual")[:64]
             recording_id, directory = new_directory(self.root / forum_id,
                                                     f"{_SAFE.sub('-', forum_id)}--{session_name}--{stamp}")
-            info = RecordingInfo(recording_id, forum_id, session_name, now)
+            info = RecordingInfo(recording_id, forum_id, session_name, now, writer=run_id())
             save_meta(directory, info)
             active = _Active(info, directory)
             self._active[forum_id] = active
@@ -208,7 +233,7 @@ class Recorder:
             main = active.info
             iso_id, directory = new_directory(
                 self.root / forum_id, f"{main.id}--iso-{_SAFE.sub('-', source_id)[:48]}-{int(time.time()) % 100000:05d}")
-            info = RecordingInfo(iso_id, forum_id, main.session, time.time(), source=source_id)
+            info = RecordingInfo(iso_id, forum_id, main.session, time.time(), source=source_id, writer=run_id())
             iso = IsoRecording(info, directory, feed, ffmpeg_path=self._ffmpeg,
                                private_root=self._outputs.private_root)
             if iso.empty:
@@ -295,17 +320,26 @@ class Recorder:
         logger.info("Recorder: %s %s (%.1f s, %d bytes)", info.id, info.state, info.duration_s, info.size)
 
     async def recover(self) -> list[RecordingInfo]:
-        """Finalize what a previous run left recording or finalizing."""
+        """Finalize what a previous run left recording or finalizing; a
+        recording whose writer still runs (another node on this data dir,
+        `serve --workers`) is its own and is left alone."""
         done = []
         for directory in self._directories():
             info = load_meta(directory)
             if info is None or info.state not in ("recording", "finalizing"):
                 continue
-            if info.forum_id in self._active:
+            if info.forum_id in self._active or run_alive(info.writer):
                 continue
-            logger.warning("Recorder: finalizing %s left unfinished by a previous run", info.id)
-            await self._finalize(directory, info)
-            done.append(info)
+            with _claim(directory) as claimed:
+                if not claimed:
+                    continue  # another node finalizes it right now
+                info = load_meta(directory)  # again, now that it is ours: maybe finalized meanwhile
+                if info is None or info.state not in ("recording", "finalizing") or run_alive(info.writer):
+                    continue
+                logger.warning("Recorder: finalizing %s left unfinished by a previous run", info.id)
+                info.writer = run_id()
+                await self._finalize(directory, info)
+                done.append(info)
         return done
 
     async def close(self) -> None:

@@ -7,7 +7,8 @@ On disk, under `<root>/<forum_id>/<id>/`:
 - `meta.json`: {"id", "forum_id", "session", "started_at" (Unix s),
   "state", "runs", "alert", "source"}; state: recording | finalizing |
   finalized | failed; source: the raw source of an iso recording
-  (recorder/iso.py), "" for the program.
+  (recorder/iso.py), "" for the program; writer: the server run
+  recording it (a live one's recording is not "left unfinished").
 - `seg-<run>-<n>.ts`: segments; ffmpeg's segment muxer lists a segment
   in `index-<run>.csv` only once it is complete, so after a crash the
   index names exactly the complete ones (a restarted child starts a new
@@ -48,6 +49,9 @@ class RecordingInfo:
     size: int = 0  # bytes of the MP4 (or of the segments while recording)
     alert: str = ""  # why it stopped early (disk full, ...)
     source: str = ""  # an iso recording's source id; "" for the forum's program
+    # the server run writing it (child_processes.run_id(): "<pid>-<start ticks>"): a node
+    # sharing the data dir (serve --workers) finalizes at start only what a dead run left
+    writer: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {

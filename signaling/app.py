@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -56,7 +57,8 @@ def load_app_event(settings: Settings) -> Event:
     if settings.public_event is not None:
         event = dataclasses.replace(event, public=settings.public_event)
     if settings.demo:
-        event = demo_event(event, utc_now())
+        now = dt.datetime.fromtimestamp(settings.demo_now, dt.timezone.utc) if settings.demo_now else utc_now()
+        event = demo_event(event, now)
     return event
 
 

@@ -75,6 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args, host=args.host, port=args.port, redis_url=args.redis, node_id=args.node_id,
         public_url=args.public_url, demo=True if args.demo else None,
     )
+    if args.workers is not None:
+        return _serve_workers(args, settings)
     from signaling.app import run
 
     try:
@@ -86,6 +88,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise CommandError(f"cannot use Redis at {redact_url(settings.redis_url or '')}: {exc}") from None
         raise
     return EXIT_OK
+
+
+def _serve_workers(args: argparse.Namespace, settings: Settings) -> int:
+    from signaling.local_redis import LocalRedisError
+    from signaling.node_workers import PassThrough, WorkersError, serve_workers, worker_count
+
+    try:
+        count = worker_count(args.workers)
+        passed = PassThrough(config=args.config, event=args.event, log_level=args.log_level, demo=bool(args.demo))
+        return asyncio.run(serve_workers(settings, count, passed))
+    except (WorkersError, LocalRedisError) as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _is_redis_error(exc: Exception) -> bool:
@@ -169,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", metavar="P")
     serve.add_argument("--redis", metavar="URL", help="share state with other nodes through Redis")
     serve.add_argument("--node-id", metavar="ID")
+    serve.add_argument("--workers", metavar="N",
+                       help="run N nodes on this machine (0 or auto: one per core) on ports port..port+N-1, "
+                            "with a local redis-server unless --redis is given")
     serve.add_argument("--demo", action="store_true",
                        help="move the event so it runs now (a live session, a recorded talk in 1-2 min); "
                             "labelled Demo; the file is unchanged")

@@ -38,6 +38,7 @@ from rooms.errors import RoomError
 from rooms.models import Role
 from signaling.app_keys import EVENT, OUTPUTS, SETTINGS, TOKENS
 from signaling.ownership import forum_owner, redirect_url
+from streaming.child_processes import remove_dead_runs, run_id
 from streaming.end_of_input import end_reader
 from streaming.hls_output import HlsOutput, window_segments
 
@@ -78,7 +79,9 @@ class HlsService:
                 settings = self._app[SETTINGS]
                 url = await self._app[OUTPUTS].forum(forum_id).acquire("hls")
                 window = window_segments(settings.hls_dvr_window_s)
-                output = HlsOutput(forum_id, settings.data_dir / "hls" / forum_id, url,
+                # per server run: a node sharing the data dir (serve --workers) that starts or stops
+                # a forum's HLS (a handover) never empties another's directory
+                output = HlsOutput(forum_id, settings.data_dir / "hls" / run_id() / forum_id, url,
                                    ffmpeg_path=ffmpeg_path(settings), window=window)
                 await output.start()
                 self.outputs[forum_id] = output
@@ -172,6 +175,7 @@ async def get_segment(request: web.Request) -> web.StreamResponse:
 
 
 async def _hls_ctx(app: web.Application) -> AsyncIterator[None]:
+    await asyncio.to_thread(remove_dead_runs, app[SETTINGS].data_dir / "hls")  # a SIGKILLed run's segments
     service = HlsService(app)
     app[HLS] = service
     reaper = asyncio.create_task(service.reap_idle(), name="hls-reaper")

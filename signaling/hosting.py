@@ -146,7 +146,7 @@ async def _hosting_ctx(app: web.Application) -> AsyncIterator[None]:
                              private_root=settings.data_dir / "run" / "secrets" / run_id())
     app[OUTPUTS] = outputs
     scheduler: AgendaScheduler | None = None
-    uploads = TusStore(settings.data_dir / "media" / "uploads", library)
+    uploads = TusStore(settings.data_dir / "media" / "uploads", library, node=settings.node_id)
     try:
         if MEDIA in app and BRIDGE in app:
             hosts = ForumHosts(app[ROOMS], app[MEDIA], app[BRIDGE], library, outputs,

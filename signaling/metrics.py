@@ -20,7 +20,10 @@ Series (labels in braces):
   forumcast_event_loop_lag_max_seconds: how late a 0.25 s timer fired,
   the worst since the previous scrape.
 - process_cpu_seconds_total, process_resident_memory_bytes ...: the
-  library's ProcessCollector (from /proc).
+  library's ProcessCollector (from /proc): this Python process only.
+- forumcast_node_cpu_seconds_total: the node's CPU, its ffmpeg children
+  (encoders, restreams, recorders, venue legs) included, live and reaped
+  (signaling/procstat.py): most of a forum's cost with outputs is there.
 
 The plane's figures are read by a custom Collector at scrape time from the
 counters the packet path already keeps: no metric is touched per packet.
@@ -36,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -46,6 +50,7 @@ from prometheus_client.registry import Collector
 
 from rooms.errors import RoomError
 from rooms.models import Role
+from signaling import procstat
 from signaling.app_keys import MEDIA, SETTINGS, TOKENS
 from signaling.http_api import bearer_token
 from streaming.plane_snapshot import PlaneSnapshot
@@ -173,6 +178,19 @@ class LoopLagProbe(Collector):
                                 "the latest timer lag since the previous scrape", value=worst)
 
 
+class NodeCpuCollector(Collector):
+    """forumcast_node_cpu_seconds_total: `cpu()` at scrape time (default:
+    this process and its descendants, from /proc)."""
+
+    def __init__(self, cpu: Callable[[], float] | None = None) -> None:
+        self._cpu = cpu or (lambda: procstat.tree_cpu_seconds(os.getpid()))
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("forumcast_node_cpu_seconds",
+                                  "CPU seconds of this node's process and its children (ffmpeg), live and ended",
+                                  value=self._cpu())
+
+
 def _from_loopback(request: web.Request) -> bool:
     peer = request.transport.get_extra_info("peername") if request.transport is not None else None
     if not peer:
@@ -205,6 +223,7 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         return plane.snapshot() if plane is not None and plane.state == "running" else None
 
     registry.register(PlaneCollector(snapshot))
+    registry.register(NodeCpuCollector())
     probe = LoopLagProbe(registry)
     registry.register(probe)
     app[METRICS_REGISTRY] = registry

@@ -11,20 +11,24 @@ viewers to the placement (`elsewhere`): WHEP answers 307 (RFC 9725 s4.5),
 socket.io `watch` acks `moved`; viewers already watching stay.
 
 `NodeLoadMeter` is the RoomService's `load`: {"viewers": this node's
-WebRTC viewers (edge links served included), "cpu": this process's CPU
-time over wall time since the last heartbeat, a share of one core (its
-ffmpeg children not included)}.
+WebRTC viewers (edge links served included), "cpu": the CPU time of this
+process and its children (the program encoders, restreams, recorders,
+venue legs, normalizations: ffmpeg's cost is most of a forum's with
+outputs) over wall time since the last heartbeat, a share of one core}.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from rooms.models import Role
 from rooms.placement import Placement, place, room
+from signaling import procstat
 from signaling.app_keys import EVENT, MEDIA, SETTINGS, STORE, TOKENS
 from signaling.http_api import bearer_token, json_response
 from signaling.whip import known_forum
@@ -33,16 +37,23 @@ from signaling.whip import known_forum
 MIN_WINDOW_S = 0.5  # a CPU share over less is noise (the first beat runs at start-up)
 
 
-class NodeLoadMeter:
-    """Called once per heartbeat (see the module docstring)."""
+def _node_cpu_seconds() -> float:
+    """This process's CPU seconds with its children's, live and reaped (/proc)."""
+    return procstat.tree_cpu_seconds(os.getpid())
 
-    def __init__(self, app: web.Application) -> None:
+
+class NodeLoadMeter:
+    """Called once per heartbeat (see the module docstring). `cpu()` gives
+    the CPU seconds to measure (default: this process tree, from /proc)."""
+
+    def __init__(self, app: web.Application, cpu: Callable[[], float] = _node_cpu_seconds) -> None:
         self._app = app
-        self._last = (time.monotonic(), time.process_time())
+        self._cpu = cpu
+        self._last = (time.monotonic(), cpu())
         self._share = 0.0
 
     def __call__(self) -> dict[str, Any]:
-        now, cpu = time.monotonic(), time.process_time()
+        now, cpu = time.monotonic(), self._cpu()
         then, cpu_then = self._last
         if now - then >= MIN_WINDOW_S:  # the start-up beat's instant is no measure
             self._share = (cpu - cpu_then) / (now - then)

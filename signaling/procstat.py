@@ -29,29 +29,69 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_split(pid))
 
 
+# Linux with CONFIG_PROC_CHILDREN lists each thread's children: a walk of one
+# tree reads a few files, not every process's stat (3 ms with ~100 processes)
+_HAS_CHILDREN_LISTS = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                found.extend(int(child) for child in f.read().split())
+        except OSError:
+            continue  # the thread ended
+    return found
+
+
 def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (children, theirs...)."""
+    children_of = _children if _HAS_CHILDREN_LISTS else _children_table().get
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children_of(todo.pop()) or []:
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _children_table() -> dict[int, list[int]]:
+    """Parent pid -> its children, from every process's stat (the slow way)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             fields = _stat_fields(int(entry))
             if fields is not None:
                 children.setdefault(int(fields[1]), []).append(int(entry))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    return children
+
+
+def _with_reaped(pid: int) -> tuple[float, float]:
+    """(utime + cutime, stime + cstime) in seconds: the process and its
+    children it has already waited for (stat(5) fields 14-17); zeros if gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0, 0.0
+    return (int(fields[11]) + int(fields[13])) / _TICK, (int(fields[12]) + int(fields[14])) / _TICK
 
 
 def tree_cpu_split(pid: int) -> tuple[float, float]:
-    """(user, system) CPU of the process plus its live descendants (e.g. ffmpeg children)."""
-    splits = [cpu_split(p) for p in (pid, *descendants(pid))]
+    """(user, system) CPU of the process and every descendant (e.g. ffmpeg
+    children): the live ones, and the ones already reaped (their time moved
+    to their parent's cutime/cstime when it waited for them: an ffmpeg that
+    ended between two readings still counts, and the sum never goes back)."""
+    splits = [_with_reaped(p) for p in (pid, *descendants(pid))]
     return sum(u for u, _ in splits), sum(s for _, s in splits)
 
 
 def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the process tree (see tree_cpu_split)."""
     return sum(tree_cpu_split(pid))
 
 

@@ -31,7 +31,11 @@ and the GET above); operators follow it over socket.io ("media_job").
 State lives on disk (`<library>/uploads/<id>.json` beside the bytes), so
 an upload resumes after a server restart too, and a complete upload keeps
 its bytes until its conversion ends: a restart converts it again.
-Uploads untouched for `EXPIRE_S` are removed.
+Uploads untouched for `EXPIRE_S` are removed. The nodes of `serve
+--workers` share the directory: each record names the server run holding
+it (`run`), and a node's start takes over only the uploads of a dead run,
+under an flock(2) of the record (two nodes starting at once never both
+convert one; a node starting used to convert the others' uploads again).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -46,6 +51,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 from aiohttp import web
 
@@ -54,6 +60,7 @@ from rooms.models import Event, Role, SpeakerMode
 from rooms.tokens import Grant
 from signaling.app_keys import EVENT, SETTINGS, TOKENS
 from signaling.http_api import json_response
+from streaming.child_processes import run_alive, run_id
 from streaming.media_library import MediaLibrary
 from streaming.normalize_job import NormalizeJob
 
@@ -77,9 +84,21 @@ class TusUpload:
     job: str | None = None  # the normalization job, once complete
     speaker_id: str = ""  # a recorded speaker of the forum uploading for their own slot
     content_hash: str = ""  # sha256, once complete
+    # the server run holding it (child_processes.run_id): the nodes of `serve --workers`
+    # share this directory; a node takes over only what a dead run held
+    run: str = ""
+    node: str = ""  # the node that created it (settings' node_id): its client resumes it at that node's URL
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+
+def _write(handle: IO[str], upload: TusUpload) -> None:
+    """Replace the content of the (locked) record file."""
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps(upload.to_json()))
+    handle.flush()
 
 
 def parse_metadata(header: str) -> dict[str, str]:
@@ -111,24 +130,50 @@ def _int_header(request: web.Request, name: str) -> int:
 class TusStore:
     """The uploads in progress of one node, on disk under `root`."""
 
-    def __init__(self, root: Path, library: MediaLibrary) -> None:
+    def __init__(self, root: Path, library: MediaLibrary, node: str = "") -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.library = library
         self._uploads: dict[str, TusUpload] = {}
         self._busy: set[str] = set()  # uploads with a PATCH in progress
         self._watchers: set[asyncio.Task[None]] = set()
-        now = time.time()
+        self._run = run_id()
+        self._node = node
         for meta in self.root.glob("*.json"):
-            try:
-                upload = TusUpload(**json.loads(meta.read_text("utf-8")))
-            except (ValueError, TypeError):
-                meta.unlink(missing_ok=True)
-                continue
-            if now - meta.stat().st_mtime > EXPIRE_S or (upload.job is not None and not self._data(upload.id).exists()):
-                self._remove_files(upload.id)
-            else:
+            upload = self._claim(meta)
+            if upload is not None:
                 self._uploads[upload.id] = upload
+
+    def _claim(self, meta: Path) -> TusUpload | None:
+        """The upload `meta` describes, made this run's; None when it is
+        not to be ours: unreadable or expired (removed), held by a live
+        run, or unfinished and created by another node (its client resumes
+        it at that node's URL: that node takes it back when it restarts).
+        Under an flock(2) of the record, so nodes starting at once never
+        both take one over and convert it twice."""
+        try:
+            handle = meta.open("r+", encoding="utf-8")
+        except OSError:
+            return None
+        with handle:  # closing it lets the lock go
+            fcntl.flock(handle, fcntl.LOCK_EX)  # held for a read and a write: never long
+            try:
+                upload = TusUpload(**json.loads(handle.read()))
+            except (ValueError, TypeError):
+                if time.time() - meta.stat().st_mtime > 60:  # else maybe being created right now
+                    meta.unlink(missing_ok=True)
+                return None
+            if upload.run != self._run and run_alive(upload.run):
+                return None
+            if time.time() - meta.stat().st_mtime > EXPIRE_S or (
+                    upload.job is not None and not self._data(upload.id).exists()):
+                self._remove_files(upload.id)
+                return None
+            if upload.job is None and upload.node not in ("", self._node):
+                return None
+            upload.run = self._run  # ours now: written before the lock is let go
+            _write(handle, upload)
+            return upload
 
     def start(self) -> None:
         """Resume the conversions a stopped server left: a complete upload
@@ -172,7 +217,9 @@ class TusStore:
         self._meta(upload_id).unlink(missing_ok=True)
 
     def _save(self, upload: TusUpload) -> None:
-        self._meta(upload.id).write_text(json.dumps(upload.to_json()), "utf-8")
+        with self._meta(upload.id).open("a+", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # a node starting reads it whole or not at all
+            _write(handle, upload)
 
     def offset(self, upload: TusUpload) -> int:
         path = self._data(upload.id)
@@ -214,7 +261,7 @@ class TusStore:
             raise RoomError("rate_limited", f"{self.library.max_jobs_per_forum} uploads to this forum are "
                                             "unfinished: wait for one to finish")
         upload = TusUpload(uuid.uuid4().hex, forum_id, grant.subject, grant.name, filename or "video", length,
-                           time.time(), speaker_id=speaker_id)
+                           time.time(), speaker_id=speaker_id, run=self._run, node=self._node)
         self._data(upload.id).touch()
         self._save(upload)
         self._uploads[upload.id] = upload

@@ -186,6 +186,13 @@ def run_id() -> str:
     return f"{os.getpid()}-{start_ticks(os.getpid())}"
 
 
+def run_alive(run: str) -> bool:
+    """The server run named `run` (a `run_id()`) is still running (its pid
+    is alive with the same start time: a recycled pid is not it)."""
+    pid, _, ticks = run.partition("-")
+    return pid.isdigit() and ticks.isdigit() and start_ticks(int(pid)) == int(ticks)
+
+
 def remove_dead_runs(parent: Path) -> list[Path]:
     """Remove the per-run directories (named by `run_id()`) under `parent`
     whose server no longer runs: a SIGKILLed run cannot clean up the files
@@ -197,7 +204,7 @@ def remove_dead_runs(parent: Path) -> list[Path]:
         pid, _, ticks = entry.name.partition("-")
         if not (entry.is_dir() and pid.isdigit() and ticks.isdigit()):
             continue
-        if start_ticks(int(pid)) == int(ticks):
+        if run_alive(entry.name):
             continue  # that server still runs
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)

@@ -14,9 +14,13 @@ content hash, so the same video is normalized once however often it is
 added.
 
 Layout under `root`:
-    index.json        the items (atomic replace on every change)
+    index.json        the items (atomic replace on every change, under
+                      an flock of index.lock: the nodes of `serve --workers`
+                      share the library, each reads it again when it changed)
     media/<hash>.ts   normalized videos
-    tmp/              uploads and normalizations in progress (cleaned)
+    locks/<hash>.lock held while one process converts that content
+    tmp/<run>/        uploads and normalizations in progress of one server
+                      run (child_processes.run_id; a dead run's are removed)
 A refused or failed file touches nothing outside tmp/, and its temp files
 are removed.
 
@@ -29,6 +33,8 @@ node, the others wait queued.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -41,6 +47,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from rooms.errors import RoomError
+from streaming.child_processes import remove_dead_runs, run_id
 from streaming.ffmpeg_process import FfmpegProcess
 from streaming.media_probe import ProbeResult, keyframe_sizes, probe
 from streaming.normalize_job import NormalizeJob
@@ -51,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 _INDEX_VERSION = 2
 _PROGRESS_LINE = re.compile(r"^[a-z_0-9]+=\S*$")  # ffmpeg's -progress key=value lines, not its words
+LOCK_POLL_S = 0.2  # how often a node waiting for another's conversion of the same content looks again
 MAX_JOBS_KEPT = 200  # finished jobs remembered (for the API), oldest forgotten first
 
 
@@ -142,13 +150,18 @@ class MediaLibrary:
         self.max_jobs_per_owner = max_jobs_per_owner
         self.max_jobs_per_forum = max_jobs_per_forum
         self.media_dir = self.root / "media"
-        self.tmp_dir = self.root / "tmp"
+        # per server run: nodes sharing the data dir (serve --workers) never remove each
+        # other's uploads and conversions in progress; a dead run's are removed at a start
+        tmp_root = self.root / "tmp"
+        self.tmp_dir = tmp_root / run_id()
         self.index_path = self.root / "index.json"
-        for directory in (self.root, self.media_dir, self.tmp_dir):
+        for directory in (self.root, self.media_dir, tmp_root, self.tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        for leftover in self.tmp_dir.iterdir():  # a crash mid-upload leaves these
+        remove_dead_runs(tmp_root)  # a crash mid-upload leaves these
+        for leftover in tmp_root.iterdir():  # the layout before runs had directories of their own
             if leftover.is_file():
                 leftover.unlink(missing_ok=True)
+        self._index_stamp: tuple[int, int, int] | None = None
         self._items: dict[str, MediaItem] = self._load()
         self._locks: dict[str, asyncio.Lock] = {}
         self._running = asyncio.Semaphore(max_concurrent)
@@ -160,9 +173,11 @@ class MediaLibrary:
     # --- queries -----------------------------------------------------------
 
     def items(self, forum_id: str) -> list[MediaItem]:
+        self._refresh()
         return sorted((i for i in self._items.values() if i.forum_id == forum_id), key=lambda i: i.created_at)
 
     def get(self, item_id: str) -> MediaItem:
+        self._refresh()
         item = self._items.get(item_id)
         if item is None:
             raise RoomError("not_found", f"no media item {item_id!r}")
@@ -200,7 +215,7 @@ class MediaLibrary:
                                        "audio tracks")
         item = replace(item, audio_track=track)
         self._items[item_id] = item
-        await asyncio.to_thread(self._save)
+        await asyncio.to_thread(self._save, item)
         return item
 
     # --- bounds ------------------------------------------------------------
@@ -312,6 +327,7 @@ class MediaLibrary:
             raise RoomError("not_found", f"no such video file: {path}")
         content_hash = await asyncio.to_thread(_hash_file, path)
         item_id = _item_id(forum_id, content_hash)
+        self._refresh()
         if item_id in self._items:
             return self._items[item_id]
         job = self.start_job(forum_id, path.name, path, content_hash, "event-file", owns_source=False, bounded=False)
@@ -362,12 +378,13 @@ class MediaLibrary:
         item_id = _item_id(forum_id, content_hash)
         lock = self._locks.setdefault(content_hash, asyncio.Lock())
         async with lock:
+            self._refresh()
             if item_id in self._items:
                 known = self._items[item_id]
                 if speaker_id and known.speaker_id != speaker_id:  # a speaker sends a video already here
                     known = replace(known, speaker_id=speaker_id, uploaded_by=uploader, created_at=time.time())
                     self._items[item_id] = known
-                    await asyncio.to_thread(self._save)
+                    await asyncio.to_thread(self._save, known)
                 return known
             relative = f"media/{content_hash}.ts"
             target = self.root / relative
@@ -380,9 +397,10 @@ class MediaLibrary:
                     info = replace(info, video=replace(info.video, size_changes=True))
                     chosen = plan(info, self.rules)
             job.converting(info.duration, chosen.to_json())
-            if not target.is_file():
-                async with self._running:
-                    await self._normalize(source, target, chosen, name, job)
+            async with self._exclusive(content_hash):  # another node on this library may convert it now
+                if not target.is_file():
+                    async with self._running:
+                        await self._normalize(source, target, chosen, name, job)
             result = await asyncio.to_thread(probe, target)
             item = MediaItem(
                 id=item_id, forum_id=forum_id, name=name, duration=round(result.duration, 3),
@@ -391,10 +409,30 @@ class MediaLibrary:
                 notes=_notes(chosen), processing=chosen.to_json(), uploaded_by=uploader, speaker_id=speaker_id,
             )
             self._items[item_id] = item
-            await asyncio.to_thread(self._save)
+            await asyncio.to_thread(self._save, item)
             logger.info("MediaLibrary added %s (%s, %.1fs, video %s) to forum %s", item_id, name, item.duration,
                         chosen.video, forum_id)
             return item
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, content_hash: str) -> AsyncIterator[None]:
+        """Hold an flock(2) of locks/<hash>.lock: the nodes of `serve
+        --workers` (one library) convert the same content once (each
+        prepares the agenda's upcoming videos). Polled without blocking, so
+        a cancelled wait leaves nothing behind; released when closed."""
+        locks = self.root / "locks"
+        locks.mkdir(exist_ok=True)
+        fd = os.open(locks / f"{content_hash}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(LOCK_POLL_S)
+            yield
+        finally:
+            os.close(fd)
 
     async def _normalize(self, source: Path, target: Path, chosen: NormalizePlan, name: str,
                          job: NormalizeJob) -> None:
@@ -428,7 +466,23 @@ class MediaLibrary:
 
     # --- the index ---------------------------------------------------------
 
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.index_path.stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+    def _refresh(self) -> None:
+        """Read the index again when another process changed it (the nodes
+        of `serve --workers` share one library: an upload converted on one
+        worker is played by the forum's host on another). One stat."""
+        stamp = self._stamp()
+        if stamp is not None and stamp != self._index_stamp:
+            self._items = self._load()
+
     def _load(self) -> dict[str, MediaItem]:
+        self._index_stamp = self._stamp()
         if not self.index_path.is_file():
             return {}
         try:
@@ -441,11 +495,21 @@ class MediaLibrary:
             return {}
         return {item.id: item for item in items if (self.root / item.file).is_file()}
 
-    def _save(self) -> None:
-        data = {"version": _INDEX_VERSION, "items": [item.to_json() for item in self._items.values()]}
-        temp = self.tmp_dir / f"index-{uuid.uuid4().hex}.json"
-        with temp.open("w", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, self.index_path)
+    def _save(self, changed: MediaItem) -> None:
+        """Write `changed` into the index as it is on disk now, under an
+        flock(2) of index.lock: a read-modify-write of a process sharing the
+        library never drops another's item (each used to write its own
+        memory, losing the items others added since it started)."""
+        with open(self.root / "index.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+            items = self._load()
+            items[changed.id] = changed
+            data = {"version": _INDEX_VERSION, "items": [item.to_json() for item in items.values()]}
+            temp = self.tmp_dir / f"index-{uuid.uuid4().hex}.json"
+            with temp.open("w", encoding="utf-8") as handle:
+                json.dump(data, handle, ensure_ascii=False, indent=1)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, self.index_path)
+            self._items = items
+            self._index_stamp = self._stamp()

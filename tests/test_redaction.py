@@ -18,6 +18,13 @@ def test_urls_and_command_lines_lose_their_secrets() -> None:
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
+def test_a_unix_socket_url_stays_a_url_settings_accept() -> None:
+    # `serve --workers` prints its local Redis's URL: it must still read unix://, not unix:/
+    url = "unix:///var/lib/forumcast/run/redis/12-34/redis.sock"
+    assert redact_url(url) == url
+    assert load_settings(None, env={}, redis_url=redact_url(url)).redis_url == url
+
+
 def test_settings_never_show_the_token_secret(tmp_path: object) -> None:
     secret = "s" * 40
     settings = load_settings(env={}, token_secret=secret, data_dir=str(tmp_path))

@@ -137,3 +137,38 @@ async def test_nodes_of_one_event_accept_each_others_segment_urls(tmp_path: Path
             for node, status in ((a, 404), (b, 404), (c, 403)):  # 404: signed right, no such segment here
                 async with http.get(f"{node.url}/hls/{FORUM}/seg-ab-00001.m4s?{query}") as r:
                     assert r.status == status, (node.url, await r.text())
+
+
+async def test_a_nodes_hls_never_empties_another_nodes_on_a_shared_data_dir(tmp_path: Path) -> None:
+    """serve --workers: the nodes share the data dir; each forum's HLS
+    directory was data_dir/hls/<forum>, emptied by whichever node started
+    (or stopped) that forum's HLS, in a handover the other's live segments.
+    Now per server run; a dead run's are removed at a start."""
+    import subprocess
+
+    from streaming.child_processes import run_id, start_ticks
+
+    data = tmp_path / "node"
+    other = subprocess.Popen(["sleep", "600"])  # another node on this data dir, serving HLS
+    try:
+        theirs = data / "hls" / f"{other.pid}-{start_ticks(other.pid)}" / FORUM
+        crashed = data / "hls" / "999999999-1" / FORUM
+        for directory in (theirs, crashed):
+            directory.mkdir(parents=True)
+            (directory / "seg-0-00001.m4s").write_bytes(b"segment")
+        async with running_node(data, output_width=320, output_height=180, output_fps=15, output_video_kbps=300,
+                                output_audio_kbps=64, output_preset="ultrafast") as node:
+            token = node.token(Role.VIEWER, [FORUM])
+            async with aiohttp.ClientSession() as http:
+                async def playlist() -> bool:
+                    async with http.get(f"{node.url}/hls/{FORUM}/index.m3u8", params={"token": token}) as r:
+                        return r.status == 200
+
+                await eventually(playlist, timeout=120, interval=0.5, what="the playlist")
+            mine = node.app[HLS].outputs[FORUM].directory
+            assert mine == data / "hls" / run_id() / FORUM
+            assert (theirs / "seg-0-00001.m4s").read_bytes() == b"segment"
+            assert not crashed.parent.exists()
+    finally:
+        other.kill()
+        other.wait()

@@ -142,3 +142,64 @@ async def test_a_recording_started_again_within_the_same_second_gets_a_name_of_i
             assert (tmp_path / "rec" / "main" / second.id).is_dir()
         finally:
             await recorder.close()
+
+
+def _left_recording(root: Path, writer: str) -> Path:
+    """A recording as a node left it: meta "recording" by `writer`, one complete real segment."""
+    import subprocess
+    import time
+
+    from config.settings import ffmpeg_path, Settings
+
+    directory = root / FORUM / f"{FORUM}--manual--20261201T000000Z"
+    directory.mkdir(parents=True)
+    subprocess.run([ffmpeg_path(Settings()), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+                    "-i", "testsrc=size=160x120:rate=15", "-t", "2", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-f", "mpegts", str(directory / "seg-000-00000.ts")], check=True, timeout=120)
+    (directory / "index-000.csv").write_text("seg-000-00000.ts,0.000000,2.000000\n")
+    (directory / "meta.json").write_text(json.dumps({
+        "id": directory.name, "forum_id": FORUM, "session": "manual", "started_at": time.time(),
+        "state": "recording", "runs": 1, "writer": writer}))
+    return directory
+
+
+async def test_a_recording_another_live_node_writes_is_not_finalized_at_start(tmp_path: Path) -> None:
+    """serve --workers: every worker shares the data dir; a worker that
+    starts (or restarts) finalized the recordings the others were writing."""
+    import subprocess
+
+    from recorder.recorder import Recorder
+    from streaming.child_processes import start_ticks
+    from streaming.forum_outputs import ProgramOutputs
+    from streaming.forum_outputs import OutputProfile
+
+    outputs = ProgramOutputs(lambda forum_id: None, OutputProfile())  # type: ignore[arg-type,return-value]
+    other = subprocess.Popen(["sleep", "600"])  # the other node, alive
+    try:
+        directory = _left_recording(tmp_path / "rec", f"{other.pid}-{start_ticks(other.pid)}")
+        recorder = Recorder(tmp_path / "rec", outputs, min_free_bytes=0)
+        assert await recorder.recover() == []
+        assert json.loads((directory / "meta.json").read_text())["state"] == "recording"
+        assert complete_segments(directory)  # its segments untouched
+    finally:
+        other.kill()
+        other.wait()
+    recovered = await recorder.recover()  # its writer is gone now: left unfinished
+    assert [info.state for info in recovered] == ["finalized"]
+    assert (directory / f"{directory.name}.mp4").stat().st_size > 0
+
+
+async def test_nodes_starting_at_once_finalize_a_left_recording_once(tmp_path: Path) -> None:
+    import asyncio
+
+    from recorder.recorder import Recorder
+    from streaming.forum_outputs import ProgramOutputs
+    from streaming.forum_outputs import OutputProfile
+
+    outputs = ProgramOutputs(lambda forum_id: None, OutputProfile())  # type: ignore[arg-type,return-value]
+    directory = _left_recording(tmp_path / "rec", "999999999-1")  # a dead run
+    recorders = [Recorder(tmp_path / "rec", outputs, min_free_bytes=0) for _ in range(3)]
+    results = await asyncio.gather(*(r.recover() for r in recorders))
+    assert sorted(len(found) for found in results) == [0, 0, 1], results
+    assert json.loads((directory / "meta.json").read_text())["state"] == "finalized"
+    assert probe(directory / f"{directory.name}.mp4")

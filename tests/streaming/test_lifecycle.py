@@ -24,6 +24,7 @@ from config.settings import Settings, ffmpeg_path
 from rooms.memory_store import MemoryStore
 from rooms.models import Event, Forum, ForumKind, SourceState, Text
 from rooms.service import RoomService
+from signaling.supervised_process import SupervisedProcess
 from streaming import aiortc_internals
 import streaming
 from streaming.edge_links import EdgeLinks
@@ -198,6 +199,12 @@ async def _edge_links(_: Path) -> Lifecycle[Any]:
     return links
 
 
+async def _supervised(_: Path) -> Lifecycle[Any]:
+    process = SupervisedProcess("lifecycle", ["sleep", "600"], stop_grace=5.0)  # a node worker's shape
+    await process.start()
+    return process
+
+
 CASES = [
     Case(FfmpegProcess, _ffmpeg, "stopped"),
     Case(Supervisor, _supervisor, "stopped"),
@@ -217,6 +224,7 @@ CASES = [
     Case(ForumHost, _forum_host, "stopped"),
     Case(EdgePull, _edge_pull, "stopped"),
     Case(EdgeLinks, _edge_links, "stopped"),
+    Case(SupervisedProcess, _supervised, "stopped"),
 ]
 
 
@@ -232,6 +240,7 @@ def test_every_class_on_the_base_is_walked() -> None:
     for module in pkgutil.iter_modules(streaming.__path__):
         importlib.import_module(f"streaming.{module.name}")
     importlib.import_module("recorder.recorder")
+    importlib.import_module("signaling.supervised_process")  # serve --workers' children
     on_base = {cls for cls in _subclasses(Lifecycle) if cls.__module__.split(".")[0] != "tests"}
     assert on_base == {case.cls for case in CASES}
 
