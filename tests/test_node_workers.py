@@ -135,6 +135,8 @@ def start_workers(tmp_path: Path, count: int = 2, args: list[str] | None = None,
         "FORUMCAST_NODE_MAX_CPU": "1000",  # a busy shared machine must not make a node "full"
         "FORUMCAST_RTMP_PORT": str(free_port_block(32)),
         "FORUMCAST_SRT_PORT": str(free_port_block(32)),
+        # udp_port + i per worker: a free block, not the default 7882 (tests run side by side)
+        "FORUMCAST_UDP_PORT": str(free_port_block(count + 1)),
         "FORUMCAST_OUTPUT_WIDTH": "320", "FORUMCAST_OUTPUT_HEIGHT": "180",
         "FORUMCAST_OUTPUT_PRESET": "ultrafast",
         "PYTHONUNBUFFERED": "1",
