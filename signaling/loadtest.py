@@ -223,6 +223,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_cores": round((cpu1 - cpu0) / elapsed, 3) if server_pid else None,
         "client_cpu_s": round(sum(out["cpu_s"] for out in outputs), 2),
         "received_packets": sum(v.packets for v in viewers),
+        # the workers' receive path (C extension or Python fallback) and its cost
+        "rx_path": ", ".join(sorted({str(out.get("rx_path", "?")) for out in outputs})),
+        "client_cpu_ms_per_1000_packets": round(1e6 * sum(out["cpu_s"] for out in outputs)
+                                                / max(1, sum(v.packets for v in viewers)), 3),
         # the node's own counts over the run (/metrics; with --mint), all its viewers
         "server": {name.removesuffix("_total").removeprefix("forumcast_"): counters1[name] - counters0[name]
                    for name in SERVER_COUNTERS if name in counters0 and name in counters1},
@@ -250,7 +254,8 @@ def _text(report: dict[str, Any]) -> str:
         f"SRTP sampled:        {report['srtp_checked']} checked, {report['srtp_failures']} failed",
         ("server CPU:          " + (f"{report['server_cpu_cores']} cores (pid {report['server_pid']}, "
                                     "process tree, /proc)" if report["server_pid"] else "not local")),
-        f"load tester CPU:     {report['client_cpu_s']} s",
+        f"load tester CPU:     {report['client_cpu_s']} s ({report['client_cpu_ms_per_1000_packets']} ms "
+        f"per 1,000 packets received, joins included; receive path {report['rx_path']})",
         f"packets received:    {report['received_packets']}"
         + ("; the node sent " + ", ".join(f"{k} {v:.0f}" for k, v in report["server"].items()) + " (/metrics)"
            if report["server"] else ""),
