@@ -23,6 +23,7 @@ gaps of each SSRC (RFC 3550 A.3: expected = extended highest - first + 1).
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import socket
@@ -38,7 +39,7 @@ from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket
 from streaming.ice_policy import gathering_on
 from streaming.rtp_count import NATIVE, RtpCounting, new_counter
 from streaming.rx_thread import RxThread
-from streaming.wire_path import DatagramHandler, WirePath, stop_decoder_threads, wire_path
+from streaming.wire_path import DatagramHandler, WirePath, stop_decoder_threads, stop_receiver_rtcp, wire_path
 
 Signal = Callable[[str, str], Awaitable[str]]  # (viewer_id, offer sdp) -> answer sdp
 
@@ -186,6 +187,7 @@ class LightViewer:
         if self._wire is None:
             self._take_over()
         stop_decoder_threads(self.pc)
+        stop_receiver_rtcp(self.pc)
 
     def _counter_now(self) -> RtpCounting:
         """The counter, made once the answer's payload types are known (before
@@ -315,12 +317,15 @@ class ViewerPool:
         await asyncio.gather(*(one(i) for i in range(count)))
 
     async def _report_loop(self) -> None:
+        tick = 0.05  # s: spread over the interval, not one burst, nor one wake-up per viewer
         while True:
-            # spread the viewers' reports over the interval rather than in one burst
-            step = self.rr_interval / max(1, len(self.viewers))
-            for viewer in list(self.viewers):
-                viewer.send_receiver_report()
-                await asyncio.sleep(step)
+            viewers = list(self.viewers)
+            per_tick = max(1, math.ceil(len(viewers) * tick / self.rr_interval))
+            chunks = max(1, math.ceil(len(viewers) / per_tick))
+            for start in range(0, chunks * per_tick, per_tick):
+                for viewer in viewers[start:start + per_tick]:
+                    viewer.send_receiver_report()
+                await asyncio.sleep(self.rr_interval / chunks)
 
     async def wait_receiving(self, timeout: float) -> int:
         """Wait until every viewer has video and audio; return how many have."""

@@ -84,6 +84,21 @@ def stop_decoder_threads(pc: RTCPeerConnection) -> None:
         stop()
 
 
+def stop_receiver_rtcp(pc: RTCPeerConnection) -> None:
+    """aiortc's receivers wake every 0.5-1.5 s to build receiver reports; one that
+    never sees a packet has none to send, so the wake-ups are pure cost (two per
+    viewer per second; the light viewers send their own). The loop ends on the
+    cancel, so RTCRtpReceiver.stop() still finds it exited."""
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        if not hasattr(receiver, "_RTCRtpReceiver__rtcp_task") or not hasattr(receiver, "_RTCRtpReceiver__rtcp_started"):
+            raise RuntimeError("aiortc private names moved: update streaming/wire_path.py")
+        task = receiver._RTCRtpReceiver__rtcp_task
+        # only a loop that has started: stop() waits for its start before its exit
+        if task is not None and receiver._RTCRtpReceiver__rtcp_started.is_set():
+            task.cancel()
+
+
 def wire_path(pc: RTCPeerConnection) -> WirePath:
     """Valid once ICE has nominated a pair (iceConnectionState 'completed' or later)."""
     dtls = dtls_transport(pc)
