@@ -155,6 +155,7 @@ class LightViewer:
         self.started_at = time.monotonic()
         await asyncio.wait_for(self._negotiate(signal), timeout)
         self.joined_s = time.monotonic() - self.started_at
+        await stop_receiver_rtcp(self.pc)  # after the join is timed
 
     async def _negotiate(self, signal: Signal) -> None:
         video = self.pc.addTransceiver("video", direction="recvonly")
@@ -187,7 +188,6 @@ class LightViewer:
         if self._wire is None:
             self._take_over()
         stop_decoder_threads(self.pc)
-        stop_receiver_rtcp(self.pc)
 
     def _counter_now(self) -> RtpCounting:
         """The counter, made once the answer's payload types are known (before
