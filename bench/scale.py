@@ -108,13 +108,22 @@ class StepResult:
         return float("nan") if value is None else float(value)
 
     @property
-    def tester_us_per_packet(self) -> float:
-        """The tester's CPU per received packet in the hold window; its packet rate is
-        estimated from the whole run's count (each viewer receives from its join to the
-        end: on average hold + ramp / 2 seconds)."""
+    def rx_pps(self) -> float:
+        """Packets/s all viewers received in the hold window, estimated from the whole
+        run's count (each viewer receives from its join to the end: on average
+        hold + ramp / 2 seconds)."""
         seconds = self.hold + self.ramp / 2
-        pps = self.report.get("received_packets", 0) / seconds if seconds else 0.0
-        return 1e6 * self.tester_cores / pps if pps else float("nan")
+        return self.report.get("received_packets", 0) / seconds if seconds else 0.0
+
+    @property
+    def tester_us_per_packet(self) -> float:
+        """The tester's CPU per received packet in the hold window."""
+        return 1e6 * self.tester_cores / self.rx_pps if self.rx_pps else float("nan")
+
+    def server_us_per_packet(self, node: str) -> float:
+        """A node's CPU per packet per viewer in the hold window (all of it, idle work included)."""
+        cores = self.node_cores.get(node, float("nan"))
+        return 1e6 * cores / self.rx_pps if self.rx_pps else float("nan")
 
     @property
     def held(self) -> bool:
@@ -196,8 +205,11 @@ async def edge_pulls(layout: Layout, at: float) -> str:
     viewers must be served by the edge, not redirected to the origin."""
     await asyncio.sleep(max(0.0, at - time.monotonic()))
     node = layout.viewers
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        body = await call(http, "GET", f"{node.url}/api/edges", node.token(Role.ADMIN))
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            body = await call(http, "GET", f"{node.url}/api/edges", node.token(Role.ADMIN))
+    except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
+        return f"could not ask {node.url}/api/edges: {exc}"
     return "; ".join(f"{p['forum_id']} from {p['whep_url']} {p['state']}" for p in body.get("pulls", [])) or "none"
 
 
@@ -276,14 +288,10 @@ async def run_step(layout: Layout, kbps: int, nodes: int, viewers: int, args: ar
             result.report = json.loads(out.decode().strip().splitlines()[-1])
         if spy is not None:
             await asyncio.wait_for(spy.wait(), args.profile_seconds + 60)
-            if raw.exists():
-                from bench.fanout import summarize_profile
-
-                result.profile = summarize_profile(raw, top=15)
-    except Exception as exc:
-        result.failure = f"{type(exc).__name__}: {exc}"
         if edges is not None:
             result.edge_pulls = await edges
+    except Exception as exc:
+        result.failure = f"{type(exc).__name__}: {exc}"
     finally:
         sampling.cancel()
         if edges is not None:
@@ -298,6 +306,11 @@ async def run_step(layout: Layout, kbps: int, nodes: int, viewers: int, args: ar
     opened = launched + LOADTEST_START_S + ramp + join_max_s + 1.0
     result.node_cores, result.tester_cores, result.machine_cores, result.window_s = sampler.window(
         min(opened, hold_to - 5.0), hold_to)
+    if raw.exists():
+        from bench.fanout import summarize_profile
+
+        viewers_node = next(name for name, node in layout.nodes.items() if node is layout.viewers)
+        result.profile = summarize_profile(raw, result.server_us_per_packet(viewers_node), top=15)
     return result
 
 
@@ -339,7 +352,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 for viewers in steps:
                     result = await run_step(layout, kbps, nodes, viewers, args, logdir)
                     results.append(result)
-                    print("  " + line(result) + f" rx {result.report.get('rx_path', '?')}; tester "
+                    per_viewer = " ".join(f"{name} {fmt(result.server_us_per_packet(name), 1)}" for name in layout.nodes)
+                    print("  " + line(result) + f" server us/pkt/viewer: {per_viewer}; "
+                          f"rx {result.report.get('rx_path', '?')}; tester "
                           f"{result.report.get('client_cpu_ms_per_1000_packets', '-')} ms per 1000 pkts over the "
                           "whole run, joins included", flush=True)
                     if result.edge_pulls:
