@@ -27,8 +27,12 @@ tree, /proc) and the load tester's (coordinator + workers) in cores over
 the hold window (from 1 s after the slowest join to the end, at least the
 last 5 s; its length is printed), also per received packet for the
 tester, the whole machine's busy cores,
-and the tester's receive path (C or Python). "held": every viewer joined
-and received, loss < 1 %, TTFF p95 < 1 s. Steps stop at the first that
+the datagrams the kernel dropped on each node's UDP sockets (a full
+receive buffer: a node that cannot keep up with its input, e.g. an edge's
+pull of the origin), and the tester's receive path (C or Python). "held": every viewer joined
+and received, loss < 1 %, TTFF p95 < 1 s, and the median viewer's rate
+at least 90 % of the file's video rate (an overloaded node sends slower
+without sequence gaps). Steps stop at the first that
 does not hold (`--keep-going` runs them all).
 
 `--profile-step N`: py-spy (pip install py-spy) records the node serving
@@ -97,6 +101,7 @@ class StepResult:
     edge_pulls: str = ""  # two nodes: the edge's pull of the origin, seen in the hold window
     hold: float = 0.0
     ramp: float = 0.0
+    udp_drops: dict[str, int] = field(default_factory=dict)  # per node, the whole step
 
     @property
     def loss(self) -> float:
@@ -129,7 +134,15 @@ class StepResult:
     def held(self) -> bool:
         r = self.report
         return (not self.failure and r.get("connected") == self.viewers and r.get("receiving") == self.viewers
-                and self.loss < 0.01 and self.ttff_p95 < 1000)
+                and self.loss < 0.01 and self.ttff_p95 < 1000 and self.full_rate)
+
+    @property
+    def full_rate(self) -> bool:
+        """The median viewer received at least 90 % of the file's video rate (audio and
+        RTP headers come on top): an overloaded node that sends the program late, or
+        slower, leaves no sequence gap, so loss alone does not see it."""
+        median = self.report.get("kbps", {}).get("p50")
+        return median is not None and median >= 0.9 * self.kbps
 
 
 def fmt(value: Any, digits: int = 0) -> str:
@@ -213,15 +226,57 @@ async def edge_pulls(layout: Layout, at: float) -> str:
     return "; ".join(f"{p['forum_id']} from {p['whep_url']} {p['state']}" for p in body.get("pulls", [])) or "none"
 
 
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of a process's sockets (from its fd links)."""
+    found = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    found.add(link[8:-1])
+    return found
+
+
+def udp_drops() -> dict[str, int]:
+    """Socket inode -> datagrams the kernel dropped on it (receive buffer full), /proc/net/udp{,6}."""
+    drops: dict[str, int] = {}
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for row in f.readlines()[1:]:
+                fields = row.split()
+                drops[fields[9]] = int(fields[-1])
+    return drops
+
+
 class CpuSampler:
-    """Each node's process tree, the load tester's process tree and the machine, once a second."""
+    """Each node's process tree, the load tester's process tree and the machine, once a
+    second; and the datagrams dropped on each node's UDP sockets (its receive buffers
+    overflowing: a node that cannot keep up with its input)."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self.samples: list[tuple[float, dict[str, float], float, tuple[int, int]]] = []
         self.tester_pid = 0
+        self._drops: dict[str, dict[str, int]] = {name: {} for name in layout.nodes}  # node -> inode -> drops
+        self._before: dict[str, int] = {}
+
+    def udp_drops(self) -> dict[str, int]:
+        """Per node: datagrams dropped on its sockets while sampled (sockets closed in between
+        keep their last count)."""
+        return {name: sum(n - self._before.get(inode, 0) for inode, n in seen.items())
+                for name, seen in self._drops.items()}
 
     def sample(self) -> None:
+        table = udp_drops()
+        first = not self.samples
+        for name, node in self.layout.nodes.items():
+            seen = self._drops[name]
+            for inode in socket_inodes(node.process.pid):
+                if inode in table:
+                    seen[inode] = max(seen.get(inode, 0), table[inode])
+                    if first:
+                        self._before[inode] = table[inode]  # a socket older than the step: its drops so far
         nodes = {name: procstat.tree_cpu_seconds(node.process.pid) for name, node in self.layout.nodes.items()}
         tester = procstat.tree_cpu_seconds(self.tester_pid) if self.tester_pid else 0.0
         self.samples.append((time.monotonic(), nodes, tester, machine.busy_and_total_ticks()))
@@ -304,6 +359,7 @@ async def run_step(layout: Layout, kbps: int, nodes: int, viewers: int, args: ar
     # the hold window opens once the slowest viewer has joined: joins cost both sides far more than packets
     join_max_s = (result.report.get("join_ms", {}).get("max") or SETTLE_S * 1000) / 1000
     opened = launched + LOADTEST_START_S + ramp + join_max_s + 1.0
+    result.udp_drops = sampler.udp_drops()
     result.node_cores, result.tester_cores, result.machine_cores, result.window_s = sampler.window(
         min(opened, hold_to - 5.0), hold_to)
     if raw.exists():
@@ -353,7 +409,9 @@ async def main_async(args: argparse.Namespace) -> int:
                     result = await run_step(layout, kbps, nodes, viewers, args, logdir)
                     results.append(result)
                     per_viewer = " ".join(f"{name} {fmt(result.server_us_per_packet(name), 1)}" for name in layout.nodes)
+                    drops = " ".join(f"{name} {n}" for name, n in result.udp_drops.items())
                     print("  " + line(result) + f" server us/pkt/viewer: {per_viewer}; "
+                          f"datagrams dropped on the nodes' UDP sockets: {drops}; "
                           f"rx {result.report.get('rx_path', '?')}; tester "
                           f"{result.report.get('client_cpu_ms_per_1000_packets', '-')} ms per 1000 pkts over the "
                           "whole run, joins included", flush=True)
@@ -373,7 +431,8 @@ async def main_async(args: argparse.Namespace) -> int:
                   f"(of steps {','.join(map(str, steps))}, hold {args.hold:.0f} s)")
     (logdir / "results.json").write_text(json.dumps(
         [{"kbps": r.kbps, "nodes": r.nodes, "viewers": r.viewers, "held": r.held, "node_cores": r.node_cores,
-          "tester_cores": r.tester_cores, "tester_us_per_packet": r.tester_us_per_packet, "machine_cores": r.machine_cores, "failure": r.failure,
+          "tester_cores": r.tester_cores, "tester_us_per_packet": r.tester_us_per_packet,
+          "machine_cores": r.machine_cores, "udp_drops": r.udp_drops, "failure": r.failure,
           **{k: v for k, v in r.report.items() if k != "per_viewer"}} for r in results], indent=1))
     print(f"results: {logdir / 'results.json'}")
     return 0
