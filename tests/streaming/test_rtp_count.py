@@ -239,3 +239,18 @@ def test_the_reader_thread_counts_and_hands_back_on_both_paths(
         thread.remove(rx)
     finally:
         thread.stop()
+
+
+def test_without_the_extension_the_python_path_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine where pip could not build streaming._rtp_rx (no compiler):
+    the import fails, and counters and the reader thread fall back."""
+    import streaming.rx_thread as rx_thread
+
+    monkeypatch.setattr(rtp_count, "_rtp_rx", None)
+    monkeypatch.setattr(rx_thread, "_rtp_rx", None)
+    assert isinstance(new_counter(KINDS, 5, native=True), PyRtpCounter)
+    thread = RxThread(native=True)
+    try:
+        assert not thread.native
+    finally:
+        thread.stop()
