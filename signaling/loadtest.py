@@ -22,7 +22,9 @@ Report (text, or one JSON object with --json): join time (offer to
 connected) and time to first video packet percentiles in ms, per viewer
 received kb/s and loss (RFC 3550 A.3 from the sequence numbers), SRTP
 samples checked/failed, the server's CPU (process tree, from /proc)
-when it runs on this machine, and with --mint the node's own counts over
+when it runs on this machine, the load workers' own CPU (also per 1,000
+packets received) and their receive path (`rx_path`: C, streaming._rtp_rx,
+or the Python fallback; streaming/rtp_count.py), and with --mint the node's own counts over
 the run from /metrics (source packets received, packets sent, frames dropped for backed-up
 viewers, retransmissions, refused sends): where packets were lost, at
 ingest, in the server or on the path.
