@@ -34,8 +34,8 @@ def cache_dir() -> Path:
     return path
 
 
-def ffmpeg_command(ffmpeg: str, seconds: int, out: Path) -> list[str]:
-    gop = 2 * FPS
+def ffmpeg_command(ffmpeg: str, seconds: int, out: Path, kbps: int = VIDEO_KBPS, gop: int = 2 * FPS) -> list[str]:
+    """`gop`: frames between IDRs (and the longest a new viewer waits for one)."""
     return [
         ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
         "-f", "lavfi", "-i", f"testsrc2=size={WIDTH}x{HEIGHT}:rate={FPS}",
@@ -43,22 +43,24 @@ def ffmpeg_command(ffmpeg: str, seconds: int, out: Path) -> list[str]:
         "-t", str(seconds),
         "-c:v", "libx264", "-profile:v", "baseline", "-preset", "veryfast",
         "-tune", "zerolatency", "-pix_fmt", "yuv420p",
-        "-b:v", f"{VIDEO_KBPS}k", "-minrate", f"{VIDEO_KBPS}k", "-maxrate", f"{VIDEO_KBPS}k",
-        "-bufsize", f"{VIDEO_KBPS}k", "-x264-params", f"nal-hrd=cbr:keyint={gop}:min-keyint={gop}:scenecut=0",
+        "-b:v", f"{kbps}k", "-minrate", f"{kbps}k", "-maxrate", f"{kbps}k",
+        "-bufsize", f"{kbps}k", "-x264-params", f"nal-hrd=cbr:keyint={gop}:min-keyint={gop}:scenecut=0",
         "-bsf:v", "h264_mp4toannexb",
         "-c:a", "libopus", "-b:a", "64k", "-ac", "2", "-frame_duration", "20",
         "-f", "mpegts", str(out),
     ]
 
 
-def ensure_media(seconds: int = DEFAULT_SECONDS, ffmpeg: str | None = None) -> Path:
+def ensure_media(seconds: int = DEFAULT_SECONDS, ffmpeg: str | None = None, kbps: int = VIDEO_KBPS,
+                 gop: int = 2 * FPS) -> Path:
     """The cached file, encoded on first use (about a minute on 2 busy cores)."""
-    out = cache_dir() / f"bench-720p30-{VIDEO_KBPS}k-{seconds}s.ts"
+    out = cache_dir() / (f"bench-720p30-{kbps}k-{seconds}s.ts" if gop == 2 * FPS
+                         else f"bench-720p30-{kbps}k-{seconds}s-gop{gop}.ts")
     if out.exists() and out.stat().st_size > 0:
         return out
     tmp = out.with_suffix(".part.ts")
     binary = ffmpeg or imageio_ffmpeg.get_ffmpeg_exe()
-    subprocess.run(ffmpeg_command(binary, seconds, tmp), check=True, timeout=900)
+    subprocess.run(ffmpeg_command(binary, seconds, tmp, kbps, gop), check=True, timeout=900)
     tmp.replace(out)  # atomic: a crashed encode never leaves a half file under the real name
     return out
 

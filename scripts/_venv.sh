@@ -25,9 +25,10 @@ if [ ! -x "$PYTHON" ]; then
   python3 -m venv "$VENV"
 fi
 
-# The C fan-out (streaming/_fanout.c) builds when a C compiler and the
-# Python headers are there; without them the package installs anyway and
-# the per-packet Python path runs (slower). Root installs them.
+# setup.py's C extensions (the fan-out, streaming/_fanout.c; the load
+# tester's receive side, streaming/_rtp_rx.c) build when a C compiler and
+# the Python headers are there; without them the package installs anyway
+# and the Python paths run (slower). Root installs them.
 need_build=()
 command -v cc >/dev/null || need_build+=(gcc libc6-dev)
 [ -f "$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || need_build+=(python3-dev)

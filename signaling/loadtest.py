@@ -22,7 +22,9 @@ Report (text, or one JSON object with --json): join time (offer to
 connected) and time to first video packet percentiles in ms, per viewer
 received kb/s and loss (RFC 3550 A.3 from the sequence numbers), SRTP
 samples checked/failed, the server's CPU (process tree, from /proc)
-when it runs on this machine, and with --mint the node's own counts over
+when it runs on this machine, the load workers' own CPU (also per 1,000
+packets received) and their receive path (`rx_path`: C, streaming._rtp_rx,
+or the Python fallback; streaming/rtp_count.py), and with --mint the node's own counts over
 the run from /metrics (source packets received, packets sent, frames dropped for backed-up
 viewers, retransmissions, refused sends): where packets were lost, at
 ingest, in the server or on the path.
@@ -223,6 +225,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_cores": round((cpu1 - cpu0) / elapsed, 3) if server_pid else None,
         "client_cpu_s": round(sum(out["cpu_s"] for out in outputs), 2),
         "received_packets": sum(v.packets for v in viewers),
+        # the workers' receive path (C extension or Python fallback) and its cost
+        "rx_path": ", ".join(sorted({str(out.get("rx_path", "?")) for out in outputs})),
+        "client_cpu_ms_per_1000_packets": round(1e6 * sum(out["cpu_s"] for out in outputs)
+                                                / max(1, sum(v.packets for v in viewers)), 3),
         # the node's own counts over the run (/metrics; with --mint), all its viewers
         "server": {name.removesuffix("_total").removeprefix("forumcast_"): counters1[name] - counters0[name]
                    for name in SERVER_COUNTERS if name in counters0 and name in counters1},
@@ -250,7 +256,8 @@ def _text(report: dict[str, Any]) -> str:
         f"SRTP sampled:        {report['srtp_checked']} checked, {report['srtp_failures']} failed",
         ("server CPU:          " + (f"{report['server_cpu_cores']} cores (pid {report['server_pid']}, "
                                     "process tree, /proc)" if report["server_pid"] else "not local")),
-        f"load tester CPU:     {report['client_cpu_s']} s",
+        f"load tester CPU:     {report['client_cpu_s']} s ({report['client_cpu_ms_per_1000_packets']} ms "
+        f"per 1,000 packets received, joins included; receive path {report['rx_path']})",
         f"packets received:    {report['received_packets']}"
         + ("; the node sent " + ", ".join(f"{k} {v:.0f}" for k, v in report["server"].items()) + " (/metrics)"
            if report["server"] else ""),

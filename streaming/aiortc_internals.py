@@ -102,6 +102,8 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     PrivateName(RTCRtpReceiver, _mangled_receiver + "jitter_buffer", "publishers' packets are taken at its door"),
     PrivateName(RTCRtpReceiver, _mangled_receiver + "decoder_queue", "marks a receiver that must never decode"),
     PrivateName(RTCRtpReceiver, _mangled_receiver + "stop_decoder", "the light viewer stops aiortc's decoder"),
+    PrivateName(RTCRtpReceiver, _mangled_receiver + "rtcp_task", "the light viewer cancels aiortc's idle RTCP loop"),
+    PrivateName(RTCRtpReceiver, _mangled_receiver + "rtcp_started", "... once it has started"),
     PrivateName(RTCRtpReceiver, "_handle_rtcp_packet", "publishers' sender reports (capture clock)"),
     PrivateName(RTCRtpReceiver, "_send_rtcp_pli", "keyframe requests to a publisher"),
     PrivateName(_rtcrtpreceiver, "decoder_worker", "the decoder thread's body, refused for our receivers"),

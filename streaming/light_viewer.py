@@ -3,11 +3,13 @@
 Each viewer uses aiortc only to negotiate (recvonly video + audio offer,
 ICE, DTLS), like any client. Once ICE has nominated its pair, the viewer
 takes the socket: one reader thread (streaming/rx_thread.py, one epoll for
-every socket of the process) counts RTP/RTCP (first byte 128..191) from
-their clear headers, and 1 in `sample_every` RTP packets is unprotected
+every socket of the process) drains it into the viewer's counter
+(streaming/rtp_count.py: in C with recvmmsg when the extension is built,
+else Python), which counts RTP/RTCP (first byte 128..191) from their clear
+headers and hands back 1 in `sample_every` RTP packets, unprotected here
 with the viewer's own SRTP keys to prove the server encrypted it for this
-viewer; STUN (consent checks) and DTLS still go to aioice/aiortc on the
-event loop. aiortc's RTP receivers never see a packet, so they never
+viewer, and STUN (consent checks) and DTLS, which go to aioice/aiortc on
+the event loop. aiortc's RTP receivers never see a packet, so they never
 decode, depacketize or send RTCP; the pool sends one small receiver
 report per viewer per `rr_interval` instead (a browser sends about one a
 second).
@@ -21,6 +23,7 @@ gaps of each SSRC (RFC 3550 A.3: expected = extended highest - first + 1).
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import socket
@@ -34,8 +37,9 @@ from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCRtpR
 from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket
 
 from streaming.ice_policy import gathering_on
+from streaming.rtp_count import NATIVE, RtpCounting, new_counter
 from streaming.rx_thread import RxThread
-from streaming.wire_path import DatagramHandler, WirePath, stop_decoder_threads, wire_path
+from streaming.wire_path import DatagramHandler, WirePath, stop_decoder_threads, stop_receiver_rtcp, wire_path
 
 Signal = Callable[[str, str], Awaitable[str]]  # (viewer_id, offer sdp) -> answer sdp
 
@@ -73,6 +77,7 @@ class Counts:
     auth_failures: int = 0
     expected: int = 0  # RTP packets the sequence numbers say were sent
     lost: int = 0  # expected - received (RFC 3550 A.3), never negative per SSRC
+    malformed: int = 0  # datagrams too short for their RTP/RTCP header, dropped
 
     def __sub__(self, other: Counts) -> Counts:
         return Counts(*(a - b for a, b in zip(self.astuple(), other.astuple())))
@@ -82,7 +87,7 @@ class Counts:
 
     def astuple(self) -> tuple[int, ...]:
         return (self.rtp, self.rtp_bytes, self.rtcp, self.video, self.audio, self.checked,
-                self.auth_failures, self.expected, self.lost)
+                self.auth_failures, self.expected, self.lost, self.malformed)
 
 
 def payload_kinds(sdp: str) -> dict[int, str]:
@@ -111,22 +116,35 @@ class LightViewer:
         self._rx = rx  # None: count in the event loop's own datagram callback
         self._ice_addresses = ice_addresses
         self.pc = RTCPeerConnection(viewer_configuration())
-        self.streams: dict[int, StreamCount] = {}
-        self.rtcp = 0
+        self._counter: RtpCounting | None = None
         self.checked = 0
         self.auth_failures = 0
         self.rtcp_ssrc = random.getrandbits(32)
         self.started_at = 0.0  # time.monotonic() when connect() began
         self.joined_s: float | None = None  # offer to connected
-        self.first_video_at = 0.0  # time.monotonic() of the first video packet; 0: none yet
         self._sample_every = max(1, sample_every)
-        self._until_check = self._sample_every
         self._kinds: dict[int, str] = {}
         self._wire: WirePath | None = None
         self._aioice_handler: DatagramHandler | None = None
         self._rx_srtp: pylibsrtp.Session | None = None
         self._socket: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def streams(self) -> dict[int, StreamCount]:
+        """SSRC -> its counters so far (a copy)."""
+        rows = self._counter.streams() if self._counter is not None else []
+        return {ssrc: StreamCount(kind, packets, size, first, highest)
+                for ssrc, kind, packets, size, first, highest in rows}
+
+    @property
+    def rtcp(self) -> int:
+        return self._counter.rtcp if self._counter is not None else 0
+
+    @property
+    def first_video_at(self) -> float:
+        """time.monotonic() of the first video packet; 0.0: none yet."""
+        return self._counter.first_video_at if self._counter is not None else 0.0
 
     @property
     def first_video_s(self) -> float | None:
@@ -137,6 +155,7 @@ class LightViewer:
         self.started_at = time.monotonic()
         await asyncio.wait_for(self._negotiate(signal), timeout)
         self.joined_s = time.monotonic() - self.started_at
+        await stop_receiver_rtcp(self.pc)  # after the join is timed
 
     async def _negotiate(self, signal: Signal) -> None:
         video = self.pc.addTransceiver("video", direction="recvonly")
@@ -170,46 +189,39 @@ class LightViewer:
             self._take_over()
         stop_decoder_threads(self.pc)
 
+    def _counter_now(self) -> RtpCounting:
+        """The counter, made once the answer's payload types are known (before
+        ICE completes, so before any RTP can arrive)."""
+        if self._counter is None:
+            native = self._rx.native if self._rx is not None else NATIVE
+            self._counter = new_counter(self._kinds, self._sample_every, native=native)
+        return self._counter
+
     def _take_over(self) -> None:
         self._wire = wire_path(self.pc)
         self._loop = asyncio.get_running_loop()
+        counter = self._counter_now()
         if self._rx is None:
             self._aioice_handler = self._wire.take_datagrams(self._on_datagram)
         else:
             self._aioice_handler = self._wire.aioice_handler()
             self._socket = self._wire.take_socket()
-            self._rx.add(self._socket, self._on_datagram, self._wire.remote_addr)
+            self._rx.add(self._socket, counter, self._on_handed_back, self._wire.remote_addr)
 
     def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        first = data[0]
-        if not 127 < first < 192:  # STUN or DTLS: aioice's, on its own loop
-            if self._rx is None:
-                self._aioice_handler(data, addr)  # type: ignore[misc]
-            else:
-                self._loop.call_soon_threadsafe(self._aioice_handler, data, addr)  # type: ignore[union-attr,arg-type]
-            return
-        if 191 < data[1] < 224:  # RTCP packet types 192..223 (RFC 5761)
-            self.rtcp += 1
-            return
-        # no tuple per packet (unpack_from would make one): fewer GC-tracked allocations
-        ssrc = int.from_bytes(data[8:12], "big")
-        seq = data[2] << 8 | data[3]
-        stream = self.streams.get(ssrc)
-        if stream is None:
-            kind = self._kinds.get(data[1] & 0x7F, "?")
-            stream = self.streams[ssrc] = StreamCount(kind, first_seq=seq, ext_highest=seq)
-            if kind == "video" and not self.first_video_at:
-                self.first_video_at = time.monotonic()
-        else:
-            delta = (seq - stream.ext_highest) & 0xFFFF
-            if delta < 0x8000:  # newer (or equal): extend across the 16-bit wrap
-                stream.ext_highest += delta
-        stream.packets += 1
-        stream.bytes += len(data)
-        self._until_check -= 1
-        if self._until_check == 0:
-            self._until_check = self._sample_every
+        """Without a reader thread: every datagram, from the event loop."""
+        back = self._counter_now().feed(data)
+        if back is not None:
+            self._on_handed_back(back, addr)
+
+    def _on_handed_back(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """What the counter hands back: a sampled RTP packet, or STUN/DTLS."""
+        if 127 < data[0] < 192:
             self._verify(data)
+        elif self._rx is None:
+            self._aioice_handler(data, addr)  # type: ignore[misc]
+        else:  # STUN or DTLS: aioice's, on its own loop
+            self._loop.call_soon_threadsafe(self._aioice_handler, data, addr)  # type: ignore[union-attr,arg-type]
 
     def _verify(self, data: bytes) -> None:
         session = self._rx_srtp
@@ -227,7 +239,7 @@ class LightViewer:
             self.auth_failures += 1  # SRTP keeps the header in clear: anything else is wrong
 
     def counts(self) -> Counts:
-        streams = list(self.streams.values())
+        streams = list(self.streams.values())  # one C call (or dict walk) per report, not per packet
         return Counts(
             rtp=sum(s.packets for s in streams),
             rtp_bytes=sum(s.bytes for s in streams),
@@ -237,6 +249,7 @@ class LightViewer:
             checked=self.checked, auth_failures=self.auth_failures,
             expected=sum(s.expected for s in streams),
             lost=sum(s.lost for s in streams),
+            malformed=self._counter.malformed if self._counter is not None else 0,
         )
 
     def send_receiver_report(self) -> None:
@@ -304,12 +317,15 @@ class ViewerPool:
         await asyncio.gather(*(one(i) for i in range(count)))
 
     async def _report_loop(self) -> None:
+        tick = 0.05  # s: spread over the interval, not one burst, nor one wake-up per viewer
         while True:
-            # spread the viewers' reports over the interval rather than in one burst
-            step = self.rr_interval / max(1, len(self.viewers))
-            for viewer in list(self.viewers):
-                viewer.send_receiver_report()
-                await asyncio.sleep(step)
+            viewers = list(self.viewers)
+            per_tick = max(1, math.ceil(len(viewers) * tick / self.rr_interval))
+            chunks = max(1, math.ceil(len(viewers) / per_tick))
+            for start in range(0, chunks * per_tick, per_tick):
+                for viewer in viewers[start:start + per_tick]:
+                    viewer.send_receiver_report()
+                await asyncio.sleep(self.rr_interval / chunks)
 
     async def wait_receiving(self, timeout: float) -> int:
         """Wait until every viewer has video and audio; return how many have."""

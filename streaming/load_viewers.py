@@ -8,7 +8,9 @@ counted off their sockets, and DELETE their session at the end.
 The spec: {"url", "forum", "viewers": [{"id", "token", "start_at" (Unix
 s)}], "end_at" (Unix s), "ice_addresses", "sample_every",
 "connect_timeout" (s)}. The results: {"viewers": [ViewerResult as a
-dict], "cpu_s": this process's CPU seconds}. Tokens come on stdin, never
+dict], "cpu_s": this process's CPU seconds, "rx_path": which receive path
+counted (streaming/rtp_count.py: C, or Python when the extension is not
+built or FORUMCAST_RX_PYTHON=1)}. Tokens come on stdin, never
 argv. The coordinator starts these as processes and never imports the
 packet path.
 """
@@ -67,6 +69,7 @@ def error_text(status: int, body: str) -> str:
 
 async def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from streaming.light_viewer import LightViewer, ViewerPool  # aiortc: only in workers
+    from streaming.rtp_count import RX_PATH
 
     url, forum = spec["url"], spec["forum"]
     pool = ViewerPool(sample_every=spec["sample_every"], concurrency=10_000,
@@ -129,7 +132,7 @@ async def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
             except (aiohttp.ClientError, TimeoutError):
                 pass  # the seat also comes back when the peer closes
         await pool.close()
-    return {"viewers": [asdict(r) for r in results], "cpu_s": time.process_time()}
+    return {"viewers": [asdict(r) for r in results], "cpu_s": time.process_time(), "rx_path": RX_PATH}
 
 
 def main() -> int:

@@ -8,6 +8,8 @@ measure nothing.
 
 from __future__ import annotations
 
+import asyncio
+
 import socket
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -82,6 +84,26 @@ def stop_decoder_threads(pc: RTCPeerConnection) -> None:
         if stop is None:
             raise RuntimeError("aiortc private names moved: update streaming/wire_path.py")
         stop()
+
+
+async def stop_receiver_rtcp(pc: RTCPeerConnection, timeout: float = 5.0) -> None:
+    """aiortc's receivers wake every 0.5-1.5 s to build receiver reports; one that
+    never sees a packet has none to send, so the wake-ups are pure cost (two per
+    viewer per second; the light viewers send their own). aiortc starts each loop
+    just after DTLS connects; wait for that (at most `timeout` s), then cancel it:
+    the loop ends on the cancel, so RTCRtpReceiver.stop() still finds it exited."""
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        if not hasattr(receiver, "_RTCRtpReceiver__rtcp_task") or not hasattr(receiver, "_RTCRtpReceiver__rtcp_started"):
+            raise RuntimeError("aiortc private names moved: update streaming/wire_path.py")
+        try:
+            # stop() waits for the loop's start before its exit: never cancel one not started
+            await asyncio.wait_for(receiver._RTCRtpReceiver__rtcp_started.wait(), timeout)
+        except asyncio.TimeoutError:
+            continue
+        task = receiver._RTCRtpReceiver__rtcp_task
+        if task is not None:
+            task.cancel()
 
 
 def wire_path(pc: RTCPeerConnection) -> WirePath:

@@ -47,6 +47,10 @@ async def test_light_viewers_count_and_verify_srtp(tmp_path) -> None:
             await pool.connect(2, http_signal(http, url, "main"), timeout=10)
         assert pool.errors == []
         assert await pool.wait_receiving(timeout=30) == 2
+        # aiortc's own receiver-report loops are stopped (they had nothing to report)
+        for v in pool.viewers:
+            tasks = [t.receiver._RTCRtpReceiver__rtcp_task for t in v.pc.getTransceivers()]
+            assert len(tasks) == 2 and all(t is not None and t.done() for t in tasks), tasks
 
         def counted() -> bool:
             for counts in pool.per_viewer():

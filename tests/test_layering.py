@@ -64,8 +64,9 @@ def test_the_check_can_fail(tmp_path: Path) -> None:
 PACKET_LEVEL = {
     "aiortc_internals", "downtrack", "forum_media", "h264_sps", "ingest_check", "ingest_transcoder",
     "light_viewer", "playout", "program_bus", "program_encoder", "program_sink", "program_tee", "publisher",
-    "restream_push", "rtcp_reports", "rtmp_codec", "rtmp_gate", "rtp_codecs", "rtp_source", "rtp_udp_ingest",
-    "rx_thread", "slate", "udp_mux", "ice_tcp", "stun_demux", "venue_ingest", "viewer", "viewer_rtcp", "wire_path",
+    "restream_push", "rtcp_reports", "rtmp_codec", "rtp_count", "rtmp_gate", "rtp_codecs", "rtp_source",
+    "rtp_udp_ingest", "rx_thread", "slate", "udp_mux", "ice_tcp", "stun_demux", "fanout_batch", "venue_ingest",
+    "viewer", "viewer_rtcp", "wire_path",
 }
 
 

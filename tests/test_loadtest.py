@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from rooms.models import Role
+from streaming import rtp_count
 from tests.aiortc_peers import TestPublisher
 from tests.processes import free_port
 from tests.server_process import ServerProcess
@@ -68,6 +69,24 @@ async def test_loadtest_ten_viewers_receive_and_report(server: ServerProcess, pu
     assert report["server_cpu_cores"] is not None and report["server_cpu_cores"] > 0
     assert report["server"]["packets_out"] >= report["received_packets"] * 0.5  # /metrics read with a minted admin token
     assert report["server"]["source_packets_received"] > 0
+    # counted in C when the extension is built (scripts/test builds it), else by the Python fallback
+    assert report["rx_path"] == ("C (streaming._rtp_rx, recvmmsg)" if rtp_count._rtp_rx is not None
+                                 else "Python (streaming/rtp_count.py)")
+    assert report["client_cpu_ms_per_1000_packets"] > 0
+
+
+async def test_loadtest_python_receive_path_counts_and_verifies_too(server: ServerProcess,
+                                                                     publisher: TestPublisher) -> None:
+    """FORUMCAST_RX_PYTHON=1: the fallback a machine without a C compiler runs."""
+    code, out, err = await loadtest(
+        "--url", server.url, "--forum", FORUM, "--viewers", "4", "--duration", "3", "--ramp", "1",
+        "--workers", "1", "--mint", "--json", "--sample-every", "10",
+        env={"FORUMCAST_TOKEN_SECRET": server.secret, "FORUMCAST_RX_PYTHON": "1"})
+    assert code == 0, f"exit {code}\n{out}\n{err}"
+    report = json.loads(out)
+    assert report["rx_path"] == "Python (streaming/rtp_count.py)"
+    assert report["receiving"] == 4 and report["srtp_checked"] > 0 and report["srtp_failures"] == 0
+    assert all(v["packets"] > 0 and v["first_video_ms"] > 0 for v in report["per_viewer"])
 
 
 async def test_loadtest_refuses_bad_url_forum_and_token(server: ServerProcess) -> None:

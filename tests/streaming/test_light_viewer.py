@@ -28,6 +28,21 @@ async def test_gaps_across_the_wrap_are_counted_as_loss() -> None:
         await viewer.close()
 
 
+async def test_a_short_or_empty_datagram_is_dropped_and_counted_not_raised() -> None:
+    """A runt on a viewer's socket raised IndexError in the reader thread,
+    which ended the counting of every viewer of the worker process."""
+    viewer = LightViewer("v0", sample_every=10**9)
+    try:
+        viewer._kinds = payload_kinds("m=video 9 UDP/TLS/RTP/SAVPF 102\r\n")
+        for runt in (b"", bytes([0x80]), bytes([0x80, 102, 0, 1])):
+            viewer._on_datagram(runt, ("127.0.0.1", 1))
+        viewer._on_datagram(rtp(5), ("127.0.0.1", 1))
+        counts = viewer.counts()
+        assert (counts.malformed, counts.video, counts.lost) == (3, 1, 0)
+    finally:
+        await viewer.close()
+
+
 def test_percentiles_are_nearest_rank() -> None:
     assert _percentiles([]) == {"p50": None, "p95": None, "p99": None, "max": None}
     values = [float(v) for v in range(1, 101)]
