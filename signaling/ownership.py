@@ -198,7 +198,8 @@ async def _ownership_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def get_cluster(request: web.Request) -> web.Response:
     """The live nodes and the owner of each forum (admin token): {"node_id",
-    "nodes": [{"node_id", "public_url", "last_seen"}], "owners": {forum: node_id | null},
+    "nodes": [{"node_id", "public_url", "last_seen", "load"}] (load: what its
+    heartbeat carries, signaling/placement.py), "owners": {forum: node_id | null},
     "hosted": [forum ids this node's ForumHosts run]}."""
     grant = request.app[TOKENS].verify(bearer_token(request))
     if not grant.role.at_least(Role.ADMIN):
@@ -208,7 +209,7 @@ async def get_cluster(request: web.Request) -> web.Response:
     owners = await asyncio.gather(*(store.lease_owner(forum_id) for forum_id in forums))
     return json_response({
         "node_id": store.node_id,
-        "nodes": [{"node_id": n.node_id, "public_url": n.public_url, "last_seen": n.last_seen}
+        "nodes": [{"node_id": n.node_id, "public_url": n.public_url, "last_seen": n.last_seen, "load": n.load}
                   for n in await store.nodes()],
         "owners": dict(zip(forums, owners)),
         "hosted": hosts.hosted() if (hosts := request.app.get(HOSTS)) is not None else [],

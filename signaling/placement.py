@@ -10,10 +10,16 @@ A node that is full (no room by its own heartbeat) sends new program
 viewers to the placement (`elsewhere`): WHEP answers 307 (RFC 9725 s4.5),
 socket.io `watch` acks `moved`; viewers already watching stay.
 
+Before a node is answered (or a viewer sent there) it must answer on the
+bus (signaling/node_liveness.py): a node killed a moment ago still has a
+heartbeat for up to `node_ttl_s`, but no listener; it is left out and
+the placement asked again without it.
+
 `NodeLoadMeter` is the RoomService's `load`: {"viewers": this node's
 WebRTC viewers (edge links served included), "cpu": this process's CPU
 time over wall time since the last heartbeat, a share of one core (its
-ffmpeg children not included)}.
+ffmpeg children not included), "tree": this node's place in each
+forum's tree of edges (signaling/edges.py `tree_load`)}.
 """
 
 from __future__ import annotations
@@ -25,8 +31,11 @@ from aiohttp import web
 
 from rooms.models import Role
 from rooms.placement import Placement, place, room
+from rooms.store import NodeInfo, Store
 from signaling.app_keys import EVENT, MEDIA, SETTINGS, STORE, TOKENS
+from signaling.edges import tree_load
 from signaling.http_api import bearer_token, json_response
+from signaling.node_liveness import answering
 from signaling.whip import known_forum
 
 
@@ -50,7 +59,7 @@ class NodeLoadMeter:
         share = self._share
         plane = self._app.get(MEDIA)
         viewers = int(plane.stats()["viewers"]) if plane is not None else 0
-        return {"viewers": viewers, "cpu": round(share, 3)}
+        return {"viewers": viewers, "cpu": round(share, 3), "tree": tree_load(self._app)}
 
 
 async def get_placement(request: web.Request) -> web.Response:
@@ -60,10 +69,20 @@ async def get_placement(request: web.Request) -> web.Response:
     if token is not None or not request.app[EVENT].public:
         request.app[TOKENS].verify(token).require(forum_id, Role.VIEWER)
     store = request.app[STORE]
-    settings = request.app[SETTINGS]
-    chosen = place(await store.lease_owner(forum_id), await store.nodes(),
-                   settings.node_max_viewers, settings.node_max_cpu)
+    chosen = await live_placement(request.app, store, await store.lease_owner(forum_id), await store.nodes())
     return json_response({"node_id": chosen.node_id, "url": chosen.url})
+
+
+async def live_placement(app: web.Application, store: Store, owner: str | None, nodes: list[NodeInfo]) -> Placement:
+    """rooms/placement.py's answer among the nodes that answer on the bus
+    now (see the module docstring); RoomError("unavailable") when none."""
+    settings = app[SETTINGS]
+    avoid: set[str] = set()
+    while True:
+        chosen = place(owner, nodes, settings.node_max_viewers, settings.node_max_cpu, avoid)
+        if await answering(store, chosen.node_id):
+            return chosen
+        avoid.add(chosen.node_id)  # heart-beat recently, listens no more: dead
 
 
 async def elsewhere(app: web.Application, forum_id: str) -> Placement | None:
@@ -79,7 +98,7 @@ async def elsewhere(app: web.Application, forum_id: str) -> Placement | None:
     me = next((n for n in nodes if n.node_id == store.node_id), None)
     if me is None or room(me, settings.node_max_viewers, settings.node_max_cpu) > 0:
         return None
-    chosen = place(await store.lease_owner(forum_id), nodes, settings.node_max_viewers, settings.node_max_cpu)
+    chosen = await live_placement(app, store, await store.lease_owner(forum_id), nodes)
     return None if chosen.node_id == store.node_id else chosen
 
 

@@ -62,13 +62,18 @@ class EdgePlane(FeedTarget, Protocol):
 
 @dataclass(frozen=True)
 class EdgeLinkInfo:
-    """One pull as `GET /api/cluster` shows it: the origin's WHEP URL, the
-    pull's state and why it is not live ("" while live)."""
+    """One pull as `GET /api/edges` shows it: the origin's WHEP URL, the
+    pull's state and why it is not live ("" while live); `parent` the
+    instance id of the node its session is with (the origin, or the edge
+    the origin sent it to: rooms/edge_tree.py) and `depth` this node's
+    depth in the forum's tree (parent's + 1), None until a node answered."""
 
     forum_id: str
     whep_url: str
     state: str
     reason: str
+    parent: str | None = None
+    depth: int | None = None
 
 
 class _State(enum.Enum):
@@ -111,7 +116,10 @@ class EdgeLinks(Lifecycle[_State]):
 
     def links(self) -> list[EdgeLinkInfo]:
         """The pulls now, by forum id."""
-        return [EdgeLinkInfo(f, p.whep_url, p.state.value, p.reason) for f, p in sorted(self._pulls.items())]
+        return [EdgeLinkInfo(f, p.whep_url, p.state.value, p.reason,
+                             p.upstream.node_id if p.upstream is not None else None,
+                             p.upstream.depth + 1 if p.upstream is not None else None)
+                for f, p in sorted(self._pulls.items())]
 
     def pulling(self, forum_id: str) -> bool:
         return forum_id in self._pulls

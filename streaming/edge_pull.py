@@ -62,6 +62,21 @@ logger = logging.getLogger(__name__)
 
 SDP_TYPE = "application/sdp"
 MAX_REDIRECTS = 5
+# in a WHEP answer to an edge link: the answering node's instance id and its depth
+# in the forum's tree (0 the origin); the pull reports both in its node's heartbeat
+NODE_HEADER = "Forumcast-Node"
+DEPTH_HEADER = "Forumcast-Edge-Depth"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The node a pull's current session is with (from the answer's
+    NODE_HEADER/DEPTH_HEADER): its instance id, its URL (where the
+    redirects ended) and its depth in the forum's tree (0: the origin)."""
+
+    node_id: str
+    url: str
+    depth: int
 
 
 class EdgeState(enum.StrEnum):
@@ -179,6 +194,9 @@ class EdgePull(Lifecycle[EdgeState]):
         self._received_before = 0
         self.connections = 0
         self._pli_tasks: set[asyncio.Task[None]] = set()
+        self.upstream: Upstream | None = None
+        """Who answered the last successful POST (None before, or when the
+        answer did not say): the origin, or the edge it sent us to."""
 
     # --- lifecycle -----------------------------------------------------
 
@@ -354,6 +372,7 @@ class EdgePull(Lifecycle[EdgeState]):
                 if response.status != 201:
                     raise WhepRefused(f"{response.status} {_error_words(body)}")
                 location = response.headers.get("Location")
+                self.upstream = _upstream(response, url)
                 return body, urllib.parse.urljoin(url, location) if location else None
         raise WhepRefused(f"more than {MAX_REDIRECTS} redirects")
 
@@ -472,6 +491,14 @@ def ice_servers_from_links(response: aiohttp.ClientResponse) -> list[RTCIceServe
             credential=str(credential) if credential is not None else None,
         ))
     return servers
+
+
+def _upstream(response: aiohttp.ClientResponse, url: str) -> Upstream | None:
+    node_id = response.headers.get(NODE_HEADER, "")
+    depth = response.headers.get(DEPTH_HEADER, "")
+    if not node_id or not depth.isdigit():
+        return None
+    return Upstream(node_id, url, int(depth))
 
 
 def _clock_from_report(source: RtpSource, ntp_timestamp: int, rtp_timestamp: int) -> None:
