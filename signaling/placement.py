@@ -1,10 +1,13 @@
 """Placement over HTTP, and the load each node's heartbeat carries.
 
-`GET /api/forums/{forum_id}/placement` answers `{"node_id", "url"}`: the
-node a viewer of the forum should use (rooms/placement.py: the forum's
-owner while it has room, else the live node with the most room). A viewer
-token for the forum (none on a public event); 404 for an unknown forum,
-503 `unavailable` when no node can be reached.
+`GET /api/forums/{forum_id}/placement` answers `{"node_id", "url",
+"nodes"}`: the node a viewer of the forum should use (rooms/placement.py:
+the forum's owner while it has room, else the live node with the most
+room) and the public URLs of every node with a heartbeat (where a page
+whose node died asks again: watch.js). A viewer token for the forum (none
+on a public event); 404 for an unknown forum, 503 `unavailable` when no
+node can be reached. Any origin may ask (CORS, as WHEP: tokens travel as
+Bearer headers, never cookies).
 
 A node that is full (no room by its own heartbeat) sends new program
 viewers to the placement (`elsewhere`): WHEP answers 307 (RFC 9725 s4.5),
@@ -36,7 +39,7 @@ from signaling.app_keys import EVENT, MEDIA, SETTINGS, STORE, TOKENS
 from signaling.edges import tree_load
 from signaling.http_api import bearer_token, json_response
 from signaling.node_liveness import answering
-from signaling.whip import known_forum
+from signaling.whip import CORS_HEADERS, edge, known_forum, preflight
 
 
 MIN_WINDOW_S = 0.5  # a CPU share over less is noise (the first beat runs at start-up)
@@ -69,8 +72,12 @@ async def get_placement(request: web.Request) -> web.Response:
     if token is not None or not request.app[EVENT].public:
         request.app[TOKENS].verify(token).require(forum_id, Role.VIEWER)
     store = request.app[STORE]
-    chosen = await live_placement(request.app, store, await store.lease_owner(forum_id), await store.nodes())
-    return json_response({"node_id": chosen.node_id, "url": chosen.url})
+    nodes = await store.nodes()
+    chosen = await live_placement(request.app, store, await store.lease_owner(forum_id), nodes)
+    answer = json_response({"node_id": chosen.node_id, "url": chosen.url,
+                            "nodes": sorted(n.public_url for n in nodes if n.public_url)})
+    answer.headers.update(CORS_HEADERS)
+    return answer
 
 
 async def live_placement(app: web.Application, store: Store, owner: str | None, nodes: list[NodeInfo]) -> Placement:
@@ -103,4 +110,5 @@ async def elsewhere(app: web.Application, forum_id: str) -> Placement | None:
 
 
 def setup_placement(app: web.Application) -> None:
-    app.router.add_get("/api/forums/{forum_id}/placement", get_placement)
+    app.router.add_get("/api/forums/{forum_id}/placement", edge(get_placement))
+    app.router.add_route("OPTIONS", "/api/forums/{forum_id}/placement", preflight)

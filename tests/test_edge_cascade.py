@@ -4,6 +4,8 @@ through another node (tests/cluster.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +17,7 @@ from rooms.models import Role
 from streaming.forum_host import SLATE_SIZE
 from tests.cluster import Cluster, start_cluster
 from tests.eventually import eventually
-from tests.operator_app import RecordingViewer, SizedPublisher
+from tests.operator_app import Frame, RecordingViewer, SizedPublisher
 from tests.server_process import ServerProcess
 
 FORUM = "digital-economy"
@@ -138,4 +140,128 @@ async def test_an_edge_pulls_from_an_edge_when_the_origin_is_full_takes_reach_de
         assert pull_c["depth"] == 1
     finally:
         for peer in (on_b, on_c, speaker):
+            await peer.close()
+
+
+class WhepPlayer:
+    """A WHEP player as a viewer's app would be: POSTs at an entry node,
+    follows the 307s (RFC 9725 s4.5: placement), and when its picture
+    stalls `stall_s` (its node died) drops the session and POSTs again at
+    the entry. `attempts`: (monotonic time, node URL that answered 201 or
+    the error) of every POST after the first."""
+
+    def __init__(self, http: aiohttp.ClientSession, entry: str, token: str, stall_s: float = 1.0) -> None:
+        self._http = http
+        self._entry = entry
+        self._token = token
+        self._stall_s = stall_s
+        self.viewer = RecordingViewer()
+        self.node = ""
+        self.attempts: list[tuple[float, str]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._post()
+        self._task = asyncio.create_task(self._watchdog())
+
+    async def _post(self) -> None:
+        offer = await self.viewer.offer()
+        url = self._entry
+        for _ in range(5):
+            response = await self._http.post(url, data=offer, allow_redirects=False,
+                                             headers={**auth(self._token), "Content-Type": "application/sdp"})
+            if response.status == 307:
+                url = response.headers["Location"]
+                continue
+            assert response.status == 201, await response.text()
+            await self.viewer.accept(await response.text())
+            self.node = url.split("/whep/")[0]
+            return
+        raise AssertionError("too many redirects")
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            frames = self.viewer.frames
+            if not frames or time.monotonic() - frames[-1].at < self._stall_s:
+                continue
+            await self.viewer.close()  # a real player DELETEs too; its node is gone
+            self.viewer = RecordingViewer()
+            try:
+                await self._post()
+                self.attempts.append((time.monotonic(), self.node))
+            except (aiohttp.ClientError, OSError, AssertionError) as exc:
+                self.attempts.append((time.monotonic(), f"failed: {exc!r}"))
+                await asyncio.sleep(0.5)
+
+    def frame_after(self, after: float) -> Frame | None:
+        """The first speaker frame the current viewer decoded after `after`."""
+        return next((f for f in self.viewer.frames if (f.width, f.height) == SPEAKER_SIZE and f.at >= after), None)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.viewer.close()
+
+
+@pytest.fixture
+def small_cluster(redis_url: str) -> Iterator[Cluster]:
+    """a, b, c, each full at two WebRTC viewers (edge links count)."""
+    started = start_cluster(redis_url, ("a", "b", "c"), extra_env={"FORUMCAST_NODE_MAX_VIEWERS": "2"})
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.mark.slow
+async def test_whep_viewers_of_a_killed_edge_are_sent_by_placement_to_a_live_node_and_watch_again(
+    small_cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """b's viewer re-POSTs at its entry (a, the origin, full with b's and
+    c's edge links): placement's 307 must name c at once, though b's
+    heartbeat lives on for up to node_ttl_s after the SIGKILL."""
+    cluster = small_cluster
+    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    b_id, c_id = cluster.node_id("b"), cluster.node_id("c")
+    speaker = SizedPublisher(*SPEAKER_SIZE)
+    on_c = RecordingViewer()
+    token = a.token(Role.VIEWER, [FORUM], "Guest")
+    player = WhepPlayer(http, f"{b.url}/whep/{FORUM}", token)  # placed on b first (its entry, then a's)
+    try:
+        await live_speaker(http, a, speaker)
+        await player.start()
+        await player.viewer.wait_size(SPEAKER_SIZE, timeout=30)
+        assert player.node == b.url
+        await watch_whep(http, c, on_c, "Guest on c")
+        await on_c.wait_size(SPEAKER_SIZE, timeout=30)
+
+        async def placement() -> dict[str, Any]:
+            response = await http.get(f"{a.url}/api/forums/{FORUM}/placement", headers=auth(token))
+            assert response.status == 200, await response.text()
+            body: dict[str, Any] = await response.json()
+            return body
+
+        async def placed_on_b() -> bool:  # a full (two edge links), b and c one viewer each: b by id
+            return (await placement())["node_id"] == b_id
+
+        await eventually(placed_on_b, timeout=30, what="placement to answer b")
+        player._entry = f"{a.url}/whep/{FORUM}"  # from now on the player asks the entry node, a
+
+        killed = time.monotonic()
+        cluster.kill("b")
+        after_kill = await placement()
+        b_listed = b_id in {n["node_id"] for n in cluster.cluster_view("a")["nodes"]}
+        assert after_kill["node_id"] == c_id, after_kill  # not the node that just died
+        again = await eventually(lambda: player.frame_after(killed), timeout=60, what="frames again")
+        print(f"SIGKILL of the edge -> its WHEP viewer's first frame through {player.node}: "
+              f"{again.at - killed:.2f} s (the player's stall detection 1 s included; b's heartbeat "
+              f"{'still' if b_listed else 'no longer'} listed when placement was asked)")
+        assert player.node in (a.url, c.url)
+        assert player.attempts and player.attempts[0][1] in (a.url, c.url), player.attempts  # no try at b
+    finally:
+        await player.close()
+        for peer in (on_c, speaker):
             await peer.close()

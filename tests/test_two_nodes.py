@@ -334,6 +334,7 @@ async def test_placement_answers_the_owner_while_it_has_room_then_the_node_with_
                                   headers={"Authorization": f"Bearer {token}"})
         assert response.status == 200, await response.text()
         body: dict[str, Any] = await response.json()
+        assert body.pop("nodes") == sorted([a.url, b.url])  # where a page whose node died asks again
         return body
 
     try:

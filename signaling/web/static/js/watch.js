@@ -1,6 +1,9 @@
 // The guest's page: play the forum's program with sound on request, show
 // what is on air and how many watch, and recover by itself: socket.io
-// reconnects, and a failed media connection is re-watched with backoff.
+// reconnects, a failed media connection is re-watched with backoff, and
+// when this page's node is gone (socket.io cannot reconnect for
+// RELOCATE_AFTER_MS) the page asks another node of the cluster where to
+// watch (placement) and opens itself there.
 // When WebRTC is blocked (no RTCPeerConnection) or does not connect within
 // FALLBACK_AFTER_MS, the page plays the forum's HLS output instead (a few
 // seconds behind) and says so.
@@ -32,6 +35,10 @@ const FALLBACK_AFTER_MS = Number(window.forumcastFallbackMs) || 8000;
 // have healed); the picture switches back only once the new connection is up
 const UPGRADE_EVERY_MS = Number(window.forumcastUpgradeMs) || 60000;
 
+// socket.io not back this long after losing its node: the node is gone, ask placement elsewhere
+// (tests may set window.forumcastRelocateMs before this script runs)
+const RELOCATE_AFTER_MS = Number(window.forumcastRelocateMs) || 1500;
+
 const state = {
   socket: null, pc: null, viewerId: null, joined: false, fatal: false,
   retry: 0, retryTimer: null, graceTimer: null, watches: 0,
@@ -39,6 +46,45 @@ const state = {
   fallbackTimer: null, fallbackReason: null, hls: null, hlsErrors: 0, upgradeTimer: null, upgrades: 0,
 };
 window.forumcastWatch = state; // for tests and support: read-only inspection
+
+// --- the cluster: where to go when this page's node dies ---
+
+const cluster = { nodes: [], timer: null, tries: 0, relocatedTo: null };
+state.cluster = cluster;
+
+function placementAt(base) {
+  const token = readToken();
+  return fetch(new URL(`/api/forums/${encodeURIComponent(forumId)}/placement`, base), {
+    headers: token ? { Authorization: `Bearer ${token}` } : {}, cache: "no-store",
+  }).then((response) => (response.ok ? response.json() : null));
+}
+
+// Every node's public URL (the placement answer lists them), learnt while this node is up.
+async function learnNodes() {
+  try {
+    const placed = await placementAt(location.origin);
+    if (placed && Array.isArray(placed.nodes)) cluster.nodes = placed.nodes;
+  } catch (error) { /* a single node, or none answering: nowhere else to go */ }
+}
+
+// This node is gone: the first other node that answers says where to watch; the page opens there.
+async function relocate() {
+  clearTimeout(cluster.timer);
+  if (state.fatal || (state.socket && state.socket.connected)) return;
+  for (const node of cluster.nodes) {
+    if (new URL(node).origin === location.origin) continue;
+    try {
+      const placed = await placementAt(node);
+      if (!placed) continue;
+      const there = new URL(location.pathname + location.search + location.hash, placed.url);
+      if (there.origin === location.origin) break; // this node is back: socket.io reconnects here
+      cluster.relocatedTo = there.href;
+      window.location.assign(there.href);
+      return;
+    } catch (error) { /* that node is gone too: the next */ }
+  }
+  cluster.timer = setTimeout(relocate, backoff(cluster.tries++, 1000, 10000));
+}
 
 // --- the agenda: what runs now and next, and the forum's state between talks ---
 
@@ -346,6 +392,7 @@ async function join() {
     showProgram(ack.program);
     loadChat();
     watch();
+    learnNodes();
   } catch (error) {
     if (isFatal(error)) return fail(error);
     if (error.code === "full") {
@@ -383,9 +430,18 @@ function main() {
   });
   const socket = connect(token);
   state.socket = socket;
-  socket.on("connect", () => { join(); });
-  socket.on("disconnect", () => {
+  socket.on("connect", () => {
+    clearTimeout(cluster.timer);
+    cluster.tries = 0;
+    join();
+  });
+  socket.on("disconnect", (reason) => {
     state.joined = false; // the server dropped our viewer with the connection
+    // not back soon: the node may be dead (an HLS picture comes from it too)
+    if (reason !== "io client disconnect") {
+      clearTimeout(cluster.timer);
+      cluster.timer = setTimeout(relocate, RELOCATE_AFTER_MS);
+    }
     if (state.mode === "hls") return; // HLS needs no socket: it plays on
     closePeer();
     if (!state.fatal) setPill(ui.status, "warn", t("watch.serverReconnecting"));
