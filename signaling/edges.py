@@ -193,8 +193,13 @@ async def _edges_ctx(app: web.Application) -> AsyncIterator[None]:
         owner = await forum_owner(app, forum_id)
         return None if owner is None else whep_url(owner, forum_id)
 
+    store = app[STORE]
+
+    async def alive(upstream: str) -> bool:
+        return await answering(store, upstream)
+
     links = EdgeLinks(plane, locate, lambda forum_id: tokens.issue_edge_link(forum_id, node_id),
-                      linger_s=LINGER_S)
+                      linger_s=LINGER_S, upstream_alive=alive)
     await links.start()
     app[EDGE_LINKS] = links
     try:

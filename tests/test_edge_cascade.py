@@ -138,6 +138,8 @@ async def test_an_edge_pulls_from_an_edge_when_the_origin_is_full_takes_reach_de
 
         pull_c = await eventually(reparented, timeout=30, what="c to pull from a")
         assert pull_c["depth"] == 1
+        # c re-pulled because b stopped answering on the bus, not after its pull's 5 s media timeout
+        assert "stopped answering" in c.log_path.read_text(errors="replace")
     finally:
         for peer in (on_b, on_c, speaker):
             await peer.close()
