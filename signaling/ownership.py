@@ -38,6 +38,7 @@ from rooms.routed_control import RoutedControl
 from recorder.schedule import due_recordings
 from signaling.app_keys import AGENDA, EVENT, HOSTS, ROOMS, SETTINGS, STORE, TOKENS
 from signaling.http_api import bearer_token, json_response
+from signaling.node_liveness import answering
 from streaming.agenda_scheduler import AgendaScheduler
 from streaming.forum_hosts import ForumHosts
 
@@ -146,6 +147,19 @@ async def forum_owner(app: web.Application, forum_id: str) -> Owner | None:
     ownership (tests that build parts of the app)."""
     router = app.get(ROUTER)
     return None if router is None else await router.where(forum_id)
+
+
+async def live_redirect_url(app: web.Application, owner: Owner, path_qs: str) -> str:
+    """`redirect_url` for a client sent to the owner (a publisher's 307 or
+    `moved`, a preview tile, an HLS playlist), once the owner answers on
+    the bus (signaling/node_liveness.py): a killed owner's lease and
+    heartbeat live on for seconds, and a page sent there is stranded.
+    RoomError("unavailable") (try again: the forum is being taken over)
+    when it does not answer."""
+    if not await answering(app[STORE], owner.node_id):
+        raise RoomError("unavailable", "this forum's node does not answer; another node takes the forum over "
+                        "within seconds, try again")
+    return redirect_url(owner, path_qs)
 
 
 def redirect_url(owner: Owner, path_qs: str) -> str:
