@@ -83,7 +83,7 @@ def _render(name: str, values: dict[str, str], event: Event, status: int = 200,
 async def cluster_origins(app: web.Application) -> list[str]:
     """The origins (scheme://host:port) of the cluster's other nodes, from
     their heartbeats: where the watch page asks placement when its own node
-    dies (watch.js `relocate`); [] on a single node or a store that cannot
+    dies (common.js `relocator`); [] on a single node or a store that cannot
     tell now."""
     store = app.get(STORE)
     if store is None:
@@ -194,7 +194,7 @@ async def favicon(_: web.Request) -> web.FileResponse:
 def setup_pages(app: web.Application) -> None:
     app.router.add_get("/", home)
     app.router.add_get("/lobby", lobby)
-    app.router.add_get("/speak/{forum_id}", _forum_page("speak.html"))
+    app.router.add_get("/speak/{forum_id}", _forum_page("speak.html", cluster=True))
     app.router.add_get("/watch/{forum_id}", _forum_page("watch.html", cluster=True))
     setup_status_wall(app, status_page)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)

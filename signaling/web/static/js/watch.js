@@ -9,7 +9,8 @@
 // seconds behind) and says so.
 import {
   applyI18n, backoff, connect, countdown, describe, gatherIce, isFatal, localized, mountLanguageSwitch, onAirText,
-  onLanguageChange, pageData, readToken, receivePeer, request, setPill, showMessage, t, viewersText, wireRefusals,
+  onLanguageChange, pageData, readToken, receivePeer, relocator, request, setPill, showMessage, t, viewersText,
+  wireRefusals,
 } from "./common.js";
 import { MessageList } from "./chat.js";
 import { playHls, playlistUrl } from "./hls_player.js";
@@ -46,45 +47,6 @@ const state = {
   fallbackTimer: null, fallbackReason: null, hls: null, hlsErrors: 0, upgradeTimer: null, upgrades: 0,
 };
 window.forumcastWatch = state; // for tests and support: read-only inspection
-
-// --- the cluster: where to go when this page's node dies ---
-
-const cluster = { nodes: [], timer: null, tries: 0, relocatedTo: null };
-state.cluster = cluster;
-
-function placementAt(base) {
-  const token = readToken();
-  return fetch(new URL(`/api/forums/${encodeURIComponent(forumId)}/placement`, base), {
-    headers: token ? { Authorization: `Bearer ${token}` } : {}, cache: "no-store",
-  }).then((response) => (response.ok ? response.json() : null));
-}
-
-// Every node's public URL (the placement answer lists them), learnt while this node is up.
-async function learnNodes() {
-  try {
-    const placed = await placementAt(location.origin);
-    if (placed && Array.isArray(placed.nodes)) cluster.nodes = placed.nodes;
-  } catch (error) { /* a single node, or none answering: nowhere else to go */ }
-}
-
-// This node is gone: the first other node that answers says where to watch; the page opens there.
-async function relocate() {
-  clearTimeout(cluster.timer);
-  if (state.fatal || (state.socket && state.socket.connected)) return;
-  for (const node of cluster.nodes) {
-    if (new URL(node).origin === location.origin) continue;
-    try {
-      const placed = await placementAt(node);
-      if (!placed) continue;
-      const there = new URL(location.pathname + location.search + location.hash, placed.url);
-      if (there.origin === location.origin) break; // this node is back: socket.io reconnects here
-      cluster.relocatedTo = there.href;
-      window.location.assign(there.href);
-      return;
-    } catch (error) { /* that node is gone too: the next */ }
-  }
-  cluster.timer = setTimeout(relocate, backoff(cluster.tries++, 1000, 10000));
-}
 
 // --- the agenda: what runs now and next, and the forum's state between talks ---
 
@@ -392,7 +354,7 @@ async function join() {
     showProgram(ack.program);
     loadChat();
     watch();
-    learnNodes();
+    state.cluster.learn();
   } catch (error) {
     if (isFatal(error)) return fail(error);
     if (error.code === "full") {
@@ -430,18 +392,15 @@ function main() {
   });
   const socket = connect(token);
   state.socket = socket;
+  // not back soon after a disconnect: the node may be dead (an HLS picture comes from it too)
+  state.cluster = relocator(forumId, socket, { afterMs: RELOCATE_AFTER_MS, isFatal: () => state.fatal });
   socket.on("connect", () => {
-    clearTimeout(cluster.timer);
-    cluster.tries = 0;
+    state.cluster.connected();
     join();
   });
   socket.on("disconnect", (reason) => {
     state.joined = false; // the server dropped our viewer with the connection
-    // not back soon: the node may be dead (an HLS picture comes from it too)
-    if (reason !== "io client disconnect") {
-      clearTimeout(cluster.timer);
-      cluster.timer = setTimeout(relocate, RELOCATE_AFTER_MS);
-    }
+    state.cluster.disconnected(reason);
     if (state.mode === "hls") return; // HLS needs no socket: it plays on
     closePeer();
     if (!state.fatal) setPill(ui.status, "warn", t("watch.serverReconnecting"));
