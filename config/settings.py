@@ -103,6 +103,13 @@ class Settings:
     # share of one core (its process's CPU over the last heartbeat)
     node_max_viewers: int = 500
     node_max_cpu: float = 0.8
+    # the tree of edges (rooms/edge_tree.py): a node serves this many edge links per forum
+    # before new edges are sent to pull from an existing edge, at most edge_max_depth hops
+    # from the origin. Each link costs its server one viewer's fan-out (~1/500 of a node): 8
+    # keep that under 2% of a node while one hop serves 8 x 500 = 4,000 viewers; 3 levels reach
+    # 8 + 64 + 512 edges, each level one hop (~100 ms) more behind the origin
+    edge_fanout: int = 8
+    edge_max_depth: int = 3
     # one owner per forum (rooms/forum_ownership.py): a dead owner's forum is taken over
     # within lease_ttl_ms + lease_ttl_ms/10; a forum nobody needed for forum_idle_s is given up
     lease_ttl_ms: int = 5000
@@ -428,6 +435,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "node_ttl_s": _positive_float,
     "node_max_viewers": _positive_int,
     "node_max_cpu": _positive_float,
+    "edge_fanout": _positive_int,
+    "edge_max_depth": _positive_int,
     "lease_ttl_ms": _positive_int,
     "forum_idle_s": _positive_float,
     "public_event": _as_optional_bool,

@@ -6,11 +6,13 @@ WebRTC viewers; "cpu", its process's CPU over the last heartbeat as a share
 of one core, 0.0-1.0+) and the forum's lease owner; no clock, no network.
 A node is full at `max_viewers` viewers or `max_cpu` CPU; its room is the
 smaller of its two spare shares (1 - viewers/max_viewers, 1 - cpu/max_cpu).
-A node without a public URL (its heartbeat unknown) is never chosen.
+A node without a public URL (its heartbeat unknown) is never chosen, nor
+one in `avoid` (the wiring found it dead: signaling/node_liveness.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from rooms.errors import RoomError
@@ -33,11 +35,13 @@ def room(node: NodeInfo, max_viewers: int, max_cpu: float) -> float:
     return min(1.0 - viewers / max_viewers, 1.0 - cpu / max_cpu)
 
 
-def place(owner: str | None, nodes: list[NodeInfo], max_viewers: int, max_cpu: float) -> Placement:
+def place(owner: str | None, nodes: list[NodeInfo], max_viewers: int, max_cpu: float,
+          avoid: Collection[str] = ()) -> Placement:
     """The owner while it has room (it serves the forum without a hop),
-    else the node with the most room (ties: the owner, then by id).
-    RoomError("unavailable") when no live node has a public URL."""
-    reachable = [n for n in nodes if n.public_url]
+    else the node with the most room (ties: the owner, then by id); never
+    a node in `avoid`. RoomError("unavailable") when no live node has a
+    public URL."""
+    reachable = [n for n in nodes if n.public_url and n.node_id not in avoid]
     if not reachable:
         raise RoomError("unavailable", "no node of this cluster can be reached now; try again in a few seconds")
     by_id = {n.node_id: n for n in reachable}

@@ -37,7 +37,7 @@ from config.settings import ffmpeg_path
 from rooms.errors import RoomError
 from rooms.models import Role
 from signaling.app_keys import EVENT, OUTPUTS, SETTINGS, TOKENS
-from signaling.ownership import forum_owner, redirect_url
+from signaling.ownership import forum_owner, live_redirect_url
 from streaming.child_processes import remove_dead_runs, run_id
 from streaming.end_of_input import end_reader
 from streaming.hls_output import HlsOutput, window_segments
@@ -138,7 +138,7 @@ async def get_playlist(request: web.Request) -> web.Response:
         request.app[TOKENS].verify(token).require(forum_id, Role.VIEWER)
     owner = await forum_owner(request.app, forum_id)
     if owner is not None:  # another node hosts the forum and encodes its program: its playlist is there
-        raise web.HTTPTemporaryRedirect(redirect_url(owner, request.path_qs))
+        raise web.HTTPTemporaryRedirect(await live_redirect_url(request.app, owner, request.path_qs))
     service = request.app[HLS]
     output = await service.ensure(forum_id)
     deadline = time.monotonic() + FIRST_PLAYLIST_WAIT_S

@@ -38,6 +38,7 @@ from rooms.routed_control import RoutedControl
 from recorder.schedule import due_recordings
 from signaling.app_keys import AGENDA, EVENT, HOSTS, ROOMS, SETTINGS, STORE, TOKENS
 from signaling.http_api import bearer_token, json_response
+from signaling.node_liveness import answering
 from streaming.agenda_scheduler import AgendaScheduler
 from streaming.forum_hosts import ForumHosts
 
@@ -148,6 +149,19 @@ async def forum_owner(app: web.Application, forum_id: str) -> Owner | None:
     return None if router is None else await router.where(forum_id)
 
 
+async def live_redirect_url(app: web.Application, owner: Owner, path_qs: str) -> str:
+    """`redirect_url` for a client sent to the owner (a publisher's 307 or
+    `moved`, a preview tile, an HLS playlist), once the owner answers on
+    the bus (signaling/node_liveness.py): a killed owner's lease and
+    heartbeat live on for seconds, and a page sent there is stranded.
+    RoomError("unavailable") (try again: the forum is being taken over)
+    when it does not answer."""
+    if not await answering(app[STORE], owner.node_id):
+        raise RoomError("unavailable", "this forum's node does not answer; another node takes the forum over "
+                        "within seconds, try again")
+    return redirect_url(owner, path_qs)
+
+
 def redirect_url(owner: Owner, path_qs: str) -> str:
     """The owner's URL for the same path; RoomError("unavailable") while
     the owner's address is unknown (its heartbeat expired: it is dying and
@@ -198,7 +212,8 @@ async def _ownership_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def get_cluster(request: web.Request) -> web.Response:
     """The live nodes and the owner of each forum (admin token): {"node_id",
-    "nodes": [{"node_id", "public_url", "last_seen"}], "owners": {forum: node_id | null},
+    "nodes": [{"node_id", "public_url", "last_seen", "load"}] (load: what its
+    heartbeat carries, signaling/placement.py), "owners": {forum: node_id | null},
     "hosted": [forum ids this node's ForumHosts run]}."""
     grant = request.app[TOKENS].verify(bearer_token(request))
     if not grant.role.at_least(Role.ADMIN):
@@ -208,7 +223,7 @@ async def get_cluster(request: web.Request) -> web.Response:
     owners = await asyncio.gather(*(store.lease_owner(forum_id) for forum_id in forums))
     return json_response({
         "node_id": store.node_id,
-        "nodes": [{"node_id": n.node_id, "public_url": n.public_url, "last_seen": n.last_seen}
+        "nodes": [{"node_id": n.node_id, "public_url": n.public_url, "last_seen": n.last_seen, "load": n.load}
                   for n in await store.nodes()],
         "owners": dict(zip(forums, owners)),
         "hosted": hosts.hosted() if (hosts := request.app.get(HOSTS)) is not None else [],

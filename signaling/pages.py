@@ -19,13 +19,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import yarl
 from aiohttp import web
 
 from rooms.agenda import session_json
 from rooms.models import Event, Forum
 from signaling import protocol
 from signaling import vendor
-from signaling.app_keys import EVENT
+from rooms.errors import RoomError
+from signaling.app_keys import EVENT, STORE
 from signaling.status_wall import setup_status_wall
 
 logger = logging.getLogger(__name__)
@@ -63,13 +65,44 @@ def with_demo_badge(page: str, event: Event) -> str:
     return page.replace("<body>", "<body>\n" + DEMO_BADGE, 1)
 
 
-def _render(name: str, values: dict[str, str], event: Event, status: int = 200) -> web.Response:
+def _render(name: str, values: dict[str, str], event: Event, status: int = 200,
+            connect_to: list[str] | None = None) -> web.Response:
     text = _template(name)
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
     text = with_demo_badge(text, event)
+    headers = PAGE_HEADERS
+    if connect_to:  # the page may ask these origins too (the watch page: placement when its node dies)
+        csp = PAGE_HEADERS["Content-Security-Policy"].replace(
+            "connect-src 'self'", "connect-src 'self' " + " ".join(connect_to))
+        headers = {**PAGE_HEADERS, "Content-Security-Policy": csp}
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8",
-                        headers=PAGE_HEADERS)
+                        headers=headers)
+
+
+async def cluster_origins(app: web.Application) -> list[str]:
+    """The origins (scheme://host:port) of the cluster's other nodes, from
+    their heartbeats: where the watch page asks placement when its own node
+    dies (common.js `relocator`); [] on a single node or a store that cannot
+    tell now."""
+    store = app.get(STORE)
+    if store is None:
+        return []
+    try:
+        nodes = await store.nodes()
+    except RoomError:
+        return []
+    origins = set()
+    for node in nodes:
+        if node.node_id == store.node_id or not node.public_url:
+            continue
+        try:
+            url = yarl.URL(node.public_url)
+        except ValueError:
+            continue
+        if url.scheme in ("http", "https") and url.host:
+            origins.add(str(url.origin()))
+    return sorted(origins)
 
 
 def forum_values(event: Event, forum: Forum) -> dict[str, str]:
@@ -95,14 +128,16 @@ def _not_found(event: Event, forum_id: str) -> web.Response:
     }, event, status=404)
 
 
-def _forum_page(template: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _forum_page(template: str, cluster: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """`cluster`: the page may also connect to the cluster's other nodes."""
     async def handler(request: web.Request) -> web.Response:
         event = request.app[EVENT]
         forum_id = request.match_info["forum_id"]
         forum = event.forum(forum_id)
         if forum is None:
             return _not_found(event, forum_id)
-        return _render(template, forum_values(event, forum), event)
+        connect_to = await cluster_origins(request.app) if cluster else None
+        return _render(template, forum_values(event, forum), event, connect_to=connect_to)
 
     return handler
 
@@ -159,8 +194,8 @@ async def favicon(_: web.Request) -> web.FileResponse:
 def setup_pages(app: web.Application) -> None:
     app.router.add_get("/", home)
     app.router.add_get("/lobby", lobby)
-    app.router.add_get("/speak/{forum_id}", _forum_page("speak.html"))
-    app.router.add_get("/watch/{forum_id}", _forum_page("watch.html"))
+    app.router.add_get("/speak/{forum_id}", _forum_page("speak.html", cluster=True))
+    app.router.add_get("/watch/{forum_id}", _forum_page("watch.html", cluster=True))
     setup_status_wall(app, status_page)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
     app.router.add_get("/favicon.ico", favicon)  # browsers ask every page for it

@@ -41,7 +41,7 @@ from signaling.app_keys import EVENT, ICE_SERVERS, ROOMS, SETTINGS, SIO, TOKENS
 from signaling.media_bridge import BRIDGE
 from signaling.edges import edge_for
 from signaling.placement import elsewhere
-from signaling.ownership import forum_owner, redirect_url
+from signaling.ownership import forum_owner, live_redirect_url
 from signaling.push_coalescer import PushCoalescer
 from streaming.media_bridge import MediaBridge
 
@@ -259,7 +259,7 @@ class Session:
         owner = await self._deps.forum_owner(request.forum_id)
         if owner is not None:
             # another node hosts the forum: sources connect to its origin, the client publishes there
-            return _moved(request.forum_id, redirect_url(owner, "/"), "publish")
+            return _moved(request.forum_id, await self._deps.owner_url(owner, "/"), "publish")
         published = await self._deps.bridge().publish(
             request.forum_id, self.grant, participant.name, participant.id, request.sdp)
         self._sources.add(published.source_id)
@@ -297,7 +297,7 @@ class Session:
         owner = await self._deps.forum_owner(request.forum_id)
         if owner is not None and request.source_id is not None:
             # an operator's preview tile of one source: only its host has it
-            return _moved(request.forum_id, redirect_url(owner, "/"), "watch")
+            return _moved(request.forum_id, await self._deps.owner_url(owner, "/"), "watch")
         if request.source_id is None and (better := await self._deps.elsewhere(request.forum_id)) is not None:
             return _moved(request.forum_id, better.url.rstrip("/") + "/", "watch")  # this node is full
         await self._deps.edge_for(request.forum_id, owner)  # the program: through this node's pull
@@ -433,6 +433,10 @@ class _Deps:
     async def forum_owner(self, forum_id: str) -> Owner | None:
         """None when this node hosts the forum, else its owner (signaling/ownership.py)."""
         return await forum_owner(self._app, forum_id)
+
+    async def owner_url(self, owner: Owner, path: str) -> str:
+        """The owner's URL for `path` once it answers (signaling/ownership.py live_redirect_url)."""
+        return await live_redirect_url(self._app, owner, path)
 
     async def elsewhere(self, forum_id: str) -> Placement | None:
         """Where a new program viewer goes when this node is full (signaling/placement.py)."""

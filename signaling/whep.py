@@ -19,9 +19,11 @@ closes its peer.
 On a node that does not host the forum, the viewer is served here through
 the node's one pull of the owner's program (signaling/edges.py). An edge
 link (a node's pull, `Grant.edge_link`) takes no seat, is not ended at
-its token's expiry (the edge mints one per request), and is redirected
-(307, RFC 9725 s4.5) to the owner when it reaches a node that does not
-host the forum: edges pull from the origin, never from each other.
+its token's expiry (the edge mints one per request), and goes where the
+tree of edges says (signaling/edges.py `edge_link_target`: served by the
+origin while it has edge-link room, else 307, RFC 9725 s4.5, to an edge
+with room; an edge serves it from its own pull or sends it to the
+origin); its 201 names the answering node and its depth in the tree.
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ from rooms.models import Role
 from rooms.tokens import Grant
 from signaling.app_keys import EVENT, ICE_SERVERS, TOKENS
 from signaling.http_api import bearer_token
-from signaling.edges import SERVED, edge_for, setup_edges
+from signaling.edges import SERVED, edge_for, edge_link_target, setup_edges, tree_headers
 from signaling.media_bridge import BRIDGE, setup_media_bridge
-from signaling.ownership import forum_owner, redirect_url
+from signaling.ownership import forum_owner
 from signaling.placement import elsewhere
 from signaling.whip import (
     CORS_HEADERS,
@@ -94,10 +96,12 @@ class WhepEndpoint(HttpMediaEndpoint):
         grant = self._grant(request, forum_id)
         grant.require(forum_id, Role.VIEWER)
         owner = await forum_owner(self._app, forum_id)
-        if owner is not None and grant.edge_link:
-            # an edge pulls from the origin itself, never through another edge (no loops);
-            # RFC 9725 s4.5 lets a WHEP server redirect; 307 keeps the POST and its offer
-            return redirected(redirect_url(owner, request.path_qs))
+        if grant.edge_link and (parent := await edge_link_target(self._app, forum_id, grant, owner,
+                                                                   request.path_qs)) is not None:
+            # the tree of edges (rooms/edge_tree.py): the origin when it has room, else an edge
+            # with room, never the asker's own subtree; RFC 9725 s4.5 lets a WHEP server
+            # redirect, and 307 keeps the POST and its offer
+            return redirected(parent)
         if not grant.edge_link and (better := await elsewhere(self._app, forum_id)) is not None:
             # this node is full: the placement's node serves the viewer (RFC 9725 s4.5)
             return redirected(better.url.rstrip("/") + request.path_qs)
@@ -123,7 +127,11 @@ class WhepEndpoint(HttpMediaEndpoint):
         else:
             self._end_at_expiry(session_id, grant.expires_at, lambda: self._end(session))
         logger.info("WHEP %s: %s watches %s", session_id, grant.name, forum_id)
-        return sdp_created(answer, f"/whep/{forum_id}/{session_id}", self._app[ICE_SERVERS].for_holder(grant.subject))
+        created = sdp_created(answer, f"/whep/{forum_id}/{session_id}",
+                              self._app[ICE_SERVERS].for_holder(grant.subject))
+        if grant.edge_link:
+            created.headers.update(tree_headers(self._app, forum_id))  # the pull learns its parent and depth
+        return created
 
     def _session(self, request: web.Request) -> WhepSession:
         forum_id = known_forum(request)

@@ -43,7 +43,7 @@ from signaling.app_keys import EVENT, ICE_SERVERS, ROOMS, TOKENS
 from signaling.ice_servers import IceServer
 from signaling.http_api import bearer_token, error_json_response, malformed_request
 from signaling.media_bridge import BRIDGE, setup_media_bridge
-from signaling.ownership import forum_owner, redirect_url
+from signaling.ownership import forum_owner, live_redirect_url
 from streaming.media_bridge import MediaBridge
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ class WhipEndpoint(HttpMediaEndpoint):
             # another node hosts the forum: publish there (RFC 9725's load balancing and redirections;
             # a 307 keeps the method and the offer, RFC 9110 section 15.4.8)
             logger.info("WHIP: forum %s is hosted by %s; redirected there", forum_id, owner.node_id)
-            return redirected(redirect_url(owner, request.path_qs))
+            return redirected(await live_redirect_url(self._app, owner, request.path_qs))
         offer = await read_offer(request)
         session_id = uuid.uuid4().hex
         participant_id = "whip-" + session_id[:12]

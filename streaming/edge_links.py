@@ -15,6 +15,12 @@ Every `check_interval_s` the links are looked over:
   switcher sets the program; another origin URL (a takeover re-homed
   it): the pull is re-pointed there (a new pull under the same source
   id, cut in at its first keyframe).
+- a live pull silent for `stall_s` whose upstream node (the origin, or
+  the parent edge the origin sent it to) does not answer
+  `upstream_alive(node_id)`: the pull reconnects at once (to the origin,
+  which places it again), not after its own `media_timeout`; its
+  viewers keep their peers and the last picture until the new
+  session's first keyframe.
 
 `token_for(forum_id)` gives the credential of each WHEP request: a short
 node grant (rooms/tokens.py `issue_edge_link`) minted per request, so the
@@ -41,6 +47,9 @@ from streaming.udp_mux import SharedPort
 
 logger = logging.getLogger(__name__)
 
+Alive = Callable[[str], Awaitable[bool]]
+"""node instance id -> whether that node is there now (signaling/node_liveness.py)."""
+
 Locate = Callable[[str], Awaitable[str | None]]
 """forum id -> the origin's WHEP URL for it, or None when this node hosts it;
 RoomError when nobody can tell now (the links keep what they have)."""
@@ -62,13 +71,18 @@ class EdgePlane(FeedTarget, Protocol):
 
 @dataclass(frozen=True)
 class EdgeLinkInfo:
-    """One pull as `GET /api/cluster` shows it: the origin's WHEP URL, the
-    pull's state and why it is not live ("" while live)."""
+    """One pull as `GET /api/edges` shows it: the origin's WHEP URL, the
+    pull's state and why it is not live ("" while live); `parent` the
+    instance id of the node its session is with (the origin, or the edge
+    the origin sent it to: rooms/edge_tree.py) and `depth` this node's
+    depth in the forum's tree (parent's + 1), None until a node answered."""
 
     forum_id: str
     whep_url: str
     state: str
     reason: str
+    parent: str | None = None
+    depth: int | None = None
 
 
 class _State(enum.Enum):
@@ -90,6 +104,8 @@ class EdgeLinks(Lifecycle[_State]):
         linger_s: float = 5.0,
         check_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        upstream_alive: Alive | None = None,
+        stall_s: float = 1.0,
     ) -> None:
         super().__init__(_State.RUNNING, "EdgeLinks")
         self._plane = plane
@@ -98,6 +114,8 @@ class EdgeLinks(Lifecycle[_State]):
         self.linger_s = linger_s
         self._interval = check_interval_s
         self._clock = clock
+        self._upstream_alive = upstream_alive
+        self.stall_s = stall_s
         self._pulls: dict[str, EdgePull] = {}
         self._idle_since: dict[str, float] = {}
         self._lock = asyncio.Lock()  # one change of the pulls at a time
@@ -111,7 +129,10 @@ class EdgeLinks(Lifecycle[_State]):
 
     def links(self) -> list[EdgeLinkInfo]:
         """The pulls now, by forum id."""
-        return [EdgeLinkInfo(f, p.whep_url, p.state.value, p.reason) for f, p in sorted(self._pulls.items())]
+        return [EdgeLinkInfo(f, p.whep_url, p.state.value, p.reason,
+                             p.upstream.node_id if p.upstream is not None else None,
+                             p.upstream.depth + 1 if p.upstream is not None else None)
+                for f, p in sorted(self._pulls.items())]
 
     def pulling(self, forum_id: str) -> bool:
         return forum_id in self._pulls
@@ -181,6 +202,7 @@ class EdgeLinks(Lifecycle[_State]):
                 await self.drop(forum_id)
             return
         self._idle_since.pop(forum_id, None)
+        await self._check_upstream(forum_id)
         try:
             url = await self._locate(forum_id)
         except RoomError as exc:
@@ -192,6 +214,18 @@ class EdgeLinks(Lifecycle[_State]):
             pull = self._pulls.get(forum_id)
             if pull is not None and pull.whep_url != url:
                 await self.serve(forum_id, url)
+
+    async def _check_upstream(self, forum_id: str) -> None:
+        pull = self._pulls.get(forum_id)
+        alive = self._upstream_alive
+        if pull is None or alive is None or pull.state is not EdgeState.LIVE or pull.upstream is None:
+            return
+        if time.monotonic() - pull.last_media_at < self.stall_s:  # the packets' own clock
+            return
+        upstream = pull.upstream.node_id
+        if not await alive(upstream):
+            logger.info("EdgeLinks: forum %s: node %s we pull from is gone; pulling again", forum_id, upstream)
+            pull.reconnect(f"node {upstream} we pulled from stopped answering")
 
     # --- stop --------------------------------------------------------------
 
@@ -210,4 +244,4 @@ class EdgeLinks(Lifecycle[_State]):
         self._set_state(_State.STOPPED)
 
 
-__all__ = ["EdgeLinkInfo", "EdgeLinks", "EdgePlane", "EdgeState", "Locate"]
+__all__ = ["Alive", "EdgeLinkInfo", "EdgeLinks", "EdgePlane", "EdgeState", "Locate"]

@@ -17,7 +17,9 @@ passes it on to whatever it has on air.
 
 When the origin drops (its POST fails or is refused, ICE/DTLS fails,
 nothing heard for `media_timeout` s), the pull tries again after 1 s,
-doubling to 10 s, until stop(); `reason` says why in words. Each new
+doubling to 10 s, until stop(); `reason` says why in words. The wiring
+may end a session sooner (`reconnect(why)`: the node it pulls from is
+known dead): the pull connects again at once. Each new
 connection is a new SourceFeed under the same source id: the plane's
 program bus cuts to it at its first keyframe, as when a speaker reconnects.
 """
@@ -62,6 +64,21 @@ logger = logging.getLogger(__name__)
 
 SDP_TYPE = "application/sdp"
 MAX_REDIRECTS = 5
+# in a WHEP answer to an edge link: the answering node's instance id and its depth
+# in the forum's tree (0 the origin); the pull reports both in its node's heartbeat
+NODE_HEADER = "Forumcast-Node"
+DEPTH_HEADER = "Forumcast-Edge-Depth"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The node a pull's current session is with (from the answer's
+    NODE_HEADER/DEPTH_HEADER): its instance id, its URL (where the
+    redirects ended) and its depth in the forum's tree (0: the origin)."""
+
+    node_id: str
+    url: str
+    depth: int
 
 
 class EdgeState(enum.StrEnum):
@@ -179,6 +196,10 @@ class EdgePull(Lifecycle[EdgeState]):
         self._received_before = 0
         self.connections = 0
         self._pli_tasks: set[asyncio.Task[None]] = set()
+        self._reconnect_why: str | None = None
+        self.upstream: Upstream | None = None
+        """Who answered the last successful POST (None before, or when the
+        answer did not say): the origin, or the edge it sent us to."""
 
     # --- lifecycle -----------------------------------------------------
 
@@ -202,6 +223,21 @@ class EdgePull(Lifecycle[EdgeState]):
     def feed(self) -> SourceFeed | None:
         """The feed of the current connection (None before the first)."""
         return self._feed
+
+    @property
+    def last_media_at(self) -> float:
+        """time.monotonic() of the newest packet of the current session (0.0: none yet)."""
+        session = self._session
+        if session is None:
+            return 0.0
+        return max((s.last_arrival for s in session.feed.sources()), default=0.0)
+
+    def reconnect(self, why: str) -> None:
+        """End the current session within one look (`_watch`'s interval)
+        and connect again at once, without the backoff; `why` in words
+        becomes the reason. No-op before the first session or once stopped."""
+        if self._session is not None and not self.stop_requested:
+            self._reconnect_why = why
 
     def _set_state(self, state: EdgeState, reason: str = "") -> None:
         """The base's change (logged, told to the listeners), with why in words."""
@@ -260,7 +296,12 @@ class EdgePull(Lifecycle[EdgeState]):
                     logger.exception("EdgePull(%s) attempt failed", self.forum_id)
                     why = f"the pull failed: {exc}"
                 went_live = self._state == EdgeState.LIVE
+                asked, self._reconnect_why = self._reconnect_why is not None, None
                 await self._end_session(http)
+                if asked:  # the wiring knows the upstream is gone: no point waiting
+                    self._set_state(EdgeState.RETRYING, f"{why}; trying again now")
+                    delay = self._backoff_initial
+                    continue
                 if went_live:
                     delay = self._backoff_initial
                 self._set_state(EdgeState.RETRYING, f"{why}; next try in {delay:g} s")
@@ -298,6 +339,8 @@ class EdgePull(Lifecycle[EdgeState]):
         interval = min(0.25, self.media_timeout / 4)
         while True:
             await asyncio.sleep(interval)
+            if self._reconnect_why is not None:
+                return self._reconnect_why
             now = time.monotonic()
             state = session.pc.connectionState
             if state in ("failed", "closed"):
@@ -354,6 +397,7 @@ class EdgePull(Lifecycle[EdgeState]):
                 if response.status != 201:
                     raise WhepRefused(f"{response.status} {_error_words(body)}")
                 location = response.headers.get("Location")
+                self.upstream = _upstream(response, url)
                 return body, urllib.parse.urljoin(url, location) if location else None
         raise WhepRefused(f"more than {MAX_REDIRECTS} redirects")
 
@@ -472,6 +516,14 @@ def ice_servers_from_links(response: aiohttp.ClientResponse) -> list[RTCIceServe
             credential=str(credential) if credential is not None else None,
         ))
     return servers
+
+
+def _upstream(response: aiohttp.ClientResponse, url: str) -> Upstream | None:
+    node_id = response.headers.get(NODE_HEADER, "")
+    depth = response.headers.get(DEPTH_HEADER, "")
+    if not node_id or not depth.isdigit():
+        return None
+    return Upstream(node_id, url, int(depth))
 
 
 def _clock_from_report(source: RtpSource, ntp_timestamp: int, rtp_timestamp: int) -> None:

@@ -52,3 +52,12 @@ def test_no_reachable_node_is_unavailable() -> None:
     with pytest.raises(RoomError) as caught:
         place("a", [node("a", url="")], MAX_VIEWERS, MAX_CPU)
     assert caught.value.code == "unavailable"
+
+
+def test_a_node_found_dead_is_never_answered_even_the_owner_with_room() -> None:
+    nodes = [node("a"), node("b", viewers=50), node("c", viewers=60)]
+    assert place("a", nodes, MAX_VIEWERS, MAX_CPU, avoid={"a"}).node_id == "b"
+    assert place("a", nodes, MAX_VIEWERS, MAX_CPU, avoid={"a", "b"}).node_id == "c"
+    with pytest.raises(RoomError) as caught:
+        place("a", nodes, MAX_VIEWERS, MAX_CPU, avoid={"a", "b", "c"})
+    assert caught.value.code == "unavailable"

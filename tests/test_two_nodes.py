@@ -246,10 +246,11 @@ async def test_an_edge_link_asking_a_node_that_does_not_host_the_forum_is_sent_t
 
 
 async def test_a_killed_owners_forum_is_taken_by_the_node_that_needs_it_within_the_lease_and_2_s(
-    cluster: Cluster,
+    cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
     a, b = cluster["a"], cluster["b"]
     guests = [socketio.AsyncClient(reconnection=False), socketio.AsyncClient(reconnection=False)]
+    peer = PublisherPeer()
     try:
         for guest, node in zip(guests, (a, b)):
             await guest.connect(node.url, auth={"token": node.token(Role.VIEWER, [FORUM], "Guest")},
@@ -260,13 +261,27 @@ async def test_a_killed_owners_forum_is_taken_by_the_node_that_needs_it_within_t
         assert "error" not in await guests[1].call("join", {"forum_id": FORUM}, timeout=ACK_TIMEOUT)
         assert cluster.owner(FORUM, "b") == a_id  # b needs it too, but a holds it
 
+        speaker = socketio.AsyncClient(reconnection=False)
+        guests.append(speaker)
+        await speaker.connect(b.url, auth={"token": b.token(Role.SPEAKER, [FORUM], "Speaker")},
+                              transports=["websocket"], wait_timeout=10)
+        assert "error" not in await speaker.call("join", {"forum_id": FORUM}, timeout=ACK_TIMEOUT)
+        offer = await peer.offer()
+
         killed_at = time.monotonic()
         cluster.kill("a")
+        # a's lease and heartbeat live on a few seconds: publishers are told to try again, never
+        # sent to the dead node (a page sent there would be stranded)
+        whip = await whip_post(http, f"{b.url}/whip/{FORUM}", b.token(Role.SPEAKER, [FORUM], "Speaker"), offer)
+        assert whip.status == 503 and (await whip.json())["error"]["code"] == "unavailable", whip.headers
+        moved = await speaker.call("publish", {"forum_id": FORUM, "sdp": offer}, timeout=ACK_TIMEOUT)
+        assert moved["error"]["code"] == "unavailable", moved
         await eventually(lambda: cluster.owner(FORUM, "b") == b_id, timeout=60, what="b to take the forum over")
         took_s = time.monotonic() - killed_at
         print(f"takeover after SIGKILL: {took_s:.2f} s (lease {LEASE_TTL_MS} ms)")
         assert took_s <= LEASE_TTL_MS / 1000 + 2.0
     finally:
+        await peer.close()
         for guest in guests:
             if guest.connected:
                 await guest.disconnect()
@@ -334,6 +349,7 @@ async def test_placement_answers_the_owner_while_it_has_room_then_the_node_with_
                                   headers={"Authorization": f"Bearer {token}"})
         assert response.status == 200, await response.text()
         body: dict[str, Any] = await response.json()
+        assert body.pop("nodes") == sorted([a.url, b.url])  # where a page whose node died asks again
         return body
 
     try:

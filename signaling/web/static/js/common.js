@@ -51,6 +51,57 @@ export function connect(token) {
   });
 }
 
+// When this page's node dies: socket.io cannot reconnect for afterMs, so the
+// page asks another node of the cluster where to go (its placement: the
+// answer lists every node's URL, learnt while this node was up; the page's
+// CSP lets it ask them) and opens itself there. `resumeHash` ("" for none)
+// is put on the new page's URL (the speak page goes live again by itself).
+// Returns { learn(), disconnected(reason), connected(), state }.
+export function relocator(forumId, socket, { afterMs = 1500, isFatal: stop = () => false, resumeHash = () => "" } = {}) {
+  const state = { nodes: [], timer: null, tries: 0, relocatedTo: null };
+  const placementAt = (base) => {
+    const token = readToken();
+    return fetch(new URL(`/api/forums/${encodeURIComponent(forumId)}/placement`, base), {
+      headers: token ? { Authorization: `Bearer ${token}` } : {}, cache: "no-store",
+    }).then((response) => (response.ok ? response.json() : null));
+  };
+  async function relocate() {
+    clearTimeout(state.timer);
+    if (stop() || socket.connected) return;
+    for (const node of state.nodes) {
+      if (new URL(node).origin === location.origin) continue;
+      try {
+        const placed = await placementAt(node);
+        if (!placed) continue;
+        const there = new URL(location.pathname + location.search, placed.url);
+        if (there.origin === location.origin) break; // this node is back: socket.io reconnects here
+        there.hash = resumeHash();
+        state.relocatedTo = there.href;
+        window.location.assign(there.href);
+        return;
+      } catch (error) { /* that node is gone too: the next */ }
+    }
+    state.timer = setTimeout(relocate, backoff(state.tries++, 1000, 10000));
+  }
+  return {
+    state,
+    async learn() {
+      try {
+        const placed = await placementAt(location.origin);
+        if (placed && Array.isArray(placed.nodes)) state.nodes = placed.nodes;
+      } catch (error) { /* a single node, or none answering: nowhere else to go */ }
+    },
+    disconnected(reason) {
+      clearTimeout(state.timer);
+      if (reason !== "io client disconnect") state.timer = setTimeout(relocate, afterMs);
+    },
+    connected() {
+      clearTimeout(state.timer);
+      state.tries = 0;
+    },
+  };
+}
+
 // Emit with an ack; rejects with ServerError on {"error": ...} or a timeout.
 export function request(socket, event, payload, timeoutMs = ACK_TIMEOUT_MS) {
   return new Promise((resolve, reject) => {

@@ -7,10 +7,12 @@
 // asked: the speaker's own voice would come back). The forum's schedule
 // with a countdown to the speaker's slot, and the backstage channel to
 // the operators. Plain messages for every refusal (expired invite, no camera...).
+// When the page's node dies, the page opens itself on another node (common.js
+// relocator) and, if the speaker was live, goes live again there by itself.
 import {
   backoff, clockIn, connect, countdown, describe, gatherIce, isFatal, language, LOCAL_ZONE, localized, mountLanguageSwitch,
-  onAirText, onLanguageChange, pageData, preferH264, readToken, receivePeer, request, setPill, setText, showMessage, t,
-  viewersText, wireRefusals, zoneLabel,
+  onAirText, onLanguageChange, pageData, preferH264, readToken, receivePeer, relocator, request, setPill, setText,
+  showMessage, t, viewersText, wireRefusals, zoneLabel,
 } from "./common.js";
 import { mountBackstage } from "./backstage.js";
 import { tokenClaims } from "./invite.js";
@@ -27,6 +29,7 @@ const ui = {
   netDetail: $("net-detail"), countdown: $("countdown"), schedule: $("schedule"),
 };
 const SCHEDULE_REFRESH_MS = 30000;
+const RESUME_LIVE = "#live"; // on the URL of a page relocated while live: it goes live again
 const NET_CHECK_MS = 2000;
 const NET_CONNECT_MS = 10000; // the return feed not connected by then: media is probably blocked
 
@@ -448,6 +451,7 @@ async function join() {
     ui.goLive.disabled = state.wantLive;
     if (state.wantLive) publish(); // back after a reconnect: the server ended the old publish
     else setPill(ui.status, "ok", t("speak.ready"));
+    state.cluster.learn();
     watchReturn();
     state.backstage.load();
   } catch (error) {
@@ -467,6 +471,15 @@ async function main() {
   onLanguageChange(() => { renderSchedule(); showAir(); showNetwork(); });
   const socket = connect(token);
   state.socket = socket;
+  state.cluster = relocator(forumId, socket, {
+    isFatal: () => state.fatal, resumeHash: () => (state.wantLive ? RESUME_LIVE : ""),
+  });
+  if (location.hash === RESUME_LIVE) { // relocated while live: live again once joined
+    history.replaceState(null, "", location.pathname + location.search);
+    state.wantLive = true;
+    ui.goLive.disabled = true;
+    ui.stop.disabled = false;
+  }
   state.backstage = mountBackstage(socket, forumId, $("backstage"), { canSend: () => state.joined });
   ui.returnSound.addEventListener("click", () => {
     ui.returnVideo.muted = !ui.returnVideo.muted;
@@ -475,9 +488,10 @@ async function main() {
   });
   ui.returnVideo.addEventListener("playing", () => { ui.returnPlaceholder.hidden = true; });
   checkNetwork();
-  socket.on("connect", () => { showMessage(ui.message, "", ""); join(); });
-  socket.on("disconnect", () => {
+  socket.on("connect", () => { state.cluster.connected(); showMessage(ui.message, "", ""); join(); });
+  socket.on("disconnect", (reason) => {
     state.joined = false;
+    state.cluster.disconnected(reason); // not back soon: the node may be dead
     state.sourceId = null; // the server unpublishes a connection's sources when it goes
     closePeer();
     closeReturn();

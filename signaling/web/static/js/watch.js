@@ -1,12 +1,16 @@
 // The guest's page: play the forum's program with sound on request, show
 // what is on air and how many watch, and recover by itself: socket.io
-// reconnects, and a failed media connection is re-watched with backoff.
+// reconnects, a failed media connection is re-watched with backoff, and
+// when this page's node is gone (socket.io cannot reconnect for
+// RELOCATE_AFTER_MS) the page asks another node of the cluster where to
+// watch (placement) and opens itself there.
 // When WebRTC is blocked (no RTCPeerConnection) or does not connect within
 // FALLBACK_AFTER_MS, the page plays the forum's HLS output instead (a few
 // seconds behind) and says so.
 import {
   applyI18n, backoff, connect, countdown, describe, gatherIce, isFatal, localized, mountLanguageSwitch, onAirText,
-  onLanguageChange, pageData, readToken, receivePeer, request, setPill, setText, showMessage, t, viewersText, wireRefusals,
+  onLanguageChange, pageData, readToken, receivePeer, relocator, request, setPill, setText, showMessage, t,
+  viewersText, wireRefusals,
 } from "./common.js";
 import { MessageList } from "./chat.js";
 import { playHls, playlistUrl } from "./hls_player.js";
@@ -31,6 +35,10 @@ const FALLBACK_AFTER_MS = Number(window.forumcastFallbackMs) || 8000;
 // on HLS after a timeout, WebRTC is tried again this often in the background (the network may
 // have healed); the picture switches back only once the new connection is up
 const UPGRADE_EVERY_MS = Number(window.forumcastUpgradeMs) || 60000;
+
+// socket.io not back this long after losing its node: the node is gone, ask placement elsewhere
+// (tests may set window.forumcastRelocateMs before this script runs)
+const RELOCATE_AFTER_MS = Number(window.forumcastRelocateMs) || 1500;
 
 const state = {
   socket: null, pc: null, viewerId: null, joined: false, fatal: false,
@@ -346,6 +354,7 @@ async function join() {
     showProgram(ack.program);
     loadChat();
     watch();
+    state.cluster.learn();
   } catch (error) {
     if (isFatal(error)) return fail(error);
     if (error.code === "full") {
@@ -383,9 +392,15 @@ function main() {
   });
   const socket = connect(token);
   state.socket = socket;
-  socket.on("connect", () => { join(); });
-  socket.on("disconnect", () => {
+  // not back soon after a disconnect: the node may be dead (an HLS picture comes from it too)
+  state.cluster = relocator(forumId, socket, { afterMs: RELOCATE_AFTER_MS, isFatal: () => state.fatal });
+  socket.on("connect", () => {
+    state.cluster.connected();
+    join();
+  });
+  socket.on("disconnect", (reason) => {
     state.joined = false; // the server dropped our viewer with the connection
+    state.cluster.disconnected(reason);
     if (state.mode === "hls") return; // HLS needs no socket: it plays on
     closePeer();
     if (!state.fatal) setPill(ui.status, "warn", t("watch.serverReconnecting"));
