@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -40,8 +40,115 @@ __all__ = ["DatagramReceiver", "MuxTransport", "SharedPort", "UdpMux", "stun_rec
 logger = logging.getLogger(__name__)
 
 SEND_BUFFER = 4 << 20
-"""Bytes of kernel send buffer on a shared socket: every viewer of the
-address queues behind it, so it is the per-connection default times many."""
+"""Bytes of kernel send and receive buffer asked for on a shared socket:
+every peer of the address queues behind it, so it is the per-connection
+default times many. Linux caps SO_RCVBUF/SO_SNDBUF at net.core.rmem_max /
+wmem_max (212992 on a stock Debian): root's SO_*BUFFORCE goes past the
+cap; otherwise the size got is logged with the sysctl to raise."""
+DRAIN_MAX = 256
+"""Datagrams read per wake-up of the shared socket. asyncio's datagram
+transport reads ONE per event-loop iteration, which is fine for a socket
+per peer but starves the one socket every peer shares: while a loop
+iteration is long (joins' DTLS handshakes, a fan-out to many viewers)
+its receive buffer overflows (an edge's pull of the origin lost 7% at
+600 viewers in bench/scale.py)."""
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # Linux, <asm-generic/socket.h>; not in the socket module
+
+
+def _size_buffer(sock: socket.socket, option: int, force: int, name: str) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, SEND_BUFFER)  # past the sysctl cap (CAP_NET_ADMIN)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER)
+    got = sock.getsockopt(socket.SOL_SOCKET, option) // 2  # the kernel reports twice what it grants
+    if got < SEND_BUFFER:
+        sysctl = "net.core.rmem_max" if name == "receive" else "net.core.wmem_max"
+        logger.warning("the shared UDP port's %s buffer is %d KB, not %d: raise %s (sysctl -w %s=%d)",
+                       name, got >> 10, SEND_BUFFER >> 10, sysctl, sysctl, SEND_BUFFER)
+
+
+class SharedSocketTransport(asyncio.DatagramTransport):
+    """The shared socket's own asyncio side: it drains up to DRAIN_MAX
+    datagrams per wake-up into the mux, and sendto() writes at once or,
+    when the kernel buffer is full, queues (in order) until it drains."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, mux: UdpMux) -> None:
+        super().__init__()
+        self._loop = loop
+        self._sock = sock
+        self._mux = mux
+        self._queue: deque[tuple[bytes, tuple[str, int]]] = deque()
+        self._queued = 0
+        self._closing = False
+        loop.add_reader(sock.fileno(), self._read_ready)
+
+    def _read_ready(self) -> None:
+        recvfrom = self._sock.recvfrom
+        received = self._mux.datagram_received
+        for _ in range(DRAIN_MAX):
+            try:
+                data, addr = recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP errors surface here on Linux
+                self._mux.error_received(exc)
+                continue
+            received(data, addr)
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closing:
+            return
+        if not self._queue:
+            try:
+                self._sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._loop.add_writer(self._sock.fileno(), self._write_ready)
+            except OSError as exc:
+                self._mux.error_received(exc)
+                return
+        self._queue.append((bytes(data), addr))
+        self._queued += len(data)
+
+    def _write_ready(self) -> None:
+        while self._queue:
+            data, addr = self._queue[0]
+            try:
+                self._sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._mux.error_received(exc)
+            self._queue.popleft()
+            self._queued -= len(data)
+        self._loop.remove_writer(self._sock.fileno())
+
+    def get_write_buffer_size(self) -> int:
+        return self._queued
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return self._sock.getsockname()
+        if name == "socket":
+            return self._sock
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        fd = self._sock.fileno()
+        self._loop.remove_reader(fd)
+        if self._queue:
+            self._loop.remove_writer(fd)
+            self._queue.clear()
+        self._sock.close()
+
+    def abort(self) -> None:
+        self.close()
 
 
 class MuxTransport(asyncio.DatagramTransport):
@@ -77,7 +184,7 @@ class MuxTransport(asyncio.DatagramTransport):
         return self._mux.sock.fileno()
 
     def get_write_buffer_size(self) -> int:
-        return int(self._mux.transport.get_write_buffer_size())  # type: ignore[attr-defined]  # selector transports have it
+        return self._mux.transport.get_write_buffer_size()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "sockname":
@@ -102,7 +209,7 @@ class UdpMux(asyncio.DatagramProtocol):
     """The shared socket of one host address and its demux tables."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport = None  # type: ignore[assignment]
+        self.transport: SharedSocketTransport = None  # type: ignore[assignment]
         self.sock: socket.socket = None  # type: ignore[assignment]
         self.sockname: tuple[str, int] = ("", 0)
         self.by_ufrag: dict[str, MuxTransport] = {}
@@ -117,14 +224,14 @@ class UdpMux(asyncio.DatagramProtocol):
         try:
             sock.bind((address, port))
             sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SEND_BUFFER)
+            _size_buffer(sock, socket.SO_SNDBUF, _SO_SNDBUFFORCE, "send")
+            _size_buffer(sock, socket.SO_RCVBUF, _SO_RCVBUFFORCE, "receive")
         except OSError:
             sock.close()
             raise
         mux = cls()
         mux.sock = sock  # ours: the fast path sends on it directly
-        await asyncio.get_running_loop().create_datagram_endpoint(lambda: mux, sock=sock)
+        mux.connection_made(SharedSocketTransport(asyncio.get_running_loop(), sock, mux))
         return mux
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
