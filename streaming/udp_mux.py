@@ -48,10 +48,12 @@ cap; otherwise the size got is logged with the sysctl to raise."""
 DRAIN_MAX = 256
 """Datagrams read per wake-up of the shared socket. asyncio's datagram
 transport reads ONE per event-loop iteration, which is fine for a socket
-per peer but starves the one socket every peer shares: while a loop
-iteration is long (joins' DTLS handshakes, a fan-out to many viewers)
-its receive buffer overflows (an edge's pull of the origin lost 7% at
-600 viewers in bench/scale.py)."""
+per peer but slows the one socket every peer shares to the loop's
+iteration rate, however long iterations get (joins' DTLS handshakes, a
+fan-out to many viewers). bench/scale.py saw an edge's shared socket
+overflow at 600 viewers (its pull of the origin lost 7-18%); draining
+per wake-up is needed for that, though one stepped run still showed
+drops with it (docs/DESIGN.md, "one port")."""
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # Linux, <asm-generic/socket.h>; not in the socket module
 
 
