@@ -419,19 +419,33 @@ class MediaLibrary:
         """Hold an flock(2) of locks/<hash>.lock: the nodes of `serve
         --workers` (one library) convert the same content once (each
         prepares the agenda's upcoming videos). Polled without blocking, so
-        a cancelled wait leaves nothing behind; released when closed."""
+        a cancelled wait leaves nothing behind. The holder removes the file
+        before it lets go (a refused upload leaves no lock file behind); a
+        waiter that then gets the lock of a removed file opens the path
+        again, so two holders never run at once."""
         locks = self.root / "locks"
         locks.mkdir(exist_ok=True)
-        fd = os.open(locks / f"{content_hash}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        path = locks / f"{content_hash}.lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        await asyncio.sleep(LOCK_POLL_S)
+                current = os.stat(path).st_ino if path.exists() else None
+            except BaseException:
+                os.close(fd)
+                raise
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # locked a file its holder removed meanwhile: take the path's new one
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    await asyncio.sleep(LOCK_POLL_S)
             yield
         finally:
+            path.unlink(missing_ok=True)  # still held: waiters on this file see it gone
             os.close(fd)
 
     async def _normalize(self, source: Path, target: Path, chosen: NormalizePlan, name: str,
