@@ -146,6 +146,13 @@ static Py_ssize_t find(Fanout *self, long long key) {
     return -1;
 }
 
+/* The index of `key`'s entry, or -1 with KeyError set. */
+static Py_ssize_t find_or_raise(Fanout *self, long long key) {
+    Py_ssize_t i = find(self, key);
+    if (i < 0) PyErr_Format(PyExc_KeyError, "%lld", key);
+    return i;
+}
+
 static int parse_addr(PyObject *addr, struct sockaddr_storage *out, socklen_t *outlen) {
     /* (host, port) or IPv6's (host, port, flowinfo, scope_id): numeric host only */
     if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2) {
@@ -278,11 +285,8 @@ static PyObject *counts_of(Entry *e) {
 static PyObject *Fanout_remove(Fanout *self, PyObject *arg) {
     long long key = PyLong_AsLongLong(arg);
     if (key == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t i = find(self, key);
-    if (i < 0) {
-        PyErr_Format(PyExc_KeyError, "%lld", key);
-        return NULL;
-    }
+    Py_ssize_t i = find_or_raise(self, key);
+    if (i < 0) return NULL;
     Entry *e = self->entries[i];
     PyObject *counts = counts_of(e);
     if (e->shared) group_release(self, e->group);
@@ -295,11 +299,8 @@ static PyObject *Fanout_remove(Fanout *self, PyObject *arg) {
 static PyObject *Fanout_counts(Fanout *self, PyObject *arg) {
     long long key = PyLong_AsLongLong(arg);
     if (key == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t i = find(self, key);
-    if (i < 0) {
-        PyErr_Format(PyExc_KeyError, "%lld", key);
-        return NULL;
-    }
+    Py_ssize_t i = find_or_raise(self, key);
+    if (i < 0) return NULL;
     return counts_of(self->entries[i]);
 }
 
@@ -307,11 +308,8 @@ static PyObject *Fanout_set_pt(Fanout *self, PyObject *args) {
     long long key;
     int pt;
     if (!PyArg_ParseTuple(args, "Li", &key, &pt)) return NULL;
-    Py_ssize_t i = find(self, key);
-    if (i < 0) {
-        PyErr_Format(PyExc_KeyError, "%lld", key);
-        return NULL;
-    }
+    Py_ssize_t i = find_or_raise(self, key);
+    if (i < 0) return NULL;
     if (pt < 0 || pt > 127) {
         PyErr_SetString(PyExc_ValueError, "pt out of range");
         return NULL;

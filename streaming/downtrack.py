@@ -99,24 +99,29 @@ class Downtrack:
 
     # --- counts (the batch's while batched, plus this object's) -------------
 
+    def _in_batch(self, index: int) -> int:
+        """One of the batch's counts for this viewer (0 when not batched):
+        0 packets, 1 octets, 2 send errors, 3 would-block drops."""
+        return self.batch.counts(self)[index] if self.batch is not None else 0
+
     @property
     def packets(self) -> int:
         """RTP packets sent (RFC 3550 SR sender's packet count)."""
-        return self._packets + (self.batch.counts(self)[0] if self.batch is not None else 0)
+        return self._packets + self._in_batch(0)
 
     @property
     def octets(self) -> int:
         """RTP payload octets sent (RFC 3550 SR sender's octet count)."""
-        return self._octets + (self.batch.counts(self)[1] if self.batch is not None else 0)
+        return self._octets + self._in_batch(1)
 
     @property
     def send_errors(self) -> int:
-        return self._send_errors + (self.batch.counts(self)[2] if self.batch is not None else 0)
+        return self._send_errors + self._in_batch(2)
 
     @property
     def skipped(self) -> int:
         """Packets not sent: not ready yet, or the socket would block."""
-        return self._skipped + (self.batch.counts(self)[3] if self.batch is not None else 0)
+        return self._skipped + self._in_batch(3)
 
     def add_counts(self, packets: int, octets: int, errors: int, would_block: int) -> None:
         """What the batch sent for this viewer (when it leaves it)."""
@@ -130,7 +135,8 @@ class Downtrack:
         path = self.path
         return (
             self.batched and self.batch is None and self.state == DowntrackState.FORWARDING
-            and self.pt is not None and path is not None and path.fd >= 0 and not path.relayed
+            and self.pt is not None and path is not None and path.fd >= 0 and bool(path.srtp_address)
+            and not path.relayed
         )
 
     # --- wiring ------------------------------------------------------------

@@ -59,12 +59,10 @@ class LaneBatch:
         return len(self.members)
 
     def join(self, dt: Downtrack) -> bool:
-        """Batch `dt` (forwarding, with a direct send path and a payload
-        type); False if it cannot be (it stays on the Python path)."""
-        path = dt.path
-        pt = dt.pt
-        if path is None or pt is None or path.fd < 0 or not path.srtp_address or path.relayed:
-            return False
+        """Batch `dt`, which `dt.can_batch()` said may be; False if the
+        socket refuses (it stays on the Python path)."""
+        path, pt = dt.path, dt.pt
+        assert path is not None and pt is not None  # can_batch()
         try:
             self._fanout.add(
                 id(dt), path.srtp_address, path.fd, path.remote_addr if path.shared else None,
