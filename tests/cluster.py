@@ -62,6 +62,12 @@ class Cluster:
         for node in self.nodes.values():
             node.cleanup()
 
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def start_cluster(redis_url: str, names: tuple[str, ...] = ("a", "b"), extra_env: dict[str, str] | None = None,
                   lease_ttl_ms: int = LEASE_TTL_MS, extra_args: list[str] | None = None) -> Cluster:

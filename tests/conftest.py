@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 
+from tests.cluster import Cluster, start_cluster
 from tests.processes import RedisServer, start_redis
 from tests.server_process import ServerProcess, start_server
 
@@ -28,6 +29,14 @@ def redis_url(redis_server: RedisServer) -> str:
     client.flushall()
     client.close()
     return redis_server.url
+
+
+@pytest.fixture
+def cluster(redis_url: str) -> Iterator[Cluster]:
+    """Nodes a and b on one real Redis (tests/cluster.py); a module that
+    needs other settings defines its own `cluster`."""
+    with start_cluster(redis_url) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -28,11 +28,8 @@ SPEAKER_SIZE = (320, 240)
 def tree_cluster(redis_url: str) -> Iterator[Cluster]:
     """a, b, c; each node serves one edge link per forum before it sends
     the next edge on (edge_fanout=1)."""
-    started = start_cluster(redis_url, ("a", "b", "c"), extra_env={"FORUMCAST_EDGE_FANOUT": "1"})
-    try:
+    with start_cluster(redis_url, ("a", "b", "c"), extra_env={"FORUMCAST_EDGE_FANOUT": "1"}) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def auth(token: str) -> dict[str, str]:
@@ -218,11 +215,8 @@ class WhepPlayer:
 @pytest.fixture
 def small_cluster(redis_url: str) -> Iterator[Cluster]:
     """a, b, c, each full at two WebRTC viewers (edge links count)."""
-    started = start_cluster(redis_url, ("a", "b", "c"), extra_env={"FORUMCAST_NODE_MAX_VIEWERS": "2"})
-    try:
+    with start_cluster(redis_url, ("a", "b", "c"), extra_env={"FORUMCAST_NODE_MAX_VIEWERS": "2"}) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.mark.slow

@@ -64,11 +64,8 @@ def event_now(tmp_path: Path, recorded_started_s: float, video: Path) -> Path:
 def cluster(redis_url: str, tmp_path: Path) -> Iterator[Cluster]:
     video = make_video(tmp_path / "talk.mp4", 90, size="320x240", rate=15)  # long enough to join mid-talk
     event = event_now(tmp_path, recorded_started_s=20, video=video)
-    started = start_cluster(redis_url, extra_args=["--event", str(event)])
-    try:
+    with start_cluster(redis_url, extra_args=["--event", str(event)]) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def playout_starts(node: ServerProcess, forum_id: str) -> list[str]:

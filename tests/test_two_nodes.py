@@ -26,15 +26,6 @@ ACK_TIMEOUT = 20.0
 SPEAKER_SIZE = (320, 240)
 
 
-@pytest.fixture
-def cluster(redis_url: str) -> Iterator[Cluster]:
-    started = start_cluster(redis_url)
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
 async def whip_post(http: aiohttp.ClientSession, url: str, token: str, offer: str) -> aiohttp.ClientResponse:
     return await http.post(url, data=offer, allow_redirects=False,
                            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"})
@@ -328,11 +319,8 @@ async def test_an_hls_playlist_asked_of_the_other_node_is_redirected_to_the_owne
 def small_cluster(redis_url: str) -> Iterator[Cluster]:
     """Nodes that are full at one WebRTC viewer (placement's threshold; CPU
     never fills them in tests: tests/cluster.py)."""
-    started = start_cluster(redis_url, extra_env={"FORUMCAST_NODE_MAX_VIEWERS": "1"})
-    try:
+    with start_cluster(redis_url, extra_env={"FORUMCAST_NODE_MAX_VIEWERS": "1"}) as started:
         yield started
-    finally:
-        started.stop()
 
 
 async def test_placement_answers_the_owner_while_it_has_room_then_the_node_with_the_most_and_a_full_node_sends_viewers_there(

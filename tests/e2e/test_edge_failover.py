@@ -6,29 +6,19 @@ tests/cluster.py)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 
 from rooms.models import Role
-from tests.cluster import LEASE_TTL_MS, Cluster, start_cluster
+from tests.cluster import LEASE_TTL_MS, Cluster
 from tests.operator_app import SizedPublisher
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 
 FORUM = "digital-economy"
 VIDEO = "document.getElementById('program-video')"
-
-
-@pytest.fixture
-def cluster(redis_url: str) -> Iterator[Cluster]:
-    started = start_cluster(redis_url)
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 async def test_the_watch_page_of_a_killed_edge_asks_placement_elsewhere_and_plays_again(

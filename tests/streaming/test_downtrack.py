@@ -142,6 +142,14 @@ class Camera:
         return sent
 
 
+def camera_on_air() -> tuple[RtpSource, ProgramBus, Camera]:
+    """A video source that is the program of a new bus, and the camera feeding it."""
+    source = RtpSource("video", H264)
+    bus = ProgramBus()
+    bus.switch_to(SourceFeed("cam", source, None))
+    return source, bus, Camera(source)
+
+
 def contiguous(packets: list[RtpPacket]) -> bool:
     seqs = [p.sequence_number for p in packets]
     return all(((b - a) & 0xFFFF) == 1 for a, b in zip(seqs, seqs[1:]))
@@ -230,10 +238,7 @@ async def test_a_backed_up_viewer_drops_video_to_the_next_keyframe_without_a_gap
 
 
 async def test_a_nack_is_answered_from_history_with_the_viewers_header(screens: Any) -> None:
-    source = RtpSource("video", H264)
-    bus = ProgramBus()
-    bus.switch_to(SourceFeed("cam", source, None))
-    camera = Camera(source)
+    source, bus, camera = camera_on_air()
     screen = await screens()
     bus.subscribe(screen.downtrack, None)
     camera.frame(key=True)
@@ -294,10 +299,7 @@ async def test_a_program_switch_cuts_at_the_new_keyframe_and_stays_continuous(sc
 
 
 async def test_a_failing_viewer_is_removed_and_the_others_keep_going(screens: Any) -> None:
-    source = RtpSource("video", H264)
-    bus = ProgramBus()
-    bus.switch_to(SourceFeed("cam", source, None))
-    camera = Camera(source)
+    source, bus, camera = camera_on_air()
     broken, fine = await screens(batched=False), await screens()
     bus.subscribe(broken.downtrack, None)
     bus.subscribe(fine.downtrack, None)

@@ -20,7 +20,9 @@ from streaming.downtrack import Downtrack, DowntrackState
 from streaming.program_bus import ProgramBus
 from streaming.rtp_source import RtpSource, SourceFeed
 from streaming.udp_mux import UdpMux
-from tests.streaming.test_downtrack import H264, IDR, OPUS, VIEWER_PT, Camera, contiguous, srtp_sessions
+from tests.streaming.test_downtrack import (
+    H264, IDR, OPUS, VIEWER_PT, Camera, camera_on_air, contiguous, srtp_sessions,
+)
 
 needs_c = pytest.mark.skipif(not fanout_batch.available(), reason="streaming._fanout not built")
 
@@ -73,10 +75,7 @@ async def shared_seat(mux: UdpMux, index: int, kind: str = "video") -> Seat:
 async def test_fifty_viewers_on_the_shared_port_get_one_sendmmsg_per_packet_each_with_its_own_srtp(
     shared_port: UdpMux,
 ) -> None:
-    source = RtpSource("video", H264)
-    bus = ProgramBus()
-    bus.switch_to(SourceFeed("cam", source, None))
-    camera = Camera(source)
+    source, bus, camera = camera_on_air()
     seats = [await shared_seat(shared_port, i) for i in range(50)]
     for seat in seats:
         bus.subscribe(seat.downtrack, None)
@@ -168,10 +167,7 @@ async def test_a_viewer_whose_socket_would_block_drops_video_to_the_next_keyfram
 async def test_one_viewer_the_kernel_refuses_is_counted_and_the_others_in_its_batch_still_get_the_packet(
     shared_port: UdpMux,
 ) -> None:
-    source = RtpSource("video", H264)
-    bus = ProgramBus()
-    bus.switch_to(SourceFeed("cam", source, None))
-    camera = Camera(source)
+    source, bus, camera = camera_on_air()
     seats = [await shared_seat(shared_port, i) for i in range(5)]
     tx, _ = srtp_sessions()
     endpoint = shared_port.endpoint("bad0", Quiet())
@@ -201,10 +197,7 @@ async def test_a_batched_socket_closed_underneath_cannot_be_replaced_by_another_
     """aioice may close a viewer's socket before the lane hears of it: the
     batch holds its own descriptor, so a socket opened meanwhile (which
     gets the freed number) receives nothing meant for the viewer."""
-    source = RtpSource("video", H264)
-    bus = ProgramBus()
-    bus.switch_to(SourceFeed("cam", source, None))
-    camera = Camera(source)
+    source, bus, camera = camera_on_air()
     loop = asyncio.get_running_loop()
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
@@ -241,10 +234,7 @@ async def test_a_batched_socket_closed_underneath_cannot_be_replaced_by_another_
 async def test_a_codec_the_viewer_lacks_takes_it_out_of_the_batch_and_the_next_one_it_has_brings_it_back(
     shared_port: UdpMux,
 ) -> None:
-    vp8_only = RtpSource("video", H264)
-    bus = ProgramBus()
-    bus.switch_to(SourceFeed("cam", vp8_only, None))
-    camera = Camera(vp8_only)
+    vp8_only, bus, camera = camera_on_air()
     seat = await shared_seat(shared_port, 1)
     bus.subscribe(seat.downtrack, None)
     camera.frame(key=True)
