@@ -11,10 +11,12 @@ AES-CM-SHA1 on the same size.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
 import time
+from collections.abc import Iterator
 
 import pylibsrtp
 
@@ -40,20 +42,34 @@ def _drain(sockets: list[socket.socket], seconds: float) -> None:
                     pass
 
 
-def sendto_us(connected: bool = False) -> float:
-    """connected: each socket connected to its receiver, send() without an
-    address (what the fan-out does since the sockets are connected)."""
-    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(VIEWERS)]
+@contextlib.contextmanager
+def drained_receivers(count: int, seconds: float = 30) -> Iterator[list[socket.socket]]:
+    """`count` UDP sockets on 127.0.0.1 that a forked child drains for up
+    to `seconds` (sends to them never find a full buffer); on exit the
+    child is killed and reaped and the sockets closed."""
+    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
     for r in receivers:
         r.bind(("127.0.0.1", 0))
         r.setblocking(False)
     child = os.fork()
     if child == 0:  # the drain: never returns to the caller's code
         try:
-            _drain(receivers, 30)
+            _drain(receivers, seconds)
         finally:
             os._exit(0)
     try:
+        yield receivers
+    finally:
+        os.kill(child, 15)
+        os.waitpid(child, 0)
+        for r in receivers:
+            r.close()
+
+
+def sendto_us(connected: bool = False) -> float:
+    """connected: each socket connected to its receiver, send() without an
+    address (what the fan-out does since the sockets are connected)."""
+    with drained_receivers(VIEWERS) as receivers:
         senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(VIEWERS)]
         for s in senders:
             s.bind(("127.0.0.1", 0))
@@ -84,11 +100,6 @@ def sendto_us(connected: bool = False) -> float:
         for s in senders:
             s.close()
         return 1e6 * cost / (ROUNDS * VIEWERS)
-    finally:
-        os.kill(child, 15)
-        os.waitpid(child, 0)
-        for r in receivers:
-            r.close()
 
 
 def protect_us(profile: int) -> float:
@@ -120,51 +131,40 @@ def c_batch_us(shared: bool, profile: int = pylibsrtp.Policy.SRTP_PROFILE_AEAD_A
 
     key_len = {pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM: 28,
                pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80: 30}[profile]
-    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(VIEWERS)]
-    for r in receivers:
-        r.bind(("127.0.0.1", 0))
-        r.setblocking(False)
-    child = os.fork()
-    if child == 0:
-        try:
-            _drain(receivers, 30)
-        finally:
-            os._exit(0)
     senders: list[socket.socket] = []
-    try:
-        from pylibsrtp._binding import ffi
+    with drained_receivers(VIEWERS) as receivers:
+        try:
+            from pylibsrtp._binding import ffi
 
-        sessions = [pylibsrtp.Session(pylibsrtp.Policy(key=bytes(range(key_len)), srtp_profile=profile,
-                                                       ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
-                    for _ in range(VIEWERS)]
-        batch = _fanout.Fanout(SRTP_PROTECT_ADDRESS)
-        if shared:
-            one = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            one.bind(("127.0.0.1", 0))
-            one.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-            senders.append(one)
-        for i, (session, r) in enumerate(zip(sessions, receivers)):
-            address = int(ffi.cast("uintptr_t", session._srtp[0]))
+            sessions = [pylibsrtp.Session(pylibsrtp.Policy(key=bytes(range(key_len)), srtp_profile=profile,
+                                                           ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+                        for _ in range(VIEWERS)]
+            batch = _fanout.Fanout(SRTP_PROTECT_ADDRESS)
             if shared:
-                batch.add(i, address, senders[0].fileno(), r.getsockname(), 0x1000 + i, 102, i)
-            else:
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                s.bind(("127.0.0.1", 0))
-                s.connect(r.getsockname())
-                senders.append(s)
-                batch.add(i, address, s.fileno(), None, 0x1000 + i, 102, i)
-        payload = bytes(SIZE - 12)
-        start = procstat.cpu_seconds(os.getpid())
-        for n in range(ROUNDS):
-            batch.send(payload, 0, n, n * 3000)
-            time.sleep(0.004)
-        cost = procstat.cpu_seconds(os.getpid()) - start
-        return 1e6 * cost / (ROUNDS * VIEWERS)
-    finally:
-        os.kill(child, 15)
-        os.waitpid(child, 0)
-        for sock in (*senders, *receivers):
-            sock.close()
+                one = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                one.bind(("127.0.0.1", 0))
+                one.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+                senders.append(one)
+            for i, (session, r) in enumerate(zip(sessions, receivers)):
+                address = int(ffi.cast("uintptr_t", session._srtp[0]))
+                if shared:
+                    batch.add(i, address, senders[0].fileno(), r.getsockname(), 0x1000 + i, 102, i)
+                else:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    s.bind(("127.0.0.1", 0))
+                    s.connect(r.getsockname())
+                    senders.append(s)
+                    batch.add(i, address, s.fileno(), None, 0x1000 + i, 102, i)
+            payload = bytes(SIZE - 12)
+            start = procstat.cpu_seconds(os.getpid())
+            for n in range(ROUNDS):
+                batch.send(payload, 0, n, n * 3000)
+                time.sleep(0.004)
+            cost = procstat.cpu_seconds(os.getpid()) - start
+            return 1e6 * cost / (ROUNDS * VIEWERS)
+        finally:
+            for sock in senders:
+                sock.close()
 
 
 def main() -> None:

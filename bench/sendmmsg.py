@@ -35,12 +35,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
-import os
-import select
 import socket
 import statistics
 import struct
 import time
+
+from bench.floor import drained_receivers
 
 SIZE = 1200
 ROUNDS = 200  # packets per measurement
@@ -143,37 +143,12 @@ class Batch:
         return dropped
 
 
-def _drain(sockets: list[socket.socket], seconds: float) -> None:
-    poller = select.epoll()
-    for s in sockets:
-        poller.register(s.fileno(), select.EPOLLIN)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        time.sleep(0.005)
-        while ready := poller.poll(0):
-            for fd, _ in ready:
-                try:
-                    os.read(fd, 2048)
-                except OSError:
-                    pass
-
-
 def _measure(viewers: int, repeats: int) -> dict[str, list[float]]:
-    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(viewers)]
-    for r in receivers:
-        r.bind(("127.0.0.1", 0))
-        r.setblocking(False)
-    addrs = [r.getsockname() for r in receivers]
-    child = os.fork()
-    if child == 0:
-        try:
-            _drain(receivers, 600)
-        finally:
-            os._exit(0)
     results: dict[str, list[float]] = {"connected send()": [], "shared sendto()": [], "shared sendmmsg()": [],
                                        "shared sendmmsg() + fill": [], "shared sendmmsg() + stores": []}
     dropped = {k: 0 for k in results}
-    try:
+    with drained_receivers(viewers, 600) as receivers:
+        addrs = [r.getsockname() for r in receivers]
         connected = []
         for a in addrs:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -229,11 +204,6 @@ def _measure(viewers: int, repeats: int) -> dict[str, list[float]]:
         for s in connected:
             s.close()
         shared.close()
-    finally:
-        os.kill(child, 15)
-        os.waitpid(child, 0)
-        for r in receivers:
-            r.close()
     for name, count in dropped.items():
         if count:
             print(f"  ({name}: {count} datagrams refused by the kernel)")
