@@ -7,6 +7,9 @@ change to the whole room is N pushes of N messages (500,000 messages for
 `PushCoalescer` sends the first change of a key at once, then at most
 one push per `interval_s`, always the latest value, so the last count
 always arrives and a room hears at most 1/interval pushes a second.
+With `read`, the value is read again at sending time (a push that waited
+out its interval carries the value now); a value equal to the last one
+pushed for its key is not pushed again.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ class PushCoalescer(Generic[T]):
     """`offer(key, value)` never blocks; `send(key, value)` runs from one
     task per key while values keep coming (then the task ends)."""
 
-    def __init__(self, send: Callable[[str, T], Awaitable[None]], interval_s: float) -> None:
+    def __init__(self, send: Callable[[str, T], Awaitable[None]], interval_s: float,
+                 read: Callable[[str, T], Awaitable[T]] | None = None) -> None:
         self._send = send
         self._interval_s = interval_s
+        self._read = read  # (key, value offered) -> the value now
         self._latest: dict[str, T] = {}
+        self._sent: dict[str, T] = {}  # per key, the last value pushed
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def offer(self, key: str, value: T) -> None:
@@ -41,10 +47,15 @@ class PushCoalescer(Generic[T]):
         try:
             while key in self._latest:
                 value = self._latest.pop(key)
+                if self._read is not None:
+                    value = await self._read(key, value)
+                if key in self._sent and self._sent[key] == value:
+                    continue  # the clients have it already
                 try:
                     await self._send(key, value)
                 except Exception:
                     logger.exception("pushing %s failed", key)
+                self._sent[key] = value
                 await asyncio.sleep(self._interval_s)  # what arrives meanwhile goes out as one push
         finally:
             self._tasks.pop(key, None)
@@ -52,6 +63,7 @@ class PushCoalescer(Generic[T]):
     async def stop(self) -> None:
         """Drop what is pending and end every task (idempotent)."""
         self._latest.clear()
+        self._sent.clear()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

@@ -491,7 +491,7 @@ class SocketServer:
         self._deps: _Deps | None = None
         self._pump: asyncio.Task[None] | None = None
         self._events: Subscription | None = None
-        self._counts = PushCoalescer[tuple[int, int]](self._push_count, VIEWER_PUSH_INTERVAL_S)
+        self._counts = PushCoalescer[tuple[int, int]](self._push_count, VIEWER_PUSH_INTERVAL_S, self._read_count)
 
     def register(self) -> None:
         self._sio.on("connect", self._on_connect)
@@ -588,12 +588,15 @@ class SocketServer:
 
         return handle
 
-    async def _push_count(self, forum_id: str, counts: tuple[int, int]) -> None:
+    async def _read_count(self, forum_id: str, counts: tuple[int, int]) -> tuple[int, int]:
         # read at send time: a push that waited out its interval (or came
         # from another node's slower coalescer) still carries the count now
         if self._deps is not None:
             with contextlib.suppress(Exception):
-                counts = await self._deps.rooms.viewer_count(forum_id)
+                return await self._deps.rooms.viewer_count(forum_id)
+        return counts
+
+    async def _push_count(self, forum_id: str, counts: tuple[int, int]) -> None:
         await self._sio.emit("viewers", protocol.counts_json(forum_id, counts), room=forum_room(forum_id))
 
     async def _on_unknown(self, event: str, sid: str, *args: Any) -> Ack:
