@@ -38,6 +38,7 @@ def settings(tmp_path: Path) -> Settings:
 
     return load_settings(env={}, data_dir=str(tmp_path), node_id="bounds-node", ice_addresses="127.0.0.1",
                          rtmp_port=free_port_block(32), srt_port=free_port_block(32),
+                         udp_port=free_port_block(0),
                          seats_per_token=2, sources_per_token=2, viewer_connect_timeout_s=2.0)
 
 

@@ -97,7 +97,8 @@ def settings(tmp_path: Path) -> Settings:
     from tests.processes import free_port_block
 
     return load_settings(env={}, data_dir=str(tmp_path), node_id="fuzz-node", ice_addresses="127.0.0.1",
-                         rtmp_port=free_port_block(32), srt_port=free_port_block(32))
+                         rtmp_port=free_port_block(32), srt_port=free_port_block(32),
+                         udp_port=free_port_block(0))
 
 
 @pytest.fixture

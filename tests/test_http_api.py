@@ -17,6 +17,7 @@ from signaling.app import build_app
 from rooms.service import RoomService
 from rooms.store import instance_name
 from signaling.app_keys import AGENDA, EVENT, ROOMS, SETTINGS, STORE, TOKENS
+from tests.processes import free_port_block
 
 SHANGHAI = zoneinfo.ZoneInfo("Asia/Shanghai")
 AT_14_10 = dt.datetime(2026, 11, 8, 14, 10, tzinfo=SHANGHAI)
@@ -25,8 +26,9 @@ AT_14_10 = dt.datetime(2026, 11, 8, 14, 10, tzinfo=SHANGHAI)
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     # record_sessions off: at 14:10 recorded sessions are live, and an encoder per forum is not what these tests check (it made each teardown 40-58 s)
+    # udp_port: a free one, not the default 7882 (tests run side by side)
     return load_settings(env={}, data_dir=str(tmp_path), node_id="api-node", ice_addresses="127.0.0.1",
-                         record_sessions="false")
+                         record_sessions="false", udp_port=free_port_block(0))
 
 
 @pytest.fixture
@@ -66,7 +68,8 @@ async def test_store_lives_in_a_cleanup_context(client: TestClient[web.Request, 
 async def test_redis_url_selects_the_shared_store(tmp_path: Path, redis_url: str) -> None:
     from signaling.redis_store import RedisStore
 
-    settings = load_settings(env={}, data_dir=str(tmp_path), node_id="redis-node", redis_url=redis_url)
+    settings = load_settings(env={}, data_dir=str(tmp_path), node_id="redis-node", redis_url=redis_url,
+                             ice_addresses="127.0.0.1", udp_port=free_port_block(0))
     async with TestClient(TestServer(build_app(settings), host="127.0.0.1")) as test_client:
         store = test_client.app[STORE]  # type: ignore[index]
         # liveness is keyed by this run's instance of the name (redis-node@...)
